@@ -1,0 +1,115 @@
+// torch.nn.Embedding: row lookup and in-place max-norm renormalisation.
+// One dispatch handles one output segment against one table segment; rows whose
+// index falls outside the bound table segment are left to another dispatch.
+
+override WG_SIZE: u32 = 64u;
+
+// The linear invocation index; dispatches spread over y/z past 65 535 workgroups.
+fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
+    return ((wid.z * nwg.y + wid.y) * nwg.x + wid.x) * WG_SIZE + lid.x;
+}
+
+struct LookupParams {
+    rows: u32,            // output rows in this segment
+    dim: u32,
+    table_first_row: u32, // first table row held by the bound table segment
+    table_rows: u32,
+    num_embeddings: u32,
+    report_bad: u32,      // this dispatch zeroes and reports out-of-range indices
+    index_base: u32,      // position of this segment's first index in the whole index list
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> lp: LookupParams;
+@group(0) @binding(1) var<storage, read> lookup_table: array<f32>;
+@group(0) @binding(2) var<storage, read> lookup_indices: array<i32>;
+@group(0) @binding(3) var<storage, read_write> lookup_out: array<f32>;
+// [0]: smallest position of an out-of-range index (0xffffffff: none).
+@group(0) @binding(4) var<storage, read_write> lookup_status: array<atomic<u32>>;
+
+@compute @workgroup_size(WG_SIZE)
+fn lookup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_id) lid: vec3<u32>) {
+    let id = linear_id(wid, nwg, lid);
+    if (id >= lp.rows * lp.dim) { return; }
+    let row = id / lp.dim;
+    let col = id - row * lp.dim;
+    let index = lookup_indices[row];
+    if (index < 0 || u32(index) >= lp.num_embeddings) {
+        // Never read outside the table: write zeros and report the position.
+        if (lp.report_bad != 0u) {
+            lookup_out[id] = 0.0;
+            if (col == 0u) { atomicMin(&lookup_status[0], lp.index_base + row); }
+        }
+        return;
+    }
+    let local = u32(index) - lp.table_first_row;
+    if (u32(index) < lp.table_first_row || local >= lp.table_rows) { return; }
+    lookup_out[id] = lookup_table[local * lp.dim + col];
+}
+
+struct RenormParams {
+    count: u32,           // indices in the bound index segment
+    dim: u32,
+    table_first_row: u32,
+    table_rows: u32,
+    num_embeddings: u32,
+    max_norm: f32,
+    norm_type: f32,       // p of the p-norm; +inf for the max norm
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> rp: RenormParams;
+@group(0) @binding(1) var<storage, read_write> renorm_table: array<f32>;
+@group(0) @binding(2) var<storage, read> renorm_indices: array<i32>;
+// One bit per table row of the segment: each referenced row is scaled once,
+// as embedding_renorm_ does after taking the unique indices.
+@group(0) @binding(3) var<storage, read_write> renorm_claimed: array<atomic<u32>>;
+
+fn is_inf(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7fffffffu) == 0x7f800000u;
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn renorm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_id) lid: vec3<u32>) {
+    let id = linear_id(wid, nwg, lid);
+    if (id >= rp.count) { return; }
+    let index = renorm_indices[id];
+    if (index < 0 || u32(index) >= rp.num_embeddings) { return; }
+    let local = u32(index) - rp.table_first_row;
+    if (u32(index) < rp.table_first_row || local >= rp.table_rows) { return; }
+    let bit = 1u << (local & 31u);
+    let previous = atomicOr(&renorm_claimed[local >> 5u], bit);
+    if ((previous & bit) != 0u) { return; }
+
+    let base = local * rp.dim;
+    let p = rp.norm_type;
+    var acc = 0.0;
+    for (var c = 0u; c < rp.dim; c++) {
+        let a = abs(renorm_table[base + c]);
+        if (is_inf(p)) {
+            acc = max(acc, a);
+        } else if (p == 1.0) {
+            acc += a;
+        } else if (p == 2.0) {
+            acc += a * a;
+        } else if (p == 0.0) {
+            acc += select(0.0, 1.0, a != 0.0);
+        } else {
+            acc += pow(a, p);
+        }
+    }
+    var norm = acc;
+    if (p == 2.0) {
+        norm = sqrt(acc);
+    } else if (!is_inf(p) && p != 1.0 && p != 0.0) {
+        norm = pow(acc, 1.0 / p);
+    }
+    if (norm > rp.max_norm) {
+        let scale = rp.max_norm / (norm + 1e-7);
+        for (var c = 0u; c < rp.dim; c++) {
+            renorm_table[base + c] = renorm_table[base + c] * scale;
+        }
+    }
+}

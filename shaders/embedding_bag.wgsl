@@ -1,0 +1,128 @@
+// torch.nn.EmbeddingBag: sum / mean / max over bags, accumulated in f32.
+// One invocation reduces one column of one bag. A dispatch covers one output
+// segment of bags against one index segment and one table segment; when a call
+// needs several dispatches they accumulate into the output, and `finalize`
+// turns sums into means and empty maxima into zeros.
+
+override WG_SIZE: u32 = 64u;
+
+const MODE_SUM: u32 = 0u;
+const MODE_MEAN: u32 = 1u;
+const MODE_MAX: u32 = 2u;
+const NO_PADDING: u32 = 0xffffffffu;
+
+fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
+    return ((wid.z * nwg.y + wid.y) * nwg.x + wid.x) * WG_SIZE + lid.x;
+}
+
+struct BagParams {
+    bags: u32,            // bags in this output segment
+    dim: u32,
+    table_first_row: u32,
+    table_rows: u32,
+    index_first: u32,     // position of the bound index segment's first index
+    index_count: u32,
+    num_embeddings: u32,
+    padding_idx: u32,     // NO_PADDING when there is none
+    mode: u32,
+    first_pass: u32,      // start from the initial value, not from `out`
+    last_pass: u32,       // the only dispatch: finish the reduction here
+    count_pass: u32,      // add this dispatch's bag sizes to `counts`
+    has_weights: u32,
+    report_bad: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> bp: BagParams;
+@group(0) @binding(1) var<storage, read> table: array<f32>;
+@group(0) @binding(2) var<storage, read> indices: array<i32>;
+// bags + 1 global positions into the whole index list.
+@group(0) @binding(3) var<storage, read> offsets: array<u32>;
+@group(0) @binding(4) var<storage, read> weights: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+@group(0) @binding(6) var<storage, read_write> counts: array<u32>;
+@group(0) @binding(7) var<storage, read_write> status: array<atomic<u32>>;
+
+fn is_nan(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
+}
+
+// Max that propagates NaN, as PyTorch's does.
+fn max_nan(acc: f32, v: f32) -> f32 {
+    return select(acc, v, is_nan(v) || v > acc);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn bag(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+       @builtin(local_invocation_id) lid: vec3<u32>) {
+    let id = linear_id(wid, nwg, lid);
+    if (id >= bp.bags * bp.dim) { return; }
+    let b = id / bp.dim;
+    let col = id - b * bp.dim;
+    let lo = max(offsets[b], bp.index_first);
+    let hi = min(offsets[b + 1u], bp.index_first + bp.index_count);
+
+    var acc: f32;
+    if (bp.first_pass != 0u) {
+        acc = select(0.0, bitcast<f32>(0xff800000u), bp.mode == MODE_MAX);
+    } else {
+        acc = out[id];
+    }
+    var n = 0u;
+    for (var pos = lo; pos < hi; pos++) {
+        let local_pos = pos - bp.index_first;
+        let index = indices[local_pos];
+        if (index < 0 || u32(index) >= bp.num_embeddings) {
+            if (bp.report_bad != 0u && col == 0u) { atomicMin(&status[0], pos); }
+            continue;
+        }
+        let row = u32(index);
+        if (row == bp.padding_idx) { continue; }
+        n += 1u;
+        let local = row - bp.table_first_row;
+        if (row < bp.table_first_row || local >= bp.table_rows) { continue; }
+        var v = table[local * bp.dim + col];
+        if (bp.has_weights != 0u) { v *= weights[local_pos]; }
+        if (bp.mode == MODE_MAX) {
+            acc = max_nan(acc, v);
+        } else {
+            acc += v;
+        }
+    }
+    if (bp.last_pass != 0u) {
+        // Single dispatch: `n` is the whole bag.
+        if (bp.mode == MODE_MEAN) {
+            acc = select(0.0, acc / f32(n), n > 0u);
+        } else if (bp.mode == MODE_MAX && n == 0u) {
+            acc = 0.0;
+        }
+    } else if (bp.count_pass != 0u && col == 0u) {
+        counts[b] += n;
+    }
+    out[id] = acc;
+}
+
+struct FinalizeParams {
+    bags: u32,
+    dim: u32,
+    mode: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> fp: FinalizeParams;
+@group(0) @binding(1) var<storage, read> final_counts: array<u32>;
+@group(0) @binding(2) var<storage, read_write> final_out: array<f32>;
+
+@compute @workgroup_size(WG_SIZE)
+fn finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_id) lid: vec3<u32>) {
+    let id = linear_id(wid, nwg, lid);
+    if (id >= fp.bags * fp.dim) { return; }
+    let n = final_counts[id / fp.dim];
+    if (fp.mode == MODE_MEAN) {
+        final_out[id] = select(0.0, final_out[id] / f32(n), n > 0u);
+    } else if (fp.mode == MODE_MAX && n == 0u) {
+        final_out[id] = 0.0;
+    }
+}

@@ -1,0 +1,83 @@
+//! `wgpu-embed`: run conformance case files on this machine's GPU.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use wgpu_embed::runner::{outputs_to_safetensors, run_cases, CaseFile};
+use wgpu_embed::{Context, ContextOptions};
+
+#[derive(Parser)]
+#[command(name = "wgpu-embed", version, about = "Embedding layers as WGSL compute shaders: conformance runner and tools")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct DeviceArgs {
+    /// Behave as on a device whose max_storage_buffer_binding_size is this many bytes.
+    #[arg(long)]
+    max_binding_size: Option<u64>,
+    /// Backend(s): vulkan, gl, metal, dx12 (default: WGPU_BACKEND or all).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Adapter whose name contains this text.
+    #[arg(long)]
+    adapter: Option<String>,
+}
+
+impl DeviceArgs {
+    fn options(&self) -> ContextOptions {
+        ContextOptions {
+            backends: self.backend.as_deref().map(wgpu::Backends::from_comma_list),
+            adapter_name: self.adapter.clone(),
+            max_binding_size: self.max_binding_size,
+            request_shader_f16: false,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every case of a case file; write outputs and a JSON report.
+    RunCases {
+        cases: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        report: PathBuf,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::RunCases { cases, out, report, device } => match run_cases_cmd(&cases, &out, &report, &device) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("wgpu-embed: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn run_cases_cmd(cases: &PathBuf, out: &PathBuf, report: &PathBuf, device: &DeviceArgs) -> Result<ExitCode, String> {
+    let bytes = std::fs::read(cases).map_err(|e| format!("cannot read {}: {e}", cases.display()))?;
+    let file = CaseFile::parse(&bytes).map_err(|e| format!("{}: {e}", cases.display()))?;
+    let ctx = Context::new_with(device.options()).map_err(|e| e.to_string())?;
+    let info = ctx.adapter_info();
+    eprintln!("adapter: {} ({:?}); binding limit {} bytes", info.name, info.backend, ctx.max_binding_size());
+    let (outputs, rep) = run_cases(&ctx, &file);
+    let st = outputs_to_safetensors(&outputs).map_err(|e| e.to_string())?;
+    std::fs::write(out, st).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    let json = serde_json::to_string_pretty(&rep).map_err(|e| e.to_string())?;
+    std::fs::write(report, json).map_err(|e| format!("cannot write {}: {e}", report.display()))?;
+    let errors = rep.cases.iter().filter(|c| c.status != "ok").count();
+    let expected_errors = file.cases.iter().filter(|c| c.expect_error).count();
+    eprintln!("{} cases: {} ran, {} refused ({} refusals expected by the file)", rep.cases.len(), rep.cases.len() - errors, errors, expected_errors);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,406 @@
+//! The GPU context: device, queue, limits, and caches of shader modules,
+//! bind-group layouts and compute pipelines shared by every layer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+
+/// How to pick and configure the device.
+#[derive(Debug, Clone, Default)]
+pub struct ContextOptions {
+    /// Backends to look at; `None` honours `WGPU_BACKEND`, else all.
+    pub backends: Option<wgpu::Backends>,
+    /// Adapter whose name contains this text (case-insensitive); `None` takes the default.
+    pub adapter_name: Option<String>,
+    /// Behave as if the device's `max_storage_buffer_binding_size` were at most this many
+    /// bytes, so that tables are split as on small devices.
+    pub max_binding_size: Option<u64>,
+    /// Ask for `shader-f16` even if the adapter has it? Off by default: packed f16/bf16
+    /// tables work without it.
+    pub request_shader_f16: bool,
+}
+
+/// What a shader binding slot holds; a bind-group layout is a list of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Slot {
+    Uniform,
+    Read,
+    ReadWrite,
+}
+
+/// A compute kernel: an entry point of one `.wgsl` family and its binding slots
+/// (binding `i` of group 0 is `slots[i]`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Kernel {
+    pub family: &'static str,
+    pub source: &'static str,
+    pub entry: &'static str,
+    pub slots: &'static [Slot],
+}
+
+type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
+
+/// Invocations per workgroup of every 1-D kernel (the shaders' `WG_SIZE` override).
+pub(crate) const WORKGROUP_SIZE: u32 = 64;
+
+/// Owns a wgpu device and queue, and the compiled pipelines of every layer.
+///
+/// `Context` is `Send + Sync`: layers may run from several threads at once.
+pub struct Context {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    features: wgpu::Features,
+    max_binding: u64,
+    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    layouts: Mutex<HashMap<Vec<Slot>, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>>,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("adapter", &self.info.name)
+            .field("backend", &self.info.backend)
+            .field("max_binding", &self.max_binding)
+            .finish()
+    }
+}
+
+impl Context {
+    /// Creates a context on the default adapter (blocking; native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new() -> Result<Self> {
+        pollster::block_on(Self::with_options(ContextOptions::default()))
+    }
+
+    /// Creates a context with options (blocking; native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn new_with(options: ContextOptions) -> Result<Self> {
+        pollster::block_on(Self::with_options(options))
+    }
+
+    /// Lists the adapters of the given backends (`None`: `WGPU_BACKEND` or all).
+    pub async fn adapters(backends: Option<wgpu::Backends>) -> Vec<wgpu::AdapterInfo> {
+        let instance = make_instance(backends);
+        instance.enumerate_adapters(instance_backends(backends)).await.iter().map(|a| a.get_info()).collect()
+    }
+
+    /// Creates a context, picking the adapter as `options` say.
+    pub async fn with_options(options: ContextOptions) -> Result<Self> {
+        let instance = make_instance(options.backends);
+        let adapter = match &options.adapter_name {
+            Some(name) => {
+                let want = name.to_lowercase();
+                instance
+                    .enumerate_adapters(instance_backends(options.backends))
+                    .await
+                    .into_iter()
+                    .find(|a| a.get_info().name.to_lowercase().contains(&want))
+                    .ok_or_else(|| Error::NoAdapter(format!("no adapter whose name contains {name:?}")))?
+            }
+            None => instance
+                .request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::HighPerformance,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| Error::NoAdapter(e.to_string()))?,
+        };
+        Self::from_adapter(&adapter, &options).await
+    }
+
+    /// Creates a context on an adapter the caller picked, asking for the adapter's own limits.
+    pub async fn from_adapter(adapter: &wgpu::Adapter, options: &ContextOptions) -> Result<Self> {
+        let mut features = wgpu::Features::empty();
+        let available = adapter.features();
+        if options.request_shader_f16 && available.contains(wgpu::Features::SHADER_F16) {
+            features |= wgpu::Features::SHADER_F16;
+        }
+        if available.contains(wgpu::Features::TIMESTAMP_QUERY) {
+            features |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("wgpu-embed"),
+                required_features: features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::NoAdapter(e.to_string()))?;
+        Ok(Self::from_device(device, queue, adapter.get_info(), options.max_binding_size))
+    }
+
+    /// Wraps a device the caller already has (e.g. shared with a renderer).
+    pub fn from_device(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+        max_binding_size: Option<u64>,
+    ) -> Self {
+        let limits = device.limits();
+        let device_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        // Bindings are kept to whole 256-byte units so sub-range offsets stay aligned.
+        let max_binding = max_binding_size.map_or(device_binding, |m| m.min(device_binding)).max(256) & !255;
+        let lost = Arc::new(Mutex::new(None));
+        let lost_flag = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            *lost_flag.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{reason:?}: {message}"));
+        });
+        Self {
+            features: device.features(),
+            device,
+            queue,
+            info,
+            limits,
+            max_binding,
+            modules: Mutex::default(),
+            layouts: Mutex::default(),
+            pipelines: Mutex::default(),
+            lost,
+        }
+    }
+
+    /// The adapter this context runs on.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// The device's limits (the adapter's own, as requested).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// Features enabled on the device.
+    pub fn features(&self) -> wgpu::Features {
+        self.features
+    }
+
+    /// Bytes one storage binding may span here (device limit or the option, whichever is less).
+    pub fn max_binding_size(&self) -> u64 {
+        self.max_binding
+    }
+
+    /// The wgpu device, for callers that share it.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// Fails if the device has been lost.
+    pub fn check_alive(&self) -> Result<()> {
+        match &*self.lost.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(reason) => Err(Error::DeviceLost(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn module(&self, kernel: &Kernel) -> wgpu::ShaderModule {
+        let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        modules
+            .entry(kernel.family)
+            .or_insert_with(|| {
+                self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(kernel.family),
+                    source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
+                })
+            })
+            .clone()
+    }
+
+    fn layout(&self, slots: &[Slot]) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+        let mut layouts = self.layouts.lock().unwrap_or_else(|p| p.into_inner());
+        layouts
+            .entry(slots.to_vec())
+            .or_insert_with(|| {
+                let entries: Vec<_> = slots
+                    .iter()
+                    .enumerate()
+                    .map(|(i, slot)| wgpu::BindGroupLayoutEntry {
+                        binding: i as u32,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: wgpu::BindingType::Buffer {
+                            ty: match slot {
+                                Slot::Uniform => wgpu::BufferBindingType::Uniform,
+                                Slot::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                                Slot::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                            },
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
+                        count: None,
+                    })
+                    .collect();
+                let bgl = self
+                    .device
+                    .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries });
+                let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: None,
+                    bind_group_layouts: &[Some(&bgl)],
+                    immediate_size: 0,
+                });
+                (bgl, pl)
+            })
+            .clone()
+    }
+
+    /// The pipeline of `kernel` specialised with `constants` (override name, value), cached.
+    pub(crate) fn pipeline(&self, kernel: &Kernel, constants: &[(&'static str, f64)]) -> wgpu::ComputePipeline {
+        let key: PipelineKey =
+            (kernel.family, kernel.entry, constants.iter().map(|(n, v)| (*n, v.to_bits())).collect());
+        if let Some(p) = self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return p.clone();
+        }
+        let module = self.module(kernel);
+        let (_, layout) = self.layout(kernel.slots);
+        let mut all: Vec<(&str, f64)> = vec![("WG_SIZE", WORKGROUP_SIZE as f64)];
+        all.extend(constants.iter().copied());
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(kernel.entry),
+            layout: Some(&layout),
+            module: &module,
+            entry_point: Some(kernel.entry),
+            compilation_options: wgpu::PipelineCompilationOptions { constants: &all, zero_initialize_workgroup_memory: true },
+            cache: None,
+        });
+        self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).insert(key, pipeline.clone());
+        pipeline
+    }
+
+    /// A small uniform buffer holding `params`.
+    pub(crate) fn uniform<T: bytemuck::Pod>(&self, params: &T) -> wgpu::Buffer {
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("params"),
+            contents: bytemuck::bytes_of(params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        })
+    }
+
+    /// Records one dispatch of `kernel` over `invocations` threads, spreading the
+    /// workgroups over y (and z) past the per-dimension limit.
+    pub(crate) fn dispatch(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: &Kernel,
+        constants: &[(&'static str, f64)],
+        bindings: &[wgpu::BindingResource<'_>],
+        invocations: u64,
+    ) {
+        self.dispatch_groups(encoder, kernel, constants, bindings, invocations.div_ceil(WORKGROUP_SIZE as u64));
+    }
+
+    /// Like [`Context::dispatch`], counted in workgroups (for kernels with a workgroup per item).
+    pub(crate) fn dispatch_groups(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        kernel: &Kernel,
+        constants: &[(&'static str, f64)],
+        bindings: &[wgpu::BindingResource<'_>],
+        groups: u64,
+    ) {
+        if groups == 0 {
+            return;
+        }
+        debug_assert_eq!(bindings.len(), kernel.slots.len());
+        let pipeline = self.pipeline(kernel, constants);
+        let (bgl, _) = self.layout(kernel.slots);
+        let entries: Vec<_> = bindings
+            .iter()
+            .enumerate()
+            .map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.clone() })
+            .collect();
+        let bind_group =
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(kernel.entry), layout: &bgl, entries: &entries });
+        let [x, y, z] = workgroup_grid(groups, self.limits.max_compute_workgroups_per_dimension);
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.entry), timestamp_writes: None });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(x, y, z);
+    }
+
+    /// A new command encoder.
+    pub(crate) fn encoder(&self) -> wgpu::CommandEncoder {
+        self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-embed") })
+    }
+
+    /// Submits `encoder`, catching validation and out-of-memory errors of the submission.
+    pub(crate) fn submit(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
+        self.check_alive()?;
+        self.queue.submit([encoder.finish()]);
+        Ok(())
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes and reports what they caught.
+    pub(crate) fn scoped<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.check_alive()?;
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let result = f();
+        let v = futures::executor::block_on(validation.pop());
+        let o = futures::executor::block_on(oom.pop());
+        self.check_alive()?;
+        if let Some(e) = o {
+            return Err(Error::Device(format!("out of memory: {e}")));
+        }
+        if let Some(e) = v {
+            return Err(Error::Device(e.to_string()));
+        }
+        result
+    }
+
+    /// Blocks until all submitted work has finished (native); no-op in the browser.
+    pub fn wait_idle(&self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Device(e.to_string()))?;
+        self.check_alive()
+    }
+}
+
+/// Splits `groups` workgroups into an x/y/z grid under `max_per_dim`. The shaders
+/// recover the linear workgroup index from `num_workgroups` and skip the excess.
+pub(crate) fn workgroup_grid(groups: u64, max_per_dim: u32) -> [u32; 3] {
+    let m = max_per_dim.max(1) as u64;
+    let x = groups.min(m);
+    let rest = groups.div_ceil(x);
+    let y = rest.min(m);
+    let z = rest.div_ceil(y);
+    [x as u32, y as u32, z.min(m) as u32]
+}
+
+fn instance_backends(backends: Option<wgpu::Backends>) -> wgpu::Backends {
+    backends.or_else(wgpu::Backends::from_env).unwrap_or(wgpu::Backends::all())
+}
+
+fn make_instance(backends: Option<wgpu::Backends>) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = instance_backends(backends);
+    wgpu::Instance::new(desc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::workgroup_grid;
+
+    #[test]
+    fn grid_covers_every_group_within_limits() {
+        for (groups, max) in [(1u64, 65535u32), (65535, 65535), (65536, 65535), (10_000_000, 65535), (1000, 7)] {
+            let [x, y, z] = workgroup_grid(groups, max);
+            assert!(x <= max && y <= max && z <= max);
+            assert!(x as u64 * y as u64 * z as u64 >= groups, "{groups} {max}");
+        }
+        assert_eq!(workgroup_grid(65536, 65535), [65535, 2, 1]);
+    }
+}

@@ -1,0 +1,284 @@
+//! `torch.nn.Embedding` forward on the GPU: lookup, padding_idx, and max-norm
+//! renormalisation of the referenced rows in place.
+
+use crate::context::{Context, Kernel, Slot};
+use crate::error::{Error, Result};
+use crate::indices::{normalize_padding_idx, Indices};
+use crate::tensor::{DType, GpuTensor};
+
+const SOURCE: &str = include_str!("../shaders/embedding.wgsl");
+
+pub(crate) const LOOKUP: Kernel = Kernel {
+    family: "embedding",
+    source: SOURCE,
+    entry: "lookup",
+    slots: &[Slot::Uniform, Slot::Read, Slot::Read, Slot::ReadWrite, Slot::ReadWrite],
+};
+
+pub(crate) const RENORM: Kernel = Kernel {
+    family: "embedding",
+    source: SOURCE,
+    entry: "renorm",
+    slots: &[Slot::Uniform, Slot::ReadWrite, Slot::Read, Slot::ReadWrite],
+};
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct LookupParams {
+    rows: u32,
+    dim: u32,
+    table_first_row: u32,
+    table_rows: u32,
+    num_embeddings: u32,
+    report_bad: u32,
+    index_base: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct RenormParams {
+    count: u32,
+    dim: u32,
+    table_first_row: u32,
+    table_rows: u32,
+    num_embeddings: u32,
+    max_norm: f32,
+    norm_type: f32,
+    _pad: u32,
+}
+
+/// Max-norm settings shared by `Embedding` and `EmbeddingBag`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MaxNorm {
+    /// Rows whose norm exceeds this are scaled down to it.
+    pub max_norm: f32,
+    /// p of the p-norm (2 by default; `f32::INFINITY` for the max norm).
+    pub norm_type: f32,
+}
+
+impl MaxNorm {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if !self.max_norm.is_finite() || self.max_norm < 0.0 {
+            return Err(Error::arg("max_norm", format!("expected a finite value >= 0, got {}", self.max_norm)));
+        }
+        if self.norm_type.is_nan() || self.norm_type < 0.0 {
+            return Err(Error::arg("norm_type", format!("expected p >= 0 or inf, got {}", self.norm_type)));
+        }
+        Ok(())
+    }
+}
+
+/// A lookup table on the GPU with PyTorch's `nn.Embedding` semantics.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    weight: GpuTensor,
+    num_embeddings: usize,
+    embedding_dim: usize,
+    padding_idx: Option<u32>,
+    max_norm: Option<MaxNorm>,
+}
+
+impl Embedding {
+    /// Builds the layer from a row-major `[num_embeddings, embedding_dim]` table, like
+    /// `nn.Embedding.from_pretrained(weight, freeze=True)`.
+    pub fn from_pretrained(ctx: &Context, weight: &[f32], num_embeddings: usize, embedding_dim: usize) -> Result<Self> {
+        check_table(weight.len(), num_embeddings, embedding_dim)?;
+        let weight = GpuTensor::from_f32(ctx, weight, &[num_embeddings, embedding_dim])?;
+        Ok(Self { weight, num_embeddings, embedding_dim, padding_idx: None, max_norm: None })
+    }
+
+    /// Builds the layer over a table already on the GPU (`[V, D]`, f32).
+    pub fn from_tensor(weight: GpuTensor) -> Result<Self> {
+        let (v, d) = table_shape(&weight)?;
+        Ok(Self { weight, num_embeddings: v, embedding_dim: d, padding_idx: None, max_norm: None })
+    }
+
+    /// Sets `padding_idx` (negative counts from the end, as in PyTorch). The forward
+    /// returns the stored row for it, as PyTorch does; it only matters for gradients
+    /// and for the bags, which skip it.
+    pub fn with_padding_idx(mut self, padding_idx: Option<i64>) -> Result<Self> {
+        self.padding_idx = normalize_padding_idx(padding_idx, self.num_embeddings)?;
+        Ok(self)
+    }
+
+    /// Sets `max_norm` and `norm_type`: each forward first renormalises, in place on the
+    /// GPU, every table row it references whose norm exceeds `max_norm`.
+    pub fn with_max_norm(mut self, max_norm: Option<f32>, norm_type: f32) -> Result<Self> {
+        self.max_norm = match max_norm {
+            None => None,
+            Some(m) => {
+                let mn = MaxNorm { max_norm: m, norm_type };
+                mn.validate()?;
+                Some(mn)
+            }
+        };
+        Ok(self)
+    }
+
+    /// The table (after any renormalisation so far).
+    pub fn weight(&self) -> &GpuTensor {
+        &self.weight
+    }
+
+    /// Rows in the table.
+    pub fn num_embeddings(&self) -> usize {
+        self.num_embeddings
+    }
+
+    /// Columns of the table.
+    pub fn embedding_dim(&self) -> usize {
+        self.embedding_dim
+    }
+
+    /// The normalised padding index.
+    pub fn padding_idx(&self) -> Option<u32> {
+        self.padding_idx
+    }
+
+    /// Looks up host indices of any shape; the result has shape `[*indices, D]`.
+    pub fn forward(&self, ctx: &Context, indices: Indices<'_>) -> Result<GpuTensor> {
+        let rows = indices.to_rows("indices", self.num_embeddings as u64)?;
+        let per = self.batch_rows(ctx)?;
+        let idx = GpuTensor::from_bytes_with(ctx, bytemuck::cast_slice(&rows), &[rows.len()], DType::I32, 1, per)?;
+        let mut shape = indices.shape.to_vec();
+        shape.push(self.embedding_dim);
+        self.run(ctx, &idx, &shape, false)
+    }
+
+    /// Looks up indices that already live on the GPU (an i32 tensor). They are
+    /// bounds-checked in the shader; the first bad one is reported as an error.
+    pub fn forward_gpu(&self, ctx: &Context, indices: &GpuTensor) -> Result<GpuTensor> {
+        if indices.dtype() != DType::I32 || indices.row_len() != 1 {
+            return Err(Error::arg("indices", format!("expected a flat I32 tensor on the GPU, got {:?} with rows of {}", indices.dtype(), indices.row_len())));
+        }
+        let idx = indices.resegment(ctx, self.batch_rows(ctx)?)?;
+        let mut shape = indices.shape().to_vec();
+        shape.push(self.embedding_dim);
+        self.run(ctx, &idx, &shape, true)
+    }
+
+    /// Indices per output segment: an output segment of that many rows fits one binding.
+    fn batch_rows(&self, ctx: &Context) -> Result<u64> {
+        GpuTensor::rows_per_segment(ctx, self.embedding_dim, DType::F32)
+    }
+
+    fn run(&self, ctx: &Context, idx: &GpuTensor, shape: &[usize], gpu_indices: bool) -> Result<GpuTensor> {
+        let per = self.batch_rows(ctx)?;
+        let out = GpuTensor::zeros_with(ctx, shape, DType::F32, self.embedding_dim, per)?;
+        let status = crate::status::Status::new(ctx);
+        ctx.scoped(|| {
+            let mut encoder = ctx.encoder();
+            if let Some(mn) = self.max_norm {
+                renormalize(ctx, &mut encoder, &self.weight, idx, mn)?;
+            }
+            lookup_into(ctx, &mut encoder, &self.weight, idx, &out, status.buffer())?;
+            ctx.submit(encoder)
+        })?;
+        if gpu_indices {
+            // Host indices were checked before upload; GPU-resident ones only the shader saw.
+            status.check(ctx, "indices", idx, self.num_embeddings as u64)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Records lookups of `idx` (segmented like `out`'s rows) into `out`.
+pub(crate) fn lookup_into(
+    ctx: &Context,
+    encoder: &mut wgpu::CommandEncoder,
+    table: &GpuTensor,
+    idx: &GpuTensor,
+    out: &GpuTensor,
+    status: &wgpu::Buffer,
+) -> Result<()> {
+    let (v, d) = table_shape(table)?;
+    for (idx_seg, out_seg) in idx.segments().iter().zip(out.segments()) {
+        for (t, tseg) in table.segments().iter().enumerate() {
+            let params = LookupParams {
+                rows: out_seg.rows as u32,
+                dim: d as u32,
+                table_first_row: tseg.first_row as u32,
+                table_rows: tseg.rows as u32,
+                num_embeddings: v as u32,
+                report_bad: (t == 0) as u32,
+                index_base: idx_seg.first_row as u32,
+                _pad: 0,
+            };
+            let uniform = ctx.uniform(&params);
+            ctx.dispatch(
+                encoder,
+                &LOOKUP,
+                &[],
+                &[uniform.as_entire_binding(), tseg.binding(), idx_seg.binding(), out_seg.binding(), status.as_entire_binding()],
+                out_seg.rows * d as u64,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Records `embedding_renorm_`: every row referenced by `idx` whose norm exceeds
+/// `max_norm` is scaled by `max_norm / (norm + 1e-7)`, once per row.
+pub(crate) fn renormalize(
+    ctx: &Context,
+    encoder: &mut wgpu::CommandEncoder,
+    table: &GpuTensor,
+    idx: &GpuTensor,
+    mn: MaxNorm,
+) -> Result<()> {
+    let (v, d) = table_shape(table)?;
+    let max_rows = table.segments().iter().map(|s| s.rows).max().unwrap_or(0);
+    let claimed = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("renorm-claimed"),
+        size: (max_rows.div_ceil(32) * 4).max(16),
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    for tseg in table.segments() {
+        // Cleared once per table segment, so a row referenced from several index
+        // segments is still scaled only once.
+        encoder.clear_buffer(&claimed, 0, None);
+        for iseg in idx.segments() {
+            let params = RenormParams {
+                count: iseg.rows as u32,
+                dim: d as u32,
+                table_first_row: tseg.first_row as u32,
+                table_rows: tseg.rows as u32,
+                num_embeddings: v as u32,
+                max_norm: mn.max_norm,
+                norm_type: mn.norm_type,
+                _pad: 0,
+            };
+            let uniform = ctx.uniform(&params);
+            ctx.dispatch(
+                encoder,
+                &RENORM,
+                &[],
+                &[uniform.as_entire_binding(), tseg.binding(), iseg.binding(), claimed.as_entire_binding()],
+                iseg.rows,
+            );
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn check_table(len: usize, rows: usize, dim: usize) -> Result<()> {
+    if dim == 0 {
+        return Err(Error::arg("embedding_dim", "expected a positive embedding_dim, got 0"));
+    }
+    if rows as u64 >= i32::MAX as u64 {
+        return Err(Error::arg("num_embeddings", format!("{rows} rows is more than i32 indices can address")));
+    }
+    if rows.checked_mul(dim) != Some(len) {
+        return Err(Error::arg("weight", format!("expected {rows} x {dim} = {} values, got {len}", rows.saturating_mul(dim))));
+    }
+    Ok(())
+}
+
+pub(crate) fn table_shape(t: &GpuTensor) -> Result<(usize, usize)> {
+    match t.shape() {
+        [v, d] if t.dtype() == DType::F32 && *d > 0 => Ok((*v, *d)),
+        s => Err(Error::arg("weight", format!("expected a 2-D F32 table [num_embeddings, embedding_dim], got {s:?} of {:?}", t.dtype()))),
+    }
+}

@@ -1,0 +1,37 @@
+//! # wgpu-embed
+//!
+//! Embedding layers with PyTorch / bitsandbytes semantics, run as WGSL compute
+//! shaders through wgpu on any GPU (Vulkan, Metal, DX12, GL) and in the browser.
+//!
+//! ```no_run
+//! use wgpu_embed::{Context, Embedding, Indices};
+//! let ctx = Context::new()?;
+//! let table: Vec<f32> = (0..10 * 4).map(|i| i as f32).collect();
+//! let emb = Embedding::from_pretrained(&ctx, &table, 10, 4)?;
+//! let out = emb.forward(&ctx, Indices::i64(&[1, 2, 9], &[3]))?;
+//! assert_eq!(out.to_vec_f32(&ctx)?[..4], [4.0, 5.0, 6.0, 7.0]);
+//! # Ok::<(), wgpu_embed::Error>(())
+//! ```
+
+pub mod context;
+pub mod embedding;
+pub mod embedding_bag;
+pub mod error;
+pub mod indices;
+pub mod ops;
+pub mod runner;
+pub(crate) mod status;
+pub mod tensor;
+
+pub use context::{Context, ContextOptions};
+pub use embedding::{Embedding, MaxNorm};
+pub use embedding_bag::{BagMode, EmbeddingBag};
+pub use error::{Error, Result};
+pub use indices::{IndexData, Indices};
+pub use tensor::{DType, GpuTensor};
+
+/// Every shader family, by file name, for tools that validate them.
+pub const SHADERS: &[(&str, &str)] = &[
+    ("embedding.wgsl", include_str!("../shaders/embedding.wgsl")),
+    ("embedding_bag.wgsl", include_str!("../shaders/embedding_bag.wgsl")),
+];

@@ -1,0 +1,358 @@
+//! Tensors that live on the GPU between calls.
+//!
+//! A tensor is a list of rows (the last dimension, or single elements for index
+//! lists) stored in one or more buffers ("segments"), each holding whole rows and
+//! no more bytes than one storage binding may span. Kernels run once per segment,
+//! so any size that fits device memory works on any device.
+
+use std::sync::Arc;
+
+use wgpu::util::DeviceExt;
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+
+/// Element type of a GPU tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    I32,
+    U32,
+    /// Bytes, packed four to a 32-bit word.
+    U8,
+    /// IEEE half floats, packed two to a word (no `shader-f16` needed).
+    F16,
+    /// bfloat16, packed two to a word.
+    BF16,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 | DType::I32 | DType::U32 => 4,
+            DType::F16 | DType::BF16 => 2,
+            DType::U8 => 1,
+        }
+    }
+}
+
+/// One buffer of a tensor: rows `first_row .. first_row + rows`.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    pub(crate) buffer: wgpu::Buffer,
+    pub first_row: u64,
+    pub rows: u64,
+}
+
+impl Segment {
+    /// The rows this segment holds, as a range.
+    pub fn row_range(&self) -> std::ops::Range<u64> {
+        self.first_row..self.first_row + self.rows
+    }
+
+    pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
+        self.buffer.as_entire_binding()
+    }
+}
+
+/// A tensor resident on the GPU. Cloning is cheap and shares the buffers.
+#[derive(Debug, Clone)]
+pub struct GpuTensor {
+    shape: Vec<usize>,
+    dtype: DType,
+    row_len: usize,
+    segments: Arc<Vec<Segment>>,
+}
+
+/// Smallest buffer we create: zero-sized bindings are invalid.
+const MIN_BUFFER: u64 = 16;
+
+fn row_bytes(row_len: usize, dtype: DType) -> u64 {
+    // Rows are padded to whole 32-bit words only for packed types of odd length; our
+    // layouts keep packed rows word-aligned (see `padded_row_len`).
+    (row_len * dtype.size()) as u64
+}
+
+impl GpuTensor {
+    /// Shape of the tensor.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Elements per row (the unit that segments never split).
+    pub fn row_len(&self) -> usize {
+        self.row_len
+    }
+
+    /// Rows in all.
+    pub fn rows(&self) -> u64 {
+        self.segments.iter().map(|s| s.rows).sum()
+    }
+
+    /// The buffers holding the rows.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// Bytes this tensor occupies on the GPU.
+    pub fn gpu_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.buffer.size()).sum()
+    }
+
+    /// The segment holding `row`, if any.
+    pub fn segment_of(&self, row: u64) -> Option<&Segment> {
+        self.segments.iter().find(|s| s.row_range().contains(&row))
+    }
+
+    /// Same data, new shape with the same number of elements and the same row length.
+    pub fn reshape(&self, shape: &[usize]) -> Result<GpuTensor> {
+        let n: usize = shape.iter().product();
+        if n != self.numel() {
+            return Err(Error::ShapeMismatch(format!("cannot view {:?} as {:?}", self.shape, shape)));
+        }
+        Ok(GpuTensor { shape: shape.to_vec(), ..self.clone() })
+    }
+
+    /// Rows per segment that keep each segment within one binding.
+    pub fn rows_per_segment(ctx: &Context, row_len: usize, dtype: DType) -> Result<u64> {
+        let rb = row_bytes(row_len, dtype).max(1);
+        let per = ctx.max_binding_size() / rb;
+        if per == 0 {
+            return Err(Error::arg(
+                "shape",
+                format!(
+                    "one row of {row_len} {dtype:?} elements ({rb} bytes) exceeds the device's storage binding size of {} bytes",
+                    ctx.max_binding_size()
+                ),
+            ));
+        }
+        Ok(per)
+    }
+
+    /// Uploads host data. `row_len` elements form a row; rows are never split.
+    pub fn from_bytes(ctx: &Context, bytes: &[u8], shape: &[usize], dtype: DType, row_len: usize) -> Result<GpuTensor> {
+        let per = Self::rows_per_segment(ctx, row_len, dtype)?;
+        Self::from_bytes_with(ctx, bytes, shape, dtype, row_len, per)
+    }
+
+    /// Uploads host data with a chosen number of rows per segment.
+    pub(crate) fn from_bytes_with(
+        ctx: &Context,
+        bytes: &[u8],
+        shape: &[usize],
+        dtype: DType,
+        row_len: usize,
+        rows_per_segment: u64,
+    ) -> Result<GpuTensor> {
+        let numel: usize = shape.iter().product();
+        if bytes.len() != numel * dtype.size() {
+            return Err(Error::ShapeMismatch(format!(
+                "{} bytes given for shape {shape:?} of {dtype:?} ({} expected)",
+                bytes.len(),
+                numel * dtype.size()
+            )));
+        }
+        let row_len = row_len.max(1);
+        let rb = row_bytes(row_len, dtype) as usize;
+        let rows = (numel / row_len) as u64;
+        ctx.check_alive()?;
+        let mut segments = Vec::new();
+        let mut first = 0u64;
+        loop {
+            let n = (rows - first).min(rows_per_segment);
+            let chunk = &bytes[first as usize * rb..(first + n) as usize * rb];
+            let buffer = if (chunk.len() as u64) < MIN_BUFFER || chunk.len() % 4 != 0 {
+                let mut padded = chunk.to_vec();
+                padded.resize(chunk.len().next_multiple_of(4).max(MIN_BUFFER as usize), 0);
+                create_init(ctx, &padded)
+            } else {
+                create_init(ctx, chunk)
+            };
+            segments.push(Segment { buffer, first_row: first, rows: n });
+            first += n;
+            if first >= rows {
+                break;
+            }
+        }
+        Ok(GpuTensor { shape: shape.to_vec(), dtype, row_len, segments: Arc::new(segments) })
+    }
+
+    /// Uploads f32 data; rows are the last dimension.
+    pub fn from_f32(ctx: &Context, data: &[f32], shape: &[usize]) -> Result<GpuTensor> {
+        let row_len = shape.last().copied().unwrap_or(1);
+        Self::from_bytes(ctx, bytemuck::cast_slice(data), shape, DType::F32, row_len)
+    }
+
+    /// Uploads i32 data as a flat list (each element its own row, for index lists).
+    pub fn from_i32(ctx: &Context, data: &[i32], shape: &[usize]) -> Result<GpuTensor> {
+        Self::from_bytes(ctx, bytemuck::cast_slice(data), shape, DType::I32, 1)
+    }
+
+    /// Zero-filled tensor on the GPU.
+    pub fn zeros(ctx: &Context, shape: &[usize], dtype: DType, row_len: usize) -> Result<GpuTensor> {
+        let per = Self::rows_per_segment(ctx, row_len, dtype)?;
+        Self::zeros_with(ctx, shape, dtype, row_len, per)
+    }
+
+    /// Zero-filled tensor with a chosen number of rows per segment.
+    pub(crate) fn zeros_with(
+        ctx: &Context,
+        shape: &[usize],
+        dtype: DType,
+        row_len: usize,
+        rows_per_segment: u64,
+    ) -> Result<GpuTensor> {
+        ctx.check_alive()?;
+        let numel: usize = shape.iter().product();
+        let row_len = row_len.max(1);
+        let rows = (numel / row_len) as u64;
+        let rb = row_bytes(row_len, dtype);
+        let mut segments = Vec::new();
+        let mut first = 0u64;
+        loop {
+            let n = (rows - first).min(rows_per_segment.max(1));
+            let size = (n * rb).next_multiple_of(4).max(MIN_BUFFER);
+            if size > ctx.limits().max_buffer_size {
+                return Err(Error::arg("shape", format!("{shape:?} needs a buffer of {size} bytes, over the device's limit")));
+            }
+            let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("tensor"),
+                size,
+                usage: storage_usage(),
+                mapped_at_creation: false,
+            });
+            segments.push(Segment { buffer, first_row: first, rows: n });
+            first += n;
+            if first >= rows {
+                break;
+            }
+        }
+        Ok(GpuTensor { shape: shape.to_vec(), dtype, row_len, segments: Arc::new(segments) })
+    }
+
+    /// Reads the tensor back as raw bytes (async; works in the browser).
+    pub async fn read_bytes(&self, ctx: &Context) -> Result<Vec<u8>> {
+        ctx.check_alive()?;
+        let rb = row_bytes(self.row_len, self.dtype);
+        let mut encoder = ctx.encoder();
+        let mut staging = Vec::new();
+        for seg in self.segments.iter() {
+            let bytes = seg.rows * rb;
+            if bytes == 0 {
+                continue;
+            }
+            let size = bytes.next_multiple_of(4);
+            let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            encoder.copy_buffer_to_buffer(&seg.buffer, 0, &buf, 0, size);
+            staging.push((buf, bytes));
+        }
+        ctx.submit(encoder)?;
+        let mut receivers = Vec::new();
+        for (buf, _) in &staging {
+            let (tx, rx) = futures::channel::oneshot::channel();
+            buf.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+            receivers.push(rx);
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        ctx.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Device(e.to_string()))?;
+        let mut out = Vec::with_capacity(self.numel() * self.dtype.size());
+        for ((buf, bytes), rx) in staging.iter().zip(receivers) {
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(Error::Device(format!("readback failed: {e}"))),
+                Err(_) => return Err(ctx.check_alive().err().unwrap_or_else(|| Error::Device("readback cancelled".into()))),
+            }
+            let view = buf.slice(..).get_mapped_range().map_err(|e| Error::Device(format!("readback: {e}")))?;
+            out.extend_from_slice(&view[..*bytes as usize]);
+            drop(view);
+            buf.unmap();
+        }
+        out.truncate(self.numel() * self.dtype.size());
+        Ok(out)
+    }
+
+    /// Reads an f32 tensor back (async).
+    pub async fn read_f32(&self, ctx: &Context) -> Result<Vec<f32>> {
+        if self.dtype != DType::F32 {
+            return Err(Error::arg("tensor", format!("read_f32 on a {:?} tensor", self.dtype)));
+        }
+        Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(ctx).await?))
+    }
+
+    /// Reads an f32 tensor back, blocking (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn to_vec_f32(&self, ctx: &Context) -> Result<Vec<f32>> {
+        pollster::block_on(self.read_f32(ctx))
+    }
+
+    /// Reads the raw bytes back, blocking (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn to_bytes(&self, ctx: &Context) -> Result<Vec<u8>> {
+        pollster::block_on(self.read_bytes(ctx))
+    }
+
+    /// A copy on the GPU with `rows_per_segment` rows per buffer (GPU-side copies only).
+    pub(crate) fn resegment(&self, ctx: &Context, rows_per_segment: u64) -> Result<GpuTensor> {
+        if self.segments.iter().all(|s| s.rows <= rows_per_segment)
+            && self.segments.iter().rev().skip(1).all(|s| s.rows == rows_per_segment)
+        {
+            return Ok(self.clone());
+        }
+        let out = Self::zeros_with(ctx, &self.shape, self.dtype, self.row_len, rows_per_segment)?;
+        let rb = row_bytes(self.row_len, self.dtype);
+        let mut encoder = ctx.encoder();
+        for dst in out.segments.iter() {
+            for src in self.segments.iter() {
+                let lo = dst.first_row.max(src.first_row);
+                let hi = (dst.first_row + dst.rows).min(src.first_row + src.rows);
+                if lo >= hi {
+                    continue;
+                }
+                // Row sizes are word multiples for every tensor we resegment (f32/i32/u32 rows).
+                encoder.copy_buffer_to_buffer(
+                    &src.buffer,
+                    (lo - src.first_row) * rb,
+                    &dst.buffer,
+                    (lo - dst.first_row) * rb,
+                    (hi - lo) * rb,
+                );
+            }
+        }
+        ctx.submit(encoder)?;
+        Ok(out)
+    }
+}
+
+pub(crate) fn storage_usage() -> wgpu::BufferUsages {
+    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST
+}
+
+fn create_init(ctx: &Context, contents: &[u8]) -> wgpu::Buffer {
+    ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("tensor"), contents, usage: storage_usage() })
+}
+
+impl GpuTensor {
+    /// Wraps one existing buffer as a flat tensor (rows of one element).
+    pub(crate) fn from_buffer(buffer: wgpu::Buffer, shape: &[usize], dtype: DType) -> GpuTensor {
+        let rows = shape.iter().product::<usize>() as u64;
+        GpuTensor { shape: shape.to_vec(), dtype, row_len: 1, segments: Arc::new(vec![Segment { buffer, first_row: 0, rows }]) }
+    }
+}
