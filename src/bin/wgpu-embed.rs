@@ -50,6 +50,8 @@ enum Command {
         #[command(flatten)]
         device: DeviceArgs,
     },
+    /// Print the conformance ops this build runs, comma-separated (for check.py --ops).
+    SupportedOps,
 }
 
 fn main() -> ExitCode {
@@ -62,6 +64,10 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::SupportedOps => {
+            println!("{}", wgpu_embed::ops::SUPPORTED_OPS.join(","));
+            ExitCode::SUCCESS
+        }
     }
 }
 
