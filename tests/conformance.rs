@@ -1,0 +1,58 @@
+//! The public conformance file, run through the library as `run-cases` does, with the
+//! device's binding limit and with a 1 MiB one. Only the ops this build supports.
+
+mod common;
+
+use wgpu_embed::ops::SUPPORTED_OPS;
+use wgpu_embed::runner::{compare, run_cases, CaseFile};
+
+fn public_cases() -> CaseFile {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/public.safetensors");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (the conformance suite lives in ../shared)", path.display()));
+    let mut file = CaseFile::parse(&bytes).unwrap();
+    file.cases.retain(|c| SUPPORTED_OPS.contains(&c.op.as_str()));
+    assert!(file.cases.len() >= 60, "the public file holds at least the embedding and bag cases");
+    file
+}
+
+fn check(max_binding: Option<u64>) {
+    let file = public_cases();
+    let ctx = common::context(max_binding);
+    let (outputs, report) = run_cases(&ctx, &file);
+    let mut failures = Vec::new();
+    for (case, rep) in file.cases.iter().zip(&report.cases) {
+        if case.expect_error {
+            if rep.status != "error" {
+                failures.push(format!("{}: accepted an input the reference refuses", case.id));
+            }
+            continue;
+        }
+        if rep.status != "ok" {
+            failures.push(format!("{}: {}", case.id, rep.message.clone().unwrap_or_default()));
+            continue;
+        }
+        for name in &case.outputs {
+            let want = file.expected(&case.id, name).expect("expected tensor");
+            let got = outputs.iter().find(|(n, _)| *n == format!("{}/{name}", case.id)).map(|(_, t)| t);
+            match got {
+                None => failures.push(format!("{}: output {name} missing", case.id)),
+                Some(got) => {
+                    if let Some(problem) = compare(case, want, got) {
+                        failures.push(format!("{}/{name}: {problem}", case.id));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} failing cases:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn public_cases_pass() {
+    check(None);
+}
+
+#[test]
+fn public_cases_pass_with_1mib_bindings() {
+    check(Some(1 << 20));
+}
