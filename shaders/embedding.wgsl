@@ -3,6 +3,10 @@
 // index falls outside the bound table segment are left to another dispatch.
 
 override WG_SIZE: u32 = 64u;
+// Storage format of the lookup table: 0 = f32; 1 = f16 and 2 = bf16, packed two to a
+// 32-bit word (element i of a segment is half i & 1 of word i >> 1, low half first),
+// so no `shader-f16` is needed. Values are widened to f32; the output is f32.
+override TABLE_FORMAT: u32 = 0u;
 
 // The linear invocation index; dispatches spread over y/z past 65 535 workgroups.
 fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
@@ -21,11 +25,19 @@ struct LookupParams {
 }
 
 @group(0) @binding(0) var<uniform> lp: LookupParams;
-@group(0) @binding(1) var<storage, read> lookup_table: array<f32>;
+@group(0) @binding(1) var<storage, read> lookup_table: array<u32>;
 @group(0) @binding(2) var<storage, read> lookup_indices: array<i32>;
 @group(0) @binding(3) var<storage, read_write> lookup_out: array<f32>;
 // [0]: smallest position of an out-of-range index (0xffffffff: none).
 @group(0) @binding(4) var<storage, read_write> lookup_status: array<atomic<u32>>;
+
+// Element `i` of the bound table segment, widened to f32.
+fn table_value(i: u32) -> f32 {
+    if (TABLE_FORMAT == 0u) { return bitcast<f32>(lookup_table[i]); }
+    let shifted = lookup_table[i >> 1u] >> ((i & 1u) * 16u);
+    if (TABLE_FORMAT == 1u) { return unpack2x16float(shifted).x; }
+    return bitcast<f32>(shifted << 16u);
+}
 
 @compute @workgroup_size(WG_SIZE)
 fn lookup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -45,7 +57,7 @@ fn lookup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
     let local = u32(index) - lp.table_first_row;
     if (u32(index) < lp.table_first_row || local >= lp.table_rows) { return; }
-    lookup_out[id] = lookup_table[local * lp.dim + col];
+    lookup_out[id] = table_value(local * lp.dim + col);
 }
 
 struct RenormParams {

@@ -5,6 +5,9 @@
 // turns sums into means and empty maxima into zeros.
 
 override WG_SIZE: u32 = 64u;
+// Storage format of the table, as in embedding.wgsl: 0 = f32, 1 = f16, 2 = bf16
+// (the half formats packed two to a word, low half first); accumulation is f32.
+override TABLE_FORMAT: u32 = 0u;
 
 const MODE_SUM: u32 = 0u;
 const MODE_MEAN: u32 = 1u;
@@ -35,7 +38,7 @@ struct BagParams {
 }
 
 @group(0) @binding(0) var<uniform> bp: BagParams;
-@group(0) @binding(1) var<storage, read> table: array<f32>;
+@group(0) @binding(1) var<storage, read> table: array<u32>;
 @group(0) @binding(2) var<storage, read> indices: array<i32>;
 // bags + 1 global positions into the whole index list.
 @group(0) @binding(3) var<storage, read> offsets: array<u32>;
@@ -43,6 +46,14 @@ struct BagParams {
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 @group(0) @binding(6) var<storage, read_write> counts: array<u32>;
 @group(0) @binding(7) var<storage, read_write> status: array<atomic<u32>>;
+
+// Element `i` of the bound table segment, widened to f32.
+fn table_value(i: u32) -> f32 {
+    if (TABLE_FORMAT == 0u) { return bitcast<f32>(table[i]); }
+    let shifted = table[i >> 1u] >> ((i & 1u) * 16u);
+    if (TABLE_FORMAT == 1u) { return unpack2x16float(shifted).x; }
+    return bitcast<f32>(shifted << 16u);
+}
 
 fn is_nan(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
@@ -82,7 +93,7 @@ fn bag(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         n += 1u;
         let local = row - bp.table_first_row;
         if (row < bp.table_first_row || local >= bp.table_rows) { continue; }
-        var v = table[local * bp.dim + col];
+        var v = table_value(local * bp.dim + col);
         if (bp.has_weights != 0u) { v *= weights[local_pos]; }
         if (bp.mode == MODE_MAX) {
             acc = max_nan(acc, v);

@@ -88,7 +88,8 @@ impl Embedding {
         Ok(Self { weight, num_embeddings, embedding_dim, padding_idx: None, max_norm: None })
     }
 
-    /// Builds the layer over a table already on the GPU (`[V, D]`, f32).
+    /// Builds the layer over a table already on the GPU: `[V, D]` of F32, or of F16 / BF16
+    /// (see [`GpuTensor::from_f16`]; read as f32, output f32, no `shader-f16` needed).
     pub fn from_tensor(weight: GpuTensor) -> Result<Self> {
         let (v, d) = table_shape(&weight)?;
         Ok(Self { weight, num_embeddings: v, embedding_dim: d, padding_idx: None, max_norm: None })
@@ -110,6 +111,7 @@ impl Embedding {
             Some(m) => {
                 let mn = MaxNorm { max_norm: m, norm_type };
                 mn.validate()?;
+                check_renormalizable(&self.weight)?;
                 Some(mn)
             }
         };
@@ -193,6 +195,7 @@ pub(crate) fn lookup_into(
     status: &wgpu::Buffer,
 ) -> Result<()> {
     let (v, d) = table_shape(table)?;
+    let format = table_format(table.dtype())?;
     for (idx_seg, out_seg) in idx.segments().iter().zip(out.segments()) {
         for (t, tseg) in table.segments().iter().enumerate() {
             let params = LookupParams {
@@ -209,7 +212,7 @@ pub(crate) fn lookup_into(
             ctx.dispatch(
                 encoder,
                 &LOOKUP,
-                &[],
+                &[("TABLE_FORMAT", format)],
                 &[uniform.as_entire_binding(), tseg.binding(), idx_seg.binding(), out_seg.binding(), status.as_entire_binding()],
                 out_seg.rows * d as u64,
             );
@@ -228,6 +231,7 @@ pub(crate) fn renormalize(
     mn: MaxNorm,
 ) -> Result<()> {
     let (v, d) = table_shape(table)?;
+    check_renormalizable(table)?;
     let max_rows = table.segments().iter().map(|s| s.rows).max().unwrap_or(0);
     let claimed = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("renorm-claimed"),
@@ -278,7 +282,31 @@ pub(crate) fn check_table(len: usize, rows: usize, dim: usize) -> Result<()> {
 
 pub(crate) fn table_shape(t: &GpuTensor) -> Result<(usize, usize)> {
     match t.shape() {
-        [v, d] if t.dtype() == DType::F32 && *d > 0 => Ok((*v, *d)),
-        s => Err(Error::arg("weight", format!("expected a 2-D F32 table [num_embeddings, embedding_dim], got {s:?} of {:?}", t.dtype()))),
+        [v, d] if matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16) && *d > 0 && t.row_len() == *d => Ok((*v, *d)),
+        s => Err(Error::arg(
+            "weight",
+            format!("expected a 2-D F32, F16 or BF16 table [num_embeddings, embedding_dim], got {s:?} of {:?}", t.dtype()),
+        )),
     }
+}
+
+/// The shaders' `TABLE_FORMAT` override for a table's element type (see `embedding.wgsl`).
+pub(crate) fn table_format(dtype: DType) -> Result<f64> {
+    match dtype {
+        DType::F32 => Ok(0.0),
+        DType::F16 => Ok(1.0),
+        DType::BF16 => Ok(2.0),
+        other => Err(Error::arg("weight", format!("expected an F32, F16 or BF16 table, got {other:?}"))),
+    }
+}
+
+/// `max_norm` rewrites table rows in place, which the packed half formats do not support.
+pub(crate) fn check_renormalizable(table: &GpuTensor) -> Result<()> {
+    if table.dtype() != DType::F32 {
+        return Err(Error::arg(
+            "max_norm",
+            format!("max_norm renormalises the table in place and needs an F32 table, got a {:?} table", table.dtype()),
+        ));
+    }
+    Ok(())
 }

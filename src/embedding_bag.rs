@@ -4,7 +4,7 @@
 use wgpu::util::DeviceExt;
 
 use crate::context::{Context, Kernel, Slot};
-use crate::embedding::{check_table, renormalize, table_shape, MaxNorm};
+use crate::embedding::{check_renormalizable, check_table, renormalize, table_format, table_shape, MaxNorm};
 use crate::error::{Error, Result};
 use crate::indices::{normalize_padding_idx, Indices};
 use crate::tensor::{DType, GpuTensor};
@@ -217,7 +217,8 @@ impl EmbeddingBag {
         Self::from_tensor(weight, mode)
     }
 
-    /// Builds the layer over a `[V, D]` f32 table already on the GPU.
+    /// Builds the layer over a `[V, D]` table already on the GPU: F32, or F16 / BF16
+    /// (read as f32, accumulated and output in f32).
     pub fn from_tensor(weight: GpuTensor, mode: BagMode) -> Result<Self> {
         let (v, d) = table_shape(&weight)?;
         Ok(Self { weight, num_embeddings: v, embedding_dim: d, mode, padding_idx: None, max_norm: None, include_last_offset: false })
@@ -236,6 +237,7 @@ impl EmbeddingBag {
             Some(m) => {
                 let mn = MaxNorm { max_norm: m, norm_type };
                 mn.validate()?;
+                check_renormalizable(&self.weight)?;
                 Some(mn)
             }
         };
@@ -325,6 +327,7 @@ pub(crate) fn reduce_bags(
     spec: BagSpec,
 ) -> Result<()> {
     let d = out.row_len();
+    let format = table_format(table.dtype())?;
     let dummy = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("no-weights"),
         size: 16,
@@ -387,7 +390,7 @@ pub(crate) fn reduce_bags(
                 ctx.dispatch(
                     encoder,
                     &BAG,
-                    &[],
+                    &[("TABLE_FORMAT", format)],
                     &[
                         uniform.as_entire_binding(),
                         tseg.binding(),

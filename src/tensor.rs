@@ -194,6 +194,20 @@ impl GpuTensor {
         Self::from_bytes(ctx, bytemuck::cast_slice(data), shape, DType::F32, row_len)
     }
 
+    /// Uploads an f16 table; rows are the last dimension. Elements are packed two to a
+    /// 32-bit word back to back (element `i` of a segment is half `i & 1` of word `i >> 1`,
+    /// low half first), so rows need not start on a word and any row length works.
+    pub fn from_f16(ctx: &Context, data: &[half::f16], shape: &[usize]) -> Result<GpuTensor> {
+        let row_len = shape.last().copied().unwrap_or(1);
+        Self::from_bytes(ctx, bytemuck::cast_slice(data), shape, DType::F16, row_len)
+    }
+
+    /// Uploads a bf16 table, packed as [`GpuTensor::from_f16`] packs f16.
+    pub fn from_bf16(ctx: &Context, data: &[half::bf16], shape: &[usize]) -> Result<GpuTensor> {
+        let row_len = shape.last().copied().unwrap_or(1);
+        Self::from_bytes(ctx, bytemuck::cast_slice(data), shape, DType::BF16, row_len)
+    }
+
     /// Uploads i32 data as a flat list (each element its own row, for index lists).
     pub fn from_i32(ctx: &Context, data: &[i32], shape: &[usize]) -> Result<GpuTensor> {
         Self::from_bytes(ctx, bytemuck::cast_slice(data), shape, DType::I32, 1)
