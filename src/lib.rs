@@ -13,25 +13,37 @@
 //! # Ok::<(), wgpu_embed::Error>(())
 //! ```
 
+pub mod axial;
+pub mod bert;
+pub mod checkpoint;
 pub mod context;
 pub mod embedding;
 pub mod embedding_bag;
 pub mod error;
 pub mod indices;
+pub mod layer_norm;
 pub mod ops;
 pub mod runner;
+pub mod stable_embedding;
 pub(crate) mod status;
 pub mod tensor;
 
+pub use axial::AxialPositionEmbedding;
+pub use bert::EmbeddingSumLayerNorm;
+pub use checkpoint::{Checkpoint, HostTable};
 pub use context::{Context, ContextOptions};
 pub use embedding::{Embedding, MaxNorm};
 pub use embedding_bag::{BagMode, EmbeddingBag};
 pub use error::{Error, Result};
 pub use indices::{IndexData, Indices};
+pub use layer_norm::LayerNorm;
+pub use stable_embedding::{StableEmbedding, STABLE_EMBEDDING_EPS};
 pub use tensor::{DType, GpuTensor};
 
 /// Every shader family, by file name, for tools that validate them.
 pub const SHADERS: &[(&str, &str)] = &[
     ("embedding.wgsl", include_str!("../shaders/embedding.wgsl")),
     ("embedding_bag.wgsl", include_str!("../shaders/embedding_bag.wgsl")),
+    ("layer_norm.wgsl", include_str!("../shaders/layer_norm.wgsl")),
+    ("axial.wgsl", include_str!("../shaders/axial.wgsl")),
 ];

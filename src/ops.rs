@@ -10,13 +10,17 @@ use crate::runner::{CaseInputs, HostTensor};
 pub type Outputs = Vec<(String, HostTensor)>;
 
 /// The ops this build runs.
-pub const SUPPORTED_OPS: &[&str] = &["embedding", "embedding_bag"];
+pub const SUPPORTED_OPS: &[&str] = &["embedding", "embedding_bag", "layer_norm", "stable_embedding", "embedding_sum_layer_norm", "axial_position_embedding"];
 
 /// Runs op `op` on the case's inputs.
 pub fn run_op(ctx: &Context, op: &str, inputs: &CaseInputs<'_>) -> Result<Outputs> {
     match op {
         "embedding" => embedding(ctx, inputs),
         "embedding_bag" => embedding_bag(ctx, inputs),
+        "layer_norm" => layer_norm(ctx, inputs),
+        "stable_embedding" => stable_embedding(ctx, inputs),
+        "embedding_sum_layer_norm" => embedding_sum_layer_norm(ctx, inputs),
+        "axial_position_embedding" => axial_position_embedding(ctx, inputs),
         other => Err(Error::Unsupported(format!("op {other:?} is not implemented by this build"))),
     }
 }
@@ -68,4 +72,66 @@ fn embedding_bag(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
         outputs.push(("weight".to_string(), HostTensor::f32(layer.weight().to_vec_f32(ctx)?, vec![v, d])));
     }
     Ok(outputs)
+}
+
+fn f32_output(ctx: &Context, out: &crate::tensor::GpuTensor) -> Result<Outputs> {
+    Ok(vec![("out".to_string(), HostTensor::f32(out.to_vec_f32(ctx)?, out.shape().to_vec()))])
+}
+
+/// An optional 1-D f32 input (LayerNorm's gamma / beta).
+fn opt_vector<'a>(inputs: &CaseInputs<'a>, role: &'static str) -> Result<Option<&'a [f32]>> {
+    inputs.get(role)?.map(|t| t.as_f32(role)).transpose()
+}
+
+fn layer_norm(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+    let x = inputs.require("x")?;
+    let dim = *x.shape.last().ok_or_else(|| Error::arg("x", "expected at least one dimension, got a scalar"))?;
+    let eps = inputs.params().f64_or("eps", 1e-5)? as f32;
+    let layer = crate::layer_norm::LayerNorm::from_params(ctx, dim, eps, opt_vector(inputs, "gamma")?, opt_vector(inputs, "beta")?)?;
+    f32_output(ctx, &layer.forward(ctx, x.as_f32("x")?, &x.shape)?)
+}
+
+fn stable_embedding(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+    let p = inputs.params();
+    let (w, v, d) = table(inputs, "weight")?;
+    let indices = inputs.require("indices")?.as_indices("indices")?;
+    let layer = crate::stable_embedding::StableEmbedding::from_pretrained(
+        ctx,
+        crate::checkpoint::HostTable::f32(w, v, d)?,
+        p.opt_i64("padding_idx")?,
+        opt_vector(inputs, "gamma")?,
+        opt_vector(inputs, "beta")?,
+        p.f64_or("eps", crate::stable_embedding::STABLE_EMBEDDING_EPS as f64)? as f32,
+    )?;
+    f32_output(ctx, &layer.forward(ctx, indices)?)
+}
+
+fn embedding_sum_layer_norm(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+    let mut tables = Vec::new();
+    let mut indices = Vec::new();
+    for k in 0.. {
+        let (Some(w), Some(i)) = (inputs.get(&format!("weight{k}"))?, inputs.get(&format!("indices{k}"))?) else { break };
+        let [v, d] = w.shape[..] else {
+            return Err(Error::arg("weight", format!("expected weight{k} to be a 2-D table, got shape {:?}", w.shape)));
+        };
+        tables.push(crate::checkpoint::HostTable::f32(w.as_f32("weight")?, v, d)?);
+        indices.push(i.as_indices("indices")?);
+    }
+    let eps = inputs.params().f64_or("eps", 1e-12)? as f32;
+    let block = crate::bert::EmbeddingSumLayerNorm::new(ctx, &tables, opt_vector(inputs, "gamma")?, opt_vector(inputs, "beta")?, eps)?;
+    f32_output(ctx, &block.forward(ctx, &indices)?)
+}
+
+fn axial_position_embedding(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+    let shape = inputs.params().opt_usize_list("axial_pos_shape")?.ok_or_else(|| Error::arg("axial_pos_shape", "the case gives no axial_pos_shape"))?;
+    let [n1, n2] = shape[..] else {
+        return Err(Error::arg("axial_pos_shape", format!("expected two factors, got {shape:?}")));
+    };
+    // transformers stores the weights as [n1, 1, d1] and [1, n2, d2]: the last dimension is the width.
+    let w0 = inputs.require("weight0")?;
+    let w1 = inputs.require("weight1")?;
+    let d0 = *w0.shape.last().unwrap_or(&0);
+    let d1 = *w1.shape.last().unwrap_or(&0);
+    let layer = crate::axial::AxialPositionEmbedding::from_pretrained(ctx, w0.as_f32("weight0")?, w1.as_f32("weight1")?, [n1, n2], [d0, d1])?;
+    f32_output(ctx, &layer.forward(ctx, inputs.require("position_ids")?.as_indices("position_ids")?)?)
 }

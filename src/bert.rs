@@ -1,0 +1,259 @@
+//! BERT's embedding block: `LayerNorm(Σ_k table_k[indices_k])` (word + position +
+//! token type), in one fused kernel. The K tables are copied into one concatenated
+//! table at construction (each index is offset by its table's first row), so the
+//! kernel binds one table buffer. When that table is larger than one storage binding
+//! the block falls back to accumulating each table segment into the output and
+//! normalising it in place afterwards.
+
+use crate::checkpoint::{Checkpoint, HostTable};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::indices::Indices;
+use crate::layer_norm::{check_eps, normalize_in_place, row_threads, table_format, Affine, NormParams, ACCUMULATE, LOOKUP_SUM_LAYER_NORM};
+use crate::tensor::{DType, GpuTensor};
+
+/// Names of the index arguments in errors.
+const INDEX_NAMES: [&str; 8] = ["indices0", "indices1", "indices2", "indices3", "indices4", "indices5", "indices6", "indices7"];
+
+fn index_name(k: usize) -> &'static str {
+    INDEX_NAMES.get(k).copied().unwrap_or("indices")
+}
+
+/// `LayerNorm(Σ_k table_k[indices_k])` on the GPU.
+#[derive(Debug, Clone)]
+pub struct EmbeddingSumLayerNorm {
+    /// All tables, one after another: `[Σ rows_k, dim]`.
+    table: GpuTensor,
+    first_rows: Vec<u64>,
+    table_rows: Vec<usize>,
+    dim: usize,
+    eps: f32,
+    affine: Affine,
+}
+
+impl EmbeddingSumLayerNorm {
+    /// Builds the block from K tables of the same width (any of F32, F16, BF16; mixed
+    /// formats are widened to f32, else the format is kept packed) and LayerNorm's
+    /// parameters (either may be `None`).
+    pub fn new(ctx: &Context, tables: &[HostTable<'_>], gamma: Option<&[f32]>, beta: Option<&[f32]>, eps: f32) -> Result<Self> {
+        let Some(first) = tables.first() else {
+            return Err(Error::arg("tables", "expected at least one table, got none"));
+        };
+        let dim = first.dim();
+        for (k, t) in tables.iter().enumerate() {
+            if t.dim() != dim {
+                return Err(Error::ShapeMismatch(format!("table {k} has {} columns but table 0 has {dim}; all tables must have the same width", t.dim())));
+            }
+        }
+        check_eps(eps)?;
+        let total_rows: u64 = tables.iter().map(|t| t.rows() as u64).sum();
+        if total_rows >= i32::MAX as u64 {
+            return Err(Error::arg("tables", format!("{total_rows} rows in all is more than i32 indices can address")));
+        }
+        let affine = Affine::new(ctx, gamma, beta, dim)?;
+        let same = tables.iter().all(|t| t.dtype() == first.dtype());
+        let dtype = if same { first.dtype() } else { DType::F32 };
+        let mut bytes = Vec::with_capacity(total_rows as usize * dim * dtype.size());
+        let mut first_rows = Vec::with_capacity(tables.len());
+        let mut row = 0u64;
+        for t in tables {
+            first_rows.push(row);
+            row += t.rows() as u64;
+            if same {
+                bytes.extend_from_slice(t.bytes());
+            } else {
+                bytes.extend_from_slice(&t.f32_bytes());
+            }
+        }
+        let table = GpuTensor::from_bytes(ctx, &bytes, &[total_rows as usize, dim], dtype, dim)?;
+        Ok(EmbeddingSumLayerNorm { table, first_rows, table_rows: tables.iter().map(|t| t.rows()).collect(), dim, eps, affine })
+    }
+
+    /// BERT's embedding block from a Hugging Face checkpoint: `{prefix}.word_embeddings.weight`,
+    /// `{prefix}.position_embeddings.weight`, `{prefix}.token_type_embeddings.weight` and
+    /// `{prefix}.LayerNorm.weight` / `.bias` (prefix `"embeddings"` for `BertModel`,
+    /// `"bert.embeddings"` for its task heads). `eps` is `config.layer_norm_eps` (1e-12 for BERT).
+    /// The forward takes indices in that order: input ids, position ids, token type ids.
+    pub fn from_bert_checkpoint(ctx: &Context, checkpoint: &Checkpoint, prefix: &str, eps: f32) -> Result<Self> {
+        let word = checkpoint.table(&format!("{prefix}.word_embeddings.weight"))?;
+        let dim = word.dim();
+        let position = checkpoint.table_with_dim(&format!("{prefix}.position_embeddings.weight"), None, dim)?;
+        let token_type = checkpoint.table_with_dim(&format!("{prefix}.token_type_embeddings.weight"), None, dim)?;
+        let gamma = checkpoint.vector(&format!("{prefix}.LayerNorm.weight"), dim)?;
+        let beta = checkpoint.vector(&format!("{prefix}.LayerNorm.bias"), dim)?;
+        Self::new(ctx, &[word, position, token_type], Some(&gamma), Some(&beta), eps)
+    }
+
+    /// Number of tables (K).
+    pub fn num_tables(&self) -> usize {
+        self.first_rows.len()
+    }
+
+    /// Rows of each table.
+    pub fn table_rows(&self) -> &[usize] {
+        &self.table_rows
+    }
+
+    /// Width of every table and of the output.
+    pub fn embedding_dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The epsilon of the LayerNorm.
+    pub fn eps(&self) -> f32 {
+        self.eps
+    }
+
+    /// The K tables, concatenated, on the GPU (`[Σ rows_k, dim]`).
+    pub fn table(&self) -> &GpuTensor {
+        &self.table
+    }
+
+    /// Storage format of the (concatenated) table on the GPU.
+    pub fn table_dtype(&self) -> DType {
+        self.table.dtype()
+    }
+
+    /// `LayerNorm(Σ_k table_k[indices[k]])`. The index tensors broadcast against each
+    /// other as PyTorch's `+` does (e.g. position ids `[1, S]` with input ids `[B, S]`);
+    /// the result has shape `[*broadcast shape, dim]`.
+    pub fn forward(&self, ctx: &Context, indices: &[Indices<'_>]) -> Result<GpuTensor> {
+        let k_count = self.num_tables();
+        if indices.len() != k_count {
+            return Err(Error::arg("indices", format!("expected {k_count} index tensors (one per table), got {}", indices.len())));
+        }
+        let mut shape: Vec<usize> = Vec::new();
+        for (k, idx) in indices.iter().enumerate() {
+            idx.check_shape(index_name(k))?;
+            shape = broadcast(&shape, idx.shape)?;
+        }
+        let n: usize = shape.iter().product();
+        // Interleave the K indices of each output row, offset into the concatenated table.
+        let mut rows = vec![0i32; n * k_count];
+        for (k, idx) in indices.iter().enumerate() {
+            let strides = broadcast_strides(idx.shape, &shape);
+            let limit = self.table_rows[k] as u64;
+            for (pos, out_row) in (0..n).map(|p| (source_position(p, &shape, &strides), p)) {
+                let value = idx.data.get(pos);
+                if value < 0 || value as u64 >= limit {
+                    return Err(Error::IndexOutOfRange { name: index_name(k), position: pos as u64, value, num_embeddings: limit });
+                }
+                rows[out_row * k_count + k] = (self.first_rows[k] + value as u64) as i32;
+            }
+        }
+        let mut out_shape = shape;
+        out_shape.push(self.dim);
+        self.run(ctx, &rows, &out_shape)
+    }
+
+    fn run(&self, ctx: &Context, rows: &[i32], out_shape: &[usize]) -> Result<GpuTensor> {
+        let k_count = self.num_tables();
+        let n = rows.len() / k_count;
+        // Output and index segments pair up: both hold `per` rows.
+        let per = GpuTensor::rows_per_segment(ctx, self.dim, DType::F32)?.min(GpuTensor::rows_per_segment(ctx, k_count, DType::I32)?);
+        let idx = GpuTensor::from_bytes_with(ctx, bytemuck::cast_slice(rows), &[n, k_count], DType::I32, k_count, per)?;
+        let out = GpuTensor::zeros_with(ctx, out_shape, DType::F32, self.dim, per)?;
+        let format = [("TABLE_FORMAT", table_format(self.table.dtype())?)];
+        let fused = self.table.segments().len() == 1;
+        ctx.scoped(|| {
+            let mut encoder = ctx.encoder();
+            for (iseg, oseg) in idx.segments().iter().zip(out.segments()) {
+                let mut params = NormParams {
+                    rows: oseg.rows as u32,
+                    dim: self.dim as u32,
+                    eps: self.eps,
+                    affine: self.affine.flags(),
+                    lookups: k_count as u32,
+                    lookup: 0,
+                    table_first_row: 0,
+                    table_rows: 0,
+                };
+                if fused {
+                    let tseg = &self.table.segments()[0];
+                    params.table_rows = tseg.rows as u32;
+                    let uniform = ctx.uniform(&params);
+                    ctx.dispatch_groups(
+                        &mut encoder,
+                        &LOOKUP_SUM_LAYER_NORM,
+                        &[format[0], ("ROW_THREADS", row_threads(self.dim) as f64)],
+                        &[
+                            uniform.as_entire_binding(),
+                            tseg.binding(),
+                            iseg.binding(),
+                            self.affine.gamma_binding(),
+                            self.affine.beta_binding(),
+                            oseg.binding(),
+                        ],
+                        oseg.rows,
+                    );
+                    continue;
+                }
+                // Table split over several bindings: add table k's rows segment by segment, in k order.
+                for k in 0..k_count {
+                    let lo = self.first_rows[k];
+                    let hi = lo + self.table_rows[k] as u64;
+                    for tseg in self.table.segments().iter().filter(|s| s.first_row < hi && s.first_row + s.rows > lo) {
+                        params.lookup = k as u32;
+                        params.table_first_row = tseg.first_row as u32;
+                        params.table_rows = tseg.rows as u32;
+                        let uniform = ctx.uniform(&params);
+                        ctx.dispatch(
+                            &mut encoder,
+                            &ACCUMULATE,
+                            &format,
+                            &[uniform.as_entire_binding(), tseg.binding(), iseg.binding(), oseg.binding()],
+                            oseg.rows * self.dim as u64,
+                        );
+                    }
+                }
+            }
+            if !fused {
+                normalize_in_place(ctx, &mut encoder, &out, self.dim, self.eps, &self.affine);
+            }
+            ctx.submit(encoder)
+        })?;
+        Ok(out)
+    }
+}
+
+/// PyTorch's broadcast of two shapes, with its error message.
+pub(crate) fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+    let len = a.len().max(b.len());
+    let mut out = vec![0; len];
+    for i in 0..len {
+        let da = if i + a.len() >= len { a[i + a.len() - len] } else { 1 };
+        let db = if i + b.len() >= len { b[i + b.len() - len] } else { 1 };
+        out[i] = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            (x, y) => {
+                return Err(Error::ShapeMismatch(format!(
+                    "The size of tensor a ({x}) must match the size of tensor b ({y}) at non-singleton dimension {i}"
+                )))
+            }
+        };
+    }
+    Ok(out)
+}
+
+/// Strides (in elements) of a row-major tensor of `shape` read as the broadcast `full` shape.
+fn broadcast_strides(shape: &[usize], full: &[usize]) -> Vec<usize> {
+    let mut strides = vec![0; full.len()];
+    let mut stride = 1;
+    for i in (0..shape.len()).rev() {
+        let j = i + full.len() - shape.len();
+        strides[j] = if shape[i] == 1 { 0 } else { stride };
+        stride *= shape[i];
+    }
+    strides
+}
+
+fn source_position(mut p: usize, full: &[usize], strides: &[usize]) -> usize {
+    let mut pos = 0;
+    for i in (0..full.len()).rev() {
+        pos += (p % full[i]) * strides[i];
+        p /= full[i];
+    }
+    pos
+}

@@ -1,0 +1,243 @@
+//! `torch.nn.LayerNorm` over the last dimension on the GPU: any leading shape,
+//! optional affine, any `eps`, biased variance computed stably (Welford/Chan) in f32.
+//! Also the kernel family shared by StableEmbedding and the BERT embedding block.
+
+use crate::context::{Context, Kernel, Slot};
+use crate::error::{Error, Result};
+use crate::tensor::{DType, GpuTensor};
+
+pub(crate) const SOURCE: &str = include_str!("../shaders/layer_norm.wgsl");
+
+const LAYER_NORM: Kernel = Kernel {
+    family: "layer_norm",
+    source: SOURCE,
+    entry: "layer_norm",
+    slots: &[Slot::Uniform, Slot::Read, Slot::Read, Slot::Read, Slot::ReadWrite],
+};
+
+pub(crate) const LOOKUP_SUM_LAYER_NORM: Kernel = Kernel {
+    family: "layer_norm",
+    source: SOURCE,
+    entry: "lookup_sum_layer_norm",
+    slots: &[Slot::Uniform, Slot::Read, Slot::Read, Slot::Read, Slot::Read, Slot::ReadWrite],
+};
+
+pub(crate) const ACCUMULATE: Kernel = Kernel {
+    family: "layer_norm",
+    source: SOURCE,
+    entry: "accumulate",
+    slots: &[Slot::Uniform, Slot::Read, Slot::Read, Slot::ReadWrite],
+};
+
+pub(crate) const NORMALIZE_IN_PLACE: Kernel = Kernel {
+    family: "layer_norm",
+    source: SOURCE,
+    entry: "normalize_in_place",
+    slots: &[Slot::Uniform, Slot::Read, Slot::Read, Slot::ReadWrite],
+};
+
+/// The shader's `Params` uniform.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct NormParams {
+    pub rows: u32,
+    pub dim: u32,
+    pub eps: f32,
+    pub affine: u32,
+    pub lookups: u32,
+    pub lookup: u32,
+    pub table_first_row: u32,
+    pub table_rows: u32,
+}
+
+/// Invocations per row: enough to cover short rows without idling most of them.
+pub(crate) fn row_threads(dim: usize) -> u32 {
+    (dim.div_ceil(4).next_power_of_two() as u32).clamp(32, 256)
+}
+
+/// The `TABLE_FORMAT` override value of a table dtype.
+pub(crate) fn table_format(dtype: DType) -> Result<f64> {
+    match dtype {
+        DType::F32 => Ok(0.0),
+        DType::F16 => Ok(1.0),
+        DType::BF16 => Ok(2.0),
+        other => Err(Error::arg("weight", format!("expected an F32, F16 or BF16 table, got {other:?}"))),
+    }
+}
+
+pub(crate) fn check_eps(eps: f32) -> Result<()> {
+    if !eps.is_finite() || eps < 0.0 {
+        return Err(Error::arg("eps", format!("expected a finite eps >= 0, got {eps}")));
+    }
+    Ok(())
+}
+
+/// LayerNorm's affine parameters on the GPU (either may be absent), with a dummy
+/// buffer to bind in place of an absent one.
+#[derive(Debug, Clone)]
+pub(crate) struct Affine {
+    gamma: Option<GpuTensor>,
+    beta: Option<GpuTensor>,
+    dummy: GpuTensor,
+}
+
+impl Affine {
+    pub(crate) fn new(ctx: &Context, gamma: Option<&[f32]>, beta: Option<&[f32]>, dim: usize) -> Result<Self> {
+        for (name, v) in [("gamma", gamma), ("beta", beta)] {
+            if let Some(v) = v {
+                if v.len() != dim {
+                    return Err(Error::arg(name, format!("expected {dim} values (the normalized dimension), got {}", v.len())));
+                }
+            }
+        }
+        if dim as u64 * 4 > ctx.max_binding_size() {
+            return Err(Error::arg("normalized_shape", format!("a row of {dim} f32 values exceeds the device's storage binding size of {} bytes", ctx.max_binding_size())));
+        }
+        let upload = |v: Option<&[f32]>| v.map(|v| GpuTensor::from_f32(ctx, v, &[dim])).transpose();
+        Ok(Affine { gamma: upload(gamma)?, beta: upload(beta)?, dummy: GpuTensor::from_f32(ctx, &[0.0; 4], &[4])? })
+    }
+
+    pub(crate) fn flags(&self) -> u32 {
+        self.gamma.is_some() as u32 | (self.beta.is_some() as u32) << 1
+    }
+
+    pub(crate) fn gamma_binding(&self) -> wgpu::BindingResource<'_> {
+        self.gamma.as_ref().unwrap_or(&self.dummy).segments()[0].binding()
+    }
+
+    pub(crate) fn beta_binding(&self) -> wgpu::BindingResource<'_> {
+        self.beta.as_ref().unwrap_or(&self.dummy).segments()[0].binding()
+    }
+
+    pub(crate) fn gamma(&self) -> Option<&GpuTensor> {
+        self.gamma.as_ref()
+    }
+
+    pub(crate) fn beta(&self) -> Option<&GpuTensor> {
+        self.beta.as_ref()
+    }
+}
+
+/// LayerNorm over the last dimension, as `torch.nn.LayerNorm(normalized_shape=[dim])`.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    dim: usize,
+    eps: f32,
+    affine: Affine,
+}
+
+impl LayerNorm {
+    /// A fresh layer as PyTorch initialises it: with `elementwise_affine`, gamma = 1 and beta = 0.
+    pub fn new(ctx: &Context, dim: usize, eps: f32, elementwise_affine: bool) -> Result<Self> {
+        if elementwise_affine {
+            let ones = vec![1.0f32; dim];
+            let zeros = vec![0.0f32; dim];
+            Self::from_params(ctx, dim, eps, Some(&ones), Some(&zeros))
+        } else {
+            Self::from_params(ctx, dim, eps, None, None)
+        }
+    }
+
+    /// A layer with given parameters, as `F.layer_norm(x, [dim], gamma, beta, eps)`;
+    /// either may be `None`.
+    pub fn from_params(ctx: &Context, dim: usize, eps: f32, gamma: Option<&[f32]>, beta: Option<&[f32]>) -> Result<Self> {
+        if dim == 0 {
+            return Err(Error::arg("normalized_shape", "expected a normalized dimension of at least 1, got 0"));
+        }
+        check_eps(eps)?;
+        Ok(LayerNorm { dim, eps, affine: Affine::new(ctx, gamma, beta, dim)? })
+    }
+
+    /// The normalized dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The epsilon added to the variance.
+    pub fn eps(&self) -> f32 {
+        self.eps
+    }
+
+    /// Gamma on the GPU, if the layer has one.
+    pub fn weight(&self) -> Option<&GpuTensor> {
+        self.affine.gamma()
+    }
+
+    /// Beta on the GPU, if the layer has one.
+    pub fn bias(&self) -> Option<&GpuTensor> {
+        self.affine.beta()
+    }
+
+    /// Normalises host data of shape `shape` (last dimension = `dim`).
+    pub fn forward(&self, ctx: &Context, x: &[f32], shape: &[usize]) -> Result<GpuTensor> {
+        self.check_shape(shape)?;
+        let n: usize = shape.iter().product();
+        if n != x.len() {
+            return Err(Error::arg("input", format!("shape {shape:?} holds {n} values but {} were given", x.len())));
+        }
+        let x = GpuTensor::from_f32(ctx, x, shape)?;
+        self.forward_gpu(ctx, &x)
+    }
+
+    /// Normalises an f32 tensor already on the GPU (rows = last dimension).
+    pub fn forward_gpu(&self, ctx: &Context, x: &GpuTensor) -> Result<GpuTensor> {
+        self.check_shape(x.shape())?;
+        if x.dtype() != DType::F32 || x.row_len() != self.dim {
+            return Err(Error::arg("input", format!("expected an F32 tensor with rows of {}, got {:?} with rows of {}", self.dim, x.dtype(), x.row_len())));
+        }
+        // Input and output are segmented alike, so each dispatch pairs one of each.
+        let per = GpuTensor::rows_per_segment(ctx, self.dim, DType::F32)?;
+        let x = x.resegment(ctx, per)?;
+        let out = GpuTensor::zeros_with(ctx, x.shape(), DType::F32, self.dim, per)?;
+        ctx.scoped(|| {
+            let mut encoder = ctx.encoder();
+            for (xs, os) in x.segments().iter().zip(out.segments()) {
+                let params = NormParams {
+                    rows: xs.rows as u32,
+                    dim: self.dim as u32,
+                    eps: self.eps,
+                    affine: self.affine.flags(),
+                    lookups: 0,
+                    lookup: 0,
+                    table_first_row: 0,
+                    table_rows: 0,
+                };
+                let uniform = ctx.uniform(&params);
+                ctx.dispatch_groups(
+                    &mut encoder,
+                    &LAYER_NORM,
+                    &[("ROW_THREADS", row_threads(self.dim) as f64)],
+                    &[uniform.as_entire_binding(), xs.binding(), self.affine.gamma_binding(), self.affine.beta_binding(), os.binding()],
+                    xs.rows,
+                );
+            }
+            ctx.submit(encoder)
+        })?;
+        Ok(out)
+    }
+
+    fn check_shape(&self, shape: &[usize]) -> Result<()> {
+        if shape.last() != Some(&self.dim) {
+            return Err(Error::arg(
+                "input",
+                format!("Given normalized_shape=[{}], expected input with shape [*, {}], but got input of size {shape:?}", self.dim, self.dim),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Records `out = LayerNorm(out)` over every segment of `out` (rows of `dim`).
+pub(crate) fn normalize_in_place(ctx: &Context, encoder: &mut wgpu::CommandEncoder, out: &GpuTensor, dim: usize, eps: f32, affine: &Affine) {
+    for seg in out.segments() {
+        let params = NormParams { rows: seg.rows as u32, dim: dim as u32, eps, affine: affine.flags(), lookups: 0, lookup: 0, table_first_row: 0, table_rows: 0 };
+        let uniform = ctx.uniform(&params);
+        ctx.dispatch_groups(
+            encoder,
+            &NORMALIZE_IN_PLACE,
+            &[("ROW_THREADS", row_threads(dim) as f64)],
+            &[uniform.as_entire_binding(), affine.gamma_binding(), affine.beta_binding(), seg.binding()],
+            seg.rows,
+        );
+    }
+}
