@@ -60,6 +60,58 @@ fn lookup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     lookup_out[id] = table_value(local * lp.dim + col);
 }
 
+// Vectorised lookup, for tables whose rows are whole vec4 words (F32 with D % 4 == 0,
+// F16 / BF16 with D % 8 == 0). LANES invocations share one output row and move its
+// vec4 words at stride LANES, so a workgroup copies WG_SIZE / LANES rows with
+// contiguous 16-byte loads and stores (as FBGEMM's TBE forward gives a row to a warp).
+override LANES: u32 = 16u;
+
+@group(0) @binding(1) var<storage, read> lookup_table4: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read_write> lookup_out4: array<vec4<f32>>;
+
+fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return (wid.z * nwg.y + wid.y) * nwg.x + wid.x;
+}
+
+// Values 0..3 (`upper` false) or 4..7 of a vec4 word holding eight packed halves.
+fn widen_half4(w: vec4<u32>, upper: bool) -> vec4<f32> {
+    let a = select(w.x, w.z, upper);
+    let b = select(w.y, w.w, upper);
+    if (TABLE_FORMAT == 1u) { return vec4<f32>(unpack2x16float(a), unpack2x16float(b)); }
+    return bitcast<vec4<f32>>(vec4<u32>(a << 16u, a & 0xffff0000u, b << 16u, b & 0xffff0000u));
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn lookup_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = group_index(wid, nwg) * (WG_SIZE / LANES) + lid.x / LANES;
+    let lane = lid.x % LANES;
+    if (row >= lp.rows) { return; }
+    let out_words = lp.dim / 4u;
+    let in_words = select(out_words / 2u, out_words, TABLE_FORMAT == 0u);
+    let dst = row * out_words;
+    let index = lookup_indices[row];
+    if (index < 0 || u32(index) >= lp.num_embeddings) {
+        if (lp.report_bad != 0u) {
+            for (var c = lane; c < out_words; c += LANES) { lookup_out4[dst + c] = vec4<f32>(0.0); }
+            if (lane == 0u) { atomicMin(&lookup_status[0], lp.index_base + row); }
+        }
+        return;
+    }
+    let local = u32(index) - lp.table_first_row;
+    if (u32(index) < lp.table_first_row || local >= lp.table_rows) { return; }
+    let src = local * in_words;
+    for (var c = lane; c < in_words; c += LANES) {
+        let w = lookup_table4[src + c];
+        if (TABLE_FORMAT == 0u) {
+            lookup_out4[dst + c] = bitcast<vec4<f32>>(w);
+        } else {
+            lookup_out4[dst + 2u * c] = widen_half4(w, false);
+            lookup_out4[dst + 2u * c + 1u] = widen_half4(w, true);
+        }
+    }
+}
+
 struct RenormParams {
     count: u32,           // indices in the bound index segment
     dim: u32,

@@ -114,6 +114,99 @@ fn bag(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     out[id] = acc;
 }
 
+// Vectorised bags, for tables whose rows are whole vec4 words (F32 with D % 4 == 0,
+// F16 / BF16 with D % 8 == 0). LANES invocations share one bag: each owns the vec4
+// columns lane, lane + LANES, ... and walks the bag's indices keeping its sums in
+// registers, so every table row is read once with contiguous 16-byte loads (the
+// warp-per-bag scheme of FBGEMM's TBE forward and PyTorch's embedding_bag kernel).
+override LANES: u32 = 16u;
+
+@group(0) @binding(1) var<storage, read> table4: array<vec4<u32>>;
+@group(0) @binding(5) var<storage, read_write> out4: array<vec4<f32>>;
+
+fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return (wid.z * nwg.y + wid.y) * nwg.x + wid.x;
+}
+
+// Values 0..3 (`upper` false) or 4..7 of a vec4 word holding eight packed halves.
+fn widen_half4(w: vec4<u32>, upper: bool) -> vec4<f32> {
+    let a = select(w.x, w.z, upper);
+    let b = select(w.y, w.w, upper);
+    if (TABLE_FORMAT == 1u) { return vec4<f32>(unpack2x16float(a), unpack2x16float(b)); }
+    return bitcast<vec4<f32>>(vec4<u32>(a << 16u, a & 0xffff0000u, b << 16u, b & 0xffff0000u));
+}
+
+fn max_nan4(acc: vec4<f32>, v: vec4<f32>) -> vec4<f32> {
+    let nan = (bitcast<vec4<u32>>(v) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
+    return select(acc, v, nan | (v > acc));
+}
+
+fn reduce4(acc: vec4<f32>, v: vec4<f32>) -> vec4<f32> {
+    if (bp.mode == MODE_MAX) { return max_nan4(acc, v); }
+    return acc + v;
+}
+
+// Turns a single dispatch's sum into a mean, or an empty max into zeros.
+fn finish4(acc: vec4<f32>, n: u32) -> vec4<f32> {
+    if (bp.last_pass == 0u) { return acc; }
+    if (bp.mode == MODE_MEAN) { return select(vec4<f32>(0.0), acc / f32(n), n > 0u); }
+    if (bp.mode == MODE_MAX && n == 0u) { return vec4<f32>(0.0); }
+    return acc;
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn bag_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_id) lid: vec3<u32>) {
+    let b = group_index(wid, nwg) * (WG_SIZE / LANES) + lid.x / LANES;
+    let lane = lid.x % LANES;
+    if (b >= bp.bags) { return; }
+    let out_words = bp.dim / 4u;
+    let half = TABLE_FORMAT != 0u;
+    let in_words = select(out_words, out_words / 2u, half);
+    let dst = b * out_words;
+    let lo = max(offsets[b], bp.index_first);
+    let hi = min(offsets[b + 1u], bp.index_first + bp.index_count);
+    let init = vec4<f32>(select(0.0, bitcast<f32>(0xff800000u), bp.mode == MODE_MAX));
+
+    for (var c = lane; c < in_words; c += LANES) {
+        // Table word c holds output word c (f32) or output words 2c and 2c + 1 (halves).
+        let o0 = select(dst + c, dst + 2u * c, half);
+        var acc0 = init;
+        var acc1 = init;
+        if (bp.first_pass == 0u) {
+            acc0 = out4[o0];
+            if (half) { acc1 = out4[o0 + 1u]; }
+        }
+        var n = 0u;
+        for (var pos = lo; pos < hi; pos++) {
+            let local_pos = pos - bp.index_first;
+            let index = indices[local_pos];
+            if (index < 0 || u32(index) >= bp.num_embeddings) {
+                // Never read outside the table; the host turns the report into an error.
+                if (bp.report_bad != 0u && c == 0u) { atomicMin(&status[0], pos); }
+                continue;
+            }
+            let row = u32(index);
+            if (row == bp.padding_idx) { continue; }
+            n += 1u;
+            let local = row - bp.table_first_row;
+            if (row < bp.table_first_row || local >= bp.table_rows) { continue; }
+            let w = table4[local * in_words + c];
+            var scale = 1.0;
+            if (bp.has_weights != 0u) { scale = weights[local_pos]; }
+            if (half) {
+                acc0 = reduce4(acc0, widen_half4(w, false) * scale);
+                acc1 = reduce4(acc1, widen_half4(w, true) * scale);
+            } else {
+                acc0 = reduce4(acc0, bitcast<vec4<f32>>(w) * scale);
+            }
+        }
+        out4[o0] = finish4(acc0, n);
+        if (half) { out4[o0 + 1u] = finish4(acc1, n); }
+        if (c == 0u && bp.last_pass == 0u && bp.count_pass != 0u) { counts[b] += n; }
+    }
+}
+
 struct FinalizeParams {
     bags: u32,
     dim: u32,

@@ -1,7 +1,7 @@
 //! `torch.nn.Embedding` forward on the GPU: lookup, padding_idx, and max-norm
 //! renormalisation of the referenced rows in place.
 
-use crate::context::{Context, Kernel, Slot};
+use crate::context::{Context, Kernel, Slot, WORKGROUP_SIZE};
 use crate::error::{Error, Result};
 use crate::indices::{normalize_padding_idx, Indices};
 use crate::tensor::{DType, GpuTensor};
@@ -14,6 +14,8 @@ pub(crate) const LOOKUP: Kernel = Kernel {
     entry: "lookup",
     slots: &[Slot::Uniform, Slot::Read, Slot::Read, Slot::ReadWrite, Slot::ReadWrite],
 };
+
+pub(crate) const LOOKUP_VEC4: Kernel = Kernel { entry: "lookup_vec4", ..LOOKUP };
 
 pub(crate) const RENORM: Kernel = Kernel {
     family: "embedding",
@@ -148,16 +150,16 @@ impl Embedding {
         self.run(ctx, &idx, &shape, false)
     }
 
-    /// Looks up indices that already live on the GPU (an i32 tensor). They are
-    /// bounds-checked in the shader; the first bad one is reported as an error.
+    /// Looks up indices that already live on the GPU (an i32 tensor). A check kernel
+    /// bounds-checks them first: the first bad one is reported as
+    /// [`Error::IndexOutOfRange`] and nothing (not the max-norm table) is written.
     pub fn forward_gpu(&self, ctx: &Context, indices: &GpuTensor) -> Result<GpuTensor> {
-        if indices.dtype() != DType::I32 || indices.row_len() != 1 {
-            return Err(Error::arg("indices", format!("expected a flat I32 tensor on the GPU, got {:?} with rows of {}", indices.dtype(), indices.row_len())));
-        }
+        crate::status::check_gpu_indices(ctx, "indices", indices, self.num_embeddings as u64)?;
         let idx = indices.resegment(ctx, self.batch_rows(ctx)?)?;
         let mut shape = indices.shape().to_vec();
         shape.push(self.embedding_dim);
-        self.run(ctx, &idx, &shape, true)
+        // The lookup kernel still refuses to read out of range (its status goes unread).
+        self.run(ctx, &idx, &shape, false)
     }
 
     /// Indices per output segment: an output segment of that many rows fits one binding.
@@ -209,13 +211,18 @@ pub(crate) fn lookup_into(
                 _pad: 0,
             };
             let uniform = ctx.uniform(&params);
-            ctx.dispatch(
-                encoder,
-                &LOOKUP,
-                &[("TABLE_FORMAT", format)],
-                &[uniform.as_entire_binding(), tseg.binding(), idx_seg.binding(), out_seg.binding(), status.as_entire_binding()],
-                out_seg.rows * d as u64,
-            );
+            let bindings =
+                [uniform.as_entire_binding(), tseg.binding(), idx_seg.binding(), out_seg.binding(), status.as_entire_binding()];
+            match vec4_lanes(table.dtype(), d) {
+                Some(lanes) => ctx.dispatch_groups(
+                    encoder,
+                    &LOOKUP_VEC4,
+                    &[("TABLE_FORMAT", format), ("LANES", lanes as f64)],
+                    &bindings,
+                    out_seg.rows.div_ceil((WORKGROUP_SIZE / lanes) as u64),
+                ),
+                None => ctx.dispatch(encoder, &LOOKUP, &[("TABLE_FORMAT", format)], &bindings, out_seg.rows * d as u64),
+            }
         }
     }
     Ok(())
@@ -288,6 +295,18 @@ pub(crate) fn table_shape(t: &GpuTensor) -> Result<(usize, usize)> {
             format!("expected a 2-D F32, F16 or BF16 table [num_embeddings, embedding_dim], got {s:?} of {:?}", t.dtype()),
         )),
     }
+}
+
+/// Invocations per row (or bag) of the vectorised kernels, when the table's rows are whole
+/// vec4 words: enough lanes to cover a row's words in one sweep, a power of two so
+/// that a workgroup holds whole rows, at most a workgroup. `None`: use the scalar kernel.
+pub(crate) fn vec4_lanes(dtype: DType, dim: usize) -> Option<u32> {
+    let words = match dtype {
+        DType::F32 if dim % 4 == 0 => dim / 4,
+        DType::F16 | DType::BF16 if dim % 8 == 0 => dim / 8,
+        _ => return None,
+    };
+    Some((words as u32).next_power_of_two().min(WORKGROUP_SIZE))
 }
 
 /// The shaders' `TABLE_FORMAT` override for a table's element type (see `embedding.wgsl`).

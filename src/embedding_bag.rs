@@ -3,8 +3,8 @@
 
 use wgpu::util::DeviceExt;
 
-use crate::context::{Context, Kernel, Slot};
-use crate::embedding::{check_renormalizable, check_table, renormalize, table_format, table_shape, MaxNorm};
+use crate::context::{Context, Kernel, Slot, WORKGROUP_SIZE};
+use crate::embedding::{check_renormalizable, check_table, renormalize, table_format, table_shape, vec4_lanes, MaxNorm};
 use crate::error::{Error, Result};
 use crate::indices::{normalize_padding_idx, Indices};
 use crate::tensor::{DType, GpuTensor};
@@ -26,6 +26,8 @@ pub(crate) const BAG: Kernel = Kernel {
         Slot::ReadWrite,
     ],
 };
+
+pub(crate) const BAG_VEC4: Kernel = Kernel { entry: "bag_vec4", ..BAG };
 
 pub(crate) const FINALIZE: Kernel = Kernel {
     family: "embedding_bag",
@@ -111,6 +113,7 @@ pub(crate) struct BagPlan {
 
 impl BagPlan {
     /// Number of bags.
+    #[allow(dead_code)]
     pub fn bags(&self) -> usize {
         self.bounds.len() - 1
     }
@@ -127,19 +130,33 @@ pub(crate) fn plan_bags(
     num_embeddings: usize,
 ) -> Result<BagPlan> {
     input.check_shape("input")?;
-    if let Some((w, shape)) = per_sample_weights {
-        if shape != input.shape || w.len() != input.data.len() {
+    let weights_shape = per_sample_weights.map(|(w, shape)| (w.len(), shape));
+    let bounds = plan_bounds(input.shape, input.data.len(), offsets, weights_shape, mode, include_last_offset)?;
+    let rows = input.to_rows("input", num_embeddings as u64)?;
+    Ok(BagPlan { rows, bounds, weights: per_sample_weights.map(|(w, _)| w.to_vec()) })
+}
+
+/// The checks of [`plan_bags`] that need only the input's shape (`n` values), not its
+/// values: the `bags + 1` boundaries. `per_sample_weights` is (values, shape).
+pub(crate) fn plan_bounds(
+    input_shape: &[usize],
+    n: usize,
+    offsets: Option<Indices<'_>>,
+    per_sample_weights: Option<(usize, &[usize])>,
+    mode: BagMode,
+    include_last_offset: bool,
+) -> Result<Vec<u32>> {
+    if let Some((len, shape)) = per_sample_weights {
+        if shape != input_shape || len != n {
             return Err(Error::arg(
                 "per_sample_weights",
                 format!(
-                    "embedding_bag: If per_sample_weights ({shape:?}) is not None, then it must have the same shape as the input ({:?})",
-                    input.shape
+                    "embedding_bag: If per_sample_weights ({shape:?}) is not None, then it must have the same shape as the input ({input_shape:?})"
                 ),
             ));
         }
     }
-    let n = input.data.len();
-    let starts: Vec<i64> = match (input.shape.len(), offsets) {
+    let starts: Vec<i64> = match (input_shape.len(), offsets) {
         (2, Some(o)) => {
             return Err(Error::arg(
                 "offsets",
@@ -147,7 +164,7 @@ pub(crate) fn plan_bags(
             ))
         }
         (2, None) => {
-            let (b, len) = (input.shape[0], input.shape[1]);
+            let (b, len) = (input_shape[0], input_shape[1]);
             (0..b).map(|i| (i * len) as i64).collect()
         }
         (1, None) => return Err(Error::arg("offsets", "offsets has to be a 1D Tensor but got None (input is 1-D)")),
@@ -166,7 +183,7 @@ pub(crate) fn plan_bags(
             format!("embedding_bag: per_sample_weights was not None. per_sample_weights is only supported for mode='sum' (got mode='{}')", mode.name()),
         ));
     }
-    if input.shape.len() == 1 {
+    if input_shape.len() == 1 {
         if let Some(&first) = starts.first() {
             if first != 0 {
                 return Err(Error::arg("offsets", format!("offsets[0] has to be 0, i.e., the first sequence in the mini-batch has to start from position 0. However, got {first}")));
@@ -187,14 +204,13 @@ pub(crate) fn plan_bags(
         }
     }
     let mut bounds: Vec<u32> = starts.iter().map(|&s| s as u32).collect();
-    if !(include_last_offset && input.shape.len() == 1) {
+    if !(include_last_offset && input_shape.len() == 1) {
         bounds.push(n as u32);
     }
     if bounds.is_empty() {
         bounds.push(0);
     }
-    let rows = input.to_rows("input", num_embeddings as u64)?;
-    Ok(BagPlan { rows, bounds, weights: per_sample_weights.map(|(w, _)| w.to_vec()) })
+    Ok(bounds)
 }
 
 /// A table on the GPU reduced over bags, with PyTorch's `nn.EmbeddingBag` semantics.
@@ -276,9 +292,44 @@ impl EmbeddingBag {
             Some(w) => Some(GpuTensor::from_bytes(ctx, bytemuck::cast_slice(w), &[w.len()], DType::F32, 1)?),
             None => None,
         };
+        self.run(ctx, &idx, weights.as_ref(), &plan.bounds)
+    }
+
+    /// Like [`EmbeddingBag::forward`] with `input` (1-D with `offsets`, or 2-D) and
+    /// `per_sample_weights` (F32, same shape) already on the GPU, as I32. A check kernel
+    /// bounds-checks the indices before anything runs: the first bad one is reported as
+    /// [`Error::IndexOutOfRange`] and nothing (not the max-norm table) is written.
+    pub fn forward_gpu(
+        &self,
+        ctx: &Context,
+        input: &GpuTensor,
+        offsets: Option<Indices<'_>>,
+        per_sample_weights: Option<&GpuTensor>,
+    ) -> Result<GpuTensor> {
+        if let Some(w) = per_sample_weights {
+            if w.dtype() != DType::F32 || w.row_len() != 1 {
+                return Err(Error::arg(
+                    "per_sample_weights",
+                    format!("expected a flat F32 tensor on the GPU, got {:?} with rows of {}", w.dtype(), w.row_len()),
+                ));
+            }
+        }
+        let weights_shape = per_sample_weights.map(|w| (w.numel(), w.shape()));
+        let bounds = plan_bounds(input.shape(), input.numel(), offsets, weights_shape, self.mode, self.include_last_offset)?;
+        crate::status::check_gpu_indices(ctx, "input", input, self.num_embeddings as u64)?;
+        // Same segmentation as host-given lists, which `reduce_bags` expects of both.
+        let per = GpuTensor::rows_per_segment(ctx, 1, DType::I32)?;
+        let idx = input.resegment(ctx, per)?;
+        let weights = per_sample_weights.map(|w| w.resegment(ctx, per)).transpose()?;
+        self.run(ctx, &idx, weights.as_ref(), &bounds)
+    }
+
+    /// Records and submits the reduction of checked indices `idx` over `bounds`.
+    fn run(&self, ctx: &Context, idx: &GpuTensor, weights: Option<&GpuTensor>, bounds: &[u32]) -> Result<GpuTensor> {
+        let bags = bounds.len() - 1;
         let out = GpuTensor::zeros_with(
             ctx,
-            &[plan.bags(), self.embedding_dim],
+            &[bags, self.embedding_dim],
             DType::F32,
             self.embedding_dim,
             bags_per_segment(ctx, self.embedding_dim)?,
@@ -287,10 +338,10 @@ impl EmbeddingBag {
         ctx.scoped(|| {
             let mut encoder = ctx.encoder();
             if let Some(mn) = self.max_norm {
-                renormalize(ctx, &mut encoder, &self.weight, &idx, mn)?;
+                renormalize(ctx, &mut encoder, &self.weight, idx, mn)?;
             }
             let spec = BagSpec { mode: self.mode, padding_idx: self.padding_idx, num_embeddings: self.num_embeddings };
-            reduce_bags(ctx, &mut encoder, &self.weight, &idx, weights.as_ref(), &plan.bounds, &out, status.buffer(), spec)?;
+            reduce_bags(ctx, &mut encoder, &self.weight, idx, weights, bounds, &out, status.buffer(), spec)?;
             ctx.submit(encoder)
         })?;
         Ok(out)
@@ -387,22 +438,26 @@ pub(crate) fn reduce_bags(
                     Some(w) => w.segments()[*k].binding(),
                     None => dummy.as_entire_binding(),
                 };
-                ctx.dispatch(
-                    encoder,
-                    &BAG,
-                    &[("TABLE_FORMAT", format)],
-                    &[
-                        uniform.as_entire_binding(),
-                        tseg.binding(),
-                        iseg.binding(),
-                        offsets.as_entire_binding(),
-                        w,
-                        out_seg.binding(),
-                        counts.as_entire_binding(),
-                        status.as_entire_binding(),
-                    ],
-                    out_seg.rows * d as u64,
-                );
+                let bindings = [
+                    uniform.as_entire_binding(),
+                    tseg.binding(),
+                    iseg.binding(),
+                    offsets.as_entire_binding(),
+                    w,
+                    out_seg.binding(),
+                    counts.as_entire_binding(),
+                    status.as_entire_binding(),
+                ];
+                match vec4_lanes(table.dtype(), d) {
+                    Some(lanes) => ctx.dispatch_groups(
+                        encoder,
+                        &BAG_VEC4,
+                        &[("TABLE_FORMAT", format), ("LANES", lanes as f64)],
+                        &bindings,
+                        out_seg.rows.div_ceil((WORKGROUP_SIZE / lanes) as u64),
+                    ),
+                    None => ctx.dispatch(encoder, &BAG, &[("TABLE_FORMAT", format)], &bindings, out_seg.rows * d as u64),
+                }
                 pass += 1;
             }
         }
