@@ -21,6 +21,10 @@ pub struct ContextOptions {
     /// Ask for `shader-f16` even if the adapter has it? Off by default: packed f16/bf16
     /// tables work without it.
     pub request_shader_f16: bool,
+    /// Refuse, before allocating, any one tensor of more than this many bytes. WebGPU does
+    /// not tell how much memory a device has, so a tab or server sharing a GPU sets its own
+    /// budget here; without it only the device's buffer limits apply.
+    pub max_tensor_bytes: Option<u64>,
 }
 
 /// What a shader binding slot holds; a bind-group layout is a list of these.
@@ -59,8 +63,20 @@ pub struct Context {
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     layouts: Mutex<HashMap<Vec<Slot>, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    max_tensor_bytes: Option<u64>,
     lost: Arc<Mutex<Option<String>>>,
+    /// The first device error that no error scope caught (kept for diagnostics; wgpu's
+    /// default handler would panic instead).
+    uncaptured: Arc<Mutex<Option<String>>>,
 }
+
+// Layers run from several threads at once on one context (error scopes are per thread).
+#[cfg(not(target_arch = "wasm32"))]
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Context>();
+    assert_send_sync::<crate::tensor::GpuTensor>();
+};
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -137,7 +153,9 @@ impl Context {
             })
             .await
             .map_err(|e| Error::NoAdapter(e.to_string()))?;
-        Ok(Self::from_device(device, queue, adapter.get_info(), options.max_binding_size))
+        let mut ctx = Self::from_device(device, queue, adapter.get_info(), options.max_binding_size);
+        ctx.max_tensor_bytes = options.max_tensor_bytes;
+        Ok(ctx)
     }
 
     /// Wraps a device the caller already has (e.g. shared with a renderer).
@@ -148,14 +166,27 @@ impl Context {
         max_binding_size: Option<u64>,
     ) -> Self {
         let limits = device.limits();
-        let device_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        // Capped at 2 GiB so element offsets inside one binding fit the shaders' u32/i32 math.
+        let device_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size).min(1 << 31);
         // Bindings are kept to whole 256-byte units so sub-range offsets stay aligned.
         let max_binding = max_binding_size.map_or(device_binding, |m| m.min(device_binding)).max(256) & !255;
         let lost = Arc::new(Mutex::new(None));
         let lost_flag = lost.clone();
         device.set_device_lost_callback(move |reason, message| {
-            *lost_flag.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{reason:?}: {message}"));
+            let mut lost = lost_flag.lock().unwrap_or_else(|p| p.into_inner());
+            if lost.is_none() {
+                *lost = Some(format!("{reason:?}: {message}"));
+            }
         });
+        // Errors outside our error scopes are recorded rather than panicking the caller.
+        let uncaptured = Arc::new(Mutex::new(None));
+        let uncaptured_slot = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = uncaptured_slot.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(e.to_string());
+            }
+        }));
         Self {
             features: device.features(),
             device,
@@ -166,7 +197,9 @@ impl Context {
             modules: Mutex::default(),
             layouts: Mutex::default(),
             pipelines: Mutex::default(),
+            max_tensor_bytes: None,
             lost,
+            uncaptured,
         }
     }
 
@@ -200,12 +233,55 @@ impl Context {
         &self.queue
     }
 
-    /// Fails if the device has been lost.
+    /// The per-tensor byte budget of [`ContextOptions::max_tensor_bytes`], if any.
+    pub fn max_tensor_bytes(&self) -> Option<u64> {
+        self.max_tensor_bytes
+    }
+
+    /// Fails with [`Error::DeviceLost`] if the device has been lost or destroyed; every
+    /// call checks this first, so a dead context refuses work instead of hanging or
+    /// returning zeros.
     pub fn check_alive(&self) -> Result<()> {
+        if let Some(reason) = &*self.lost.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Err(Error::DeviceLost(reason.clone()));
+        }
+        // `Device::destroy` only marks the device; wgpu reports the loss on the next poll.
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = self.device.poll(wgpu::PollType::Poll);
         match &*self.lost.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(reason) => Err(Error::DeviceLost(reason.clone())),
             None => Ok(()),
         }
+    }
+
+    /// Destroys the device: the context is dead from now on and every later call returns
+    /// [`Error::DeviceLost`] (buffers it made are freed; make a new context to go on).
+    pub fn destroy(&self) {
+        {
+            let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+            if lost.is_none() {
+                *lost = Some("Destroyed: Context::destroy was called".into());
+            }
+        }
+        self.device.destroy();
+    }
+
+    /// The first device error that happened outside any call of this library (e.g. in
+    /// the caller's own use of [`Context::device`]), taken out so it is reported once.
+    pub fn take_uncaptured_error(&self) -> Option<String> {
+        self.uncaptured.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Refuses an allocation of `bytes` for `what` that the budget or the device cannot hold.
+    pub(crate) fn check_allocation(&self, what: &str, bytes: u64) -> Result<()> {
+        if let Some(budget) = self.max_tensor_bytes {
+            if bytes > budget {
+                return Err(Error::OutOfMemory(format!(
+                    "{what} needs {bytes} bytes, over this context's max_tensor_bytes of {budget}"
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn module(&self, kernel: &Kernel) -> wgpu::ShaderModule {
@@ -346,19 +422,36 @@ impl Context {
     /// Runs `f` inside validation and out-of-memory error scopes and reports what they caught.
     pub(crate) fn scoped<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         self.check_alive()?;
-        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        // A browser cannot block on the scopes' promises: there the web crate wraps each
+        // call in its own error scopes and awaits them.
+        #[cfg(target_arch = "wasm32")]
         let result = f();
-        let v = futures::executor::block_on(validation.pop());
-        let o = futures::executor::block_on(oom.pop());
+        #[cfg(not(target_arch = "wasm32"))]
+        let result = {
+            let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+            let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let result = f();
+            let v = futures::executor::block_on(validation.pop());
+            let o = futures::executor::block_on(oom.pop());
+            self.check_alive()?;
+            if let Some(e) = o {
+                return Err(Error::OutOfMemory(e.to_string()));
+            }
+            if let Some(e) = v {
+                return Err(Error::Device(e.to_string()));
+            }
+            result
+        };
         self.check_alive()?;
-        if let Some(e) = o {
-            return Err(Error::Device(format!("out of memory: {e}")));
-        }
-        if let Some(e) = v {
-            return Err(Error::Device(e.to_string()));
-        }
         result
+    }
+
+    /// Runs `f` (e.g. the caller's own wgpu calls on [`Context::device`]) inside
+    /// validation and out-of-memory error scopes: what they catch comes back as
+    /// [`Error::Device`] or [`Error::OutOfMemory`] instead of a panic, and the context
+    /// stays usable.
+    pub fn catch_errors<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        self.scoped(|| Ok(f()))
     }
 
     /// Blocks until all submitted work has finished (native); no-op in the browser.

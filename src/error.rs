@@ -29,9 +29,14 @@ pub enum Error {
     #[error("GPU error: {0}")]
     Device(String),
 
-    /// The device is lost; the context cannot be used any more.
+    /// The device is lost; the context cannot be used any more (make a new one).
     #[error("GPU device lost: {0}")]
     DeviceLost(String),
+
+    /// An allocation was refused: larger than the device or the context allows, or the
+    /// device ran out of memory. The context stays usable.
+    #[error("out of GPU memory: {0}")]
+    OutOfMemory(String),
 
     /// A case or tensor file is malformed.
     #[error("file format: {0}")]

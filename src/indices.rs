@@ -57,7 +57,9 @@ impl<'a> Indices<'a> {
 
     /// Checks that the shape matches the number of values.
     pub(crate) fn check_shape(&self, name: &'static str) -> Result<()> {
-        let n: usize = self.shape.iter().product();
+        let Some(n) = self.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) else {
+            return Err(Error::arg(name, format!("shape {:?} has more elements than this machine can address", self.shape)));
+        };
         if n != self.data.len() {
             return Err(Error::arg(name, format!("shape {:?} holds {n} values but {} were given", self.shape, self.data.len())));
         }

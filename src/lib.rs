@@ -46,4 +46,5 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("embedding_bag.wgsl", include_str!("../shaders/embedding_bag.wgsl")),
     ("layer_norm.wgsl", include_str!("../shaders/layer_norm.wgsl")),
     ("axial.wgsl", include_str!("../shaders/axial.wgsl")),
+    ("index_check.wgsl", include_str!("../shaders/index_check.wgsl")),
 ];

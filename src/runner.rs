@@ -271,11 +271,17 @@ pub fn run_case(ctx: &Context, file: &CaseFile, case: &Case) -> Result<Vec<(Stri
 pub fn run_cases(ctx: &Context, file: &CaseFile) -> (Vec<(String, HostTensor)>, Report) {
     let mut outputs = Vec::new();
     let mut reports = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for case in &file.cases {
         let start = Instant::now();
-        // A panic would be a bug of ours; it must still not stop the run.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(ctx, file, case)))
-            .unwrap_or_else(|p| Err(Error::Device(format!("internal error (panic): {}", panic_message(&p)))));
+        // Outputs are named by case id: a repeated id would make the output file ambiguous.
+        let result = if !seen.insert(case.id.as_str()) {
+            Err(Error::Format(format!("case id {:?} appears more than once in the file", case.id)))
+        } else {
+            // A panic would be a bug of ours; it must still not stop the run.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(ctx, file, case)))
+                .unwrap_or_else(|p| Err(Error::Device(format!("internal error (panic): {}", panic_message(&p)))))
+        };
         let ms = start.elapsed().as_secs_f64() * 1e3;
         let (status, message) = match result {
             Ok(outs) => {

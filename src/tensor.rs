@@ -68,6 +68,25 @@ pub struct GpuTensor {
 /// Smallest buffer we create: zero-sized bindings are invalid.
 const MIN_BUFFER: u64 = 16;
 
+/// Elements, rows and bytes of a tensor of `shape` with rows of `row_len`, refusing
+/// shapes whose sizes overflow, rows that do not tile the shape, and tensors over the
+/// context's budget — all before anything is allocated.
+fn checked_layout(ctx: &Context, shape: &[usize], dtype: DType, row_len: usize) -> Result<(usize, u64, u64)> {
+    let numel = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| Error::arg("shape", format!("shape {shape:?} has more elements than this machine can address")))?;
+    let bytes = numel
+        .checked_mul(dtype.size())
+        .ok_or_else(|| Error::arg("shape", format!("shape {shape:?} of {dtype:?} needs more bytes than this machine can address")))?;
+    let row_len = row_len.max(1);
+    if numel % row_len != 0 {
+        return Err(Error::arg("row_len", format!("rows of {row_len} elements do not tile shape {shape:?} ({numel} elements)")));
+    }
+    ctx.check_allocation(&format!("a {dtype:?} tensor of shape {shape:?}"), bytes as u64)?;
+    Ok((numel, (numel / row_len) as u64, bytes as u64))
+}
+
 fn row_bytes(row_len: usize, dtype: DType) -> u64 {
     // Rows are padded to whole 32-bit words only for packed types of odd length; our
     // layouts keep packed rows word-aligned (see `padded_row_len`).
@@ -117,8 +136,8 @@ impl GpuTensor {
 
     /// Same data, new shape with the same number of elements and the same row length.
     pub fn reshape(&self, shape: &[usize]) -> Result<GpuTensor> {
-        let n: usize = shape.iter().product();
-        if n != self.numel() {
+        let n = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        if n != Some(self.numel()) {
             return Err(Error::ShapeMismatch(format!("cannot view {:?} as {:?}", self.shape, shape)));
         }
         Ok(GpuTensor { shape: shape.to_vec(), ..self.clone() })
@@ -126,7 +145,7 @@ impl GpuTensor {
 
     /// Rows per segment that keep each segment within one binding.
     pub fn rows_per_segment(ctx: &Context, row_len: usize, dtype: DType) -> Result<u64> {
-        let rb = row_bytes(row_len, dtype).max(1);
+        let rb = (row_len as u64).saturating_mul(dtype.size() as u64).max(1);
         let per = ctx.max_binding_size() / rb;
         if per == 0 {
             return Err(Error::arg(
@@ -155,36 +174,37 @@ impl GpuTensor {
         row_len: usize,
         rows_per_segment: u64,
     ) -> Result<GpuTensor> {
-        let numel: usize = shape.iter().product();
-        if bytes.len() != numel * dtype.size() {
+        let (_, rows, expected) = checked_layout(ctx, shape, dtype, row_len)?;
+        if bytes.len() as u64 != expected {
             return Err(Error::ShapeMismatch(format!(
-                "{} bytes given for shape {shape:?} of {dtype:?} ({} expected)",
+                "{} bytes given for shape {shape:?} of {dtype:?} ({expected} expected)",
                 bytes.len(),
-                numel * dtype.size()
             )));
         }
         let row_len = row_len.max(1);
         let rb = row_bytes(row_len, dtype) as usize;
-        let rows = (numel / row_len) as u64;
-        ctx.check_alive()?;
-        let mut segments = Vec::new();
-        let mut first = 0u64;
-        loop {
-            let n = (rows - first).min(rows_per_segment);
-            let chunk = &bytes[first as usize * rb..(first + n) as usize * rb];
-            let buffer = if (chunk.len() as u64) < MIN_BUFFER || chunk.len() % 4 != 0 {
-                let mut padded = chunk.to_vec();
-                padded.resize(chunk.len().next_multiple_of(4).max(MIN_BUFFER as usize), 0);
-                create_init(ctx, &padded)
-            } else {
-                create_init(ctx, chunk)
-            };
-            segments.push(Segment { buffer, first_row: first, rows: n });
-            first += n;
-            if first >= rows {
-                break;
+        // Allocation failures (out of memory) come back as errors, not panics.
+        let segments = ctx.scoped(|| {
+            let mut segments = Vec::new();
+            let mut first = 0u64;
+            loop {
+                let n = (rows - first).min(rows_per_segment.max(1));
+                let chunk = &bytes[first as usize * rb..(first + n) as usize * rb];
+                let buffer = if (chunk.len() as u64) < MIN_BUFFER || chunk.len() % 4 != 0 {
+                    let mut padded = chunk.to_vec();
+                    padded.resize(chunk.len().next_multiple_of(4).max(MIN_BUFFER as usize), 0);
+                    create_init(ctx, &padded)
+                } else {
+                    create_init(ctx, chunk)
+                };
+                segments.push(Segment { buffer, first_row: first, rows: n });
+                first += n;
+                if first >= rows {
+                    break;
+                }
             }
-        }
+            Ok(segments)
+        })?;
         Ok(GpuTensor { shape: shape.to_vec(), dtype, row_len, segments: Arc::new(segments) })
     }
 
@@ -228,30 +248,35 @@ impl GpuTensor {
         rows_per_segment: u64,
     ) -> Result<GpuTensor> {
         ctx.check_alive()?;
-        let numel: usize = shape.iter().product();
+        let (_, rows, _) = checked_layout(ctx, shape, dtype, row_len)?;
         let row_len = row_len.max(1);
-        let rows = (numel / row_len) as u64;
         let rb = row_bytes(row_len, dtype);
-        let mut segments = Vec::new();
-        let mut first = 0u64;
-        loop {
-            let n = (rows - first).min(rows_per_segment.max(1));
-            let size = (n * rb).next_multiple_of(4).max(MIN_BUFFER);
-            if size > ctx.limits().max_buffer_size {
-                return Err(Error::arg("shape", format!("{shape:?} needs a buffer of {size} bytes, over the device's limit")));
+        let segments = ctx.scoped(|| {
+            let mut segments = Vec::new();
+            let mut first = 0u64;
+            loop {
+                let n = (rows - first).min(rows_per_segment.max(1));
+                let size = (n * rb).next_multiple_of(4).max(MIN_BUFFER);
+                if size > ctx.limits().max_buffer_size {
+                    return Err(Error::OutOfMemory(format!(
+                        "shape {shape:?} needs a buffer of {size} bytes, over the device's max_buffer_size of {}",
+                        ctx.limits().max_buffer_size
+                    )));
+                }
+                let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("tensor"),
+                    size,
+                    usage: storage_usage(),
+                    mapped_at_creation: false,
+                });
+                segments.push(Segment { buffer, first_row: first, rows: n });
+                first += n;
+                if first >= rows {
+                    break;
+                }
             }
-            let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("tensor"),
-                size,
-                usage: storage_usage(),
-                mapped_at_creation: false,
-            });
-            segments.push(Segment { buffer, first_row: first, rows: n });
-            first += n;
-            if first >= rows {
-                break;
-            }
-        }
+            Ok(segments)
+        })?;
         Ok(GpuTensor { shape: shape.to_vec(), dtype, row_len, segments: Arc::new(segments) })
     }
 
@@ -259,24 +284,27 @@ impl GpuTensor {
     pub async fn read_bytes(&self, ctx: &Context) -> Result<Vec<u8>> {
         ctx.check_alive()?;
         let rb = row_bytes(self.row_len, self.dtype);
-        let mut encoder = ctx.encoder();
-        let mut staging = Vec::new();
-        for seg in self.segments.iter() {
-            let bytes = seg.rows * rb;
-            if bytes == 0 {
-                continue;
+        let staging = ctx.scoped(|| {
+            let mut encoder = ctx.encoder();
+            let mut staging = Vec::new();
+            for seg in self.segments.iter() {
+                let bytes = seg.rows * rb;
+                if bytes == 0 {
+                    continue;
+                }
+                let size = bytes.next_multiple_of(4);
+                let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("readback"),
+                    size,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                encoder.copy_buffer_to_buffer(&seg.buffer, 0, &buf, 0, size);
+                staging.push((buf, bytes));
             }
-            let size = bytes.next_multiple_of(4);
-            let buf = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("readback"),
-                size,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            encoder.copy_buffer_to_buffer(&seg.buffer, 0, &buf, 0, size);
-            staging.push((buf, bytes));
-        }
-        ctx.submit(encoder)?;
+            ctx.submit(encoder)?;
+            Ok(staging)
+        })?;
         let mut receivers = Vec::new();
         for (buf, _) in &staging {
             let (tx, rx) = futures::channel::oneshot::channel();
@@ -286,12 +314,13 @@ impl GpuTensor {
             receivers.push(rx);
         }
         #[cfg(not(target_arch = "wasm32"))]
-        ctx.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Device(e.to_string()))?;
+        ctx.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| ctx.check_alive().err().unwrap_or(Error::Device(e.to_string())))?;
         let mut out = Vec::with_capacity(self.numel() * self.dtype.size());
         for ((buf, bytes), rx) in staging.iter().zip(receivers) {
             match rx.await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(Error::Device(format!("readback failed: {e}"))),
+                // A lost device fails every mapping; say so rather than "readback failed".
+                Ok(Err(e)) => return Err(ctx.check_alive().err().unwrap_or_else(|| Error::Device(format!("readback failed: {e}")))),
                 Err(_) => return Err(ctx.check_alive().err().unwrap_or_else(|| Error::Device("readback cancelled".into()))),
             }
             let view = buf.slice(..).get_mapped_range().map_err(|e| Error::Device(format!("readback: {e}")))?;
@@ -364,6 +393,16 @@ fn create_init(ctx: &Context, contents: &[u8]) -> wgpu::Buffer {
 }
 
 impl GpuTensor {
+    /// Frees the GPU memory now if this is the last handle to it (clones share it);
+    /// browsers otherwise free buffers only when they are garbage-collected.
+    pub fn release(self) {
+        if let Ok(segments) = Arc::try_unwrap(self.segments) {
+            for segment in segments {
+                segment.buffer.destroy();
+            }
+        }
+    }
+
     /// Wraps one existing buffer as a flat tensor (rows of one element).
     pub(crate) fn from_buffer(buffer: wgpu::Buffer, shape: &[usize], dtype: DType) -> GpuTensor {
         let rows = shape.iter().product::<usize>() as u64;

@@ -34,6 +34,7 @@ impl DeviceArgs {
             adapter_name: self.adapter.clone(),
             max_binding_size: self.max_binding_size,
             request_shader_f16: false,
+            ..Default::default()
         }
     }
 }
@@ -54,6 +55,9 @@ enum Command {
     SupportedOps,
 }
 
+/// Exit codes: 0 all cases ran (refusals are in the report), 2 bad arguments or an
+/// unreadable / malformed case file (nothing run), 3 the device was lost, 4 a case hit
+/// an internal error.
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -85,5 +89,16 @@ fn run_cases_cmd(cases: &PathBuf, out: &PathBuf, report: &PathBuf, device: &Devi
     let errors = rep.cases.iter().filter(|c| c.status != "ok").count();
     let expected_errors = file.cases.iter().filter(|c| c.expect_error).count();
     eprintln!("{} cases: {} ran, {} refused ({} refusals expected by the file)", rep.cases.len(), rep.cases.len() - errors, errors, expected_errors);
+    // Refused cases are reported per case (check.py judges them); a dead device or a bug
+    // of ours (a caught panic) fails the whole run.
+    if let Err(e) = ctx.check_alive() {
+        eprintln!("wgpu-embed: {e}");
+        return Ok(ExitCode::from(3));
+    }
+    let panics = rep.cases.iter().filter(|c| c.message.as_deref().is_some_and(|m| m.contains("internal error (panic)"))).count();
+    if panics > 0 {
+        eprintln!("wgpu-embed: {panics} case(s) hit an internal error (panic); see the report");
+        return Ok(ExitCode::from(4));
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,113 @@
+//! One context shared by several threads running layers at once: every result is
+//! right, and one thread's refused call does not leak its error into another's.
+
+mod common;
+
+use common::Rng;
+use wgpu_embed::{BagMode, Context, Embedding, EmbeddingBag, Error, GpuTensor, Indices};
+
+// Compile-time: the types a server shares between threads are Send + Sync.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Context>();
+    send_sync::<Embedding>();
+    send_sync::<EmbeddingBag>();
+    send_sync::<GpuTensor>();
+    send_sync::<Error>();
+};
+
+const THREADS: u64 = 6;
+const ROUNDS: usize = 6;
+
+/// What one thread does each round, with its own data; `bad` threads also make a
+/// refused call in between.
+fn worker(ctx: &Context, shared: &Embedding, shared_table: &[f32], seed: u64) {
+    let mut rng = Rng(seed * 7919 + 17);
+    let (v, d) = (50 + rng.below(80) as usize, 1 + rng.below(40) as usize);
+    let table = rng.vec_f32(v * d);
+    let emb = Embedding::from_pretrained(ctx, &table, v, d).unwrap();
+    let bag = EmbeddingBag::from_pretrained(ctx, &table, v, d, BagMode::Mean).unwrap();
+    let sd = shared.embedding_dim();
+    for round in 0..ROUNDS {
+        let n = 1 + rng.below(300) as usize;
+        let idx: Vec<i64> = (0..n).map(|_| rng.below(v as u64) as i64).collect();
+
+        let out = emb.forward(ctx, Indices::i64(&idx, &[n])).unwrap().to_vec_f32(ctx).unwrap();
+        assert_eq!(out, common::lookup(&table, d, &idx), "thread {seed} round {round}: host indices");
+
+        let gpu_idx: Vec<i32> = idx.iter().map(|&i| i as i32).collect();
+        let t = GpuTensor::from_i32(ctx, &gpu_idx, &[n]).unwrap();
+        let out = emb.forward_gpu(ctx, &t).unwrap().to_vec_f32(ctx).unwrap();
+        assert_eq!(out, common::lookup(&table, d, &idx), "thread {seed} round {round}: GPU indices");
+
+        let mut offsets = vec![0i64];
+        while (*offsets.last().unwrap() as usize) < n {
+            let next = (*offsets.last().unwrap() + 1 + rng.below(9) as i64).min(n as i64);
+            offsets.push(next);
+        }
+        let bounds: Vec<usize> = offsets.iter().map(|&o| o as usize).collect();
+        offsets.pop();
+        let out = bag.forward(ctx, Indices::i64(&idx, &[n]), Some(Indices::i64(&offsets, &[offsets.len()])), None).unwrap();
+        let want = common::bag(&table, d, &idx, &bounds, "mean", None, None);
+        common::assert_close(&out.to_vec_f32(ctx).unwrap(), &want, 1e-5, 1e-5, &format!("thread {seed} round {round}: bags"));
+
+        // The layer all threads share.
+        let sidx: Vec<i64> = (0..7).map(|_| rng.below(shared.num_embeddings() as u64) as i64).collect();
+        let out = shared.forward(ctx, Indices::i64(&sidx, &[7])).unwrap().to_vec_f32(ctx).unwrap();
+        assert_eq!(out, common::lookup(shared_table, sd, &sidx), "thread {seed} round {round}: shared layer");
+
+        if seed % 2 == 1 {
+            // A refused call (GPU-resident index out of range) in the middle of the others.
+            let bad = GpuTensor::from_i32(ctx, &[0, v as i32 + round as i32], &[2]).unwrap();
+            match emb.forward_gpu(ctx, &bad) {
+                Err(Error::IndexOutOfRange { position: 1, value, .. }) => assert_eq!(value, v as i64 + round as i64),
+                other => panic!("thread {seed}: expected IndexOutOfRange, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn layers_run_from_several_threads_at_once_with_right_results() {
+    // A small binding limit, so that calls also split tables and outputs into segments.
+    let ctx = common::context(Some(4096));
+    let (v, d) = (200, 12);
+    let shared_table: Vec<f32> = (0..v * d).map(|i| (i as f32).sin()).collect();
+    let shared = Embedding::from_pretrained(&ctx, &shared_table, v, d).unwrap();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS).map(|seed| {
+            let (ctx, shared, shared_table) = (&ctx, &shared, &shared_table);
+            s.spawn(move || worker(ctx, shared, shared_table, seed))
+        }).collect();
+        for h in handles {
+            h.join().expect("a worker thread failed");
+        }
+    });
+    assert!(ctx.check_alive().is_ok());
+    assert_eq!(ctx.take_uncaptured_error(), None);
+}
+
+#[test]
+fn max_norm_layer_shared_by_threads_renormalizes_each_row_once() {
+    let ctx = common::context(None);
+    let (v, d) = (64, 8);
+    let table: Vec<f32> = (0..v * d).map(|i| ((i * 37 % 101) as f32 - 50.0) / 10.0).collect();
+    let emb = Embedding::from_pretrained(&ctx, &table, v, d).unwrap().with_max_norm(Some(1.5), 2.0).unwrap();
+    let per_thread: Vec<Vec<i64>> = (0..4).map(|t| (0..32).map(|i| ((i * 5 + t * 11) % v) as i64).collect()).collect();
+    std::thread::scope(|s| {
+        for idx in &per_thread {
+            let (ctx, emb, table) = (&ctx, &emb, &table);
+            s.spawn(move || {
+                let out = emb.forward(ctx, Indices::i64(idx, &[idx.len()])).unwrap().to_vec_f32(ctx).unwrap();
+                // Whatever order the calls ran in, each referenced row is scaled once.
+                let mut want_table = table.clone();
+                common::renorm(&mut want_table, d, idx, 1.5, 2.0);
+                common::assert_close(&out, &common::lookup(&want_table, d, idx), 1e-5, 1e-5, "renormalised rows");
+            });
+        }
+    });
+    let all: Vec<i64> = per_thread.concat();
+    let mut want = table.clone();
+    common::renorm(&mut want, d, &all, 1.5, 2.0);
+    common::assert_close(&emb.weight().to_vec_f32(&ctx).unwrap(), &want, 1e-5, 1e-5, "table after all threads");
+}
