@@ -1,19 +1,35 @@
 // LayerNorm over the last dimension, alone or fused with the lookups that feed it
 // (StableEmbedding: one lookup; BERT's embedding block: the sum of K lookups).
-// One workgroup normalises one row: each invocation folds its strided columns into
-// Welford statistics (count, mean, M2), the workgroup merges them with Chan's
-// formula, so the variance stays accurate for rows like 1000 + 0.01·noise where
-// E[x²] − E[x]² cancels catastrophically. All arithmetic is f32.
+// One workgroup normalises one row of `row_out` in place (the plain LayerNorm first
+// copies its input row there, the fused kernel parks its sums there). All f32.
+//
+// Variance: each invocation folds its strided columns into Welford statistics
+// (count, mean, M2) and the workgroup merges them with Chan's formula, so rows like
+// 1000 + 0.01·noise, where E[x²] − E[x]² cancels catastrophically, stay accurate.
+//
+// Mean: in such rows the f32 mean alone moves every output by ~ulp(mean) · rstd, so a
+// mean one ulp away from PyTorch's gives visibly different results. The mean is
+// therefore computed in the order PyTorch's CPU kernel uses (RowwiseMoments with
+// 8-wide vectors: per lane, Welford over chunks of 16 vectors, merged as a binary
+// cascade; then the scalar tail; then the lanes), with fused multiply-adds where
+// that kernel has them and correctly rounded divisions.
 
 override WG_SIZE: u32 = 64u;
-// Invocations per row (a power of two, at most MAX_ROW_THREADS).
-override ROW_THREADS: u32 = 64u;
+// Invocations per row (a power of two, 32 ..= MAX_ROW_THREADS).
+override ROW_THREADS: u32 = 64u; // values: 32, 64, 128, 256
 // Storage format of lookup tables: 0 = f32; 1 = f16 and 2 = bf16, packed two to a
 // 32-bit word (element i of a segment is half i & 1 of word i >> 1, low half first),
 // so no `shader-f16` is needed. Values are widened to f32.
-override TABLE_FORMAT: u32 = 0u;
+override TABLE_FORMAT: u32 = 0u; // values: 0, 1, 2
 
 const MAX_ROW_THREADS: u32 = 256u;
+// PyTorch's vector width (AVX2 floats) and chunk length in RowwiseMoments.
+const LANES: u32 = 8u;
+const CHUNK: u32 = 16u;
+// f32(1 / (j + 1)), correctly rounded, as PyTorch's c_vecs.
+const RECIP = array<u32, 16>(0x3f800000u, 0x3f000000u, 0x3eaaaaabu, 0x3e800000u, 0x3e4ccccdu, 0x3e2aaaabu,
+    0x3e124925u, 0x3e000000u, 0x3de38e39u, 0x3dcccccdu, 0x3dba2e8cu, 0x3daaaaabu, 0x3d9d89d9u, 0x3d924925u,
+    0x3d888889u, 0x3d800000u);
 
 struct Params {
     rows: u32,            // rows in the bound output segment
@@ -26,41 +42,148 @@ struct Params {
     table_rows: u32,
 }
 
+// Bindings shared by every entry point.
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> row_out: array<f32>;
+
 var<workgroup> wg_count: array<f32, MAX_ROW_THREADS>;
 var<workgroup> wg_mean: array<f32, MAX_ROW_THREADS>;
 var<workgroup> wg_m2: array<f32, MAX_ROW_THREADS>;
-
-// Running statistics of one invocation's columns.
-struct Stats {
-    count: f32,
-    mean: f32,
-    m2: f32,
-}
-
-fn welford_add(s: Stats, x: f32) -> Stats {
-    let count = s.count + 1.0;
-    let delta = x - s.mean;
-    let mean = s.mean + delta / count;
-    return Stats(count, mean, s.m2 + delta * (x - mean));
-}
+var<workgroup> wg_lane_mean: array<f32, LANES>;
+var<workgroup> wg_row_mean: f32;
 
 fn row_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return (wid.z * nwg.y + wid.y) * nwg.x + wid.x;
 }
 
-// Merges every invocation's statistics (Chan et al.) and returns (mean, 1/sqrt(var + eps)).
-// Must be reached by the whole workgroup.
-fn row_moments(s: Stats, lid: u32, dim: u32, eps: f32) -> vec2<f32> {
-    wg_count[lid] = s.count;
-    wg_mean[lid] = s.mean;
-    wg_m2[lid] = s.m2;
+// Whether this device's fma() is fused (lavapipe's is not); set by normalize_row.
+var<private> fused_fma: bool;
+
+// a * b + c with one rounding: the device's fma when it is fused, else Dekker's exact
+// product and Knuth's two-sum (correctly rounded but for rare double roundings).
+fn fma_rn(a: f32, b: f32, c: f32) -> f32 {
+    if (fused_fma) { return fma(a, b, c); }
+    let prod = opaque(a * b);
+    let ta = opaque(4097.0 * a);
+    let ah = opaque(ta - opaque(ta - a));
+    let al = opaque(a - ah);
+    let tb = opaque(4097.0 * b);
+    let bh = opaque(tb - opaque(tb - b));
+    let bl = opaque(b - bh);
+    let e = opaque(opaque(opaque(opaque(ah * bh) - prod) + opaque(ah * bl)) + opaque(al * bh)) + opaque(al * bl);
+    let s = opaque(prod + c);
+    let v = opaque(s - prod);
+    let t = opaque(opaque(prod - opaque(s - v)) + opaque(c - v));
+    return s + opaque(t + e);
+}
+
+// x, hidden from algebraic rewrites (a - (a - b) -> b and the like) that would
+// undo the error-free transformations above: the condition is never true.
+fn opaque(x: f32) -> f32 {
+    return select(x, 0.0, p.rows == 0xffffffffu);
+}
+
+// a / b rounded to nearest: the GPU's division may be a few ulp off, so the
+// neighbours of its quotient are checked with exact residuals.
+fn div_rn(a: f32, b: f32) -> f32 {
+    let q = a / b;
+    if (q == 0.0 || b == 0.0) { return q; }
+    var best = q;
+    var best_r = abs(fma_rn(-q, b, a));
+    let up = bitcast<f32>(bitcast<u32>(q) + 1u);
+    let r_up = abs(fma_rn(-up, b, a));
+    if (r_up < best_r) { best = up; best_r = r_up; }
+    let down = bitcast<f32>(bitcast<u32>(q) - 1u);
+    if (abs(fma_rn(-down, b, a)) < best_r) { best = down; }
+    return best;
+}
+
+// Merges a mean over `n_add` values into one over `n` values (PyTorch's AddMoments).
+fn merge_mean(n: u32, mean: f32, n_add: u32, mean_add: f32) -> f32 {
+    let total = n + n_add;
+    let c = select(div_rn(f32(n_add), f32(total)), 0.0, total == 0u);
+    return fma_rn(c, mean_add - mean, mean);
+}
+
+// The mean of lane `lane` of the row at `base` (elements lane, lane + 8, ... of the
+// whole 8-vectors), in PyTorch's cascade order.
+fn lane_mean(base: u32, lane: u32, dim: u32) -> f32 {
+    let n = dim / LANES;
+    let chunks = (n + CHUNK - 1u) / CHUNK;
+    var depth = 1u;
+    if (chunks > 2u) { depth = 32u - countLeadingZeros(chunks - 1u); }
+    var stack_n: array<u32, 32>;
+    var stack_mean: array<f32, 32>;
+    for (var i = 0u; i < chunks; i++) {
+        let m0 = min(CHUNK, n - i * CHUNK);
+        var m1 = 0.0;
+        for (var j = 0u; j < m0; j++) {
+            let x = row_out[base + (i * CHUNK + j) * LANES + lane];
+            m1 = fma_rn(x - m1, bitcast<f32>(RECIP[j]), m1);
+        }
+        stack_mean[0] = merge_mean(stack_n[0], stack_mean[0], m0, m1);
+        stack_n[0] += m0;
+        var mask = i + 1u;
+        for (var j = 1u; j < depth && (mask & 1u) == 0u; j++) {
+            stack_mean[j] = merge_mean(stack_n[j], stack_mean[j], stack_n[j - 1u], stack_mean[j - 1u]);
+            stack_n[j] += stack_n[j - 1u];
+            stack_n[j - 1u] = 0u;
+            stack_mean[j - 1u] = 0.0;
+            mask = mask >> 1u;
+        }
+    }
+    for (var i = 1u; i < depth; i++) {
+        stack_mean[0] = merge_mean(stack_n[0], stack_mean[0], stack_n[i], stack_mean[i]);
+        stack_n[0] += stack_n[i];
+    }
+    return stack_mean[0];
+}
+
+// The scalar tail, then the lanes merged in order.
+fn combine_lanes(base: u32, dim: u32) -> f32 {
+    let n = dim / LANES;
+    var count = 0u;
+    var mean = 0.0;
+    for (var i = n * LANES; i < dim; i++) {
+        count += 1u;
+        mean = mean + div_rn(row_out[base + i] - mean, f32(count));
+    }
+    for (var lane = 0u; lane < LANES; lane++) {
+        mean = merge_mean(count, mean, n, wg_lane_mean[lane]);
+        count += n;
+    }
+    return mean;
+}
+
+// Normalises the row at `base` of `row_out` in place. Every invocation of the
+// workgroup must call it; the row's values must be visible to all of them.
+fn normalize_row(base: u32, lid: u32) {
+    let dim = p.dim;
+    // (1 + 2^-12)^2 - (1 + 2^-11) = 2^-24 exactly, 0 when rounded twice; the zero
+    // term (dim >> 31 is 0) keeps the compiler from folding the probe.
+    let probe = 1.000244140625 + f32(dim >> 31u);
+    fused_fma = fma(probe, probe, -1.00048828125) != 0.0;
+    var count = 0.0;
+    var mean = 0.0;
+    var m2 = 0.0;
+    for (var c = lid; c < dim; c += ROW_THREADS) {
+        let x = row_out[base + c];
+        count += 1.0;
+        let delta = x - mean;
+        mean += delta / count;
+        m2 += delta * (x - mean);
+    }
+    if (lid < LANES) { wg_lane_mean[lid] = lane_mean(base, lid, dim); }
+    wg_count[lid] = count;
+    wg_mean[lid] = mean;
+    wg_m2[lid] = m2;
     for (var stride = ROW_THREADS / 2u; stride > 0u; stride = stride / 2u) {
         workgroupBarrier();
         if (lid < stride) {
             let na = wg_count[lid];
             let nb = wg_count[lid + stride];
-            let n = na + nb;
             if (nb > 0.0) {
+                let n = na + nb;
                 let delta = wg_mean[lid + stride] - wg_mean[lid];
                 let wb = nb / n;
                 wg_mean[lid] = wg_mean[lid] + delta * wb;
@@ -70,49 +193,45 @@ fn row_moments(s: Stats, lid: u32, dim: u32, eps: f32) -> vec2<f32> {
         }
     }
     workgroupBarrier();
-    let mean = wg_mean[0];
+    if (lid == 0u) { wg_row_mean = combine_lanes(base, dim); }
+    workgroupBarrier();
+    let row_mean = wg_row_mean;
     // Biased variance, as torch.nn.functional.layer_norm.
     let variance = max(wg_m2[0] / f32(dim), 0.0);
-    let rstd = 1.0 / sqrt(variance + eps);
-    return vec2<f32>(mean, rstd);
+    let rstd = 1.0 / sqrt(variance + p.eps);
+    for (var c = lid; c < dim; c += ROW_THREADS) {
+        var y = (row_out[base + c] - row_mean) * rstd;
+        if ((p.affine & 1u) != 0u) { y = y * ln_gamma[c]; }
+        if ((p.affine & 2u) != 0u) { y = y + ln_beta[c]; }
+        row_out[base + c] = y;
+    }
 }
 
-// ---- layer_norm: out = LayerNorm(x) ----
-
-@group(0) @binding(0) var<uniform> ln: Params;
-@group(0) @binding(1) var<storage, read> ln_x: array<f32>;
 @group(0) @binding(2) var<storage, read> ln_gamma: array<f32>;
 @group(0) @binding(3) var<storage, read> ln_beta: array<f32>;
-@group(0) @binding(4) var<storage, read_write> ln_out: array<f32>;
+
+// ---- layer_norm: row_out = LayerNorm(x) ----
+
+@group(0) @binding(4) var<storage, read> ln_x: array<f32>;
 
 @compute @workgroup_size(ROW_THREADS)
 fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
     let row = row_index(wid, nwg);
-    if (row >= ln.rows) { return; }
-    let base = row * ln.dim;
-    var s = Stats(0.0, 0.0, 0.0);
-    for (var c = lid; c < ln.dim; c += ROW_THREADS) {
-        s = welford_add(s, ln_x[base + c]);
+    if (row >= p.rows) { return; }
+    let base = row * p.dim;
+    for (var c = lid; c < p.dim; c += ROW_THREADS) {
+        row_out[base + c] = ln_x[base + c];
     }
-    let m = row_moments(s, lid, ln.dim, ln.eps);
-    for (var c = lid; c < ln.dim; c += ROW_THREADS) {
-        var y = (ln_x[base + c] - m.x) * m.y;
-        if ((ln.affine & 1u) != 0u) { y = y * ln_gamma[c]; }
-        if ((ln.affine & 2u) != 0u) { y = y + ln_beta[c]; }
-        ln_out[base + c] = y;
-    }
+    storageBarrier();
+    normalize_row(base, lid);
 }
 
-// ---- lookup_sum_layer_norm: out = LayerNorm(Σ_k table[indices[row * K + k]]) ----
+// ---- lookup_sum_layer_norm: row_out = LayerNorm(Σ_k table[indices[row * K + k]]) ----
 // The K tables are concatenated into one (the host offsets each index), bound whole.
 
-@group(0) @binding(0) var<uniform> fp: Params;
-@group(0) @binding(1) var<storage, read> fused_table: array<u32>;
-@group(0) @binding(2) var<storage, read> fused_indices: array<i32>;
-@group(0) @binding(3) var<storage, read> fused_gamma: array<f32>;
-@group(0) @binding(4) var<storage, read> fused_beta: array<f32>;
-@group(0) @binding(5) var<storage, read_write> fused_out: array<f32>;
+@group(0) @binding(4) var<storage, read> fused_table: array<u32>;
+@group(0) @binding(5) var<storage, read> fused_indices: array<i32>;
 
 fn fused_value(i: u32) -> f32 {
     if (TABLE_FORMAT == 0u) { return bitcast<f32>(fused_table[i]); }
@@ -125,38 +244,38 @@ fn fused_value(i: u32) -> f32 {
 fn lookup_sum_layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                          @builtin(local_invocation_index) lid: u32) {
     let row = row_index(wid, nwg);
-    if (row >= fp.rows) { return; }
-    let base = row * fp.dim;
-    var s = Stats(0.0, 0.0, 0.0);
-    for (var c = lid; c < fp.dim; c += ROW_THREADS) {
+    if (row >= p.rows) { return; }
+    let base = row * p.dim;
+    for (var c = lid; c < p.dim; c += ROW_THREADS) {
         var v = 0.0;
-        for (var k = 0u; k < fp.lookups; k++) {
+        for (var k = 0u; k < p.lookups; k++) {
             // Indices were range-checked on the host before upload.
-            let r = u32(fused_indices[row * fp.lookups + k]);
-            v += fused_value(r * fp.dim + c);
+            let r = u32(fused_indices[row * p.lookups + k]);
+            v += fused_value(r * p.dim + c);
         }
-        // Park the sum in the output; this invocation reads it back below.
-        fused_out[base + c] = v;
-        s = welford_add(s, v);
+        row_out[base + c] = v;
     }
-    let m = row_moments(s, lid, fp.dim, fp.eps);
-    for (var c = lid; c < fp.dim; c += ROW_THREADS) {
-        var y = (fused_out[base + c] - m.x) * m.y;
-        if ((fp.affine & 1u) != 0u) { y = y * fused_gamma[c]; }
-        if ((fp.affine & 2u) != 0u) { y = y + fused_beta[c]; }
-        fused_out[base + c] = y;
-    }
+    storageBarrier();
+    normalize_row(base, lid);
+}
+
+// ---- normalize_in_place: row_out = LayerNorm(row_out), after the accumulate passes ----
+
+@compute @workgroup_size(ROW_THREADS)
+fn normalize_in_place(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let row = row_index(wid, nwg);
+    if (row >= p.rows) { return; }
+    normalize_row(row * p.dim, lid);
 }
 
 // ---- Multi-pass path for tables split over several bindings ----
-// accumulate: out[row, :] += table[indices[row * K + k]] for the one k of this
+// accumulate: row_out[row, :] += table[indices[row * K + k]] for the one k of this
 // dispatch, where that row lies in the bound table segment. Dispatching k in order
 // keeps the sum's order the same as the fused kernel's.
 
-@group(0) @binding(0) var<uniform> ap: Params;
-@group(0) @binding(1) var<storage, read> acc_table: array<u32>;
-@group(0) @binding(2) var<storage, read> acc_indices: array<i32>;
-@group(0) @binding(3) var<storage, read_write> acc_out: array<f32>;
+@group(0) @binding(2) var<storage, read> acc_table: array<u32>;
+@group(0) @binding(3) var<storage, read> acc_indices: array<i32>;
 
 fn acc_value(i: u32) -> f32 {
     if (TABLE_FORMAT == 0u) { return bitcast<f32>(acc_table[i]); }
@@ -169,36 +288,10 @@ fn acc_value(i: u32) -> f32 {
 fn accumulate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
     let id = row_index(wid, nwg) * WG_SIZE + lid;
-    if (id >= ap.rows * ap.dim) { return; }
-    let row = id / ap.dim;
-    let col = id - row * ap.dim;
-    let r = u32(acc_indices[row * ap.lookups + ap.lookup]);
-    if (r < ap.table_first_row || r - ap.table_first_row >= ap.table_rows) { return; }
-    acc_out[id] = acc_out[id] + acc_value((r - ap.table_first_row) * ap.dim + col);
-}
-
-// normalize_in_place: out = LayerNorm(out), after the accumulate passes.
-
-@group(0) @binding(0) var<uniform> np: Params;
-@group(0) @binding(1) var<storage, read> np_gamma: array<f32>;
-@group(0) @binding(2) var<storage, read> np_beta: array<f32>;
-@group(0) @binding(3) var<storage, read_write> np_out: array<f32>;
-
-@compute @workgroup_size(ROW_THREADS)
-fn normalize_in_place(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                      @builtin(local_invocation_index) lid: u32) {
-    let row = row_index(wid, nwg);
-    if (row >= np.rows) { return; }
-    let base = row * np.dim;
-    var s = Stats(0.0, 0.0, 0.0);
-    for (var c = lid; c < np.dim; c += ROW_THREADS) {
-        s = welford_add(s, np_out[base + c]);
-    }
-    let m = row_moments(s, lid, np.dim, np.eps);
-    for (var c = lid; c < np.dim; c += ROW_THREADS) {
-        var y = (np_out[base + c] - m.x) * m.y;
-        if ((np.affine & 1u) != 0u) { y = y * np_gamma[c]; }
-        if ((np.affine & 2u) != 0u) { y = y + np_beta[c]; }
-        np_out[base + c] = y;
-    }
+    if (id >= p.rows * p.dim) { return; }
+    let row = id / p.dim;
+    let col = id - row * p.dim;
+    let r = u32(acc_indices[row * p.lookups + p.lookup]);
+    if (r < p.table_first_row || r - p.table_first_row >= p.table_rows) { return; }
+    row_out[id] = row_out[id] + acc_value((r - p.table_first_row) * p.dim + col);
 }

@@ -178,11 +178,11 @@ impl EmbeddingSumLayerNorm {
                         &[format[0], ("ROW_THREADS", row_threads(self.dim) as f64)],
                         &[
                             uniform.as_entire_binding(),
-                            tseg.binding(),
-                            iseg.binding(),
+                            oseg.binding(),
                             self.affine.gamma_binding(),
                             self.affine.beta_binding(),
-                            oseg.binding(),
+                            tseg.binding(),
+                            iseg.binding(),
                         ],
                         oseg.rows,
                     );
@@ -201,7 +201,7 @@ impl EmbeddingSumLayerNorm {
                             &mut encoder,
                             &ACCUMULATE,
                             &format,
-                            &[uniform.as_entire_binding(), tseg.binding(), iseg.binding(), oseg.binding()],
+                            &[uniform.as_entire_binding(), oseg.binding(), tseg.binding(), iseg.binding()],
                             oseg.rows * self.dim as u64,
                         );
                     }

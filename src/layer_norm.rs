@@ -1,5 +1,6 @@
 //! `torch.nn.LayerNorm` over the last dimension on the GPU: any leading shape,
-//! optional affine, any `eps`, biased variance computed stably (Welford/Chan) in f32.
+//! optional affine, any `eps`, biased variance computed stably (Welford/Chan) in f32,
+//! the mean in the order of PyTorch's CPU kernel (see `shaders/layer_norm.wgsl`).
 //! Also the kernel family shared by StableEmbedding and the BERT embedding block.
 
 use crate::context::{Context, Kernel, Slot};
@@ -12,28 +13,28 @@ const LAYER_NORM: Kernel = Kernel {
     family: "layer_norm",
     source: SOURCE,
     entry: "layer_norm",
-    slots: &[Slot::Uniform, Slot::Read, Slot::Read, Slot::Read, Slot::ReadWrite],
+    slots: &[Slot::Uniform, Slot::ReadWrite, Slot::Read, Slot::Read, Slot::Read],
 };
 
 pub(crate) const LOOKUP_SUM_LAYER_NORM: Kernel = Kernel {
     family: "layer_norm",
     source: SOURCE,
     entry: "lookup_sum_layer_norm",
-    slots: &[Slot::Uniform, Slot::Read, Slot::Read, Slot::Read, Slot::Read, Slot::ReadWrite],
+    slots: &[Slot::Uniform, Slot::ReadWrite, Slot::Read, Slot::Read, Slot::Read, Slot::Read],
 };
 
 pub(crate) const ACCUMULATE: Kernel = Kernel {
     family: "layer_norm",
     source: SOURCE,
     entry: "accumulate",
-    slots: &[Slot::Uniform, Slot::Read, Slot::Read, Slot::ReadWrite],
+    slots: &[Slot::Uniform, Slot::ReadWrite, Slot::Read, Slot::Read],
 };
 
 pub(crate) const NORMALIZE_IN_PLACE: Kernel = Kernel {
     family: "layer_norm",
     source: SOURCE,
     entry: "normalize_in_place",
-    slots: &[Slot::Uniform, Slot::Read, Slot::Read, Slot::ReadWrite],
+    slots: &[Slot::Uniform, Slot::ReadWrite, Slot::Read, Slot::Read],
 };
 
 /// The shader's `Params` uniform.
@@ -207,7 +208,7 @@ impl LayerNorm {
                     &mut encoder,
                     &LAYER_NORM,
                     &[("ROW_THREADS", row_threads(self.dim) as f64)],
-                    &[uniform.as_entire_binding(), xs.binding(), self.affine.gamma_binding(), self.affine.beta_binding(), os.binding()],
+                    &[uniform.as_entire_binding(), os.binding(), self.affine.gamma_binding(), self.affine.beta_binding(), xs.binding()],
                     xs.rows,
                 );
             }
@@ -236,7 +237,7 @@ pub(crate) fn normalize_in_place(ctx: &Context, encoder: &mut wgpu::CommandEncod
             encoder,
             &NORMALIZE_IN_PLACE,
             &[("ROW_THREADS", row_threads(dim) as f64)],
-            &[uniform.as_entire_binding(), affine.gamma_binding(), affine.beta_binding(), seg.binding()],
+            &[uniform.as_entire_binding(), seg.binding(), affine.gamma_binding(), affine.beta_binding()],
             seg.rows,
         );
     }
