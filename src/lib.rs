@@ -23,6 +23,8 @@ pub mod error;
 pub mod indices;
 pub mod layer_norm;
 pub mod ops;
+pub mod quantize;
+pub mod quantized;
 pub mod runner;
 pub mod stable_embedding;
 pub(crate) mod status;
@@ -37,6 +39,8 @@ pub use embedding_bag::{BagMode, EmbeddingBag};
 pub use error::{Error, Result};
 pub use indices::{IndexData, Indices};
 pub use layer_norm::LayerNorm;
+pub use quantize::{dequantize_blockwise, quantize_blockwise, Blockwise, CodeMap, FourBit};
+pub use quantized::{QuantizedEmbedding, QuantizedEmbeddingBag, QuantizedTable, Scheme};
 pub use stable_embedding::{StableEmbedding, STABLE_EMBEDDING_EPS};
 pub use tensor::{DType, GpuTensor};
 
@@ -47,4 +51,6 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("layer_norm.wgsl", include_str!("../shaders/layer_norm.wgsl")),
     ("axial.wgsl", include_str!("../shaders/axial.wgsl")),
     ("index_check.wgsl", include_str!("../shaders/index_check.wgsl")),
+    ("quantize.wgsl", include_str!("../shaders/quantize.wgsl")),
+    ("quantized_embedding.wgsl", include_str!("../shaders/quantized_embedding.wgsl")),
 ];

@@ -10,7 +10,7 @@ use crate::runner::{CaseInputs, HostTensor};
 pub type Outputs = Vec<(String, HostTensor)>;
 
 /// The ops this build runs.
-pub const SUPPORTED_OPS: &[&str] = &["embedding", "embedding_bag", "layer_norm", "stable_embedding", "embedding_sum_layer_norm", "axial_position_embedding"];
+pub const SUPPORTED_OPS: &[&str] = &["embedding", "embedding_bag", "layer_norm", "stable_embedding", "embedding_sum_layer_norm", "axial_position_embedding", "quantize_blockwise", "dequantize_blockwise", "quantized_embedding", "quantized_embedding_bag"];
 
 /// Runs op `op` on the case's inputs.
 pub fn run_op(ctx: &Context, op: &str, inputs: &CaseInputs<'_>) -> Result<Outputs> {
@@ -21,6 +21,10 @@ pub fn run_op(ctx: &Context, op: &str, inputs: &CaseInputs<'_>) -> Result<Output
         "stable_embedding" => stable_embedding(ctx, inputs),
         "embedding_sum_layer_norm" => embedding_sum_layer_norm(ctx, inputs),
         "axial_position_embedding" => axial_position_embedding(ctx, inputs),
+        "quantize_blockwise" => quantize_blockwise(ctx, inputs),
+        "dequantize_blockwise" => dequantize_blockwise(ctx, inputs),
+        "quantized_embedding" => quantized_embedding(ctx, inputs),
+        "quantized_embedding_bag" => quantized_embedding_bag(ctx, inputs),
         other => Err(Error::Unsupported(format!("op {other:?} is not implemented by this build"))),
     }
 }
@@ -134,4 +138,67 @@ fn axial_position_embedding(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Ou
     let d1 = *w1.shape.last().unwrap_or(&0);
     let layer = crate::axial::AxialPositionEmbedding::from_pretrained(ctx, w0.as_f32("weight0")?, w1.as_f32("weight1")?, [n1, n2], [d0, d1])?;
     f32_output(ctx, &layer.forward(ctx, inputs.require("position_ids")?.as_indices("position_ids")?)?)
+}
+
+/// `blocksize` as a size (absent or null: `default`), refusing negatives by value.
+fn blocksize_param(inputs: &CaseInputs<'_>, default: Option<usize>) -> Result<Option<usize>> {
+    match inputs.params().opt_i64("blocksize")? {
+        None => Ok(default),
+        Some(b) if b >= 0 => Ok(Some(b as usize)),
+        Some(b) => Err(Error::arg("blocksize", format!("blocksize {b} is not supported"))),
+    }
+}
+
+fn code_map(inputs: &CaseInputs<'_>) -> Result<crate::quantize::CodeMap> {
+    crate::quantize::CodeMap::parse(inputs.params().opt_str("code")?.unwrap_or("dynamic"))
+}
+
+fn quantize_blockwise(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+    let x = inputs.require("x")?;
+    let values = x.as_f32("x")?;
+    let blocksize = blocksize_param(inputs, Some(4096))?.unwrap_or(4096);
+    let code = code_map(inputs)?;
+    crate::quantize::check_blocksize(blocksize)?;
+    // Uploaded flat (rows of one element): the kernels take the tensor as a flat run.
+    let t = crate::tensor::GpuTensor::from_bytes(ctx, bytemuck::cast_slice(values), &[values.len()], crate::tensor::DType::F32, 1)?;
+    let q = crate::quantize::quantize_blockwise(ctx, &t, blocksize, code)?;
+    Ok(vec![
+        ("codes".to_string(), HostTensor::u8(q.codes.to_bytes(ctx)?, vec![values.len()])),
+        ("absmax".to_string(), HostTensor::f32(q.absmax.to_vec_f32(ctx)?, q.absmax.shape().to_vec())),
+    ])
+}
+
+fn dequantize_blockwise(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+    let codes = inputs.require("codes")?.as_u8("codes")?;
+    let absmax = inputs.require("absmax")?.as_f32("absmax")?;
+    let blocksize = blocksize_param(inputs, Some(4096))?.unwrap_or(4096);
+    let code = code_map(inputs)?;
+    crate::quantize::check_blocksize(blocksize)?;
+    let c = crate::tensor::GpuTensor::from_bytes(ctx, codes, &[codes.len()], crate::tensor::DType::U8, 1)?;
+    let a = crate::tensor::GpuTensor::from_bytes(ctx, bytemuck::cast_slice(absmax), &[absmax.len()], crate::tensor::DType::F32, 1)?;
+    let out = crate::quantize::dequantize_blockwise(ctx, &c, &a, blocksize, code)?;
+    Ok(vec![("out".to_string(), HostTensor::f32(out.to_vec_f32(ctx)?, vec![codes.len()]))])
+}
+
+fn quantized_embedding(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+    let (w, v, d) = table(inputs, "weight")?;
+    let scheme = crate::quantized::Scheme::parse(inputs.params().opt_str("scheme")?.unwrap_or("int8_blockwise"))?;
+    let layer = crate::quantized::QuantizedEmbedding::from_pretrained(ctx, w, v, d, scheme, blocksize_param(inputs, None)?)?;
+    let out = layer.forward(ctx, inputs.require("indices")?.as_indices("indices")?)?;
+    Ok(vec![("out".to_string(), HostTensor::f32(out.to_vec_f32(ctx)?, out.shape().to_vec()))])
+}
+
+fn quantized_embedding_bag(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+    let p = inputs.params();
+    let (w, v, d) = table(inputs, "weight")?;
+    let scheme = crate::quantized::Scheme::parse(p.opt_str("scheme")?.unwrap_or("int8_blockwise"))?;
+    let mode = BagMode::parse(p.opt_str("mode")?.unwrap_or("mean"))?;
+    let input = inputs.require("indices")?.as_indices("indices")?;
+    let offsets = inputs.get("offsets")?.map(|t| t.as_indices("offsets")).transpose()?;
+    let psw = inputs.get("per_sample_weights")?.map(|t| t.as_f32("per_sample_weights").map(|x| (x, &t.shape[..]))).transpose()?;
+    let layer = crate::quantized::QuantizedEmbeddingBag::from_pretrained(ctx, w, v, d, scheme, blocksize_param(inputs, None)?, mode)?
+        .with_padding_idx(p.opt_i64("padding_idx")?)?
+        .with_include_last_offset(p.bool_or("include_last_offset", false)?);
+    let out = layer.forward(ctx, input, offsets, psw)?;
+    Ok(vec![("out".to_string(), HostTensor::f32(out.to_vec_f32(ctx)?, out.shape().to_vec()))])
 }

@@ -1,0 +1,352 @@
+// bitsandbytes block-wise quantization, as its CPU kernels of 0.50 compute it:
+// absmax per group of the flattened tensor, then one code per element.
+//
+// SCHEME picks the code:
+//   0  8-bit code map (dynamic or linear): scale by 1/absmax, map to one of 65 536
+//      evenly spaced bins of [-1, 1] and take the code bitsandbytes' lookup table gives
+//      that bin (the nearest code to the bin's centre), as quantize_cpu does;
+//   1  int8 row-wise (Embedding8bit / int8_vectorwise_quant): round(x * (127 / absmax));
+//   2  4-bit (nf4 / fp4, quantize_4bit): scale by 1/absmax (x / absmax in a partial last
+//      block), bucket by the midpoints of the sorted 4-bit table; two codes per byte,
+//      the even element in the high nibble.
+// PRE transforms each input first: 0 none, 1 round to f16 (Int8Params casts the table
+// to half before quantizing), 2 subtract the offset stored in the constants (nested
+// 4-bit statistics quantize absmax - mean(absmax)).
+//
+// Every dispatch covers the element range [lo, hi) that lies inside each bound segment.
+// Divisions that decide codes use `div_exact` (correctly rounded like the CPU's),
+// since WGSL's `/` may be off by 2.5 ulp.
+
+override WG_SIZE: u32 = 64u;
+override SCHEME: u32 = 0u; // values: 0, 1, 2
+override PRE: u32 = 0u; // values: 0, 1, 2
+
+// Layout of the constants buffer (u32 words; floats as their bits).
+const C_MAP: u32 = 0u;        // 256 code values, sorted
+const C_THRESH: u32 = 256u;   // 256 lookup-bin thresholds: code = #{k : thresh[k] <= bin}
+const C_T4: u32 = 512u;       // 16 4-bit code values, by code
+const C_MID4: u32 = 528u;     // 15 midpoints of the sorted 4-bit values
+const C_ORDER4: u32 = 544u;   // 16 codes, by sorted position
+const C_OFFSET: u32 = 560u;   // mean of absmax (nested 4-bit statistics), written here
+const C_ZERO: u32 = 561u;     // always 0; the compiler cannot know it
+
+// f32(1e-38): quantize_4bit's floor on absmax (a subnormal, so built from its bits).
+const MIN_ABSMAX_BITS: u32 = 0x006ce3eeu;
+
+fn linear_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return (wid.z * nwg.y + wid.y) * nwg.x + wid.x;
+}
+
+struct Params {
+    lo: u32,            // first element of this dispatch
+    hi: u32,            // one past its last element
+    in_first: u32,      // first element held by the bound input segment
+    out_first: u32,     // first unit (byte, code word byte, or value) of the bound output segment
+    scale_first: u32,   // first group held by the bound absmax segment
+    group: u32,         // elements per absmax value
+    numel: u32,         // elements in the whole tensor
+    count: u32,         // kernel-specific count (values to reduce, units to finish)
+}
+
+// ---- correctly rounded division -------------------------------------------------
+
+struct Unpacked {
+    m: u32,   // significand in [2^23, 2^24)
+    e: i32,   // biased exponent (may be < 1 for subnormals)
+}
+
+fn unpack(bits: u32) -> Unpacked {
+    let u = bits & 0x7fffffffu;
+    let e = i32(u >> 23u);
+    let m = u & 0x7fffffu;
+    if (e == 0) {
+        let shift = countLeadingZeros(m) - 8u;
+        return Unpacked(m << shift, 1 - i32(shift));
+    }
+    return Unpacked(m | 0x800000u, e);
+}
+
+// a / b rounded to nearest even, for finite a and finite nonzero b (others fall back to
+// the native division). Long division of the significands, one quotient bit per step.
+fn div_exact(a: f32, b: f32) -> f32 {
+    let ua = bitcast<u32>(a);
+    let ub = bitcast<u32>(b);
+    let sign = (ua ^ ub) & 0x80000000u;
+    if ((ua & 0x7fffffffu) == 0u) {
+        return bitcast<f32>(sign);
+    }
+    if ((ua & 0x7f800000u) == 0x7f800000u || (ub & 0x7fffffffu) == 0u || (ub & 0x7f800000u) == 0x7f800000u) {
+        return a / b;
+    }
+    let x = unpack(ua);
+    let y = unpack(ub);
+    var r = x.m;
+    var e = x.e - y.e + 127;   // biased exponent of the quotient
+    if (r < y.m) {
+        r = r << 1u;
+        e -= 1;
+    }
+    // 24 quotient bits for a normal result, fewer for a subnormal one.
+    var nbits = 24;
+    if (e < 1) {
+        nbits = 23 + e;
+    }
+    if (nbits <= 0) {
+        return bitcast<f32>(sign);
+    }
+    var q = 0u;
+    for (var i = 0; i < nbits; i++) {
+        q = q << 1u;
+        if (r >= y.m) {
+            r -= y.m;
+            q |= 1u;
+        }
+        r = r << 1u;
+    }
+    // r is twice the remainder: round half to even.
+    if (r > y.m || (r == y.m && (q & 1u) == 1u)) {
+        q += 1u;
+    }
+    var bits = q;   // subnormal: a carry into bit 23 is the smallest normal
+    if (e >= 1) {
+        if (e >= 255) {
+            return bitcast<f32>(sign | 0x7f800000u);
+        }
+        bits = (u32(e - 1) << 23u) + q;   // q holds the implicit bit; a carry bumps the exponent
+    }
+    if (bits >= 0x7f800000u) {
+        return bitcast<f32>(sign | 0x7f800000u);
+    }
+    return bitcast<f32>(sign | bits);
+}
+
+// f32 -> f16 -> f32, rounding to nearest even (as `tensor.to(torch.float16)`).
+fn round_f16(x: f32) -> f32 {
+    let u = bitcast<u32>(x);
+    let sign = u & 0x80000000u;
+    let a = u & 0x7fffffffu;
+    if (a >= 0x7f800000u) {
+        return x;
+    }
+    if (a >= 0x477ff000u) {   // 65520 and above round to infinity
+        return bitcast<f32>(sign | 0x7f800000u);
+    }
+    if (a < 0x38800000u) {    // below 2^-14: f16 subnormals, steps of 2^-24 (scaling is exact)
+        let r = round(bitcast<f32>(a) * 16777216.0) / 16777216.0;
+        return bitcast<f32>(sign | bitcast<u32>(r));
+    }
+    let rounded = (a + 0xfffu + ((a >> 13u) & 1u)) & 0xffffe000u;
+    return bitcast<f32>(sign | rounded);
+}
+
+// ---- bindings -----------------------------------------------------------------------
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> consts: array<u32>;
+@group(0) @binding(2) var<storage, read> input: array<f32>;
+@group(0) @binding(3) var<storage, read_write> scales: array<atomic<u32>>;
+@group(0) @binding(4) var<storage, read_write> codes: array<atomic<u32>>;
+
+fn load(e: u32) -> f32 {
+    let x = input[e - p.in_first];
+    if (PRE == 1u) {
+        return round_f16(x);
+    }
+    if (PRE == 2u) {
+        return x - bitcast<f32>(consts[C_OFFSET]);
+    }
+    return x;
+}
+
+// Reductions below assume WG_SIZE is 64, as the context always sets it.
+var<workgroup> partial: array<f32, 64>;
+
+// absmax of each group over the elements of [lo, hi): one workgroup per group; groups
+// cut by a segment boundary combine their parts with atomicMax on the (non-negative)
+// float bits, which order like the floats.
+@compute @workgroup_size(WG_SIZE)
+fn absmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_id) lid: vec3<u32>) {
+    let g = p.lo / p.group + linear_group(wid, nwg);
+    let start = max(g * p.group, p.lo);
+    let end = min(g * p.group + p.group, p.hi);
+    var m = 0.0;
+    if (start < end) {
+        for (var e = start + lid.x; e < end; e += WG_SIZE) {
+            m = max(m, abs(load(e)));
+        }
+    }
+    partial[lid.x] = m;
+    workgroupBarrier();
+    for (var stride = WG_SIZE / 2u; stride > 0u; stride = stride / 2u) {
+        if (lid.x < stride) {
+            partial[lid.x] = max(partial[lid.x], partial[lid.x + stride]);
+        }
+        workgroupBarrier();
+    }
+    if (lid.x == 0u && start < end) {
+        atomicMax(&scales[g - p.scale_first], bitcast<u32>(partial[0]));
+    }
+}
+
+// The code of one element, ORed into its byte (several dispatches may fill one word).
+@compute @workgroup_size(WG_SIZE)
+fn encode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_id) lid: vec3<u32>) {
+    let e = p.lo + linear_group(wid, nwg) * WG_SIZE + lid.x;
+    if (e >= p.hi) { return; }
+    let x = load(e);
+    let block = e / p.group;
+    let am = bitcast<f32>(atomicLoad(&scales[block - p.scale_first]));
+    var byte_index = e;
+    var value = 0u;
+    if (SCHEME == 0u) {
+        if (am == 0.0) { return; }   // all-zero block: code 0
+        let s = clamp(x * div_exact(1.0, am), -1.0, 1.0);
+        // The product is kept from fusing with the + 0.5 (an fma would round differently).
+        let bin = u32(opaque((s + 1.0) * 0.5 * 65535.0) + 0.5);
+        // Number of thresholds <= bin (they are sorted; the last is 0xffffffff).
+        var pos = 0u;
+        for (var step = 128u; step > 0u; step = step / 2u) {
+            if (consts[C_THRESH + pos + step - 1u] <= bin) {
+                pos += step;
+            }
+        }
+        value = pos;
+    } else if (SCHEME == 1u) {
+        if (am == 0.0) { return; }
+        let c = i32(round(x * div_exact(127.0, am)));
+        value = u32(c) & 0xffu;
+    } else {
+        let amc = max(am, bitcast<f32>(MIN_ABSMAX_BITS));
+        var s: f32;
+        if (block * p.group + p.group <= p.numel) {
+            s = x * div_exact(1.0, amc);
+        } else {
+            s = div_exact(x, amc);   // the partial last block divides
+        }
+        s = clamp(s, -1.0, 1.0);
+        var pos = 0u;
+        for (var k = 0u; k < 15u; k++) {
+            if (bitcast<f32>(consts[C_MID4 + k]) < s) {
+                pos += 1u;
+            }
+        }
+        value = consts[C_ORDER4 + pos];
+        byte_index = e / 2u;
+        if ((e & 1u) == 0u) {
+            value = value << 4u;
+        }
+    }
+    if (value != 0u) {
+        let local = byte_index - p.out_first;
+        atomicOr(&codes[local / 4u], value << (8u * (local & 3u)));
+    }
+}
+
+// After encoding: row-wise scales become absmax / 127 (what Embedding8bit multiplies
+// by); the partial last block of a 4-bit table keeps absmax floored at 1e-38.
+@compute @workgroup_size(WG_SIZE)
+fn finish_scales(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_group(wid, nwg) * WG_SIZE + lid.x;
+    if (i >= p.count) { return; }
+    let am = bitcast<f32>(atomicLoad(&scales[i]));
+    if (SCHEME == 1u) {
+        atomicStore(&scales[i], bitcast<u32>(div_exact(am, 127.0)));
+    } else if (SCHEME == 2u) {
+        let g = p.scale_first + i;
+        if (g * p.group + p.group > p.numel) {
+            atomicStore(&scales[i], bitcast<u32>(max(am, bitcast<f32>(MIN_ABSMAX_BITS))));
+        }
+    }
+}
+
+// Mean of absmax, in two passes: partial sums of up to WG_SIZE * 16 values per
+// workgroup, then one workgroup adds them up and divides. Sums are carried as
+// unevaluated pairs hi + lo (error-free two-sum), so the mean comes out correctly
+// rounded as bitsandbytes' does, whatever the order of the additions.
+var<workgroup> partial_lo: array<f32, 64>;
+
+// x, rounded as it stands: the compiler can neither fuse it into an fma nor simplify
+// the float algebra around it (drivers may treat (a + b) - a as b).
+fn opaque(x: f32) -> f32 {
+    return bitcast<f32>(bitcast<u32>(x) | consts[C_ZERO]);
+}
+
+fn two_sum(a: f32, b: f32) -> vec2<f32> {
+    let s = opaque(a + b);
+    let bb = opaque(s - a);
+    return vec2<f32>(s, opaque(a - opaque(s - bb)) + opaque(b - bb));
+}
+
+fn add_pair(x: vec2<f32>, y: vec2<f32>) -> vec2<f32> {
+    let s = two_sum(x.x, y.x);
+    return two_sum(s.x, s.y + x.y + y.y);
+}
+
+fn reduce_pairs(lid: u32, v: vec2<f32>) -> vec2<f32> {
+    partial[lid] = v.x;
+    partial_lo[lid] = v.y;
+    workgroupBarrier();
+    for (var stride = WG_SIZE / 2u; stride > 0u; stride = stride / 2u) {
+        if (lid < stride) {
+            let r = add_pair(vec2<f32>(partial[lid], partial_lo[lid]), vec2<f32>(partial[lid + stride], partial_lo[lid + stride]));
+            partial[lid] = r.x;
+            partial_lo[lid] = r.y;
+        }
+        workgroupBarrier();
+    }
+    return vec2<f32>(partial[0], partial_lo[0]);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn sum_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_id) lid: vec3<u32>) {
+    let w = linear_group(wid, nwg);
+    let base = p.lo + w * WG_SIZE * 16u;
+    var s = vec2<f32>(0.0, 0.0);
+    for (var k = 0u; k < 16u; k++) {
+        let e = base + k * WG_SIZE + lid.x;
+        if (e < p.hi) {
+            s = add_pair(s, vec2<f32>(input[e - p.in_first], 0.0));
+        }
+    }
+    let total = reduce_pairs(lid.x, s);
+    if (lid.x == 0u) {
+        atomicStore(&scales[2u * (p.out_first + w)], bitcast<u32>(total.x));
+        atomicStore(&scales[2u * (p.out_first + w) + 1u], bitcast<u32>(total.y));
+    }
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn mean_final(@builtin(local_invocation_id) lid: vec3<u32>) {
+    var s = vec2<f32>(0.0, 0.0);
+    for (var i = lid.x; i < p.count; i += WG_SIZE) {
+        let part = vec2<f32>(bitcast<f32>(atomicLoad(&scales[2u * i])), bitcast<f32>(atomicLoad(&scales[2u * i + 1u])));
+        s = add_pair(s, part);
+    }
+    let total = reduce_pairs(lid.x, s);
+    if (lid.x == 0u) {
+        // (hi + lo) / n: hi / n rounded, then lo's share (below half an ulp of hi) added.
+        let n = f32(p.numel);
+        consts[C_OFFSET] = bitcast<u32>(div_exact(total.x, n) + div_exact(total.y, n));
+    }
+}
+
+// dequantize_blockwise: out = code[c] * absmax[block].
+@group(0) @binding(0) var<uniform> dp: Params;
+@group(0) @binding(1) var<storage, read> dq_consts: array<u32>;
+@group(0) @binding(2) var<storage, read> dq_codes: array<u32>;
+@group(0) @binding(3) var<storage, read> dq_absmax: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dq_out: array<f32>;
+
+@compute @workgroup_size(WG_SIZE)
+fn dequantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let e = dp.lo + linear_group(wid, nwg) * WG_SIZE + lid.x;
+    if (e >= dp.hi) { return; }
+    let local = e - dp.in_first;
+    let c = (dq_codes[local / 4u] >> (8u * (local & 3u))) & 0xffu;
+    dq_out[e - dp.out_first] = bitcast<f32>(dq_consts[C_MAP + c]) * dq_absmax[e / dp.group - dp.scale_first];
+}
