@@ -257,3 +257,82 @@ fn source_position(mut p: usize, full: &[usize], strides: &[usize]) -> usize {
     }
     pos
 }
+
+/// A minimal uncased BERT WordPiece tokenizer, enough to feed the embedding block
+/// real token ids: lowercases, splits on whitespace and punctuation, then takes the
+/// longest vocabulary match first with `##` continuations, between `[CLS]` and `[SEP]`.
+/// (No accent stripping or CJK splitting: use the `tokenizers` crate for full fidelity.)
+#[derive(Debug, Clone)]
+pub struct WordPiece {
+    vocab: std::collections::HashMap<String, i64>,
+    unk: i64,
+    cls: i64,
+    sep: i64,
+}
+
+impl WordPiece {
+    /// From the text of a `vocab.txt` (one token per line, the id is the line number).
+    pub fn from_vocab(text: &str) -> Result<Self> {
+        let vocab: std::collections::HashMap<String, i64> = text.lines().enumerate().map(|(i, t)| (t.to_string(), i as i64)).collect();
+        let id = |t: &str| vocab.get(t).copied().ok_or_else(|| Error::Format(format!("vocab.txt has no {t} token")));
+        Ok(WordPiece { unk: id("[UNK]")?, cls: id("[CLS]")?, sep: id("[SEP]")?, vocab })
+    }
+
+    /// Token ids of `text`: `[CLS]`, the word pieces, `[SEP]`.
+    pub fn encode(&self, text: &str) -> Vec<i64> {
+        let lower = text.to_lowercase();
+        let mut words: Vec<String> = Vec::new();
+        let mut word = String::new();
+        for ch in lower.chars() {
+            if ch.is_whitespace() || ch.is_ascii_punctuation() || (!ch.is_alphanumeric() && !ch.is_whitespace()) {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+                if !ch.is_whitespace() {
+                    words.push(ch.to_string());
+                }
+            } else {
+                word.push(ch);
+            }
+        }
+        if !word.is_empty() {
+            words.push(word);
+        }
+        let mut ids = vec![self.cls];
+        for w in &words {
+            ids.extend(self.word_pieces(w));
+        }
+        ids.push(self.sep);
+        ids
+    }
+
+    fn word_pieces(&self, word: &str) -> Vec<i64> {
+        let chars: Vec<char> = word.chars().collect();
+        if chars.len() > 100 {
+            return vec![self.unk];
+        }
+        let mut pieces = Vec::new();
+        let mut start = 0;
+        while start < chars.len() {
+            let mut end = chars.len();
+            let mut found = None;
+            while end > start {
+                let mut piece: String = chars[start..end].iter().collect();
+                if start > 0 {
+                    piece.insert_str(0, "##");
+                }
+                if let Some(&id) = self.vocab.get(&piece) {
+                    found = Some(id);
+                    break;
+                }
+                end -= 1;
+            }
+            match found {
+                Some(id) => pieces.push(id),
+                None => return vec![self.unk],
+            }
+            start = end;
+        }
+        pieces
+    }
+}

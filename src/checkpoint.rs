@@ -3,7 +3,6 @@
 //! packed: the shaders unpack them, so they work on adapters without `shader-f16`.
 
 use std::borrow::Cow;
-use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::tensor::DType;
@@ -105,7 +104,7 @@ impl std::fmt::Debug for Checkpoint {
 impl Checkpoint {
     /// Reads a `.safetensors` file.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+    pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::Format(format!("cannot read {}: {e}", path.display())))?;
         Self::with_source(bytes, path.display().to_string())

@@ -31,7 +31,7 @@ pub(crate) mod status;
 pub mod tensor;
 
 pub use axial::AxialPositionEmbedding;
-pub use bert::EmbeddingSumLayerNorm;
+pub use bert::{EmbeddingSumLayerNorm, WordPiece};
 pub use checkpoint::{Checkpoint, HostTable};
 pub use context::{Context, ContextOptions};
 pub use embedding::{Embedding, MaxNorm};
