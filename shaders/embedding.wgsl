@@ -6,7 +6,7 @@ override WG_SIZE: u32 = 64u;
 // Storage format of the lookup table: 0 = f32; 1 = f16 and 2 = bf16, packed two to a
 // 32-bit word (element i of a segment is half i & 1 of word i >> 1, low half first),
 // so no `shader-f16` is needed. Values are widened to f32; the output is f32.
-override TABLE_FORMAT: u32 = 0u;
+override TABLE_FORMAT: u32 = 0u; // values: 0, 1, 2
 
 // The linear invocation index; dispatches spread over y/z past 65 535 workgroups.
 fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
@@ -64,7 +64,7 @@ fn lookup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 // F16 / BF16 with D % 8 == 0). LANES invocations share one output row and move its
 // vec4 words at stride LANES, so a workgroup copies WG_SIZE / LANES rows with
 // contiguous 16-byte loads and stores (as FBGEMM's TBE forward gives a row to a warp).
-override LANES: u32 = 16u;
+override LANES: u32 = 16u; // values: 1, 2, 4, 8, 16, 32, 64
 
 @group(0) @binding(1) var<storage, read> lookup_table4: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> lookup_out4: array<vec4<f32>>;

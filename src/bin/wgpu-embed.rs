@@ -7,6 +7,9 @@ use clap::{Parser, Subcommand};
 use wgpu_embed::runner::{outputs_to_safetensors, run_cases, CaseFile};
 use wgpu_embed::{Context, ContextOptions};
 
+#[path = "../cli/check.rs"]
+mod check;
+
 #[derive(Parser)]
 #[command(name = "wgpu-embed", version, about = "Embedding layers as WGSL compute shaders: conformance runner and tools")]
 struct Cli {
@@ -53,6 +56,22 @@ enum Command {
     },
     /// Print the conformance ops this build runs, comma-separated (for check.py --ops).
     SupportedOps,
+    /// List the adapters and run the built-in conformance cases on each: a pass/fail
+    /// table per op with the largest error. Exit status 1 when any case fails.
+    Check {
+        /// Backend(s): vulkan, gl, metal, dx12, comma-separated (default: WGPU_BACKEND or all).
+        #[arg(long)]
+        backend: Option<String>,
+        /// Only adapters whose name contains this text (case-insensitive).
+        #[arg(long)]
+        adapter: Option<String>,
+        /// Binding limit in bytes of a second pass that splits the tables (0: no second pass).
+        #[arg(long, default_value_t = check::SPLIT_BINDING)]
+        split_binding: u64,
+        /// Also list the passing cases.
+        #[arg(long, short)]
+        verbose: bool,
+    },
 }
 
 /// Exit codes: 0 all cases ran (refusals are in the report), 2 bad arguments or an
@@ -68,6 +87,12 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Check { backend, adapter, split_binding, verbose } => check::run(&check::CheckArgs {
+            backends: backend.as_deref().map(wgpu::Backends::from_comma_list),
+            adapter,
+            split_binding,
+            verbose,
+        }),
         Command::SupportedOps => {
             println!("{}", wgpu_embed::ops::SUPPORTED_OPS.join(","));
             ExitCode::SUCCESS
