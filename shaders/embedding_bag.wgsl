@@ -7,7 +7,7 @@
 override WG_SIZE: u32 = 64u;
 // Storage format of the table, as in embedding.wgsl: 0 = f32, 1 = f16, 2 = bf16
 // (the half formats packed two to a word, low half first); accumulation is f32.
-override TABLE_FORMAT: u32 = 0u;
+override TABLE_FORMAT: u32 = 0u; // values: 0, 1, 2
 
 const MODE_SUM: u32 = 0u;
 const MODE_MEAN: u32 = 1u;
@@ -119,7 +119,7 @@ fn bag(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 // columns lane, lane + LANES, ... and walks the bag's indices keeping its sums in
 // registers, so every table row is read once with contiguous 16-byte loads (the
 // warp-per-bag scheme of FBGEMM's TBE forward and PyTorch's embedding_bag kernel).
-override LANES: u32 = 16u;
+override LANES: u32 = 16u; // values: 1, 2, 4, 8, 16, 32, 64
 
 @group(0) @binding(1) var<storage, read> table4: array<vec4<u32>>;
 @group(0) @binding(5) var<storage, read_write> out4: array<vec4<f32>>;
@@ -154,6 +154,10 @@ fn finish4(acc: vec4<f32>, n: u32) -> vec4<f32> {
     return acc;
 }
 
+// Table words one invocation accumulates per sweep over a bag's indices: each index
+// (and its checks) is read once per CHUNK words rather than once per word.
+const CHUNK: u32 = 4u;
+
 @compute @workgroup_size(WG_SIZE)
 fn bag_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -167,15 +171,19 @@ fn bag_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let lo = max(offsets[b], bp.index_first);
     let hi = min(offsets[b + 1u], bp.index_first + bp.index_count);
     let init = vec4<f32>(select(0.0, bitcast<f32>(0xff800000u), bp.mode == MODE_MAX));
+    // Table word c holds output word c (f32) or output words 2c and 2c + 1 (halves);
+    // this invocation's words are c0 + k * LANES for k < CHUNK.
+    let per_word = select(1u, 2u, half);
 
-    for (var c = lane; c < in_words; c += LANES) {
-        // Table word c holds output word c (f32) or output words 2c and 2c + 1 (halves).
-        let o0 = select(dst + c, dst + 2u * c, half);
-        var acc0 = init;
-        var acc1 = init;
-        if (bp.first_pass == 0u) {
-            acc0 = out4[o0];
-            if (half) { acc1 = out4[o0 + 1u]; }
+    for (var c0 = lane; c0 < in_words; c0 += CHUNK * LANES) {
+        var acc: array<vec4<f32>, 8>; // 2 * CHUNK output words
+        for (var k = 0u; k < 2u * CHUNK; k++) {
+            let o = dst + per_word * (c0 + (k / per_word) * LANES) + k % per_word;
+            if (bp.first_pass == 0u && k < per_word * CHUNK && c0 + (k / per_word) * LANES < in_words) {
+                acc[k] = out4[o];
+            } else {
+                acc[k] = init;
+            }
         }
         var n = 0u;
         for (var pos = lo; pos < hi; pos++) {
@@ -183,7 +191,7 @@ fn bag_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             let index = indices[local_pos];
             if (index < 0 || u32(index) >= bp.num_embeddings) {
                 // Never read outside the table; the host turns the report into an error.
-                if (bp.report_bad != 0u && c == 0u) { atomicMin(&status[0], pos); }
+                if (bp.report_bad != 0u && c0 == 0u) { atomicMin(&status[0], pos); }
                 continue;
             }
             let row = u32(index);
@@ -191,19 +199,27 @@ fn bag_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             n += 1u;
             let local = row - bp.table_first_row;
             if (row < bp.table_first_row || local >= bp.table_rows) { continue; }
-            let w = table4[local * in_words + c];
             var scale = 1.0;
             if (bp.has_weights != 0u) { scale = weights[local_pos]; }
-            if (half) {
-                acc0 = reduce4(acc0, widen_half4(w, false) * scale);
-                acc1 = reduce4(acc1, widen_half4(w, true) * scale);
-            } else {
-                acc0 = reduce4(acc0, bitcast<vec4<f32>>(w) * scale);
+            let base = local * in_words;
+            for (var k = 0u; k < CHUNK; k++) {
+                let c = c0 + k * LANES;
+                if (c < in_words) {
+                    let w = table4[base + c];
+                    if (half) {
+                        acc[2u * k] = reduce4(acc[2u * k], widen_half4(w, false) * scale);
+                        acc[2u * k + 1u] = reduce4(acc[2u * k + 1u], widen_half4(w, true) * scale);
+                    } else {
+                        acc[k] = reduce4(acc[k], bitcast<vec4<f32>>(w) * scale);
+                    }
+                }
             }
         }
-        out4[o0] = finish4(acc0, n);
-        if (half) { out4[o0 + 1u] = finish4(acc1, n); }
-        if (c == 0u && bp.last_pass == 0u && bp.count_pass != 0u) { counts[b] += n; }
+        for (var k = 0u; k < per_word * CHUNK; k++) {
+            let c = c0 + (k / per_word) * LANES;
+            if (c < in_words) { out4[dst + per_word * c + k % per_word] = finish4(acc[k], n); }
+        }
+        if (c0 == 0u && bp.last_pass == 0u && bp.count_pass != 0u) { counts[b] += n; }
     }
 }
 

@@ -213,7 +213,7 @@ pub(crate) fn lookup_into(
             let uniform = ctx.uniform(&params);
             let bindings =
                 [uniform.as_entire_binding(), tseg.binding(), idx_seg.binding(), out_seg.binding(), status.as_entire_binding()];
-            match vec4_lanes(table.dtype(), d) {
+            match vec4_lanes(ctx, table.dtype(), d, None) {
                 Some(lanes) => ctx.dispatch_groups(
                     encoder,
                     &LOOKUP_VEC4,
@@ -298,15 +298,24 @@ pub(crate) fn table_shape(t: &GpuTensor) -> Result<(usize, usize)> {
 }
 
 /// Invocations per row (or bag) of the vectorised kernels, when the table's rows are whole
-/// vec4 words: enough lanes to cover a row's words in one sweep, a power of two so
-/// that a workgroup holds whole rows, at most a workgroup. `None`: use the scalar kernel.
-pub(crate) fn vec4_lanes(dtype: DType, dim: usize) -> Option<u32> {
+/// vec4 words; `None`: use the scalar kernels. On GPUs: enough lanes to cover a row's
+/// words in one sweep (coalesced loads), a power of two so that a workgroup holds whole
+/// rows, at most a workgroup. On CPU adapters (lavapipe, SwiftShader), where each
+/// invocation is a SIMD lane and loads are per lane anyway, as few invocations per row
+/// as possible move the most bytes per instruction (measured with `examples/bench.rs`):
+/// one per row for lookups, and for bags (`words_per_sweep` = Some(CHUNK)) enough that
+/// each invocation sweeps its bag's indices once; lavapipe stops any loop after 65 535
+/// iterations per invocation, so a bag must not be walked several times.
+pub(crate) fn vec4_lanes(ctx: &Context, dtype: DType, dim: usize, words_per_sweep: Option<u32>) -> Option<u32> {
     let words = match dtype {
         DType::F32 if dim % 4 == 0 => dim / 4,
         DType::F16 | DType::BF16 if dim % 8 == 0 => dim / 8,
         _ => return None,
-    };
-    Some((words as u32).next_power_of_two().min(WORKGROUP_SIZE))
+    } as u32;
+    if ctx.adapter_info().device_type == wgpu::DeviceType::Cpu {
+        return Some(words_per_sweep.map_or(1, |c| words.div_ceil(c).next_power_of_two().min(WORKGROUP_SIZE)));
+    }
+    Some(words.next_power_of_two().min(WORKGROUP_SIZE))
 }
 
 /// The shaders' `TABLE_FORMAT` override for a table's element type (see `embedding.wgsl`).

@@ -29,6 +29,9 @@ pub(crate) const BAG: Kernel = Kernel {
 
 pub(crate) const BAG_VEC4: Kernel = Kernel { entry: "bag_vec4", ..BAG };
 
+/// Table words one `bag_vec4` invocation accumulates per sweep (`CHUNK` in the shader).
+const BAG_CHUNK: u32 = 4;
+
 pub(crate) const FINALIZE: Kernel = Kernel {
     family: "embedding_bag",
     source: SOURCE,
@@ -448,7 +451,7 @@ pub(crate) fn reduce_bags(
                     counts.as_entire_binding(),
                     status.as_entire_binding(),
                 ];
-                match vec4_lanes(table.dtype(), d) {
+                match vec4_lanes(ctx, table.dtype(), d, Some(BAG_CHUNK)) {
                     Some(lanes) => ctx.dispatch_groups(
                         encoder,
                         &BAG_VEC4,
