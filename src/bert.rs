@@ -127,7 +127,14 @@ impl EmbeddingSumLayerNorm {
             idx.check_shape(index_name(k))?;
             shape = broadcast(&shape, idx.shape)?;
         }
-        let n: usize = shape.iter().product();
+        // Broadcasting can multiply sizes: refuse what one call cannot address before allocating.
+        let n = shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .filter(|&n| n.checked_mul(k_count).is_some_and(|nk| (nk as u64) < u32::MAX as u64))
+            .ok_or_else(|| {
+                Error::arg("indices", format!("the broadcast shape {shape:?} of {k_count} index tensors has more positions than one call can address (limit {})", u32::MAX - 1))
+            })?;
         // Interleave the K indices of each output row, offset into the concatenated table.
         let mut rows = vec![0i32; n * k_count];
         for (k, idx) in indices.iter().enumerate() {

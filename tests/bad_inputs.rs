@@ -304,6 +304,13 @@ fn other_layers_bad_inputs() {
     expect_variant(block.forward(&ctx, &[Indices::i64(&[1, 2, 3], &[3]), Indices::i64(&[0, 1], &[2])]), "ShapeMismatch", &["3", "2"]);
     expect_oob(block.forward(&ctx, &[Indices::i64(&[1, 2], &[2]), Indices::i64(&[0, 3], &[2])]), "indices1", 1, 3);
     expect_arg(EmbeddingSumLayerNorm::new(&ctx, &[], None, None, 1e-12), "tables", &["none"]);
+    // Shapes that broadcast to more positions than a call can address: refused before allocating.
+    let long: Vec<i64> = vec![0; 1 << 17];
+    expect_arg(
+        block.forward(&ctx, &[Indices::i64(&long, &[1 << 17, 1]), Indices::i64(&long, &[1, 1 << 17])]),
+        "indices",
+        &["[131072, 131072]"],
+    );
 
     // kind 39: axial position embeddings: zero factor, wrong weight size, position past n1*n2, negative position
     let (w0, w1) = (table(4, 2), table(3, 2));
