@@ -328,10 +328,62 @@ fn mean_final(@builtin(local_invocation_id) lid: vec3<u32>) {
     }
     let total = reduce_pairs(lid.x, s);
     if (lid.x == 0u) {
-        // (hi + lo) / n: hi / n rounded, then lo's share (below half an ulp of hi) added.
-        let n = f32(p.numel);
-        consts[C_OFFSET] = bitcast<u32>(div_exact(total.x, n) + div_exact(total.y, n));
+        consts[C_OFFSET] = bitcast<u32>(div_pair(total, p.numel));
     }
+}
+
+// (hi + lo) / n rounded to nearest even, for hi > 0 (or 0), |lo| <= ulp(hi) / 2 and
+// 0 < n < 2^25. The numerator becomes the integer N = mh·2^32 + floor(lo / 2^(e-182))
+// (in units of 2^(e-182), mh the significand of hi), which long division by n turns
+// into 25 significant quotient bits, a sticky bit and an exponent.
+fn div_pair(total: vec2<f32>, n: u32) -> f32 {
+    let hi = total.x;
+    let lo = total.y;
+    if (hi <= 0.0 || (bitcast<u32>(hi) & 0x7f800000u) == 0x7f800000u) {
+        return div_exact(hi, f32(n)) + div_exact(lo, f32(n));
+    }
+    let h = unpack(bitcast<u32>(hi));
+    let scaled = ldexp(lo, 182 - h.e);   // |scaled| <= 2^31
+    let whole = floor(scaled);
+    var frac_nonzero = scaled != whole;
+    var n1 = h.m;
+    var n0: u32;
+    if (whole >= 0.0) {
+        n0 = u32(whole);
+    } else {
+        n1 -= 1u;                          // borrow from the significand
+        n0 = 0u - u32(-whole);
+    }
+    var r = 0u;
+    var q = 0u;
+    var extra = 0;
+    var sticky = frac_nonzero;
+    for (var i = 0u; i < 56u; i++) {
+        var bit: u32;
+        if (i < 24u) {
+            bit = (n1 >> (23u - i)) & 1u;
+        } else {
+            bit = (n0 >> (55u - i)) & 1u;
+        }
+        r = (r << 1u) | bit;
+        var qb = 0u;
+        if (r >= n) {
+            r -= n;
+            qb = 1u;
+        }
+        if (q < 0x1000000u) {
+            q = (q << 1u) | qb;
+        } else {
+            sticky = sticky || qb != 0u;
+            extra += 1;
+        }
+    }
+    sticky = sticky || r != 0u;
+    var mant = q >> 1u;
+    if ((q & 1u) != 0u && (sticky || (mant & 1u) != 0u)) {
+        mant += 1u;
+    }
+    return ldexp(f32(mant), extra + 1 + h.e - 182);
 }
 
 // dequantize_blockwise: out = code[c] * absmax[block].
