@@ -79,6 +79,8 @@ fn every_shader_translates_to_every_backend() {
     std::fs::create_dir_all(&work).unwrap();
     let mut failures = Vec::new();
     let mut translated = 0;
+    // Storage buffers per entry point: wgpu's downlevel limits (GLES 3.1's minimum) allow 4.
+    let mut storage_counts = BTreeMap::new();
     for (name, source) in wgpu_embed::SHADERS {
         let module = parse(name, source);
         let info = validate(name, source, &module);
@@ -91,13 +93,22 @@ fn every_shader_translates_to_every_backend() {
             for constants in &combos {
                 let what = format!("{name} {} {:?}", ep.name, constants);
                 match translate_all(&module, &info, &ep.name, constants, &validators, &work, translated) {
-                    Ok(()) => translated += 1,
+                    Ok(storage) => {
+                        translated += 1;
+                        let most = storage_counts.entry(format!("{name} {}", ep.name)).or_insert(0);
+                        *most = storage.max(*most);
+                    }
                     Err(e) => failures.push(format!("{what}: {e}")),
                 }
             }
         }
     }
     let _ = std::fs::remove_dir_all(&work);
+    let over: Vec<String> = storage_counts.iter().filter(|(_, &n)| n > 4).map(|(ep, n)| format!("{ep} ({n})")).collect();
+    if !over.is_empty() {
+        eprintln!("note: entry points with more than 4 storage buffers (need max_storage_buffers_per_shader_stage > 4, \
+                   which GLES 3.1's minimum and wgpu's downlevel limits do not give): {}", over.join(", "));
+    }
     eprintln!(
         "translated {translated} (entry point, overrides) pairs; validators: spirv-val {}, glslangValidator {}",
         validators.spirv_val, validators.glslang
@@ -251,7 +262,8 @@ fn prefixed_constants(module: &Module, oname: &str) -> Vec<f64> {
     values
 }
 
-/// Specialises `module` for `entry` with `constants` and writes it for every backend.
+/// Specialises `module` for `entry` with `constants` and writes it for every backend;
+/// returns how many storage buffers the entry point binds.
 fn translate_all(
     module: &Module,
     info: &ModuleInfo,
@@ -260,7 +272,7 @@ fn translate_all(
     validators: &Validators,
     work: &Path,
     serial: usize,
-) -> Result<(), String> {
+) -> Result<usize, String> {
     let constants: naga::back::PipelineConstants = constants.iter().map(|(k, v)| (k.clone(), *v)).collect();
     let (module, info) = naga::back::pipeline_constants::process_overrides(
         module,
@@ -357,7 +369,7 @@ fn translate_all(
             run_validator("glslangValidator", &[path.to_str().unwrap()])?;
         }
     }
-    Ok(())
+    Ok(storage)
 }
 
 struct Validators {
