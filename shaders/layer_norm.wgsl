@@ -3,9 +3,10 @@
 // One workgroup normalises one row of `row_out` in place (the plain LayerNorm first
 // copies its input row there, the fused kernel parks its sums there). All f32.
 //
-// Variance: each invocation folds its strided columns into Welford statistics
-// (count, mean, M2) and the workgroup merges them with Chan's formula, so rows like
-// 1000 + 0.01·noise, where E[x²] − E[x]² cancels catastrophically, stay accurate.
+// Variance: each invocation folds its strided columns, shifted by the row's first
+// value, into Welford statistics (count, mean, M2) and the workgroup merges them with
+// Chan's formula, so rows like 1000 + 0.01·noise, where E[x²] − E[x]² cancels
+// catastrophically, keep an accurate variance.
 //
 // Mean: in such rows the f32 mean alone moves every output by ~ulp(mean) · rstd, so a
 // mean one ulp away from PyTorch's gives visibly different results. The mean is
@@ -163,11 +164,14 @@ fn normalize_row(base: u32, lid: u32) {
     // term (dim >> 31 is 0) keeps the compiler from folding the probe.
     let probe = 1.000244140625 + f32(dim >> 31u);
     fused_fma = fma(probe, probe, -1.00048828125) != 0.0;
+    // Statistics of x - x[0]: for rows far from zero that subtraction is exact and
+    // keeps the digits of the spread that x - mean would round away.
+    let pivot = row_out[base];
     var count = 0.0;
     var mean = 0.0;
     var m2 = 0.0;
     for (var c = lid; c < dim; c += ROW_THREADS) {
-        let x = row_out[base + c];
+        let x = row_out[base + c] - pivot;
         count += 1.0;
         let delta = x - mean;
         mean += delta / count;
