@@ -9,8 +9,9 @@ use std::fmt::Debug;
 
 use wgpu_embed::runner::{run_case, run_cases, CaseFile};
 use wgpu_embed::{
-    AxialPositionEmbedding, BagMode, Checkpoint, Context, ContextOptions, DType, Embedding, EmbeddingBag, EmbeddingSumLayerNorm,
-    Error, GpuTensor, HostTable, Indices, LayerNorm, StableEmbedding,
+    dequantize_blockwise, quantize_blockwise, AxialPositionEmbedding, BagMode, Checkpoint, CodeMap, Context, ContextOptions, DType,
+    Embedding, EmbeddingBag, EmbeddingSumLayerNorm, Error, GpuTensor, HostTable, Indices, LayerNorm, QuantizedEmbedding,
+    QuantizedEmbeddingBag, QuantizedTable, Scheme, StableEmbedding,
 };
 
 #[track_caller]
@@ -325,6 +326,39 @@ fn other_layers_bad_inputs() {
     let bytes = safetensors_file(&[("a.weight", &[1.0, 2.0, 3.0, 4.0], &[2, 2])], None);
     let ck = Checkpoint::from_bytes(bytes).unwrap();
     expect_arg(ck.table("b.weight"), "name", &["b.weight"]);
+}
+
+#[test]
+fn quantized_layers_bad_inputs() {
+    let ctx = ctx();
+    let w = table(16, 8);
+    // kind 53: unknown scheme or code map
+    expect_arg(Scheme::parse("int3"), "scheme", &["\"int3\""]);
+    expect_arg(CodeMap::parse("cubic"), "code", &["\"cubic\""]);
+    // kind 54: a block size bitsandbytes does not have
+    expect_arg(QuantizedTable::from_pretrained(&ctx, &w, 16, 8, Scheme::Int8Blockwise, Some(100)), "blocksize", &["100"]);
+    expect_arg(QuantizedEmbedding::from_pretrained(&ctx, &w, 16, 8, Scheme::Nf4, Some(32)), "blocksize", &["32"]);
+    // kind 55: a table with the wrong number of values
+    expect_arg(QuantizedEmbedding::from_pretrained(&ctx, &w[..127], 16, 8, Scheme::Fp4, None), "weight", &["128", "127"]);
+    // kind 56: quantized lookup out of range
+    let q = QuantizedEmbedding::from_pretrained(&ctx, &w, 16, 8, Scheme::Int8Rowwise, None).unwrap();
+    expect_oob(q.forward(&ctx, Indices::i64(&[0, 16], &[2])), "indices", 1, 16);
+    // kind 57: quantized bags: bad offsets, index out of range, weights with max, padding_idx
+    let qb = QuantizedEmbeddingBag::from_pretrained(&ctx, &w, 16, 8, Scheme::Nf4, None, BagMode::Max).unwrap();
+    let input = Indices::i64(&[1, 2], &[2]);
+    expect_arg(qb.forward(&ctx, input, Some(Indices::i64(&[1], &[1])), None), "offsets", &["got 1"]);
+    expect_oob(qb.forward(&ctx, Indices::i64(&[1, -2], &[2]), Some(Indices::i64(&[0], &[1])), None), "input", 1, -2);
+    expect_arg(qb.forward(&ctx, input, Some(Indices::i64(&[0], &[1])), Some((&[1.0, 1.0], &[2]))), "per_sample_weights", &["mode='max'"]);
+    expect_arg(qb.clone().with_padding_idx(Some(16)), "padding_idx", &["16"]);
+    // kind 58: block-wise (de)quantization of the wrong dtypes and sizes
+    let ints = GpuTensor::from_i32(&ctx, &[1, 2, 3, 4], &[4]).unwrap();
+    expect_arg(quantize_blockwise(&ctx, &ints, 64, CodeMap::Dynamic), "x", &["I32"]);
+    let x = GpuTensor::from_bytes(&ctx, bytemuck::cast_slice(&w), &[128], DType::F32, 1).unwrap();
+    expect_arg(quantize_blockwise(&ctx, &x, 65, CodeMap::Dynamic), "blocksize", &["65"]);
+    let qx = quantize_blockwise(&ctx, &x, 64, CodeMap::Dynamic).unwrap();
+    expect_arg(dequantize_blockwise(&ctx, &ints, &qx.absmax, 64, CodeMap::Dynamic), "codes", &["I32"]);
+    let one = GpuTensor::from_f32(&ctx, &[1.0], &[1]).unwrap();
+    expect_arg(dequantize_blockwise(&ctx, &qx.codes, &one, 64, CodeMap::Dynamic), "absmax", &["expected 2 values", "got 1"]);
 }
 
 // ---------------------------------------------------------------- case files and the runner
