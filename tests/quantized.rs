@@ -225,3 +225,26 @@ fn bad_inputs_are_refused_by_name_and_value() {
     let e = bag.forward(&ctx, Indices::i64(&[1, 2], &[2]), Some(Indices::i64(&[1], &[1])), None).unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { name: "offsets", .. }), "{e}");
 }
+
+#[test]
+fn empty_and_tiny_shapes() {
+    let ctx = common::context(None);
+    let empty = GpuTensor::from_bytes(&ctx, &[], &[0], DType::F32, 1).unwrap();
+    let q = quantize_blockwise(&ctx, &empty, 64, CodeMap::Dynamic).unwrap();
+    assert_eq!((q.codes.numel(), q.absmax.numel()), (0, 0));
+    assert!(dequantize_blockwise(&ctx, &q.codes, &q.absmax, 64, CodeMap::Dynamic).unwrap().to_vec_f32(&ctx).unwrap().is_empty());
+    for scheme in [Scheme::Int8Blockwise, Scheme::Int8Rowwise, Scheme::Nf4, Scheme::Fp4] {
+        let none = QuantizedEmbedding::from_pretrained(&ctx, &[], 0, 5, scheme, None).unwrap();
+        assert_eq!(none.forward(&ctx, Indices::i64(&[], &[0])).unwrap().shape(), &[0, 5]);
+        // 21 elements: one partial block, an odd number of nibbles.
+        let w: Vec<f32> = (0..21).map(|i| (i as f32 - 10.0) / 3.0).collect();
+        let table = QuantizedTable::from_pretrained(&ctx, &w, 3, 7, scheme, None).unwrap();
+        let idx = [2i64, 0, 1, 2];
+        let out = QuantizedEmbedding::new(table.clone()).forward(&ctx, Indices::i64(&idx, &[4])).unwrap();
+        let reference = table_ref(&w, 7, scheme, scheme.default_blocksize());
+        assert_close(&out.to_vec_f32(&ctx).unwrap(), &common::lookup(&reference, 7, &idx), 0.0, 0.0, &format!("{scheme:?} 3x7"));
+        let bags = QuantizedEmbeddingBag::new(table, BagMode::Max);
+        let out = bags.forward(&ctx, Indices::i64(&[], &[0]), Some(Indices::i64(&[0, 0], &[2])), None).unwrap();
+        assert_eq!(out.to_vec_f32(&ctx).unwrap(), vec![0.0; 14], "empty bags give zeros");
+    }
+}
