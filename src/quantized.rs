@@ -364,12 +364,28 @@ impl QuantizedEmbedding {
 
     /// Looks up host indices of any shape; the result (f32) has shape `[*indices, D]`.
     pub fn forward(&self, ctx: &Context, indices: Indices<'_>) -> Result<GpuTensor> {
-        let t = &self.table;
-        let d = t.embedding_dim;
-        let rows = indices.to_rows("indices", t.num_embeddings as u64)?;
+        let d = self.table.embedding_dim;
+        let rows = indices.to_rows("indices", self.table.num_embeddings as u64)?;
         let per = GpuTensor::rows_per_segment(ctx, d, DType::F32)?;
         let idx = GpuTensor::from_bytes_with(ctx, bytemuck::cast_slice(&rows), &[rows.len()], DType::I32, 1, per)?;
-        let mut shape = indices.shape.to_vec();
+        self.run(ctx, &idx, indices.shape)
+    }
+
+    /// Looks up indices already on the GPU (a flat-rowed I32 tensor of any shape). A check
+    /// kernel bounds-checks them first: the first bad one is reported as
+    /// [`Error::IndexOutOfRange`](crate::Error::IndexOutOfRange) and nothing is looked up.
+    pub fn forward_gpu(&self, ctx: &Context, indices: &GpuTensor) -> Result<GpuTensor> {
+        crate::status::check_gpu_indices(ctx, "indices", indices, self.table.num_embeddings as u64)?;
+        let idx = indices.resegment(ctx, GpuTensor::rows_per_segment(ctx, self.table.embedding_dim, DType::F32)?)?;
+        self.run(ctx, &idx, indices.shape())
+    }
+
+    /// Looks up checked indices `idx`, segmented like the output's rows.
+    fn run(&self, ctx: &Context, idx: &GpuTensor, index_shape: &[usize]) -> Result<GpuTensor> {
+        let t = &self.table;
+        let d = t.embedding_dim;
+        let per = GpuTensor::rows_per_segment(ctx, d, DType::F32)?;
+        let mut shape = index_shape.to_vec();
         shape.push(d);
         let out = GpuTensor::zeros_with(ctx, &shape, DType::F32, d, per)?;
         let planes = t.planes();

@@ -248,3 +248,22 @@ fn empty_and_tiny_shapes() {
         assert_eq!(out.to_vec_f32(&ctx).unwrap(), vec![0.0; 14], "empty bags give zeros");
     }
 }
+
+#[test]
+fn gpu_resident_indices_are_checked_then_looked_up() {
+    let ctx = common::context(Some(1024));
+    let mut rng = Rng(5);
+    let (v, d) = (40, 24);
+    let w = normalish(&mut rng, v * d);
+    let layer = QuantizedEmbedding::from_pretrained(&ctx, &w, v, d, Scheme::Fp4, Some(64)).unwrap();
+    let idx: Vec<i32> = (0..100).map(|_| rng.below(v as u64) as i32).collect();
+    let gpu = GpuTensor::from_i32(&ctx, &idx, &[10, 10]).unwrap();
+    let out = layer.forward_gpu(&ctx, &gpu).unwrap();
+    assert_eq!(out.shape(), &[10, 10, d]);
+    let idx64: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
+    let want = common::lookup(&table_ref(&w, d, Scheme::Fp4, 64), d, &idx64);
+    assert_close(&out.to_vec_f32(&ctx).unwrap(), &want, 0.0, 0.0, "fp4 gpu indices");
+    let bad = GpuTensor::from_i32(&ctx, &[3, -1, 2], &[3]).unwrap();
+    let e = layer.forward_gpu(&ctx, &bad).unwrap_err();
+    assert!(matches!(e, Error::IndexOutOfRange { value: -1, position: 1, .. }), "{e}");
+}
