@@ -36,7 +36,7 @@ struct Params {
     rows: u32,            // rows in the bound output segment
     dim: u32,
     eps: f32,
-    affine: u32,          // bit 0: gamma bound, bit 1: beta bound
+    affine: u32,          // bit 0: gamma at ln_affine[0 .. dim], bit 1: beta at ln_affine[dim .. 2 dim]
     lookups: u32,         // K: indices per output row
     lookup: u32,          // accumulate: which of the K indices this dispatch adds
     table_first_row: u32, // first table row held by the bound table segment
@@ -205,18 +205,19 @@ fn normalize_row(base: u32, lid: u32) {
     let rstd = 1.0 / sqrt(variance + p.eps);
     for (var c = lid; c < dim; c += ROW_THREADS) {
         var y = (row_out[base + c] - row_mean) * rstd;
-        if ((p.affine & 1u) != 0u) { y = y * ln_gamma[c]; }
-        if ((p.affine & 2u) != 0u) { y = y + ln_beta[c]; }
+        if ((p.affine & 1u) != 0u) { y = y * ln_affine[c]; }
+        if ((p.affine & 2u) != 0u) { y = y + ln_affine[dim + c]; }
         row_out[base + c] = y;
     }
 }
 
-@group(0) @binding(2) var<storage, read> ln_gamma: array<f32>;
-@group(0) @binding(3) var<storage, read> ln_beta: array<f32>;
+// Gamma then beta in one buffer, so no entry point binds more than 4 storage buffers
+// (the downlevel / GLES 3.1 minimum).
+@group(0) @binding(2) var<storage, read> ln_affine: array<f32>;
 
 // ---- layer_norm: row_out = LayerNorm(x) ----
 
-@group(0) @binding(4) var<storage, read> ln_x: array<f32>;
+@group(0) @binding(3) var<storage, read> ln_x: array<f32>;
 
 @compute @workgroup_size(ROW_THREADS)
 fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -234,8 +235,8 @@ fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 // ---- lookup_sum_layer_norm: row_out = LayerNorm(Σ_k table[indices[row * K + k]]) ----
 // The K tables are concatenated into one (the host offsets each index), bound whole.
 
-@group(0) @binding(4) var<storage, read> fused_table: array<u32>;
-@group(0) @binding(5) var<storage, read> fused_indices: array<i32>;
+@group(0) @binding(3) var<storage, read> fused_table: array<u32>;
+@group(0) @binding(4) var<storage, read> fused_indices: array<i32>;
 
 fn fused_value(i: u32) -> f32 {
     if (TABLE_FORMAT == 0u) { return bitcast<f32>(fused_table[i]); }

@@ -186,8 +186,7 @@ impl EmbeddingSumLayerNorm {
                         &[
                             uniform.as_entire_binding(),
                             oseg.binding(),
-                            self.affine.gamma_binding(),
-                            self.affine.beta_binding(),
+                            self.affine.binding(),
                             tseg.binding(),
                             iseg.binding(),
                         ],

@@ -13,14 +13,14 @@ const LAYER_NORM: Kernel = Kernel {
     family: "layer_norm",
     source: SOURCE,
     entry: "layer_norm",
-    slots: &[Slot::Uniform, Slot::ReadWrite, Slot::Read, Slot::Read, Slot::Read],
+    slots: &[Slot::Uniform, Slot::ReadWrite, Slot::Read, Slot::Read],
 };
 
 pub(crate) const LOOKUP_SUM_LAYER_NORM: Kernel = Kernel {
     family: "layer_norm",
     source: SOURCE,
     entry: "lookup_sum_layer_norm",
-    slots: &[Slot::Uniform, Slot::ReadWrite, Slot::Read, Slot::Read, Slot::Read, Slot::Read],
+    slots: &[Slot::Uniform, Slot::ReadWrite, Slot::Read, Slot::Read, Slot::Read],
 };
 
 pub(crate) const ACCUMULATE: Kernel = Kernel {
@@ -34,7 +34,7 @@ pub(crate) const NORMALIZE_IN_PLACE: Kernel = Kernel {
     family: "layer_norm",
     source: SOURCE,
     entry: "normalize_in_place",
-    slots: &[Slot::Uniform, Slot::ReadWrite, Slot::Read, Slot::Read],
+    slots: &[Slot::Uniform, Slot::ReadWrite, Slot::Read],
 };
 
 /// The shader's `Params` uniform.
@@ -73,13 +73,13 @@ pub(crate) fn check_eps(eps: f32) -> Result<()> {
     Ok(())
 }
 
-/// LayerNorm's affine parameters on the GPU (either may be absent), with a dummy
-/// buffer to bind in place of an absent one.
+/// LayerNorm's affine parameters on the GPU (either may be absent): one buffer holding
+/// gamma then beta, so that the kernels bind few storage buffers.
 #[derive(Debug, Clone)]
 pub(crate) struct Affine {
-    gamma: Option<GpuTensor>,
-    beta: Option<GpuTensor>,
-    dummy: GpuTensor,
+    params: GpuTensor,
+    has_gamma: bool,
+    has_beta: bool,
 }
 
 impl Affine {
@@ -91,31 +91,27 @@ impl Affine {
                 }
             }
         }
-        if dim as u64 * 4 > ctx.max_binding_size() {
-            return Err(Error::arg("normalized_shape", format!("a row of {dim} f32 values exceeds the device's storage binding size of {} bytes", ctx.max_binding_size())));
+        if dim as u64 * 8 > ctx.max_binding_size() {
+            return Err(Error::arg("normalized_shape", format!("gamma and beta of {dim} f32 values each exceed the device's storage binding size of {} bytes", ctx.max_binding_size())));
         }
-        let upload = |v: Option<&[f32]>| v.map(|v| GpuTensor::from_f32(ctx, v, &[dim])).transpose();
-        Ok(Affine { gamma: upload(gamma)?, beta: upload(beta)?, dummy: GpuTensor::from_f32(ctx, &[0.0; 4], &[4])? })
+        let mut both = vec![0.0f32; 2 * dim];
+        if let Some(g) = gamma {
+            both[..dim].copy_from_slice(g);
+        }
+        if let Some(b) = beta {
+            both[dim..].copy_from_slice(b);
+        }
+        // Uploaded as one row so it stays in one buffer.
+        let params = GpuTensor::from_f32(ctx, &both, &[2 * dim])?;
+        Ok(Affine { params, has_gamma: gamma.is_some(), has_beta: beta.is_some() })
     }
 
     pub(crate) fn flags(&self) -> u32 {
-        self.gamma.is_some() as u32 | (self.beta.is_some() as u32) << 1
+        self.has_gamma as u32 | (self.has_beta as u32) << 1
     }
 
-    pub(crate) fn gamma_binding(&self) -> wgpu::BindingResource<'_> {
-        self.gamma.as_ref().unwrap_or(&self.dummy).segments()[0].binding()
-    }
-
-    pub(crate) fn beta_binding(&self) -> wgpu::BindingResource<'_> {
-        self.beta.as_ref().unwrap_or(&self.dummy).segments()[0].binding()
-    }
-
-    pub(crate) fn gamma(&self) -> Option<&GpuTensor> {
-        self.gamma.as_ref()
-    }
-
-    pub(crate) fn beta(&self) -> Option<&GpuTensor> {
-        self.beta.as_ref()
+    pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
+        self.params.segments()[0].binding()
     }
 }
 
@@ -159,14 +155,9 @@ impl LayerNorm {
         self.eps
     }
 
-    /// Gamma on the GPU, if the layer has one.
-    pub fn weight(&self) -> Option<&GpuTensor> {
-        self.affine.gamma()
-    }
-
-    /// Beta on the GPU, if the layer has one.
-    pub fn bias(&self) -> Option<&GpuTensor> {
-        self.affine.beta()
+    /// Whether the layer scales by gamma and shifts by beta.
+    pub fn has_affine(&self) -> (bool, bool) {
+        (self.affine.has_gamma, self.affine.has_beta)
     }
 
     /// Normalises host data of shape `shape` (last dimension = `dim`).
@@ -208,7 +199,7 @@ impl LayerNorm {
                     &mut encoder,
                     &LAYER_NORM,
                     &[("ROW_THREADS", row_threads(self.dim) as f64)],
-                    &[uniform.as_entire_binding(), os.binding(), self.affine.gamma_binding(), self.affine.beta_binding(), xs.binding()],
+                    &[uniform.as_entire_binding(), os.binding(), self.affine.binding(), xs.binding()],
                     xs.rows,
                 );
             }
@@ -237,7 +228,7 @@ pub(crate) fn normalize_in_place(ctx: &Context, encoder: &mut wgpu::CommandEncod
             encoder,
             &NORMALIZE_IN_PLACE,
             &[("ROW_THREADS", row_threads(dim) as f64)],
-            &[uniform.as_entire_binding(), seg.binding(), affine.gamma_binding(), affine.beta_binding()],
+            &[uniform.as_entire_binding(), seg.binding(), affine.binding()],
             seg.rows,
         );
     }
