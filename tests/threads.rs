@@ -111,3 +111,43 @@ fn max_norm_layer_shared_by_threads_renormalizes_each_row_once() {
     common::renorm(&mut want, d, &all, 1.5, 2.0);
     common::assert_close(&emb.weight().to_vec_f32(&ctx).unwrap(), &want, 1e-5, 1e-5, "table after all threads");
 }
+
+#[test]
+fn every_layer_gives_the_same_answer_from_many_threads_as_from_one() {
+    use wgpu_embed::{AxialPositionEmbedding, EmbeddingSumLayerNorm, HostTable, LayerNorm, QuantizedEmbedding, QuantizedEmbeddingBag, Scheme, StableEmbedding};
+
+    let ctx = common::context(Some(8192));
+    let (v, d) = (96, 16);
+    let w: Vec<f32> = (0..v * d).map(|i| ((i * 29 % 97) as f32 - 48.0) / 13.0).collect();
+    let idx: Vec<i64> = (0..40).map(|i| (i * 7 % v) as i64).collect();
+    let offsets = [0i64, 5, 5, 17, 30];
+    let ln = LayerNorm::new(&ctx, d, 1e-5, true).unwrap();
+    let se = StableEmbedding::from_pretrained(&ctx, HostTable::f32(&w, v, d).unwrap(), Some(0), None, None, 1e-5).unwrap();
+    let bert = EmbeddingSumLayerNorm::new(&ctx, &[HostTable::f32(&w, v, d).unwrap(), HostTable::f32(&w[..8 * d], 8, d).unwrap()], None, None, 1e-12).unwrap();
+    let axial = AxialPositionEmbedding::from_pretrained(&ctx, &w[..8 * d], &w[..12 * 4], [8, 12], [d, 4]).unwrap();
+    let q = QuantizedEmbedding::from_pretrained(&ctx, &w, v, d, Scheme::Nf4, Some(64)).unwrap();
+    let qb = QuantizedEmbeddingBag::from_pretrained(&ctx, &w, v, d, Scheme::Int8Blockwise, Some(64), BagMode::Mean).unwrap();
+    let small: Vec<i64> = idx.iter().map(|i| i % 8).collect();
+
+    let run_all = || -> Vec<Vec<f32>> {
+        let read = |t: GpuTensor| t.to_vec_f32(&ctx).unwrap();
+        vec![
+            read(ln.forward(&ctx, &w[..40 * d], &[40, d]).unwrap()),
+            read(se.forward(&ctx, Indices::i64(&idx, &[40])).unwrap()),
+            read(bert.forward(&ctx, &[Indices::i64(&idx, &[40]), Indices::i64(&small, &[40])]).unwrap()),
+            read(axial.forward(&ctx, Indices::i64(&idx, &[40])).unwrap()),
+            read(q.forward(&ctx, Indices::i64(&idx, &[40])).unwrap()),
+            read(qb.forward(&ctx, Indices::i64(&idx, &[40]), Some(Indices::i64(&offsets, &[5])), None).unwrap()),
+        ]
+    };
+    let alone = run_all();
+    std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            s.spawn(|| {
+                for _ in 0..3 {
+                    assert_eq!(run_all(), alone, "a layer's result changed when run from several threads");
+                }
+            });
+        }
+    });
+}
