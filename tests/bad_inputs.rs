@@ -343,6 +343,8 @@ fn quantized_layers_bad_inputs() {
     // kind 56: quantized lookup out of range
     let q = QuantizedEmbedding::from_pretrained(&ctx, &w, 16, 8, Scheme::Int8Rowwise, None).unwrap();
     expect_oob(q.forward(&ctx, Indices::i64(&[0, 16], &[2])), "indices", 1, 16);
+    let gpu = GpuTensor::from_i32(&ctx, &[3, 2, -9], &[3]).unwrap();
+    expect_oob(q.forward_gpu(&ctx, &gpu), "indices", 2, -9);
     // kind 57: quantized bags: bad offsets, index out of range, weights with max, padding_idx
     let qb = QuantizedEmbeddingBag::from_pretrained(&ctx, &w, 16, 8, Scheme::Nf4, None, BagMode::Max).unwrap();
     let input = Indices::i64(&[1, 2], &[2]);
