@@ -489,7 +489,7 @@ mod tests {
 
     #[test]
     fn grid_covers_every_group_within_limits() {
-        for (groups, max) in [(1u64, 65535u32), (65535, 65535), (65536, 65535), (10_000_000, 65535), (1000, 7)] {
+        for (groups, max) in [(1u64, 65535u32), (65535, 65535), (65536, 65535), (10_000_000, 65535), (300, 7), (343, 7)] {
             let [x, y, z] = workgroup_grid(groups, max);
             assert!(x <= max && y <= max && z <= max);
             assert!(x as u64 * y as u64 * z as u64 >= groups, "{groups} {max}");

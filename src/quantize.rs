@@ -541,8 +541,11 @@ mod tests {
     #[test]
     fn linear_map_has_two_zeros() {
         let m = CodeMap::Linear.values();
-        assert_eq!((m[0], m[127], m[128], m[255]), (-1.0, 0.0, 0.0, 1.0));
-        assert_eq!(m[129], 0.007_874_016);
+        assert_eq!((m[0], m[127], m[255]), (-1.0, 0.0, 1.0));
+        // linspace's midpoint: zero up to one rounding of the step (torch's exact
+        // value depends on which of its vector/scalar paths computes it).
+        assert!(m[128].abs() <= 4e-9, "{}", m[128]);
+        assert!((m[129] - 1.0 / 127.0).abs() < 1e-8, "{}", m[129]);
         assert!(m.windows(2).all(|w| w[0] <= w[1]));
     }
 
