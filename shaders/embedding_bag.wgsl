@@ -14,6 +14,13 @@ const MODE_MEAN: u32 = 1u;
 const MODE_MAX: u32 = 2u;
 const NO_PADDING: u32 = 0xffffffffu;
 
+// -inf, the identity of the max reduction. Built from a `let`, not a constant
+// expression: WGSL (Tint in browsers) refuses a constant that evaluates to -inf.
+fn neg_inf() -> f32 {
+    let bits = 0xff800000u;
+    return bitcast<f32>(bits);
+}
+
 fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return ((wid.z * nwg.y + wid.y) * nwg.x + wid.x) * WG_SIZE + lid.x;
 }
@@ -76,7 +83,7 @@ fn bag(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 
     var acc: f32;
     if (bp.first_pass != 0u) {
-        acc = select(0.0, bitcast<f32>(0xff800000u), bp.mode == MODE_MAX);
+        acc = select(0.0, neg_inf(), bp.mode == MODE_MAX);
     } else {
         acc = out[id];
     }
@@ -170,7 +177,7 @@ fn bag_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let dst = b * out_words;
     let lo = max(offsets[b], bp.index_first);
     let hi = min(offsets[b + 1u], bp.index_first + bp.index_count);
-    let init = vec4<f32>(select(0.0, bitcast<f32>(0xff800000u), bp.mode == MODE_MAX));
+    let init = vec4<f32>(select(0.0, neg_inf(), bp.mode == MODE_MAX));
     // Table word c holds output word c (f32) or output words 2c and 2c + 1 (halves);
     // this invocation's words are c0 + k * LANES for k < CHUNK.
     let per_word = select(1u, 2u, half);

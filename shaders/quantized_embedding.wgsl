@@ -28,6 +28,13 @@ const C_ZERO: u32 = 561u;     // always 0; the compiler cannot know it
 
 // x, rounded as it stands: a product passed through here cannot be fused with a later
 // addition into an fma, which would round differently from bitsandbytes.
+// -inf, the identity of the max reduction. Built from a `let`, not a constant
+// expression: WGSL (Tint in browsers) refuses a constant that evaluates to -inf.
+fn neg_inf() -> f32 {
+    let bits = 0xff800000u;
+    return bitcast<f32>(bits);
+}
+
 fn rounded(x: f32) -> f32 {
     return bitcast<f32>(bitcast<u32>(x) | consts[C_ZERO]);
 }
@@ -119,7 +126,7 @@ fn bag(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 
     var acc: f32;
     if (p.first_pass != 0u) {
-        acc = select(0.0, bitcast<f32>(0xff800000u), p.mode == MODE_MAX);
+        acc = select(0.0, neg_inf(), p.mode == MODE_MAX);
     } else {
         acc = out[id];
     }
