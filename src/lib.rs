@@ -22,9 +22,11 @@ pub mod embedding_bag;
 pub mod error;
 pub mod indices;
 pub mod layer_norm;
+#[cfg(not(target_arch = "wasm32"))] // blocking read-backs: the CLI's, not the browser's
 pub mod ops;
 pub mod quantize;
 pub mod quantized;
+#[cfg(not(target_arch = "wasm32"))] // blocking read-backs: the CLI's, not the browser's
 pub mod runner;
 pub mod stable_embedding;
 pub(crate) mod status;

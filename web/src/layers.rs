@@ -1,0 +1,355 @@
+//! The other layers of the library, for JavaScript: LayerNorm, StableEmbedding, the
+//! BERT embedding block (sum of lookups, then LayerNorm), axial position embeddings,
+//! quantized tables (int8 block-wise / row-wise, NF4, FP4) and block-wise quantization.
+
+use std::rc::Rc;
+
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use wgpu_embed as lib;
+
+use crate::args::{index_list, opt_bool, opt_f64, opt_i64, opt_str, shape_arg, IndexList};
+use crate::{gpu_call, js_error, Gpu, Tensor};
+
+fn opt_f32_array(options: &JsValue, key: &'static str) -> Result<Option<Vec<f32>>, JsValue> {
+    if options.is_undefined() || options.is_null() {
+        return Ok(None);
+    }
+    let v = js_sys::Reflect::get(options, &key.into())?;
+    if v.is_undefined() || v.is_null() {
+        return Ok(None);
+    }
+    v.dyn_ref::<js_sys::Float32Array>()
+        .map(|a| Some(a.to_vec()))
+        .ok_or_else(|| js_error(lib::Error::arg(key, "expected a Float32Array")))
+}
+
+fn blocksize(options: &JsValue) -> Result<Option<usize>, JsValue> {
+    match opt_i64(options, "blocksize")? {
+        None => Ok(None),
+        Some(b) if b >= 0 => Ok(Some(b as usize)),
+        Some(b) => Err(js_error(lib::Error::arg("blocksize", format!("blocksize {b} is not supported")))),
+    }
+}
+
+fn table_dims(data: &js_sys::Float32Array, shape: &JsValue, name: &'static str) -> Result<(Vec<f32>, usize, usize), JsValue> {
+    let values = data.to_vec();
+    match shape_arg(shape, name)?.as_deref() {
+        Some([v, d]) => Ok((values, *v, *d)),
+        other => Err(js_error(lib::Error::arg(name, format!("expected a table shape [rows, dim], got {other:?}")))),
+    }
+}
+
+#[wasm_bindgen]
+impl Gpu {
+    /// `nn.LayerNorm(dim, eps)`; options `{eps = 1e-5, gamma?, beta?}` (Float32Arrays of
+    /// `dim`; both absent: no affine part).
+    #[wasm_bindgen(js_name = layerNorm)]
+    pub fn layer_norm(
+        &self,
+        dim: f64,
+        #[wasm_bindgen(unchecked_param_type = "{ eps?: number, gamma?: Float32Array, beta?: Float32Array } | undefined")]
+        options: JsValue,
+    ) -> Result<LayerNorm, JsValue> {
+        if !(dim.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&dim)) {
+            return Err(js_error(lib::Error::arg("dim", format!("expected a non-negative integer, got {dim}"))));
+        }
+        let dim = dim as usize;
+        let eps = opt_f64(&options, "eps")?.unwrap_or(1e-5) as f32;
+        let (gamma, beta) = (opt_f32_array(&options, "gamma")?, opt_f32_array(&options, "beta")?);
+        let layer = lib::LayerNorm::from_params(&self.ctx, dim, eps, gamma.as_deref(), beta.as_deref()).map_err(js_error)?;
+        Ok(LayerNorm { ctx: self.ctx.clone(), layer })
+    }
+
+    /// bitsandbytes' `StableEmbedding` over a `[rows, dim]` f32 table: lookup, then
+    /// LayerNorm. Options `{paddingIdx?, gamma?, beta?, eps?}`.
+    #[wasm_bindgen(js_name = stableEmbedding)]
+    pub async fn stable_embedding(
+        &self,
+        weight: js_sys::Float32Array,
+        #[wasm_bindgen(unchecked_param_type = "number[]")] shape: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "{ paddingIdx?: number | null, eps?: number, gamma?: Float32Array, beta?: Float32Array } | undefined")]
+        options: JsValue,
+    ) -> Result<StableEmbedding, JsValue> {
+        let (w, v, d) = table_dims(&weight, &shape, "shape")?;
+        let padding_idx = opt_i64(&options, "paddingIdx")?;
+        let eps = opt_f64(&options, "eps")?.map_or(lib::STABLE_EMBEDDING_EPS, |e| e as f32);
+        let (gamma, beta) = (opt_f32_array(&options, "gamma")?, opt_f32_array(&options, "beta")?);
+        let ctx = self.ctx.clone();
+        let layer = gpu_call(&ctx, || {
+            lib::StableEmbedding::from_pretrained(&ctx, lib::HostTable::f32(&w, v, d)?, padding_idx, gamma.as_deref(), beta.as_deref(), eps)
+        })
+        .await?;
+        Ok(StableEmbedding { ctx, layer })
+    }
+
+    /// BERT's embedding block: LayerNorm of the sum of lookups in several `[rows, dim]`
+    /// tables (`tables[k]` with shape `shapes[k]`). Options `{gamma?, beta?, eps = 1e-12}`.
+    #[wasm_bindgen(js_name = embeddingSumLayerNorm)]
+    pub async fn embedding_sum_layer_norm(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "Float32Array[]")] tables: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "number[][]")] shapes: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "{ eps?: number, gamma?: Float32Array, beta?: Float32Array } | undefined")]
+        options: JsValue,
+    ) -> Result<EmbeddingSumLayerNorm, JsValue> {
+        let (tables, shapes) = (array_arg(&tables, "tables")?, array_arg(&shapes, "shapes")?);
+        if tables.len() != shapes.len() {
+            return Err(js_error(lib::Error::arg("shapes", format!("{} shapes for {} tables", shapes.len(), tables.len()))));
+        }
+        let mut host = Vec::new();
+        for (t, s) in tables.iter().zip(&shapes) {
+            let t = t.dyn_ref::<js_sys::Float32Array>().ok_or_else(|| js_error(lib::Error::arg("tables", "expected Float32Arrays")))?;
+            host.push(table_dims(t, s, "shapes")?);
+        }
+        let eps = opt_f64(&options, "eps")?.unwrap_or(1e-12) as f32;
+        let (gamma, beta) = (opt_f32_array(&options, "gamma")?, opt_f32_array(&options, "beta")?);
+        let ctx = self.ctx.clone();
+        let layer = gpu_call(&ctx, || {
+            let tables = host.iter().map(|(w, v, d)| lib::HostTable::f32(w, *v, *d)).collect::<lib::Result<Vec<_>>>()?;
+            lib::EmbeddingSumLayerNorm::new(&ctx, &tables, gamma.as_deref(), beta.as_deref(), eps)
+        })
+        .await?;
+        Ok(EmbeddingSumLayerNorm { ctx, layer })
+    }
+
+    /// transformers' `AxialPositionEmbeddings`: position p is `weight0[p / n2] ++ weight1[p % n2]`,
+    /// with `weight0` `[n1, d0]` and `weight1` `[n2, d1]` (`axialPosShape = [n1, n2]`, `axialDims = [d0, d1]`).
+    #[wasm_bindgen(js_name = axialPositionEmbedding)]
+    pub async fn axial_position_embedding(
+        &self,
+        weight0: js_sys::Float32Array,
+        weight1: js_sys::Float32Array,
+        #[wasm_bindgen(unchecked_param_type = "[number, number]")] axial_pos_shape: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "[number, number]")] axial_dims: JsValue,
+    ) -> Result<AxialPositionEmbedding, JsValue> {
+        let pair = |v: &JsValue, name: &'static str| -> Result<[usize; 2], JsValue> {
+            match shape_arg(v, name)?.as_deref() {
+                Some(&[a, b]) => Ok([a, b]),
+                other => Err(js_error(lib::Error::arg(name, format!("expected two numbers, got {other:?}")))),
+            }
+        };
+        let (shape, dims) = (pair(&axial_pos_shape, "axial_pos_shape")?, pair(&axial_dims, "axial_dims")?);
+        let (w0, w1) = (weight0.to_vec(), weight1.to_vec());
+        let ctx = self.ctx.clone();
+        let layer = gpu_call(&ctx, || lib::AxialPositionEmbedding::from_pretrained(&ctx, &w0, &w1, shape, dims)).await?;
+        Ok(AxialPositionEmbedding { ctx, layer })
+    }
+
+    /// An embedding over a quantized copy of `weight` (a `[V, D]` f32 tensor on this GPU,
+    /// left as it is). Options `{scheme = "int8_blockwise" | "int8_rowwise" | "nf4" | "fp4", blocksize?}`.
+    #[wasm_bindgen(js_name = quantizedEmbedding)]
+    pub async fn quantized_embedding(
+        &self,
+        weight: &Tensor,
+        #[wasm_bindgen(unchecked_param_type = "{ scheme?: string, blocksize?: number } | undefined")] options: JsValue,
+    ) -> Result<QuantizedEmbedding, JsValue> {
+        let table = self.quantized_table(weight, &options).await?;
+        Ok(QuantizedEmbedding { ctx: self.ctx.clone(), layer: lib::QuantizedEmbedding::new(table) })
+    }
+
+    /// An embedding bag over a quantized copy of `weight`. Options as `quantizedEmbedding`
+    /// plus `{mode = "mean", paddingIdx?, includeLastOffset?}`.
+    #[wasm_bindgen(js_name = quantizedEmbeddingBag)]
+    pub async fn quantized_embedding_bag(
+        &self,
+        weight: &Tensor,
+        #[wasm_bindgen(unchecked_param_type = "{ scheme?: string, blocksize?: number, mode?: \"sum\" | \"mean\" | \"max\", paddingIdx?: number | null, includeLastOffset?: boolean } | undefined")]
+        options: JsValue,
+    ) -> Result<QuantizedEmbeddingBag, JsValue> {
+        let mode = lib::BagMode::parse(opt_str(&options, "mode")?.as_deref().unwrap_or("mean")).map_err(js_error)?;
+        let padding_idx = opt_i64(&options, "paddingIdx")?;
+        let include_last_offset = opt_bool(&options, "includeLastOffset")?.unwrap_or(false);
+        let table = self.quantized_table(weight, &options).await?;
+        let layer = lib::QuantizedEmbeddingBag::new(table, mode)
+            .with_padding_idx(padding_idx)
+            .map_err(js_error)?
+            .with_include_last_offset(include_last_offset);
+        Ok(QuantizedEmbeddingBag { ctx: self.ctx.clone(), layer })
+    }
+
+    /// `bitsandbytes.functional.quantize_blockwise` of an f32 tensor (taken flat):
+    /// `{codes: Tensor (U8), absmax: Tensor (F32)}`, both on the GPU.
+    #[wasm_bindgen(js_name = quantizeBlockwise, unchecked_return_type = "{ codes: Tensor, absmax: Tensor }")]
+    pub async fn quantize_blockwise(
+        &self,
+        x: js_sys::Float32Array,
+        #[wasm_bindgen(unchecked_param_type = "BlockwiseOptions | undefined")] options: JsValue,
+    ) -> Result<JsValue, JsValue> {
+        let values = x.to_vec();
+        let (blocksize, code) = blockwise_options(&options)?;
+        let ctx = self.ctx.clone();
+        let q = gpu_call(&ctx, || {
+            let t = lib::GpuTensor::from_bytes(&ctx, bytemuck::cast_slice(&values), &[values.len()], lib::DType::F32, 1)?;
+            lib::quantize_blockwise(&ctx, &t, blocksize, code)
+        })
+        .await?;
+        let o = js_sys::Object::new();
+        js_sys::Reflect::set(&o, &"codes".into(), &Tensor::new(ctx.clone(), q.codes).into())?;
+        js_sys::Reflect::set(&o, &"absmax".into(), &Tensor::new(ctx, q.absmax).into())?;
+        Ok(o.into())
+    }
+
+    /// `bitsandbytes.functional.dequantize_blockwise`: f32 values `[codes.length]` on the GPU.
+    #[wasm_bindgen(js_name = dequantizeBlockwise)]
+    pub async fn dequantize_blockwise(
+        &self,
+        codes: js_sys::Uint8Array,
+        absmax: js_sys::Float32Array,
+        #[wasm_bindgen(unchecked_param_type = "BlockwiseOptions | undefined")] options: JsValue,
+    ) -> Result<Tensor, JsValue> {
+        let (codes, absmax) = (codes.to_vec(), absmax.to_vec());
+        let (blocksize, code) = blockwise_options(&options)?;
+        let ctx = self.ctx.clone();
+        let out = gpu_call(&ctx, || {
+            let c = lib::GpuTensor::from_bytes(&ctx, &codes, &[codes.len()], lib::DType::U8, 1)?;
+            let a = lib::GpuTensor::from_bytes(&ctx, bytemuck::cast_slice(&absmax), &[absmax.len()], lib::DType::F32, 1)?;
+            lib::dequantize_blockwise(&ctx, &c, &a, blocksize, code)
+        })
+        .await?;
+        Ok(Tensor::new(ctx, out))
+    }
+}
+
+impl Gpu {
+    async fn quantized_table(&self, weight: &Tensor, options: &JsValue) -> Result<lib::QuantizedTable, JsValue> {
+        let scheme = lib::Scheme::parse(opt_str(options, "scheme")?.as_deref().unwrap_or("int8_blockwise")).map_err(js_error)?;
+        let blocksize = blocksize(options)?;
+        let w = weight.gpu()?.clone();
+        gpu_call(&self.ctx, || lib::QuantizedTable::from_tensor(&self.ctx, &w, scheme, blocksize)).await
+    }
+}
+
+/// `{blocksize = 4096, code = "dynamic"}` of the block-wise (de)quantization.
+fn blockwise_options(options: &JsValue) -> Result<(usize, lib::CodeMap), JsValue> {
+    let blocksize = blocksize(options)?.unwrap_or(4096);
+    let code = lib::CodeMap::parse(opt_str(options, "code")?.as_deref().unwrap_or("dynamic")).map_err(js_error)?;
+    lib::quantize::check_blocksize(blocksize).map_err(js_error)?;
+    Ok((blocksize, code))
+}
+
+fn array_arg(v: &JsValue, name: &'static str) -> Result<Vec<JsValue>, JsValue> {
+    v.dyn_ref::<js_sys::Array>()
+        .map(|a| a.iter().collect())
+        .ok_or_else(|| js_error(lib::Error::arg(name, "expected an array")))
+}
+
+fn indices_and_shape(indices: &JsValue, shape: &JsValue, name: &'static str) -> Result<(IndexList, Vec<usize>), JsValue> {
+    let values = index_list(indices, name)?;
+    let shape = shape_arg(shape, "shape")?.unwrap_or_else(|| vec![values.len()]);
+    Ok((values, shape))
+}
+
+/// `nn.LayerNorm` over the last dimension.
+#[wasm_bindgen]
+pub struct LayerNorm {
+    ctx: Rc<lib::Context>,
+    layer: lib::LayerNorm,
+}
+
+#[wasm_bindgen]
+impl LayerNorm {
+    /// Normalises host values of `shape` (last dimension = `dim`).
+    pub async fn forward(&self, x: js_sys::Float32Array, #[wasm_bindgen(unchecked_param_type = "number[]")] shape: JsValue) -> Result<Tensor, JsValue> {
+        let values = x.to_vec();
+        let shape = shape_arg(&shape, "shape")?.unwrap_or_else(|| vec![values.len()]);
+        let out = gpu_call(&self.ctx, || self.layer.forward(&self.ctx, &values, &shape)).await?;
+        Ok(Tensor::new(self.ctx.clone(), out))
+    }
+
+    /// Normalises a tensor already on the GPU (e.g. an embedding's output), without a round trip.
+    #[wasm_bindgen(js_name = forwardTensor)]
+    pub async fn forward_tensor(&self, x: &Tensor) -> Result<Tensor, JsValue> {
+        let x = x.gpu()?.clone();
+        let out = gpu_call(&self.ctx, || self.layer.forward_gpu(&self.ctx, &x)).await?;
+        Ok(Tensor::new(self.ctx.clone(), out))
+    }
+}
+
+macro_rules! lookup_layer {
+    ($(#[$doc:meta])* $name:ident, $lib:ty) => {
+        $(#[$doc])*
+        #[wasm_bindgen]
+        pub struct $name {
+            ctx: Rc<lib::Context>,
+            layer: $lib,
+        }
+
+        #[wasm_bindgen]
+        impl $name {
+            /// Looks up `indices` (of `shape`, default 1-D); the result stays on the GPU.
+            pub async fn forward(
+                &self,
+                #[wasm_bindgen(unchecked_param_type = "IndexArray")] indices: JsValue,
+                #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] shape: JsValue,
+            ) -> Result<Tensor, JsValue> {
+                let (values, shape) = indices_and_shape(&indices, &shape, "indices")?;
+                let out = gpu_call(&self.ctx, || self.layer.forward(&self.ctx, values.as_indices(&shape))).await?;
+                Ok(Tensor::new(self.ctx.clone(), out))
+            }
+        }
+    };
+}
+
+lookup_layer!(
+    /// bitsandbytes' `StableEmbedding`: lookup, then LayerNorm.
+    StableEmbedding, lib::StableEmbedding
+);
+lookup_layer!(
+    /// transformers' `AxialPositionEmbeddings` (forward takes position ids).
+    AxialPositionEmbedding, lib::AxialPositionEmbedding
+);
+lookup_layer!(
+    /// A lookup in a quantized table, dequantized on the GPU.
+    QuantizedEmbedding, lib::QuantizedEmbedding
+);
+
+/// BERT's embedding block: LayerNorm(Σ_k table_k[indices_k]).
+#[wasm_bindgen]
+pub struct EmbeddingSumLayerNorm {
+    ctx: Rc<lib::Context>,
+    layer: lib::EmbeddingSumLayerNorm,
+}
+
+#[wasm_bindgen]
+impl EmbeddingSumLayerNorm {
+    /// One index array per table, all of `shape`.
+    pub async fn forward(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "IndexArray[]")] indices: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] shape: JsValue,
+    ) -> Result<Tensor, JsValue> {
+        let lists = array_arg(&indices, "indices")?.iter().map(|v| index_list(v, "indices")).collect::<Result<Vec<_>, _>>()?;
+        let shape = shape_arg(&shape, "shape")?.unwrap_or_else(|| vec![lists.first().map_or(0, |l| l.len())]);
+        let out = gpu_call(&self.ctx, || {
+            let idx: Vec<lib::Indices<'_>> = lists.iter().map(|l| l.as_indices(&shape)).collect();
+            self.layer.forward(&self.ctx, &idx)
+        })
+        .await?;
+        Ok(Tensor::new(self.ctx.clone(), out))
+    }
+}
+
+/// An embedding bag over a quantized table.
+#[wasm_bindgen]
+pub struct QuantizedEmbeddingBag {
+    ctx: Rc<lib::Context>,
+    layer: lib::QuantizedEmbeddingBag,
+}
+
+#[wasm_bindgen]
+impl QuantizedEmbeddingBag {
+    /// As `EmbeddingBag.forward`.
+    pub async fn forward(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "IndexArray")] input: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "IndexArray | null | undefined")] offsets: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "Float32Array | null | undefined")] per_sample_weights: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] input_shape: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] per_sample_weights_shape: JsValue,
+    ) -> Result<Tensor, JsValue> {
+        let a = crate::BagArgs::read(&input, &offsets, &per_sample_weights, &input_shape, &per_sample_weights_shape)?;
+        let out = gpu_call(&self.ctx, || self.layer.forward(&self.ctx, a.input(), a.offsets(), a.weights())).await?;
+        Ok(Tensor::new(self.ctx.clone(), out))
+    }
+}

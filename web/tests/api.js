@@ -1,0 +1,194 @@
+// Tests of the package's JS API on the page's WebGPU device, against small CPU
+// references written here: values, index types, split tables, errors as exceptions
+// (with the library's message, never a wasm trap), tensors kept and released.
+import init, { Gpu } from "../pkg/wgpu_embed_web.js";
+
+const logEl = document.getElementById("log");
+const tests = [];
+const test = (name, fn) => tests.push({ name, fn });
+
+function assert(cond, message) {
+  if (!cond) throw new Error(message);
+}
+function assertClose(got, want, what, tol = 1e-5) {
+  assert(got.length === want.length, `${what}: ${got.length} values, expected ${want.length}`);
+  for (let i = 0; i < want.length; i++) {
+    assert(Math.abs(got[i] - want[i]) <= tol + tol * Math.abs(want[i]), `${what}[${i}] = ${got[i]}, expected ${want[i]}`);
+  }
+}
+async function assertThrows(promiseOrFn, pattern, what) {
+  let error = null;
+  try {
+    await (typeof promiseOrFn === "function" ? promiseOrFn() : promiseOrFn);
+  } catch (e) {
+    error = e;
+  }
+  assert(error, `${what}: no exception`);
+  assert(!(error instanceof WebAssembly.RuntimeError), `${what}: a wasm trap (${error.message}), expected an Error`);
+  assert(error instanceof Error, `${what}: threw ${error}, expected an Error`);
+  assert(pattern.test(error.message), `${what}: message ${JSON.stringify(error.message)} does not match ${pattern}`);
+  return error;
+}
+
+/** A deterministic table: row r, column c holds values no two rows share. */
+function table(v, d) {
+  const t = new Float32Array(v * d);
+  for (let r = 0; r < v; r++) for (let c = 0; c < d; c++) t[r * d + c] = Math.sin(r * 1.7 + c * 0.31) * (1 + r / v);
+  return t;
+}
+const rowOf = (t, d, r) => Array.from(t.subarray(r * d, (r + 1) * d));
+function lookupRef(t, d, idx) {
+  return idx.flatMap((r) => rowOf(t, d, Number(r)));
+}
+function bagRef(t, d, idx, offsets, mode, paddingIdx = null) {
+  const out = [];
+  for (let b = 0; b < offsets.length; b++) {
+    const lo = offsets[b], hi = b + 1 < offsets.length ? offsets[b + 1] : idx.length;
+    const rows = idx.slice(lo, hi).filter((r) => r !== paddingIdx);
+    for (let c = 0; c < d; c++) {
+      const col = rows.map((r) => t[r * d + c]);
+      if (mode === "sum") out.push(col.reduce((a, x) => a + x, 0));
+      if (mode === "mean") out.push(col.length ? col.reduce((a, x) => a + x, 0) / col.length : 0);
+      if (mode === "max") out.push(col.length ? Math.max(...col) : 0);
+    }
+  }
+  return out;
+}
+
+let gpu;
+const V = 37, D = 5;
+const T = table(V, D);
+
+test("Embedding with Int32Array, BigInt64Array and number[] indices of any shape", async () => {
+  const weight = await gpu.tensor(T, [V, D]);
+  assert(JSON.stringify(weight.shape) === JSON.stringify([V, D]) && weight.dtype === "F32", `weight ${weight.shape} ${weight.dtype}`);
+  const emb = gpu.embedding(weight);
+  assert(emb.numEmbeddings === V && emb.embeddingDim === D, "layer sizes");
+  const idx = [0, 36, 5, 5, 17, 2];
+  for (const given of [Int32Array.from(idx), BigInt64Array.from(idx.map(BigInt)), idx]) {
+    const out = await emb.forward(given, [2, 3]);
+    assert(JSON.stringify(out.shape) === JSON.stringify([2, 3, D]), `shape ${out.shape}`);
+    assertClose(await out.toFloat32Array(), lookupRef(T, D, idx), `lookup via ${given.constructor.name}`, 0);
+    out.release();
+  }
+  emb.free();
+  weight.release();
+});
+
+test("EmbeddingBag sum / mean / max with offsets and padding_idx, and 2-D input", async () => {
+  const weight = await gpu.tensor(T, [V, D]);
+  const idx = [1, 2, 3, 7, 7, 30, 0, 36];
+  const offsets = [0, 3, 3, 6];
+  for (const mode of ["sum", "mean", "max"]) {
+    const bag = gpu.embeddingBag(weight, { mode, paddingIdx: 7 });
+    const out = await bag.forward(Int32Array.from(idx), Int32Array.from(offsets));
+    assert(JSON.stringify(out.shape) === JSON.stringify([4, D]), `${mode}: shape ${out.shape}`);
+    assertClose(await out.toFloat32Array(), bagRef(T, D, idx, offsets, mode, 7), `bag ${mode}`);
+    out.release();
+    bag.free();
+  }
+  const bag = gpu.embeddingBag(weight, { mode: "sum" });
+  const out = await bag.forward(Int32Array.from(idx), null, Float32Array.from(idx.map((_, i) => i * 0.5)), [2, 4]);
+  const want = [];
+  for (let b = 0; b < 2; b++)
+    for (let c = 0; c < D; c++) {
+      let s = 0;
+      for (let j = 0; j < 4; j++) s += (b * 4 + j) * 0.5 * T[idx[b * 4 + j] * D + c];
+      want.push(s);
+    }
+  assertClose(await out.toFloat32Array(), want, "2-D bag with per_sample_weights");
+  out.release();
+  bag.free();
+  weight.release();
+});
+
+test("tables larger than one binding are split and still give the reference values", async () => {
+  const small = await Gpu.create({ maxBindingSize: 256 });
+  const v = 100, d = 8; // 32-byte rows: 8 rows per 256-byte buffer
+  const t = table(v, d);
+  const weight = await small.tensor(t, [v, d]);
+  assert(weight.segments === 13, `expected 13 segments, got ${weight.segments}`);
+  const idx = Array.from({ length: 70 }, (_, i) => (i * 37) % v);
+  const out = await small.embedding(weight).forward(idx);
+  assert(out.segments > 1, "output not split");
+  assertClose(await out.toFloat32Array(), lookupRef(t, d, idx), "split lookup", 0);
+  const offsets = [0, 10, 11, 40];
+  for (const mode of ["sum", "mean", "max"]) {
+    const bag = await small.embeddingBag(weight, { mode }).forward(idx, offsets);
+    assertClose(await bag.toFloat32Array(), bagRef(t, d, idx, offsets, mode), `split bag ${mode}`);
+  }
+});
+
+test("max_norm renormalises the referenced rows of the shared table in place", async () => {
+  const weight = await gpu.tensor(T, [V, D]);
+  const emb = gpu.embedding(weight, { maxNorm: 1.0 });
+  await emb.forward([3, 30]);
+  const after = await weight.toFloat32Array();
+  for (const r of [3, 30]) {
+    const norm = Math.hypot(...rowOf(after, D, r));
+    const before = Math.hypot(...rowOf(T, D, r));
+    assert(Math.abs(norm - Math.min(before, 1.0)) < 1e-4, `row ${r}: norm ${norm} (was ${before})`);
+  }
+  assertClose(rowOf(after, D, 4), rowOf(T, D, 4), "untouched row 4", 0);
+  emb.free();
+  weight.release();
+});
+
+test("outputs stay on the GPU: read twice, and the table outlives its released handle", async () => {
+  const weight = await gpu.tensor(T, [V, D]);
+  const emb = gpu.embedding(weight);
+  weight.release(); // the layer keeps its own handle
+  const out = await emb.forward([4, 9]);
+  const a = await out.toFloat32Array(), b = await out.toFloat32Array();
+  assertClose(a, lookupRef(T, D, [4, 9]), "first read", 0);
+  assertClose(b, a, "second read", 0);
+  assert(out.gpuBytes >= 2 * D * 4, `gpuBytes ${out.gpuBytes}`);
+  out.release();
+  emb.free();
+});
+
+test("bad input is an exception with the library's message, and the device stays usable", async () => {
+  const weight = await gpu.tensor(T, [V, D]);
+  const emb = gpu.embedding(weight);
+  await assertThrows(emb.forward([1, 37, 2]), /index out of range in self: `indices` holds 37 at position 1/, "index 37");
+  await assertThrows(emb.forward(Int32Array.from([-1])), /index out of range.*-1/, "index -1");
+  await assertThrows(emb.forward("abc"), /invalid argument `indices`/, "indices as a string");
+  await assertThrows(emb.forward([1.5]), /`indices`.*1\.5/, "fractional index");
+  await assertThrows(emb.forward([1, 2, 3], [2, 2]), /shape/, "shape mismatch");
+  await assertThrows(() => gpu.embedding(weight, { paddingIdx: 99 }), /padding_idx.*99/, "padding_idx 99");
+  await assertThrows(() => gpu.embeddingBag(weight, { mode: "median" }), /median/, "mode median");
+  const bag = gpu.embeddingBag(weight, { mode: "mean" });
+  await assertThrows(bag.forward([1, 2], [1, 0]), /offsets/, "offsets not starting at 0 / decreasing");
+  await assertThrows(bag.forward([1, 2], [0], Float32Array.from([1, 1])), /per_sample_weights/, "weights with mean");
+  await assertThrows(() => gpu.tensor(new Float32Array(6), [4, 2]), /6 values/, "data/shape mismatch");
+  const out = await emb.forward([36]); // still works after all the refusals
+  assertClose(await out.toFloat32Array(), rowOf(T, D, 36), "after errors", 0);
+  bag.free();
+  emb.free();
+  weight.release();
+});
+
+async function main() {
+  await init();
+  gpu = await Gpu.create();
+  const results = [];
+  for (const t of tests) {
+    try {
+      await t.fn();
+      results.push({ name: t.name, ok: true });
+      logEl.append(`ok   ${t.name}\n`);
+    } catch (e) {
+      results.push({ name: t.name, ok: false, message: e?.message ?? String(e) });
+      const span = document.createElement("span");
+      span.className = "fail";
+      span.textContent = `FAIL ${t.name}: ${e?.message ?? e}\n`;
+      logEl.append(span);
+    }
+  }
+  return { tests: results };
+}
+
+main().then(
+  (r) => (window.testResult = r),
+  (e) => (window.testResult = { error: String(e?.message ?? e) }),
+);

@@ -1,0 +1,150 @@
+// Running one conformance case (FORMAT.md) through the package's JS API, and the
+// comparison of check.py.
+
+const opt = (v) => (v === undefined ? null : v);
+
+/** Runs case `c` of `file` on `gpu`; returns {name: {data: Float32Array, shape}}. */
+export async function runCase(gpu, file, c) {
+  const p = c.params ?? {};
+  const inputs = c.inputs;
+  const owned = [];
+  const keep = (x) => (owned.push(x), x);
+  try {
+    const weight = c.op === "embedding" || c.op === "embedding_bag" ? keep(await file.upload(gpu, inputs.weight)) : null;
+    const common = { paddingIdx: opt(p.padding_idx), maxNorm: opt(p.max_norm), normType: p.norm_type ?? 2.0 };
+    let layer, out;
+    if (c.op === "embedding") {
+      layer = keep(gpu.embedding(weight, common));
+      out = keep(await layer.forward(file.indices(inputs.indices), file.info(inputs.indices).shape));
+    } else if (c.op === "embedding_bag") {
+      layer = keep(gpu.embeddingBag(weight, { ...common, mode: p.mode ?? "mean", includeLastOffset: p.include_last_offset ?? false }));
+      const psw = inputs.per_sample_weights;
+      out = keep(
+        await layer.forward(
+          file.indices(inputs.indices),
+          inputs.offsets ? file.indices(inputs.offsets) : null,
+          psw ? file.float32(psw) : null,
+          file.info(inputs.indices).shape,
+          psw ? file.info(psw).shape : undefined,
+        ),
+      );
+    } else {
+      return await otherOp(gpu, file, c, keep);
+    }
+    const outputs = { out: { data: await out.toFloat32Array(), shape: out.shape } };
+    if (p.max_norm !== null && p.max_norm !== undefined) {
+      const w = keep(layer.weight);
+      outputs.weight = { data: await w.toFloat32Array(), shape: w.shape };
+    }
+    return outputs;
+  } finally {
+    // Layers first, so that releasing the tensors frees the GPU memory at once.
+    for (const x of owned.reverse()) (x.release ?? x.free).call(x);
+  }
+}
+
+const read = async (t) => ({ data: await t.toFloat32Array(), shape: t.shape });
+const maybe = (file, name) => (name ? file.float32(name) : undefined);
+
+/** The ops besides the two lookups, as ops.rs runs them. */
+async function otherOp(gpu, file, c, keep) {
+  const p = c.params ?? {};
+  const inputs = c.inputs;
+  const shapeOf = (role) => file.info(inputs[role]).shape;
+  const affine = { gamma: maybe(file, inputs.gamma), beta: maybe(file, inputs.beta) };
+  switch (c.op) {
+    case "layer_norm": {
+      const shape = shapeOf("x");
+      const layer = keep(gpu.layerNorm(shape[shape.length - 1] ?? 0, { ...affine, eps: p.eps ?? 1e-5 }));
+      return { out: await read(keep(await layer.forward(file.float32(inputs.x), shape))) };
+    }
+    case "stable_embedding": {
+      const opts = { ...affine, paddingIdx: opt(p.padding_idx), eps: opt(p.eps) ?? undefined };
+      const layer = keep(await gpu.stableEmbedding(file.float32(inputs.weight), shapeOf("weight"), opts));
+      return { out: await read(keep(await layer.forward(file.indices(inputs.indices), shapeOf("indices")))) };
+    }
+    case "embedding_sum_layer_norm": {
+      const tables = [], shapes = [], indices = [];
+      for (let k = 0; inputs[`weight${k}`] && inputs[`indices${k}`]; k++) {
+        tables.push(file.float32(inputs[`weight${k}`]));
+        shapes.push(shapeOf(`weight${k}`));
+        indices.push(file.indices(inputs[`indices${k}`]));
+      }
+      const block = keep(await gpu.embeddingSumLayerNorm(tables, shapes, { ...affine, eps: p.eps ?? 1e-12 }));
+      return { out: await read(keep(await block.forward(indices, shapeOf("indices0")))) };
+    }
+    case "axial_position_embedding": {
+      const [w0, w1] = [shapeOf("weight0"), shapeOf("weight1")];
+      const dims = [w0[w0.length - 1] ?? 0, w1[w1.length - 1] ?? 0];
+      const layer = keep(await gpu.axialPositionEmbedding(file.float32(inputs.weight0), file.float32(inputs.weight1), p.axial_pos_shape, dims));
+      return { out: await read(keep(await layer.forward(file.indices(inputs.position_ids), shapeOf("position_ids")))) };
+    }
+    case "quantize_blockwise": {
+      const q = await gpu.quantizeBlockwise(file.float32(inputs.x), { blocksize: opt(p.blocksize), code: p.code ?? "dynamic" });
+      keep(q.codes), keep(q.absmax);
+      return { codes: { data: await q.codes.toUint8Array(), shape: q.codes.shape }, absmax: await read(q.absmax) };
+    }
+    case "dequantize_blockwise": {
+      const out = keep(await gpu.dequantizeBlockwise(file.uint8(inputs.codes), file.float32(inputs.absmax), { blocksize: opt(p.blocksize), code: p.code ?? "dynamic" }));
+      return { out: await read(out) };
+    }
+    case "quantized_embedding": {
+      const weight = keep(await file.upload(gpu, inputs.weight));
+      const layer = keep(await gpu.quantizedEmbedding(weight, { scheme: p.scheme ?? "int8_blockwise", blocksize: opt(p.blocksize) }));
+      return { out: await read(keep(await layer.forward(file.indices(inputs.indices), shapeOf("indices")))) };
+    }
+    case "quantized_embedding_bag": {
+      const weight = keep(await file.upload(gpu, inputs.weight));
+      const opts = {
+        scheme: p.scheme ?? "int8_blockwise",
+        blocksize: opt(p.blocksize),
+        mode: p.mode ?? "mean",
+        paddingIdx: opt(p.padding_idx),
+        includeLastOffset: p.include_last_offset ?? false,
+      };
+      const layer = keep(await gpu.quantizedEmbeddingBag(weight, opts));
+      const psw = inputs.per_sample_weights;
+      const out = keep(
+        await layer.forward(
+          file.indices(inputs.indices),
+          inputs.offsets ? file.indices(inputs.offsets) : null,
+          psw ? file.float32(psw) : null,
+          shapeOf("indices"),
+          psw ? file.info(psw).shape : undefined,
+        ),
+      );
+      return { out: await read(out) };
+    }
+    default:
+      throw new Error(`op ${c.op} is not run by this page`);
+  }
+}
+
+const QUANT_OPS = new Set(["quantize_blockwise", "quantized_embedding", "quantized_embedding_bag"]);
+
+/** check.py's comparison: null when `got` matches the expected tensor. */
+export function compare(c, got, file, expectedName, name) {
+  if (!got) return `output ${name} missing`;
+  const want = file.info(expectedName).dtype === "U8" ? file.uint8(expectedName) : file.float32(expectedName);
+  const wantShape = file.info(expectedName).shape;
+  if (JSON.stringify(got.shape) !== JSON.stringify(wantShape))
+    return `${name}: shape [${got.shape}], expected [${wantShape}]`;
+  if (got.data.length !== want.length) return `${name}: ${got.data.length} values, expected ${want.length}`;
+  let miss = 0, worst = -1, worstErr = -1;
+  for (let i = 0; i < want.length; i++) {
+    const w = want[i], g = got.data[i];
+    if (Number.isNaN(w) || Number.isNaN(g)) {
+      if (Number.isNaN(w) !== Number.isNaN(g)) miss++;
+      continue;
+    }
+    const err = Math.abs(g - w);
+    if (!(err <= c.atol + c.rtol * Math.abs(w))) {
+      miss++;
+      if (err > worstErr) (worstErr = err), (worst = i);
+    }
+  }
+  const allowed = QUANT_OPS.has(c.op) ? Math.floor(1e-3 * want.length) : 0;
+  if (miss > allowed)
+    return `${name}: ${miss} of ${want.length} values off (max |err| ${worstErr.toPrecision(3)} at ${worst}: got ${got.data[worst]}, expected ${want[worst]})`;
+  return null;
+}

@@ -1,0 +1,131 @@
+// Browser tests: headless Debian Chromium with WebGPU over SwiftShader, driven by
+// playwright-core, against pages served on 127.0.0.1. Fails (never skips) when the
+// browser gives no WebGPU adapter. Keeps a screenshot of the demo page in
+// target/web-artifacts/demo.png (repository root).
+//
+//   node tests/run.mjs            (after `wasm-pack build --target web` in web/)
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import { startServer, sharedDir } from "./serve.mjs";
+
+const webDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+const artifacts = path.resolve(webDir, "..", "target", "web-artifacts");
+const executablePath = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const flags = [
+  "--no-sandbox",
+  "--enable-unsafe-webgpu",
+  "--enable-features=Vulkan",
+  "--use-vulkan=swiftshader",
+  "--use-webgpu-adapter=swiftshader",
+  "--enable-unsafe-swiftshader",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--no-first-run",
+  "--disable-quic",
+];
+const PAGE_TIMEOUT_MS = 240_000;
+
+let failures = 0;
+const fail = (msg) => {
+  failures++;
+  console.log(`FAIL ${msg}`);
+};
+
+if (!fs.existsSync(path.join(webDir, "pkg", "wgpu_embed_web.js"))) {
+  console.error("web/pkg is missing: run `wasm-pack build --target web` in web/ first");
+  process.exit(1);
+}
+if (!fs.existsSync(path.join(sharedDir, "conformance", "public.safetensors"))) {
+  console.error(`no conformance file at ${sharedDir}/conformance/public.safetensors (set WGPU_EMBED_SHARED)`);
+  process.exit(1);
+}
+fs.mkdirSync(artifacts, { recursive: true });
+
+const server = await startServer(0);
+const base = `http://127.0.0.1:${server.address().port}`;
+// A fresh profile every run (launchPersistentContext takes it as --user-data-dir).
+const profile = fs.mkdtempSync(path.join(os.tmpdir(), "wgpu-embed-chromium-"));
+const context = await chromium.launchPersistentContext(profile, {
+  executablePath,
+  headless: true,
+  args: flags,
+  viewport: { width: 1280, height: 1000 },
+});
+
+/** Opens `url`, waits for `window[key]`, and returns it; page errors count as failures. */
+async function runPage(name, url, key) {
+  const page = await context.newPage();
+  const pageErrors = [];
+  page.on("pageerror", (e) => pageErrors.push(String(e)));
+  page.on("console", (m) => {
+    if (m.type() === "error") console.log(`  [${name} console] ${m.text()}`);
+  });
+  const t0 = Date.now();
+  await page.goto(base + url);
+  let result;
+  try {
+    await page.waitForFunction((k) => window[k] !== undefined, key, { timeout: PAGE_TIMEOUT_MS, polling: 200 });
+    result = await page.evaluate((k) => window[k], key);
+  } catch (e) {
+    result = { error: `no result within ${PAGE_TIMEOUT_MS / 1000} s: ${e.message.split("\n")[0]}` };
+  }
+  for (const e of pageErrors) fail(`${name}: uncaught page error (a wasm trap?): ${e}`);
+  console.log(`== ${name} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  return { page, result };
+}
+
+try {
+  // 1. WebGPU must be there: no adapter is a failure, not a skip.
+  {
+    const { page, result } = await runPage("adapter", "/tests/adapter.html", "testResult");
+    if (!result?.ok) fail(`no WebGPU adapter in Chromium: ${result?.error ?? JSON.stringify(result)}`);
+    else console.log(`  adapter: ${JSON.stringify(result.info)}`);
+    await page.close();
+  }
+
+  // 2. Public conformance cases of the supported ops, in the page, also with every table split.
+  for (const [name, query] of [["conformance", ""], ["conformance, 1 MiB bindings", "?maxBindingSize=1048576"]]) {
+    const { page, result } = await runPage(name, `/tests/conformance.html${query}`, "testResult");
+    if (result.error) fail(`${name}: ${result.error}`);
+    for (const f of result.failures ?? []) fail(`${name}: ${f}`);
+    console.log(`  ${result.passed} passed, ${result.failed} failed; by op: ${JSON.stringify(result.ops ?? {})}`);
+    for (const op of ["embedding", "embedding_bag"]) {
+      if (!(result.ops?.[op]?.passed > 0)) fail(`${name}: no ${op} case passed`);
+    }
+    await page.close();
+  }
+
+  // 3. The JS API itself: values, errors as exceptions, tensors kept and released.
+  {
+    const { page, result } = await runPage("api", "/tests/api.html", "testResult");
+    if (result.error) fail(`api: ${result.error}`);
+    for (const t of result.tests ?? []) {
+      if (t.ok) console.log(`  ok   ${t.name}`);
+      else fail(`api: ${t.name}: ${t.message}`);
+    }
+    if (!(result.tests?.length > 0)) fail("api: no test ran");
+    await page.close();
+  }
+
+  // 4. The demo page runs by itself; its screenshot is kept.
+  {
+    const { page, result } = await runPage("demo", "/index.html?autorun", "demoResult");
+    if (!result?.ok) fail(`demo: ${result?.error ?? JSON.stringify(result)}`);
+    else console.log(`  demo: ${JSON.stringify(result)}`);
+    const shot = path.join(artifacts, "demo.png");
+    await page.screenshot({ path: shot, fullPage: true });
+    console.log(`  screenshot: ${shot}`);
+    await page.close();
+  }
+} finally {
+  await context.close();
+  server.close();
+  fs.rmSync(profile, { recursive: true, force: true });
+}
+
+console.log(failures ? `browser tests: ${failures} failure(s)` : "browser tests: all passed");
+process.exit(failures ? 1 : 0);

@@ -1,0 +1,62 @@
+// A tiny static server for the demo and the browser tests, on 127.0.0.1 only.
+// Serves web/ at / and the conformance files (../shared beside the repository, or
+// $WGPU_EMBED_SHARED) at /shared/.
+//
+//   node tests/serve.mjs [port]     then open http://127.0.0.1:8000/
+import http from "node:http";
+import fs from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const webDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+export const sharedDir = path.resolve(process.env.WGPU_EMBED_SHARED ?? path.join(webDir, "..", "..", "shared"));
+
+const types = {
+  ".html": "text/html; charset=utf-8",
+  ".js": "text/javascript; charset=utf-8",
+  ".mjs": "text/javascript; charset=utf-8",
+  ".css": "text/css; charset=utf-8",
+  ".wasm": "application/wasm",
+  ".json": "application/json",
+  ".ts": "text/plain; charset=utf-8",
+  ".png": "image/png",
+};
+
+function resolve(urlPath) {
+  const p = decodeURIComponent(urlPath.split("?")[0]);
+  const [root, rest] = p.startsWith("/shared/") ? [sharedDir, p.slice("/shared/".length)] : [webDir, p.slice(1)];
+  const file = path.resolve(root, rest || "index.html");
+  // Nothing outside the two roots, and not node_modules or target.
+  if (!file.startsWith(root + path.sep) && file !== root) return null;
+  if (root === webDir && /^(node_modules|target)(\/|$)/.test(path.relative(webDir, file))) return null;
+  return file;
+}
+
+export function startServer(port = 0) {
+  const server = http.createServer((req, res) => {
+    const file = resolve(req.url ?? "/");
+    fs.stat(file ?? "", (err, st) => {
+      if (!file || err || !st.isFile()) {
+        res.writeHead(404, { "content-type": "text/plain" });
+        res.end("not found\n");
+        return;
+      }
+      res.writeHead(200, {
+        "content-type": types[path.extname(file)] ?? "application/octet-stream",
+        "content-length": st.size,
+        "cache-control": "no-store",
+      });
+      fs.createReadStream(file).pipe(res);
+    });
+  });
+  return new Promise((ok, fail) => {
+    server.once("error", fail);
+    server.listen(port, "127.0.0.1", () => ok(server));
+  });
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const server = await startServer(Number(process.argv[2] ?? 8000));
+  const { port } = server.address();
+  console.log(`serving ${webDir} at http://127.0.0.1:${port}/ (conformance files from ${sharedDir} at /shared/)`);
+}
