@@ -5,7 +5,10 @@
 
 use std::time::Instant;
 
-use wgpu_embed::{BagMode, Context, Embedding, EmbeddingBag, Indices};
+use wgpu_embed::{
+    AxialPositionEmbedding, BagMode, Context, Embedding, EmbeddingBag, EmbeddingSumLayerNorm, HostTable, Indices, LayerNorm,
+    QuantizedEmbedding, QuantizedEmbeddingBag, QuantizedTable, Scheme, StableEmbedding,
+};
 
 fn show(name: &str, shape: &[usize], values: &[f32]) {
     let d = *shape.last().unwrap_or(&1);
@@ -49,6 +52,56 @@ fn main() -> Result<(), wgpu_embed::Error> {
     let bag = EmbeddingBag::from_pretrained(&ctx, &table, v, d, BagMode::Sum)?;
     let out = bag.forward(&ctx, Indices::i64(&[1, 2, 3, 3], &[2, 2]), None, Some((&[1.0, 0.5, 2.0, 0.0], &[2, 2])))?;
     show("out", out.shape(), &out.to_vec_f32(&ctx)?);
+
+    println!("\nLayerNorm over D = 4 (eps 1e-5, gamma 1, beta 0): each row has mean 0 and variance 1");
+    let ln = LayerNorm::new(&ctx, d, 1e-5, true)?;
+    let out = ln.forward(&ctx, &table[..2 * d], &[2, d])?;
+    show("out", out.shape(), &out.to_vec_f32(&ctx)?);
+    println!("  LayerNorm of a lookup, without leaving the GPU:");
+    let looked_up = Embedding::from_pretrained(&ctx, &table, v, d)?.forward(&ctx, Indices::i32(&[5, 1], &[2]))?;
+    let out = ln.forward_gpu(&ctx, &looked_up)?;
+    show("out", out.shape(), &out.to_vec_f32(&ctx)?);
+
+    println!("\nStableEmbedding (bitsandbytes): xavier-uniform table, lookup + LayerNorm in one kernel");
+    let stable = StableEmbedding::new(&ctx, 1000, 8, Some(0), 7)?;
+    let out = stable.forward(&ctx, Indices::i64(&[0, 1, 999], &[3]))?;
+    show("out (row 0 is the zeroed padding row, so LayerNorm gives beta = 0)", out.shape(), &out.to_vec_f32(&ctx)?);
+
+    println!("\nBERT embedding block: LayerNorm(word[t] + position[p] + token_type[s]) in one kernel");
+    let word: Vec<f32> = (0..10 * d).map(|i| ((i * 7) % 11) as f32 * 0.1).collect();
+    let position: Vec<f32> = (0..4 * d).map(|i| (i % 5) as f32 * 0.01).collect();
+    let token_type: Vec<f32> = vec![0.0; 2 * d];
+    let tables = [HostTable::f32(&word, 10, d)?, HostTable::f32(&position, 4, d)?, HostTable::f32(&token_type, 2, d)?];
+    let bert = EmbeddingSumLayerNorm::new(&ctx, &tables, None, None, 1e-12)?;
+    let shape = [1, 4];
+    let out = bert.forward(&ctx, &[Indices::i64(&[2, 7, 7, 3], &shape), Indices::i64(&[0, 1, 2, 3], &shape), Indices::i64(&[0, 0, 1, 1], &shape)])?;
+    show("out", out.shape(), &out.to_vec_f32(&ctx)?);
+
+    println!("\nAxial position embeddings (Reformer): row p = weight0[p / 3] ++ weight1[p % 3], 2 x 3 positions");
+    let axial = AxialPositionEmbedding::from_pretrained(&ctx, &[1.0, 2.0], &[0.1, 0.2, 0.3], [2, 3], [1, 1])?;
+    let out = axial.forward(&ctx, Indices::i64(&[0, 1, 2, 3, 4, 5], &[6]))?;
+    show("out", out.shape(), &out.to_vec_f32(&ctx)?);
+    match axial.forward(&ctx, Indices::i64(&[6], &[1])) {
+        Err(e) => println!("  position 6: {e}"),
+        Ok(_) => println!("  position 6: (accepted?!)"),
+    }
+
+    println!("\nQuantized tables: 5000 x 64, quantized on the GPU, dequantized inside the lookup and bag kernels");
+    let (qv, qd) = (5000usize, 64usize);
+    let big: Vec<f32> = (0..qv * qd).map(|i| ((i * 2654435761usize) % 1000) as f32 / 500.0 - 1.0).collect();
+    for scheme in [Scheme::Int8Blockwise, Scheme::Int8Rowwise, Scheme::Nf4, Scheme::Fp4] {
+        let q = QuantizedTable::from_pretrained(&ctx, &big, qv, qd, scheme, None)?;
+        let (gpu, f32_bytes) = (q.gpu_bytes(), q.f32_bytes());
+        let lookup = QuantizedEmbedding::new(q).forward(&ctx, Indices::i64(&[42], &[1]))?.to_vec_f32(&ctx)?;
+        let worst = lookup.iter().zip(&big[42 * qd..43 * qd]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        println!(
+            "  {:<14} {:>7} bytes on the GPU ({:.3} of f32's {}); row 42 [{:.4} {:.4} {:.4} …] vs f32 [{:.4} {:.4} {:.4} …], max |error| {worst:.4}",
+            scheme.name(), gpu, gpu as f64 / f32_bytes as f64, f32_bytes, lookup[0], lookup[1], lookup[2], big[42 * qd], big[42 * qd + 1], big[42 * qd + 2]
+        );
+    }
+    let qbag = QuantizedEmbeddingBag::new(QuantizedTable::from_pretrained(&ctx, &big, qv, qd, Scheme::Nf4, None)?, BagMode::Mean);
+    let out = qbag.forward(&ctx, Indices::i64(&[1, 2, 3, 4999], &[4]), Some(Indices::i64(&[0, 3], &[2])), None)?;
+    show("NF4 bag mean of [1, 2, 3] [4999]", out.shape(), &out.to_vec_f32(&ctx)?);
 
     println!("\nA refusal, before any GPU work:");
     match emb.forward(&ctx, Indices::i64(&[1, 6], &[2])) {
