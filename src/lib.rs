@@ -13,6 +13,7 @@
 //! # Ok::<(), wgpu_embed::Error>(())
 //! ```
 
+pub mod bench;
 pub mod axial;
 pub mod bert;
 pub mod checkpoint;
@@ -52,6 +53,7 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("embedding_bag.wgsl", include_str!("../shaders/embedding_bag.wgsl")),
     ("layer_norm.wgsl", include_str!("../shaders/layer_norm.wgsl")),
     ("axial.wgsl", include_str!("../shaders/axial.wgsl")),
+    ("copy.wgsl", include_str!("../shaders/copy.wgsl")),
     ("index_check.wgsl", include_str!("../shaders/index_check.wgsl")),
     ("quantize.wgsl", include_str!("../shaders/quantize.wgsl")),
     ("quantized_embedding.wgsl", include_str!("../shaders/quantized_embedding.wgsl")),

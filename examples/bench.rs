@@ -1,0 +1,448 @@
+//! Bandwidth benchmark: a plain vec4 copy (the ceiling), Embedding lookup and
+//! EmbeddingBag sum/mean/max over a grid of table rows, dims, bag sizes and index
+//! distributions, each in GB/s counted as FBGEMM's TBE bench counts it (table rows read
+//! + output written) and as a ratio to the copy kernel measured in the same run, beside
+//! a multithreaded CPU baseline. Writes `results.csv`, `summary.md` and SVG plots.
+//!
+//! ```text
+//! cargo run --release --example bench -- [--full] [--out examples/bench-results]
+//! ```
+//!
+//! GPU time comes from timestamp queries when the adapter has them (else wall clock
+//! around submit + wait); each point is the median of `--reps` runs after a warm-up.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use clap::Parser;
+use plotters::prelude::*;
+use wgpu_embed::bench::{bag_tensors, lookup_tensors, GpuTimer, Recorder};
+use wgpu_embed::{
+    BagMode, Context, ContextOptions, EmbeddingSumLayerNorm, GpuTensor, HostTable, Indices, LayerNorm, QuantizedEmbeddingBag,
+    QuantizedTable, Scheme, StableEmbedding,
+};
+
+#[derive(Parser)]
+#[command(about = "Embedding kernels against the device's copy bandwidth")]
+struct Args {
+    /// The full grid (rows 1e3..1e6, dims 4..1024, bags 1..1000); takes long on a CPU adapter.
+    #[arg(long)]
+    full: bool,
+    /// Folder for results.csv, summary.md and the plots.
+    #[arg(long, default_value = "examples/bench-results")]
+    out: PathBuf,
+    /// Timed repetitions per point (the median is reported), after one warm-up.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Bytes each timed call moves (rows read + output written), in MiB.
+    #[arg(long, default_value_t = 32)]
+    budget_mib: usize,
+    /// Adapter whose name contains this text.
+    #[arg(long)]
+    adapter: Option<String>,
+    /// Override the grid's dims (comma-separated), for quick experiments.
+    #[arg(long, value_delimiter = ',')]
+    dims: Option<Vec<usize>>,
+    /// Override the grid's table rows.
+    #[arg(long, value_delimiter = ',')]
+    rows: Option<Vec<usize>>,
+    /// Override the grid's bag sizes.
+    #[arg(long, value_delimiter = ',')]
+    bags: Option<Vec<usize>>,
+    /// Only the copy, lookup and bag kernels (skip the whole-layer rows).
+    #[arg(long)]
+    kernels_only: bool,
+    /// Largest table to build, in MiB (bigger grid points are skipped).
+    #[arg(long, default_value_t = 1024)]
+    max_table_mib: usize,
+}
+
+/// xorshift: fast, deterministic data and indices.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Dist {
+    Uniform,
+    Zipf,
+}
+
+impl Dist {
+    fn name(self) -> &'static str {
+        match self {
+            Dist::Uniform => "uniform",
+            Dist::Zipf => "zipf",
+        }
+    }
+}
+
+/// `n` indices below `rows`: uniform, or Zipf with exponent 1.05 (row 0 hottest).
+fn indices(n: usize, rows: usize, dist: Dist, seed: u64) -> Vec<i32> {
+    let mut rng = Rng(seed | 1);
+    match dist {
+        Dist::Uniform => (0..n).map(|_| (rng.next() % rows as u64) as i32).collect(),
+        Dist::Zipf => {
+            let mut cdf = Vec::with_capacity(rows);
+            let mut acc = 0.0;
+            for k in 1..=rows {
+                acc += 1.0 / (k as f64).powf(1.05);
+                cdf.push(acc);
+            }
+            (0..n).map(|_| cdf.partition_point(|&c| c < rng.unit() * acc).min(rows - 1) as i32).collect()
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// One measured point.
+struct Point {
+    kernel: String,
+    rows: usize,
+    dim: usize,
+    bag: usize,
+    dist: &'static str,
+    bytes: f64,
+    gpu_s: f64,
+    wall_s: f64,
+    cpu_s: f64,
+    /// The paired copy kernel's seconds for `copy_bytes`.
+    copy_s: f64,
+}
+
+/// Median GPU seconds of `reps` runs of `work` after a warm-up (timestamps, else wall
+/// clock), and the median wall-clock seconds. With `copy`, each run is paired with a run
+/// of the copy kernel right before it, and the copy's median comes third: ratios then
+/// compare runs under the same conditions even when the machine is busy.
+fn time_gpu(
+    ctx: &Context,
+    timer: &GpuTimer,
+    reps: usize,
+    copy: Option<&dyn Fn(&mut wgpu::CommandEncoder) -> wgpu_embed::Result<()>>,
+    mut work: impl FnMut(&mut wgpu::CommandEncoder) -> wgpu_embed::Result<()>,
+) -> (f64, f64, f64) {
+    let (mut times, mut walls, mut copies) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..=reps {
+        if let Some(copy) = copy {
+            let (gpu, wall) = timer.time(ctx, copy).expect("GPU copy");
+            copies.push(gpu.unwrap_or(wall));
+        }
+        let (gpu, wall) = timer.time(ctx, &mut work).expect("GPU run");
+        if i > 0 {
+            times.push(gpu.unwrap_or(wall));
+            walls.push(wall);
+        } else {
+            copies.clear();
+        }
+    }
+    (median(times), median(walls), if copies.is_empty() { f64::NAN } else { median(copies) })
+}
+
+/// Like [`time_gpu`] for a layer's public API (host indices uploaded, output allocated,
+/// submitted by the layer): wall clock around the call and the wait.
+fn time_layer(
+    ctx: &Context,
+    timer: &GpuTimer,
+    reps: usize,
+    copy: &dyn Fn(&mut wgpu::CommandEncoder) -> wgpu_embed::Result<()>,
+    mut work: impl FnMut() -> wgpu_embed::Result<GpuTensor>,
+) -> wgpu_embed::Result<(f64, f64)> {
+    let (mut times, mut copies) = (Vec::new(), Vec::new());
+    for i in 0..=reps {
+        let (gpu, wall) = timer.time(ctx, copy)?;
+        let t = std::time::Instant::now();
+        let out = work()?;
+        ctx.wait_idle()?;
+        let elapsed = t.elapsed().as_secs_f64();
+        drop(out);
+        if i > 0 {
+            times.push(elapsed);
+            copies.push(gpu.unwrap_or(wall));
+        }
+    }
+    Ok((median(times), median(copies)))
+}
+
+fn time_cpu(reps: usize, mut work: impl FnMut()) -> f64 {
+    work();
+    median((0..reps).map(|_| {
+        let t = std::time::Instant::now();
+        work();
+        t.elapsed().as_secs_f64()
+    }).collect())
+}
+
+/// The CPU baseline: output rows split over all cores, rows read straight from the table.
+fn cpu_bags(table: &[f32], dim: usize, idx: &[i32], bag: usize, mode: Option<BagMode>, out: &mut [f32], threads: usize) {
+    let bags = out.len() / dim;
+    let per = bags.div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        for (t, chunk) in out.chunks_mut(per * dim).enumerate() {
+            s.spawn(move || {
+                for (j, o) in chunk.chunks_mut(dim).enumerate() {
+                    let b = t * per + j;
+                    let rows = &idx[b * bag..(b + 1) * bag];
+                    match mode {
+                        None => o.copy_from_slice(&table[rows[0] as usize * dim..][..dim]),
+                        Some(BagMode::Max) => {
+                            o.fill(f32::NEG_INFINITY);
+                            for &r in rows {
+                                for (a, &v) in o.iter_mut().zip(&table[r as usize * dim..][..dim]) {
+                                    *a = a.max(v);
+                                }
+                            }
+                        }
+                        Some(m) => {
+                            o.fill(0.0);
+                            for &r in rows {
+                                for (a, &v) in o.iter_mut().zip(&table[r as usize * dim..][..dim]) {
+                                    *a += v;
+                                }
+                            }
+                            if m == BagMode::Mean {
+                                o.iter_mut().for_each(|a| *a /= bag as f32);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn main() {
+    std::env::set_var("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()));
+    let args = Args::parse();
+    let ctx = Context::new_with(ContextOptions { adapter_name: args.adapter.clone(), ..Default::default() }).expect("a GPU adapter");
+    let info = ctx.adapter_info().clone();
+    let timer = GpuTimer::new(&ctx);
+    let rec = Recorder::new(&ctx);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let adapter = format!("{} ({:?}, {})", info.name, info.backend, info.driver_info);
+    let timing = if timer.uses_timestamps() { "timestamp queries" } else { "wall clock around submit + wait" };
+    eprintln!("adapter: {adapter}; GPU time by {timing}; CPU baseline on {threads} threads");
+    let budget = (args.budget_mib << 20) as f64;
+
+    let (mut rows_grid, mut dims, mut bag_sizes): (Vec<usize>, Vec<usize>, Vec<usize>) = if args.full {
+        (vec![1_000, 10_000, 100_000, 1_000_000], vec![4, 8, 16, 32, 64, 128, 256, 512, 1024], vec![1, 10, 100, 1000])
+    } else {
+        (vec![1_000, 100_000], vec![4, 16, 64, 256, 1024], vec![1, 20, 200])
+    };
+    rows_grid = args.rows.clone().unwrap_or(rows_grid);
+    dims = args.dims.clone().unwrap_or(dims);
+    bag_sizes = args.bags.clone().unwrap_or(bag_sizes);
+
+    // The ceiling: a vec4 copy moving the same number of bytes.
+    let words = (budget as usize / 8).next_multiple_of(4);
+    let src = GpuTensor::from_f32(&ctx, &vec![1.0f32; words], &[words / 4, 4]).expect("copy source");
+    let dst = GpuTensor::zeros(&ctx, &[words / 4, 4], wgpu_embed::DType::F32, 4).expect("copy destination");
+    let copy = |e: &mut wgpu::CommandEncoder| rec.copy(&ctx, e, &src, &dst);
+    let (copy_s, copy_wall_s, _) = time_gpu(&ctx, &timer, args.reps, None, copy);
+    let host_src = vec![1.0f32; words];
+    let mut host_dst = vec![0.0f32; words];
+    let copy_cpu_s = time_cpu(args.reps, || {
+        let per = words.div_ceil(threads);
+        std::thread::scope(|s| {
+            for (d, c) in host_dst.chunks_mut(per).zip(host_src.chunks(per)) {
+                s.spawn(move || d.copy_from_slice(c));
+            }
+        });
+    });
+    let copy_bytes = (words * 8) as f64;
+    let copy_gbps = copy_bytes / copy_s / 1e9;
+    eprintln!("copy: {copy_gbps:.2} GB/s GPU, {:.2} GB/s CPU", copy_bytes / copy_cpu_s / 1e9);
+    let mut points = vec![Point { kernel: "copy".into(), rows: 0, dim: 0, bag: 0, dist: "-", bytes: copy_bytes, gpu_s: copy_s, wall_s: copy_wall_s, cpu_s: copy_cpu_s, copy_s }];
+
+    for &rows in &rows_grid {
+        for &dim in &dims {
+            if rows * dim * 4 > args.max_table_mib << 20 {
+                eprintln!("skip rows={rows} dim={dim}: table over --max-table-mib");
+                continue;
+            }
+            let mut rng = Rng(rows as u64 * 7919 + dim as u64);
+            let host_table: Vec<f32> = (0..rows * dim).map(|_| rng.unit() as f32 - 0.5).collect();
+            let table = GpuTensor::from_f32(&ctx, &host_table, &[rows, dim]).expect("table");
+            for dist in [Dist::Uniform, Dist::Zipf] {
+                // Lookup: n rows read and n rows written.
+                let n = ((budget / (8.0 * dim as f64)) as usize).max(1);
+                let idx_host = indices(n, rows, dist, 42 + dim as u64);
+                let (idx, out) = lookup_tensors(&ctx, &idx_host, dim).expect("lookup tensors");
+                let (gpu_s, wall_s, copy_s) = time_gpu(&ctx, &timer, args.reps, Some(&copy), |e| rec.lookup(&ctx, e, &table, &idx, &out));
+                let mut host_out = vec![0.0f32; n * dim];
+                let cpu_s = time_cpu(args.reps, || cpu_bags(&host_table, dim, &idx_host, 1, None, &mut host_out, threads));
+                let bytes = (n * dim * 8) as f64;
+                points.push(Point { kernel: "lookup".into(), rows, dim, bag: 1, dist: dist.name(), bytes, gpu_s, wall_s, cpu_s, copy_s });
+                drop((idx, out));
+                for &bag in &bag_sizes {
+                    // Bags: bags * bag rows read, bags rows written.
+                    let bags = ((budget / (4.0 * dim as f64 * (bag + 1) as f64)) as usize).max(1);
+                    let idx_host = indices(bags * bag, rows, dist, 7 + bag as u64);
+                    let bounds: Vec<u32> = (0..=bags).map(|b| (b * bag) as u32).collect();
+                    let (idx, out) = bag_tensors(&ctx, &idx_host, bags, dim).expect("bag tensors");
+                    let bytes = (bags * dim * 4 * (bag + 1)) as f64;
+                    let mut host_out = vec![0.0f32; bags * dim];
+                    for mode in [BagMode::Sum, BagMode::Mean, BagMode::Max] {
+                        let (gpu_s, wall_s, copy_s) = time_gpu(&ctx, &timer, args.reps, Some(&copy), |e| rec.bags(&ctx, e, &table, &idx, &bounds, &out, mode));
+                        let cpu_s = time_cpu(args.reps, || cpu_bags(&host_table, dim, &idx_host, bag, Some(mode), &mut host_out, threads));
+                        points.push(Point { kernel: format!("bag_{}", mode.name()), rows, dim, bag, dist: dist.name(), bytes, gpu_s, wall_s, cpu_s, copy_s });
+                    }
+                }
+            }
+        }
+    }
+
+    // Other layers through their public API (wall clock, index upload included), on the
+    // largest table of the grid, uniform indices, D >= 64.
+    let rows = *rows_grid.last().unwrap();
+    for &dim in dims.iter().filter(|&&d| d >= 64 && d <= 256 && !args.kernels_only) {
+        if rows * dim * 4 > args.max_table_mib << 20 {
+            continue;
+        }
+        let mut rng = Rng(rows as u64 * 31 + dim as u64);
+        let host_table: Vec<f32> = (0..rows * dim).map(|_| rng.unit() as f32 - 0.5).collect();
+        let n = ((budget / (8.0 * dim as f64)) as usize).max(1);
+        let idx = indices(n, rows, Dist::Uniform, 5);
+        let shape = [n];
+        let mut layer = |kernel: &str, bag: usize, bytes: f64, r: wgpu_embed::Result<(f64, f64)>| match r {
+            Ok((gpu_s, copy_s)) => {
+                points.push(Point { kernel: kernel.into(), rows, dim, bag, dist: "uniform", bytes, gpu_s, wall_s: gpu_s, cpu_s: f64::NAN, copy_s })
+            }
+            Err(e) => eprintln!("{kernel} D={dim}: skipped: {e}"),
+        };
+        let x = GpuTensor::from_f32(&ctx, &host_table[..n.min(rows) * dim], &[n.min(rows), dim]).expect("LayerNorm input");
+        let bytes = (n.min(rows) * dim * 8) as f64;
+        let r = LayerNorm::new(&ctx, dim, 1e-5, true).and_then(|ln| time_layer(&ctx, &timer, args.reps, &copy, || ln.forward_gpu(&ctx, &x)));
+        layer("layer_norm", 0, bytes, r);
+        let r = HostTable::f32(&host_table, rows, dim)
+            .and_then(|t| StableEmbedding::from_pretrained(&ctx, t, None, None, None, 1e-5))
+            .and_then(|l| time_layer(&ctx, &timer, args.reps, &copy, || l.forward(&ctx, Indices::i32(&idx, &shape))));
+        layer("stable_embedding", 1, (n * dim * 8) as f64, r);
+        let (pos, typ): (Vec<f32>, Vec<f32>) = (host_table[..512 * dim].to_vec(), host_table[..2 * dim].to_vec());
+        let pos_idx: Vec<i32> = (0..n as i32).map(|i| i % 512).collect();
+        let typ_idx: Vec<i32> = (0..n as i32).map(|i| i % 2).collect();
+        let r = (|| {
+            let tables = [HostTable::f32(&host_table, rows, dim)?, HostTable::f32(&pos, 512, dim)?, HostTable::f32(&typ, 2, dim)?];
+            let l = EmbeddingSumLayerNorm::new(&ctx, &tables, None, None, 1e-12)?;
+            time_layer(&ctx, &timer, args.reps, &copy, || {
+                l.forward(&ctx, &[Indices::i32(&idx, &shape), Indices::i32(&pos_idx, &shape), Indices::i32(&typ_idx, &shape)])
+            })
+        })();
+        layer("bert_sum3_layer_norm", 3, (n * dim * 16) as f64, r);
+        for scheme in [Scheme::Int8Rowwise, Scheme::Nf4] {
+            let bag = 20;
+            let r = QuantizedTable::from_pretrained(&ctx, &host_table, rows, dim, scheme, None).map(|t| {
+                let row_bytes = t.gpu_bytes() as f64 / rows as f64;
+                (QuantizedEmbeddingBag::new(t, BagMode::Sum), row_bytes)
+            });
+            match r {
+                Ok((l, row_bytes)) => {
+                    let bags = ((budget / (row_bytes * bag as f64 + 4.0 * dim as f64)) as usize).max(1);
+                    let qidx = indices(bags * bag, rows, Dist::Uniform, 9);
+                    let offs: Vec<i32> = (0..bags as i32).map(|b| b * bag as i32).collect();
+                    let (qs, os) = ([qidx.len()], [bags]);
+                    let bytes = bags as f64 * (row_bytes * bag as f64 + 4.0 * dim as f64);
+                    let r = time_layer(&ctx, &timer, args.reps, &copy, || l.forward(&ctx, Indices::i32(&qidx, &qs), Some(Indices::i32(&offs, &os)), None));
+                    layer(&format!("qbag_sum_{}", scheme.name()), bag, bytes, r);
+                }
+                Err(e) => eprintln!("quantized {} D={dim}: skipped: {e}", scheme.name()),
+            }
+        }
+    }
+
+    std::fs::create_dir_all(&args.out).expect("output folder");
+    let mut csv = String::from("kernel,rows,dim,bag,dist,bytes,gpu_ms,wall_ms,gpu_gbps,copy_gbps,ratio_to_copy,cpu_ms,cpu_gbps,gpu_speedup_vs_cpu\n");
+    for p in &points {
+        let g = p.bytes / p.gpu_s / 1e9;
+        let paired_copy_gbps = copy_bytes / p.copy_s / 1e9;
+        let c = p.bytes / p.cpu_s / 1e9;
+        writeln!(
+            csv,
+            "{},{},{},{},{},{},{:.4},{:.4},{:.3},{:.3},{:.3},{:.4},{:.3},{:.2}",
+            p.kernel, p.rows, p.dim, p.bag, p.dist, p.bytes, p.gpu_s * 1e3, p.wall_s * 1e3, g, paired_copy_gbps, g / paired_copy_gbps, p.cpu_s * 1e3, c, p.cpu_s / p.gpu_s
+        )
+        .unwrap();
+    }
+    std::fs::write(args.out.join("results.csv"), csv).expect("write results.csv");
+
+    // The README table: the largest default table, uniform indices, a mid bag size.
+    let big = *rows_grid.last().unwrap();
+    let mid_bag = bag_sizes[bag_sizes.len() / 2];
+    let mut md = format!(
+        "Adapter: **{adapter}**, GPU time by {timing}; CPU baseline: {threads} threads on the same machine.\n\
+         Copy kernel (the ceiling): **{copy_gbps:.2} GB/s** (CPU memcpy: {:.2} GB/s). \
+         GB/s = (table rows read + output written) / time. Table rows = {big}, uniform indices, bag size {mid_bag}.\n\n\
+         Each point is timed in alternation with the copy kernel (paired copy GB/s shown), so ratios hold on a busy machine. \
+         The last rows time whole layers through their public API (wall clock, index upload and output allocation included; \
+         BERT block = sum of 3 lookups + LayerNorm; quantized bags: bag size 20, bytes = quantized row bytes read).\n\n\
+         | kernel | D | GPU GB/s | paired copy GB/s | × copy | CPU GB/s | GPU / CPU |\n|---|---|---|---|---|---|---|\n",
+        copy_bytes / copy_cpu_s / 1e9
+    );
+    let layers = ["layer_norm", "stable_embedding", "bert_sum3_layer_norm", "qbag_sum_int8_rowwise", "qbag_sum_nf4"];
+    let in_table = |p: &&Point| p.rows == big && p.dist == "uniform" && (p.kernel == "lookup" || p.bag == mid_bag);
+    for p in points.iter().filter(|p| in_table(p) && !layers.contains(&p.kernel.as_str())).chain(points.iter().filter(|p| layers.contains(&p.kernel.as_str()))) {
+        let g = p.bytes / p.gpu_s / 1e9;
+        let c = copy_bytes / p.copy_s / 1e9;
+        let (cpu, speedup) = if p.cpu_s.is_nan() {
+            ("-".to_string(), "-".to_string())
+        } else {
+            (format!("{:.2}", p.bytes / p.cpu_s / 1e9), format!("{:.2}", p.cpu_s / p.gpu_s))
+        };
+        writeln!(md, "| {} | {} | {:.2} | {:.2} | {:.2} | {cpu} | {speedup} |", p.kernel, p.dim, g, c, g / c).unwrap();
+    }
+    std::fs::write(args.out.join("summary.md"), &md).expect("write summary.md");
+    print!("{md}");
+
+    plot(&args.out.join("gbps_vs_dim.svg"), &adapter, &points, copy_gbps, big, mid_bag).expect("plot");
+}
+
+/// GB/s against D (log scale) for each kernel, GPU solid and CPU dashed, copy as a line.
+fn plot(path: &std::path::Path, adapter: &str, points: &[Point], copy_gbps: f64, rows: usize, bag: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let sel: Vec<&Point> = points.iter().filter(|p| p.rows == rows && p.dist == "uniform" && (p.kernel == "lookup" || p.bag == bag)).collect();
+    let max_y = sel.iter().flat_map(|p| [p.bytes / p.gpu_s, p.bytes / p.cpu_s]).fold(copy_gbps * 1e9, f64::max) / 1e9 * 1.15;
+    let dims: Vec<usize> = sel.iter().map(|p| p.dim).collect();
+    let (lo, hi) = (*dims.iter().min().unwrap_or(&4) as f64, *dims.iter().max().unwrap_or(&1024) as f64);
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("GB/s vs D: {rows} rows, uniform, bag {bag} - {adapter}"), ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d((lo * 0.9..hi * 1.1).log_scale(), 0.0..max_y)?;
+    chart.configure_mesh().x_desc("embedding dim D").y_desc("GB/s (rows read + output written)").draw()?;
+    chart
+        .draw_series(LineSeries::new([(lo * 0.9, copy_gbps), (hi * 1.1, copy_gbps)], BLACK.stroke_width(2)))?
+        .label(format!("GPU vec4 copy {copy_gbps:.2} GB/s"))
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
+    let colors = [RED, BLUE, GREEN, MAGENTA];
+    for (k, kernel) in ["lookup", "bag_sum", "bag_mean", "bag_max"].iter().enumerate() {
+        let c = colors[k];
+        let gpu: Vec<(f64, f64)> = sel.iter().filter(|p| p.kernel == *kernel).map(|p| (p.dim as f64, p.bytes / p.gpu_s / 1e9)).collect();
+        let cpu: Vec<(f64, f64)> = sel.iter().filter(|p| p.kernel == *kernel).map(|p| (p.dim as f64, p.bytes / p.cpu_s / 1e9)).collect();
+        chart
+            .draw_series(LineSeries::new(gpu.clone(), c.stroke_width(2)))?
+            .label(format!("GPU {kernel}"))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart.draw_series(gpu.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
+        chart
+            .draw_series(DashedLineSeries::new(cpu, 5, 4, c.mix(0.6).stroke_width(1)))?
+            .label(format!("CPU {kernel}"))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.mix(0.6)));
+    }
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::UpperLeft).draw()?;
+    root.present()?;
+    Ok(())
+}
