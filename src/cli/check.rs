@@ -54,7 +54,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     let instance = wgpu::Instance::new(desc);
     let adapters = pollster::block_on(instance.enumerate_adapters(backends));
 
-    println!("Adapters ({backends:?}):");
+    println!("Adapters:");
     if adapters.is_empty() {
         println!("  none");
     }
@@ -106,6 +106,14 @@ pub fn run(args: &CheckArgs) -> ExitCode {
                     continue;
                 }
             };
+            let l = ctx.limits();
+            println!(
+                "  limits: storage binding {} B (used: {} B), {} storage buffers per stage, {} workgroups per dimension",
+                l.max_storage_buffer_binding_size,
+                ctx.max_binding_size(),
+                l.max_storage_buffers_per_shader_stage,
+                l.max_compute_workgroups_per_dimension
+            );
             all_ok &= check_on(&ctx, &file, args.verbose);
         }
     }
