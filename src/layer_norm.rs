@@ -91,8 +91,11 @@ impl Affine {
                 }
             }
         }
-        if dim as u64 * 8 > ctx.max_binding_size() {
-            return Err(Error::arg("normalized_shape", format!("gamma and beta of {dim} f32 values each exceed the device's storage binding size of {} bytes", ctx.max_binding_size())));
+        // The parameters are bound whole, against the device's own binding limit: a
+        // lower `max_binding_size` splits tables, not a LayerNorm's two vectors.
+        let device_binding = ctx.limits().max_storage_buffer_binding_size as u64;
+        if (dim as u64).saturating_mul(8) > device_binding {
+            return Err(Error::arg("normalized_shape", format!("gamma and beta of {dim} f32 values each exceed the device's storage binding size of {device_binding} bytes")));
         }
         let mut both = vec![0.0f32; 2 * dim];
         if let Some(g) = gamma {
@@ -102,7 +105,7 @@ impl Affine {
             both[dim..].copy_from_slice(b);
         }
         // Uploaded as one row so it stays in one buffer.
-        let params = GpuTensor::from_f32(ctx, &both, &[2 * dim])?;
+        let params = GpuTensor::from_bytes_with(ctx, bytemuck::cast_slice(&both), &[2 * dim], DType::F32, 2 * dim, 1)?;
         Ok(Affine { params, has_gamma: gamma.is_some(), has_beta: beta.is_some() })
     }
 
