@@ -49,7 +49,7 @@ impl Recorder {
 
     /// `Embedding` lookup of GPU indices (segmented as [`lookup_output`] is) into `out`.
     pub fn lookup(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, table: &GpuTensor, idx: &GpuTensor, out: &GpuTensor) -> Result<()> {
-        lookup_into(ctx, encoder, table, idx, out, self.status.buffer())
+        lookup_into(ctx, encoder, table, idx, out, self.status.buffer(), None)
     }
 
     /// `EmbeddingBag` reduction of the bags `bounds` (`bags + 1` positions into `idx`).

@@ -147,7 +147,7 @@ impl Embedding {
         let idx = GpuTensor::from_bytes_with(ctx, bytemuck::cast_slice(&rows), &[rows.len()], DType::I32, 1, per)?;
         let mut shape = indices.shape.to_vec();
         shape.push(self.embedding_dim);
-        self.run(ctx, &idx, &shape, false)
+        self.run(ctx, &idx, &shape, Some(&rows))
     }
 
     /// Looks up indices that already live on the GPU (an i32 tensor). A check kernel
@@ -159,7 +159,7 @@ impl Embedding {
         let mut shape = indices.shape().to_vec();
         shape.push(self.embedding_dim);
         // The lookup kernel still refuses to read out of range (its status goes unread).
-        self.run(ctx, &idx, &shape, false)
+        self.run(ctx, &idx, &shape, None)
     }
 
     /// Indices per output segment: an output segment of that many rows fits one binding.
@@ -167,7 +167,8 @@ impl Embedding {
         GpuTensor::rows_per_segment(ctx, self.embedding_dim, DType::F32)
     }
 
-    fn run(&self, ctx: &Context, idx: &GpuTensor, shape: &[usize], gpu_indices: bool) -> Result<GpuTensor> {
+    /// `host_rows`: the indices as checked on the host, when they came from the host.
+    fn run(&self, ctx: &Context, idx: &GpuTensor, shape: &[usize], host_rows: Option<&[i32]>) -> Result<GpuTensor> {
         let per = self.batch_rows(ctx)?;
         let out = GpuTensor::zeros_with(ctx, shape, DType::F32, self.embedding_dim, per)?;
         let status = crate::status::Status::new(ctx);
@@ -176,18 +177,20 @@ impl Embedding {
             if let Some(mn) = self.max_norm {
                 renormalize(ctx, &mut encoder, &self.weight, idx, mn)?;
             }
-            lookup_into(ctx, &mut encoder, &self.weight, idx, &out, status.buffer())?;
+            lookup_into(ctx, &mut encoder, &self.weight, idx, &out, status.buffer(), host_rows)?;
             ctx.submit(encoder)
         })?;
-        if gpu_indices {
-            // Host indices were checked before upload; GPU-resident ones only the shader saw.
-            status.check(ctx, "indices", idx, self.num_embeddings as u64)?;
-        }
+        // Host indices were checked before upload and GPU-resident ones by the check
+        // kernel, so the lookup's own status report is not read.
         Ok(out)
     }
 }
 
-/// Records lookups of `idx` (segmented like `out`'s rows) into `out`.
+/// Records lookups of `idx` (segmented like `out`'s rows) into `out`. With
+/// `host_rows` (the same indices, already checked on the host), a table segment that
+/// no index of an output segment refers to gets no dispatch for it: a split table then
+/// costs dispatches in proportion to the segments actually used, not to
+/// output segments × table segments.
 pub(crate) fn lookup_into(
     ctx: &Context,
     encoder: &mut wgpu::CommandEncoder,
@@ -195,11 +198,25 @@ pub(crate) fn lookup_into(
     idx: &GpuTensor,
     out: &GpuTensor,
     status: &wgpu::Buffer,
+    host_rows: Option<&[i32]>,
 ) -> Result<()> {
     let (v, d) = table_shape(table)?;
     let format = table_format(table.dtype())?;
+    let tsegs = table.segments();
     for (idx_seg, out_seg) in idx.segments().iter().zip(out.segments()) {
-        for (t, tseg) in table.segments().iter().enumerate() {
+        let used: Option<Vec<bool>> = host_rows.map(|rows| {
+            let mut used = vec![false; tsegs.len()];
+            for &r in &rows[idx_seg.first_row as usize..(idx_seg.first_row + idx_seg.rows) as usize] {
+                // Segments hold consecutive rows in order: the last one starting at or before `r`.
+                let t = tsegs.partition_point(|s| s.first_row <= r as u64).saturating_sub(1);
+                used[t] = true;
+            }
+            used
+        });
+        for (t, tseg) in tsegs.iter().enumerate() {
+            if used.as_ref().is_some_and(|u| !u[t]) {
+                continue;
+            }
             let params = LookupParams {
                 rows: out_seg.rows as u32,
                 dim: d as u32,

@@ -51,6 +51,22 @@ fn embedding_random_shapes_match_reference() {
     }
 }
 
+/// A table over 10 000 bindings looked up into 4 000 output segments (1 KiB bindings):
+/// host indices dispatch only the table segments each output segment uses, so this
+/// is ~8 000 dispatches rather than 40 million (which exhausted host memory).
+#[test]
+fn lookup_over_thousands_of_table_segments_dispatches_only_the_used_ones() {
+    let ctx = context(Some(1024));
+    let (v, d, n) = (20_000usize, 128usize, 8_000usize);
+    let mut rng = Rng(0x5eed_0010);
+    let table = rng.vec_f32(v * d);
+    let idx: Vec<i64> = (0..n).map(|_| rng.below(v as u64) as i64).collect();
+    let layer = Embedding::from_pretrained(&ctx, &table, v, d).unwrap();
+    assert!(layer.weight().segments().len() >= 10_000, "{} table segments", layer.weight().segments().len());
+    let out = layer.forward(&ctx, Indices::i64(&idx, &[n])).unwrap();
+    assert_close(&out.to_vec_f32(&ctx).unwrap(), &common::lookup(&table, d, &idx), 0.0, 0.0, "1 KiB bindings");
+}
+
 #[test]
 fn embedding_bag_random_shapes_match_reference() {
     for max_binding in [None, Some(4096)] {
