@@ -21,7 +21,10 @@ struct LookupParams {
     num_embeddings: u32,
     report_bad: u32,      // this dispatch zeroes and reports out-of-range indices
     index_base: u32,      // position of this segment's first index in the whole index list
-    _pad: u32,
+    tex_width_shift: u32, // texture copy of the table (TABLE_TEXTURE): log2 of its width
+    tex_layer_shift: u32, // and log2 of its rows per layer
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> lp: LookupParams;
@@ -65,9 +68,26 @@ fn lookup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 // vec4 words at stride LANES, so a workgroup copies WG_SIZE / LANES rows with
 // contiguous 16-byte loads and stores (as FBGEMM's TBE forward gives a row to a warp).
 override LANES: u32 = 16u; // values: 1, 2, 4, 8, 16, 32, 64
+// Read rows from the table's texture copy (binding 5) instead of its buffer segment
+// (binding 1): on CPU adapters a texel fetch is one gather for all SIMD lanes where a
+// buffer load is emulated lane by lane. The host then passes the whole table as one
+// segment and binds a placeholder to the slot this kernel does not read.
+override TABLE_TEXTURE: bool = false;
 
 @group(0) @binding(1) var<storage, read> lookup_table4: array<vec4<u32>>;
 @group(0) @binding(3) var<storage, read_write> lookup_out4: array<vec4<f32>>;
+// vec4 word t of the table is texel (t mod W, (t / W) mod H) of layer t / (W * H), with
+// W = 2^tex_width_shift and H = 2^tex_layer_shift (see src/table_texture.rs).
+@group(0) @binding(5) var lookup_table_texture: texture_2d_array<u32>;
+
+fn table_word(t: u32) -> vec4<u32> {
+    if (TABLE_TEXTURE) {
+        let r = t >> lp.tex_width_shift;
+        let xy = vec2<u32>(t & ((1u << lp.tex_width_shift) - 1u), r & ((1u << lp.tex_layer_shift) - 1u));
+        return textureLoad(lookup_table_texture, xy, r >> lp.tex_layer_shift, 0);
+    }
+    return lookup_table4[t];
+}
 
 fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return (wid.z * nwg.y + wid.y) * nwg.x + wid.x;
@@ -102,7 +122,7 @@ fn lookup_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if (u32(index) < lp.table_first_row || local >= lp.table_rows) { return; }
     let src = local * in_words;
     for (var c = lane; c < in_words; c += LANES) {
-        let w = lookup_table4[src + c];
+        let w = table_word(src + c);
         if (TABLE_FORMAT == 0u) {
             lookup_out4[dst + c] = bitcast<vec4<f32>>(w);
         } else {

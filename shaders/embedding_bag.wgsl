@@ -40,8 +40,8 @@ struct BagParams {
     count_pass: u32,      // add this dispatch's bag sizes to `counts`
     has_weights: u32,
     report_bad: u32,
-    _pad0: u32,
-    _pad1: u32,
+    tex_width_shift: u32, // texture copy of the table (TABLE_TEXTURE): log2 of its width
+    tex_layer_shift: u32, // and log2 of its rows per layer
 }
 
 @group(0) @binding(0) var<uniform> bp: BagParams;
@@ -127,9 +127,26 @@ fn bag(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 // registers, so every table row is read once with contiguous 16-byte loads (the
 // warp-per-bag scheme of FBGEMM's TBE forward and PyTorch's embedding_bag kernel).
 override LANES: u32 = 16u; // values: 1, 2, 4, 8, 16, 32, 64
+// Read rows from the table's texture copy (binding 8) instead of its buffer segment
+// (binding 1), as in embedding.wgsl's lookup_vec4: on CPU adapters a texel fetch is one
+// gather for all SIMD lanes where a buffer load is emulated lane by lane. The host then
+// passes the whole table as one segment and binds a placeholder to the unread slot.
+override TABLE_TEXTURE: bool = false;
 
 @group(0) @binding(1) var<storage, read> table4: array<vec4<u32>>;
 @group(0) @binding(5) var<storage, read_write> out4: array<vec4<f32>>;
+// vec4 word t of the table is texel (t mod W, (t / W) mod H) of layer t / (W * H), with
+// W = 2^tex_width_shift and H = 2^tex_layer_shift (see src/table_texture.rs).
+@group(0) @binding(8) var table_texture: texture_2d_array<u32>;
+
+fn table_word(t: u32) -> vec4<u32> {
+    if (TABLE_TEXTURE) {
+        let r = t >> bp.tex_width_shift;
+        let xy = vec2<u32>(t & ((1u << bp.tex_width_shift) - 1u), r & ((1u << bp.tex_layer_shift) - 1u));
+        return textureLoad(table_texture, xy, r >> bp.tex_layer_shift, 0);
+    }
+    return table4[t];
+}
 
 fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return (wid.z * nwg.y + wid.y) * nwg.x + wid.x;
@@ -162,8 +179,27 @@ fn finish4(acc: vec4<f32>, n: u32) -> vec4<f32> {
 }
 
 // Table words one invocation accumulates per sweep over a bag's indices: each index
-// (and its checks) is read once per CHUNK words rather than once per word.
-const CHUNK: u32 = 4u;
+// (and its checks) is read once per CHUNK words rather than once per word. GPUs spread
+// a row over lanes (4); CPU adapters give an invocation a whole row or more of it (16),
+// where each lane's index load is emulated and costs as much as several rows of texels.
+override CHUNK: u32 = 4u; // values: 4, 16
+const MAX_CHUNK: u32 = 16u;
+
+// Adds word c0 + k * LANES of the table row at `base` (when k < CHUNK and the row has
+// it) to the accumulators of its output words. Called once per k with a constant k,
+// not from a loop: lavapipe ends an invocation's loops after 65 535 iterations in all,
+// and a loop over k that its compiler keeps would spend CHUNK of them per index.
+fn accumulate_word(acc: ptr<function, array<vec4<f32>, 32>>, k: u32, c0: u32, base: u32, in_words: u32, scale: f32) {
+    let c = c0 + k * LANES;
+    if (k >= CHUNK || c >= in_words) { return; }
+    let w = table_word(base + c);
+    if (TABLE_FORMAT != 0u) {
+        (*acc)[2u * k] = reduce4((*acc)[2u * k], widen_half4(w, false) * scale);
+        (*acc)[2u * k + 1u] = reduce4((*acc)[2u * k + 1u], widen_half4(w, true) * scale);
+    } else {
+        (*acc)[k] = reduce4((*acc)[k], bitcast<vec4<f32>>(w) * scale);
+    }
+}
 
 @compute @workgroup_size(WG_SIZE)
 fn bag_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -183,7 +219,7 @@ fn bag_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let per_word = select(1u, 2u, half);
 
     for (var c0 = lane; c0 < in_words; c0 += CHUNK * LANES) {
-        var acc: array<vec4<f32>, 8>; // 2 * CHUNK output words
+        var acc: array<vec4<f32>, 32>; // 2 * MAX_CHUNK output words; 2 * CHUNK are used
         for (var k = 0u; k < 2u * CHUNK; k++) {
             let o = dst + per_word * (c0 + (k / per_word) * LANES) + k % per_word;
             if (bp.first_pass == 0u && k < per_word * CHUNK && c0 + (k / per_word) * LANES < in_words) {
@@ -209,18 +245,23 @@ fn bag_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             var scale = 1.0;
             if (bp.has_weights != 0u) { scale = weights[local_pos]; }
             let base = local * in_words;
-            for (var k = 0u; k < CHUNK; k++) {
-                let c = c0 + k * LANES;
-                if (c < in_words) {
-                    let w = table4[base + c];
-                    if (half) {
-                        acc[2u * k] = reduce4(acc[2u * k], widen_half4(w, false) * scale);
-                        acc[2u * k + 1u] = reduce4(acc[2u * k + 1u], widen_half4(w, true) * scale);
-                    } else {
-                        acc[k] = reduce4(acc[k], bitcast<vec4<f32>>(w) * scale);
-                    }
-                }
-            }
+            // k = 0 .. MAX_CHUNK - 1, one call each (see accumulate_word).
+            accumulate_word(&acc, 0u, c0, base, in_words, scale);
+            accumulate_word(&acc, 1u, c0, base, in_words, scale);
+            accumulate_word(&acc, 2u, c0, base, in_words, scale);
+            accumulate_word(&acc, 3u, c0, base, in_words, scale);
+            accumulate_word(&acc, 4u, c0, base, in_words, scale);
+            accumulate_word(&acc, 5u, c0, base, in_words, scale);
+            accumulate_word(&acc, 6u, c0, base, in_words, scale);
+            accumulate_word(&acc, 7u, c0, base, in_words, scale);
+            accumulate_word(&acc, 8u, c0, base, in_words, scale);
+            accumulate_word(&acc, 9u, c0, base, in_words, scale);
+            accumulate_word(&acc, 10u, c0, base, in_words, scale);
+            accumulate_word(&acc, 11u, c0, base, in_words, scale);
+            accumulate_word(&acc, 12u, c0, base, in_words, scale);
+            accumulate_word(&acc, 13u, c0, base, in_words, scale);
+            accumulate_word(&acc, 14u, c0, base, in_words, scale);
+            accumulate_word(&acc, 15u, c0, base, in_words, scale);
         }
         for (var k = 0u; k < per_word * CHUNK; k++) {
             let c = c0 + (k / per_word) * LANES;

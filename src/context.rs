@@ -25,6 +25,41 @@ pub struct ContextOptions {
     /// not tell how much memory a device has, so a tab or server sharing a GPU sets its own
     /// budget here; without it only the device's buffer limits apply.
     pub max_tensor_bytes: Option<u64>,
+    /// Where lookups and bags read table rows from; `Auto` honours
+    /// `WGPU_EMBED_TABLE_READS` (`buffer` or `texture`), else picks by device type.
+    pub table_reads: TableReads,
+}
+
+/// Where `Embedding` / `EmbeddingBag` read their table rows from.
+///
+/// On CPU adapters (lavapipe, llvmpipe, SwiftShader) every storage-buffer load is
+/// emulated one SIMD lane at a time, with a bounds check per component, while a texel
+/// fetch is one gather for all lanes: rows read from a texture copy of the table
+/// (`rgba32uint`, rows packed end to end) run 2–3x faster there (see the README's
+/// benchmarks). On GPUs, coalesced buffer loads are the fast path and need no copy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TableReads {
+    /// `Texture` on CPU adapters, `Buffer` elsewhere (or as `WGPU_EMBED_TABLE_READS` says).
+    #[default]
+    Auto,
+    /// Straight from the table's storage buffers.
+    Buffer,
+    /// From a texture copy of the table, made on first use (it doubles the table's
+    /// memory); tables too large for one 2-D array texture, and rows that are not
+    /// whole vec4 words, still read from buffers.
+    Texture,
+}
+
+impl TableReads {
+    /// `buffer`, `texture` or `auto`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "buffer" => Ok(Self::Buffer),
+            "texture" => Ok(Self::Texture),
+            other => Err(Error::arg("table_reads", format!("expected auto, buffer or texture, got {other:?}"))),
+        }
+    }
 }
 
 /// What a shader binding slot holds; a bind-group layout is a list of these.
@@ -33,6 +68,8 @@ pub(crate) enum Slot {
     Uniform,
     Read,
     ReadWrite,
+    /// A `texture_2d_array<u32>` (a table's texture copy).
+    Texture,
 }
 
 /// A compute kernel: an entry point of one `.wgsl` family and its binding slots
@@ -64,6 +101,9 @@ pub struct Context {
     layouts: Mutex<HashMap<Vec<Slot>, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     max_tensor_bytes: Option<u64>,
+    texture_tables: bool,
+    /// Bound to the slots a kernel variant does not read (a table buffer or texture).
+    placeholders: std::sync::OnceLock<(wgpu::Buffer, wgpu::TextureView)>,
     lost: Arc<Mutex<Option<String>>>,
     /// The first device error that no error scope caught (kept for diagnostics; wgpu's
     /// default handler would panic instead).
@@ -155,6 +195,7 @@ impl Context {
             .map_err(|e| Error::NoAdapter(e.to_string()))?;
         let mut ctx = Self::from_device(device, queue, adapter.get_info(), options.max_binding_size);
         ctx.max_tensor_bytes = options.max_tensor_bytes;
+        ctx.set_table_reads(options.table_reads)?;
         Ok(ctx)
     }
 
@@ -198,9 +239,81 @@ impl Context {
             layouts: Mutex::default(),
             pipelines: Mutex::default(),
             max_tensor_bytes: None,
+            texture_tables: false,
+            placeholders: std::sync::OnceLock::new(),
             lost,
             uncaptured,
         }
+        .with_auto_table_reads()
+    }
+
+    fn with_auto_table_reads(mut self) -> Self {
+        // Only an unreadable variable can fail here, and it then means `Auto`.
+        let _ = self.set_table_reads(TableReads::Auto);
+        self
+    }
+
+    /// Chooses where lookups and bags read table rows from (see [`TableReads`]).
+    pub fn set_table_reads(&mut self, reads: TableReads) -> Result<()> {
+        let reads = match reads {
+            TableReads::Auto => match std::env::var("WGPU_EMBED_TABLE_READS") {
+                Ok(v) => TableReads::parse(&v)?,
+                Err(_) => TableReads::Auto,
+            },
+            r => r,
+        };
+        // wgpu's GL backend reads zeros from these textures in compute shaders (seen with
+        // llvmpipe): there tables are read from buffers only.
+        let gl = self.info.backend == wgpu::Backend::Gl;
+        if reads == TableReads::Texture && gl {
+            return Err(Error::arg("table_reads", "texture reads of tables are not supported on the GL backend, got Texture"));
+        }
+        self.texture_tables = match reads {
+            TableReads::Auto => self.info.device_type == wgpu::DeviceType::Cpu && !gl,
+            r => r == TableReads::Texture,
+        };
+        Ok(())
+    }
+
+    fn placeholders(&self) -> &(wgpu::Buffer, wgpu::TextureView) {
+        self.placeholders.get_or_init(|| {
+            let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("placeholder"),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            });
+            let texture = self.device.create_texture(&wgpu::TextureDescriptor {
+                label: Some("placeholder"),
+                size: wgpu::Extent3d { width: 1, height: 1, depth_or_array_layers: 1 },
+                mip_level_count: 1,
+                sample_count: 1,
+                dimension: wgpu::TextureDimension::D2,
+                format: wgpu::TextureFormat::Rgba32Uint,
+                usage: wgpu::TextureUsages::TEXTURE_BINDING,
+                view_formats: &[],
+            });
+            let view = texture.create_view(&wgpu::TextureViewDescriptor {
+                dimension: Some(wgpu::TextureViewDimension::D2Array),
+                ..Default::default()
+            });
+            (buffer, view)
+        })
+    }
+
+    /// A small read-only storage buffer for slots a kernel does not read.
+    pub(crate) fn placeholder_buffer(&self) -> &wgpu::Buffer {
+        &self.placeholders().0
+    }
+
+    /// A 1x1 `rgba32uint` array texture for texture slots a kernel does not read.
+    pub(crate) fn placeholder_texture(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::TextureView(&self.placeholders().1)
+    }
+
+    /// Whether lookups and bags read table rows from texture copies of the tables.
+    pub fn reads_tables_from_textures(&self) -> bool {
+        self.texture_tables
     }
 
     /// The adapter this context runs on.
@@ -308,14 +421,21 @@ impl Context {
                     .map(|(i, slot)| wgpu::BindGroupLayoutEntry {
                         binding: i as u32,
                         visibility: wgpu::ShaderStages::COMPUTE,
-                        ty: wgpu::BindingType::Buffer {
-                            ty: match slot {
-                                Slot::Uniform => wgpu::BufferBindingType::Uniform,
-                                Slot::Read => wgpu::BufferBindingType::Storage { read_only: true },
-                                Slot::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                        ty: match slot {
+                            Slot::Texture => wgpu::BindingType::Texture {
+                                sample_type: wgpu::TextureSampleType::Uint,
+                                view_dimension: wgpu::TextureViewDimension::D2Array,
+                                multisampled: false,
                             },
-                            has_dynamic_offset: false,
-                            min_binding_size: None,
+                            buffer => wgpu::BindingType::Buffer {
+                                ty: match buffer {
+                                    Slot::Uniform => wgpu::BufferBindingType::Uniform,
+                                    Slot::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                                    _ => wgpu::BufferBindingType::Storage { read_only: false },
+                                },
+                                has_dynamic_offset: false,
+                                min_binding_size: None,
+                            },
                         },
                         count: None,
                     })

@@ -4,6 +4,7 @@
 use crate::context::{Context, Kernel, Slot, WORKGROUP_SIZE};
 use crate::error::{Error, Result};
 use crate::indices::{normalize_padding_idx, Indices};
+use crate::table_texture::{refresh_table_texture, table_texture};
 use crate::tensor::{DType, GpuTensor};
 
 const SOURCE: &str = include_str!("../shaders/embedding.wgsl");
@@ -15,7 +16,11 @@ pub(crate) const LOOKUP: Kernel = Kernel {
     slots: &[Slot::Uniform, Slot::Read, Slot::Read, Slot::ReadWrite, Slot::ReadWrite],
 };
 
-pub(crate) const LOOKUP_VEC4: Kernel = Kernel { entry: "lookup_vec4", ..LOOKUP };
+pub(crate) const LOOKUP_VEC4: Kernel = Kernel {
+    entry: "lookup_vec4",
+    slots: &[Slot::Uniform, Slot::Read, Slot::Read, Slot::ReadWrite, Slot::ReadWrite, Slot::Texture],
+    ..LOOKUP
+};
 
 pub(crate) const RENORM: Kernel = Kernel {
     family: "embedding",
@@ -34,7 +39,9 @@ struct LookupParams {
     num_embeddings: u32,
     report_bad: u32,
     index_base: u32,
-    _pad: u32,
+    tex_width_shift: u32,
+    tex_layer_shift: u32,
+    _pad: [u32; 2],
 }
 
 #[repr(C)]
@@ -202,8 +209,37 @@ pub(crate) fn lookup_into(
 ) -> Result<()> {
     let (v, d) = table_shape(table)?;
     let format = table_format(table.dtype())?;
+    let lanes = vec4_lanes(ctx, table.dtype(), d, None);
+    // With a texture copy, the whole table is one segment for the vectorised kernel.
+    let texture = lanes.and_then(|_| table_texture(ctx, table));
     let tsegs = table.segments();
     for (idx_seg, out_seg) in idx.segments().iter().zip(out.segments()) {
+        if let (Some(lanes), Some(tex)) = (lanes, &texture) {
+            let params = LookupParams {
+                rows: out_seg.rows as u32,
+                dim: d as u32,
+                table_first_row: 0,
+                table_rows: v as u32,
+                num_embeddings: v as u32,
+                report_bad: 1,
+                index_base: idx_seg.first_row as u32,
+                tex_width_shift: tex.width_shift,
+                tex_layer_shift: tex.layer_shift,
+                _pad: [0; 2],
+            };
+            let uniform = ctx.uniform(&params);
+            let bindings = [
+                uniform.as_entire_binding(),
+                ctx.placeholder_buffer().as_entire_binding(),
+                idx_seg.binding(),
+                out_seg.binding(),
+                status.as_entire_binding(),
+                tex.binding(),
+            ];
+            let constants = [("TABLE_FORMAT", format), ("LANES", lanes as f64), ("TABLE_TEXTURE", 1.0)];
+            ctx.dispatch_groups(encoder, &LOOKUP_VEC4, &constants, &bindings, out_seg.rows.div_ceil((WORKGROUP_SIZE / lanes) as u64));
+            continue;
+        }
         let used: Option<Vec<bool>> = host_rows.map(|rows| {
             let mut used = vec![false; tsegs.len()];
             for &r in &rows[idx_seg.first_row as usize..(idx_seg.first_row + idx_seg.rows) as usize] {
@@ -225,19 +261,19 @@ pub(crate) fn lookup_into(
                 num_embeddings: v as u32,
                 report_bad: (t == 0) as u32,
                 index_base: idx_seg.first_row as u32,
-                _pad: 0,
+                tex_width_shift: 0,
+                tex_layer_shift: 0,
+                _pad: [0; 2],
             };
             let uniform = ctx.uniform(&params);
             let bindings =
                 [uniform.as_entire_binding(), tseg.binding(), idx_seg.binding(), out_seg.binding(), status.as_entire_binding()];
-            match vec4_lanes(ctx, table.dtype(), d, None) {
-                Some(lanes) => ctx.dispatch_groups(
-                    encoder,
-                    &LOOKUP_VEC4,
-                    &[("TABLE_FORMAT", format), ("LANES", lanes as f64)],
-                    &bindings,
-                    out_seg.rows.div_ceil((WORKGROUP_SIZE / lanes) as u64),
-                ),
+            match lanes {
+                Some(lanes) => {
+                    let bindings: Vec<_> = bindings.into_iter().chain([ctx.placeholder_texture()]).collect();
+                    let constants = [("TABLE_FORMAT", format), ("LANES", lanes as f64), ("TABLE_TEXTURE", 0.0)];
+                    ctx.dispatch_groups(encoder, &LOOKUP_VEC4, &constants, &bindings, out_seg.rows.div_ceil((WORKGROUP_SIZE / lanes) as u64))
+                }
                 None => ctx.dispatch(encoder, &LOOKUP, &[("TABLE_FORMAT", format)], &bindings, out_seg.rows * d as u64),
             }
         }
@@ -256,6 +292,11 @@ pub(crate) fn renormalize(
 ) -> Result<()> {
     let (v, d) = table_shape(table)?;
     check_renormalizable(table)?;
+    // A texture copy that lookups will read is made (and its copy submitted) now, before
+    // this encoder's rewrite; the rewrite is then copied over at the end.
+    if vec4_lanes(ctx, table.dtype(), d, None).is_some() {
+        table_texture(ctx, table);
+    }
     let max_rows = table.segments().iter().map(|s| s.rows).max().unwrap_or(0);
     let claimed = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("renorm-claimed"),
@@ -288,6 +329,7 @@ pub(crate) fn renormalize(
             );
         }
     }
+    refresh_table_texture(encoder, table);
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use crate::context::{Context, Kernel, Slot, WORKGROUP_SIZE};
 use crate::embedding::{check_renormalizable, check_table, renormalize, table_format, table_shape, vec4_lanes, MaxNorm};
 use crate::error::{Error, Result};
 use crate::indices::{normalize_padding_idx, Indices};
+use crate::table_texture::table_texture;
 use crate::tensor::{DType, GpuTensor};
 
 const SOURCE: &str = include_str!("../shaders/embedding_bag.wgsl");
@@ -27,10 +28,32 @@ pub(crate) const BAG: Kernel = Kernel {
     ],
 };
 
-pub(crate) const BAG_VEC4: Kernel = Kernel { entry: "bag_vec4", ..BAG };
+pub(crate) const BAG_VEC4: Kernel = Kernel {
+    entry: "bag_vec4",
+    slots: &[
+        Slot::Uniform,
+        Slot::Read,
+        Slot::Read,
+        Slot::Read,
+        Slot::Read,
+        Slot::ReadWrite,
+        Slot::ReadWrite,
+        Slot::ReadWrite,
+        Slot::Texture,
+    ],
+    ..BAG
+};
 
-/// Table words one `bag_vec4` invocation accumulates per sweep (`CHUNK` in the shader).
-const BAG_CHUNK: u32 = 4;
+/// Table words one `bag_vec4` invocation accumulates per sweep (`CHUNK` in the shader):
+/// on CPU adapters enough to amortise each lane's emulated index load (measured with
+/// `examples/bench.rs`), on GPUs few, leaving the row to the lanes.
+fn bag_chunk(ctx: &Context) -> u32 {
+    if ctx.adapter_info().device_type == wgpu::DeviceType::Cpu {
+        16
+    } else {
+        4
+    }
+}
 
 pub(crate) const FINALIZE: Kernel = Kernel {
     family: "embedding_bag",
@@ -93,8 +116,8 @@ struct BagParams {
     count_pass: u32,
     has_weights: u32,
     report_bad: u32,
-    _pad0: u32,
-    _pad1: u32,
+    tex_width_shift: u32,
+    tex_layer_shift: u32,
 }
 
 #[repr(C)]
@@ -382,12 +405,15 @@ pub(crate) fn reduce_bags(
 ) -> Result<()> {
     let d = out.row_len();
     let format = table_format(table.dtype())?;
-    let dummy = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("no-weights"),
-        size: 16,
-        usage: wgpu::BufferUsages::STORAGE,
-        mapped_at_creation: false,
-    });
+    let chunk = bag_chunk(ctx);
+    let lanes = vec4_lanes(ctx, table.dtype(), d, Some(chunk));
+    // Where rows are read from: the table's buffer segments, or its texture copy read
+    // by the vectorised kernel as one segment of every row.
+    let texture = lanes.and_then(|_| table_texture(ctx, table));
+    let sources: Vec<(u64, u64, Option<&crate::tensor::Segment>)> = match &texture {
+        Some(_) => vec![(0, table.rows(), None)],
+        None => table.segments().iter().map(|s| (s.first_row, s.rows, Some(s))).collect(),
+    };
     for out_seg in out.segments() {
         let b0 = out_seg.first_row as usize;
         let b1 = b0 + out_seg.rows as usize;
@@ -408,7 +434,7 @@ pub(crate) fn reduce_bags(
             // Every bag here is empty: one dispatch still writes their zeros.
             idx_segs.push((0, &idx.segments()[0]));
         }
-        let passes = idx_segs.len() * table.segments().len();
+        let passes = idx_segs.len() * sources.len();
         let counts = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("bag-counts"),
             size: (out_seg.rows * 4).max(16),
@@ -417,12 +443,13 @@ pub(crate) fn reduce_bags(
         });
         let mut pass = 0;
         for (k, iseg) in &idx_segs {
-            for (t, tseg) in table.segments().iter().enumerate() {
+            for (t, &(first_row, rows, tseg)) in sources.iter().enumerate() {
+                let (tex_width_shift, tex_layer_shift) = texture.as_ref().map_or((0, 0), |x| (x.width_shift, x.layer_shift));
                 let params = BagParams {
                     bags: out_seg.rows as u32,
                     dim: d as u32,
-                    table_first_row: tseg.first_row as u32,
-                    table_rows: tseg.rows as u32,
+                    table_first_row: first_row as u32,
+                    table_rows: rows as u32,
                     index_first: iseg.first_row as u32,
                     index_count: iseg.rows as u32,
                     num_embeddings: spec.num_embeddings as u32,
@@ -433,17 +460,18 @@ pub(crate) fn reduce_bags(
                     count_pass: (t == 0) as u32,
                     has_weights: weights.is_some() as u32,
                     report_bad: (t == 0) as u32,
-                    _pad0: 0,
-                    _pad1: 0,
+                    tex_width_shift,
+                    tex_layer_shift,
                 };
                 let uniform = ctx.uniform(&params);
                 let w = match weights {
                     Some(w) => w.segments()[*k].binding(),
-                    None => dummy.as_entire_binding(),
+                    None => ctx.placeholder_buffer().as_entire_binding(),
                 };
+                let table_binding = tseg.map_or_else(|| ctx.placeholder_buffer().as_entire_binding(), |s| s.binding());
                 let bindings = [
                     uniform.as_entire_binding(),
-                    tseg.binding(),
+                    table_binding,
                     iseg.binding(),
                     offsets.as_entire_binding(),
                     w,
@@ -451,14 +479,25 @@ pub(crate) fn reduce_bags(
                     counts.as_entire_binding(),
                     status.as_entire_binding(),
                 ];
-                match vec4_lanes(ctx, table.dtype(), d, Some(BAG_CHUNK)) {
-                    Some(lanes) => ctx.dispatch_groups(
-                        encoder,
-                        &BAG_VEC4,
-                        &[("TABLE_FORMAT", format), ("LANES", lanes as f64)],
-                        &bindings,
-                        out_seg.rows.div_ceil((WORKGROUP_SIZE / lanes) as u64),
-                    ),
+                match lanes {
+                    Some(lanes) => {
+                        let tex = texture.as_ref().map_or_else(|| ctx.placeholder_texture(), |x| x.binding());
+                        let bindings: Vec<_> = bindings.into_iter().chain([tex]).collect();
+                        let constants =
+                            [
+                            ("TABLE_FORMAT", format),
+                            ("LANES", lanes as f64),
+                            ("CHUNK", chunk as f64),
+                            ("TABLE_TEXTURE", texture.is_some() as u32 as f64),
+                        ];
+                        ctx.dispatch_groups(
+                            encoder,
+                            &BAG_VEC4,
+                            &constants,
+                            &bindings,
+                            out_seg.rows.div_ceil((WORKGROUP_SIZE / lanes) as u64),
+                        )
+                    }
                     None => ctx.dispatch(encoder, &BAG, &[("TABLE_FORMAT", format)], &bindings, out_seg.rows * d as u64),
                 }
                 pass += 1;

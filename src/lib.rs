@@ -31,12 +31,13 @@ pub mod quantized;
 pub mod runner;
 pub mod stable_embedding;
 pub(crate) mod status;
+pub(crate) mod table_texture;
 pub mod tensor;
 
 pub use axial::AxialPositionEmbedding;
 pub use bert::{EmbeddingSumLayerNorm, WordPiece};
 pub use checkpoint::{Checkpoint, HostTable};
-pub use context::{Context, ContextOptions};
+pub use context::{Context, ContextOptions, TableReads};
 pub use embedding::{Embedding, MaxNorm};
 pub use embedding_bag::{BagMode, EmbeddingBag};
 pub use error::{Error, Result};

@@ -63,6 +63,9 @@ pub struct GpuTensor {
     dtype: DType,
     row_len: usize,
     segments: Arc<Vec<Segment>>,
+    /// The texture copy lookups read on some devices (see `table_texture`), made on
+    /// first use and shared by clones, as the buffers are.
+    pub(crate) texture: Arc<std::sync::Mutex<Option<Arc<crate::table_texture::TableTexture>>>>,
 }
 
 /// Smallest buffer we create: zero-sized bindings are invalid.
@@ -205,7 +208,7 @@ impl GpuTensor {
             }
             Ok(segments)
         })?;
-        Ok(GpuTensor { shape: shape.to_vec(), dtype, row_len, segments: Arc::new(segments) })
+        Ok(GpuTensor { shape: shape.to_vec(), dtype, row_len, segments: Arc::new(segments), texture: Arc::default() })
     }
 
     /// Uploads f32 data; rows are the last dimension.
@@ -277,7 +280,7 @@ impl GpuTensor {
             }
             Ok(segments)
         })?;
-        Ok(GpuTensor { shape: shape.to_vec(), dtype, row_len, segments: Arc::new(segments) })
+        Ok(GpuTensor { shape: shape.to_vec(), dtype, row_len, segments: Arc::new(segments), texture: Arc::default() })
     }
 
     /// Reads the tensor back as raw bytes (async; works in the browser).
@@ -396,6 +399,11 @@ impl GpuTensor {
     /// Frees the GPU memory now if this is the last handle to it (clones share it);
     /// browsers otherwise free buffers only when they are garbage-collected.
     pub fn release(self) {
+        if let Ok(texture) = Arc::try_unwrap(self.texture) {
+            if let Some(Ok(t)) = texture.into_inner().unwrap_or_else(|p| p.into_inner()).map(Arc::try_unwrap) {
+                crate::table_texture::destroy(t);
+            }
+        }
         if let Ok(segments) = Arc::try_unwrap(self.segments) {
             for segment in segments {
                 segment.buffer.destroy();
@@ -406,6 +414,6 @@ impl GpuTensor {
     /// Wraps one existing buffer as a flat tensor (rows of one element).
     pub(crate) fn from_buffer(buffer: wgpu::Buffer, shape: &[usize], dtype: DType) -> GpuTensor {
         let rows = shape.iter().product::<usize>() as u64;
-        GpuTensor { shape: shape.to_vec(), dtype, row_len: 1, segments: Arc::new(vec![Segment { buffer, first_row: 0, rows }]) }
+        GpuTensor { shape: shape.to_vec(), dtype, row_len: 1, segments: Arc::new(vec![Segment { buffer, first_row: 0, rows }]), texture: Arc::default() }
     }
 }

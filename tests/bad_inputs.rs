@@ -11,7 +11,7 @@ use wgpu_embed::runner::{run_case, run_cases, CaseFile};
 use wgpu_embed::{
     dequantize_blockwise, quantize_blockwise, AxialPositionEmbedding, BagMode, Checkpoint, CodeMap, Context, ContextOptions, DType,
     Embedding, EmbeddingBag, EmbeddingSumLayerNorm, Error, GpuTensor, HostTable, Indices, LayerNorm, QuantizedEmbedding,
-    QuantizedEmbeddingBag, QuantizedTable, Scheme, StableEmbedding,
+    QuantizedEmbeddingBag, QuantizedTable, Scheme, StableEmbedding, TableReads,
 };
 
 #[track_caller]
@@ -265,6 +265,10 @@ fn tensor_and_context_bad_inputs() {
     // kind 35: a tensor over the context's memory budget
     let budget = Context::new_with(ContextOptions { max_tensor_bytes: Some(1000), ..Default::default() }).unwrap();
     expect_variant(GpuTensor::from_f32(&budget, &[0.0; 251], &[251]), "OutOfMemory", &["1004 bytes", "1000"]);
+    // kind 59: an unknown table read path, and texture reads where the backend has none (GL)
+    expect_arg(TableReads::parse("sideways"), "table_reads", &["sideways"]);
+    let gl = ContextOptions { backends: Some(wgpu::Backends::GL), table_reads: TableReads::Texture, ..Default::default() };
+    expect_arg(Context::new_with(gl), "table_reads", &["GL", "Texture"]);
 }
 
 // ---------------------------------------------------------------- other layers

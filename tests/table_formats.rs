@@ -4,7 +4,7 @@
 mod common;
 
 use half::{bf16, f16};
-use wgpu_embed::{BagMode, Context, Embedding, EmbeddingBag, GpuTensor, Indices};
+use wgpu_embed::{BagMode, Context, Embedding, EmbeddingBag, GpuTensor, Indices, TableReads};
 
 /// A table in each packed format, with the f32 values it actually holds.
 fn tables(ctx: &Context, rows: usize, dim: usize, seed: u64) -> Vec<(&'static str, GpuTensor, Vec<f32>)> {
@@ -108,4 +108,60 @@ fn packed_tables_refuse_max_norm_and_bad_indices() {
     }
     let u8s = GpuTensor::from_bytes(&ctx, &[0u8; 16], &[4, 4], wgpu_embed::DType::U8, 4).unwrap();
     assert!(Embedding::from_tensor(u8s).unwrap_err().to_string().contains("weight"));
+}
+
+/// Both read paths (table buffers, and the texture copy that CPU adapters read by
+/// default) in every format, over one and many table segments, with a bag of 20 000
+/// indices: lavapipe ends an invocation's loops after 65 535 iterations in all, so the
+/// kernels' per-word loops must not add iterations per index.
+#[test]
+fn long_bags_and_lookups_on_both_read_paths() {
+    for reads in [TableReads::Buffer, TableReads::Texture] {
+        for limit in [None, Some(64 * 1024)] {
+            let Some(ctx) = common::context_reading(limit, reads) else {
+                continue; // a backend without texture reads (GL): refused, as tested in bad_inputs.rs
+            };
+            for (rows, dim) in [(3000usize, 64usize), (700, 8), (200, 1024)] {
+                let mut rng = common::Rng(rows as u64 * 31 + dim as u64);
+                let idx: Vec<i64> = (0..20_000).map(|_| rng.below(rows as u64) as i64).collect();
+                let bounds = [0usize, 3, 3, 20_000 - 5, 20_000];
+                let offsets: Vec<i64> = bounds[..bounds.len() - 1].iter().map(|&b| b as i64).collect();
+                for (name, table, values) in tables(&ctx, rows, dim, 11) {
+                    let what = format!("{reads:?} reads, limit {limit:?}, {name} {rows}x{dim}");
+                    let emb = Embedding::from_tensor(table.clone()).unwrap();
+                    let got = emb.forward(&ctx, Indices::i64(&idx[..500], &[500])).unwrap().to_vec_f32(&ctx).unwrap();
+                    let want = common::lookup(&values, dim, &idx[..500]);
+                    let bad = got.iter().zip(&want).position(|(g, w)| g != w);
+                    assert!(bad.is_none(), "{what}: lookup element {bad:?}: got {:?}, want {:?}", bad.map(|i| got[i]), bad.map(|i| want[i]));
+                    for mode in [BagMode::Sum, BagMode::Mean, BagMode::Max] {
+                        let bag = EmbeddingBag::from_tensor(table.clone(), mode).unwrap();
+                        let out = bag
+                            .forward(&ctx, Indices::i64(&idx, &[idx.len()]), Some(Indices::i64(&offsets, &[offsets.len()])), None)
+                            .unwrap();
+                        let got = out.to_vec_f32(&ctx).unwrap();
+                        if mode == BagMode::Max {
+                            let want = bag_reference(&values, dim, &idx, &bounds, mode, None);
+                            let bad = got.iter().zip(&want).position(|(g, w)| g != w);
+                            assert!(bad.is_none(), "{what}: bag max element {bad:?}: got {:?}, want {:?}", bad.map(|i| got[i]), bad.map(|i| want[i]));
+                            continue;
+                        }
+                        // Sums of 20 000 rows (each row ~100 times, so partial sums drift far) in
+                        // another order than any f32 reference (split tables add per-segment
+                        // partial sums): compared with f64 sums to 1e-3 of the sum of magnitudes (the f32
+                        // bound is n * eps = 1.2e-3 of it). A loop cut at 65 535 iterations is off by far more.
+                        for (b, w) in bounds.windows(2).enumerate() {
+                            let n = (w[1] - w[0]).max(1) as f64;
+                            for c in 0..dim {
+                                let vals = idx[w[0]..w[1]].iter().map(|&r| values[r as usize * dim + c] as f64);
+                                let (sum, abs) = vals.fold((0.0, 0.0), |(s, a), v| (s + v, a + v.abs()));
+                                let (want, tol) = if mode == BagMode::Mean { (sum / n, 1e-3 * (1.0 + abs / n)) } else { (sum, 1e-3 * (1.0 + abs)) };
+                                let g = got[b * dim + c] as f64;
+                                assert!((g - want).abs() <= tol + 1e-6, "{what}: bag {} {b}, column {c}: got {g}, want {want}", mode.name());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
