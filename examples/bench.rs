@@ -19,7 +19,7 @@ use plotters::prelude::*;
 use wgpu_embed::bench::{bag_tensors, lookup_tensors, GpuTimer, Recorder};
 use wgpu_embed::{
     BagMode, Context, ContextOptions, EmbeddingSumLayerNorm, GpuTensor, HostTable, Indices, LayerNorm, QuantizedEmbeddingBag,
-    QuantizedTable, Scheme, StableEmbedding,
+    QuantizedTable, Scheme, StableEmbedding, TableReads,
 };
 
 #[derive(Parser)]
@@ -55,6 +55,10 @@ struct Args {
     /// Largest table to build, in MiB (bigger grid points are skipped).
     #[arg(long, default_value_t = 1024)]
     max_table_mib: usize,
+    /// Where lookups and bags read table rows from: auto, buffer or texture. When it
+    /// comes to texture copies, lookup and bag_sum are also timed reading buffers.
+    #[arg(long, default_value = "auto")]
+    table_reads: String,
 }
 
 /// xorshift: fast, deterministic data and indices.
@@ -123,6 +127,9 @@ struct Point {
     copy_s: f64,
 }
 
+/// Kernels recorded into an encoder on a context.
+type Work<'a> = dyn Fn(&Context, &mut wgpu::CommandEncoder) -> wgpu_embed::Result<()> + 'a;
+
 /// Median GPU seconds of `reps` runs of `work` after a warm-up (timestamps, else wall
 /// clock), and the median wall-clock seconds. With `copy`, each run is paired with a run
 /// of the copy kernel right before it, and the copy's median comes third: ratios then
@@ -131,16 +138,16 @@ fn time_gpu(
     ctx: &Context,
     timer: &GpuTimer,
     reps: usize,
-    copy: Option<&dyn Fn(&mut wgpu::CommandEncoder) -> wgpu_embed::Result<()>>,
-    mut work: impl FnMut(&mut wgpu::CommandEncoder) -> wgpu_embed::Result<()>,
+    copy: Option<&Work>,
+    work: impl Fn(&Context, &mut wgpu::CommandEncoder) -> wgpu_embed::Result<()>,
 ) -> (f64, f64, f64) {
     let (mut times, mut walls, mut copies) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..=reps {
         if let Some(copy) = copy {
-            let (gpu, wall) = timer.time(ctx, copy).expect("GPU copy");
+            let (gpu, wall) = timer.time(ctx, |e| copy(ctx, e)).expect("GPU copy");
             copies.push(gpu.unwrap_or(wall));
         }
-        let (gpu, wall) = timer.time(ctx, &mut work).expect("GPU run");
+        let (gpu, wall) = timer.time(ctx, |e| work(ctx, e)).expect("GPU run");
         if i > 0 {
             times.push(gpu.unwrap_or(wall));
             walls.push(wall);
@@ -157,12 +164,12 @@ fn time_layer(
     ctx: &Context,
     timer: &GpuTimer,
     reps: usize,
-    copy: &dyn Fn(&mut wgpu::CommandEncoder) -> wgpu_embed::Result<()>,
+    copy: &Work,
     mut work: impl FnMut() -> wgpu_embed::Result<GpuTensor>,
 ) -> wgpu_embed::Result<(f64, f64)> {
     let (mut times, mut copies) = (Vec::new(), Vec::new());
     for i in 0..=reps {
-        let (gpu, wall) = timer.time(ctx, copy)?;
+        let (gpu, wall) = timer.time(ctx, |e| copy(ctx, e))?;
         let t = std::time::Instant::now();
         let out = work()?;
         ctx.wait_idle()?;
@@ -226,14 +233,18 @@ fn cpu_bags(table: &[f32], dim: usize, idx: &[i32], bag: usize, mode: Option<Bag
 fn main() {
     std::env::set_var("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()));
     let args = Args::parse();
-    let ctx = Context::new_with(ContextOptions { adapter_name: args.adapter.clone(), ..Default::default() }).expect("a GPU adapter");
+    let table_reads = TableReads::parse(&args.table_reads).expect("--table-reads");
+    let mut ctx = Context::new_with(ContextOptions { adapter_name: args.adapter.clone(), table_reads, ..Default::default() })
+        .expect("a GPU adapter");
+    let texture_reads = ctx.reads_tables_from_textures();
     let info = ctx.adapter_info().clone();
     let timer = GpuTimer::new(&ctx);
     let rec = Recorder::new(&ctx);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let adapter = format!("{} ({:?}, {})", info.name, info.backend, info.driver_info);
     let timing = if timer.uses_timestamps() { "timestamp queries" } else { "wall clock around submit + wait" };
-    eprintln!("adapter: {adapter}; GPU time by {timing}; CPU baseline on {threads} threads");
+    let reads = if texture_reads { "texture copies of the tables" } else { "the tables' buffers" };
+    eprintln!("adapter: {adapter}; GPU time by {timing}; rows read from {reads}; CPU baseline on {threads} threads");
     let budget = (args.budget_mib << 20) as f64;
 
     let (mut rows_grid, mut dims, mut bag_sizes): (Vec<usize>, Vec<usize>, Vec<usize>) = if args.full {
@@ -249,8 +260,14 @@ fn main() {
     let words = (budget as usize / 8).next_multiple_of(4);
     let src = GpuTensor::from_f32(&ctx, &vec![1.0f32; words], &[words / 4, 4]).expect("copy source");
     let dst = GpuTensor::zeros(&ctx, &[words / 4, 4], wgpu_embed::DType::F32, 4).expect("copy destination");
-    let copy = |e: &mut wgpu::CommandEncoder| rec.copy(&ctx, e, &src, &dst);
+    let copy = |ctx: &Context, e: &mut wgpu::CommandEncoder| rec.copy(ctx, e, &src, &dst);
     let (copy_s, copy_wall_s, _) = time_gpu(&ctx, &timer, args.reps, None, copy);
+    // The same copy reading a texture copy of the source: on CPU adapters a texel fetch is
+    // cheaper than a buffer load, so this shows how far the plain copy is from the memory.
+    let texture_copy_s = texture_reads.then(|| {
+        let copy_texture = |ctx: &Context, e: &mut wgpu::CommandEncoder| rec.copy_from_texture(ctx, e, &src, &dst);
+        time_gpu(&ctx, &timer, args.reps, None, copy_texture).0
+    });
     let host_src = vec![1.0f32; words];
     let mut host_dst = vec![0.0f32; words];
     let copy_cpu_s = time_cpu(args.reps, || {
@@ -265,6 +282,11 @@ fn main() {
     let copy_gbps = copy_bytes / copy_s / 1e9;
     eprintln!("copy: {copy_gbps:.2} GB/s GPU, {:.2} GB/s CPU", copy_bytes / copy_cpu_s / 1e9);
     let mut points = vec![Point { kernel: "copy".into(), rows: 0, dim: 0, bag: 0, dist: "-", bytes: copy_bytes, gpu_s: copy_s, wall_s: copy_wall_s, cpu_s: copy_cpu_s, copy_s }];
+    if let Some(t) = texture_copy_s {
+        let (gpu_s, wall_s, cpu_s) = (t, t, copy_cpu_s);
+        points.push(Point { kernel: "copy_texture".into(), rows: 0, dim: 0, bag: 0, dist: "-", bytes: copy_bytes, gpu_s, wall_s, cpu_s, copy_s });
+        eprintln!("copy reading a texture: {:.2} GB/s GPU", copy_bytes / t / 1e9);
+    }
 
     for &rows in &rows_grid {
         for &dim in &dims {
@@ -280,11 +302,18 @@ fn main() {
                 let n = ((budget / (8.0 * dim as f64)) as usize).max(1);
                 let idx_host = indices(n, rows, dist, 42 + dim as u64);
                 let (idx, out) = lookup_tensors(&ctx, &idx_host, dim).expect("lookup tensors");
-                let (gpu_s, wall_s, copy_s) = time_gpu(&ctx, &timer, args.reps, Some(&copy), |e| rec.lookup(&ctx, e, &table, &idx, &out));
+                let lookup = |ctx: &Context, e: &mut wgpu::CommandEncoder| rec.lookup(ctx, e, &table, &idx, &out);
+                let (gpu_s, wall_s, copy_s) = time_gpu(&ctx, &timer, args.reps, Some(&copy), lookup);
                 let mut host_out = vec![0.0f32; n * dim];
                 let cpu_s = time_cpu(args.reps, || cpu_bags(&host_table, dim, &idx_host, 1, None, &mut host_out, threads));
                 let bytes = (n * dim * 8) as f64;
                 points.push(Point { kernel: "lookup".into(), rows, dim, bag: 1, dist: dist.name(), bytes, gpu_s, wall_s, cpu_s, copy_s });
+                if texture_reads && dist == Dist::Uniform {
+                    ctx.set_table_reads(TableReads::Buffer).expect("buffer reads");
+                    let (gpu_s, wall_s, copy_s) = time_gpu(&ctx, &timer, args.reps, Some(&copy), lookup);
+                    ctx.set_table_reads(table_reads).expect("table reads");
+                    points.push(Point { kernel: "lookup_buffer_reads".into(), rows, dim, bag: 1, dist: dist.name(), bytes, gpu_s, wall_s, cpu_s, copy_s });
+                }
                 drop((idx, out));
                 for &bag in &bag_sizes {
                     // Bags: bags * bag rows read, bags rows written.
@@ -295,9 +324,17 @@ fn main() {
                     let bytes = (bags * dim * 4 * (bag + 1)) as f64;
                     let mut host_out = vec![0.0f32; bags * dim];
                     for mode in [BagMode::Sum, BagMode::Mean, BagMode::Max] {
-                        let (gpu_s, wall_s, copy_s) = time_gpu(&ctx, &timer, args.reps, Some(&copy), |e| rec.bags(&ctx, e, &table, &idx, &bounds, &out, mode));
+                        let bags = |ctx: &Context, e: &mut wgpu::CommandEncoder| rec.bags(ctx, e, &table, &idx, &bounds, &out, mode);
+                        let (gpu_s, wall_s, copy_s) = time_gpu(&ctx, &timer, args.reps, Some(&copy), bags);
                         let cpu_s = time_cpu(args.reps, || cpu_bags(&host_table, dim, &idx_host, bag, Some(mode), &mut host_out, threads));
                         points.push(Point { kernel: format!("bag_{}", mode.name()), rows, dim, bag, dist: dist.name(), bytes, gpu_s, wall_s, cpu_s, copy_s });
+                        if texture_reads && dist == Dist::Uniform && mode == BagMode::Sum {
+                            ctx.set_table_reads(TableReads::Buffer).expect("buffer reads");
+                            let (gpu_s, wall_s, copy_s) = time_gpu(&ctx, &timer, args.reps, Some(&copy), bags);
+                            ctx.set_table_reads(table_reads).expect("table reads");
+                            let kernel = "bag_sum_buffer_reads".into();
+                            points.push(Point { kernel, rows, dim, bag, dist: dist.name(), bytes, gpu_s, wall_s, cpu_s, copy_s });
+                        }
                     }
                 }
             }
@@ -362,6 +399,10 @@ fn main() {
         }
     }
 
+    // A device error makes timings meaningless: fail rather than write them.
+    if let Some(e) = ctx.take_uncaptured_error() {
+        panic!("GPU error during the bench: {e}");
+    }
     std::fs::create_dir_all(&args.out).expect("output folder");
     let mut csv = String::from("kernel,rows,dim,bag,dist,bytes,gpu_ms,wall_ms,gpu_gbps,copy_gbps,ratio_to_copy,cpu_ms,cpu_gbps,gpu_speedup_vs_cpu\n");
     for p in &points {
@@ -380,9 +421,18 @@ fn main() {
     // The README table: the largest default table, uniform indices, a mid bag size.
     let big = *rows_grid.last().unwrap();
     let mid_bag = bag_sizes[bag_sizes.len() / 2];
+    let texture_copy = match texture_copy_s {
+        Some(t) => format!(
+            " The same copy reading its source from a texture copy, as lookups here read tables: {:.2} GB/s \
+             ({:.2}x the plain copy: on this adapter a texel fetch costs less than a buffer load).",
+            copy_bytes / t / 1e9,
+            copy_s / t
+        ),
+        None => String::new(),
+    };
     let mut md = format!(
-        "Adapter: **{adapter}**, GPU time by {timing}; CPU baseline: {threads} threads on the same machine.\n\
-         Copy kernel (the ceiling): **{copy_gbps:.2} GB/s** (CPU memcpy: {:.2} GB/s). \
+        "Adapter: **{adapter}**, GPU time by {timing}; table rows read from {reads}; CPU baseline: {threads} threads on the same machine.\n\
+         Copy kernel (the ceiling): **{copy_gbps:.2} GB/s** (CPU memcpy: {:.2} GB/s).{texture_copy} \
          GB/s = (table rows read + output written) / time. Uniform indices, bag size {mid_bag}.\n\n\
          Each point is timed in alternation with the copy kernel (paired copy GB/s shown), so ratios hold on a busy machine. \
          The last rows time whole layers through their public API (wall clock, index upload and output allocation included; \
@@ -391,7 +441,7 @@ fn main() {
         copy_bytes / copy_cpu_s / 1e9
     );
     let layers = ["layer_norm", "stable_embedding", "bert_sum3_layer_norm", "qbag_sum_int8_rowwise", "qbag_sum_nf4"];
-    let in_table = |p: &&Point| p.dist == "uniform" && (p.kernel == "lookup" || p.bag == mid_bag);
+    let in_table = |p: &&Point| p.dist == "uniform" && (p.kernel.starts_with("lookup") || p.bag == mid_bag);
     for p in points.iter().filter(|p| in_table(p) && !layers.contains(&p.kernel.as_str())).chain(points.iter().filter(|p| layers.contains(&p.kernel.as_str()))) {
         let g = p.bytes / p.gpu_s / 1e9;
         let c = copy_bytes / p.copy_s / 1e9;
@@ -411,7 +461,8 @@ fn main() {
 /// GB/s against D (log scale) for each kernel, GPU solid and CPU dashed, copy as a line.
 fn plot(path: &std::path::Path, adapter: &str, points: &[Point], copy_gbps: f64, rows: usize, bag: usize) -> Result<(), Box<dyn std::error::Error>> {
     let sel: Vec<&Point> = points.iter().filter(|p| p.rows == rows && p.dist == "uniform" && (p.kernel == "lookup" || p.bag == bag)).collect();
-    let max_y = sel.iter().flat_map(|p| [p.bytes / p.gpu_s, p.bytes / p.cpu_s]).fold(copy_gbps * 1e9, f64::max) / 1e9 * 1.15;
+    let copies = points.iter().filter(|p| p.kernel.starts_with("copy")).map(|p| p.bytes / p.gpu_s);
+    let max_y = sel.iter().flat_map(|p| [p.bytes / p.gpu_s, p.bytes / p.cpu_s]).chain(copies).fold(copy_gbps * 1e9, f64::max) / 1e9 * 1.15;
     let dims: Vec<usize> = sel.iter().map(|p| p.dim).collect();
     let (lo, hi) = (*dims.iter().min().unwrap_or(&4) as f64, *dims.iter().max().unwrap_or(&1024) as f64);
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
@@ -427,9 +478,20 @@ fn plot(path: &std::path::Path, adapter: &str, points: &[Point], copy_gbps: f64,
         .draw_series(LineSeries::new([(lo * 0.9, copy_gbps), (hi * 1.1, copy_gbps)], BLACK.stroke_width(2)))?
         .label(format!("GPU vec4 copy {copy_gbps:.2} GB/s"))
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
-    let colors = [RED, BLUE, GREEN, MAGENTA];
-    for (k, kernel) in ["lookup", "bag_sum", "bag_mean", "bag_max"].iter().enumerate() {
+    if let Some(t) = points.iter().find(|p| p.kernel == "copy_texture") {
+        let g = t.bytes / t.gpu_s / 1e9;
+        chart
+            .draw_series(DashedLineSeries::new([(lo * 0.9, g), (hi * 1.1, g)], 8, 4, BLACK.stroke_width(2)))?
+            .label(format!("GPU copy reading a texture {g:.2} GB/s"))
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.5)));
+    }
+    let colors = [RED, BLUE, GREEN, MAGENTA, RGBColor(230, 120, 0), RGBColor(0, 150, 150)];
+    let kernels = ["lookup", "bag_sum", "bag_mean", "bag_max", "lookup_buffer_reads", "bag_sum_buffer_reads"];
+    for (k, kernel) in kernels.iter().enumerate() {
         let c = colors[k];
+        if !sel.iter().any(|p| p.kernel == *kernel) {
+            continue;
+        }
         let gpu: Vec<(f64, f64)> = sel.iter().filter(|p| p.kernel == *kernel).map(|p| (p.dim as f64, p.bytes / p.gpu_s / 1e9)).collect();
         let cpu: Vec<(f64, f64)> = sel.iter().filter(|p| p.kernel == *kernel).map(|p| (p.dim as f64, p.bytes / p.cpu_s / 1e9)).collect();
         chart
@@ -437,6 +499,9 @@ fn plot(path: &std::path::Path, adapter: &str, points: &[Point], copy_gbps: f64,
             .label(format!("GPU {kernel}"))
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(2)));
         chart.draw_series(gpu.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
+        if kernel.ends_with("_buffer_reads") {
+            continue; // same CPU baseline as the kernel above
+        }
         chart
             .draw_series(DashedLineSeries::new(cpu, 5, 4, c.mix(0.6).stroke_width(1)))?
             .label(format!("CPU {kernel}"))

@@ -8,6 +8,7 @@ use crate::embedding::lookup_into;
 use crate::embedding_bag::{bags_per_segment, reduce_bags, BagMode, BagSpec};
 use crate::error::{Error, Result};
 use crate::status::Status;
+use crate::table_texture::table_texture;
 use crate::tensor::{DType, GpuTensor};
 
 const COPY: Kernel = Kernel {
@@ -17,11 +18,15 @@ const COPY: Kernel = Kernel {
     slots: &[Slot::Uniform, Slot::Read, Slot::ReadWrite],
 };
 
+const COPY_TEXTURE: Kernel = Kernel { entry: "copy_texture", slots: &[Slot::Uniform, Slot::Texture, Slot::ReadWrite], ..COPY };
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct CopyParams {
     count: u32,
-    _pad: [u32; 3],
+    width_shift: u32,
+    layer_shift: u32,
+    first: u32,
 }
 
 /// Records kernels for timing; holds the status buffer the kernels report bad indices to.
@@ -41,8 +46,27 @@ impl Recorder {
             if bytes % 16 != 0 {
                 return Err(Error::arg("src", format!("copy needs whole vec4 segments, got {bytes} bytes")));
             }
-            let uniform = ctx.uniform(&CopyParams { count: (bytes / 16) as u32, _pad: [0; 3] });
+            let uniform = ctx.uniform(&CopyParams { count: (bytes / 16) as u32, width_shift: 0, layer_shift: 0, first: 0 });
             ctx.dispatch(encoder, &COPY, &[], &[uniform.as_entire_binding(), s.binding(), d.binding()], bytes / 16);
+        }
+        Ok(())
+    }
+
+    /// The same copy reading `src`'s texture copy (made on first use), on contexts that
+    /// read tables from textures.
+    pub fn copy_from_texture(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, src: &GpuTensor, dst: &GpuTensor) -> Result<()> {
+        let tex = table_texture(ctx, src).ok_or_else(|| Error::arg("src", "this context reads no texture copies"))?;
+        let words_per_row = (src.row_len() * src.dtype().size() / 16) as u64;
+        for d in dst.segments() {
+            let count = d.rows * words_per_row;
+            let params = CopyParams {
+                count: count as u32,
+                width_shift: tex.width_shift,
+                layer_shift: tex.layer_shift,
+                first: (d.first_row * words_per_row) as u32,
+            };
+            let uniform = ctx.uniform(&params);
+            ctx.dispatch(encoder, &COPY_TEXTURE, &[], &[uniform.as_entire_binding(), tex.binding(), d.binding()], count);
         }
         Ok(())
     }

@@ -290,9 +290,17 @@ impl Context {
                 sample_count: 1,
                 dimension: wgpu::TextureDimension::D2,
                 format: wgpu::TextureFormat::Rgba32Uint,
-                usage: wgpu::TextureUsages::TEXTURE_BINDING,
+                usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
                 view_formats: &[],
             });
+            // Written once here: a texture bound uninitialised gets wgpu's lazy clear at
+            // each use, after which lavapipe's timestamps of later passes read as zero.
+            self.queue.write_texture(
+                texture.as_image_copy(),
+                &[0; 16],
+                wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: None, rows_per_image: None },
+                wgpu::Extent3d { width: 1, height: 1, depth_or_array_layers: 1 },
+            );
             let view = texture.create_view(&wgpu::TextureViewDescriptor {
                 dimension: Some(wgpu::TextureViewDimension::D2Array),
                 ..Default::default()

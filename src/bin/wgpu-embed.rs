@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use wgpu_embed::runner::{outputs_to_safetensors, run_cases, CaseFile};
-use wgpu_embed::{Context, ContextOptions};
+use wgpu_embed::{Context, ContextOptions, TableReads};
 
 #[path = "../cli/check.rs"]
 mod check;
@@ -28,6 +28,14 @@ struct DeviceArgs {
     /// Adapter whose name contains this text.
     #[arg(long)]
     adapter: Option<String>,
+    /// Where lookups and bags read table rows from: auto (texture copies on CPU adapters
+    /// but GL, else buffers; or as WGPU_EMBED_TABLE_READS says), buffer or texture.
+    #[arg(long, default_value = "auto", value_parser = parse_table_reads)]
+    table_reads: TableReads,
+}
+
+fn parse_table_reads(s: &str) -> Result<TableReads, String> {
+    TableReads::parse(s).map_err(|e| e.to_string())
 }
 
 impl DeviceArgs {
@@ -37,6 +45,7 @@ impl DeviceArgs {
             adapter_name: self.adapter.clone(),
             max_binding_size: self.max_binding_size,
             request_shader_f16: false,
+            table_reads: self.table_reads,
             ..Default::default()
         }
     }
@@ -105,7 +114,8 @@ fn run_cases_cmd(cases: &PathBuf, out: &PathBuf, report: &PathBuf, device: &Devi
     let file = CaseFile::parse(&bytes).map_err(|e| format!("{}: {e}", cases.display()))?;
     let ctx = Context::new_with(device.options()).map_err(|e| e.to_string())?;
     let info = ctx.adapter_info();
-    eprintln!("adapter: {} ({:?}); binding limit {} bytes", info.name, info.backend, ctx.max_binding_size());
+    let reads = if ctx.reads_tables_from_textures() { "texture copies" } else { "buffers" };
+    eprintln!("adapter: {} ({:?}); binding limit {} bytes; tables read from {reads}", info.name, info.backend, ctx.max_binding_size());
     let (outputs, rep) = run_cases(&ctx, &file);
     let st = outputs_to_safetensors(&outputs).map_err(|e| e.to_string())?;
     std::fs::write(out, st).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
