@@ -460,7 +460,7 @@ fn main() {
 
 /// GB/s against D (log scale) for each kernel, GPU solid and CPU dashed, copy as a line.
 fn plot(path: &std::path::Path, adapter: &str, points: &[Point], copy_gbps: f64, rows: usize, bag: usize) -> Result<(), Box<dyn std::error::Error>> {
-    let sel: Vec<&Point> = points.iter().filter(|p| p.rows == rows && p.dist == "uniform" && (p.kernel == "lookup" || p.bag == bag)).collect();
+    let sel: Vec<&Point> = points.iter().filter(|p| p.rows == rows && p.dist == "uniform" && (p.kernel.starts_with("lookup") || p.bag == bag)).collect();
     let copies = points.iter().filter(|p| p.kernel.starts_with("copy")).map(|p| p.bytes / p.gpu_s);
     let max_y = sel.iter().flat_map(|p| [p.bytes / p.gpu_s, p.bytes / p.cpu_s]).chain(copies).fold(copy_gbps * 1e9, f64::max) / 1e9 * 1.15;
     let dims: Vec<usize> = sel.iter().map(|p| p.dim).collect();

@@ -283,16 +283,7 @@ impl Context {
                 usage: wgpu::BufferUsages::STORAGE,
                 mapped_at_creation: false,
             });
-            let texture = self.device.create_texture(&wgpu::TextureDescriptor {
-                label: Some("placeholder"),
-                size: wgpu::Extent3d { width: 1, height: 1, depth_or_array_layers: 1 },
-                mip_level_count: 1,
-                sample_count: 1,
-                dimension: wgpu::TextureDimension::D2,
-                format: wgpu::TextureFormat::Rgba32Uint,
-                usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
-                view_formats: &[],
-            });
+            let (texture, view) = crate::table_texture::word_texture(&self.device, "placeholder", 1, 1, 1);
             // Written once here: a texture bound uninitialised gets wgpu's lazy clear at
             // each use, after which lavapipe's timestamps of later passes read as zero.
             self.queue.write_texture(
@@ -301,10 +292,6 @@ impl Context {
                 wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: None, rows_per_image: None },
                 wgpu::Extent3d { width: 1, height: 1, depth_or_array_layers: 1 },
             );
-            let view = texture.create_view(&wgpu::TextureViewDescriptor {
-                dimension: Some(wgpu::TextureViewDimension::D2Array),
-                ..Default::default()
-            });
             (buffer, view)
         })
     }

@@ -106,9 +106,21 @@ pub(crate) fn table_texture(ctx: &Context, table: &GpuTensor) -> Option<Arc<Tabl
     if ctx.check_allocation("a table's texture copy", width as u64 * height as u64 * layers * 16).is_err() {
         return None;
     }
-    let texture = ctx.device.create_texture(&wgpu::TextureDescriptor {
-        label: Some("table-texture"),
-        size: wgpu::Extent3d { width, height, depth_or_array_layers: layers as u32 },
+    let (texture, view) = word_texture(&ctx.device, "table-texture", width, height, layers as u32);
+    let t = Arc::new(TableTexture { texture, view, width_shift: width.trailing_zeros(), layer_shift });
+    let mut encoder = ctx.encoder();
+    t.record_copy(&mut encoder, table);
+    ctx.queue.submit([encoder.finish()]);
+    *slot = Some(t.clone());
+    Some(t)
+}
+
+/// An `rgba32uint` 2-D array texture the kernels can read and copies can fill, and its
+/// array view.
+pub(crate) fn word_texture(device: &wgpu::Device, label: &str, width: u32, height: u32, layers: u32) -> (wgpu::Texture, wgpu::TextureView) {
+    let texture = device.create_texture(&wgpu::TextureDescriptor {
+        label: Some(label),
+        size: wgpu::Extent3d { width, height, depth_or_array_layers: layers },
         mip_level_count: 1,
         sample_count: 1,
         dimension: wgpu::TextureDimension::D2,
@@ -120,12 +132,7 @@ pub(crate) fn table_texture(ctx: &Context, table: &GpuTensor) -> Option<Arc<Tabl
         dimension: Some(wgpu::TextureViewDimension::D2Array),
         ..Default::default()
     });
-    let t = Arc::new(TableTexture { texture, view, width_shift: width.trailing_zeros(), layer_shift });
-    let mut encoder = ctx.encoder();
-    t.record_copy(&mut encoder, table);
-    ctx.queue.submit([encoder.finish()]);
-    *slot = Some(t.clone());
-    Some(t)
+    (texture, view)
 }
 
 /// After `table`'s buffers were rewritten in `encoder` (max-norm renormalisation),
