@@ -25,6 +25,8 @@ fn main() -> Result<(), wgpu_embed::Error> {
     let info = ctx.adapter_info();
     println!("adapter: {} ({:?}, {:?})", info.name, info.backend, info.device_type);
     println!("  max storage binding: {} MiB, max workgroups per dimension: {}", ctx.max_binding_size() >> 20, ctx.limits().max_compute_workgroups_per_dimension);
+    // CPU adapters read lookup tables from texture copies (see README, Runtime).
+    println!("  lookups read tables from {}", if ctx.reads_tables_from_textures() { "texture copies" } else { "buffers" });
 
     // A 6 x 4 table whose row r is r, r+0.1, r+0.2, r+0.3: easy to read back.
     let (v, d) = (6usize, 4usize);
