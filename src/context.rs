@@ -262,14 +262,8 @@ impl Context {
             },
             r => r,
         };
-        // wgpu's GL backend reads zeros from these textures in compute shaders (seen with
-        // llvmpipe): there tables are read from buffers only.
-        let gl = self.info.backend == wgpu::Backend::Gl;
-        if reads == TableReads::Texture && gl {
-            return Err(Error::arg("table_reads", "texture reads of tables are not supported on the GL backend, got Texture"));
-        }
         self.texture_tables = match reads {
-            TableReads::Auto => self.info.device_type == wgpu::DeviceType::Cpu && !gl,
+            TableReads::Auto => self.info.device_type == wgpu::DeviceType::Cpu,
             r => r == TableReads::Texture,
         };
         Ok(())

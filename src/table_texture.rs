@@ -5,7 +5,8 @@
 //! The table's bytes are laid end to end as `rgba32uint` texels: texel `t` (vec4 word
 //! `t` of the whole table, across its segments) sits at x = t mod W, in texture row
 //! r = t / W, which is row r mod H of layer r / H. W and H are powers of two so the
-//! shaders split `t` with shifts and masks; a table that fits one layer has H = 2^31.
+//! shaders split `t` with shifts and masks; a table that fits one layer has H = 2^31
+//! (except on GL, see `table_texture`).
 
 use std::sync::Arc;
 
@@ -95,7 +96,13 @@ pub(crate) fn table_texture(ctx: &Context, table: &GpuTensor) -> Option<Arc<Tabl
         return None; // the shaders address texels with u32
     }
     let tex_rows = texels.div_ceil(width as u64);
-    let (height, layers, layer_shift) = if tex_rows <= max_dim as u64 {
+    let (height, layers, layer_shift) = if ctx.adapter_info().backend == wgpu::Backend::Gl && tex_rows <= max_dim as u64 {
+        // wgpu's GL backend makes a one-layer texture a GL_TEXTURE_2D, which then reads
+        // as zeros through the shaders' 2-D array view: there the rows go over two layers
+        // (of a power-of-two height, so up to twice the table's bytes).
+        let height = tex_rows.div_ceil(2).next_power_of_two() as u32;
+        (height, 2, height.trailing_zeros())
+    } else if tex_rows <= max_dim as u64 {
         (tex_rows as u32, 1, 31)
     } else {
         (max_dim, tex_rows.div_ceil(max_dim as u64), max_dim.trailing_zeros())

@@ -265,10 +265,8 @@ fn tensor_and_context_bad_inputs() {
     // kind 35: a tensor over the context's memory budget
     let budget = Context::new_with(ContextOptions { max_tensor_bytes: Some(1000), ..Default::default() }).unwrap();
     expect_variant(GpuTensor::from_f32(&budget, &[0.0; 251], &[251]), "OutOfMemory", &["1004 bytes", "1000"]);
-    // kind 59: an unknown table read path, and texture reads where the backend has none (GL)
+    // kind 59: an unknown table read path
     expect_arg(TableReads::parse("sideways"), "table_reads", &["sideways"]);
-    let gl = ContextOptions { backends: Some(wgpu::Backends::GL), table_reads: TableReads::Texture, ..Default::default() };
-    expect_arg(Context::new_with(gl), "table_reads", &["GL", "Texture"]);
 }
 
 // ---------------------------------------------------------------- other layers

@@ -28,8 +28,8 @@ struct DeviceArgs {
     /// Adapter whose name contains this text.
     #[arg(long)]
     adapter: Option<String>,
-    /// Where lookups and bags read table rows from: auto (texture copies on CPU adapters
-    /// but GL, else buffers; or as WGPU_EMBED_TABLE_READS says), buffer or texture.
+    /// Where lookups and bags read table rows from: auto (texture copies on CPU adapters,
+    /// else buffers; or as WGPU_EMBED_TABLE_READS says), buffer or texture.
     #[arg(long, default_value = "auto", value_parser = parse_table_reads)]
     table_reads: TableReads,
 }
