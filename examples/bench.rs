@@ -58,8 +58,9 @@ struct Args {
     /// Where lookups and bags read table rows from: auto, buffer or texture. When it
     /// comes to texture copies, lookup and bag_sum are also timed reading buffers.
     #[arg(long, default_value = "auto")]
-    table_reads: String,
+    table_reads: TableReads,
 }
+
 
 /// xorshift: fast, deterministic data and indices.
 struct Rng(u64);
@@ -183,6 +184,21 @@ fn time_layer(
     Ok((median(times), median(copies)))
 }
 
+/// [`time_gpu`] with the context reading the tables' buffers, then back to `reads`.
+fn time_gpu_buffer_reads(
+    ctx: &mut Context,
+    reads: TableReads,
+    timer: &GpuTimer,
+    reps: usize,
+    copy: &Work,
+    work: impl Fn(&Context, &mut wgpu::CommandEncoder) -> wgpu_embed::Result<()>,
+) -> (f64, f64, f64) {
+    ctx.set_table_reads(TableReads::Buffer).expect("buffer reads");
+    let times = time_gpu(ctx, timer, reps, Some(copy), work);
+    ctx.set_table_reads(reads).expect("table reads");
+    times
+}
+
 fn time_cpu(reps: usize, mut work: impl FnMut()) -> f64 {
     work();
     median((0..reps).map(|_| {
@@ -233,7 +249,7 @@ fn cpu_bags(table: &[f32], dim: usize, idx: &[i32], bag: usize, mode: Option<Bag
 fn main() {
     std::env::set_var("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()));
     let args = Args::parse();
-    let table_reads = TableReads::parse(&args.table_reads).expect("--table-reads");
+    let table_reads = args.table_reads;
     let mut ctx = Context::new_with(ContextOptions { adapter_name: args.adapter.clone(), table_reads, ..Default::default() })
         .expect("a GPU adapter");
     let texture_reads = ctx.reads_tables_from_textures();
@@ -309,9 +325,7 @@ fn main() {
                 let bytes = (n * dim * 8) as f64;
                 points.push(Point { kernel: "lookup".into(), rows, dim, bag: 1, dist: dist.name(), bytes, gpu_s, wall_s, cpu_s, copy_s });
                 if texture_reads && dist == Dist::Uniform {
-                    ctx.set_table_reads(TableReads::Buffer).expect("buffer reads");
-                    let (gpu_s, wall_s, copy_s) = time_gpu(&ctx, &timer, args.reps, Some(&copy), lookup);
-                    ctx.set_table_reads(table_reads).expect("table reads");
+                    let (gpu_s, wall_s, copy_s) = time_gpu_buffer_reads(&mut ctx, table_reads, &timer, args.reps, &copy, lookup);
                     points.push(Point { kernel: "lookup_buffer_reads".into(), rows, dim, bag: 1, dist: dist.name(), bytes, gpu_s, wall_s, cpu_s, copy_s });
                 }
                 drop((idx, out));
@@ -329,9 +343,7 @@ fn main() {
                         let cpu_s = time_cpu(args.reps, || cpu_bags(&host_table, dim, &idx_host, bag, Some(mode), &mut host_out, threads));
                         points.push(Point { kernel: format!("bag_{}", mode.name()), rows, dim, bag, dist: dist.name(), bytes, gpu_s, wall_s, cpu_s, copy_s });
                         if texture_reads && dist == Dist::Uniform && mode == BagMode::Sum {
-                            ctx.set_table_reads(TableReads::Buffer).expect("buffer reads");
-                            let (gpu_s, wall_s, copy_s) = time_gpu(&ctx, &timer, args.reps, Some(&copy), bags);
-                            ctx.set_table_reads(table_reads).expect("table reads");
+                            let (gpu_s, wall_s, copy_s) = time_gpu_buffer_reads(&mut ctx, table_reads, &timer, args.reps, &copy, bags);
                             let kernel = "bag_sum_buffer_reads".into();
                             points.push(Point { kernel, rows, dim, bag, dist: dist.name(), bytes, gpu_s, wall_s, cpu_s, copy_s });
                         }

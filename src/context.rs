@@ -50,6 +50,14 @@ pub enum TableReads {
     Texture,
 }
 
+/// So command-line parsers (clap) take `--table-reads buffer` directly.
+impl std::str::FromStr for TableReads {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
 impl TableReads {
     /// `buffer`, `texture` or `auto`.
     pub fn parse(s: &str) -> Result<Self> {

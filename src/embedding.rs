@@ -4,23 +4,18 @@
 use crate::context::{Context, Kernel, Slot, WORKGROUP_SIZE};
 use crate::error::{Error, Result};
 use crate::indices::{normalize_padding_idx, Indices};
-use crate::table_texture::{refresh_table_texture, table_texture};
+use crate::table_texture::{refresh_table_texture, row_sources, table_texture, texture_binding, TableTexture};
 use crate::tensor::{DType, GpuTensor};
 
 const SOURCE: &str = include_str!("../shaders/embedding.wgsl");
 
-pub(crate) const LOOKUP: Kernel = Kernel {
-    family: "embedding",
-    source: SOURCE,
-    entry: "lookup",
-    slots: &[Slot::Uniform, Slot::Read, Slot::Read, Slot::ReadWrite, Slot::ReadWrite],
-};
+/// The vectorised lookup's slots; the scalar one has all but the last (the texture).
+const LOOKUP_VEC4_SLOTS: [Slot; 6] = [Slot::Uniform, Slot::Read, Slot::Read, Slot::ReadWrite, Slot::ReadWrite, Slot::Texture];
 
-pub(crate) const LOOKUP_VEC4: Kernel = Kernel {
-    entry: "lookup_vec4",
-    slots: &[Slot::Uniform, Slot::Read, Slot::Read, Slot::ReadWrite, Slot::ReadWrite, Slot::Texture],
-    ..LOOKUP
-};
+pub(crate) const LOOKUP: Kernel =
+    Kernel { family: "embedding", source: SOURCE, entry: "lookup", slots: LOOKUP_VEC4_SLOTS.split_at(5).0 };
+
+pub(crate) const LOOKUP_VEC4: Kernel = Kernel { entry: "lookup_vec4", slots: &LOOKUP_VEC4_SLOTS, ..LOOKUP };
 
 pub(crate) const RENORM: Kernel = Kernel {
     family: "embedding",
@@ -210,68 +205,43 @@ pub(crate) fn lookup_into(
     let (v, d) = table_shape(table)?;
     let format = table_format(table.dtype())?;
     let lanes = vec4_lanes(ctx, table.dtype(), d, None);
-    // With a texture copy, the whole table is one segment for the vectorised kernel.
+    // With a texture copy, the vectorised kernel reads every row from it in one pass.
     let texture = lanes.and_then(|_| table_texture(ctx, table));
-    let tsegs = table.segments();
+    let sources = row_sources(table, texture.as_deref());
+    let (tex_width_shift, tex_layer_shift) = TableTexture::shifts(texture.as_deref());
     for (idx_seg, out_seg) in idx.segments().iter().zip(out.segments()) {
-        if let (Some(lanes), Some(tex)) = (lanes, &texture) {
-            let params = LookupParams {
-                rows: out_seg.rows as u32,
-                dim: d as u32,
-                table_first_row: 0,
-                table_rows: v as u32,
-                num_embeddings: v as u32,
-                report_bad: 1,
-                index_base: idx_seg.first_row as u32,
-                tex_width_shift: tex.width_shift,
-                tex_layer_shift: tex.layer_shift,
-                _pad: [0; 2],
-            };
-            let uniform = ctx.uniform(&params);
-            let bindings = [
-                uniform.as_entire_binding(),
-                ctx.placeholder_buffer().as_entire_binding(),
-                idx_seg.binding(),
-                out_seg.binding(),
-                status.as_entire_binding(),
-                tex.binding(),
-            ];
-            let constants = [("TABLE_FORMAT", format), ("LANES", lanes as f64), ("TABLE_TEXTURE", 1.0)];
-            ctx.dispatch_groups(encoder, &LOOKUP_VEC4, &constants, &bindings, out_seg.rows.div_ceil((WORKGROUP_SIZE / lanes) as u64));
-            continue;
-        }
-        let used: Option<Vec<bool>> = host_rows.map(|rows| {
-            let mut used = vec![false; tsegs.len()];
+        let used: Option<Vec<bool>> = host_rows.filter(|_| sources.len() > 1).map(|rows| {
+            let mut used = vec![false; sources.len()];
             for &r in &rows[idx_seg.first_row as usize..(idx_seg.first_row + idx_seg.rows) as usize] {
-                // Segments hold consecutive rows in order: the last one starting at or before `r`.
-                let t = tsegs.partition_point(|s| s.first_row <= r as u64).saturating_sub(1);
+                // Sources hold consecutive rows in order: the last one starting at or before `r`.
+                let t = sources.partition_point(|s| s.first_row <= r as u64).saturating_sub(1);
                 used[t] = true;
             }
             used
         });
-        for (t, tseg) in tsegs.iter().enumerate() {
+        for (t, src) in sources.iter().enumerate() {
             if used.as_ref().is_some_and(|u| !u[t]) {
                 continue;
             }
             let params = LookupParams {
                 rows: out_seg.rows as u32,
                 dim: d as u32,
-                table_first_row: tseg.first_row as u32,
-                table_rows: tseg.rows as u32,
+                table_first_row: src.first_row as u32,
+                table_rows: src.rows as u32,
                 num_embeddings: v as u32,
                 report_bad: (t == 0) as u32,
                 index_base: idx_seg.first_row as u32,
-                tex_width_shift: 0,
-                tex_layer_shift: 0,
+                tex_width_shift,
+                tex_layer_shift,
                 _pad: [0; 2],
             };
             let uniform = ctx.uniform(&params);
             let bindings =
-                [uniform.as_entire_binding(), tseg.binding(), idx_seg.binding(), out_seg.binding(), status.as_entire_binding()];
+                [uniform.as_entire_binding(), src.buffer_binding(ctx), idx_seg.binding(), out_seg.binding(), status.as_entire_binding()];
             match lanes {
                 Some(lanes) => {
-                    let bindings: Vec<_> = bindings.into_iter().chain([ctx.placeholder_texture()]).collect();
-                    let constants = [("TABLE_FORMAT", format), ("LANES", lanes as f64), ("TABLE_TEXTURE", 0.0)];
+                    let bindings: Vec<_> = bindings.into_iter().chain([texture_binding(ctx, texture.as_deref())]).collect();
+                    let constants = [("TABLE_FORMAT", format), ("LANES", lanes as f64), ("TABLE_TEXTURE", texture.is_some() as u32 as f64)];
                     ctx.dispatch_groups(encoder, &LOOKUP_VEC4, &constants, &bindings, out_seg.rows.div_ceil((WORKGROUP_SIZE / lanes) as u64))
                 }
                 None => ctx.dispatch(encoder, &LOOKUP, &[("TABLE_FORMAT", format)], &bindings, out_seg.rows * d as u64),

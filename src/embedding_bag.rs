@@ -7,42 +7,27 @@ use crate::context::{Context, Kernel, Slot, WORKGROUP_SIZE};
 use crate::embedding::{check_renormalizable, check_table, renormalize, table_format, table_shape, vec4_lanes, MaxNorm};
 use crate::error::{Error, Result};
 use crate::indices::{normalize_padding_idx, Indices};
-use crate::table_texture::table_texture;
+use crate::table_texture::{row_sources, table_texture, texture_binding, TableTexture};
 use crate::tensor::{DType, GpuTensor};
 
 const SOURCE: &str = include_str!("../shaders/embedding_bag.wgsl");
 
-pub(crate) const BAG: Kernel = Kernel {
-    family: "embedding_bag",
-    source: SOURCE,
-    entry: "bag",
-    slots: &[
-        Slot::Uniform,
-        Slot::Read,
-        Slot::Read,
-        Slot::Read,
-        Slot::Read,
-        Slot::ReadWrite,
-        Slot::ReadWrite,
-        Slot::ReadWrite,
-    ],
-};
+/// The vectorised bag kernel's slots; the scalar one has all but the last (the texture).
+const BAG_VEC4_SLOTS: [Slot; 9] = [
+    Slot::Uniform,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::Read,
+    Slot::ReadWrite,
+    Slot::ReadWrite,
+    Slot::ReadWrite,
+    Slot::Texture,
+];
 
-pub(crate) const BAG_VEC4: Kernel = Kernel {
-    entry: "bag_vec4",
-    slots: &[
-        Slot::Uniform,
-        Slot::Read,
-        Slot::Read,
-        Slot::Read,
-        Slot::Read,
-        Slot::ReadWrite,
-        Slot::ReadWrite,
-        Slot::ReadWrite,
-        Slot::Texture,
-    ],
-    ..BAG
-};
+pub(crate) const BAG: Kernel = Kernel { family: "embedding_bag", source: SOURCE, entry: "bag", slots: BAG_VEC4_SLOTS.split_at(8).0 };
+
+pub(crate) const BAG_VEC4: Kernel = Kernel { entry: "bag_vec4", slots: &BAG_VEC4_SLOTS, ..BAG };
 
 /// Table words one `bag_vec4` invocation accumulates per sweep (`CHUNK` in the shader):
 /// on CPU adapters enough to amortise each lane's emulated index load (measured with
@@ -407,13 +392,10 @@ pub(crate) fn reduce_bags(
     let format = table_format(table.dtype())?;
     let chunk = bag_chunk(ctx);
     let lanes = vec4_lanes(ctx, table.dtype(), d, Some(chunk));
-    // Where rows are read from: the table's buffer segments, or its texture copy read
-    // by the vectorised kernel as one segment of every row.
+    // With a texture copy, the vectorised kernel reads every row from it in one pass.
     let texture = lanes.and_then(|_| table_texture(ctx, table));
-    let sources: Vec<(u64, u64, Option<&crate::tensor::Segment>)> = match &texture {
-        Some(_) => vec![(0, table.rows(), None)],
-        None => table.segments().iter().map(|s| (s.first_row, s.rows, Some(s))).collect(),
-    };
+    let sources = row_sources(table, texture.as_deref());
+    let (tex_width_shift, tex_layer_shift) = TableTexture::shifts(texture.as_deref());
     for out_seg in out.segments() {
         let b0 = out_seg.first_row as usize;
         let b1 = b0 + out_seg.rows as usize;
@@ -443,13 +425,12 @@ pub(crate) fn reduce_bags(
         });
         let mut pass = 0;
         for (k, iseg) in &idx_segs {
-            for (t, &(first_row, rows, tseg)) in sources.iter().enumerate() {
-                let (tex_width_shift, tex_layer_shift) = texture.as_ref().map_or((0, 0), |x| (x.width_shift, x.layer_shift));
+            for (t, src) in sources.iter().enumerate() {
                 let params = BagParams {
                     bags: out_seg.rows as u32,
                     dim: d as u32,
-                    table_first_row: first_row as u32,
-                    table_rows: rows as u32,
+                    table_first_row: src.first_row as u32,
+                    table_rows: src.rows as u32,
                     index_first: iseg.first_row as u32,
                     index_count: iseg.rows as u32,
                     num_embeddings: spec.num_embeddings as u32,
@@ -468,10 +449,9 @@ pub(crate) fn reduce_bags(
                     Some(w) => w.segments()[*k].binding(),
                     None => ctx.placeholder_buffer().as_entire_binding(),
                 };
-                let table_binding = tseg.map_or_else(|| ctx.placeholder_buffer().as_entire_binding(), |s| s.binding());
                 let bindings = [
                     uniform.as_entire_binding(),
-                    table_binding,
+                    src.buffer_binding(ctx),
                     iseg.binding(),
                     offsets.as_entire_binding(),
                     w,
@@ -481,8 +461,7 @@ pub(crate) fn reduce_bags(
                 ];
                 match lanes {
                     Some(lanes) => {
-                        let tex = texture.as_ref().map_or_else(|| ctx.placeholder_texture(), |x| x.binding());
-                        let bindings: Vec<_> = bindings.into_iter().chain([tex]).collect();
+                        let bindings: Vec<_> = bindings.into_iter().chain([texture_binding(ctx, texture.as_deref())]).collect();
                         let constants =
                             [
                             ("TABLE_FORMAT", format),

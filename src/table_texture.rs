@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use crate::context::Context;
-use crate::tensor::GpuTensor;
+use crate::tensor::{GpuTensor, Segment};
 
 /// Widest texture row used (WebGPU guarantees 8192).
 const MAX_WIDTH: u32 = 8192;
@@ -30,6 +30,11 @@ pub(crate) struct TableTexture {
 impl TableTexture {
     pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
         wgpu::BindingResource::TextureView(&self.view)
+    }
+
+    /// The shaders' `tex_width_shift` and `tex_layer_shift` for `texture` (zeros without one).
+    pub(crate) fn shifts(texture: Option<&Self>) -> (u32, u32) {
+        texture.map_or((0, 0), |t| (t.width_shift, t.layer_shift))
     }
 
     /// Records copies of every segment of `table` into the texture.
@@ -140,6 +145,35 @@ pub(crate) fn word_texture(device: &wgpu::Device, label: &str, width: u32, heigh
         ..Default::default()
     });
     (texture, view)
+}
+
+/// Where one dispatch of a lookup or bag kernel reads rows from: rows
+/// `first_row .. first_row + rows` of a buffer segment, or (`segment` None) every row
+/// from the table's texture copy.
+pub(crate) struct RowSource<'a> {
+    pub first_row: u64,
+    pub rows: u64,
+    pub segment: Option<&'a Segment>,
+}
+
+impl RowSource<'_> {
+    /// The table-buffer slot's binding: the segment, or a placeholder when reading the texture.
+    pub(crate) fn buffer_binding<'c>(&'c self, ctx: &'c Context) -> wgpu::BindingResource<'c> {
+        self.segment.map_or_else(|| ctx.placeholder_buffer().as_entire_binding(), |s| s.binding())
+    }
+}
+
+/// The dispatches' row sources of `table`: its texture copy as one source, else its segments.
+pub(crate) fn row_sources<'a>(table: &'a GpuTensor, texture: Option<&TableTexture>) -> Vec<RowSource<'a>> {
+    match texture {
+        Some(_) => vec![RowSource { first_row: 0, rows: table.rows(), segment: None }],
+        None => table.segments().iter().map(|s| RowSource { first_row: s.first_row, rows: s.rows, segment: Some(s) }).collect(),
+    }
+}
+
+/// The texture slot's binding: `texture`, or a placeholder when reading buffers.
+pub(crate) fn texture_binding<'c>(ctx: &'c Context, texture: Option<&'c TableTexture>) -> wgpu::BindingResource<'c> {
+    texture.map_or_else(|| ctx.placeholder_texture(), |t| t.binding())
 }
 
 /// After `table`'s buffers were rewritten in `encoder` (max-norm renormalisation),

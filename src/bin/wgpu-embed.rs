@@ -30,13 +30,10 @@ struct DeviceArgs {
     adapter: Option<String>,
     /// Where lookups and bags read table rows from: auto (texture copies on CPU adapters,
     /// else buffers; or as WGPU_EMBED_TABLE_READS says), buffer or texture.
-    #[arg(long, default_value = "auto", value_parser = parse_table_reads)]
+    #[arg(long, default_value = "auto")]
     table_reads: TableReads,
 }
 
-fn parse_table_reads(s: &str) -> Result<TableReads, String> {
-    TableReads::parse(s).map_err(|e| e.to_string())
-}
 
 impl DeviceArgs {
     fn options(&self) -> ContextOptions {
