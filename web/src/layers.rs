@@ -224,7 +224,7 @@ impl Gpu {
 fn blockwise_options(options: &JsValue) -> Result<(usize, lib::CodeMap), JsValue> {
     let blocksize = blocksize(options)?.unwrap_or(4096);
     let code = lib::CodeMap::parse(opt_str(options, "code")?.as_deref().unwrap_or("dynamic")).map_err(js_error)?;
-    lib::quantize::check_blocksize(blocksize).map_err(js_error)?;
+    lib::quant::blockwise::check_blocksize(blocksize).map_err(js_error)?;
     Ok((blocksize, code))
 }
 

@@ -435,20 +435,9 @@ impl IndexList {
     }
 }
 
-/// The names of the ops of the conformance format that this package runs.
+/// The names of the ops of the conformance format that this package runs (the
+/// library's op registry).
 #[wasm_bindgen(js_name = supportedOps)]
 pub fn supported_ops() -> Vec<String> {
-    [
-        "embedding",
-        "embedding_bag",
-        "layer_norm",
-        "stable_embedding",
-        "embedding_sum_layer_norm",
-        "axial_position_embedding",
-        "quantize_blockwise",
-        "dequantize_blockwise",
-        "quantized_embedding",
-        "quantized_embedding_bag",
-    ]
-    .iter().map(|s| s.to_string()).collect()
+    lib::conformance::registry::supported_ops().iter().map(|s| s.to_string()).collect()
 }

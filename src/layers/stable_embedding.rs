@@ -1,12 +1,12 @@
 //! bitsandbytes' `StableEmbedding`: a lookup followed by LayerNorm (eps 1e-5), run as
 //! one fused kernel (the K = 1 case of [`EmbeddingSumLayerNorm`]).
 
-use crate::bert::EmbeddingSumLayerNorm;
 use crate::checkpoint::HostTable;
-use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::indices::{normalize_padding_idx, Indices};
-use crate::tensor::{DType, GpuTensor};
+use crate::gpu::context::Context;
+use crate::gpu::tensor::{DType, GpuTensor};
+use crate::layers::indices::{normalize_padding_idx, Indices};
+use crate::layers::sum_layer_norm::EmbeddingSumLayerNorm;
 
 /// LayerNorm's eps in bitsandbytes' StableEmbedding (`torch.nn.LayerNorm`'s default).
 pub const STABLE_EMBEDDING_EPS: f32 = 1e-5;
@@ -25,15 +25,31 @@ impl StableEmbedding {
     /// xavier-uniform (`bound = sqrt(6 / (num_embeddings + embedding_dim))`) with the
     /// padding row zeroed, gamma = 1, beta = 0. The draw is deterministic in `seed`
     /// (it is not torch's generator). Initialisation is done on the host.
-    pub fn new(ctx: &Context, num_embeddings: usize, embedding_dim: usize, padding_idx: Option<i64>, seed: u64) -> Result<Self> {
+    pub fn new(
+        ctx: &Context,
+        num_embeddings: usize,
+        embedding_dim: usize,
+        padding_idx: Option<i64>,
+        seed: u64,
+    ) -> Result<Self> {
         if embedding_dim == 0 {
-            return Err(Error::arg("embedding_dim", "expected a positive embedding_dim, got 0"));
+            return Err(Error::arg(
+                "embedding_dim",
+                "expected a positive embedding_dim, got 0",
+            ));
         }
         let padding = normalize_padding_idx(padding_idx, num_embeddings)?;
         let weight = xavier_uniform(num_embeddings, embedding_dim, padding, seed);
         let gamma = vec![1.0f32; embedding_dim];
         let beta = vec![0.0f32; embedding_dim];
-        Self::from_pretrained(ctx, HostTable::f32(&weight, num_embeddings, embedding_dim)?, padding_idx, Some(&gamma), Some(&beta), STABLE_EMBEDDING_EPS)
+        Self::from_pretrained(
+            ctx,
+            HostTable::f32(&weight, num_embeddings, embedding_dim)?,
+            padding_idx,
+            Some(&gamma),
+            Some(&beta),
+            STABLE_EMBEDDING_EPS,
+        )
     }
 
     /// A layer over a trained table (F32, or F16/BF16 kept packed) and LayerNorm
@@ -49,7 +65,12 @@ impl StableEmbedding {
         let (num_embeddings, embedding_dim) = (weight.rows(), weight.dim());
         let padding_idx = normalize_padding_idx(padding_idx, num_embeddings)?;
         let block = EmbeddingSumLayerNorm::new(ctx, &[weight], gamma, beta, eps)?;
-        Ok(StableEmbedding { block, num_embeddings, embedding_dim, padding_idx })
+        Ok(StableEmbedding {
+            block,
+            num_embeddings,
+            embedding_dim,
+            padding_idx,
+        })
     }
 
     /// Rows in the table.
@@ -83,9 +104,17 @@ impl StableEmbedding {
         indices.check_shape("indices")?;
         // Name the argument as the single-table layer knows it.
         self.block.forward(ctx, &[indices]).map_err(|e| match e {
-            Error::IndexOutOfRange { position, value, num_embeddings, .. } => {
-                Error::IndexOutOfRange { name: "indices", position, value, num_embeddings }
-            }
+            Error::IndexOutOfRange {
+                position,
+                value,
+                num_embeddings,
+                ..
+            } => Error::IndexOutOfRange {
+                name: "indices",
+                position,
+                value,
+                num_embeddings,
+            },
             other => other,
         })
     }

@@ -3,72 +3,65 @@
 //! the mean in the order of PyTorch's CPU kernel (see `shaders/layer_norm.wgsl`).
 //! Also the kernel family shared by StableEmbedding and the BERT embedding block.
 
-use crate::context::{Context, Kernel, Slot};
 use crate::error::{Error, Result};
-use crate::tensor::{DType, GpuTensor};
+use crate::gpu::context::Context;
+use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
+use crate::gpu::plan::{Call, Grid, PassParams, RowPlan};
+use crate::gpu::tensor::{DType, GpuTensor};
 
-pub(crate) const SOURCE: &str = include_str!("../shaders/layer_norm.wgsl");
+pub static FAMILY: ShaderFamily = ShaderFamily {
+    name: "layer_norm",
+    parts: &[
+        common::GRID,
+        common::PASS,
+        common::TABLE,
+        include_str!("../../shaders/layer_norm.wgsl"),
+    ],
+};
+
+/// Every LayerNorm kernel's bindings: the plan's table, input and output, and gamma
+/// then beta in one buffer, so that no entry point binds more than 4 storage buffers
+/// (the downlevel / GLES 3.1 minimum).
+const BINDINGS: &[(u32, Slot, Role)] = &[
+    (0, Slot::Uniform, Role::Params),
+    (1, Slot::Read, Role::Table(0)),
+    (2, Slot::Read, Role::Input),
+    (3, Slot::ReadWrite, Role::Out),
+    (5, Slot::Read, Role::Extra(0)),
+];
 
 const LAYER_NORM: Kernel = Kernel {
-    family: "layer_norm",
-    source: SOURCE,
+    family: &FAMILY,
     entry: "layer_norm",
-    slots: &[Slot::Uniform, Slot::ReadWrite, Slot::Read, Slot::Read],
+    bindings: BINDINGS,
 };
-
 pub(crate) const LOOKUP_SUM_LAYER_NORM: Kernel = Kernel {
-    family: "layer_norm",
-    source: SOURCE,
+    family: &FAMILY,
     entry: "lookup_sum_layer_norm",
-    slots: &[Slot::Uniform, Slot::ReadWrite, Slot::Read, Slot::Read, Slot::Read],
+    bindings: BINDINGS,
 };
-
 pub(crate) const ACCUMULATE: Kernel = Kernel {
-    family: "layer_norm",
-    source: SOURCE,
+    family: &FAMILY,
     entry: "accumulate",
-    slots: &[Slot::Uniform, Slot::ReadWrite, Slot::Read, Slot::Read],
+    bindings: BINDINGS,
 };
-
-pub(crate) const NORMALIZE_IN_PLACE: Kernel = Kernel {
-    family: "layer_norm",
-    source: SOURCE,
+const NORMALIZE_IN_PLACE: Kernel = Kernel {
+    family: &FAMILY,
     entry: "normalize_in_place",
-    slots: &[Slot::Uniform, Slot::ReadWrite, Slot::Read],
+    bindings: BINDINGS,
 };
-
-/// The shader's `Params` uniform.
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct NormParams {
-    pub rows: u32,
-    pub dim: u32,
-    pub eps: f32,
-    pub affine: u32,
-    pub lookups: u32,
-    pub lookup: u32,
-    pub table_first_row: u32,
-    pub table_rows: u32,
-}
 
 /// Invocations per row: enough to cover short rows without idling most of them.
 pub(crate) fn row_threads(dim: usize) -> u32 {
     (dim.div_ceil(4).next_power_of_two() as u32).clamp(32, 256)
 }
 
-/// The `TABLE_FORMAT` override value of a table dtype.
-pub(crate) fn table_format(dtype: DType) -> Result<f64> {
-    match dtype {
-        DType::F32 => Ok(0.0),
-        DType::F16 => Ok(1.0),
-        DType::BF16 => Ok(2.0),
-        other => Err(Error::arg("weight", format!("expected an F32, F16 or BF16 table, got {other:?}"))),
-    }
-}
-
 pub(crate) fn check_eps(eps: f32) -> Result<()> {
     if !eps.is_finite() || eps < 0.0 {
-        return Err(Error::arg("eps", format!("expected a finite eps >= 0, got {eps}")));
+        return Err(Error::arg(
+            "eps",
+            format!("expected a finite eps >= 0, got {eps}"),
+        ));
     }
     Ok(())
 }
@@ -83,11 +76,22 @@ pub(crate) struct Affine {
 }
 
 impl Affine {
-    pub(crate) fn new(ctx: &Context, gamma: Option<&[f32]>, beta: Option<&[f32]>, dim: usize) -> Result<Self> {
+    pub(crate) fn new(
+        ctx: &Context,
+        gamma: Option<&[f32]>,
+        beta: Option<&[f32]>,
+        dim: usize,
+    ) -> Result<Self> {
         for (name, v) in [("gamma", gamma), ("beta", beta)] {
             if let Some(v) = v {
                 if v.len() != dim {
-                    return Err(Error::arg(name, format!("expected {dim} values (the normalized dimension), got {}", v.len())));
+                    return Err(Error::arg(
+                        name,
+                        format!(
+                            "expected {dim} values (the normalized dimension), got {}",
+                            v.len()
+                        ),
+                    ));
                 }
             }
         }
@@ -105,16 +109,46 @@ impl Affine {
             both[dim..].copy_from_slice(b);
         }
         // Uploaded as one row so it stays in one buffer.
-        let params = GpuTensor::from_bytes_with(ctx, bytemuck::cast_slice(&both), &[2 * dim], DType::F32, 2 * dim, 1)?;
-        Ok(Affine { params, has_gamma: gamma.is_some(), has_beta: beta.is_some() })
+        let params = GpuTensor::from_bytes_with(
+            ctx,
+            bytemuck::cast_slice(&both),
+            &[2 * dim],
+            DType::F32,
+            2 * dim,
+            1,
+        )?;
+        Ok(Affine {
+            params,
+            has_gamma: gamma.is_some(),
+            has_beta: beta.is_some(),
+        })
     }
 
     pub(crate) fn flags(&self) -> u32 {
         self.has_gamma as u32 | (self.has_beta as u32) << 1
     }
 
-    pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
-        self.params.segments()[0].binding()
+    /// The pass fields of a LayerNorm over rows of `dim` with this affine part.
+    pub(crate) fn params(&self, dim: usize, eps: f32) -> PassParams {
+        PassParams {
+            dim: dim as u32,
+            arg0: eps.to_bits(),
+            arg1: self.flags(),
+            ..Default::default()
+        }
+    }
+
+    /// A LayerNorm kernel's call: a workgroup per row.
+    pub(crate) fn call<'a>(
+        &'a self,
+        kernel: &'a Kernel,
+        constants: &'a [(&'static str, f64)],
+        params: PassParams,
+    ) -> Call<'a> {
+        Call {
+            extra: std::slice::from_ref(&self.params.segments()[0].buffer),
+            ..Call::new(kernel, constants, Grid::RowsPerGroup(1), params)
+        }
     }
 }
 
@@ -140,12 +174,25 @@ impl LayerNorm {
 
     /// A layer with given parameters, as `F.layer_norm(x, [dim], gamma, beta, eps)`;
     /// either may be `None`.
-    pub fn from_params(ctx: &Context, dim: usize, eps: f32, gamma: Option<&[f32]>, beta: Option<&[f32]>) -> Result<Self> {
+    pub fn from_params(
+        ctx: &Context,
+        dim: usize,
+        eps: f32,
+        gamma: Option<&[f32]>,
+        beta: Option<&[f32]>,
+    ) -> Result<Self> {
         if dim == 0 {
-            return Err(Error::arg("normalized_shape", "expected a normalized dimension of at least 1, got 0"));
+            return Err(Error::arg(
+                "normalized_shape",
+                "expected a normalized dimension of at least 1, got 0",
+            ));
         }
         check_eps(eps)?;
-        Ok(LayerNorm { dim, eps, affine: Affine::new(ctx, gamma, beta, dim)? })
+        Ok(LayerNorm {
+            dim,
+            eps,
+            affine: Affine::new(ctx, gamma, beta, dim)?,
+        })
     }
 
     /// The normalized dimension.
@@ -168,7 +215,13 @@ impl LayerNorm {
         self.check_shape(shape)?;
         let n: usize = shape.iter().product();
         if n != x.len() {
-            return Err(Error::arg("input", format!("shape {shape:?} holds {n} values but {} were given", x.len())));
+            return Err(Error::arg(
+                "input",
+                format!(
+                    "shape {shape:?} holds {n} values but {} were given",
+                    x.len()
+                ),
+            ));
         }
         let x = GpuTensor::from_f32(ctx, x, shape)?;
         self.forward_gpu(ctx, &x)
@@ -178,34 +231,35 @@ impl LayerNorm {
     pub fn forward_gpu(&self, ctx: &Context, x: &GpuTensor) -> Result<GpuTensor> {
         self.check_shape(x.shape())?;
         if x.dtype() != DType::F32 || x.row_len() != self.dim {
-            return Err(Error::arg("input", format!("expected an F32 tensor with rows of {}, got {:?} with rows of {}", self.dim, x.dtype(), x.row_len())));
+            return Err(Error::arg(
+                "input",
+                format!(
+                    "expected an F32 tensor with rows of {}, got {:?} with rows of {}",
+                    self.dim,
+                    x.dtype(),
+                    x.row_len()
+                ),
+            ));
         }
         // Input and output are segmented alike, so each dispatch pairs one of each.
         let per = GpuTensor::rows_per_segment(ctx, self.dim, DType::F32)?;
         let x = x.resegment(ctx, per)?;
         let out = GpuTensor::zeros_with(ctx, x.shape(), DType::F32, self.dim, per)?;
+        let constants = [("ROW_THREADS", row_threads(self.dim) as f64)];
+        let call = self.affine.call(
+            &LAYER_NORM,
+            &constants,
+            self.affine.params(self.dim, self.eps),
+        );
         ctx.scoped(|| {
             let mut encoder = ctx.encoder();
-            for (xs, os) in x.segments().iter().zip(out.segments()) {
-                let params = NormParams {
-                    rows: xs.rows as u32,
-                    dim: self.dim as u32,
-                    eps: self.eps,
-                    affine: self.affine.flags(),
-                    lookups: 0,
-                    lookup: 0,
-                    table_first_row: 0,
-                    table_rows: 0,
-                };
-                let uniform = ctx.uniform(&params);
-                ctx.dispatch_groups(
-                    &mut encoder,
-                    &LAYER_NORM,
-                    &[("ROW_THREADS", row_threads(self.dim) as f64)],
-                    &[uniform.as_entire_binding(), os.binding(), self.affine.binding(), xs.binding()],
-                    xs.rows,
-                );
+            RowPlan {
+                input: Some(&x),
+                out: Some(&out),
+                table: None,
+                status: None,
             }
+            .record(ctx, &mut encoder, &call, None);
             ctx.submit(encoder)
         })?;
         Ok(out)
@@ -223,16 +277,21 @@ impl LayerNorm {
 }
 
 /// Records `out = LayerNorm(out)` over every segment of `out` (rows of `dim`).
-pub(crate) fn normalize_in_place(ctx: &Context, encoder: &mut wgpu::CommandEncoder, out: &GpuTensor, dim: usize, eps: f32, affine: &Affine) {
-    for seg in out.segments() {
-        let params = NormParams { rows: seg.rows as u32, dim: dim as u32, eps, affine: affine.flags(), lookups: 0, lookup: 0, table_first_row: 0, table_rows: 0 };
-        let uniform = ctx.uniform(&params);
-        ctx.dispatch_groups(
-            encoder,
-            &NORMALIZE_IN_PLACE,
-            &[("ROW_THREADS", row_threads(dim) as f64)],
-            &[uniform.as_entire_binding(), seg.binding(), affine.binding()],
-            seg.rows,
-        );
+pub(crate) fn normalize_in_place(
+    ctx: &Context,
+    encoder: &mut wgpu::CommandEncoder,
+    out: &GpuTensor,
+    dim: usize,
+    eps: f32,
+    affine: &Affine,
+) {
+    let constants = [("ROW_THREADS", row_threads(dim) as f64)];
+    let call = affine.call(&NORMALIZE_IN_PLACE, &constants, affine.params(dim, eps));
+    RowPlan {
+        input: None,
+        out: Some(out),
+        table: None,
+        status: None,
     }
+    .record(ctx, encoder, &call, None);
 }

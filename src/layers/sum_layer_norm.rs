@@ -6,14 +6,21 @@
 //! normalising it in place afterwards.
 
 use crate::checkpoint::{Checkpoint, HostTable};
-use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::indices::Indices;
-use crate::layer_norm::{check_eps, normalize_in_place, row_threads, table_format, Affine, NormParams, ACCUMULATE, LOOKUP_SUM_LAYER_NORM};
-use crate::tensor::{DType, GpuTensor};
+use crate::gpu::context::Context;
+use crate::gpu::plan::{rows_per_segment, Call, Grid, PassParams, RowPlan};
+use crate::gpu::table::{TableAccess, TableSlice};
+use crate::gpu::tensor::{DType, GpuTensor, Segment};
+use crate::layers::indices::Indices;
+use crate::layers::layer_norm::{
+    check_eps, normalize_in_place, row_threads, Affine, ACCUMULATE, LOOKUP_SUM_LAYER_NORM,
+};
+use crate::layers::table::table_format;
 
 /// Names of the index arguments in errors.
-const INDEX_NAMES: [&str; 8] = ["indices0", "indices1", "indices2", "indices3", "indices4", "indices5", "indices6", "indices7"];
+const INDEX_NAMES: [&str; 8] = [
+    "indices0", "indices1", "indices2", "indices3", "indices4", "indices5", "indices6", "indices7",
+];
 
 fn index_name(k: usize) -> &'static str {
     INDEX_NAMES.get(k).copied().unwrap_or("indices")
@@ -35,9 +42,18 @@ impl EmbeddingSumLayerNorm {
     /// Builds the block from K tables of the same width (any of F32, F16, BF16; mixed
     /// formats are widened to f32, else the format is kept packed) and LayerNorm's
     /// parameters (either may be `None`).
-    pub fn new(ctx: &Context, tables: &[HostTable<'_>], gamma: Option<&[f32]>, beta: Option<&[f32]>, eps: f32) -> Result<Self> {
+    pub fn new(
+        ctx: &Context,
+        tables: &[HostTable<'_>],
+        gamma: Option<&[f32]>,
+        beta: Option<&[f32]>,
+        eps: f32,
+    ) -> Result<Self> {
         let Some(first) = tables.first() else {
-            return Err(Error::arg("tables", "expected at least one table, got none"));
+            return Err(Error::arg(
+                "tables",
+                "expected at least one table, got none",
+            ));
         };
         let dim = first.dim();
         for (k, t) in tables.iter().enumerate() {
@@ -48,7 +64,10 @@ impl EmbeddingSumLayerNorm {
         check_eps(eps)?;
         let total_rows: u64 = tables.iter().map(|t| t.rows() as u64).sum();
         if total_rows >= i32::MAX as u64 {
-            return Err(Error::arg("tables", format!("{total_rows} rows in all is more than i32 indices can address")));
+            return Err(Error::arg(
+                "tables",
+                format!("{total_rows} rows in all is more than i32 indices can address"),
+            ));
         }
         let affine = Affine::new(ctx, gamma, beta, dim)?;
         let same = tables.iter().all(|t| t.dtype() == first.dtype());
@@ -66,7 +85,14 @@ impl EmbeddingSumLayerNorm {
             }
         }
         let table = GpuTensor::from_bytes(ctx, &bytes, &[total_rows as usize, dim], dtype, dim)?;
-        Ok(EmbeddingSumLayerNorm { table, first_rows, table_rows: tables.iter().map(|t| t.rows()).collect(), dim, eps, affine })
+        Ok(EmbeddingSumLayerNorm {
+            table,
+            first_rows,
+            table_rows: tables.iter().map(|t| t.rows()).collect(),
+            dim,
+            eps,
+            affine,
+        })
     }
 
     /// BERT's embedding block from a Hugging Face checkpoint: `{prefix}.word_embeddings.weight`,
@@ -74,14 +100,33 @@ impl EmbeddingSumLayerNorm {
     /// `{prefix}.LayerNorm.weight` / `.bias` (prefix `"embeddings"` for `BertModel`,
     /// `"bert.embeddings"` for its task heads). `eps` is `config.layer_norm_eps` (1e-12 for BERT).
     /// The forward takes indices in that order: input ids, position ids, token type ids.
-    pub fn from_bert_checkpoint(ctx: &Context, checkpoint: &Checkpoint, prefix: &str, eps: f32) -> Result<Self> {
+    pub fn from_bert_checkpoint(
+        ctx: &Context,
+        checkpoint: &Checkpoint,
+        prefix: &str,
+        eps: f32,
+    ) -> Result<Self> {
         let word = checkpoint.table(&format!("{prefix}.word_embeddings.weight"))?;
         let dim = word.dim();
-        let position = checkpoint.table_with_dim(&format!("{prefix}.position_embeddings.weight"), None, dim)?;
-        let token_type = checkpoint.table_with_dim(&format!("{prefix}.token_type_embeddings.weight"), None, dim)?;
+        let position = checkpoint.table_with_dim(
+            &format!("{prefix}.position_embeddings.weight"),
+            None,
+            dim,
+        )?;
+        let token_type = checkpoint.table_with_dim(
+            &format!("{prefix}.token_type_embeddings.weight"),
+            None,
+            dim,
+        )?;
         let gamma = checkpoint.vector(&format!("{prefix}.LayerNorm.weight"), dim)?;
         let beta = checkpoint.vector(&format!("{prefix}.LayerNorm.bias"), dim)?;
-        Self::new(ctx, &[word, position, token_type], Some(&gamma), Some(&beta), eps)
+        Self::new(
+            ctx,
+            &[word, position, token_type],
+            Some(&gamma),
+            Some(&beta),
+            eps,
+        )
     }
 
     /// Number of tables (K).
@@ -120,7 +165,13 @@ impl EmbeddingSumLayerNorm {
     pub fn forward(&self, ctx: &Context, indices: &[Indices<'_>]) -> Result<GpuTensor> {
         let k_count = self.num_tables();
         if indices.len() != k_count {
-            return Err(Error::arg("indices", format!("expected {k_count} index tensors (one per table), got {}", indices.len())));
+            return Err(Error::arg(
+                "indices",
+                format!(
+                    "expected {k_count} index tensors (one per table), got {}",
+                    indices.len()
+                ),
+            ));
         }
         let mut shape: Vec<usize> = Vec::new();
         for (k, idx) in indices.iter().enumerate() {
@@ -143,7 +194,12 @@ impl EmbeddingSumLayerNorm {
             for (pos, out_row) in (0..n).map(|p| (source_position(p, &shape, &strides), p)) {
                 let value = idx.data.get(pos);
                 if value < 0 || value as u64 >= limit {
-                    return Err(Error::IndexOutOfRange { name: index_name(k), position: pos as u64, value, num_embeddings: limit });
+                    return Err(Error::IndexOutOfRange {
+                        name: index_name(k),
+                        position: pos as u64,
+                        value,
+                        num_embeddings: limit,
+                    });
                 }
                 rows[out_row * k_count + k] = (self.first_rows[k] + value as u64) as i32;
             }
@@ -157,63 +213,66 @@ impl EmbeddingSumLayerNorm {
         let k_count = self.num_tables();
         let n = rows.len() / k_count;
         // Output and index segments pair up: both hold `per` rows.
-        let per = GpuTensor::rows_per_segment(ctx, self.dim, DType::F32)?.min(GpuTensor::rows_per_segment(ctx, k_count, DType::I32)?);
-        let idx = GpuTensor::from_bytes_with(ctx, bytemuck::cast_slice(rows), &[n, k_count], DType::I32, k_count, per)?;
+        let per = rows_per_segment(ctx, &[(self.dim, DType::F32), (k_count, DType::I32)])?;
+        let idx = GpuTensor::from_bytes_with(
+            ctx,
+            bytemuck::cast_slice(rows),
+            &[n, k_count],
+            DType::I32,
+            k_count,
+            per,
+        )?;
         let out = GpuTensor::zeros_with(ctx, out_shape, DType::F32, self.dim, per)?;
-        let format = [("TABLE_FORMAT", table_format(self.table.dtype())?)];
-        let fused = self.table.segments().len() == 1;
+        let access = TableAccess::rows(&self.table);
+        let params = PassParams {
+            arg2: k_count as u32,
+            ..self.affine.params(self.dim, self.eps)
+        };
+        let plan = RowPlan {
+            input: Some(&idx),
+            out: Some(&out),
+            table: Some(&access),
+            status: None,
+        };
+        let format = table_format(self.table.dtype())?;
         ctx.scoped(|| {
             let mut encoder = ctx.encoder();
-            for (iseg, oseg) in idx.segments().iter().zip(out.segments()) {
-                let mut params = NormParams {
-                    rows: oseg.rows as u32,
-                    dim: self.dim as u32,
-                    eps: self.eps,
-                    affine: self.affine.flags(),
-                    lookups: k_count as u32,
-                    lookup: 0,
-                    table_first_row: 0,
-                    table_rows: 0,
-                };
-                if fused {
-                    let tseg = &self.table.segments()[0];
-                    params.table_rows = tseg.rows as u32;
-                    let uniform = ctx.uniform(&params);
-                    ctx.dispatch_groups(
-                        &mut encoder,
-                        &LOOKUP_SUM_LAYER_NORM,
-                        &[format[0], ("ROW_THREADS", row_threads(self.dim) as f64)],
-                        &[
-                            uniform.as_entire_binding(),
-                            oseg.binding(),
-                            self.affine.binding(),
-                            tseg.binding(),
-                            iseg.binding(),
-                        ],
-                        oseg.rows,
-                    );
-                    continue;
-                }
-                // Table split over several bindings: add table k's rows segment by segment, in k order.
+            if self.table.segments().len() == 1 {
+                let constants = [
+                    ("TABLE_FORMAT", format),
+                    ("ROW_THREADS", row_threads(self.dim) as f64),
+                ];
+                plan.record(
+                    ctx,
+                    &mut encoder,
+                    &self.affine.call(&LOOKUP_SUM_LAYER_NORM, &constants, params),
+                    None,
+                );
+            } else {
+                // Table split over several bindings: add table k's rows slice by slice, in
+                // k order, then normalise in place.
+                let constants = [("TABLE_FORMAT", format)];
                 for k in 0..k_count {
-                    let lo = self.first_rows[k];
-                    let hi = lo + self.table_rows[k] as u64;
-                    for tseg in self.table.segments().iter().filter(|s| s.first_row < hi && s.first_row + s.rows > lo) {
-                        params.lookup = k as u32;
-                        params.table_first_row = tseg.first_row as u32;
-                        params.table_rows = tseg.rows as u32;
-                        let uniform = ctx.uniform(&params);
-                        ctx.dispatch(
-                            &mut encoder,
+                    let (lo, hi) = (
+                        self.first_rows[k],
+                        self.first_rows[k] + self.table_rows[k] as u64,
+                    );
+                    let call = Call {
+                        grid: Grid::Elements(self.dim as u64),
+                        ..self.affine.call(
                             &ACCUMULATE,
-                            &format,
-                            &[uniform.as_entire_binding(), oseg.binding(), tseg.binding(), iseg.binding()],
-                            oseg.rows * self.dim as u64,
-                        );
-                    }
+                            &constants,
+                            PassParams {
+                                arg3: k as u32,
+                                ..params
+                            },
+                        )
+                    };
+                    let of_table_k = |_: &Segment, slices: &[TableSlice<'_>]| {
+                        slices.iter().map(|s| s.lo < hi && s.hi > lo).collect()
+                    };
+                    plan.record(ctx, &mut encoder, &call, Some(&of_table_k));
                 }
-            }
-            if !fused {
                 normalize_in_place(ctx, &mut encoder, &out, self.dim, self.eps, &self.affine);
             }
             ctx.submit(encoder)
@@ -227,8 +286,16 @@ pub(crate) fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     let len = a.len().max(b.len());
     let mut out = vec![0; len];
     for i in 0..len {
-        let da = if i + a.len() >= len { a[i + a.len() - len] } else { 1 };
-        let db = if i + b.len() >= len { b[i + b.len() - len] } else { 1 };
+        let da = if i + a.len() >= len {
+            a[i + a.len() - len]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= len {
+            b[i + b.len() - len]
+        } else {
+            1
+        };
         out[i] = match (da, db) {
             (x, y) if x == y => x,
             (1, y) => y,
@@ -262,83 +329,4 @@ fn source_position(mut p: usize, full: &[usize], strides: &[usize]) -> usize {
         p /= full[i];
     }
     pos
-}
-
-/// A minimal uncased BERT WordPiece tokenizer, enough to feed the embedding block
-/// real token ids: lowercases, splits on whitespace and punctuation, then takes the
-/// longest vocabulary match first with `##` continuations, between `[CLS]` and `[SEP]`.
-/// (No accent stripping or CJK splitting: use the `tokenizers` crate for full fidelity.)
-#[derive(Debug, Clone)]
-pub struct WordPiece {
-    vocab: std::collections::HashMap<String, i64>,
-    unk: i64,
-    cls: i64,
-    sep: i64,
-}
-
-impl WordPiece {
-    /// From the text of a `vocab.txt` (one token per line, the id is the line number).
-    pub fn from_vocab(text: &str) -> Result<Self> {
-        let vocab: std::collections::HashMap<String, i64> = text.lines().enumerate().map(|(i, t)| (t.to_string(), i as i64)).collect();
-        let id = |t: &str| vocab.get(t).copied().ok_or_else(|| Error::Format(format!("vocab.txt has no {t} token")));
-        Ok(WordPiece { unk: id("[UNK]")?, cls: id("[CLS]")?, sep: id("[SEP]")?, vocab })
-    }
-
-    /// Token ids of `text`: `[CLS]`, the word pieces, `[SEP]`.
-    pub fn encode(&self, text: &str) -> Vec<i64> {
-        let lower = text.to_lowercase();
-        let mut words: Vec<String> = Vec::new();
-        let mut word = String::new();
-        for ch in lower.chars() {
-            if ch.is_whitespace() || ch.is_ascii_punctuation() || (!ch.is_alphanumeric() && !ch.is_whitespace()) {
-                if !word.is_empty() {
-                    words.push(std::mem::take(&mut word));
-                }
-                if !ch.is_whitespace() {
-                    words.push(ch.to_string());
-                }
-            } else {
-                word.push(ch);
-            }
-        }
-        if !word.is_empty() {
-            words.push(word);
-        }
-        let mut ids = vec![self.cls];
-        for w in &words {
-            ids.extend(self.word_pieces(w));
-        }
-        ids.push(self.sep);
-        ids
-    }
-
-    fn word_pieces(&self, word: &str) -> Vec<i64> {
-        let chars: Vec<char> = word.chars().collect();
-        if chars.len() > 100 {
-            return vec![self.unk];
-        }
-        let mut pieces = Vec::new();
-        let mut start = 0;
-        while start < chars.len() {
-            let mut end = chars.len();
-            let mut found = None;
-            while end > start {
-                let mut piece: String = chars[start..end].iter().collect();
-                if start > 0 {
-                    piece.insert_str(0, "##");
-                }
-                if let Some(&id) = self.vocab.get(&piece) {
-                    found = Some(id);
-                    break;
-                }
-                end -= 1;
-            }
-            match found {
-                Some(id) => pieces.push(id),
-                None => return vec![self.unk],
-            }
-            start = end;
-        }
-        pieces
-    }
 }

@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use wgpu::util::DeviceExt;
 
-use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::gpu::context::Context;
+use crate::gpu::texture::TableTexture;
 
 /// Element type of a GPU tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,9 +64,9 @@ pub struct GpuTensor {
     dtype: DType,
     row_len: usize,
     segments: Arc<Vec<Segment>>,
-    /// The texture copy lookups read on some devices (see `table_texture`), made on
+    /// The texture copy lookups read on some devices (see `table.rs`), made on
     /// first use and shared by clones, as the buffers are.
-    pub(crate) texture: Arc<std::sync::Mutex<Option<Arc<crate::table_texture::TableTexture>>>>,
+    pub(crate) texture: Arc<std::sync::Mutex<Option<Arc<TableTexture>>>>,
 }
 
 /// Smallest buffer we create: zero-sized bindings are invalid.
@@ -74,19 +75,38 @@ const MIN_BUFFER: u64 = 16;
 /// Elements, rows and bytes of a tensor of `shape` with rows of `row_len`, refusing
 /// shapes whose sizes overflow, rows that do not tile the shape, and tensors over the
 /// context's budget — all before anything is allocated.
-fn checked_layout(ctx: &Context, shape: &[usize], dtype: DType, row_len: usize) -> Result<(usize, u64, u64)> {
+fn checked_layout(
+    ctx: &Context,
+    shape: &[usize],
+    dtype: DType,
+    row_len: usize,
+) -> Result<(usize, u64, u64)> {
     let numel = shape
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(d))
-        .ok_or_else(|| Error::arg("shape", format!("shape {shape:?} has more elements than this machine can address")))?;
-    let bytes = numel
-        .checked_mul(dtype.size())
-        .ok_or_else(|| Error::arg("shape", format!("shape {shape:?} of {dtype:?} needs more bytes than this machine can address")))?;
+        .ok_or_else(|| {
+            Error::arg(
+                "shape",
+                format!("shape {shape:?} has more elements than this machine can address"),
+            )
+        })?;
+    let bytes = numel.checked_mul(dtype.size()).ok_or_else(|| {
+        Error::arg(
+            "shape",
+            format!("shape {shape:?} of {dtype:?} needs more bytes than this machine can address"),
+        )
+    })?;
     let row_len = row_len.max(1);
     if numel % row_len != 0 {
-        return Err(Error::arg("row_len", format!("rows of {row_len} elements do not tile shape {shape:?} ({numel} elements)")));
+        return Err(Error::arg(
+            "row_len",
+            format!("rows of {row_len} elements do not tile shape {shape:?} ({numel} elements)"),
+        ));
     }
-    ctx.check_allocation(&format!("a {dtype:?} tensor of shape {shape:?}"), bytes as u64)?;
+    ctx.check_allocation(
+        &format!("a {dtype:?} tensor of shape {shape:?}"),
+        bytes as u64,
+    )?;
     Ok((numel, (numel / row_len) as u64, bytes as u64))
 }
 
@@ -141,9 +161,15 @@ impl GpuTensor {
     pub fn reshape(&self, shape: &[usize]) -> Result<GpuTensor> {
         let n = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
         if n != Some(self.numel()) {
-            return Err(Error::ShapeMismatch(format!("cannot view {:?} as {:?}", self.shape, shape)));
+            return Err(Error::ShapeMismatch(format!(
+                "cannot view {:?} as {:?}",
+                self.shape, shape
+            )));
         }
-        Ok(GpuTensor { shape: shape.to_vec(), ..self.clone() })
+        Ok(GpuTensor {
+            shape: shape.to_vec(),
+            ..self.clone()
+        })
     }
 
     /// Rows per segment that keep each segment within one binding.
@@ -163,7 +189,13 @@ impl GpuTensor {
     }
 
     /// Uploads host data. `row_len` elements form a row; rows are never split.
-    pub fn from_bytes(ctx: &Context, bytes: &[u8], shape: &[usize], dtype: DType, row_len: usize) -> Result<GpuTensor> {
+    pub fn from_bytes(
+        ctx: &Context,
+        bytes: &[u8],
+        shape: &[usize],
+        dtype: DType,
+        row_len: usize,
+    ) -> Result<GpuTensor> {
         let per = Self::rows_per_segment(ctx, row_len, dtype)?;
         Self::from_bytes_with(ctx, bytes, shape, dtype, row_len, per)
     }
@@ -200,7 +232,11 @@ impl GpuTensor {
                 } else {
                     create_init(ctx, chunk)
                 };
-                segments.push(Segment { buffer, first_row: first, rows: n });
+                segments.push(Segment {
+                    buffer,
+                    first_row: first,
+                    rows: n,
+                });
                 first += n;
                 if first >= rows {
                     break;
@@ -208,7 +244,13 @@ impl GpuTensor {
             }
             Ok(segments)
         })?;
-        Ok(GpuTensor { shape: shape.to_vec(), dtype, row_len, segments: Arc::new(segments), texture: Arc::default() })
+        Ok(GpuTensor {
+            shape: shape.to_vec(),
+            dtype,
+            row_len,
+            segments: Arc::new(segments),
+            texture: Arc::default(),
+        })
     }
 
     /// Uploads f32 data; rows are the last dimension.
@@ -237,7 +279,12 @@ impl GpuTensor {
     }
 
     /// Zero-filled tensor on the GPU.
-    pub fn zeros(ctx: &Context, shape: &[usize], dtype: DType, row_len: usize) -> Result<GpuTensor> {
+    pub fn zeros(
+        ctx: &Context,
+        shape: &[usize],
+        dtype: DType,
+        row_len: usize,
+    ) -> Result<GpuTensor> {
         let per = Self::rows_per_segment(ctx, row_len, dtype)?;
         Self::zeros_with(ctx, shape, dtype, row_len, per)
     }
@@ -280,7 +327,13 @@ impl GpuTensor {
             }
             Ok(segments)
         })?;
-        Ok(GpuTensor { shape: shape.to_vec(), dtype, row_len, segments: Arc::new(segments), texture: Arc::default() })
+        Ok(GpuTensor {
+            shape: shape.to_vec(),
+            dtype,
+            row_len,
+            segments: Arc::new(segments),
+            texture: Arc::default(),
+        })
     }
 
     /// Reads the tensor back as raw bytes (async; works in the browser).
@@ -317,16 +370,35 @@ impl GpuTensor {
             receivers.push(rx);
         }
         #[cfg(not(target_arch = "wasm32"))]
-        ctx.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| ctx.check_alive().err().unwrap_or(Error::Device(e.to_string())))?;
+        ctx.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| {
+                ctx.check_alive()
+                    .err()
+                    .unwrap_or(Error::Device(e.to_string()))
+            })?;
         let mut out = Vec::with_capacity(self.numel() * self.dtype.size());
         for ((buf, bytes), rx) in staging.iter().zip(receivers) {
             match rx.await {
                 Ok(Ok(())) => {}
                 // A lost device fails every mapping; say so rather than "readback failed".
-                Ok(Err(e)) => return Err(ctx.check_alive().err().unwrap_or_else(|| Error::Device(format!("readback failed: {e}")))),
-                Err(_) => return Err(ctx.check_alive().err().unwrap_or_else(|| Error::Device("readback cancelled".into()))),
+                Ok(Err(e)) => {
+                    return Err(ctx
+                        .check_alive()
+                        .err()
+                        .unwrap_or_else(|| Error::Device(format!("readback failed: {e}"))))
+                }
+                Err(_) => {
+                    return Err(ctx
+                        .check_alive()
+                        .err()
+                        .unwrap_or_else(|| Error::Device("readback cancelled".into())))
+                }
             }
-            let view = buf.slice(..).get_mapped_range().map_err(|e| Error::Device(format!("readback: {e}")))?;
+            let view = buf
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| Error::Device(format!("readback: {e}")))?;
             out.extend_from_slice(&view[..*bytes as usize]);
             drop(view);
             buf.unmap();
@@ -338,7 +410,10 @@ impl GpuTensor {
     /// Reads an f32 tensor back (async).
     pub async fn read_f32(&self, ctx: &Context) -> Result<Vec<f32>> {
         if self.dtype != DType::F32 {
-            return Err(Error::arg("tensor", format!("read_f32 on a {:?} tensor", self.dtype)));
+            return Err(Error::arg(
+                "tensor",
+                format!("read_f32 on a {:?} tensor", self.dtype),
+            ));
         }
         Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(ctx).await?))
     }
@@ -358,7 +433,12 @@ impl GpuTensor {
     /// A copy on the GPU with `rows_per_segment` rows per buffer (GPU-side copies only).
     pub(crate) fn resegment(&self, ctx: &Context, rows_per_segment: u64) -> Result<GpuTensor> {
         if self.segments.iter().all(|s| s.rows <= rows_per_segment)
-            && self.segments.iter().rev().skip(1).all(|s| s.rows == rows_per_segment)
+            && self
+                .segments
+                .iter()
+                .rev()
+                .skip(1)
+                .all(|s| s.rows == rows_per_segment)
         {
             return Ok(self.clone());
         }
@@ -392,7 +472,12 @@ pub(crate) fn storage_usage() -> wgpu::BufferUsages {
 }
 
 fn create_init(ctx: &Context, contents: &[u8]) -> wgpu::Buffer {
-    ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("tensor"), contents, usage: storage_usage() })
+    ctx.device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("tensor"),
+            contents,
+            usage: storage_usage(),
+        })
 }
 
 impl GpuTensor {
@@ -400,8 +485,12 @@ impl GpuTensor {
     /// browsers otherwise free buffers only when they are garbage-collected.
     pub fn release(self) {
         if let Ok(texture) = Arc::try_unwrap(self.texture) {
-            if let Some(Ok(t)) = texture.into_inner().unwrap_or_else(|p| p.into_inner()).map(Arc::try_unwrap) {
-                crate::table_texture::destroy(t);
+            if let Some(Ok(t)) = texture
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .map(Arc::try_unwrap)
+            {
+                t.destroy();
             }
         }
         if let Ok(segments) = Arc::try_unwrap(self.segments) {
@@ -414,6 +503,16 @@ impl GpuTensor {
     /// Wraps one existing buffer as a flat tensor (rows of one element).
     pub(crate) fn from_buffer(buffer: wgpu::Buffer, shape: &[usize], dtype: DType) -> GpuTensor {
         let rows = shape.iter().product::<usize>() as u64;
-        GpuTensor { shape: shape.to_vec(), dtype, row_len: 1, segments: Arc::new(vec![Segment { buffer, first_row: 0, rows }]), texture: Arc::default() }
+        GpuTensor {
+            shape: shape.to_vec(),
+            dtype,
+            row_len: 1,
+            segments: Arc::new(vec![Segment {
+                buffer,
+                first_row: 0,
+                rows,
+            }]),
+            texture: Arc::default(),
+        }
     }
 }

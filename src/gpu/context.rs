@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
+use crate::gpu::kernel::{Kernel, Slot};
 
 /// How to pick and configure the device.
 #[derive(Debug, Clone, Default)]
@@ -65,29 +66,12 @@ impl TableReads {
             "auto" => Ok(Self::Auto),
             "buffer" => Ok(Self::Buffer),
             "texture" => Ok(Self::Texture),
-            other => Err(Error::arg("table_reads", format!("expected auto, buffer or texture, got {other:?}"))),
+            other => Err(Error::arg(
+                "table_reads",
+                format!("expected auto, buffer or texture, got {other:?}"),
+            )),
         }
     }
-}
-
-/// What a shader binding slot holds; a bind-group layout is a list of these.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Slot {
-    Uniform,
-    Read,
-    ReadWrite,
-    /// A `texture_2d_array<u32>` (a table's texture copy).
-    Texture,
-}
-
-/// A compute kernel: an entry point of one `.wgsl` family and its binding slots
-/// (binding `i` of group 0 is `slots[i]`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Kernel {
-    pub family: &'static str,
-    pub source: &'static str,
-    pub entry: &'static str,
-    pub slots: &'static [Slot],
 }
 
 type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
@@ -106,7 +90,7 @@ pub struct Context {
     features: wgpu::Features,
     max_binding: u64,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
-    layouts: Mutex<HashMap<Vec<Slot>, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>>,
+    layouts: Mutex<HashMap<Vec<(u32, Slot)>, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     max_tensor_bytes: Option<u64>,
     texture_tables: bool,
@@ -123,7 +107,7 @@ pub struct Context {
 const _: () = {
     const fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Context>();
-    assert_send_sync::<crate::tensor::GpuTensor>();
+    assert_send_sync::<crate::gpu::tensor::GpuTensor>();
 };
 
 impl std::fmt::Debug for Context {
@@ -152,7 +136,12 @@ impl Context {
     /// Lists the adapters of the given backends (`None`: `WGPU_BACKEND` or all).
     pub async fn adapters(backends: Option<wgpu::Backends>) -> Vec<wgpu::AdapterInfo> {
         let instance = make_instance(backends);
-        instance.enumerate_adapters(instance_backends(backends)).await.iter().map(|a| a.get_info()).collect()
+        instance
+            .enumerate_adapters(instance_backends(backends))
+            .await
+            .iter()
+            .map(|a| a.get_info())
+            .collect()
     }
 
     /// Creates a context, picking the adapter as `options` say.
@@ -166,7 +155,9 @@ impl Context {
                     .await
                     .into_iter()
                     .find(|a| a.get_info().name.to_lowercase().contains(&want))
-                    .ok_or_else(|| Error::NoAdapter(format!("no adapter whose name contains {name:?}")))?
+                    .ok_or_else(|| {
+                        Error::NoAdapter(format!("no adapter whose name contains {name:?}"))
+                    })?
             }
             None => instance
                 .request_adapter(&wgpu::RequestAdapterOptions {
@@ -201,7 +192,8 @@ impl Context {
             })
             .await
             .map_err(|e| Error::NoAdapter(e.to_string()))?;
-        let mut ctx = Self::from_device(device, queue, adapter.get_info(), options.max_binding_size);
+        let mut ctx =
+            Self::from_device(device, queue, adapter.get_info(), options.max_binding_size);
         ctx.max_tensor_bytes = options.max_tensor_bytes;
         ctx.set_table_reads(options.table_reads)?;
         Ok(ctx)
@@ -216,9 +208,15 @@ impl Context {
     ) -> Self {
         let limits = device.limits();
         // Capped at 2 GiB so element offsets inside one binding fit the shaders' u32/i32 math.
-        let device_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size).min(1 << 31);
+        let device_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+            .min(1 << 31);
         // Bindings are kept to whole 256-byte units so sub-range offsets stay aligned.
-        let max_binding = max_binding_size.map_or(device_binding, |m| m.min(device_binding)).max(256) & !255;
+        let max_binding = max_binding_size
+            .map_or(device_binding, |m| m.min(device_binding))
+            .max(256)
+            & !255;
         let lost = Arc::new(Mutex::new(None));
         let lost_flag = lost.clone();
         device.set_device_lost_callback(move |reason, message| {
@@ -285,14 +283,22 @@ impl Context {
                 usage: wgpu::BufferUsages::STORAGE,
                 mapped_at_creation: false,
             });
-            let (texture, view) = crate::table_texture::word_texture(&self.device, "placeholder", 1, 1, 1);
+            let (texture, view) = word_texture(&self.device, "placeholder", 1, 1, 1);
             // Written once here: a texture bound uninitialised gets wgpu's lazy clear at
             // each use, after which lavapipe's timestamps of later passes read as zero.
             self.queue.write_texture(
                 texture.as_image_copy(),
                 &[0; 16],
-                wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: None, rows_per_image: None },
-                wgpu::Extent3d { width: 1, height: 1, depth_or_array_layers: 1 },
+                wgpu::TexelCopyBufferLayout {
+                    offset: 0,
+                    bytes_per_row: None,
+                    rows_per_image: None,
+                },
+                wgpu::Extent3d {
+                    width: 1,
+                    height: 1,
+                    depth_or_array_layers: 1,
+                },
             );
             (buffer, view)
         })
@@ -379,7 +385,10 @@ impl Context {
     /// The first device error that happened outside any call of this library (e.g. in
     /// the caller's own use of [`Context::device`]), taken out so it is reported once.
     pub fn take_uncaptured_error(&self) -> Option<String> {
-        self.uncaptured.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.uncaptured
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// Refuses an allocation of `bytes` for `what` that the budget or the device cannot hold.
@@ -397,26 +406,27 @@ impl Context {
     fn module(&self, kernel: &Kernel) -> wgpu::ShaderModule {
         let mut modules = self.modules.lock().unwrap_or_else(|p| p.into_inner());
         modules
-            .entry(kernel.family)
+            .entry(kernel.family.name)
             .or_insert_with(|| {
-                self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(kernel.family),
-                    source: wgpu::ShaderSource::Wgsl(kernel.source.into()),
-                })
+                self.device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(kernel.family.name),
+                        source: wgpu::ShaderSource::Wgsl(kernel.family.source().into()),
+                    })
             })
             .clone()
     }
 
-    fn layout(&self, slots: &[Slot]) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+    fn layout(&self, kernel: &Kernel) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+        let slots = kernel.layout_key();
         let mut layouts = self.layouts.lock().unwrap_or_else(|p| p.into_inner());
         layouts
-            .entry(slots.to_vec())
+            .entry(slots.clone())
             .or_insert_with(|| {
                 let entries: Vec<_> = slots
                     .iter()
-                    .enumerate()
-                    .map(|(i, slot)| wgpu::BindGroupLayoutEntry {
-                        binding: i as u32,
+                    .map(|&(binding, slot)| wgpu::BindGroupLayoutEntry {
+                        binding,
                         visibility: wgpu::ShaderStages::COMPUTE,
                         ty: match slot {
                             Slot::Texture => wgpu::BindingType::Texture {
@@ -427,7 +437,9 @@ impl Context {
                             buffer => wgpu::BindingType::Buffer {
                                 ty: match buffer {
                                     Slot::Uniform => wgpu::BufferBindingType::Uniform,
-                                    Slot::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                                    Slot::Read => {
+                                        wgpu::BufferBindingType::Storage { read_only: true }
+                                    }
                                     _ => wgpu::BufferBindingType::Storage { read_only: false },
                                 },
                                 has_dynamic_offset: false,
@@ -439,47 +451,73 @@ impl Context {
                     .collect();
                 let bgl = self
                     .device
-                    .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries });
-                let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                    label: None,
-                    bind_group_layouts: &[Some(&bgl)],
-                    immediate_size: 0,
-                });
+                    .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                        label: None,
+                        entries: &entries,
+                    });
+                let pl = self
+                    .device
+                    .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                        label: None,
+                        bind_group_layouts: &[Some(&bgl)],
+                        immediate_size: 0,
+                    });
                 (bgl, pl)
             })
             .clone()
     }
 
     /// The pipeline of `kernel` specialised with `constants` (override name, value), cached.
-    pub(crate) fn pipeline(&self, kernel: &Kernel, constants: &[(&'static str, f64)]) -> wgpu::ComputePipeline {
-        let key: PipelineKey =
-            (kernel.family, kernel.entry, constants.iter().map(|(n, v)| (*n, v.to_bits())).collect());
-        if let Some(p) = self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+    pub(crate) fn pipeline(
+        &self,
+        kernel: &Kernel,
+        constants: &[(&'static str, f64)],
+    ) -> wgpu::ComputePipeline {
+        let key: PipelineKey = (
+            kernel.family.name,
+            kernel.entry,
+            constants.iter().map(|(n, v)| (*n, v.to_bits())).collect(),
+        );
+        if let Some(p) = self
+            .pipelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
             return p.clone();
         }
         let module = self.module(kernel);
-        let (_, layout) = self.layout(kernel.slots);
+        let (_, layout) = self.layout(kernel);
         let mut all: Vec<(&str, f64)> = vec![("WG_SIZE", WORKGROUP_SIZE as f64)];
         all.extend(constants.iter().copied());
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(kernel.entry),
-            layout: Some(&layout),
-            module: &module,
-            entry_point: Some(kernel.entry),
-            compilation_options: wgpu::PipelineCompilationOptions { constants: &all, zero_initialize_workgroup_memory: true },
-            cache: None,
-        });
-        self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).insert(key, pipeline.clone());
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(kernel.entry),
+                layout: Some(&layout),
+                module: &module,
+                entry_point: Some(kernel.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &all,
+                    zero_initialize_workgroup_memory: true,
+                },
+                cache: None,
+            });
+        self.pipelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, pipeline.clone());
         pipeline
     }
 
     /// A small uniform buffer holding `params`.
     pub(crate) fn uniform<T: bytemuck::Pod>(&self, params: &T) -> wgpu::Buffer {
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("params"),
-            contents: bytemuck::bytes_of(params),
-            usage: wgpu::BufferUsages::UNIFORM,
-        })
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: bytemuck::bytes_of(params),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
     }
 
     /// Records one dispatch of `kernel` over `invocations` threads, spreading the
@@ -492,7 +530,13 @@ impl Context {
         bindings: &[wgpu::BindingResource<'_>],
         invocations: u64,
     ) {
-        self.dispatch_groups(encoder, kernel, constants, bindings, invocations.div_ceil(WORKGROUP_SIZE as u64));
+        self.dispatch_groups(
+            encoder,
+            kernel,
+            constants,
+            bindings,
+            invocations.div_ceil(WORKGROUP_SIZE as u64),
+        );
     }
 
     /// Like [`Context::dispatch`], counted in workgroups (for kernels with a workgroup per item).
@@ -507,18 +551,28 @@ impl Context {
         if groups == 0 {
             return;
         }
-        debug_assert_eq!(bindings.len(), kernel.slots.len());
+        debug_assert_eq!(bindings.len(), kernel.bindings.len());
         let pipeline = self.pipeline(kernel, constants);
-        let (bgl, _) = self.layout(kernel.slots);
-        let entries: Vec<_> = bindings
+        let (bgl, _) = self.layout(kernel);
+        let entries: Vec<_> = kernel
+            .bindings
             .iter()
-            .enumerate()
-            .map(|(i, r)| wgpu::BindGroupEntry { binding: i as u32, resource: r.clone() })
+            .zip(bindings)
+            .map(|(&(binding, _, _), r)| wgpu::BindGroupEntry {
+                binding,
+                resource: r.clone(),
+            })
             .collect();
-        let bind_group =
-            self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(kernel.entry), layout: &bgl, entries: &entries });
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(kernel.entry),
+            layout: &bgl,
+            entries: &entries,
+        });
         let [x, y, z] = workgroup_grid(groups, self.limits.max_compute_workgroups_per_dimension);
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.entry), timestamp_writes: None });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(kernel.entry),
+            timestamp_writes: None,
+        });
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(x, y, z);
@@ -526,7 +580,10 @@ impl Context {
 
     /// A new command encoder.
     pub(crate) fn encoder(&self) -> wgpu::CommandEncoder {
-        self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-embed") })
+        self.device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("wgpu-embed"),
+            })
     }
 
     /// Submits `encoder`, catching validation and out-of-memory errors of the submission.
@@ -574,9 +631,41 @@ impl Context {
     /// Blocks until all submitted work has finished (native); no-op in the browser.
     pub fn wait_idle(&self) -> Result<()> {
         #[cfg(not(target_arch = "wasm32"))]
-        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Device(e.to_string()))?;
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Device(e.to_string()))?;
         self.check_alive()
     }
+}
+
+/// An `rgba32uint` 2-D array texture the kernels can read and copies can fill, and its
+/// array view (tables' texture copies, and the placeholder of unread texture slots).
+pub(crate) fn word_texture(
+    device: &wgpu::Device,
+    label: &str,
+    width: u32,
+    height: u32,
+    layers: u32,
+) -> (wgpu::Texture, wgpu::TextureView) {
+    let texture = device.create_texture(&wgpu::TextureDescriptor {
+        label: Some(label),
+        size: wgpu::Extent3d {
+            width,
+            height,
+            depth_or_array_layers: layers,
+        },
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format: wgpu::TextureFormat::Rgba32Uint,
+        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+        view_formats: &[],
+    });
+    let view = texture.create_view(&wgpu::TextureViewDescriptor {
+        dimension: Some(wgpu::TextureViewDimension::D2Array),
+        ..Default::default()
+    });
+    (texture, view)
 }
 
 /// Splits `groups` workgroups into an x/y/z grid under `max_per_dim`. The shaders
@@ -591,7 +680,9 @@ pub(crate) fn workgroup_grid(groups: u64, max_per_dim: u32) -> [u32; 3] {
 }
 
 fn instance_backends(backends: Option<wgpu::Backends>) -> wgpu::Backends {
-    backends.or_else(wgpu::Backends::from_env).unwrap_or(wgpu::Backends::all())
+    backends
+        .or_else(wgpu::Backends::from_env)
+        .unwrap_or(wgpu::Backends::all())
 }
 
 fn make_instance(backends: Option<wgpu::Backends>) -> wgpu::Instance {
@@ -606,7 +697,14 @@ mod tests {
 
     #[test]
     fn grid_covers_every_group_within_limits() {
-        for (groups, max) in [(1u64, 65535u32), (65535, 65535), (65536, 65535), (10_000_000, 65535), (300, 7), (343, 7)] {
+        for (groups, max) in [
+            (1u64, 65535u32),
+            (65535, 65535),
+            (65536, 65535),
+            (10_000_000, 65535),
+            (300, 7),
+            (343, 7),
+        ] {
             let [x, y, z] = workgroup_grid(groups, max);
             assert!(x <= max && y <= max && z <= max);
             assert!(x as u64 * y as u64 * z as u64 >= groups, "{groups} {max}");

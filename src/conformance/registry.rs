@@ -1,0 +1,462 @@
+//! The op registry: every conformance op this build runs, with the input roles it
+//! reads, its parameters, how its results are compared, and the public API call that
+//! runs it. `run-cases`, `check`, `supported-ops`, the web crate and the fuzzer all read
+//! this list: adding an op is one entry here.
+
+use crate::error::{Error, Result};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::{
+    conformance::cases::{CaseInputs, HostTensor},
+    gpu::context::Context,
+    layers::embedding::Embedding,
+    layers::embedding_bag::{BagMode, EmbeddingBag},
+};
+
+/// Named outputs of one case.
+#[cfg(not(target_arch = "wasm32"))]
+pub type Outputs = Vec<(String, HostTensor)>;
+
+/// What an input role holds, so tools can pick suitable tensors for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    /// A 2-D f32 table (or any f32 tensor for `x`).
+    Table,
+    /// Integer indices of any shape.
+    Indices,
+    /// 1-D bag offsets.
+    Offsets,
+    /// A 1-D f32 vector (gamma, beta, per-sample weights, absmax).
+    Vector,
+    /// U8 codes.
+    Codes,
+}
+
+/// How an op's outputs are compared with the reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tolerance {
+    /// Every value within the case's `atol + rtol * |expected|`.
+    Values,
+    /// The same, except that up to 1 in 1000 values may miss: a value on a rounding
+    /// boundary may take the neighbouring code.
+    Codes,
+}
+
+/// One op of the registry.
+pub struct Op {
+    pub name: &'static str,
+    pub inputs: &'static [(&'static str, InputKind)],
+    pub params: &'static [&'static str],
+    pub tolerance: Tolerance,
+    /// Runs the op on a case's inputs (blocking read-backs: native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub run: fn(&Context, &CaseInputs<'_>) -> Result<Outputs>,
+}
+
+macro_rules! op {
+    ($name:literal, $run:ident, [$($role:literal: $kind:ident),*], [$($param:literal),*], $tol:ident) => {
+        Op {
+            name: $name,
+            inputs: &[$(($role, InputKind::$kind)),*],
+            params: &[$($param),*],
+            tolerance: Tolerance::$tol,
+            #[cfg(not(target_arch = "wasm32"))]
+            run: $run,
+        }
+    };
+}
+
+/// Every op this build runs.
+pub static OPS: &[Op] = &[
+    op!("embedding", embedding, ["weight": Table, "indices": Indices], ["padding_idx", "max_norm", "norm_type"], Values),
+    op!(
+        "embedding_bag",
+        embedding_bag,
+        ["weight": Table, "indices": Indices, "offsets": Offsets, "per_sample_weights": Vector],
+        ["mode", "padding_idx", "max_norm", "norm_type", "include_last_offset"],
+        Values
+    ),
+    op!("layer_norm", layer_norm, ["x": Table, "gamma": Vector, "beta": Vector], ["eps"], Values),
+    op!("stable_embedding", stable_embedding, ["weight": Table, "indices": Indices, "gamma": Vector, "beta": Vector], ["padding_idx", "eps"], Values),
+    op!(
+        "embedding_sum_layer_norm",
+        embedding_sum_layer_norm,
+        ["weight0": Table, "weight1": Table, "indices0": Indices, "indices1": Indices, "gamma": Vector, "beta": Vector],
+        ["eps"],
+        Values
+    ),
+    op!("axial_position_embedding", axial_position_embedding, ["weight0": Table, "weight1": Table, "position_ids": Indices], ["axial_pos_shape"], Values),
+    op!("quantize_blockwise", quantize_blockwise, ["x": Table], ["blocksize", "code"], Codes),
+    op!("dequantize_blockwise", dequantize_blockwise, ["codes": Codes, "absmax": Vector], ["blocksize", "code"], Values),
+    op!("quantized_embedding", quantized_embedding, ["weight": Table, "indices": Indices], ["scheme", "blocksize"], Codes),
+    op!(
+        "quantized_embedding_bag",
+        quantized_embedding_bag,
+        ["weight": Table, "indices": Indices, "offsets": Offsets, "per_sample_weights": Vector],
+        ["scheme", "blocksize", "mode", "padding_idx", "include_last_offset"],
+        Codes
+    ),
+];
+
+/// The op called `name`, if this build runs it.
+pub fn op(name: &str) -> Option<&'static Op> {
+    OPS.iter().find(|o| o.name == name)
+}
+
+/// The names of every op, in registry order.
+pub fn supported_ops() -> Vec<&'static str> {
+    OPS.iter().map(|o| o.name).collect()
+}
+
+/// Runs op `name` on a case's inputs.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn run_op(ctx: &Context, name: &str, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+    let op = op(name).ok_or_else(|| {
+        Error::Unsupported(format!("op {name:?} is not implemented by this build"))
+    })?;
+    (op.run)(ctx, inputs)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+use runs::*;
+
+/// The API call behind each op.
+#[cfg(not(target_arch = "wasm32"))]
+mod runs {
+    use super::*;
+
+    /// A 2-D f32 table input: values, rows, columns.
+    pub(super) fn table<'a>(
+        inputs: &CaseInputs<'a>,
+        role: &'static str,
+    ) -> Result<(&'a [f32], usize, usize)> {
+        let t = inputs.require(role)?;
+        match t.shape[..] {
+            [v, d] => Ok((t.as_f32(role)?, v, d)),
+            _ => Err(Error::arg(
+                role,
+                format!("expected a 2-D table, got shape {:?}", t.shape),
+            )),
+        }
+    }
+
+    pub(super) fn max_norm(inputs: &CaseInputs<'_>) -> Result<(Option<f32>, f32)> {
+        let p = inputs.params();
+        Ok((
+            p.opt_f64("max_norm")?.map(|m| m as f32),
+            p.f64_or("norm_type", 2.0)? as f32,
+        ))
+    }
+
+    pub(super) fn embedding(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+        let (w, v, d) = table(inputs, "weight")?;
+        let indices = inputs.require("indices")?.as_indices("indices")?;
+        let (mn, p) = max_norm(inputs)?;
+        let layer = Embedding::from_pretrained(ctx, w, v, d)?
+            .with_padding_idx(inputs.params().opt_i64("padding_idx")?)?
+            .with_max_norm(mn, p)?;
+        let out = layer.forward(ctx, indices)?;
+        let mut outputs = vec![(
+            "out".to_string(),
+            HostTensor::f32(out.to_vec_f32(ctx)?, out.shape().to_vec()),
+        )];
+        if mn.is_some() {
+            outputs.push((
+                "weight".to_string(),
+                HostTensor::f32(layer.weight().to_vec_f32(ctx)?, vec![v, d]),
+            ));
+        }
+        Ok(outputs)
+    }
+
+    pub(super) fn embedding_bag(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+        let p = inputs.params();
+        let (w, v, d) = table(inputs, "weight")?;
+        let input = inputs.require("indices")?.as_indices("indices")?;
+        let offsets = inputs
+            .get("offsets")?
+            .map(|t| t.as_indices("offsets"))
+            .transpose()?;
+        let psw = inputs
+            .get("per_sample_weights")?
+            .map(|t| t.as_f32("per_sample_weights").map(|x| (x, &t.shape[..])))
+            .transpose()?;
+        let mode = BagMode::parse(p.opt_str("mode")?.unwrap_or("mean"))?;
+        let (mn, norm_type) = max_norm(inputs)?;
+        let layer = EmbeddingBag::from_pretrained(ctx, w, v, d, mode)?
+            .with_padding_idx(p.opt_i64("padding_idx")?)?
+            .with_max_norm(mn, norm_type)?
+            .with_include_last_offset(p.bool_or("include_last_offset", false)?);
+        let out = layer.forward(ctx, input, offsets, psw)?;
+        let mut outputs = vec![(
+            "out".to_string(),
+            HostTensor::f32(out.to_vec_f32(ctx)?, out.shape().to_vec()),
+        )];
+        if mn.is_some() {
+            outputs.push((
+                "weight".to_string(),
+                HostTensor::f32(layer.weight().to_vec_f32(ctx)?, vec![v, d]),
+            ));
+        }
+        Ok(outputs)
+    }
+
+    pub(super) fn f32_output(
+        ctx: &Context,
+        out: &crate::gpu::tensor::GpuTensor,
+    ) -> Result<Outputs> {
+        Ok(vec![(
+            "out".to_string(),
+            HostTensor::f32(out.to_vec_f32(ctx)?, out.shape().to_vec()),
+        )])
+    }
+
+    /// An optional 1-D f32 input (LayerNorm's gamma / beta).
+    pub(super) fn opt_vector<'a>(
+        inputs: &CaseInputs<'a>,
+        role: &'static str,
+    ) -> Result<Option<&'a [f32]>> {
+        inputs.get(role)?.map(|t| t.as_f32(role)).transpose()
+    }
+
+    pub(super) fn layer_norm(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+        let x = inputs.require("x")?;
+        let dim = *x
+            .shape
+            .last()
+            .ok_or_else(|| Error::arg("x", "expected at least one dimension, got a scalar"))?;
+        let eps = inputs.params().f64_or("eps", 1e-5)? as f32;
+        let layer = crate::layers::layer_norm::LayerNorm::from_params(
+            ctx,
+            dim,
+            eps,
+            opt_vector(inputs, "gamma")?,
+            opt_vector(inputs, "beta")?,
+        )?;
+        f32_output(ctx, &layer.forward(ctx, x.as_f32("x")?, &x.shape)?)
+    }
+
+    pub(super) fn stable_embedding(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+        let p = inputs.params();
+        let (w, v, d) = table(inputs, "weight")?;
+        let indices = inputs.require("indices")?.as_indices("indices")?;
+        let layer = crate::layers::stable_embedding::StableEmbedding::from_pretrained(
+            ctx,
+            crate::checkpoint::HostTable::f32(w, v, d)?,
+            p.opt_i64("padding_idx")?,
+            opt_vector(inputs, "gamma")?,
+            opt_vector(inputs, "beta")?,
+            p.f64_or(
+                "eps",
+                crate::layers::stable_embedding::STABLE_EMBEDDING_EPS as f64,
+            )? as f32,
+        )?;
+        f32_output(ctx, &layer.forward(ctx, indices)?)
+    }
+
+    pub(super) fn embedding_sum_layer_norm(
+        ctx: &Context,
+        inputs: &CaseInputs<'_>,
+    ) -> Result<Outputs> {
+        let mut tables = Vec::new();
+        let mut indices = Vec::new();
+        for k in 0.. {
+            let (Some(w), Some(i)) = (
+                inputs.get(&format!("weight{k}"))?,
+                inputs.get(&format!("indices{k}"))?,
+            ) else {
+                break;
+            };
+            let [v, d] = w.shape[..] else {
+                return Err(Error::arg(
+                    "weight",
+                    format!(
+                        "expected weight{k} to be a 2-D table, got shape {:?}",
+                        w.shape
+                    ),
+                ));
+            };
+            tables.push(crate::checkpoint::HostTable::f32(
+                w.as_f32("weight")?,
+                v,
+                d,
+            )?);
+            indices.push(i.as_indices("indices")?);
+        }
+        let eps = inputs.params().f64_or("eps", 1e-12)? as f32;
+        let block = crate::layers::sum_layer_norm::EmbeddingSumLayerNorm::new(
+            ctx,
+            &tables,
+            opt_vector(inputs, "gamma")?,
+            opt_vector(inputs, "beta")?,
+            eps,
+        )?;
+        f32_output(ctx, &block.forward(ctx, &indices)?)
+    }
+
+    pub(super) fn axial_position_embedding(
+        ctx: &Context,
+        inputs: &CaseInputs<'_>,
+    ) -> Result<Outputs> {
+        let shape = inputs
+            .params()
+            .opt_usize_list("axial_pos_shape")?
+            .ok_or_else(|| Error::arg("axial_pos_shape", "the case gives no axial_pos_shape"))?;
+        let [n1, n2] = shape[..] else {
+            return Err(Error::arg(
+                "axial_pos_shape",
+                format!("expected two factors, got {shape:?}"),
+            ));
+        };
+        // transformers stores the weights as [n1, 1, d1] and [1, n2, d2]: the last dimension is the width.
+        let w0 = inputs.require("weight0")?;
+        let w1 = inputs.require("weight1")?;
+        let d0 = *w0.shape.last().unwrap_or(&0);
+        let d1 = *w1.shape.last().unwrap_or(&0);
+        let layer = crate::layers::axial::AxialPositionEmbedding::from_pretrained(
+            ctx,
+            w0.as_f32("weight0")?,
+            w1.as_f32("weight1")?,
+            [n1, n2],
+            [d0, d1],
+        )?;
+        f32_output(
+            ctx,
+            &layer.forward(
+                ctx,
+                inputs.require("position_ids")?.as_indices("position_ids")?,
+            )?,
+        )
+    }
+
+    /// `blocksize` as a size (absent or null: `default`), refusing negatives by value.
+    pub(super) fn blocksize_param(
+        inputs: &CaseInputs<'_>,
+        default: Option<usize>,
+    ) -> Result<Option<usize>> {
+        match inputs.params().opt_i64("blocksize")? {
+            None => Ok(default),
+            Some(b) if b >= 0 => Ok(Some(b as usize)),
+            Some(b) => Err(Error::arg(
+                "blocksize",
+                format!("blocksize {b} is not supported"),
+            )),
+        }
+    }
+
+    pub(super) fn code_map(inputs: &CaseInputs<'_>) -> Result<crate::quant::codes::CodeMap> {
+        crate::quant::codes::CodeMap::parse(inputs.params().opt_str("code")?.unwrap_or("dynamic"))
+    }
+
+    pub(super) fn quantize_blockwise(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+        let x = inputs.require("x")?;
+        let values = x.as_f32("x")?;
+        let blocksize = blocksize_param(inputs, Some(4096))?.unwrap_or(4096);
+        let code = code_map(inputs)?;
+        crate::quant::blockwise::check_blocksize(blocksize)?;
+        // Uploaded flat (rows of one element): the kernels take the tensor as a flat run.
+        let t = crate::gpu::tensor::GpuTensor::from_bytes(
+            ctx,
+            bytemuck::cast_slice(values),
+            &[values.len()],
+            crate::gpu::tensor::DType::F32,
+            1,
+        )?;
+        let q = crate::quant::blockwise::quantize_blockwise(ctx, &t, blocksize, code)?;
+        Ok(vec![
+            (
+                "codes".to_string(),
+                HostTensor::u8(q.codes.to_bytes(ctx)?, vec![values.len()]),
+            ),
+            (
+                "absmax".to_string(),
+                HostTensor::f32(q.absmax.to_vec_f32(ctx)?, q.absmax.shape().to_vec()),
+            ),
+        ])
+    }
+
+    pub(super) fn dequantize_blockwise(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+        let codes = inputs.require("codes")?.as_u8("codes")?;
+        let absmax = inputs.require("absmax")?.as_f32("absmax")?;
+        let blocksize = blocksize_param(inputs, Some(4096))?.unwrap_or(4096);
+        let code = code_map(inputs)?;
+        crate::quant::blockwise::check_blocksize(blocksize)?;
+        let c = crate::gpu::tensor::GpuTensor::from_bytes(
+            ctx,
+            codes,
+            &[codes.len()],
+            crate::gpu::tensor::DType::U8,
+            1,
+        )?;
+        let a = crate::gpu::tensor::GpuTensor::from_bytes(
+            ctx,
+            bytemuck::cast_slice(absmax),
+            &[absmax.len()],
+            crate::gpu::tensor::DType::F32,
+            1,
+        )?;
+        let out = crate::quant::blockwise::dequantize_blockwise(ctx, &c, &a, blocksize, code)?;
+        Ok(vec![(
+            "out".to_string(),
+            HostTensor::f32(out.to_vec_f32(ctx)?, vec![codes.len()]),
+        )])
+    }
+
+    pub(super) fn quantized_embedding(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+        let (w, v, d) = table(inputs, "weight")?;
+        let scheme = crate::quant::table::Scheme::parse(
+            inputs
+                .params()
+                .opt_str("scheme")?
+                .unwrap_or("int8_blockwise"),
+        )?;
+        let layer = crate::layers::quantized::QuantizedEmbedding::from_pretrained(
+            ctx,
+            w,
+            v,
+            d,
+            scheme,
+            blocksize_param(inputs, None)?,
+        )?;
+        let out = layer.forward(ctx, inputs.require("indices")?.as_indices("indices")?)?;
+        Ok(vec![(
+            "out".to_string(),
+            HostTensor::f32(out.to_vec_f32(ctx)?, out.shape().to_vec()),
+        )])
+    }
+
+    pub(super) fn quantized_embedding_bag(
+        ctx: &Context,
+        inputs: &CaseInputs<'_>,
+    ) -> Result<Outputs> {
+        let p = inputs.params();
+        let (w, v, d) = table(inputs, "weight")?;
+        let scheme =
+            crate::quant::table::Scheme::parse(p.opt_str("scheme")?.unwrap_or("int8_blockwise"))?;
+        let mode = BagMode::parse(p.opt_str("mode")?.unwrap_or("mean"))?;
+        let input = inputs.require("indices")?.as_indices("indices")?;
+        let offsets = inputs
+            .get("offsets")?
+            .map(|t| t.as_indices("offsets"))
+            .transpose()?;
+        let psw = inputs
+            .get("per_sample_weights")?
+            .map(|t| t.as_f32("per_sample_weights").map(|x| (x, &t.shape[..])))
+            .transpose()?;
+        let layer = crate::layers::quantized::QuantizedEmbeddingBag::from_pretrained(
+            ctx,
+            w,
+            v,
+            d,
+            scheme,
+            blocksize_param(inputs, None)?,
+            mode,
+        )?
+        .with_padding_idx(p.opt_i64("padding_idx")?)?
+        .with_include_last_offset(p.bool_or("include_last_offset", false)?);
+        let out = layer.forward(ctx, input, offsets, psw)?;
+        Ok(vec![(
+            "out".to_string(),
+            HostTensor::f32(out.to_vec_f32(ctx)?, out.shape().to_vec()),
+        )])
+    }
+}

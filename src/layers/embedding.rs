@@ -1,0 +1,333 @@
+//! `torch.nn.Embedding` forward on the GPU: lookup, padding_idx, and max-norm
+//! renormalisation of the referenced rows in place. Shader family: `embedding.wgsl`.
+
+use crate::error::Result;
+use crate::gpu::context::{Context, WORKGROUP_SIZE};
+use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
+use crate::gpu::plan::{Call, Grid, PassParams, RowPlan};
+use crate::gpu::status::Status;
+use crate::gpu::table::{refresh_table_texture, table_texture, TableAccess, TableSlice};
+use crate::gpu::tensor::{DType, GpuTensor, Segment};
+use crate::layers::indices::{normalize_padding_idx, upload_rows, Indices};
+use crate::layers::table::{
+    check_renormalizable, check_table, table_format, table_shape, vec4_lanes, MaxNorm,
+};
+
+pub static FAMILY: ShaderFamily = ShaderFamily {
+    name: "embedding",
+    parts: &[
+        common::GRID,
+        common::PASS,
+        common::TABLE,
+        include_str!("../../shaders/embedding.wgsl"),
+    ],
+};
+
+const LOOKUP_BINDINGS: &[(u32, Slot, Role)] = &[
+    (0, Slot::Uniform, Role::Params),
+    (1, Slot::Read, Role::Table(0)),
+    (2, Slot::Read, Role::Input),
+    (3, Slot::ReadWrite, Role::Out),
+    (4, Slot::Texture, Role::Texture),
+    (8, Slot::ReadWrite, Role::Status),
+];
+
+const LOOKUP: Kernel = Kernel {
+    family: &FAMILY,
+    entry: "lookup",
+    bindings: LOOKUP_BINDINGS,
+};
+const LOOKUP_VEC4: Kernel = Kernel {
+    family: &FAMILY,
+    entry: "lookup_vec4",
+    bindings: LOOKUP_BINDINGS,
+};
+const RENORM: Kernel = Kernel {
+    family: &FAMILY,
+    entry: "renorm",
+    bindings: &[
+        (0, Slot::Uniform, Role::Params),
+        (1, Slot::ReadWrite, Role::Table(0)),
+        (2, Slot::Read, Role::Input),
+        (7, Slot::ReadWrite, Role::PerSlice),
+    ],
+};
+
+/// A lookup table on the GPU with PyTorch's `nn.Embedding` semantics.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    weight: GpuTensor,
+    num_embeddings: usize,
+    embedding_dim: usize,
+    padding_idx: Option<u32>,
+    max_norm: Option<MaxNorm>,
+}
+
+impl Embedding {
+    /// Builds the layer from a row-major `[num_embeddings, embedding_dim]` table, like
+    /// `nn.Embedding.from_pretrained(weight, freeze=True)`.
+    pub fn from_pretrained(
+        ctx: &Context,
+        weight: &[f32],
+        num_embeddings: usize,
+        embedding_dim: usize,
+    ) -> Result<Self> {
+        check_table(weight.len(), num_embeddings, embedding_dim)?;
+        Self::from_tensor(GpuTensor::from_f32(
+            ctx,
+            weight,
+            &[num_embeddings, embedding_dim],
+        )?)
+    }
+
+    /// Builds the layer over a table already on the GPU: `[V, D]` of F32, or of F16 / BF16
+    /// (see [`GpuTensor::from_f16`]; read as f32, output f32, no `shader-f16` needed).
+    pub fn from_tensor(weight: GpuTensor) -> Result<Self> {
+        let (v, d) = table_shape(&weight)?;
+        Ok(Self {
+            weight,
+            num_embeddings: v,
+            embedding_dim: d,
+            padding_idx: None,
+            max_norm: None,
+        })
+    }
+
+    /// Sets `padding_idx` (negative counts from the end, as in PyTorch). The forward
+    /// returns the stored row for it, as PyTorch does; it only matters for gradients
+    /// and for the bags, which skip it.
+    pub fn with_padding_idx(mut self, padding_idx: Option<i64>) -> Result<Self> {
+        self.padding_idx = normalize_padding_idx(padding_idx, self.num_embeddings)?;
+        Ok(self)
+    }
+
+    /// Sets `max_norm` and `norm_type`: each forward first renormalises, in place on the
+    /// GPU, every table row it references whose norm exceeds `max_norm`.
+    pub fn with_max_norm(mut self, max_norm: Option<f32>, norm_type: f32) -> Result<Self> {
+        self.max_norm = MaxNorm::new(max_norm, norm_type, &self.weight)?;
+        Ok(self)
+    }
+
+    /// The table (after any renormalisation so far).
+    pub fn weight(&self) -> &GpuTensor {
+        &self.weight
+    }
+
+    /// Rows in the table.
+    pub fn num_embeddings(&self) -> usize {
+        self.num_embeddings
+    }
+
+    /// Columns of the table.
+    pub fn embedding_dim(&self) -> usize {
+        self.embedding_dim
+    }
+
+    /// The normalised padding index.
+    pub fn padding_idx(&self) -> Option<u32> {
+        self.padding_idx
+    }
+
+    /// Looks up host indices of any shape; the result has shape `[*indices, D]`.
+    pub fn forward(&self, ctx: &Context, indices: Indices<'_>) -> Result<GpuTensor> {
+        let rows = indices.to_rows("indices", self.num_embeddings as u64)?;
+        let idx = upload_rows(ctx, &rows, self.batch_rows(ctx)?)?;
+        self.run(
+            ctx,
+            &idx,
+            &out_shape(indices.shape, self.embedding_dim),
+            Some(&rows),
+        )
+    }
+
+    /// Looks up indices that already live on the GPU (an i32 tensor). A check kernel
+    /// bounds-checks them first: the first bad one is reported as
+    /// [`Error::IndexOutOfRange`](crate::Error::IndexOutOfRange) and nothing (not the
+    /// max-norm table) is written.
+    pub fn forward_gpu(&self, ctx: &Context, indices: &GpuTensor) -> Result<GpuTensor> {
+        crate::gpu::index_check::check_gpu_indices(
+            ctx,
+            "indices",
+            indices,
+            self.num_embeddings as u64,
+        )?;
+        let idx = indices.resegment(ctx, self.batch_rows(ctx)?)?;
+        // The lookup kernel still refuses to read out of range (its status goes unread).
+        self.run(
+            ctx,
+            &idx,
+            &out_shape(indices.shape(), self.embedding_dim),
+            None,
+        )
+    }
+
+    /// Indices per output segment: an output segment of that many rows fits one binding.
+    fn batch_rows(&self, ctx: &Context) -> Result<u64> {
+        GpuTensor::rows_per_segment(ctx, self.embedding_dim, DType::F32)
+    }
+
+    /// `host_rows`: the indices as checked on the host, when they came from the host.
+    fn run(
+        &self,
+        ctx: &Context,
+        idx: &GpuTensor,
+        shape: &[usize],
+        host_rows: Option<&[i32]>,
+    ) -> Result<GpuTensor> {
+        let out = GpuTensor::zeros_with(
+            ctx,
+            shape,
+            DType::F32,
+            self.embedding_dim,
+            self.batch_rows(ctx)?,
+        )?;
+        let status = Status::new(ctx);
+        ctx.scoped(|| {
+            let mut encoder = ctx.encoder();
+            if let Some(mn) = self.max_norm {
+                renormalize(ctx, &mut encoder, &self.weight, idx, mn)?;
+            }
+            record_lookup(
+                ctx,
+                &mut encoder,
+                &self.weight,
+                idx,
+                &out,
+                &status,
+                host_rows,
+            )?;
+            ctx.submit(encoder)
+        })?;
+        // Host indices were checked before upload and GPU-resident ones by the check
+        // kernel, so the lookup's own status report is not read.
+        Ok(out)
+    }
+}
+
+/// `[*index_shape, dim]`.
+pub(crate) fn out_shape(index_shape: &[usize], dim: usize) -> Vec<usize> {
+    let mut shape = index_shape.to_vec();
+    shape.push(dim);
+    shape
+}
+
+/// Records lookups of `idx` (segmented like `out`'s rows) into `out`. With
+/// `host_rows` (the same indices, already checked on the host), a table slice that no
+/// index of an output segment refers to gets no dispatch: a split table then costs
+/// dispatches in proportion to the slices actually used, not to output segments ×
+/// table segments.
+pub(crate) fn record_lookup(
+    ctx: &Context,
+    encoder: &mut wgpu::CommandEncoder,
+    table: &GpuTensor,
+    idx: &GpuTensor,
+    out: &GpuTensor,
+    status: &Status,
+    host_rows: Option<&[i32]>,
+) -> Result<()> {
+    let (v, d) = table_shape(table)?;
+    let format = table_format(table.dtype())?;
+    let lanes = vec4_lanes(ctx, table.dtype(), d, None);
+    // With a texture copy, the vectorised kernel reads every row from it in one pass.
+    let access = match lanes {
+        Some(_) => TableAccess::rows_or_texture(ctx, table),
+        None => TableAccess::rows(table),
+    };
+    let params = PassParams {
+        dim: d as u32,
+        num_embeddings: v as u32,
+        ..Default::default()
+    };
+    let textured = access.texture().is_some() as u32 as f64;
+    let constants = [
+        ("TABLE_FORMAT", format),
+        ("LANES", lanes.unwrap_or(1) as f64),
+        ("TABLE_TEXTURE", textured),
+    ];
+    let call = match lanes {
+        Some(lanes) => Call::new(
+            &LOOKUP_VEC4,
+            &constants,
+            Grid::RowsPerGroup((WORKGROUP_SIZE / lanes) as u64),
+            params,
+        ),
+        None => Call::new(&LOOKUP, &constants[..1], Grid::Elements(d as u64), params),
+    };
+    let used = |seg: &Segment, slices: &[TableSlice<'_>]| -> Vec<bool> {
+        let mut used = vec![false; slices.len()];
+        for &r in &host_rows.unwrap_or_default()
+            [seg.row_range().start as usize..seg.row_range().end as usize]
+        {
+            // Slices hold consecutive rows in order: the last one starting at or before `r`.
+            used[slices
+                .partition_point(|s| s.lo <= r as u64)
+                .saturating_sub(1)] = true;
+        }
+        used
+    };
+    let plan = RowPlan {
+        input: Some(idx),
+        out: Some(out),
+        table: Some(&access),
+        status: Some(status),
+    };
+    plan.record(
+        ctx,
+        encoder,
+        &call,
+        host_rows.map(|_| &used as &dyn Fn(&Segment, &[TableSlice<'_>]) -> Vec<bool>),
+    );
+    Ok(())
+}
+
+/// Records `embedding_renorm_`: every row referenced by `idx` whose norm exceeds
+/// `max_norm` is scaled by `max_norm / (norm + 1e-7)`, once per row.
+pub(crate) fn renormalize(
+    ctx: &Context,
+    encoder: &mut wgpu::CommandEncoder,
+    table: &GpuTensor,
+    idx: &GpuTensor,
+    mn: MaxNorm,
+) -> Result<()> {
+    let (v, d) = table_shape(table)?;
+    check_renormalizable(table)?;
+    // A texture copy that lookups will read is made (and its copy submitted) now, before
+    // this encoder's rewrite; the rewrite is then copied over at the end.
+    if vec4_lanes(ctx, table.dtype(), d, None).is_some() {
+        table_texture(ctx, table);
+    }
+    let access = TableAccess::rows(table);
+    // One bit per row of each slice: each referenced row is scaled once.
+    let claimed: Vec<wgpu::Buffer> = access
+        .slices()
+        .iter()
+        .map(|s| {
+            ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: Some("renorm-claimed"),
+                size: ((s.hi - s.lo).div_ceil(32) * 4).max(16),
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        })
+        .collect();
+    let params = PassParams {
+        dim: d as u32,
+        num_embeddings: v as u32,
+        arg0: mn.max_norm.to_bits(),
+        arg1: mn.norm_type.to_bits(),
+        ..Default::default()
+    };
+    let call = Call {
+        per_slice: &claimed,
+        ..Call::new(&RENORM, &[], Grid::Elements(1), params)
+    };
+    RowPlan {
+        input: Some(idx),
+        out: None,
+        table: Some(&access),
+        status: None,
+    }
+    .record(ctx, encoder, &call, None);
+    refresh_table_texture(encoder, table);
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! Dense tables (F32, F16, BF16 `[num_embeddings, embedding_dim]`) as the layers take
+//! them: shape checks, the shaders' format override, how many invocations share a row,
+//! and max-norm settings.
+
+use crate::error::{Error, Result};
+use crate::gpu::context::{Context, WORKGROUP_SIZE};
+use crate::gpu::tensor::{DType, GpuTensor};
+
+/// Max-norm settings shared by `Embedding` and `EmbeddingBag`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MaxNorm {
+    /// Rows whose norm exceeds this are scaled down to it.
+    pub max_norm: f32,
+    /// p of the p-norm (2 by default; `f32::INFINITY` for the max norm).
+    pub norm_type: f32,
+}
+
+impl MaxNorm {
+    /// The setting of `with_max_norm(max_norm, norm_type)` for `table`, checked.
+    pub(crate) fn new(
+        max_norm: Option<f32>,
+        norm_type: f32,
+        table: &GpuTensor,
+    ) -> Result<Option<Self>> {
+        let Some(max_norm) = max_norm else {
+            return Ok(None);
+        };
+        let mn = MaxNorm {
+            max_norm,
+            norm_type,
+        };
+        mn.validate()?;
+        check_renormalizable(table)?;
+        Ok(Some(mn))
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if !self.max_norm.is_finite() || self.max_norm < 0.0 {
+            return Err(Error::arg(
+                "max_norm",
+                format!("expected a finite value >= 0, got {}", self.max_norm),
+            ));
+        }
+        if self.norm_type.is_nan() || self.norm_type < 0.0 {
+            return Err(Error::arg(
+                "norm_type",
+                format!("expected p >= 0 or inf, got {}", self.norm_type),
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn check_table(len: usize, rows: usize, dim: usize) -> Result<()> {
+    if dim == 0 {
+        return Err(Error::arg(
+            "embedding_dim",
+            "expected a positive embedding_dim, got 0",
+        ));
+    }
+    if rows as u64 >= i32::MAX as u64 {
+        return Err(Error::arg(
+            "num_embeddings",
+            format!("{rows} rows is more than i32 indices can address"),
+        ));
+    }
+    if rows.checked_mul(dim) != Some(len) {
+        return Err(Error::arg(
+            "weight",
+            format!(
+                "expected {rows} x {dim} = {} values, got {len}",
+                rows.saturating_mul(dim)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn table_shape(t: &GpuTensor) -> Result<(usize, usize)> {
+    match t.shape() {
+        [v, d] if matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16) && *d > 0 && t.row_len() == *d => Ok((*v, *d)),
+        s => Err(Error::arg(
+            "weight",
+            format!("expected a 2-D F32, F16 or BF16 table [num_embeddings, embedding_dim], got {s:?} of {:?}", t.dtype()),
+        )),
+    }
+}
+
+/// Invocations per row (or bag) of the vectorised kernels, when the table's rows are whole
+/// vec4 words; `None`: use the scalar kernels. On GPUs: enough lanes to cover a row's
+/// words in one sweep (coalesced loads), a power of two so that a workgroup holds whole
+/// rows, at most a workgroup. On CPU adapters (lavapipe, SwiftShader), where each
+/// invocation is a SIMD lane and loads are per lane anyway, as few invocations per row
+/// as possible move the most bytes per instruction (measured with `examples/bench.rs`):
+/// one per row for lookups, and for bags (`words_per_sweep` = Some(CHUNK)) enough that
+/// each invocation sweeps its bag's indices once; lavapipe stops any loop after 65 535
+/// iterations per invocation, so a bag must not be walked several times.
+pub(crate) fn vec4_lanes(
+    ctx: &Context,
+    dtype: DType,
+    dim: usize,
+    words_per_sweep: Option<u32>,
+) -> Option<u32> {
+    let words = match dtype {
+        DType::F32 if dim % 4 == 0 => dim / 4,
+        DType::F16 | DType::BF16 if dim % 8 == 0 => dim / 8,
+        _ => return None,
+    } as u32;
+    if ctx.adapter_info().device_type == wgpu::DeviceType::Cpu {
+        return Some(words_per_sweep.map_or(1, |c| {
+            words.div_ceil(c).next_power_of_two().min(WORKGROUP_SIZE)
+        }));
+    }
+    Some(words.next_power_of_two().min(WORKGROUP_SIZE))
+}
+
+/// The `TABLE_FORMAT` override (shaders/common/table.wgsl) of a table's element type.
+pub(crate) fn table_format(dtype: DType) -> Result<f64> {
+    match dtype {
+        DType::F32 => Ok(0.0),
+        DType::F16 => Ok(1.0),
+        DType::BF16 => Ok(2.0),
+        other => Err(Error::arg(
+            "weight",
+            format!("expected an F32, F16 or BF16 table, got {other:?}"),
+        )),
+    }
+}
+
+/// `max_norm` rewrites table rows in place, which the packed half formats do not support.
+pub(crate) fn check_renormalizable(table: &GpuTensor) -> Result<()> {
+    if table.dtype() != DType::F32 {
+        return Err(Error::arg(
+            "max_norm",
+            format!(
+                "max_norm renormalises the table in place and needs an F32 table, got a {:?} table",
+                table.dtype()
+            ),
+        ));
+    }
+    Ok(())
+}
