@@ -18,8 +18,8 @@ use clap::Parser;
 use plotters::prelude::*;
 use wgpu_embed::bench::{bag_tensors, lookup_tensors, GpuTimer, Recorder};
 use wgpu_embed::{
-    BagMode, Context, ContextOptions, EmbeddingSumLayerNorm, GpuTensor, HostTable, Indices,
-    LayerNorm, QuantizedEmbeddingBag, QuantizedTable, Scheme, StableEmbedding, TableReads,
+    BagMode, Context, ContextOptions, EmbeddingSumLayerNorm, GpuTensor, HostTable, Indices, LayerNorm, QuantizedEmbeddingBag,
+    QuantizedTable, Scheme, StableEmbedding, TableReads,
 };
 
 #[derive(Parser)]
@@ -102,9 +102,7 @@ fn indices(n: usize, rows: usize, dist: Dist, seed: u64) -> Vec<i32> {
                 acc += 1.0 / (k as f64).powf(1.05);
                 cdf.push(acc);
             }
-            (0..n)
-                .map(|_| cdf.partition_point(|&c| c < rng.unit() * acc).min(rows - 1) as i32)
-                .collect()
+            (0..n).map(|_| cdf.partition_point(|&c| c < rng.unit() * acc).min(rows - 1) as i32).collect()
         }
     }
 }
@@ -157,15 +155,7 @@ fn time_gpu(
             copies.clear();
         }
     }
-    (
-        median(times),
-        median(walls),
-        if copies.is_empty() {
-            f64::NAN
-        } else {
-            median(copies)
-        },
-    )
+    (median(times), median(walls), if copies.is_empty() { f64::NAN } else { median(copies) })
 }
 
 /// Like [`time_gpu`] for a layer's public API (host indices uploaded, output allocated,
@@ -202,8 +192,7 @@ fn time_gpu_buffer_reads(
     copy: &Work,
     work: impl Fn(&Context, &mut wgpu::CommandEncoder) -> wgpu_embed::Result<()>,
 ) -> (f64, f64, f64) {
-    ctx.set_table_reads(TableReads::Buffer)
-        .expect("buffer reads");
+    ctx.set_table_reads(TableReads::Buffer).expect("buffer reads");
     let times = time_gpu(ctx, timer, reps, Some(copy), work);
     ctx.set_table_reads(reads).expect("table reads");
     times
@@ -223,15 +212,7 @@ fn time_cpu(reps: usize, mut work: impl FnMut()) -> f64 {
 }
 
 /// The CPU baseline: output rows split over all cores, rows read straight from the table.
-fn cpu_bags(
-    table: &[f32],
-    dim: usize,
-    idx: &[i32],
-    bag: usize,
-    mode: Option<BagMode>,
-    out: &mut [f32],
-    threads: usize,
-) {
+fn cpu_bags(table: &[f32], dim: usize, idx: &[i32], bag: usize, mode: Option<BagMode>, out: &mut [f32], threads: usize) {
     let bags = out.len() / dim;
     let per = bags.div_ceil(threads).max(1);
     std::thread::scope(|s| {
@@ -269,68 +250,41 @@ fn cpu_bags(
 }
 
 fn main() {
-    std::env::set_var(
-        "XDG_RUNTIME_DIR",
-        std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()),
-    );
+    std::env::set_var("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()));
     let args = Args::parse();
     let table_reads = args.table_reads;
-    let mut ctx = Context::new_with(ContextOptions {
-        adapter_name: args.adapter.clone(),
-        table_reads,
-        ..Default::default()
-    })
-    .expect("a GPU adapter");
+    let mut ctx =
+        Context::new_with(ContextOptions { adapter_name: args.adapter.clone(), table_reads, ..Default::default() }).expect("a GPU adapter");
     let texture_reads = ctx.reads_tables_from_textures();
     let info = ctx.adapter_info().clone();
     let timer = GpuTimer::new(&ctx);
     let rec = Recorder::new(&ctx);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let adapter = format!("{} ({:?}, {})", info.name, info.backend, info.driver_info);
-    let timing = if timer.uses_timestamps() {
-        "timestamp queries"
-    } else {
-        "wall clock around submit + wait"
-    };
-    let reads = if texture_reads {
-        "texture copies of the tables"
-    } else {
-        "the tables' buffers"
-    };
+    let timing = if timer.uses_timestamps() { "timestamp queries" } else { "wall clock around submit + wait" };
+    let reads = if texture_reads { "texture copies of the tables" } else { "the tables' buffers" };
     eprintln!("adapter: {adapter}; GPU time by {timing}; rows read from {reads}; CPU baseline on {threads} threads");
     let budget = (args.budget_mib << 20) as f64;
 
-    let (mut rows_grid, mut dims, mut bag_sizes): (Vec<usize>, Vec<usize>, Vec<usize>) =
-        if args.full {
-            (
-                vec![1_000, 10_000, 100_000, 1_000_000],
-                vec![4, 8, 16, 32, 64, 128, 256, 512, 1024],
-                vec![1, 10, 100, 1000],
-            )
-        } else {
-            (
-                vec![1_000, 100_000],
-                vec![4, 16, 64, 256, 1024],
-                vec![1, 20, 200],
-            )
-        };
+    let (mut rows_grid, mut dims, mut bag_sizes): (Vec<usize>, Vec<usize>, Vec<usize>) = if args.full {
+        (vec![1_000, 10_000, 100_000, 1_000_000], vec![4, 8, 16, 32, 64, 128, 256, 512, 1024], vec![1, 10, 100, 1000])
+    } else {
+        (vec![1_000, 100_000], vec![4, 16, 64, 256, 1024], vec![1, 20, 200])
+    };
     rows_grid = args.rows.clone().unwrap_or(rows_grid);
     dims = args.dims.clone().unwrap_or(dims);
     bag_sizes = args.bags.clone().unwrap_or(bag_sizes);
 
     // The ceiling: a vec4 copy moving the same number of bytes.
     let words = (budget as usize / 8).next_multiple_of(4);
-    let src =
-        GpuTensor::from_f32(&ctx, &vec![1.0f32; words], &[words / 4, 4]).expect("copy source");
-    let dst = GpuTensor::zeros(&ctx, &[words / 4, 4], wgpu_embed::DType::F32, 4)
-        .expect("copy destination");
+    let src = GpuTensor::from_f32(&ctx, &vec![1.0f32; words], &[words / 4, 4]).expect("copy source");
+    let dst = GpuTensor::zeros(&ctx, &[words / 4, 4], wgpu_embed::DType::F32, 4).expect("copy destination");
     let copy = |ctx: &Context, e: &mut wgpu::CommandEncoder| rec.copy(ctx, e, &src, &dst);
     let (copy_s, copy_wall_s, _) = time_gpu(&ctx, &timer, args.reps, None, copy);
     // The same copy reading a texture copy of the source: on CPU adapters a texel fetch is
     // cheaper than a buffer load, so this shows how far the plain copy is from the memory.
     let texture_copy_s = texture_reads.then(|| {
-        let copy_texture =
-            |ctx: &Context, e: &mut wgpu::CommandEncoder| rec.copy_from_texture(ctx, e, &src, &dst);
+        let copy_texture = |ctx: &Context, e: &mut wgpu::CommandEncoder| rec.copy_from_texture(ctx, e, &src, &dst);
         time_gpu(&ctx, &timer, args.reps, None, copy_texture).0
     });
     let host_src = vec![1.0f32; words];
@@ -345,10 +299,7 @@ fn main() {
     });
     let copy_bytes = (words * 8) as f64;
     let copy_gbps = copy_bytes / copy_s / 1e9;
-    eprintln!(
-        "copy: {copy_gbps:.2} GB/s GPU, {:.2} GB/s CPU",
-        copy_bytes / copy_cpu_s / 1e9
-    );
+    eprintln!("copy: {copy_gbps:.2} GB/s GPU, {:.2} GB/s CPU", copy_bytes / copy_cpu_s / 1e9);
     let mut points = vec![Point {
         kernel: "copy".into(),
         rows: 0,
@@ -375,10 +326,7 @@ fn main() {
             cpu_s,
             copy_s,
         });
-        eprintln!(
-            "copy reading a texture: {:.2} GB/s GPU",
-            copy_bytes / t / 1e9
-        );
+        eprintln!("copy reading a texture: {:.2} GB/s GPU", copy_bytes / t / 1e9);
     }
 
     for &rows in &rows_grid {
@@ -395,37 +343,14 @@ fn main() {
                 let n = ((budget / (8.0 * dim as f64)) as usize).max(1);
                 let idx_host = indices(n, rows, dist, 42 + dim as u64);
                 let (idx, out) = lookup_tensors(&ctx, &idx_host, dim).expect("lookup tensors");
-                let lookup = |ctx: &Context, e: &mut wgpu::CommandEncoder| {
-                    rec.lookup(ctx, e, &table, &idx, &out)
-                };
-                let (gpu_s, wall_s, copy_s) =
-                    time_gpu(&ctx, &timer, args.reps, Some(&copy), lookup);
+                let lookup = |ctx: &Context, e: &mut wgpu::CommandEncoder| rec.lookup(ctx, e, &table, &idx, &out);
+                let (gpu_s, wall_s, copy_s) = time_gpu(&ctx, &timer, args.reps, Some(&copy), lookup);
                 let mut host_out = vec![0.0f32; n * dim];
-                let cpu_s = time_cpu(args.reps, || {
-                    cpu_bags(&host_table, dim, &idx_host, 1, None, &mut host_out, threads)
-                });
+                let cpu_s = time_cpu(args.reps, || cpu_bags(&host_table, dim, &idx_host, 1, None, &mut host_out, threads));
                 let bytes = (n * dim * 8) as f64;
-                points.push(Point {
-                    kernel: "lookup".into(),
-                    rows,
-                    dim,
-                    bag: 1,
-                    dist: dist.name(),
-                    bytes,
-                    gpu_s,
-                    wall_s,
-                    cpu_s,
-                    copy_s,
-                });
+                points.push(Point { kernel: "lookup".into(), rows, dim, bag: 1, dist: dist.name(), bytes, gpu_s, wall_s, cpu_s, copy_s });
                 if texture_reads && dist == Dist::Uniform {
-                    let (gpu_s, wall_s, copy_s) = time_gpu_buffer_reads(
-                        &mut ctx,
-                        table_reads,
-                        &timer,
-                        args.reps,
-                        &copy,
-                        lookup,
-                    );
+                    let (gpu_s, wall_s, copy_s) = time_gpu_buffer_reads(&mut ctx, table_reads, &timer, args.reps, &copy, lookup);
                     points.push(Point {
                         kernel: "lookup_buffer_reads".into(),
                         rows,
@@ -449,22 +374,9 @@ fn main() {
                     let bytes = (bags * dim * 4 * (bag + 1)) as f64;
                     let mut host_out = vec![0.0f32; bags * dim];
                     for mode in [BagMode::Sum, BagMode::Mean, BagMode::Max] {
-                        let bags = |ctx: &Context, e: &mut wgpu::CommandEncoder| {
-                            rec.bags(ctx, e, &table, &idx, &bounds, &out, mode)
-                        };
-                        let (gpu_s, wall_s, copy_s) =
-                            time_gpu(&ctx, &timer, args.reps, Some(&copy), bags);
-                        let cpu_s = time_cpu(args.reps, || {
-                            cpu_bags(
-                                &host_table,
-                                dim,
-                                &idx_host,
-                                bag,
-                                Some(mode),
-                                &mut host_out,
-                                threads,
-                            )
-                        });
+                        let bags = |ctx: &Context, e: &mut wgpu::CommandEncoder| rec.bags(ctx, e, &table, &idx, &bounds, &out, mode);
+                        let (gpu_s, wall_s, copy_s) = time_gpu(&ctx, &timer, args.reps, Some(&copy), bags);
+                        let cpu_s = time_cpu(args.reps, || cpu_bags(&host_table, dim, &idx_host, bag, Some(mode), &mut host_out, threads));
                         points.push(Point {
                             kernel: format!("bag_{}", mode.name()),
                             rows,
@@ -478,27 +390,9 @@ fn main() {
                             copy_s,
                         });
                         if texture_reads && dist == Dist::Uniform && mode == BagMode::Sum {
-                            let (gpu_s, wall_s, copy_s) = time_gpu_buffer_reads(
-                                &mut ctx,
-                                table_reads,
-                                &timer,
-                                args.reps,
-                                &copy,
-                                bags,
-                            );
+                            let (gpu_s, wall_s, copy_s) = time_gpu_buffer_reads(&mut ctx, table_reads, &timer, args.reps, &copy, bags);
                             let kernel = "bag_sum_buffer_reads".into();
-                            points.push(Point {
-                                kernel,
-                                rows,
-                                dim,
-                                bag,
-                                dist: dist.name(),
-                                bytes,
-                                gpu_s,
-                                wall_s,
-                                cpu_s,
-                                copy_s,
-                            });
+                            points.push(Point { kernel, rows, dim, bag, dist: dist.name(), bytes, gpu_s, wall_s, cpu_s, copy_s });
                         }
                     }
                 }
@@ -509,10 +403,7 @@ fn main() {
     // Other layers through their public API (wall clock, index upload included), on the
     // largest table of the grid, uniform indices, D >= 64.
     let rows = *rows_grid.last().unwrap();
-    for &dim in dims
-        .iter()
-        .filter(|&&d| d >= 64 && d <= 256 && !args.kernels_only)
-    {
+    for &dim in dims.iter().filter(|&&d| d >= 64 && d <= 256 && !args.kernels_only) {
         if rows * dim * 4 > args.max_table_mib << 20 {
             continue;
         }
@@ -521,83 +412,56 @@ fn main() {
         let n = ((budget / (8.0 * dim as f64)) as usize).max(1);
         let idx = indices(n, rows, Dist::Uniform, 5);
         let shape = [n];
-        let mut layer =
-            |kernel: &str, bag: usize, bytes: f64, r: wgpu_embed::Result<(f64, f64)>| match r {
-                Ok((gpu_s, copy_s)) => points.push(Point {
-                    kernel: kernel.into(),
-                    rows,
-                    dim,
-                    bag,
-                    dist: "uniform",
-                    bytes,
-                    gpu_s,
-                    wall_s: gpu_s,
-                    cpu_s: f64::NAN,
-                    copy_s,
-                }),
-                Err(e) => eprintln!("{kernel} D={dim}: skipped: {e}"),
-            };
-        let x = GpuTensor::from_f32(&ctx, &host_table[..n.min(rows) * dim], &[n.min(rows), dim])
-            .expect("LayerNorm input");
+        let mut layer = |kernel: &str, bag: usize, bytes: f64, r: wgpu_embed::Result<(f64, f64)>| match r {
+            Ok((gpu_s, copy_s)) => points.push(Point {
+                kernel: kernel.into(),
+                rows,
+                dim,
+                bag,
+                dist: "uniform",
+                bytes,
+                gpu_s,
+                wall_s: gpu_s,
+                cpu_s: f64::NAN,
+                copy_s,
+            }),
+            Err(e) => eprintln!("{kernel} D={dim}: skipped: {e}"),
+        };
+        let x = GpuTensor::from_f32(&ctx, &host_table[..n.min(rows) * dim], &[n.min(rows), dim]).expect("LayerNorm input");
         let bytes = (n.min(rows) * dim * 8) as f64;
-        let r = LayerNorm::new(&ctx, dim, 1e-5, true)
-            .and_then(|ln| time_layer(&ctx, &timer, args.reps, &copy, || ln.forward_gpu(&ctx, &x)));
+        let r =
+            LayerNorm::new(&ctx, dim, 1e-5, true).and_then(|ln| time_layer(&ctx, &timer, args.reps, &copy, || ln.forward_gpu(&ctx, &x)));
         layer("layer_norm", 0, bytes, r);
         let r = HostTable::f32(&host_table, rows, dim)
             .and_then(|t| StableEmbedding::from_pretrained(&ctx, t, None, None, None, 1e-5))
-            .and_then(|l| {
-                time_layer(&ctx, &timer, args.reps, &copy, || {
-                    l.forward(&ctx, Indices::i32(&idx, &shape))
-                })
-            });
+            .and_then(|l| time_layer(&ctx, &timer, args.reps, &copy, || l.forward(&ctx, Indices::i32(&idx, &shape))));
         layer("stable_embedding", 1, (n * dim * 8) as f64, r);
-        let (pos, typ): (Vec<f32>, Vec<f32>) = (
-            host_table[..512 * dim].to_vec(),
-            host_table[..2 * dim].to_vec(),
-        );
+        let (pos, typ): (Vec<f32>, Vec<f32>) = (host_table[..512 * dim].to_vec(), host_table[..2 * dim].to_vec());
         let pos_idx: Vec<i32> = (0..n as i32).map(|i| i % 512).collect();
         let typ_idx: Vec<i32> = (0..n as i32).map(|i| i % 2).collect();
         let r = (|| {
-            let tables = [
-                HostTable::f32(&host_table, rows, dim)?,
-                HostTable::f32(&pos, 512, dim)?,
-                HostTable::f32(&typ, 2, dim)?,
-            ];
+            let tables = [HostTable::f32(&host_table, rows, dim)?, HostTable::f32(&pos, 512, dim)?, HostTable::f32(&typ, 2, dim)?];
             let l = EmbeddingSumLayerNorm::new(&ctx, &tables, None, None, 1e-12)?;
             time_layer(&ctx, &timer, args.reps, &copy, || {
-                l.forward(
-                    &ctx,
-                    &[
-                        Indices::i32(&idx, &shape),
-                        Indices::i32(&pos_idx, &shape),
-                        Indices::i32(&typ_idx, &shape),
-                    ],
-                )
+                l.forward(&ctx, &[Indices::i32(&idx, &shape), Indices::i32(&pos_idx, &shape), Indices::i32(&typ_idx, &shape)])
             })
         })();
         layer("bert_sum3_layer_norm", 3, (n * dim * 16) as f64, r);
         for scheme in [Scheme::Int8Rowwise, Scheme::Nf4] {
             let bag = 20;
-            let r = QuantizedTable::from_pretrained(&ctx, &host_table, rows, dim, scheme, None)
-                .map(|t| {
-                    let row_bytes = t.gpu_bytes() as f64 / rows as f64;
-                    (QuantizedEmbeddingBag::new(t, BagMode::Sum), row_bytes)
-                });
+            let r = QuantizedTable::from_pretrained(&ctx, &host_table, rows, dim, scheme, None).map(|t| {
+                let row_bytes = t.gpu_bytes() as f64 / rows as f64;
+                (QuantizedEmbeddingBag::new(t, BagMode::Sum), row_bytes)
+            });
             match r {
                 Ok((l, row_bytes)) => {
-                    let bags =
-                        ((budget / (row_bytes * bag as f64 + 4.0 * dim as f64)) as usize).max(1);
+                    let bags = ((budget / (row_bytes * bag as f64 + 4.0 * dim as f64)) as usize).max(1);
                     let qidx = indices(bags * bag, rows, Dist::Uniform, 9);
                     let offs: Vec<i32> = (0..bags as i32).map(|b| b * bag as i32).collect();
                     let (qs, os) = ([qidx.len()], [bags]);
                     let bytes = bags as f64 * (row_bytes * bag as f64 + 4.0 * dim as f64);
                     let r = time_layer(&ctx, &timer, args.reps, &copy, || {
-                        l.forward(
-                            &ctx,
-                            Indices::i32(&qidx, &qs),
-                            Some(Indices::i32(&offs, &os)),
-                            None,
-                        )
+                        l.forward(&ctx, Indices::i32(&qidx, &qs), Some(Indices::i32(&offs, &os)), None)
                     });
                     layer(&format!("qbag_sum_{}", scheme.name()), bag, bytes, r);
                 }
@@ -611,7 +475,8 @@ fn main() {
         panic!("GPU error during the bench: {e}");
     }
     std::fs::create_dir_all(&args.out).expect("output folder");
-    let mut csv = String::from("kernel,rows,dim,bag,dist,bytes,gpu_ms,wall_ms,gpu_gbps,copy_gbps,ratio_to_copy,cpu_ms,cpu_gbps,gpu_speedup_vs_cpu\n");
+    let mut csv =
+        String::from("kernel,rows,dim,bag,dist,bytes,gpu_ms,wall_ms,gpu_gbps,copy_gbps,ratio_to_copy,cpu_ms,cpu_gbps,gpu_speedup_vs_cpu\n");
     for p in &points {
         let g = p.bytes / p.gpu_s / 1e9;
         let paired_copy_gbps = copy_bytes / p.copy_s / 1e9;
@@ -660,58 +525,26 @@ fn main() {
          | kernel | table rows | D | GPU GB/s | paired copy GB/s | × copy | CPU GB/s | GPU / CPU |\n|---|---|---|---|---|---|---|---|\n",
         copy_bytes / copy_cpu_s / 1e9
     );
-    let layers = [
-        "layer_norm",
-        "stable_embedding",
-        "bert_sum3_layer_norm",
-        "qbag_sum_int8_rowwise",
-        "qbag_sum_nf4",
-    ];
-    let in_table =
-        |p: &&Point| p.dist == "uniform" && (p.kernel.starts_with("lookup") || p.bag == mid_bag);
+    let layers = ["layer_norm", "stable_embedding", "bert_sum3_layer_norm", "qbag_sum_int8_rowwise", "qbag_sum_nf4"];
+    let in_table = |p: &&Point| p.dist == "uniform" && (p.kernel.starts_with("lookup") || p.bag == mid_bag);
     for p in points
         .iter()
         .filter(|p| in_table(p) && !layers.contains(&p.kernel.as_str()))
-        .chain(
-            points
-                .iter()
-                .filter(|p| layers.contains(&p.kernel.as_str())),
-        )
+        .chain(points.iter().filter(|p| layers.contains(&p.kernel.as_str())))
     {
         let g = p.bytes / p.gpu_s / 1e9;
         let c = copy_bytes / p.copy_s / 1e9;
         let (cpu, speedup) = if p.cpu_s.is_nan() {
             ("-".to_string(), "-".to_string())
         } else {
-            (
-                format!("{:.2}", p.bytes / p.cpu_s / 1e9),
-                format!("{:.2}", p.cpu_s / p.gpu_s),
-            )
+            (format!("{:.2}", p.bytes / p.cpu_s / 1e9), format!("{:.2}", p.cpu_s / p.gpu_s))
         };
-        writeln!(
-            md,
-            "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {cpu} | {speedup} |",
-            p.kernel,
-            p.rows,
-            p.dim,
-            g,
-            c,
-            g / c
-        )
-        .unwrap();
+        writeln!(md, "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {cpu} | {speedup} |", p.kernel, p.rows, p.dim, g, c, g / c).unwrap();
     }
     std::fs::write(args.out.join("summary.md"), &md).expect("write summary.md");
     print!("{md}");
 
-    plot(
-        &args.out.join("gbps_vs_dim.svg"),
-        &adapter,
-        &points,
-        copy_gbps,
-        big,
-        mid_bag,
-    )
-    .expect("plot");
+    plot(&args.out.join("gbps_vs_dim.svg"), &adapter, &points, copy_gbps, big, mid_bag).expect("plot");
 }
 
 /// GB/s against D (log scale) for each kernel, GPU solid and CPU dashed, copy as a line.
@@ -723,96 +556,41 @@ fn plot(
     rows: usize,
     bag: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let sel: Vec<&Point> = points
-        .iter()
-        .filter(|p| {
-            p.rows == rows
-                && p.dist == "uniform"
-                && (p.kernel.starts_with("lookup") || p.bag == bag)
-        })
-        .collect();
-    let copies = points
-        .iter()
-        .filter(|p| p.kernel.starts_with("copy"))
-        .map(|p| p.bytes / p.gpu_s);
-    let max_y = sel
-        .iter()
-        .flat_map(|p| [p.bytes / p.gpu_s, p.bytes / p.cpu_s])
-        .chain(copies)
-        .fold(copy_gbps * 1e9, f64::max)
-        / 1e9
-        * 1.15;
+    let sel: Vec<&Point> =
+        points.iter().filter(|p| p.rows == rows && p.dist == "uniform" && (p.kernel.starts_with("lookup") || p.bag == bag)).collect();
+    let copies = points.iter().filter(|p| p.kernel.starts_with("copy")).map(|p| p.bytes / p.gpu_s);
+    let max_y = sel.iter().flat_map(|p| [p.bytes / p.gpu_s, p.bytes / p.cpu_s]).chain(copies).fold(copy_gbps * 1e9, f64::max) / 1e9 * 1.15;
     let dims: Vec<usize> = sel.iter().map(|p| p.dim).collect();
-    let (lo, hi) = (
-        *dims.iter().min().unwrap_or(&4) as f64,
-        *dims.iter().max().unwrap_or(&1024) as f64,
-    );
+    let (lo, hi) = (*dims.iter().min().unwrap_or(&4) as f64, *dims.iter().max().unwrap_or(&1024) as f64);
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("GB/s vs D: {rows} rows, uniform, bag {bag} - {adapter}"),
-            ("sans-serif", 16),
-        )
+        .caption(format!("GB/s vs D: {rows} rows, uniform, bag {bag} - {adapter}"), ("sans-serif", 16))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
         .build_cartesian_2d((lo * 0.9..hi * 1.1).log_scale(), 0.0..max_y)?;
+    chart.configure_mesh().x_desc("embedding dim D").y_desc("GB/s (rows read + output written)").draw()?;
     chart
-        .configure_mesh()
-        .x_desc("embedding dim D")
-        .y_desc("GB/s (rows read + output written)")
-        .draw()?;
-    chart
-        .draw_series(LineSeries::new(
-            [(lo * 0.9, copy_gbps), (hi * 1.1, copy_gbps)],
-            BLACK.stroke_width(2),
-        ))?
+        .draw_series(LineSeries::new([(lo * 0.9, copy_gbps), (hi * 1.1, copy_gbps)], BLACK.stroke_width(2)))?
         .label(format!("GPU vec4 copy {copy_gbps:.2} GB/s"))
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK));
     if let Some(t) = points.iter().find(|p| p.kernel == "copy_texture") {
         let g = t.bytes / t.gpu_s / 1e9;
         chart
-            .draw_series(DashedLineSeries::new(
-                [(lo * 0.9, g), (hi * 1.1, g)],
-                8,
-                4,
-                BLACK.stroke_width(2),
-            ))?
+            .draw_series(DashedLineSeries::new([(lo * 0.9, g), (hi * 1.1, g)], 8, 4, BLACK.stroke_width(2)))?
             .label(format!("GPU copy reading a texture {g:.2} GB/s"))
             .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.5)));
     }
-    let colors = [
-        RED,
-        BLUE,
-        GREEN,
-        MAGENTA,
-        RGBColor(230, 120, 0),
-        RGBColor(0, 150, 150),
-    ];
-    let kernels = [
-        "lookup",
-        "bag_sum",
-        "bag_mean",
-        "bag_max",
-        "lookup_buffer_reads",
-        "bag_sum_buffer_reads",
-    ];
+    let colors = [RED, BLUE, GREEN, MAGENTA, RGBColor(230, 120, 0), RGBColor(0, 150, 150)];
+    let kernels = ["lookup", "bag_sum", "bag_mean", "bag_max", "lookup_buffer_reads", "bag_sum_buffer_reads"];
     for (k, kernel) in kernels.iter().enumerate() {
         let c = colors[k];
         if !sel.iter().any(|p| p.kernel == *kernel) {
             continue;
         }
-        let gpu: Vec<(f64, f64)> = sel
-            .iter()
-            .filter(|p| p.kernel == *kernel)
-            .map(|p| (p.dim as f64, p.bytes / p.gpu_s / 1e9))
-            .collect();
-        let cpu: Vec<(f64, f64)> = sel
-            .iter()
-            .filter(|p| p.kernel == *kernel)
-            .map(|p| (p.dim as f64, p.bytes / p.cpu_s / 1e9))
-            .collect();
+        let gpu: Vec<(f64, f64)> = sel.iter().filter(|p| p.kernel == *kernel).map(|p| (p.dim as f64, p.bytes / p.gpu_s / 1e9)).collect();
+        let cpu: Vec<(f64, f64)> = sel.iter().filter(|p| p.kernel == *kernel).map(|p| (p.dim as f64, p.bytes / p.cpu_s / 1e9)).collect();
         chart
             .draw_series(LineSeries::new(gpu.clone(), c.stroke_width(2)))?
             .label(format!("GPU {kernel}"))
@@ -826,12 +604,7 @@ fn plot(
             .label(format!("CPU {kernel}"))
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.mix(0.6)));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()?;
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::UpperLeft).draw()?;
     root.present()?;
     Ok(())
 }

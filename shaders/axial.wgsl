@@ -9,13 +9,10 @@
 @compute @workgroup_size(WG_SIZE)
 fn axial_part(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_id) lid: vec3<u32>) {
-    let id = linear_id(wid, nwg, lid);
-    if (id >= params.rows * params.dim) { return; }
-    let row = id / params.dim;
-    let col = id - row * params.dim;
+    let e = output_element(wid, nwg, lid);
+    if (e.x == NO_ELEMENT) { return; }
     // Positions were checked against n1 * n2 on the host.
-    let p = u32(indices[row]);
-    let r = select(p % params.arg0, p / params.arg0, params.arg1 == 0u);
-    if (!slice_holds_row(r)) { return; }
-    out[row * params.arg2 + params.arg3 + col] = table_element(r, col);
+    let position = u32(indices[e.y]);
+    let r = select(position % params.arg0, position / params.arg0, params.arg1 == 0u);
+    if (slice_holds_row(r)) { out[e.y * params.arg2 + params.arg3 + e.z] = table_element(r, e.z); }
 }

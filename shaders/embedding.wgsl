@@ -6,18 +6,16 @@
 @compute @workgroup_size(WG_SIZE)
 fn lookup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_id) lid: vec3<u32>) {
-    let id = linear_id(wid, nwg, lid);
-    if (id >= params.rows * params.dim) { return; }
-    let row = id / params.dim;
-    let col = id - row * params.dim;
-    let index = checked_row(indices[row], params.index_first + row, col == 0u);
+    let e = output_element(wid, nwg, lid);
+    if (e.x == NO_ELEMENT) { return; }
+    let index = checked_row(indices[e.y], params.index_first + e.y, e.z == 0u);
     if (index == BAD_ROW) {
         // Never read outside the table: the reporting pass writes zeros.
-        if (has_flag(FLAG_REPORT_BAD)) { out[id] = 0.0; }
+        if (has_flag(FLAG_REPORT_BAD)) { out[e.x] = 0.0; }
         return;
     }
     if (!slice_holds_row(index)) { return; }
-    out[id] = table_element(index, col);
+    out[e.x] = table_element(index, e.z);
 }
 
 // Vectorised lookup, for tables whose rows are whole vec4 words (F32 with D % 4 == 0,

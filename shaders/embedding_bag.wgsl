@@ -26,7 +26,7 @@ fn bag_value(row: u32, col: u32) -> f32 {
 @compute @workgroup_size(WG_SIZE)
 fn bag(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
        @builtin(local_invocation_id) lid: vec3<u32>) {
-    bag_element(linear_id(wid, nwg, lid));
+    bag_element(output_element(wid, nwg, lid));
 }
 
 // Vectorised bags, for tables whose rows are whole vec4 words (F32 with D % 4 == 0,

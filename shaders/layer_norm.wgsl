@@ -251,12 +251,9 @@ fn normalize_in_place(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
 
 @compute @workgroup_size(WG_SIZE)
 fn accumulate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-              @builtin(local_invocation_index) lid: u32) {
-    let id = group_index(wid, nwg) * WG_SIZE + lid;
-    if (id >= params.rows * params.dim) { return; }
-    let row = id / params.dim;
-    let col = id - row * params.dim;
-    let r = u32(indices[row * params.arg2 + params.arg3]);
-    if (!slice_holds_row(r)) { return; }
-    out[id] = out[id] + table_element(r, col);
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let e = output_element(wid, nwg, lid);
+    if (e.x == NO_ELEMENT) { return; }
+    let r = u32(indices[e.y * params.arg2 + params.arg3]);
+    if (slice_holds_row(r)) { out[e.x] = out[e.x] + table_element(r, e.z); }
 }

@@ -66,18 +66,16 @@ fn bag_value(row: u32, col: u32) -> f32 {
 @compute @workgroup_size(WG_SIZE)
 fn lookup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_id) lid: vec3<u32>) {
-    let id = linear_id(wid, nwg, lid);
-    if (id >= params.rows * params.dim) { return; }
-    let row = id / params.dim;
-    let col = id - row * params.dim;
-    let index = table_row(indices[row]);
-    if (index == BAD_ROW || !bag_holds(index, col)) { return; }
-    out[id] = bag_value(index, col);
+    let e = output_element(wid, nwg, lid);
+    if (e.x == NO_ELEMENT) { return; }
+    // Indices were checked on the host; a bad one is still never read.
+    let index = table_row(indices[e.y]);
+    if (index != BAD_ROW && bag_holds(index, e.z)) { out[e.x] = bag_value(index, e.z); }
 }
 
 // One invocation reduces one column of one bag.
 @compute @workgroup_size(WG_SIZE)
 fn bag(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
        @builtin(local_invocation_id) lid: vec3<u32>) {
-    bag_element(linear_id(wid, nwg, lid));
+    bag_element(output_element(wid, nwg, lid));
 }

@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 
 use crate::error::{Error, Result};
+use crate::gpu::table::check_table_shape;
 use crate::gpu::tensor::DType;
 
 /// A 2-D lookup table on the host: `rows × dim` values of F32, F16 or BF16 as
@@ -34,34 +35,13 @@ impl<'a> HostTable<'a> {
     }
 
     /// A table from raw little-endian bytes of `dtype` (F32, F16 or BF16).
-    pub fn from_bytes(
-        dtype: DType,
-        bytes: impl Into<Cow<'a, [u8]>>,
-        rows: usize,
-        dim: usize,
-    ) -> Result<Self> {
+    pub fn from_bytes(dtype: DType, bytes: impl Into<Cow<'a, [u8]>>, rows: usize, dim: usize) -> Result<Self> {
         if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-            return Err(Error::arg(
-                "weight",
-                format!("expected an F32, F16 or BF16 table, got {dtype:?}"),
-            ));
+            return Err(Error::arg("weight", format!("expected an F32, F16 or BF16 table, got {dtype:?}")));
         }
-        if dim == 0 {
-            return Err(Error::arg(
-                "embedding_dim",
-                "expected a positive embedding_dim, got 0",
-            ));
-        }
-        if rows as u64 >= i32::MAX as u64 {
-            return Err(Error::arg(
-                "num_embeddings",
-                format!("{rows} rows is more than i32 indices can address"),
-            ));
-        }
+        check_table_shape(rows, dim)?;
         let bytes = bytes.into();
-        let want = rows
-            .checked_mul(dim)
-            .and_then(|n| n.checked_mul(dtype.size()));
+        let want = rows.checked_mul(dim).and_then(|n| n.checked_mul(dtype.size()));
         if want != Some(bytes.len()) {
             return Err(Error::arg(
                 "weight",
@@ -72,12 +52,7 @@ impl<'a> HostTable<'a> {
                 ),
             ));
         }
-        Ok(HostTable {
-            dtype,
-            bytes,
-            rows,
-            dim,
-        })
+        Ok(HostTable { dtype, bytes, rows, dim })
     }
 
     /// Element type.
@@ -103,25 +78,11 @@ impl<'a> HostTable<'a> {
     /// The bytes widened to f32 (exact for F16 and BF16), for mixing formats in one table.
     pub(crate) fn f32_bytes(&self) -> Cow<'_, [u8]> {
         match self.dtype {
-            DType::F16 => Cow::Owned(
-                self.bytes
-                    .chunks_exact(2)
-                    .flat_map(|c| {
-                        half::f16::from_le_bytes([c[0], c[1]])
-                            .to_f32()
-                            .to_le_bytes()
-                    })
-                    .collect(),
-            ),
+            DType::F16 => {
+                Cow::Owned(self.bytes.chunks_exact(2).flat_map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32().to_le_bytes()).collect())
+            }
             DType::BF16 => Cow::Owned(
-                self.bytes
-                    .chunks_exact(2)
-                    .flat_map(|c| {
-                        half::bf16::from_le_bytes([c[0], c[1]])
-                            .to_f32()
-                            .to_le_bytes()
-                    })
-                    .collect(),
+                self.bytes.chunks_exact(2).flat_map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32().to_le_bytes()).collect(),
             ),
             _ => Cow::Borrowed(&self.bytes),
         }
@@ -136,10 +97,7 @@ pub struct Checkpoint {
 
 impl std::fmt::Debug for Checkpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Checkpoint")
-            .field("source", &self.source)
-            .field("bytes", &self.bytes.len())
-            .finish()
+        f.debug_struct("Checkpoint").field("source", &self.source).field("bytes", &self.bytes.len()).finish()
     }
 }
 
@@ -148,8 +106,7 @@ impl Checkpoint {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path)
-            .map_err(|e| Error::Format(format!("cannot read {}: {e}", path.display())))?;
+        let bytes = std::fs::read(path).map_err(|e| Error::Format(format!("cannot read {}: {e}", path.display())))?;
         Self::with_source(bytes, path.display().to_string())
     }
 
@@ -159,8 +116,7 @@ impl Checkpoint {
     }
 
     fn with_source(bytes: Vec<u8>, source: String) -> Result<Self> {
-        safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| Error::Format(format!("{source} is not a safetensors file: {e}")))?;
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Format(format!("{source} is not a safetensors file: {e}")))?;
         Ok(Checkpoint { bytes, source })
     }
 
@@ -171,12 +127,7 @@ impl Checkpoint {
 
     /// Names of every tensor in the file, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .tensors()
-            .names()
-            .into_iter()
-            .map(str::to_string)
-            .collect();
+        let mut names: Vec<String> = self.tensors().names().into_iter().map(str::to_string).collect();
         names.sort();
         names
     }
@@ -185,32 +136,15 @@ impl Checkpoint {
         let st = self.tensors();
         let view = st.tensor(name).map_err(|_| {
             let names = self.names();
-            let near: Vec<&String> = names
-                .iter()
-                .filter(|n| n.contains(name.rsplit('.').nth(1).unwrap_or(name)))
-                .take(8)
-                .collect();
-            Error::arg(
-                "name",
-                format!(
-                    "{} has no tensor {name:?} ({} tensors; similar names: {near:?})",
-                    self.source,
-                    names.len()
-                ),
-            )
+            let near: Vec<&String> = names.iter().filter(|n| n.contains(name.rsplit('.').nth(1).unwrap_or(name))).take(8).collect();
+            Error::arg("name", format!("{} has no tensor {name:?} ({} tensors; similar names: {near:?})", self.source, names.len()))
         })?;
         let dtype = match view.dtype() {
             safetensors::Dtype::F32 => DType::F32,
             safetensors::Dtype::F16 => DType::F16,
             safetensors::Dtype::BF16 => DType::BF16,
             other => {
-                return Err(Error::arg(
-                    "dtype",
-                    format!(
-                        "tensor {name:?} in {} is {other:?}; expected F32, F16 or BF16",
-                        self.source
-                    ),
-                ))
+                return Err(Error::arg("dtype", format!("tensor {name:?} in {} is {other:?}; expected F32, F16 or BF16", self.source)))
             }
         };
         let shape = view.shape().to_vec();
@@ -224,17 +158,15 @@ impl Checkpoint {
         let (dtype, shape, data) = self.view(name)?;
         match shape[..] {
             [rows, dim] => HostTable::from_bytes(dtype, data, rows, dim),
-            _ => Err(Error::ShapeMismatch(format!("tensor {name:?} in {} has shape {shape:?}; expected a 2-D table [num_embeddings, embedding_dim]", self.source))),
+            _ => Err(Error::ShapeMismatch(format!(
+                "tensor {name:?} in {} has shape {shape:?}; expected a 2-D table [num_embeddings, embedding_dim]",
+                self.source
+            ))),
         }
     }
 
     /// The 2-D table `name`, which must have `dim` columns (and `rows` rows when given).
-    pub fn table_with_dim(
-        &self,
-        name: &str,
-        rows: Option<usize>,
-        dim: usize,
-    ) -> Result<HostTable<'_>> {
+    pub fn table_with_dim(&self, name: &str, rows: Option<usize>, dim: usize) -> Result<HostTable<'_>> {
         let t = self.table(name)?;
         if t.dim() != dim || rows.is_some_and(|r| r != t.rows()) {
             let want = rows.map_or_else(|| format!("[*, {dim}]"), |r| format!("[{r}, {dim}]"));
@@ -252,10 +184,7 @@ impl Checkpoint {
     pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
         let (dtype, shape, data) = self.view(name)?;
         if shape[..] != [len] {
-            return Err(Error::ShapeMismatch(format!(
-                "tensor {name:?} in {} has shape {shape:?}; expected [{len}]",
-                self.source
-            )));
+            return Err(Error::ShapeMismatch(format!("tensor {name:?} in {} has shape {shape:?}; expected [{len}]", self.source)));
         }
         let table = HostTable::from_bytes(dtype, data, 1, len.max(1))?;
         Ok(bytemuck::pod_collect_to_vec(&table.f32_bytes()))

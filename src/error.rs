@@ -15,12 +15,7 @@ pub enum Error {
 
     /// An index lies outside the table (`index out of range in self`, as PyTorch says).
     #[error("index out of range in self: `{name}` holds {value} at position {position}, expected a value in [0, {num_embeddings})")]
-    IndexOutOfRange {
-        name: &'static str,
-        position: u64,
-        value: i64,
-        num_embeddings: u64,
-    },
+    IndexOutOfRange { name: &'static str, position: u64, value: i64, num_embeddings: u64 },
 
     /// Shapes of two arguments do not agree.
     #[error("shape mismatch: {0}")]
@@ -55,9 +50,6 @@ pub enum Error {
 impl Error {
     /// Shorthand for [`Error::InvalidArgument`].
     pub fn arg(name: &'static str, message: impl fmt::Display) -> Self {
-        Error::InvalidArgument {
-            name,
-            message: message.to_string(),
-        }
+        Error::InvalidArgument { name, message: message.to_string() }
     }
 }

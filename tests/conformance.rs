@@ -8,21 +8,11 @@ use wgpu_embed::conformance::registry::supported_ops;
 use wgpu_embed::conformance::runner::run_cases;
 
 fn public_cases() -> CaseFile {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/conformance/public.safetensors");
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (the conformance suite lives in ../shared)",
-            path.display()
-        )
-    });
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/public.safetensors");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (the conformance suite lives in ../shared)", path.display()));
     let mut file = CaseFile::parse(&bytes).unwrap();
-    file.cases
-        .retain(|c| supported_ops().contains(&c.op.as_str()));
-    assert!(
-        file.cases.len() >= 60,
-        "the public file holds at least the embedding and bag cases"
-    );
+    file.cases.retain(|c| supported_ops().contains(&c.op.as_str()));
+    assert!(file.cases.len() >= 60, "the public file holds at least the embedding and bag cases");
     file
 }
 
@@ -34,27 +24,17 @@ fn check(max_binding: Option<u64>) {
     for (case, rep) in file.cases.iter().zip(&report.cases) {
         if case.expect_error {
             if rep.status != "error" {
-                failures.push(format!(
-                    "{}: accepted an input the reference refuses",
-                    case.id
-                ));
+                failures.push(format!("{}: accepted an input the reference refuses", case.id));
             }
             continue;
         }
         if rep.status != "ok" {
-            failures.push(format!(
-                "{}: {}",
-                case.id,
-                rep.message.clone().unwrap_or_default()
-            ));
+            failures.push(format!("{}: {}", case.id, rep.message.clone().unwrap_or_default()));
             continue;
         }
         for name in &case.outputs {
             let want = file.expected(&case.id, name).expect("expected tensor");
-            let got = outputs
-                .iter()
-                .find(|(n, _)| *n == format!("{}/{name}", case.id))
-                .map(|(_, t)| t);
+            let got = outputs.iter().find(|(n, _)| *n == format!("{}/{name}", case.id)).map(|(_, t)| t);
             match got {
                 None => failures.push(format!("{}: output {name} missing", case.id)),
                 Some(got) => {
@@ -65,12 +45,7 @@ fn check(max_binding: Option<u64>) {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} failing cases:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} failing cases:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]

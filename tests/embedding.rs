@@ -7,9 +7,7 @@ use common::{assert_close, context, Rng};
 use wgpu_embed::{BagMode, Embedding, EmbeddingBag, Indices};
 
 fn random_bounds(rng: &mut Rng, n: usize, bags: usize) -> Vec<usize> {
-    let mut cuts: Vec<usize> = (0..bags.saturating_sub(1))
-        .map(|_| rng.below(n as u64 + 1) as usize)
-        .collect();
+    let mut cuts: Vec<usize> = (0..bags.saturating_sub(1)).map(|_| rng.below(n as u64 + 1) as usize).collect();
     cuts.sort_unstable();
     let mut b = vec![0];
     b.extend(cuts);
@@ -31,8 +29,7 @@ fn embedding_random_shapes_match_reference() {
             let n = shape[0] * shape[1];
             let table = rng.vec_f32(v * d);
             let idx: Vec<i64> = (0..n).map(|_| rng.below(v as u64) as i64).collect();
-            let padding = (trial % 3 == 0)
-                .then(|| rng.below(v as u64) as i64 - if trial % 2 == 0 { v as i64 } else { 0 });
+            let padding = (trial % 3 == 0).then(|| rng.below(v as u64) as i64 - if trial % 2 == 0 { v as i64 } else { 0 });
             let max_norm = (trial % 2 == 1).then(|| 0.3 + rng.f32().abs());
             let p = [1.0, 2.0, 3.0, f32::INFINITY][trial % 4];
             let layer = Embedding::from_pretrained(&ctx, &table, v, d)
@@ -48,20 +45,8 @@ fn embedding_random_shapes_match_reference() {
                 common::renorm(&mut want_table, d, &idx, m, p);
             }
             let what = format!("trial {trial} V={v} D={d} n={n} max_binding={max_binding:?}");
-            assert_close(
-                &out.to_vec_f32(&ctx).unwrap(),
-                &common::lookup(&want_table, d, &idx),
-                1e-6,
-                1e-5,
-                &what,
-            );
-            assert_close(
-                &layer.weight().to_vec_f32(&ctx).unwrap(),
-                &want_table,
-                1e-6,
-                1e-5,
-                &what,
-            );
+            assert_close(&out.to_vec_f32(&ctx).unwrap(), &common::lookup(&want_table, d, &idx), 1e-6, 1e-5, &what);
+            assert_close(&layer.weight().to_vec_f32(&ctx).unwrap(), &want_table, 1e-6, 1e-5, &what);
         }
     }
 }
@@ -77,19 +62,9 @@ fn lookup_over_thousands_of_table_segments_dispatches_only_the_used_ones() {
     let table = rng.vec_f32(v * d);
     let idx: Vec<i64> = (0..n).map(|_| rng.below(v as u64) as i64).collect();
     let layer = Embedding::from_pretrained(&ctx, &table, v, d).unwrap();
-    assert!(
-        layer.weight().segments().len() >= 10_000,
-        "{} table segments",
-        layer.weight().segments().len()
-    );
+    assert!(layer.weight().segments().len() >= 10_000, "{} table segments", layer.weight().segments().len());
     let out = layer.forward(&ctx, Indices::i64(&idx, &[n])).unwrap();
-    assert_close(
-        &out.to_vec_f32(&ctx).unwrap(),
-        &common::lookup(&table, d, &idx),
-        0.0,
-        0.0,
-        "1 KiB bindings",
-    );
+    assert_close(&out.to_vec_f32(&ctx).unwrap(), &common::lookup(&table, d, &idx), 0.0, 0.0, "1 KiB bindings");
 }
 
 #[test]
@@ -112,17 +87,13 @@ fn embedding_bag_random_shapes_match_reference() {
             let offsets: Vec<i64> = if include_last {
                 bounds.iter().map(|&b| b as i64).collect()
             } else {
-                bounds[..bounds.len() - 1]
-                    .iter()
-                    .map(|&b| b as i64)
-                    .collect()
+                bounds[..bounds.len() - 1].iter().map(|&b| b as i64).collect()
             };
-            let layer =
-                EmbeddingBag::from_pretrained(&ctx, &table, v, d, BagMode::parse(mode).unwrap())
-                    .unwrap()
-                    .with_padding_idx(padding)
-                    .unwrap()
-                    .with_include_last_offset(include_last);
+            let layer = EmbeddingBag::from_pretrained(&ctx, &table, v, d, BagMode::parse(mode).unwrap())
+                .unwrap()
+                .with_padding_idx(padding)
+                .unwrap()
+                .with_include_last_offset(include_last);
             let w_shape = [n];
             let out = layer
                 .forward(
@@ -134,9 +105,7 @@ fn embedding_bag_random_shapes_match_reference() {
                 .unwrap();
             assert_eq!(out.shape(), &[bags, d]);
             let want = common::bag(&table, d, &idx, &bounds, mode, padding, weights.as_deref());
-            let what = format!(
-                "trial {trial} {mode} V={v} D={d} n={n} bags={bags} max_binding={max_binding:?}"
-            );
+            let what = format!("trial {trial} {mode} V={v} D={d} n={n} bags={bags} max_binding={max_binding:?}");
             assert_close(&out.to_vec_f32(&ctx).unwrap(), &want, 1e-5, 1e-4, &what);
         }
     }
@@ -148,52 +117,22 @@ fn embedding_bag_random_shapes_match_reference() {
 fn table_larger_than_the_binding_limit() {
     let ctx = context(None);
     let (v, d) = (300_000usize, 128usize);
-    assert!(
-        (v * d * 4) as u64 > ctx.max_binding_size(),
-        "the table must exceed the binding limit"
-    );
-    let table: Vec<f32> = (0..v * d)
-        .map(|i| ((i % 9973) as f32) * 0.5 - (i / d) as f32 * 1e-3)
-        .collect();
+    assert!((v * d * 4) as u64 > ctx.max_binding_size(), "the table must exceed the binding limit");
+    let table: Vec<f32> = (0..v * d).map(|i| ((i % 9973) as f32) * 0.5 - (i / d) as f32 * 1e-3).collect();
     let mut rng = Rng(7);
     let mut idx: Vec<i64> = (0..4000).map(|_| rng.below(v as u64) as i64).collect();
     idx.extend([0, (v - 1) as i64, 262_143, 262_144, 262_145]);
     let emb = Embedding::from_pretrained(&ctx, &table, v, d).unwrap();
-    assert!(
-        emb.weight().segments().len() >= 2,
-        "table should span several buffers"
-    );
+    assert!(emb.weight().segments().len() >= 2, "table should span several buffers");
     let out = emb.forward(&ctx, Indices::i64(&idx, &[idx.len()])).unwrap();
-    assert_eq!(
-        out.to_vec_f32(&ctx).unwrap(),
-        common::lookup(&table, d, &idx)
-    );
+    assert_eq!(out.to_vec_f32(&ctx).unwrap(), common::lookup(&table, d, &idx));
 
     let bag = EmbeddingBag::from_tensor(emb.weight().clone(), BagMode::Sum).unwrap();
-    let bounds: Vec<usize> = (0..=idx.len() / 7)
-        .map(|b| (b * 7).min(idx.len()))
-        .chain([idx.len()])
-        .collect();
-    let offsets: Vec<i64> = bounds[..bounds.len() - 1]
-        .iter()
-        .map(|&b| b as i64)
-        .collect();
-    let out = bag
-        .forward(
-            &ctx,
-            Indices::i64(&idx, &[idx.len()]),
-            Some(Indices::i64(&offsets, &[offsets.len()])),
-            None,
-        )
-        .unwrap();
+    let bounds: Vec<usize> = (0..=idx.len() / 7).map(|b| (b * 7).min(idx.len())).chain([idx.len()]).collect();
+    let offsets: Vec<i64> = bounds[..bounds.len() - 1].iter().map(|&b| b as i64).collect();
+    let out = bag.forward(&ctx, Indices::i64(&idx, &[idx.len()]), Some(Indices::i64(&offsets, &[offsets.len()])), None).unwrap();
     let want = common::bag(&table, d, &idx, &bounds, "sum", None, None);
-    assert_close(
-        &out.to_vec_f32(&ctx).unwrap(),
-        &want,
-        1e-3,
-        1e-5,
-        "bags over a split table",
-    );
+    assert_close(&out.to_vec_f32(&ctx).unwrap(), &want, 1e-3, 1e-5, "bags over a split table");
 }
 
 /// 70 000 bags of 64 columns: 70 000 workgroups of 64 invocations, past the
@@ -206,27 +145,15 @@ fn more_than_65535_bags() {
     let table = rng.vec_f32(v * d);
     let idx: Vec<i64> = (0..bags * 3).map(|_| rng.below(v as u64) as i64).collect();
     let layer = EmbeddingBag::from_pretrained(&ctx, &table, v, d, BagMode::Mean).unwrap();
-    let out = layer
-        .forward(&ctx, Indices::i64(&idx, &[bags, 3]), None, None)
-        .unwrap();
+    let out = layer.forward(&ctx, Indices::i64(&idx, &[bags, 3]), None, None).unwrap();
     let bounds: Vec<usize> = (0..=bags).map(|b| b * 3).collect();
     let want = common::bag(&table, d, &idx, &bounds, "mean", None, None);
-    assert_close(
-        &out.to_vec_f32(&ctx).unwrap(),
-        &want,
-        1e-6,
-        1e-5,
-        "70 000 bags",
-    );
+    assert_close(&out.to_vec_f32(&ctx).unwrap(), &want, 1e-6, 1e-5, "70 000 bags");
 
     // And a lookup of 70 000 x 64 elements, likewise spread.
     let emb = Embedding::from_pretrained(&ctx, &table, v, d).unwrap();
     let idx: Vec<i32> = (0..bags).map(|i| (i * 7 % v) as i32).collect();
-    let out = emb
-        .forward(&ctx, Indices::i32(&idx, &[bags]))
-        .unwrap()
-        .to_vec_f32(&ctx)
-        .unwrap();
+    let out = emb.forward(&ctx, Indices::i32(&idx, &[bags])).unwrap().to_vec_f32(&ctx).unwrap();
     let idx64: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
     assert_eq!(out, common::lookup(&table, d, &idx64));
 }
@@ -240,17 +167,8 @@ fn one_long_bag() {
     let table = rng.vec_f32(v * d);
     let idx: Vec<i64> = (0..20_000).map(|_| rng.below(v as u64) as i64).collect();
     for mode in ["sum", "mean", "max"] {
-        let layer =
-            EmbeddingBag::from_pretrained(&ctx, &table, v, d, BagMode::parse(mode).unwrap())
-                .unwrap();
-        let out = layer
-            .forward(
-                &ctx,
-                Indices::i64(&idx, &[idx.len()]),
-                Some(Indices::i64(&[0], &[1])),
-                None,
-            )
-            .unwrap();
+        let layer = EmbeddingBag::from_pretrained(&ctx, &table, v, d, BagMode::parse(mode).unwrap()).unwrap();
+        let out = layer.forward(&ctx, Indices::i64(&idx, &[idx.len()]), Some(Indices::i64(&[0], &[1])), None).unwrap();
         let want = common::bag(&table, d, &idx, &[0, idx.len()], mode, None, None);
         assert_close(&out.to_vec_f32(&ctx).unwrap(), &want, 2e-3, 1e-4, mode);
     }
@@ -261,61 +179,19 @@ fn one_long_bag() {
 fn refusals_name_argument_and_value() {
     let ctx = context(None);
     let table: Vec<f32> = (0..40).map(|i| i as f32).collect();
-    let emb = Embedding::from_pretrained(&ctx, &table, 10, 4)
-        .unwrap()
-        .with_max_norm(Some(1.0), 2.0)
-        .unwrap();
+    let emb = Embedding::from_pretrained(&ctx, &table, 10, 4).unwrap().with_max_norm(Some(1.0), 2.0).unwrap();
     let err = emb.forward(&ctx, Indices::i64(&[1, 10], &[2])).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            wgpu_embed::Error::IndexOutOfRange {
-                value: 10,
-                position: 1,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert_eq!(
-        emb.weight().to_vec_f32(&ctx).unwrap(),
-        table,
-        "nothing renormalised before the refusal"
-    );
-    let err = Embedding::from_pretrained(&ctx, &table, 10, 4)
-        .unwrap()
-        .with_padding_idx(Some(10))
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("padding_idx") && err.to_string().contains("10"),
-        "{err}"
-    );
+    assert!(matches!(err, wgpu_embed::Error::IndexOutOfRange { value: 10, position: 1, .. }), "{err}");
+    assert_eq!(emb.weight().to_vec_f32(&ctx).unwrap(), table, "nothing renormalised before the refusal");
+    let err = Embedding::from_pretrained(&ctx, &table, 10, 4).unwrap().with_padding_idx(Some(10)).unwrap_err();
+    assert!(err.to_string().contains("padding_idx") && err.to_string().contains("10"), "{err}");
 
     let bag = EmbeddingBag::from_pretrained(&ctx, &table, 10, 4, BagMode::Sum).unwrap();
     let idx = [1i64, 2, 3];
-    let err = bag
-        .forward(
-            &ctx,
-            Indices::i64(&idx, &[3]),
-            Some(Indices::i64(&[1, 2], &[2])),
-            None,
-        )
-        .unwrap_err();
+    let err = bag.forward(&ctx, Indices::i64(&idx, &[3]), Some(Indices::i64(&[1, 2], &[2])), None).unwrap_err();
     assert!(err.to_string().contains("offsets[0] has to be 0"), "{err}");
-    let err = bag
-        .forward(
-            &ctx,
-            Indices::i64(&idx, &[3]),
-            Some(Indices::i64(&[0, 9], &[2])),
-            None,
-        )
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("offsets[-1]") && err.to_string().contains('9'),
-        "{err}"
-    );
-    let err = bag
-        .forward(&ctx, Indices::i64(&idx, &[3]), None, None)
-        .unwrap_err();
+    let err = bag.forward(&ctx, Indices::i64(&idx, &[3]), Some(Indices::i64(&[0, 9], &[2])), None).unwrap_err();
+    assert!(err.to_string().contains("offsets[-1]") && err.to_string().contains('9'), "{err}");
+    let err = bag.forward(&ctx, Indices::i64(&idx, &[3]), None, None).unwrap_err();
     assert!(err.to_string().contains("offsets"), "{err}");
 }

@@ -26,16 +26,8 @@ fn ctx() -> &'static Context {
 }
 
 fn config(cases: u32) -> Config {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(cases);
-    Config {
-        cases,
-        failure_persistence: None,
-        max_shrink_iters: 200,
-        ..Config::default()
-    }
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases);
+    Config { cases, failure_persistence: None, max_shrink_iters: 200, ..Config::default() }
 }
 
 // ---- case files -----------------------------------------------------------------------
@@ -49,37 +41,16 @@ enum Data {
 
 /// The tensors every fuzzed case file holds: good and bad tables, indices and offsets.
 fn tensors() -> Vec<(&'static str, Data, Vec<usize>)> {
-    let f = |n: usize| {
-        (0..n)
-            .map(|i| (i as f32 * 0.37).sin() * 3.0)
-            .collect::<Vec<_>>()
-    };
+    let f = |n: usize| (0..n).map(|i| (i as f32 * 0.37).sin() * 3.0).collect::<Vec<_>>();
     vec![
         ("t44", Data::F32(f(16)), vec![4, 4]),
         ("t64x8", Data::F32(f(512)), vec![64, 8]),
         ("t4", Data::F32(f(4)), vec![4]),
         ("t0x4", Data::F32(vec![]), vec![0, 4]),
         ("t3d", Data::F32(f(8)), vec![2, 2, 2]),
-        (
-            "tnan",
-            Data::F32(vec![
-                f32::NAN,
-                f32::INFINITY,
-                -f32::INFINITY,
-                0.0,
-                1e38,
-                -1e-38,
-                2.0,
-                3.0,
-            ]),
-            vec![2, 4],
-        ),
+        ("tnan", Data::F32(vec![f32::NAN, f32::INFINITY, -f32::INFINITY, 0.0, 1e38, -1e-38, 2.0, 3.0]), vec![2, 4]),
         ("psw3", Data::F32(vec![0.5, -1.0, 2.0]), vec![3]),
-        (
-            "g8",
-            Data::F32(vec![1.0, 0.5, 2.0, -1.0, 1.0, 1.0, 0.0, 3.0]),
-            vec![8],
-        ),
+        ("g8", Data::F32(vec![1.0, 0.5, 2.0, -1.0, 1.0, 1.0, 0.0, 3.0]), vec![8]),
         ("i_ok", Data::I64(vec![0, 1, 3]), vec![3]),
         ("i_neg", Data::I64(vec![-1, 2]), vec![2]),
         ("i_huge", Data::I64(vec![i64::MAX, 0]), vec![2]),
@@ -87,34 +58,22 @@ fn tensors() -> Vec<(&'static str, Data, Vec<usize>)> {
         ("i2d", Data::I32(vec![0, 3, 2, 1]), vec![2, 2]),
         ("i3d", Data::I64(vec![1, 2]), vec![1, 1, 2]),
         ("i_empty", Data::I64(vec![]), vec![0]),
-        (
-            "i_big",
-            Data::I64((0..300).map(|i| i % 64).collect()),
-            vec![300],
-        ),
+        ("i_big", Data::I64((0..300).map(|i| i % 64).collect()), vec![300]),
         ("off_ok", Data::I64(vec![0, 2]), vec![2]),
         ("off_bad", Data::I64(vec![0, 99]), vec![2]),
         ("off_neg", Data::I64(vec![-1, 0]), vec![2]),
         ("off_down", Data::I32(vec![0, 2, 1]), vec![3]),
-        (
-            "codes",
-            Data::U8((0..16).map(|i| i * 13).collect()),
-            vec![16],
-        ),
+        ("codes", Data::U8((0..16).map(|i| i * 13).collect()), vec![16]),
     ]
 }
 
 const TENSOR_NAMES: &[&str] = &[
-    "g8", "t44", "t64x8", "t4", "t0x4", "t3d", "tnan", "psw3", "i_ok", "i_neg", "i_huge", "i_min",
-    "i2d", "i3d", "i_empty", "i_big", "off_ok", "off_bad", "off_neg", "off_down", "codes",
-    "missing",
+    "g8", "t44", "t64x8", "t4", "t0x4", "t3d", "tnan", "psw3", "i_ok", "i_neg", "i_huge", "i_min", "i2d", "i3d", "i_empty", "i_big",
+    "off_ok", "off_bad", "off_neg", "off_down", "codes", "missing",
 ];
 /// Every input role and parameter the registry's ops read.
 fn roles() -> Vec<&'static str> {
-    let mut roles: Vec<&'static str> = OPS
-        .iter()
-        .flat_map(|o| o.inputs.iter().map(|(r, _)| *r))
-        .collect();
+    let mut roles: Vec<&'static str> = OPS.iter().flat_map(|o| o.inputs.iter().map(|(r, _)| *r)).collect();
     roles.sort_unstable();
     roles.dedup();
     roles
@@ -138,17 +97,10 @@ fn case_file_bytes(cases: &Value) -> Vec<u8> {
                 Data::I32(v) => (safetensors::Dtype::I32, bytemuck::cast_slice(v)),
                 Data::U8(v) => (safetensors::Dtype::U8, v),
             };
-            (
-                name.to_string(),
-                safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes).unwrap(),
-            )
+            (name.to_string(), safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes).unwrap())
         })
         .collect();
-    safetensors::serialize(
-        views,
-        Some(HashMap::from([("cases".to_string(), cases.to_string())])),
-    )
-    .unwrap()
+    safetensors::serialize(views, Some(HashMap::from([("cases".to_string(), cases.to_string())]))).unwrap()
 }
 
 fn param_value() -> impl Strategy<Value = Value> {
@@ -156,24 +108,10 @@ fn param_value() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::from),
         (-3i64..70).prop_map(Value::from),
-        prop::sample::select(vec![i64::MAX, i64::MIN, 1 << 31, 1 << 40, -(1 << 31)])
+        prop::sample::select(vec![i64::MAX, i64::MIN, 1 << 31, 1 << 40, -(1 << 31)]).prop_map(Value::from),
+        prop::sample::select(vec![-1.0, 0.0, 1e-5, 0.5, 2.0, 1e30, -1e30, f64::MAX]).prop_map(Value::from),
+        prop::sample::select(vec!["sum", "mean", "max", "dynamic", "linear", "nf4", "fp4", "int8_blockwise", "int8_rowwise", "", "junk"])
             .prop_map(Value::from),
-        prop::sample::select(vec![-1.0, 0.0, 1e-5, 0.5, 2.0, 1e30, -1e30, f64::MAX])
-            .prop_map(Value::from),
-        prop::sample::select(vec![
-            "sum",
-            "mean",
-            "max",
-            "dynamic",
-            "linear",
-            "nf4",
-            "fp4",
-            "int8_blockwise",
-            "int8_rowwise",
-            "",
-            "junk"
-        ])
-        .prop_map(Value::from),
         prop::sample::select(vec![
             json!([4, 4]),
             json!([2, 8]),
@@ -196,9 +134,7 @@ fn op_roles(name: &str) -> Vec<&'static str> {
 fn kind_tensors(kind: Option<InputKind>) -> &'static [&'static str] {
     match kind {
         Some(InputKind::Table) => &["t44", "t64x8", "t4", "t0x4", "t3d", "tnan"],
-        Some(InputKind::Indices) => &[
-            "i_ok", "i_neg", "i_huge", "i_min", "i2d", "i3d", "i_empty", "i_big",
-        ],
+        Some(InputKind::Indices) => &["i_ok", "i_neg", "i_huge", "i_min", "i2d", "i3d", "i_empty", "i_big"],
         Some(InputKind::Offsets) => &["off_ok", "off_bad", "off_neg", "off_down", "i_empty"],
         Some(InputKind::Vector) => &["psw3", "t4", "t44"],
         Some(InputKind::Codes) => &["codes", "i_ok"],
@@ -208,11 +144,7 @@ fn kind_tensors(kind: Option<InputKind>) -> &'static [&'static str] {
 
 /// Tensors that suit `role` of op `name`.
 fn role_tensors(name: &str, role: &str) -> &'static [&'static str] {
-    kind_tensors(
-        op(name)
-            .and_then(|o| o.inputs.iter().find(|(r, _)| *r == role))
-            .map(|(_, k)| *k),
-    )
+    kind_tensors(op(name).and_then(|o| o.inputs.iter().find(|(r, _)| *r == role)).map(|(_, k)| *k))
 }
 
 /// A well-formed case of each op, which perturbations then break in one place or a few.
@@ -250,10 +182,8 @@ fn template(op: &str) -> Value {
         }
         // Any other op of the registry: the first suitable tensor for each of its roles.
         other => {
-            let inputs: serde_json::Map<String, Value> = op_roles(other)
-                .into_iter()
-                .map(|r| (r.to_string(), json!(role_tensors(other, r)[0])))
-                .collect();
+            let inputs: serde_json::Map<String, Value> =
+                op_roles(other).into_iter().map(|r| (r.to_string(), json!(role_tensors(other, r)[0]))).collect();
             json!({"params": {}, "inputs": inputs})
         }
     }
@@ -269,11 +199,7 @@ enum Perturb {
 fn perturb() -> impl Strategy<Value = Perturb> {
     prop_oneof![
         (prop::sample::select(params()), param_value()).prop_map(|(k, v)| Perturb::Param(k, v)),
-        (
-            prop::sample::select(roles()),
-            prop::sample::select(TENSOR_NAMES)
-        )
-            .prop_map(|(r, t)| Perturb::Input(r, t)),
+        (prop::sample::select(roles()), prop::sample::select(TENSOR_NAMES)).prop_map(|(r, t)| Perturb::Input(r, t)),
         any::<prop::sample::Index>().prop_map(Perturb::Drop),
     ]
 }
@@ -282,30 +208,25 @@ fn perturb() -> impl Strategy<Value = Perturb> {
 fn perturbed_case() -> impl Strategy<Value = Value> {
     let mut ops: Vec<&'static str> = wgpu_embed::conformance::registry::supported_ops();
     ops.push("junk_op");
-    (
-        prop::sample::select(ops),
-        prop::collection::vec(perturb(), 0..3),
-        any::<bool>(),
-    )
-        .prop_map(|(op, perturbs, expect_error)| {
-            let mut case = template(op);
-            for p in perturbs {
-                match p {
-                    Perturb::Param(k, v) => case["params"][k] = v,
-                    Perturb::Input(r, t) => case["inputs"][r] = json!(t),
-                    Perturb::Drop(i) => {
-                        let inputs = case["inputs"].as_object_mut().unwrap();
-                        if !inputs.is_empty() {
-                            let key = inputs.keys().nth(i.index(inputs.len())).unwrap().clone();
-                            inputs.remove(&key);
-                        }
+    (prop::sample::select(ops), prop::collection::vec(perturb(), 0..3), any::<bool>()).prop_map(|(op, perturbs, expect_error)| {
+        let mut case = template(op);
+        for p in perturbs {
+            match p {
+                Perturb::Param(k, v) => case["params"][k] = v,
+                Perturb::Input(r, t) => case["inputs"][r] = json!(t),
+                Perturb::Drop(i) => {
+                    let inputs = case["inputs"].as_object_mut().unwrap();
+                    if !inputs.is_empty() {
+                        let key = inputs.keys().nth(i.index(inputs.len())).unwrap().clone();
+                        inputs.remove(&key);
                     }
                 }
             }
-            case["op"] = json!(op);
-            case["expect_error"] = json!(expect_error);
-            case
-        })
+        }
+        case["op"] = json!(op);
+        case["expect_error"] = json!(expect_error);
+        case
+    })
 }
 
 fn case() -> impl Strategy<Value = Value> {
@@ -349,12 +270,7 @@ fn run_and_check(file: &CaseFile) -> Result<(), TestCaseError> {
         let msg = c.message.as_deref().unwrap_or("");
         prop_assert!(!msg.contains("panic"), "case {} panicked: {}", c.id, msg);
         // Bad input must be caught on the host, before the GPU sees it.
-        prop_assert!(
-            !msg.starts_with("GPU error") && !msg.starts_with("GPU device lost"),
-            "case {}: {}",
-            c.id,
-            msg
-        );
+        prop_assert!(!msg.starts_with("GPU error") && !msg.starts_with("GPU device lost"), "case {}: {}", c.id, msg);
     }
     prop_assert!(outputs_to_safetensors(&outputs).is_ok());
     prop_assert!(ctx.check_alive().is_ok());
@@ -374,11 +290,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         any::<prop::sample::Index>().prop_map(Mutation::Truncate),
         (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::Flip(i, b)),
-        (
-            any::<prop::sample::Index>(),
-            prop::collection::vec(any::<u8>(), 0..12)
-        )
-            .prop_map(|(i, b)| Mutation::Splice(i, b)),
+        (any::<prop::sample::Index>(), prop::collection::vec(any::<u8>(), 0..12)).prop_map(|(i, b)| Mutation::Splice(i, b)),
         prop_oneof![any::<u64>(), 0u64..4096].prop_map(Mutation::HeaderLen),
     ]
 }
@@ -485,10 +397,7 @@ fn padding(v: usize) -> impl Strategy<Value = Option<i64>> {
 }
 
 fn error_names(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::InvalidArgument { .. } | Error::IndexOutOfRange { .. } | Error::ShapeMismatch(_)
-    )
+    matches!(e, Error::InvalidArgument { .. } | Error::IndexOutOfRange { .. } | Error::ShapeMismatch(_))
 }
 
 proptest! {

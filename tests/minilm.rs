@@ -33,20 +33,13 @@ struct Tokenizer(tokenizers::Tokenizer);
 impl Tokenizer {
     /// Token ids of `text` with [CLS] and [SEP], as the model takes them.
     fn encode(&self, text: &str) -> Vec<i64> {
-        self.0
-            .encode(text, true)
-            .unwrap()
-            .get_ids()
-            .iter()
-            .map(|&i| i as i64)
-            .collect()
+        self.0.encode(text, true).unwrap().get_ids().iter().map(|&i| i as i64).collect()
     }
 }
 
 fn tokenizer() -> Tokenizer {
     let path = model_dir().join("tokenizer.json");
-    let mut tok = tokenizers::Tokenizer::from_file(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run `bash .ci/setup`)", path.display()));
+    let mut tok = tokenizers::Tokenizer::from_file(&path).unwrap_or_else(|e| panic!("{}: {e} (run `bash .ci/setup`)", path.display()));
     tok.with_padding(None);
     Tokenizer(tok)
 }
@@ -74,9 +67,7 @@ fn tables(ck: &Checkpoint) -> Tables {
         word,
         position,
         token_type,
-        gamma: ck
-            .vector(&format!("{PREFIX}.LayerNorm.weight"), dim)
-            .unwrap(),
+        gamma: ck.vector(&format!("{PREFIX}.LayerNorm.weight"), dim).unwrap(),
         beta: ck.vector(&format!("{PREFIX}.LayerNorm.bias"), dim).unwrap(),
         dim,
     }
@@ -97,19 +88,14 @@ fn reference(t: &Tables, ids: &[i64], positions: &[i64], types: &[i64]) -> Vec<f
         let mean = row.iter().sum::<f64>() / d as f64;
         let var = row.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / d as f64;
         let rstd = 1.0 / (var + EPS as f64).sqrt();
-        out.extend(
-            (0..d).map(|c| ((row[c] - mean) * rstd * t.gamma[c] as f64 + t.beta[c] as f64) as f32),
-        );
+        out.extend((0..d).map(|c| ((row[c] - mean) * rstd * t.gamma[c] as f64 + t.beta[c] as f64) as f32));
     }
     out
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 #[test]
@@ -140,16 +126,7 @@ fn real_minilm_block_matches_reference() {
     let positions: Vec<i64> = (0..s as i64).collect();
     let types = vec![0i64; s];
     let shape = [1, s];
-    let out = block
-        .forward(
-            &ctx,
-            &[
-                Indices::i64(&ids, &shape),
-                Indices::i64(&positions, &shape),
-                Indices::i64(&types, &shape),
-            ],
-        )
-        .unwrap();
+    let out = block.forward(&ctx, &[Indices::i64(&ids, &shape), Indices::i64(&positions, &shape), Indices::i64(&types, &shape)]).unwrap();
     assert_eq!(out.shape(), &[1, s, 384]);
     let got = out.to_vec_f32(&ctx).unwrap();
     let want = reference(&t, &ids, &positions, &types);
@@ -179,16 +156,8 @@ fn batch_with_broadcast_positions_and_split_table() {
         let ctx = common::context(limit);
         let block = EmbeddingSumLayerNorm::from_bert_checkpoint(&ctx, &ck, PREFIX, EPS).unwrap();
         assert_eq!(block.table().segments().len() > 1, limit.is_some());
-        let out = block
-            .forward(
-                &ctx,
-                &[
-                    Indices::i64(&ids, &[2, s]),
-                    Indices::i64(&positions, &[1, s]),
-                    Indices::i64(&types, &[2, s]),
-                ],
-            )
-            .unwrap();
+        let out =
+            block.forward(&ctx, &[Indices::i64(&ids, &[2, s]), Indices::i64(&positions, &[1, s]), Indices::i64(&types, &[2, s])]).unwrap();
         assert_eq!(out.shape(), &[2, s, 384]);
         let err = max_abs_diff(&out.to_vec_f32(&ctx).unwrap(), &want);
         assert!(err <= 1e-5, "limit {limit:?}: max |err| {err}");
@@ -200,10 +169,7 @@ fn real_tables_in_f16_and_bf16_stay_packed() {
     let ck = checkpoint();
     let t = tables(&ck);
     let ctx = common::context(None);
-    assert!(
-        !ctx.features().contains(wgpu::Features::SHADER_F16),
-        "the test runs without shader-f16"
-    );
+    assert!(!ctx.features().contains(wgpu::Features::SHADER_F16), "the test runs without shader-f16");
     let ids = tokenizer().encode("Half precision tables, unpacked in the shader.");
     let s = ids.len();
     let positions: Vec<i64> = (0..s as i64).collect();
@@ -214,60 +180,28 @@ fn real_tables_in_f16_and_bf16_stay_packed() {
         let round = |v: &[f32]| -> (Vec<u8>, Vec<f32>) {
             if format == "f16" {
                 let h: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
-                (
-                    bytemuck::cast_slice(&h).to_vec(),
-                    h.iter().map(|x| x.to_f32()).collect(),
-                )
+                (bytemuck::cast_slice(&h).to_vec(), h.iter().map(|x| x.to_f32()).collect())
             } else {
                 let h: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
-                (
-                    bytemuck::cast_slice(&h).to_vec(),
-                    h.iter().map(|x| x.to_f32()).collect(),
-                )
+                (bytemuck::cast_slice(&h).to_vec(), h.iter().map(|x| x.to_f32()).collect())
             }
         };
-        let dtype = if format == "f16" {
-            wgpu_embed::DType::F16
-        } else {
-            wgpu_embed::DType::BF16
-        };
+        let dtype = if format == "f16" { wgpu_embed::DType::F16 } else { wgpu_embed::DType::BF16 };
         let (wb, wr) = round(&t.word);
         let (pb, pr) = round(&t.position);
         let (tb, tr) = round(&t.token_type);
-        let rounded = Tables {
-            word: wr,
-            position: pr,
-            token_type: tr,
-            gamma: t.gamma.clone(),
-            beta: t.beta.clone(),
-            dim: t.dim,
-        };
+        let rounded = Tables { word: wr, position: pr, token_type: tr, gamma: t.gamma.clone(), beta: t.beta.clone(), dim: t.dim };
         let host = [
             HostTable::from_bytes(dtype, wb, t.word.len() / t.dim, t.dim).unwrap(),
             HostTable::from_bytes(dtype, pb, t.position.len() / t.dim, t.dim).unwrap(),
             HostTable::from_bytes(dtype, tb, t.token_type.len() / t.dim, t.dim).unwrap(),
         ];
-        let block =
-            EmbeddingSumLayerNorm::new(&ctx, &host, Some(&t.gamma), Some(&t.beta), EPS).unwrap();
+        let block = EmbeddingSumLayerNorm::new(&ctx, &host, Some(&t.gamma), Some(&t.beta), EPS).unwrap();
         assert_eq!(block.table_dtype(), dtype);
-        assert_eq!(
-            block.table().gpu_bytes() as usize,
-            (t.word.len() + t.position.len() + t.token_type.len()) * 2
-        );
-        let out = block
-            .forward(
-                &ctx,
-                &[
-                    Indices::i64(&ids, &shape),
-                    Indices::i64(&positions, &shape),
-                    Indices::i64(&types, &shape),
-                ],
-            )
-            .unwrap();
-        let err = max_abs_diff(
-            &out.to_vec_f32(&ctx).unwrap(),
-            &reference(&rounded, &ids, &positions, &types),
-        );
+        assert_eq!(block.table().gpu_bytes() as usize, (t.word.len() + t.position.len() + t.token_type.len()) * 2);
+        let out =
+            block.forward(&ctx, &[Indices::i64(&ids, &shape), Indices::i64(&positions, &shape), Indices::i64(&types, &shape)]).unwrap();
+        let err = max_abs_diff(&out.to_vec_f32(&ctx).unwrap(), &reference(&rounded, &ids, &positions, &types));
         assert!(err <= 1e-5, "{format}: max |err| {err}");
     }
 }
@@ -276,23 +210,11 @@ fn real_tables_in_f16_and_bf16_stay_packed() {
 fn checkpoint_errors_name_the_tensor() {
     let ck = checkpoint();
     let ctx = common::context(None);
-    let e =
-        EmbeddingSumLayerNorm::from_bert_checkpoint(&ctx, &ck, "bert.embeddings", EPS).unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("bert.embeddings.word_embeddings.weight"),
-        "{e}"
-    );
-    let e = ck
-        .table_with_dim("embeddings.position_embeddings.weight", None, 768)
-        .unwrap_err();
-    assert!(
-        matches!(e, Error::ShapeMismatch(_)) && e.to_string().contains("[512, 384]"),
-        "{e}"
-    );
-    let e = ck
-        .vector("embeddings.word_embeddings.weight", 384)
-        .unwrap_err();
+    let e = EmbeddingSumLayerNorm::from_bert_checkpoint(&ctx, &ck, "bert.embeddings", EPS).unwrap_err();
+    assert!(e.to_string().contains("bert.embeddings.word_embeddings.weight"), "{e}");
+    let e = ck.table_with_dim("embeddings.position_embeddings.weight", None, 768).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch(_)) && e.to_string().contains("[512, 384]"), "{e}");
+    let e = ck.vector("embeddings.word_embeddings.weight", 384).unwrap_err();
     assert!(e.to_string().contains("[30522, 384]"), "{e}");
     let e = ck.table("embeddings.position_ids").unwrap_err();
     assert!(e.to_string().contains("I64"), "{e}");

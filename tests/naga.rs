@@ -34,40 +34,22 @@ fn manifest_dir() -> &'static Path {
 /// composes, and every family ends with its own file.
 #[test]
 fn every_shader_file_is_part_of_a_family() {
-    let parts: Vec<&str> = wgpu_embed::SHADERS
-        .iter()
-        .flat_map(|f| f.parts.iter().copied())
-        .collect();
+    let parts: Vec<&str> = wgpu_embed::SHADERS.iter().flat_map(|f| f.parts.iter().copied()).collect();
     let mut files = 0;
     for dir in ["shaders", "shaders/common"] {
         for entry in std::fs::read_dir(manifest_dir().join(dir)).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "wgsl") {
                 let text = std::fs::read_to_string(&path).unwrap();
-                assert!(
-                    parts.contains(&text.as_str()),
-                    "{} is not a part of any family in wgpu_embed::SHADERS",
-                    path.display()
-                );
+                assert!(parts.contains(&text.as_str()), "{} is not a part of any family in wgpu_embed::SHADERS", path.display());
                 files += 1;
             }
         }
     }
     assert!(files > 8, "found only {files} shader files");
     for family in wgpu_embed::SHADERS {
-        let own = std::fs::read_to_string(
-            manifest_dir()
-                .join("shaders")
-                .join(format!("{}.wgsl", family.name)),
-        )
-        .unwrap();
-        assert_eq!(
-            family.parts.last(),
-            Some(&own.as_str()),
-            "family {} does not end with shaders/{}.wgsl",
-            family.name,
-            family.name
-        );
+        let own = std::fs::read_to_string(manifest_dir().join("shaders").join(format!("{}.wgsl", family.name))).unwrap();
+        assert_eq!(family.parts.last(), Some(&own.as_str()), "family {} does not end with shaders/{}.wgsl", family.name, family.name);
     }
 }
 
@@ -89,16 +71,9 @@ fn overrides_set_by_the_runtime_exist_in_the_shaders() {
             used.entry(name).or_insert(path.clone());
         }
     }
-    assert!(
-        used.contains_key("WG_SIZE"),
-        "the scan found no override names in src/: {used:?}"
-    );
+    assert!(used.contains_key("WG_SIZE"), "the scan found no override names in src/: {used:?}");
     for (name, path) in &used {
-        assert!(
-            declared.contains(name),
-            "{} passes override {name}, which no shader declares",
-            path.display()
-        );
+        assert!(declared.contains(name), "{} passes override {name}, which no shader declares", path.display());
     }
 }
 
@@ -120,27 +95,13 @@ fn every_shader_translates_to_every_backend() {
             "{name}: the runtime passes WG_SIZE to every pipeline, so the shader must declare `override WG_SIZE: u32`"
         );
         let combos = override_combinations(name, source, &module);
-        for ep in module
-            .entry_points
-            .iter()
-            .filter(|ep| ep.stage == ShaderStage::Compute)
-        {
+        for ep in module.entry_points.iter().filter(|ep| ep.stage == ShaderStage::Compute) {
             for constants in &combos {
                 let what = format!("{name} {} {:?}", ep.name, constants);
-                match translate_all(
-                    &module,
-                    &info,
-                    &ep.name,
-                    constants,
-                    &validators,
-                    &work,
-                    translated,
-                ) {
+                match translate_all(&module, &info, &ep.name, constants, &validators, &work, translated) {
                     Ok(storage) => {
                         translated += 1;
-                        let most = storage_counts
-                            .entry(format!("{name} {}", ep.name))
-                            .or_insert(0);
+                        let most = storage_counts.entry(format!("{name} {}", ep.name)).or_insert(0);
                         *most = storage.max(*most);
                     }
                     Err(e) => failures.push(format!("{what}: {e}")),
@@ -149,31 +110,24 @@ fn every_shader_translates_to_every_backend() {
         }
     }
     let _ = std::fs::remove_dir_all(&work);
-    let over: Vec<String> = storage_counts
-        .iter()
-        .filter(|(_, &n)| n > 4)
-        .map(|(ep, n)| format!("{ep} ({n})"))
-        .collect();
+    let over: Vec<String> = storage_counts.iter().filter(|(_, &n)| n > 4).map(|(ep, n)| format!("{ep} ({n})")).collect();
     if !over.is_empty() {
-        eprintln!("note: entry points with more than 4 storage buffers (need max_storage_buffers_per_shader_stage > 4, \
-                   which GLES 3.1's minimum and wgpu's downlevel limits do not give): {}", over.join(", "));
+        eprintln!(
+            "note: entry points with more than 4 storage buffers (need max_storage_buffers_per_shader_stage > 4, \
+                   which GLES 3.1's minimum and wgpu's downlevel limits do not give): {}",
+            over.join(", ")
+        );
     }
     eprintln!(
         "translated {translated} (entry point, overrides) pairs; validators: spirv-val {}, glslangValidator {}",
         validators.spirv_val, validators.glslang
     );
-    assert!(
-        failures.is_empty(),
-        "{} failures:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
     assert!(translated > 0);
 }
 
 fn parse(name: &str, source: &str) -> Module {
-    naga::front::wgsl::parse_str(source)
-        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string_with_path(source, name)))
+    naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string_with_path(source, name)))
 }
 
 fn validate(name: &str, source: &str, module: &Module) -> ModuleInfo {
@@ -183,10 +137,7 @@ fn validate(name: &str, source: &str, module: &Module) -> ModuleInfo {
     if source.contains("enable f16") {
         caps |= Capabilities::SHADER_FLOAT16;
     }
-    if Validator::new(ValidationFlags::all(), caps)
-        .validate(module)
-        .is_err()
-    {
+    if Validator::new(ValidationFlags::all(), caps).validate(module).is_err() {
         // `unpack2x16float` and friends need DownlevelFlags::SHADER_F16_IN_F32, which most
         // devices have (llvmpipe's Vulkan driver only with SHADER_F16): a note, not a failure.
         eprintln!("note: {name} needs DownlevelFlags::SHADER_F16_IN_F32 (f16 packing built-ins)");
@@ -201,10 +152,7 @@ fn validate(name: &str, source: &str, module: &Module) -> ModuleInfo {
 fn override_combinations(name: &str, source: &str, module: &Module) -> Vec<BTreeMap<String, f64>> {
     let mut choices: Vec<(String, Vec<Option<f64>>)> = Vec::new();
     for (_, o) in module.overrides.iter() {
-        let oname = o
-            .name
-            .clone()
-            .unwrap_or_else(|| panic!("{name}: an override without a name"));
+        let oname = o.name.clone().unwrap_or_else(|| panic!("{name}: an override without a name"));
         let mut values: Vec<Option<f64>> = Vec::new();
         if oname == "WG_SIZE" {
             values.push(Some(RUNTIME_WG_SIZE));
@@ -251,10 +199,7 @@ fn override_combinations(name: &str, source: &str, module: &Module) -> Vec<BTree
         }
     } else {
         // Too many to try all: each value of each override once, the others at their first value.
-        let base: BTreeMap<String, f64> = choices
-            .iter()
-            .filter_map(|(n, v)| v[0].map(|x| (n.clone(), x)))
-            .collect();
+        let base: BTreeMap<String, f64> = choices.iter().filter_map(|(n, v)| v[0].map(|x| (n.clone(), x))).collect();
         for (oname, values) in &choices {
             for v in values {
                 let mut c = base.clone();
@@ -274,22 +219,13 @@ fn override_combinations(name: &str, source: &str, module: &Module) -> Vec<BTree
 fn annotated_values(source: &str, oname: &str) -> Option<Vec<f64>> {
     let lines: Vec<&str> = source.lines().collect();
     let at = lines.iter().position(|l| {
-        l.trim_start().strip_prefix("override").is_some_and(|rest| {
-            rest.trim_start()
-                .strip_prefix(oname)
-                .is_some_and(|after| after.trim_start().starts_with([':', '=', ';']))
-        })
+        l.trim_start()
+            .strip_prefix("override")
+            .is_some_and(|rest| rest.trim_start().strip_prefix(oname).is_some_and(|after| after.trim_start().starts_with([':', '=', ';'])))
     })?;
     let mut comments = vec![lines[at].split_once("//").map_or("", |(_, c)| c)];
-    comments.extend(
-        lines[..at]
-            .iter()
-            .rev()
-            .map_while(|l| l.trim_start().strip_prefix("//")),
-    );
-    let list = comments
-        .iter()
-        .find_map(|c| c.split_once("values:").map(|(_, list)| list))?;
+    comments.extend(lines[..at].iter().rev().map_while(|l| l.trim_start().strip_prefix("//")));
+    let list = comments.iter().find_map(|c| c.split_once("values:").map(|(_, list)| list))?;
     Some(
         list.split(',')
             .map(|v| {
@@ -297,9 +233,7 @@ fn annotated_values(source: &str, oname: &str) -> Option<Vec<f64>> {
                 match v {
                     "true" => 1.0,
                     "false" => 0.0,
-                    _ => v.parse().unwrap_or_else(|_| {
-                        panic!("override {oname}: cannot read value {v:?} in `values: {list}`")
-                    }),
+                    _ => v.parse().unwrap_or_else(|_| panic!("override {oname}: cannot read value {v:?} in `values: {list}`")),
                 }
             })
             .collect(),
@@ -347,27 +281,15 @@ fn translate_all(
     work: &Path,
     serial: usize,
 ) -> Result<usize, String> {
-    let constants: naga::back::PipelineConstants =
-        constants.iter().map(|(k, v)| (k.clone(), *v)).collect();
-    let (module, info) = naga::back::pipeline_constants::process_overrides(
-        module,
-        info,
-        Some((ShaderStage::Compute, entry)),
-        &constants,
-    )
-    .map_err(|e| format!("process_overrides: {e}"))?;
+    let constants: naga::back::PipelineConstants = constants.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    let (module, info) = naga::back::pipeline_constants::process_overrides(module, info, Some((ShaderStage::Compute, entry)), &constants)
+        .map_err(|e| format!("process_overrides: {e}"))?;
     let (module, info) = (&*module, &*info);
 
     // The WebGPU default limit; wgpu's downlevel (GLES 3.1 minimum) limit is 4.
-    let storage = module
-        .global_variables
-        .iter()
-        .filter(|(_, g)| matches!(g.space, AddressSpace::Storage { .. }))
-        .count();
+    let storage = module.global_variables.iter().filter(|(_, g)| matches!(g.space, AddressSpace::Storage { .. })).count();
     if storage > 8 {
-        return Err(format!(
-            "{storage} storage buffers; WebGPU guarantees 8 per stage"
-        ));
+        return Err(format!("{storage} storage buffers; WebGPU guarantees 8 per stage"));
     }
 
     // SPIR-V as wgpu's Vulkan backend writes it (no robust buffer access assumed).
@@ -378,23 +300,11 @@ fn translate_all(
         binding_array: BoundsCheckPolicy::Unchecked,
     };
     for lang_version in [(1, 0), (1, 3)] {
-        let options = spv::Options {
-            lang_version,
-            bounds_check_policies: restrict,
-            ..Default::default()
-        };
-        let pipeline = spv::PipelineOptions {
-            shader_stage: ShaderStage::Compute,
-            entry_point: entry.to_string(),
-        };
-        let words = spv::write_vec(module, info, &options, Some(&pipeline))
-            .map_err(|e| format!("SPIR-V {lang_version:?}: {e}"))?;
+        let options = spv::Options { lang_version, bounds_check_policies: restrict, ..Default::default() };
+        let pipeline = spv::PipelineOptions { shader_stage: ShaderStage::Compute, entry_point: entry.to_string() };
+        let words = spv::write_vec(module, info, &options, Some(&pipeline)).map_err(|e| format!("SPIR-V {lang_version:?}: {e}"))?;
         if validators.spirv_val && validators.first_time(bytemuck::cast_slice(&words)) {
-            let env = if lang_version == (1, 0) {
-                "vulkan1.0"
-            } else {
-                "vulkan1.1"
-            };
+            let env = if lang_version == (1, 0) { "vulkan1.0" } else { "vulkan1.1" };
             let path = work.join(format!("{serial}-{}{}.spv", lang_version.0, lang_version.1));
             std::fs::write(&path, bytemuck::cast_slice::<u32, u8>(&words)).unwrap();
             run_validator("spirv-val", &["--target-env", env, path.to_str().unwrap()])?;
@@ -403,28 +313,15 @@ fn translate_all(
 
     // MSL for Metal 2.1 (oldest macOS wgpu targets) and 3.0.
     for lang_version in [(2, 1), (3, 0)] {
-        let options = msl::Options {
-            lang_version,
-            bounds_check_policies: restrict,
-            ..Default::default()
-        };
-        let pipeline = msl::PipelineOptions {
-            entry_point: Some((ShaderStage::Compute, entry.to_string())),
-            ..Default::default()
-        };
-        msl::write_string(module, info, &options, &pipeline)
-            .map_err(|e| format!("MSL {lang_version:?}: {e}"))?;
+        let options = msl::Options { lang_version, bounds_check_policies: restrict, ..Default::default() };
+        let pipeline = msl::PipelineOptions { entry_point: Some((ShaderStage::Compute, entry.to_string())), ..Default::default() };
+        msl::write_string(module, info, &options, &pipeline).map_err(|e| format!("MSL {lang_version:?}: {e}"))?;
     }
 
     // HLSL for FXC (5.1) and DXC (6.0).
     for shader_model in [hlsl::ShaderModel::V5_1, hlsl::ShaderModel::V6_0] {
-        let options = hlsl::Options {
-            shader_model,
-            ..Default::default()
-        };
-        let pipeline = hlsl::PipelineOptions {
-            entry_point: Some((ShaderStage::Compute, entry.to_string())),
-        };
+        let options = hlsl::Options { shader_model, ..Default::default() };
+        let pipeline = hlsl::PipelineOptions { entry_point: Some((ShaderStage::Compute, entry.to_string())) };
         let mut out = String::new();
         hlsl::Writer::new(&mut out, &options, &pipeline)
             .write(module, info, None)
@@ -452,25 +349,14 @@ fn translate_all(
         binding_array: BoundsCheckPolicy::Unchecked,
     };
     for version in [glsl::Version::new_gles(310), glsl::Version::Desktop(430)] {
-        let options = glsl::Options {
-            version,
-            binding_map: binding_map.clone(),
-            ..Default::default()
-        };
-        let pipeline = glsl::PipelineOptions {
-            shader_stage: ShaderStage::Compute,
-            entry_point: entry.to_string(),
-            multiview: None,
-        };
+        let options = glsl::Options { version, binding_map: binding_map.clone(), ..Default::default() };
+        let pipeline = glsl::PipelineOptions { shader_stage: ShaderStage::Compute, entry_point: entry.to_string(), multiview: None };
         let mut out = String::new();
         glsl::Writer::new(&mut out, module, info, &options, &pipeline, unchecked)
             .and_then(|mut w| w.write())
             .map_err(|e| format!("GLSL {version}: {e}"))?;
         if validators.glslang && validators.first_time(out.as_bytes()) {
-            let path = work.join(format!(
-                "{serial}-{}.comp",
-                if version.is_es() { "es" } else { "core" }
-            ));
+            let path = work.join(format!("{serial}-{}.comp", if version.is_es() { "es" } else { "core" }));
             std::fs::write(&path, &out).unwrap();
             run_validator("glslangValidator", &[path.to_str().unwrap()])?;
         }
@@ -488,12 +374,7 @@ struct Validators {
 
 impl Validators {
     fn find() -> Self {
-        let found = |tool: &str, arg: &str| {
-            Command::new(tool)
-                .arg(arg)
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
+        let found = |tool: &str, arg: &str| Command::new(tool).arg(arg).output().is_ok_and(|o| o.status.success());
         let v = Validators {
             spirv_val: found("spirv-val", "--version"),
             glslang: found("glslangValidator", "--version"),
@@ -516,19 +397,11 @@ impl Validators {
 }
 
 fn run_validator(tool: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(tool)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{tool}: {e}"))?;
+    let out = Command::new(tool).args(args).output().map_err(|e| format!("{tool}: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "{tool} {}: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
+        Err(format!("{tool} {}: {}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
     }
 }
 
@@ -554,9 +427,7 @@ fn override_pairs(text: &str) -> Vec<String> {
         let Some(end) = rest.find('"') else { break };
         let name = &rest[..end];
         let is_name = name.len() >= 2
-            && name
-                .chars()
-                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
             && name.chars().next().is_some_and(|c| c.is_ascii_uppercase());
         if is_name && rest[end + 1..].trim_start().starts_with(',') {
             names.push(name.to_string());

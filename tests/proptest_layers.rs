@@ -16,15 +16,8 @@ fn context(small_binding: bool) -> &'static Context {
     static DEVICE: OnceLock<Context> = OnceLock::new();
     static SMALL: OnceLock<Context> = OnceLock::new();
     let make = |max_binding_size| {
-        std::env::set_var(
-            "XDG_RUNTIME_DIR",
-            std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()),
-        );
-        Context::new_with(ContextOptions {
-            max_binding_size,
-            ..Default::default()
-        })
-        .expect("a GPU adapter (lavapipe on CI)")
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()));
+        Context::new_with(ContextOptions { max_binding_size, ..Default::default() }).expect("a GPU adapter (lavapipe on CI)")
     };
     if small_binding {
         SMALL.get_or_init(|| make(Some(SMALL_BINDING)))
@@ -60,10 +53,7 @@ fn renorm_reference(table: &mut [f32], d: usize, rows: &[usize], max_norm: f32, 
         let norm = if p.is_infinite() {
             row.iter().map(|x| (*x as f64).abs()).fold(0.0, f64::max)
         } else {
-            row.iter()
-                .map(|x| (*x as f64).abs().powf(p as f64))
-                .sum::<f64>()
-                .powf(1.0 / p as f64)
+            row.iter().map(|x| (*x as f64).abs().powf(p as f64)).sum::<f64>().powf(1.0 / p as f64)
         };
         if norm > max_norm as f64 {
             let scale = (max_norm as f64 / (norm + 1e-7)) as f32;
@@ -85,14 +75,7 @@ fn bag_reference(
 ) -> Vec<f32> {
     let mut out = Vec::new();
     for b in 0..bounds.len() - 1 {
-        let mut acc = vec![
-            if mode == BagMode::Max {
-                f64::NEG_INFINITY
-            } else {
-                0.0
-            };
-            d
-        ];
+        let mut acc = vec![if mode == BagMode::Max { f64::NEG_INFINITY } else { 0.0 }; d];
         let mut n = 0;
         for pos in bounds[b]..bounds[b + 1] {
             if Some(rows[pos]) == padding {
@@ -102,11 +85,7 @@ fn bag_reference(
             let w = weights.map_or(1.0, |w| w[pos] as f64);
             for (c, a) in acc.iter_mut().enumerate() {
                 let v = table[rows[pos] * d + c] as f64 * w;
-                *a = if mode == BagMode::Max {
-                    a.max(v)
-                } else {
-                    *a + v
-                };
+                *a = if mode == BagMode::Max { a.max(v) } else { *a + v };
             }
         }
         out.extend(acc.iter().map(|&a| match mode {
@@ -121,14 +100,7 @@ fn bag_reference(
 fn assert_close(got: &[f32], want: &[f32], what: &str) -> Result<(), TestCaseError> {
     prop_assert_eq!(got.len(), want.len(), "{}: length", what);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        prop_assert!(
-            (g - w).abs() <= 1e-4 + 1e-4 * w.abs(),
-            "{}: at {} got {}, expected {}",
-            what,
-            i,
-            g,
-            w
-        );
+        prop_assert!((g - w).abs() <= 1e-4 + 1e-4 * w.abs(), "{}: at {} got {}, expected {}", what, i, g, w);
     }
     Ok(())
 }
@@ -140,31 +112,20 @@ fn assert_close(got: &[f32], want: &[f32], what: &str) -> Result<(), TestCaseErr
 fn index_pattern(v: usize, n: usize) -> impl Strategy<Value = Vec<usize>> {
     prop_oneof![
         prop::collection::vec(0..v, n),
-        prop::collection::vec(0..v, 3)
-            .prop_flat_map(move |pool| prop::collection::vec(prop::sample::select(pool), n)),
+        prop::collection::vec(0..v, 3).prop_flat_map(move |pool| prop::collection::vec(prop::sample::select(pool), n)),
         (0..v).prop_map(move |r| vec![r; n]),
     ]
 }
 
 /// `max_norm` and `norm_type`, or none.
 fn max_norm() -> impl Strategy<Value = Option<(f32, f32)>> {
-    prop::option::weighted(
-        0.4,
-        (
-            0.2f32..4.0,
-            prop::sample::select(vec![1.0f32, 2.0, 3.0, f32::INFINITY]),
-        ),
-    )
+    prop::option::weighted(0.4, (0.2f32..4.0, prop::sample::select(vec![1.0f32, 2.0, 3.0, f32::INFINITY])))
 }
 
 /// `padding_idx` as the caller gives it (negative counts from the end), or none.
 fn padding(v: usize) -> impl Strategy<Value = Option<i64>> {
-    prop::option::weighted(
-        0.5,
-        (0..v, any::<bool>())
-            .prop_map(move |(p, negative)| Some(p as i64 - if negative { v as i64 } else { 0 })),
-    )
-    .prop_map(Option::flatten)
+    prop::option::weighted(0.5, (0..v, any::<bool>()).prop_map(move |(p, negative)| Some(p as i64 - if negative { v as i64 } else { 0 })))
+        .prop_map(Option::flatten)
 }
 
 #[derive(Debug, Clone)]
@@ -181,38 +142,22 @@ struct LookupCase {
 }
 
 fn lookup_case() -> impl Strategy<Value = LookupCase> {
-    (
-        1usize..160,
-        1usize..40,
-        prop::collection::vec(0usize..6, 0..3),
-    )
+    (1usize..160, 1usize..40, prop::collection::vec(0usize..6, 0..3))
         .prop_flat_map(|(v, d, shape)| {
             let n = shape.iter().product::<usize>();
-            (
-                Just((v, d, shape)),
-                index_pattern(v, n),
-                any::<bool>(),
-                padding(v),
-                max_norm(),
-                any::<u64>(),
-                any::<bool>(),
-            )
+            (Just((v, d, shape)), index_pattern(v, n), any::<bool>(), padding(v), max_norm(), any::<u64>(), any::<bool>())
         })
-        .prop_map(
-            |((v, d, shape), rows, i32_indices, padding, max_norm, seed, small_binding)| {
-                LookupCase {
-                    v,
-                    d,
-                    shape,
-                    rows,
-                    i32_indices,
-                    padding,
-                    max_norm,
-                    seed,
-                    small_binding,
-                }
-            },
-        )
+        .prop_map(|((v, d, shape), rows, i32_indices, padding, max_norm, seed, small_binding)| LookupCase {
+            v,
+            d,
+            shape,
+            rows,
+            i32_indices,
+            padding,
+            max_norm,
+            seed,
+            small_binding,
+        })
 }
 
 #[derive(Debug, Clone)]
@@ -235,14 +180,7 @@ struct BagCase {
 
 fn bag_case() -> impl Strategy<Value = BagCase> {
     let mode = prop::sample::select(vec![BagMode::Sum, BagMode::Mean, BagMode::Max]);
-    (
-        1usize..120,
-        1usize..40,
-        mode,
-        prop::collection::vec(0usize..7, 1..9),
-        any::<bool>(),
-        any::<bool>(),
-    )
+    (1usize..120, 1usize..40, mode, prop::collection::vec(0usize..7, 1..9), any::<bool>(), any::<bool>())
         .prop_flat_map(|(v, d, mode, mut sizes, two_d, include_last_offset)| {
             if two_d {
                 // [B, N] input: every bag has N >= 1 entries.
@@ -262,16 +200,7 @@ fn bag_case() -> impl Strategy<Value = BagCase> {
             )
         })
         .prop_map(
-            |(
-                (v, d, mode, sizes, two_d, include_last_offset),
-                rows,
-                i32_indices,
-                padding,
-                max_norm,
-                weights,
-                seed,
-                small_binding,
-            )| {
+            |((v, d, mode, sizes, two_d, include_last_offset), rows, i32_indices, padding, max_norm, weights, seed, small_binding)| {
                 BagCase {
                     v,
                     d,

@@ -32,25 +32,13 @@ fn worker(ctx: &Context, shared: &Embedding, shared_table: &[f32], seed: u64) {
         let n = 1 + rng.below(300) as usize;
         let idx: Vec<i64> = (0..n).map(|_| rng.below(v as u64) as i64).collect();
 
-        let out = emb
-            .forward(ctx, Indices::i64(&idx, &[n]))
-            .unwrap()
-            .to_vec_f32(ctx)
-            .unwrap();
-        assert_eq!(
-            out,
-            common::lookup(&table, d, &idx),
-            "thread {seed} round {round}: host indices"
-        );
+        let out = emb.forward(ctx, Indices::i64(&idx, &[n])).unwrap().to_vec_f32(ctx).unwrap();
+        assert_eq!(out, common::lookup(&table, d, &idx), "thread {seed} round {round}: host indices");
 
         let gpu_idx: Vec<i32> = idx.iter().map(|&i| i as i32).collect();
         let t = GpuTensor::from_i32(ctx, &gpu_idx, &[n]).unwrap();
         let out = emb.forward_gpu(ctx, &t).unwrap().to_vec_f32(ctx).unwrap();
-        assert_eq!(
-            out,
-            common::lookup(&table, d, &idx),
-            "thread {seed} round {round}: GPU indices"
-        );
+        assert_eq!(out, common::lookup(&table, d, &idx), "thread {seed} round {round}: GPU indices");
 
         let mut offsets = vec![0i64];
         while (*offsets.last().unwrap() as usize) < n {
@@ -59,45 +47,20 @@ fn worker(ctx: &Context, shared: &Embedding, shared_table: &[f32], seed: u64) {
         }
         let bounds: Vec<usize> = offsets.iter().map(|&o| o as usize).collect();
         offsets.pop();
-        let out = bag
-            .forward(
-                ctx,
-                Indices::i64(&idx, &[n]),
-                Some(Indices::i64(&offsets, &[offsets.len()])),
-                None,
-            )
-            .unwrap();
+        let out = bag.forward(ctx, Indices::i64(&idx, &[n]), Some(Indices::i64(&offsets, &[offsets.len()])), None).unwrap();
         let want = common::bag(&table, d, &idx, &bounds, "mean", None, None);
-        common::assert_close(
-            &out.to_vec_f32(ctx).unwrap(),
-            &want,
-            1e-5,
-            1e-5,
-            &format!("thread {seed} round {round}: bags"),
-        );
+        common::assert_close(&out.to_vec_f32(ctx).unwrap(), &want, 1e-5, 1e-5, &format!("thread {seed} round {round}: bags"));
 
         // The layer all threads share.
-        let sidx: Vec<i64> = (0..7)
-            .map(|_| rng.below(shared.num_embeddings() as u64) as i64)
-            .collect();
-        let out = shared
-            .forward(ctx, Indices::i64(&sidx, &[7]))
-            .unwrap()
-            .to_vec_f32(ctx)
-            .unwrap();
-        assert_eq!(
-            out,
-            common::lookup(shared_table, sd, &sidx),
-            "thread {seed} round {round}: shared layer"
-        );
+        let sidx: Vec<i64> = (0..7).map(|_| rng.below(shared.num_embeddings() as u64) as i64).collect();
+        let out = shared.forward(ctx, Indices::i64(&sidx, &[7])).unwrap().to_vec_f32(ctx).unwrap();
+        assert_eq!(out, common::lookup(shared_table, sd, &sidx), "thread {seed} round {round}: shared layer");
 
         if seed % 2 == 1 {
             // A refused call (GPU-resident index out of range) in the middle of the others.
             let bad = GpuTensor::from_i32(ctx, &[0, v as i32 + round as i32], &[2]).unwrap();
             match emb.forward_gpu(ctx, &bad) {
-                Err(Error::IndexOutOfRange {
-                    position: 1, value, ..
-                }) => assert_eq!(value, v as i64 + round as i64),
+                Err(Error::IndexOutOfRange { position: 1, value, .. }) => assert_eq!(value, v as i64 + round as i64),
                 other => panic!("thread {seed}: expected IndexOutOfRange, got {other:?}"),
             }
         }
@@ -130,99 +93,52 @@ fn layers_run_from_several_threads_at_once_with_right_results() {
 fn max_norm_layer_shared_by_threads_renormalizes_each_row_once() {
     let ctx = common::context(None);
     let (v, d) = (64, 8);
-    let table: Vec<f32> = (0..v * d)
-        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 10.0)
-        .collect();
-    let emb = Embedding::from_pretrained(&ctx, &table, v, d)
-        .unwrap()
-        .with_max_norm(Some(1.5), 2.0)
-        .unwrap();
-    let per_thread: Vec<Vec<i64>> = (0..4)
-        .map(|t| (0..32).map(|i| ((i * 5 + t * 11) % v) as i64).collect())
-        .collect();
+    let table: Vec<f32> = (0..v * d).map(|i| ((i * 37 % 101) as f32 - 50.0) / 10.0).collect();
+    let emb = Embedding::from_pretrained(&ctx, &table, v, d).unwrap().with_max_norm(Some(1.5), 2.0).unwrap();
+    let per_thread: Vec<Vec<i64>> = (0..4).map(|t| (0..32).map(|i| ((i * 5 + t * 11) % v) as i64).collect()).collect();
     std::thread::scope(|s| {
         for idx in &per_thread {
             let (ctx, emb, table) = (&ctx, &emb, &table);
             s.spawn(move || {
-                let out = emb
-                    .forward(ctx, Indices::i64(idx, &[idx.len()]))
-                    .unwrap()
-                    .to_vec_f32(ctx)
-                    .unwrap();
+                let out = emb.forward(ctx, Indices::i64(idx, &[idx.len()])).unwrap().to_vec_f32(ctx).unwrap();
                 // Whatever order the calls ran in, each referenced row is scaled once.
                 let mut want_table = table.clone();
                 common::renorm(&mut want_table, d, idx, 1.5, 2.0);
-                common::assert_close(
-                    &out,
-                    &common::lookup(&want_table, d, idx),
-                    1e-5,
-                    1e-5,
-                    "renormalised rows",
-                );
+                common::assert_close(&out, &common::lookup(&want_table, d, idx), 1e-5, 1e-5, "renormalised rows");
             });
         }
     });
     let all: Vec<i64> = per_thread.concat();
     let mut want = table.clone();
     common::renorm(&mut want, d, &all, 1.5, 2.0);
-    common::assert_close(
-        &emb.weight().to_vec_f32(&ctx).unwrap(),
-        &want,
-        1e-5,
-        1e-5,
-        "table after all threads",
-    );
+    common::assert_close(&emb.weight().to_vec_f32(&ctx).unwrap(), &want, 1e-5, 1e-5, "table after all threads");
 }
 
 #[test]
 fn every_layer_gives_the_same_answer_from_many_threads_as_from_one() {
     use wgpu_embed::{
-        AxialPositionEmbedding, EmbeddingSumLayerNorm, HostTable, LayerNorm, QuantizedEmbedding,
-        QuantizedEmbeddingBag, Scheme, StableEmbedding,
+        AxialPositionEmbedding, EmbeddingSumLayerNorm, HostTable, LayerNorm, QuantizedEmbedding, QuantizedEmbeddingBag, Scheme,
+        StableEmbedding,
     };
 
     let ctx = common::context(Some(8192));
     let (v, d) = (96, 16);
-    let w: Vec<f32> = (0..v * d)
-        .map(|i| ((i * 29 % 97) as f32 - 48.0) / 13.0)
-        .collect();
+    let w: Vec<f32> = (0..v * d).map(|i| ((i * 29 % 97) as f32 - 48.0) / 13.0).collect();
     let idx: Vec<i64> = (0..40).map(|i| (i * 7 % v) as i64).collect();
     let offsets = [0i64, 5, 5, 17, 30];
     let ln = LayerNorm::new(&ctx, d, 1e-5, true).unwrap();
-    let se = StableEmbedding::from_pretrained(
-        &ctx,
-        HostTable::f32(&w, v, d).unwrap(),
-        Some(0),
-        None,
-        None,
-        1e-5,
-    )
-    .unwrap();
+    let se = StableEmbedding::from_pretrained(&ctx, HostTable::f32(&w, v, d).unwrap(), Some(0), None, None, 1e-5).unwrap();
     let bert = EmbeddingSumLayerNorm::new(
         &ctx,
-        &[
-            HostTable::f32(&w, v, d).unwrap(),
-            HostTable::f32(&w[..8 * d], 8, d).unwrap(),
-        ],
+        &[HostTable::f32(&w, v, d).unwrap(), HostTable::f32(&w[..8 * d], 8, d).unwrap()],
         None,
         None,
         1e-12,
     )
     .unwrap();
-    let axial =
-        AxialPositionEmbedding::from_pretrained(&ctx, &w[..8 * d], &w[..12 * 4], [8, 12], [d, 4])
-            .unwrap();
+    let axial = AxialPositionEmbedding::from_pretrained(&ctx, &w[..8 * d], &w[..12 * 4], [8, 12], [d, 4]).unwrap();
     let q = QuantizedEmbedding::from_pretrained(&ctx, &w, v, d, Scheme::Nf4, Some(64)).unwrap();
-    let qb = QuantizedEmbeddingBag::from_pretrained(
-        &ctx,
-        &w,
-        v,
-        d,
-        Scheme::Int8Blockwise,
-        Some(64),
-        BagMode::Mean,
-    )
-    .unwrap();
+    let qb = QuantizedEmbeddingBag::from_pretrained(&ctx, &w, v, d, Scheme::Int8Blockwise, Some(64), BagMode::Mean).unwrap();
     let small: Vec<i64> = idx.iter().map(|i| i % 8).collect();
 
     let run_all = || -> Vec<Vec<f32>> {
@@ -230,24 +146,10 @@ fn every_layer_gives_the_same_answer_from_many_threads_as_from_one() {
         vec![
             read(ln.forward(&ctx, &w[..40 * d], &[40, d]).unwrap()),
             read(se.forward(&ctx, Indices::i64(&idx, &[40])).unwrap()),
-            read(
-                bert.forward(
-                    &ctx,
-                    &[Indices::i64(&idx, &[40]), Indices::i64(&small, &[40])],
-                )
-                .unwrap(),
-            ),
+            read(bert.forward(&ctx, &[Indices::i64(&idx, &[40]), Indices::i64(&small, &[40])]).unwrap()),
             read(axial.forward(&ctx, Indices::i64(&idx, &[40])).unwrap()),
             read(q.forward(&ctx, Indices::i64(&idx, &[40])).unwrap()),
-            read(
-                qb.forward(
-                    &ctx,
-                    Indices::i64(&idx, &[40]),
-                    Some(Indices::i64(&offsets, &[5])),
-                    None,
-                )
-                .unwrap(),
-            ),
+            read(qb.forward(&ctx, Indices::i64(&idx, &[40]), Some(Indices::i64(&offsets, &[5])), None).unwrap()),
         ]
     };
     let alone = run_all();
@@ -255,11 +157,7 @@ fn every_layer_gives_the_same_answer_from_many_threads_as_from_one() {
         for _ in 0..THREADS {
             s.spawn(|| {
                 for _ in 0..3 {
-                    assert_eq!(
-                        run_all(),
-                        alone,
-                        "a layer's result changed when run from several threads"
-                    );
+                    assert_eq!(run_all(), alone, "a layer's result changed when run from several threads");
                 }
             });
         }

@@ -7,10 +7,11 @@
 
 // Output element `id` of the bound output segment: one column of one bag, over the
 // bag's entries in the bound index segment and the table elements of the bound slice.
-fn bag_element(id: u32) {
-    if (id >= params.rows * params.dim) { return; }
-    let b = id / params.dim;
-    let col = id - b * params.dim;
+fn bag_element(e: vec3<u32>) {
+    if (e.x == NO_ELEMENT) { return; }
+    let id = e.x;
+    let b = e.y;
+    let col = e.z;
     let lo = max(offsets[b], params.index_first);
     let hi = min(offsets[b + 1u], params.index_first + params.index_count);
     var acc = bag_identity();

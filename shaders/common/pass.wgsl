@@ -38,6 +38,17 @@ const NO_PADDING: u32 = 0xffffffffu;
 // [0]: smallest position of an out-of-range index (0xffffffff: none).
 @group(0) @binding(8) var<storage, read_write> status: array<atomic<u32>>;
 
+// For kernels with an invocation per output element (rows of `dim`): this
+// invocation's element, row and column, or NO_ELEMENT past the bound output segment.
+const NO_ELEMENT: u32 = 0xffffffffu;
+
+fn output_element(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> vec3<u32> {
+    let id = linear_id(wid, nwg, lid);
+    if (id >= params.rows * params.dim) { return vec3<u32>(NO_ELEMENT); }
+    let row = id / params.dim;
+    return vec3<u32>(id, row, id - row * params.dim);
+}
+
 fn has_flag(flag: u32) -> bool {
     return (params.flags & flag) != 0u;
 }

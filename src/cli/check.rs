@@ -45,28 +45,12 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     };
     // Only the ops this build implements; the others are listed as not run.
     let supported = supported_ops();
-    let mut skipped: Vec<&str> = file
-        .cases
-        .iter()
-        .map(|c| c.op.as_str())
-        .filter(|op| !supported.contains(op))
-        .collect();
+    let mut skipped: Vec<&str> = file.cases.iter().map(|c| c.op.as_str()).filter(|op| !supported.contains(op)).collect();
     skipped.sort_unstable();
     skipped.dedup();
-    let file = CaseFile {
-        cases: file
-            .cases
-            .iter()
-            .filter(|c| supported.contains(&c.op.as_str()))
-            .cloned()
-            .collect(),
-        ..file
-    };
+    let file = CaseFile { cases: file.cases.iter().filter(|c| supported.contains(&c.op.as_str())).cloned().collect(), ..file };
 
-    let backends = args
-        .backends
-        .or_else(wgpu::Backends::from_env)
-        .unwrap_or(wgpu::Backends::all());
+    let backends = args.backends.or_else(wgpu::Backends::from_env).unwrap_or(wgpu::Backends::all());
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     desc.backends = backends;
     let instance = wgpu::Instance::new(desc);
@@ -80,24 +64,15 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     let mut chosen = Vec::new();
     for (i, adapter) in adapters.iter().enumerate() {
         let info = adapter.get_info();
-        let pick = want
-            .as_ref()
-            .is_none_or(|w| info.name.to_lowercase().contains(w));
-        let driver: Vec<&str> = [info.driver.as_str(), info.driver_info.as_str()]
-            .into_iter()
-            .filter(|s| !s.is_empty())
-            .collect();
+        let pick = want.as_ref().is_none_or(|w| info.name.to_lowercase().contains(w));
+        let driver: Vec<&str> = [info.driver.as_str(), info.driver_info.as_str()].into_iter().filter(|s| !s.is_empty()).collect();
         println!(
             "  [{i}] {} {:<8} {:<14} {}{}",
             if pick { "*" } else { " " },
             format!("{:?}", info.backend),
             format!("{:?}", info.device_type),
             info.name,
-            if driver.is_empty() {
-                String::new()
-            } else {
-                format!(" — {}", driver.join(", "))
-            }
+            if driver.is_empty() { String::new() } else { format!(" — {}", driver.join(", ")) }
         );
         if pick {
             chosen.push((i, adapter));
@@ -106,9 +81,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     if chosen.is_empty() {
         eprintln!(
             "wgpu-embed check: no adapter to run on{}",
-            args.adapter
-                .as_ref()
-                .map_or(String::new(), |a| format!(" (none named like {a:?})"))
+            args.adapter.as_ref().map_or(String::new(), |a| format!(" (none named like {a:?})"))
         );
         return ExitCode::from(2);
     }
@@ -116,11 +89,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
         "\n{} built-in cases of {} ops{}",
         file.cases.len(),
         supported.len(),
-        if skipped.is_empty() {
-            String::new()
-        } else {
-            format!("; not in this build: {}", skipped.join(", "))
-        }
+        if skipped.is_empty() { String::new() } else { format!("; not in this build: {}", skipped.join(", ")) }
     );
 
     let mut passes: Vec<(&str, Option<u64>)> = vec![("device limit", None)];
@@ -133,10 +102,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
         let info = adapter.get_info();
         for (label, max_binding_size) in &passes {
             println!("\n[{i}] {} ({:?}), {label}", info.name, info.backend);
-            let options = ContextOptions {
-                max_binding_size: *max_binding_size,
-                ..Default::default()
-            };
+            let options = ContextOptions { max_binding_size: *max_binding_size, ..Default::default() };
             let ctx = match pollster::block_on(Context::from_adapter(adapter, &options)) {
                 Ok(ctx) => ctx,
                 Err(e) => {
@@ -156,14 +122,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
             all_ok &= check_on(&ctx, &file, args.verbose);
         }
     }
-    println!(
-        "\n{}",
-        if all_ok {
-            "check: all passed"
-        } else {
-            "check: FAILED"
-        }
-    );
+    println!("\n{}", if all_ok { "check: all passed" } else { "check: FAILED" });
     if all_ok {
         ExitCode::SUCCESS
     } else {
@@ -174,24 +133,16 @@ pub fn run(args: &CheckArgs) -> ExitCode {
 /// Runs the cases on one context and prints the table; true when all passed.
 fn check_on(ctx: &Context, file: &CaseFile, verbose: bool) -> bool {
     let (outputs, report) = run_cases(ctx, file);
-    let outputs: BTreeMap<&str, &HostTensor> =
-        outputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let outputs: BTreeMap<&str, &HostTensor> = outputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut per_op: BTreeMap<&str, OpResult> = BTreeMap::new();
     let mut failures = Vec::new();
     for (case, rep) in file.cases.iter().zip(&report.cases) {
         let result = per_op.entry(case.op.as_str()).or_default();
         let problem = if case.expect_error {
-            (rep.status != "error").then(|| {
-                format!(
-                    "accepted an input the reference refuses ({})",
-                    case.reference_error.as_deref().unwrap_or("?")
-                )
-            })
+            (rep.status != "error")
+                .then(|| format!("accepted an input the reference refuses ({})", case.reference_error.as_deref().unwrap_or("?")))
         } else if rep.status != "ok" {
-            Some(format!(
-                "refused: {}",
-                rep.message.as_deref().unwrap_or("?")
-            ))
+            Some(format!("refused: {}", rep.message.as_deref().unwrap_or("?")))
         } else {
             case.outputs.iter().find_map(|name| {
                 let want = file.expected(&case.id, name)?;
@@ -215,10 +166,7 @@ fn check_on(ctx: &Context, file: &CaseFile, verbose: bool) -> bool {
             }
         }
     }
-    println!(
-        "  {:<26} {:>6} {:>6} {:>6}  {:>10}",
-        "op", "cases", "passed", "failed", "max |err|"
-    );
+    println!("  {:<26} {:>6} {:>6} {:>6}  {:>10}", "op", "cases", "passed", "failed", "max |err|");
     for (op, r) in &per_op {
         println!(
             "  {:<26} {:>6} {:>6} {:>6}  {:>10}  {}",
@@ -226,11 +174,7 @@ fn check_on(ctx: &Context, file: &CaseFile, verbose: bool) -> bool {
             r.passed + r.failed,
             r.passed,
             r.failed,
-            if r.max_err == 0.0 {
-                "0".to_string()
-            } else {
-                format!("{:.2e}", r.max_err)
-            },
+            if r.max_err == 0.0 { "0".to_string() } else { format!("{:.2e}", r.max_err) },
             if r.failed == 0 { "PASS" } else { "FAIL" }
         );
     }
@@ -254,10 +198,5 @@ fn max_abs_error(want: &HostTensor, got: &HostTensor) -> f64 {
     if want.shape != got.shape {
         return 0.0;
     }
-    values(want)
-        .iter()
-        .zip(values(got))
-        .filter(|(w, g)| !w.is_nan() && !g.is_nan())
-        .map(|(w, g)| (g - w).abs())
-        .fold(0.0, f64::max)
+    values(want).iter().zip(values(got)).filter(|(w, g)| !w.is_nan() && !g.is_nan()).map(|(w, g)| (g - w).abs()).fold(0.0, f64::max)
 }

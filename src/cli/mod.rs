@@ -14,11 +14,7 @@ use crate::conformance::runner::run_cases;
 use crate::{Context, ContextOptions, TableReads};
 
 #[derive(Parser)]
-#[command(
-    name = "wgpu-embed",
-    version,
-    about = "Embedding layers as WGSL compute shaders: conformance runner and tools"
-)]
+#[command(name = "wgpu-embed", version, about = "Embedding layers as WGSL compute shaders: conformance runner and tools")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -92,24 +88,14 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::RunCases {
-            cases,
-            out,
-            report,
-            device,
-        } => match run_cases_cmd(&cases, &out, &report, &device) {
+        Command::RunCases { cases, out, report, device } => match run_cases_cmd(&cases, &out, &report, &device) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("wgpu-embed: {e}");
                 ExitCode::from(2)
             }
         },
-        Command::Check {
-            backend,
-            adapter,
-            split_binding,
-            verbose,
-        } => check::run(&check::CheckArgs {
+        Command::Check { backend, adapter, split_binding, verbose } => check::run(&check::CheckArgs {
             backends: backend.as_deref().map(wgpu::Backends::from_comma_list),
             adapter,
             split_binding,
@@ -122,28 +108,13 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run_cases_cmd(
-    cases: &PathBuf,
-    out: &PathBuf,
-    report: &PathBuf,
-    device: &DeviceArgs,
-) -> Result<ExitCode, String> {
-    let bytes =
-        std::fs::read(cases).map_err(|e| format!("cannot read {}: {e}", cases.display()))?;
+fn run_cases_cmd(cases: &PathBuf, out: &PathBuf, report: &PathBuf, device: &DeviceArgs) -> Result<ExitCode, String> {
+    let bytes = std::fs::read(cases).map_err(|e| format!("cannot read {}: {e}", cases.display()))?;
     let file = CaseFile::parse(&bytes).map_err(|e| format!("{}: {e}", cases.display()))?;
     let ctx = Context::new_with(device.options()).map_err(|e| e.to_string())?;
     let info = ctx.adapter_info();
-    let reads = if ctx.reads_tables_from_textures() {
-        "texture copies"
-    } else {
-        "buffers"
-    };
-    eprintln!(
-        "adapter: {} ({:?}); binding limit {} bytes; tables read from {reads}",
-        info.name,
-        info.backend,
-        ctx.max_binding_size()
-    );
+    let reads = if ctx.reads_tables_from_textures() { "texture copies" } else { "buffers" };
+    eprintln!("adapter: {} ({:?}); binding limit {} bytes; tables read from {reads}", info.name, info.backend, ctx.max_binding_size());
     let (outputs, rep) = run_cases(&ctx, &file);
     let st = outputs_to_safetensors(&outputs).map_err(|e| e.to_string())?;
     std::fs::write(out, st).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
@@ -164,15 +135,7 @@ fn run_cases_cmd(
         eprintln!("wgpu-embed: {e}");
         return Ok(ExitCode::from(3));
     }
-    let panics = rep
-        .cases
-        .iter()
-        .filter(|c| {
-            c.message
-                .as_deref()
-                .is_some_and(|m| m.contains("internal error (panic)"))
-        })
-        .count();
+    let panics = rep.cases.iter().filter(|c| c.message.as_deref().is_some_and(|m| m.contains("internal error (panic)"))).count();
     if panics > 0 {
         eprintln!("wgpu-embed: {panics} case(s) hit an internal error (panic); see the report");
         return Ok(ExitCode::from(4));

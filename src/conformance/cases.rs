@@ -50,28 +50,19 @@ pub struct HostTensor {
 impl HostTensor {
     /// An f32 tensor.
     pub fn f32(data: Vec<f32>, shape: Vec<usize>) -> Self {
-        HostTensor {
-            data: HostData::F32(data),
-            shape,
-        }
+        HostTensor { data: HostData::F32(data), shape }
     }
 
     /// A u8 tensor.
     pub fn u8(data: Vec<u8>, shape: Vec<usize>) -> Self {
-        HostTensor {
-            data: HostData::U8(data),
-            shape,
-        }
+        HostTensor { data: HostData::U8(data), shape }
     }
 
     /// The values as f32, if that is the dtype.
     pub fn as_f32(&self, role: &'static str) -> Result<&[f32]> {
         match &self.data {
             HostData::F32(v) => Ok(v),
-            other => Err(Error::arg(
-                role,
-                format!("expected F32, got {}", dtype_name(other)),
-            )),
+            other => Err(Error::arg(role, format!("expected F32, got {}", dtype_name(other)))),
         }
     }
 
@@ -79,10 +70,7 @@ impl HostTensor {
     pub fn as_u8(&self, role: &'static str) -> Result<&[u8]> {
         match &self.data {
             HostData::U8(v) => Ok(v),
-            other => Err(Error::arg(
-                role,
-                format!("expected U8, got {}", dtype_name(other)),
-            )),
+            other => Err(Error::arg(role, format!("expected U8, got {}", dtype_name(other)))),
         }
     }
 
@@ -91,10 +79,7 @@ impl HostTensor {
         match &self.data {
             HostData::I64(v) => Ok(Indices::i64(v, &self.shape)),
             HostData::I32(v) => Ok(Indices::i32(v, &self.shape)),
-            other => Err(Error::arg(
-                role,
-                format!("expected I64 or I32 indices, got {}", dtype_name(other)),
-            )),
+            other => Err(Error::arg(role, format!("expected I64 or I32 indices, got {}", dtype_name(other)))),
         }
     }
 
@@ -127,17 +112,14 @@ pub struct CaseFile {
 impl CaseFile {
     /// Parses the bytes of a case file. Malformed files give [`Error::Format`].
     pub fn parse(bytes: &[u8]) -> Result<Self> {
-        let st = safetensors::SafeTensors::deserialize(bytes)
-            .map_err(|e| Error::Format(format!("not a safetensors file: {e}")))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
-            .map_err(|e| Error::Format(format!("bad header: {e}")))?;
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| Error::Format(format!("not a safetensors file: {e}")))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| Error::Format(format!("bad header: {e}")))?;
         let cases_json = meta
             .metadata()
             .as_ref()
             .and_then(|m| m.get("cases"))
             .ok_or_else(|| Error::Format("no \"cases\" entry in the file's __metadata__".into()))?;
-        let cases: Vec<Case> = serde_json::from_str(cases_json)
-            .map_err(|e| Error::Format(format!("cases JSON: {e}")))?;
+        let cases: Vec<Case> = serde_json::from_str(cases_json).map_err(|e| Error::Format(format!("cases JSON: {e}")))?;
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
             let shape = view.shape().to_vec();
@@ -147,16 +129,12 @@ impl CaseFile {
                 safetensors::Dtype::I64 => HostData::I64(bytemuck::pod_collect_to_vec(raw)),
                 safetensors::Dtype::I32 => HostData::I32(bytemuck::pod_collect_to_vec(raw)),
                 safetensors::Dtype::U8 => HostData::U8(raw.to_vec()),
-                safetensors::Dtype::F16 => HostData::F32(
-                    raw.chunks_exact(2)
-                        .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                        .collect(),
-                ),
-                safetensors::Dtype::BF16 => HostData::F32(
-                    raw.chunks_exact(2)
-                        .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                        .collect(),
-                ),
+                safetensors::Dtype::F16 => {
+                    HostData::F32(raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect())
+                }
+                safetensors::Dtype::BF16 => {
+                    HostData::F32(raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect())
+                }
                 // Tensors of other dtypes are kept out; a case naming one fails with a clear message.
                 _ => continue,
             };
@@ -182,23 +160,18 @@ impl<'a> CaseInputs<'a> {
     pub fn get(&self, role: &str) -> Result<Option<&'a HostTensor>> {
         match self.case.inputs.get(role) {
             None => Ok(None),
-            Some(name) => self
-                .file
-                .tensors
-                .get(name)
-                .map(Some)
-                .ok_or_else(|| Error::Format(format!("case {}: input {role} names tensor {name:?}, which the file lacks or has in an unsupported dtype", self.case.id))),
+            Some(name) => self.file.tensors.get(name).map(Some).ok_or_else(|| {
+                Error::Format(format!(
+                    "case {}: input {role} names tensor {name:?}, which the file lacks or has in an unsupported dtype",
+                    self.case.id
+                ))
+            }),
         }
     }
 
     /// The tensor of `role`, which the case must name.
     pub fn require(&self, role: &'static str) -> Result<&'a HostTensor> {
-        self.get(role)?.ok_or_else(|| {
-            Error::arg(
-                role,
-                format!("case {} gives no `{role}` input", self.case.id),
-            )
-        })
+        self.get(role)?.ok_or_else(|| Error::arg(role, format!("case {} gives no `{role}` input", self.case.id)))
     }
 
     /// The case's parameters.
@@ -216,10 +189,7 @@ impl Params<'_> {
     pub fn opt_f64(&self, key: &'static str) -> Result<Option<f64>> {
         match self.0.get(key) {
             None | Some(serde_json::Value::Null) => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| Error::arg(key, format!("expected a number, got {v}"))),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| Error::arg(key, format!("expected a number, got {v}"))),
         }
     }
 
@@ -227,10 +197,7 @@ impl Params<'_> {
     pub fn opt_i64(&self, key: &'static str) -> Result<Option<i64>> {
         match self.0.get(key) {
             None | Some(serde_json::Value::Null) => Ok(None),
-            Some(v) => v
-                .as_i64()
-                .map(Some)
-                .ok_or_else(|| Error::arg(key, format!("expected an integer, got {v}"))),
+            Some(v) => v.as_i64().map(Some).ok_or_else(|| Error::arg(key, format!("expected an integer, got {v}"))),
         }
     }
 
@@ -243,9 +210,7 @@ impl Params<'_> {
     pub fn bool_or(&self, key: &'static str, default: bool) -> Result<bool> {
         match self.0.get(key) {
             None | Some(serde_json::Value::Null) => Ok(default),
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| Error::arg(key, format!("expected true or false, got {v}"))),
+            Some(v) => v.as_bool().ok_or_else(|| Error::arg(key, format!("expected true or false, got {v}"))),
         }
     }
 
@@ -253,10 +218,7 @@ impl Params<'_> {
     pub fn opt_str(&self, key: &'static str) -> Result<Option<&str>> {
         match self.0.get(key) {
             None | Some(serde_json::Value::Null) => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(Some)
-                .ok_or_else(|| Error::arg(key, format!("expected a string, got {v}"))),
+            Some(v) => v.as_str().map(Some).ok_or_else(|| Error::arg(key, format!("expected a string, got {v}"))),
         }
     }
 
@@ -266,11 +228,7 @@ impl Params<'_> {
             None | Some(serde_json::Value::Null) => Ok(None),
             Some(serde_json::Value::Array(a)) => a
                 .iter()
-                .map(|v| {
-                    v.as_u64().map(|x| x as usize).ok_or_else(|| {
-                        Error::arg(key, format!("expected non-negative integers, got {v}"))
-                    })
-                })
+                .map(|v| v.as_u64().map(|x| x as usize).ok_or_else(|| Error::arg(key, format!("expected non-negative integers, got {v}"))))
                 .collect::<Result<Vec<_>>>()
                 .map(Some),
             Some(v) => Err(Error::arg(key, format!("expected a list, got {v}"))),
@@ -325,11 +283,7 @@ pub fn compare(case: &Case, want: &HostTensor, got: &HostTensor) -> Option<Strin
         }
     }
     let codes = op(&case.op).is_some_and(|o| o.tolerance == Tolerance::Codes);
-    let allowed = if codes {
-        (w.len() as f64 * 1e-3) as usize
-    } else {
-        0
-    };
+    let allowed = if codes { (w.len() as f64 * 1e-3) as usize } else { 0 };
     if miss > allowed {
         let i = worst.1;
         return Some(format!(

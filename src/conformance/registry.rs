@@ -8,8 +8,10 @@ use crate::error::{Error, Result};
 use crate::{
     conformance::cases::{CaseInputs, HostTensor},
     gpu::context::Context,
+    gpu::tensor::GpuTensor,
     layers::embedding::Embedding,
     layers::embedding_bag::{BagMode, EmbeddingBag},
+    layers::indices::Indices,
 };
 
 /// Named outputs of one case.
@@ -110,9 +112,7 @@ pub fn supported_ops() -> Vec<&'static str> {
 /// Runs op `name` on a case's inputs.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn run_op(ctx: &Context, name: &str, inputs: &CaseInputs<'_>) -> Result<Outputs> {
-    let op = op(name).ok_or_else(|| {
-        Error::Unsupported(format!("op {name:?} is not implemented by this build"))
-    })?;
+    let op = op(name).ok_or_else(|| Error::Unsupported(format!("op {name:?} is not implemented by this build")))?;
     (op.run)(ctx, inputs)
 }
 
@@ -125,61 +125,44 @@ mod runs {
     use super::*;
 
     /// A 2-D f32 table input: values, rows, columns.
-    pub(super) fn table<'a>(
-        inputs: &CaseInputs<'a>,
-        role: &'static str,
-    ) -> Result<(&'a [f32], usize, usize)> {
+    pub(super) fn table<'a>(inputs: &CaseInputs<'a>, role: &'static str) -> Result<(&'a [f32], usize, usize)> {
         let t = inputs.require(role)?;
         match t.shape[..] {
             [v, d] => Ok((t.as_f32(role)?, v, d)),
-            _ => Err(Error::arg(
-                role,
-                format!("expected a 2-D table, got shape {:?}", t.shape),
-            )),
+            _ => Err(Error::arg(role, format!("expected a 2-D table, got shape {:?}", t.shape))),
         }
     }
 
     pub(super) fn max_norm(inputs: &CaseInputs<'_>) -> Result<(Option<f32>, f32)> {
         let p = inputs.params();
-        Ok((
-            p.opt_f64("max_norm")?.map(|m| m as f32),
-            p.f64_or("norm_type", 2.0)? as f32,
-        ))
+        Ok((p.opt_f64("max_norm")?.map(|m| m as f32), p.f64_or("norm_type", 2.0)? as f32))
     }
 
     pub(super) fn embedding(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
         let (w, v, d) = table(inputs, "weight")?;
         let indices = inputs.require("indices")?.as_indices("indices")?;
         let (mn, p) = max_norm(inputs)?;
-        let layer = Embedding::from_pretrained(ctx, w, v, d)?
-            .with_padding_idx(inputs.params().opt_i64("padding_idx")?)?
-            .with_max_norm(mn, p)?;
+        let layer =
+            Embedding::from_pretrained(ctx, w, v, d)?.with_padding_idx(inputs.params().opt_i64("padding_idx")?)?.with_max_norm(mn, p)?;
         let out = layer.forward(ctx, indices)?;
-        let mut outputs = vec![(
-            "out".to_string(),
-            HostTensor::f32(out.to_vec_f32(ctx)?, out.shape().to_vec()),
-        )];
-        if mn.is_some() {
-            outputs.push((
-                "weight".to_string(),
-                HostTensor::f32(layer.weight().to_vec_f32(ctx)?, vec![v, d]),
-            ));
-        }
-        Ok(outputs)
+        // With max_norm the table was renormalised in place: it is an output too.
+        f32_outputs(ctx, &[("out", Some(&out)), ("weight", mn.map(|_| layer.weight()))])
+    }
+
+    /// A bag op's `indices`, `offsets` and `per_sample_weights`.
+    pub(super) type BagInputs<'a> = (Indices<'a>, Option<Indices<'a>>, Option<(&'a [f32], &'a [usize])>);
+
+    pub(super) fn bag_inputs<'a>(inputs: &CaseInputs<'a>) -> Result<BagInputs<'a>> {
+        let input = inputs.require("indices")?.as_indices("indices")?;
+        let offsets = inputs.get("offsets")?.map(|t| t.as_indices("offsets")).transpose()?;
+        let psw = inputs.get("per_sample_weights")?.map(|t| t.as_f32("per_sample_weights").map(|x| (x, &t.shape[..]))).transpose()?;
+        Ok((input, offsets, psw))
     }
 
     pub(super) fn embedding_bag(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
         let p = inputs.params();
         let (w, v, d) = table(inputs, "weight")?;
-        let input = inputs.require("indices")?.as_indices("indices")?;
-        let offsets = inputs
-            .get("offsets")?
-            .map(|t| t.as_indices("offsets"))
-            .transpose()?;
-        let psw = inputs
-            .get("per_sample_weights")?
-            .map(|t| t.as_f32("per_sample_weights").map(|x| (x, &t.shape[..])))
-            .transpose()?;
+        let (input, offsets, psw) = bag_inputs(inputs)?;
         let mode = BagMode::parse(p.opt_str("mode")?.unwrap_or("mean"))?;
         let (mn, norm_type) = max_norm(inputs)?;
         let layer = EmbeddingBag::from_pretrained(ctx, w, v, d, mode)?
@@ -187,51 +170,35 @@ mod runs {
             .with_max_norm(mn, norm_type)?
             .with_include_last_offset(p.bool_or("include_last_offset", false)?);
         let out = layer.forward(ctx, input, offsets, psw)?;
-        let mut outputs = vec![(
-            "out".to_string(),
-            HostTensor::f32(out.to_vec_f32(ctx)?, out.shape().to_vec()),
-        )];
-        if mn.is_some() {
-            outputs.push((
-                "weight".to_string(),
-                HostTensor::f32(layer.weight().to_vec_f32(ctx)?, vec![v, d]),
-            ));
+        f32_outputs(ctx, &[("out", Some(&out)), ("weight", mn.map(|_| layer.weight()))])
+    }
+
+    /// The named f32 tensors that are present, read back with their shapes.
+    pub(super) fn f32_outputs(ctx: &Context, named: &[(&str, Option<&GpuTensor>)]) -> Result<Outputs> {
+        let mut outputs = Vec::new();
+        for (name, t) in named {
+            if let Some(t) = t {
+                outputs.push((name.to_string(), HostTensor::f32(t.to_vec_f32(ctx)?, t.shape().to_vec())));
+            }
         }
         Ok(outputs)
     }
 
-    pub(super) fn f32_output(
-        ctx: &Context,
-        out: &crate::gpu::tensor::GpuTensor,
-    ) -> Result<Outputs> {
-        Ok(vec![(
-            "out".to_string(),
-            HostTensor::f32(out.to_vec_f32(ctx)?, out.shape().to_vec()),
-        )])
+    pub(super) fn f32_output(ctx: &Context, out: &GpuTensor) -> Result<Outputs> {
+        f32_outputs(ctx, &[("out", Some(out))])
     }
 
     /// An optional 1-D f32 input (LayerNorm's gamma / beta).
-    pub(super) fn opt_vector<'a>(
-        inputs: &CaseInputs<'a>,
-        role: &'static str,
-    ) -> Result<Option<&'a [f32]>> {
+    pub(super) fn opt_vector<'a>(inputs: &CaseInputs<'a>, role: &'static str) -> Result<Option<&'a [f32]>> {
         inputs.get(role)?.map(|t| t.as_f32(role)).transpose()
     }
 
     pub(super) fn layer_norm(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
         let x = inputs.require("x")?;
-        let dim = *x
-            .shape
-            .last()
-            .ok_or_else(|| Error::arg("x", "expected at least one dimension, got a scalar"))?;
+        let dim = *x.shape.last().ok_or_else(|| Error::arg("x", "expected at least one dimension, got a scalar"))?;
         let eps = inputs.params().f64_or("eps", 1e-5)? as f32;
-        let layer = crate::layers::layer_norm::LayerNorm::from_params(
-            ctx,
-            dim,
-            eps,
-            opt_vector(inputs, "gamma")?,
-            opt_vector(inputs, "beta")?,
-        )?;
+        let layer =
+            crate::layers::layer_norm::LayerNorm::from_params(ctx, dim, eps, opt_vector(inputs, "gamma")?, opt_vector(inputs, "beta")?)?;
         f32_output(ctx, &layer.forward(ctx, x.as_f32("x")?, &x.shape)?)
     }
 
@@ -245,41 +212,22 @@ mod runs {
             p.opt_i64("padding_idx")?,
             opt_vector(inputs, "gamma")?,
             opt_vector(inputs, "beta")?,
-            p.f64_or(
-                "eps",
-                crate::layers::stable_embedding::STABLE_EMBEDDING_EPS as f64,
-            )? as f32,
+            p.f64_or("eps", crate::layers::stable_embedding::STABLE_EMBEDDING_EPS as f64)? as f32,
         )?;
         f32_output(ctx, &layer.forward(ctx, indices)?)
     }
 
-    pub(super) fn embedding_sum_layer_norm(
-        ctx: &Context,
-        inputs: &CaseInputs<'_>,
-    ) -> Result<Outputs> {
+    pub(super) fn embedding_sum_layer_norm(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
         let mut tables = Vec::new();
         let mut indices = Vec::new();
         for k in 0.. {
-            let (Some(w), Some(i)) = (
-                inputs.get(&format!("weight{k}"))?,
-                inputs.get(&format!("indices{k}"))?,
-            ) else {
+            let (Some(w), Some(i)) = (inputs.get(&format!("weight{k}"))?, inputs.get(&format!("indices{k}"))?) else {
                 break;
             };
             let [v, d] = w.shape[..] else {
-                return Err(Error::arg(
-                    "weight",
-                    format!(
-                        "expected weight{k} to be a 2-D table, got shape {:?}",
-                        w.shape
-                    ),
-                ));
+                return Err(Error::arg("weight", format!("expected weight{k} to be a 2-D table, got shape {:?}", w.shape)));
             };
-            tables.push(crate::checkpoint::HostTable::f32(
-                w.as_f32("weight")?,
-                v,
-                d,
-            )?);
+            tables.push(crate::checkpoint::HostTable::f32(w.as_f32("weight")?, v, d)?);
             indices.push(i.as_indices("indices")?);
         }
         let eps = inputs.params().f64_or("eps", 1e-12)? as f32;
@@ -293,19 +241,13 @@ mod runs {
         f32_output(ctx, &block.forward(ctx, &indices)?)
     }
 
-    pub(super) fn axial_position_embedding(
-        ctx: &Context,
-        inputs: &CaseInputs<'_>,
-    ) -> Result<Outputs> {
+    pub(super) fn axial_position_embedding(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
         let shape = inputs
             .params()
             .opt_usize_list("axial_pos_shape")?
             .ok_or_else(|| Error::arg("axial_pos_shape", "the case gives no axial_pos_shape"))?;
         let [n1, n2] = shape[..] else {
-            return Err(Error::arg(
-                "axial_pos_shape",
-                format!("expected two factors, got {shape:?}"),
-            ));
+            return Err(Error::arg("axial_pos_shape", format!("expected two factors, got {shape:?}")));
         };
         // transformers stores the weights as [n1, 1, d1] and [1, n2, d2]: the last dimension is the width.
         let w0 = inputs.require("weight0")?;
@@ -319,27 +261,15 @@ mod runs {
             [n1, n2],
             [d0, d1],
         )?;
-        f32_output(
-            ctx,
-            &layer.forward(
-                ctx,
-                inputs.require("position_ids")?.as_indices("position_ids")?,
-            )?,
-        )
+        f32_output(ctx, &layer.forward(ctx, inputs.require("position_ids")?.as_indices("position_ids")?)?)
     }
 
     /// `blocksize` as a size (absent or null: `default`), refusing negatives by value.
-    pub(super) fn blocksize_param(
-        inputs: &CaseInputs<'_>,
-        default: Option<usize>,
-    ) -> Result<Option<usize>> {
+    pub(super) fn blocksize_param(inputs: &CaseInputs<'_>, default: Option<usize>) -> Result<Option<usize>> {
         match inputs.params().opt_i64("blocksize")? {
             None => Ok(default),
             Some(b) if b >= 0 => Ok(Some(b as usize)),
-            Some(b) => Err(Error::arg(
-                "blocksize",
-                format!("blocksize {b} is not supported"),
-            )),
+            Some(b) => Err(Error::arg("blocksize", format!("blocksize {b} is not supported"))),
         }
     }
 
@@ -363,14 +293,8 @@ mod runs {
         )?;
         let q = crate::quant::blockwise::quantize_blockwise(ctx, &t, blocksize, code)?;
         Ok(vec![
-            (
-                "codes".to_string(),
-                HostTensor::u8(q.codes.to_bytes(ctx)?, vec![values.len()]),
-            ),
-            (
-                "absmax".to_string(),
-                HostTensor::f32(q.absmax.to_vec_f32(ctx)?, q.absmax.shape().to_vec()),
-            ),
+            ("codes".to_string(), HostTensor::u8(q.codes.to_bytes(ctx)?, vec![values.len()])),
+            ("absmax".to_string(), HostTensor::f32(q.absmax.to_vec_f32(ctx)?, q.absmax.shape().to_vec())),
         ])
     }
 
@@ -380,13 +304,7 @@ mod runs {
         let blocksize = blocksize_param(inputs, Some(4096))?.unwrap_or(4096);
         let code = code_map(inputs)?;
         crate::quant::blockwise::check_blocksize(blocksize)?;
-        let c = crate::gpu::tensor::GpuTensor::from_bytes(
-            ctx,
-            codes,
-            &[codes.len()],
-            crate::gpu::tensor::DType::U8,
-            1,
-        )?;
+        let c = crate::gpu::tensor::GpuTensor::from_bytes(ctx, codes, &[codes.len()], crate::gpu::tensor::DType::U8, 1)?;
         let a = crate::gpu::tensor::GpuTensor::from_bytes(
             ctx,
             bytemuck::cast_slice(absmax),
@@ -394,69 +312,26 @@ mod runs {
             crate::gpu::tensor::DType::F32,
             1,
         )?;
-        let out = crate::quant::blockwise::dequantize_blockwise(ctx, &c, &a, blocksize, code)?;
-        Ok(vec![(
-            "out".to_string(),
-            HostTensor::f32(out.to_vec_f32(ctx)?, vec![codes.len()]),
-        )])
+        f32_output(ctx, &crate::quant::blockwise::dequantize_blockwise(ctx, &c, &a, blocksize, code)?)
     }
 
     pub(super) fn quantized_embedding(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
         let (w, v, d) = table(inputs, "weight")?;
-        let scheme = crate::quant::table::Scheme::parse(
-            inputs
-                .params()
-                .opt_str("scheme")?
-                .unwrap_or("int8_blockwise"),
-        )?;
-        let layer = crate::layers::quantized::QuantizedEmbedding::from_pretrained(
-            ctx,
-            w,
-            v,
-            d,
-            scheme,
-            blocksize_param(inputs, None)?,
-        )?;
-        let out = layer.forward(ctx, inputs.require("indices")?.as_indices("indices")?)?;
-        Ok(vec![(
-            "out".to_string(),
-            HostTensor::f32(out.to_vec_f32(ctx)?, out.shape().to_vec()),
-        )])
+        let scheme = crate::quant::table::Scheme::parse(inputs.params().opt_str("scheme")?.unwrap_or("int8_blockwise"))?;
+        let layer = crate::layers::quantized::QuantizedEmbedding::from_pretrained(ctx, w, v, d, scheme, blocksize_param(inputs, None)?)?;
+        f32_output(ctx, &layer.forward(ctx, inputs.require("indices")?.as_indices("indices")?)?)
     }
 
-    pub(super) fn quantized_embedding_bag(
-        ctx: &Context,
-        inputs: &CaseInputs<'_>,
-    ) -> Result<Outputs> {
+    pub(super) fn quantized_embedding_bag(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
         let p = inputs.params();
         let (w, v, d) = table(inputs, "weight")?;
-        let scheme =
-            crate::quant::table::Scheme::parse(p.opt_str("scheme")?.unwrap_or("int8_blockwise"))?;
+        let scheme = crate::quant::table::Scheme::parse(p.opt_str("scheme")?.unwrap_or("int8_blockwise"))?;
         let mode = BagMode::parse(p.opt_str("mode")?.unwrap_or("mean"))?;
-        let input = inputs.require("indices")?.as_indices("indices")?;
-        let offsets = inputs
-            .get("offsets")?
-            .map(|t| t.as_indices("offsets"))
-            .transpose()?;
-        let psw = inputs
-            .get("per_sample_weights")?
-            .map(|t| t.as_f32("per_sample_weights").map(|x| (x, &t.shape[..])))
-            .transpose()?;
-        let layer = crate::layers::quantized::QuantizedEmbeddingBag::from_pretrained(
-            ctx,
-            w,
-            v,
-            d,
-            scheme,
-            blocksize_param(inputs, None)?,
-            mode,
-        )?
-        .with_padding_idx(p.opt_i64("padding_idx")?)?
-        .with_include_last_offset(p.bool_or("include_last_offset", false)?);
-        let out = layer.forward(ctx, input, offsets, psw)?;
-        Ok(vec![(
-            "out".to_string(),
-            HostTensor::f32(out.to_vec_f32(ctx)?, out.shape().to_vec()),
-        )])
+        let (input, offsets, psw) = bag_inputs(inputs)?;
+        let layer =
+            crate::layers::quantized::QuantizedEmbeddingBag::from_pretrained(ctx, w, v, d, scheme, blocksize_param(inputs, None)?, mode)?
+                .with_padding_idx(p.opt_i64("padding_idx")?)?
+                .with_include_last_offset(p.bool_or("include_last_offset", false)?);
+        f32_output(ctx, &layer.forward(ctx, input, offsets, psw)?)
     }
 }

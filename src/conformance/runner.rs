@@ -48,19 +48,11 @@ pub fn run_cases(ctx: &Context, file: &CaseFile) -> (Vec<(String, HostTensor)>, 
         let start = Instant::now();
         // Outputs are named by case id: a repeated id would make the output file ambiguous.
         let result = if !seen.insert(case.id.as_str()) {
-            Err(Error::Format(format!(
-                "case id {:?} appears more than once in the file",
-                case.id
-            )))
+            Err(Error::Format(format!("case id {:?} appears more than once in the file", case.id)))
         } else {
             // A panic would be a bug of ours; it must still not stop the run.
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(ctx, file, case)))
-                .unwrap_or_else(|p| {
-                    Err(Error::Device(format!(
-                        "internal error (panic): {}",
-                        panic_message(&p)
-                    )))
-                })
+                .unwrap_or_else(|p| Err(Error::Device(format!("internal error (panic): {}", panic_message(&p)))))
         };
         let ms = start.elapsed().as_secs_f64() * 1e3;
         let (status, message) = match result {
@@ -72,27 +64,16 @@ pub fn run_cases(ctx: &Context, file: &CaseFile) -> (Vec<(String, HostTensor)>, 
             }
             Err(e) => ("error".to_string(), Some(e.to_string())),
         };
-        reports.push(CaseReport {
-            id: case.id.clone(),
-            status,
-            message,
-            ms,
-        });
+        reports.push(CaseReport { id: case.id.clone(), status, message, ms });
     }
     let info = ctx.adapter_info();
     let report = Report {
-        adapter: AdapterReport {
-            name: info.name.clone(),
-            backend: format!("{:?}", info.backend).to_lowercase(),
-        },
+        adapter: AdapterReport { name: info.name.clone(), backend: format!("{:?}", info.backend).to_lowercase() },
         cases: reports,
     };
     (outputs, report)
 }
 
 fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown".into())
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown".into())
 }

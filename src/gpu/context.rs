@@ -66,10 +66,7 @@ impl TableReads {
             "auto" => Ok(Self::Auto),
             "buffer" => Ok(Self::Buffer),
             "texture" => Ok(Self::Texture),
-            other => Err(Error::arg(
-                "table_reads",
-                format!("expected auto, buffer or texture, got {other:?}"),
-            )),
+            other => Err(Error::arg("table_reads", format!("expected auto, buffer or texture, got {other:?}"))),
         }
     }
 }
@@ -136,12 +133,7 @@ impl Context {
     /// Lists the adapters of the given backends (`None`: `WGPU_BACKEND` or all).
     pub async fn adapters(backends: Option<wgpu::Backends>) -> Vec<wgpu::AdapterInfo> {
         let instance = make_instance(backends);
-        instance
-            .enumerate_adapters(instance_backends(backends))
-            .await
-            .iter()
-            .map(|a| a.get_info())
-            .collect()
+        instance.enumerate_adapters(instance_backends(backends)).await.iter().map(|a| a.get_info()).collect()
     }
 
     /// Creates a context, picking the adapter as `options` say.
@@ -155,9 +147,7 @@ impl Context {
                     .await
                     .into_iter()
                     .find(|a| a.get_info().name.to_lowercase().contains(&want))
-                    .ok_or_else(|| {
-                        Error::NoAdapter(format!("no adapter whose name contains {name:?}"))
-                    })?
+                    .ok_or_else(|| Error::NoAdapter(format!("no adapter whose name contains {name:?}")))?
             }
             None => instance
                 .request_adapter(&wgpu::RequestAdapterOptions {
@@ -192,31 +182,19 @@ impl Context {
             })
             .await
             .map_err(|e| Error::NoAdapter(e.to_string()))?;
-        let mut ctx =
-            Self::from_device(device, queue, adapter.get_info(), options.max_binding_size);
+        let mut ctx = Self::from_device(device, queue, adapter.get_info(), options.max_binding_size);
         ctx.max_tensor_bytes = options.max_tensor_bytes;
         ctx.set_table_reads(options.table_reads)?;
         Ok(ctx)
     }
 
     /// Wraps a device the caller already has (e.g. shared with a renderer).
-    pub fn from_device(
-        device: wgpu::Device,
-        queue: wgpu::Queue,
-        info: wgpu::AdapterInfo,
-        max_binding_size: Option<u64>,
-    ) -> Self {
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo, max_binding_size: Option<u64>) -> Self {
         let limits = device.limits();
         // Capped at 2 GiB so element offsets inside one binding fit the shaders' u32/i32 math.
-        let device_binding = limits
-            .max_storage_buffer_binding_size
-            .min(limits.max_buffer_size)
-            .min(1 << 31);
+        let device_binding = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size).min(1 << 31);
         // Bindings are kept to whole 256-byte units so sub-range offsets stay aligned.
-        let max_binding = max_binding_size
-            .map_or(device_binding, |m| m.min(device_binding))
-            .max(256)
-            & !255;
+        let max_binding = max_binding_size.map_or(device_binding, |m| m.min(device_binding)).max(256) & !255;
         let lost = Arc::new(Mutex::new(None));
         let lost_flag = lost.clone();
         device.set_device_lost_callback(move |reason, message| {
@@ -289,16 +267,8 @@ impl Context {
             self.queue.write_texture(
                 texture.as_image_copy(),
                 &[0; 16],
-                wgpu::TexelCopyBufferLayout {
-                    offset: 0,
-                    bytes_per_row: None,
-                    rows_per_image: None,
-                },
-                wgpu::Extent3d {
-                    width: 1,
-                    height: 1,
-                    depth_or_array_layers: 1,
-                },
+                wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: None, rows_per_image: None },
+                wgpu::Extent3d { width: 1, height: 1, depth_or_array_layers: 1 },
             );
             (buffer, view)
         })
@@ -385,19 +355,14 @@ impl Context {
     /// The first device error that happened outside any call of this library (e.g. in
     /// the caller's own use of [`Context::device`]), taken out so it is reported once.
     pub fn take_uncaptured_error(&self) -> Option<String> {
-        self.uncaptured
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
+        self.uncaptured.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// Refuses an allocation of `bytes` for `what` that the budget or the device cannot hold.
     pub(crate) fn check_allocation(&self, what: &str, bytes: u64) -> Result<()> {
         if let Some(budget) = self.max_tensor_bytes {
             if bytes > budget {
-                return Err(Error::OutOfMemory(format!(
-                    "{what} needs {bytes} bytes, over this context's max_tensor_bytes of {budget}"
-                )));
+                return Err(Error::OutOfMemory(format!("{what} needs {bytes} bytes, over this context's max_tensor_bytes of {budget}")));
             }
         }
         Ok(())
@@ -408,11 +373,10 @@ impl Context {
         modules
             .entry(kernel.family.name)
             .or_insert_with(|| {
-                self.device
-                    .create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(kernel.family.name),
-                        source: wgpu::ShaderSource::Wgsl(kernel.family.source().into()),
-                    })
+                self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(kernel.family.name),
+                    source: wgpu::ShaderSource::Wgsl(kernel.family.source().into()),
+                })
             })
             .clone()
     }
@@ -437,9 +401,7 @@ impl Context {
                             buffer => wgpu::BindingType::Buffer {
                                 ty: match buffer {
                                     Slot::Uniform => wgpu::BufferBindingType::Uniform,
-                                    Slot::Read => {
-                                        wgpu::BufferBindingType::Storage { read_only: true }
-                                    }
+                                    Slot::Read => wgpu::BufferBindingType::Storage { read_only: true },
                                     _ => wgpu::BufferBindingType::Storage { read_only: false },
                                 },
                                 has_dynamic_offset: false,
@@ -449,75 +411,46 @@ impl Context {
                         count: None,
                     })
                     .collect();
-                let bgl = self
-                    .device
-                    .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                        label: None,
-                        entries: &entries,
-                    });
-                let pl = self
-                    .device
-                    .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                        label: None,
-                        bind_group_layouts: &[Some(&bgl)],
-                        immediate_size: 0,
-                    });
+                let bgl = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries });
+                let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: None,
+                    bind_group_layouts: &[Some(&bgl)],
+                    immediate_size: 0,
+                });
                 (bgl, pl)
             })
             .clone()
     }
 
     /// The pipeline of `kernel` specialised with `constants` (override name, value), cached.
-    pub(crate) fn pipeline(
-        &self,
-        kernel: &Kernel,
-        constants: &[(&'static str, f64)],
-    ) -> wgpu::ComputePipeline {
-        let key: PipelineKey = (
-            kernel.family.name,
-            kernel.entry,
-            constants.iter().map(|(n, v)| (*n, v.to_bits())).collect(),
-        );
-        if let Some(p) = self
-            .pipelines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
+    pub(crate) fn pipeline(&self, kernel: &Kernel, constants: &[(&'static str, f64)]) -> wgpu::ComputePipeline {
+        let key: PipelineKey = (kernel.family.name, kernel.entry, constants.iter().map(|(n, v)| (*n, v.to_bits())).collect());
+        if let Some(p) = self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return p.clone();
         }
         let module = self.module(kernel);
         let (_, layout) = self.layout(kernel);
         let mut all: Vec<(&str, f64)> = vec![("WG_SIZE", WORKGROUP_SIZE as f64)];
         all.extend(constants.iter().copied());
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(kernel.entry),
-                layout: Some(&layout),
-                module: &module,
-                entry_point: Some(kernel.entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &all,
-                    zero_initialize_workgroup_memory: true,
-                },
-                cache: None,
-            });
-        self.pipelines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, pipeline.clone());
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(kernel.entry),
+            layout: Some(&layout),
+            module: &module,
+            entry_point: Some(kernel.entry),
+            compilation_options: wgpu::PipelineCompilationOptions { constants: &all, zero_initialize_workgroup_memory: true },
+            cache: None,
+        });
+        self.pipelines.lock().unwrap_or_else(|p| p.into_inner()).insert(key, pipeline.clone());
         pipeline
     }
 
     /// A small uniform buffer holding `params`.
     pub(crate) fn uniform<T: bytemuck::Pod>(&self, params: &T) -> wgpu::Buffer {
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: bytemuck::bytes_of(params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            })
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("params"),
+            contents: bytemuck::bytes_of(params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        })
     }
 
     /// Records one dispatch of `kernel` over `invocations` threads, spreading the
@@ -530,13 +463,7 @@ impl Context {
         bindings: &[wgpu::BindingResource<'_>],
         invocations: u64,
     ) {
-        self.dispatch_groups(
-            encoder,
-            kernel,
-            constants,
-            bindings,
-            invocations.div_ceil(WORKGROUP_SIZE as u64),
-        );
+        self.dispatch_groups(encoder, kernel, constants, bindings, invocations.div_ceil(WORKGROUP_SIZE as u64));
     }
 
     /// Like [`Context::dispatch`], counted in workgroups (for kernels with a workgroup per item).
@@ -558,21 +485,12 @@ impl Context {
             .bindings
             .iter()
             .zip(bindings)
-            .map(|(&(binding, _, _), r)| wgpu::BindGroupEntry {
-                binding,
-                resource: r.clone(),
-            })
+            .map(|(&(binding, _, _), r)| wgpu::BindGroupEntry { binding, resource: r.clone() })
             .collect();
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(kernel.entry),
-            layout: &bgl,
-            entries: &entries,
-        });
+        let bind_group =
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(kernel.entry), layout: &bgl, entries: &entries });
         let [x, y, z] = workgroup_grid(groups, self.limits.max_compute_workgroups_per_dimension);
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some(kernel.entry),
-            timestamp_writes: None,
-        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.entry), timestamp_writes: None });
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
         pass.dispatch_workgroups(x, y, z);
@@ -580,10 +498,7 @@ impl Context {
 
     /// A new command encoder.
     pub(crate) fn encoder(&self) -> wgpu::CommandEncoder {
-        self.device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("wgpu-embed"),
-            })
+        self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-embed") })
     }
 
     /// Submits `encoder`, catching validation and out-of-memory errors of the submission.
@@ -631,29 +546,17 @@ impl Context {
     /// Blocks until all submitted work has finished (native); no-op in the browser.
     pub fn wait_idle(&self) -> Result<()> {
         #[cfg(not(target_arch = "wasm32"))]
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Device(e.to_string()))?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Device(e.to_string()))?;
         self.check_alive()
     }
 }
 
 /// An `rgba32uint` 2-D array texture the kernels can read and copies can fill, and its
 /// array view (tables' texture copies, and the placeholder of unread texture slots).
-pub(crate) fn word_texture(
-    device: &wgpu::Device,
-    label: &str,
-    width: u32,
-    height: u32,
-    layers: u32,
-) -> (wgpu::Texture, wgpu::TextureView) {
+pub(crate) fn word_texture(device: &wgpu::Device, label: &str, width: u32, height: u32, layers: u32) -> (wgpu::Texture, wgpu::TextureView) {
     let texture = device.create_texture(&wgpu::TextureDescriptor {
         label: Some(label),
-        size: wgpu::Extent3d {
-            width,
-            height,
-            depth_or_array_layers: layers,
-        },
+        size: wgpu::Extent3d { width, height, depth_or_array_layers: layers },
         mip_level_count: 1,
         sample_count: 1,
         dimension: wgpu::TextureDimension::D2,
@@ -661,10 +564,8 @@ pub(crate) fn word_texture(
         usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
         view_formats: &[],
     });
-    let view = texture.create_view(&wgpu::TextureViewDescriptor {
-        dimension: Some(wgpu::TextureViewDimension::D2Array),
-        ..Default::default()
-    });
+    let view =
+        texture.create_view(&wgpu::TextureViewDescriptor { dimension: Some(wgpu::TextureViewDimension::D2Array), ..Default::default() });
     (texture, view)
 }
 
@@ -680,9 +581,7 @@ pub(crate) fn workgroup_grid(groups: u64, max_per_dim: u32) -> [u32; 3] {
 }
 
 fn instance_backends(backends: Option<wgpu::Backends>) -> wgpu::Backends {
-    backends
-        .or_else(wgpu::Backends::from_env)
-        .unwrap_or(wgpu::Backends::all())
+    backends.or_else(wgpu::Backends::from_env).unwrap_or(wgpu::Backends::all())
 }
 
 fn make_instance(backends: Option<wgpu::Backends>) -> wgpu::Instance {
@@ -697,14 +596,7 @@ mod tests {
 
     #[test]
     fn grid_covers_every_group_within_limits() {
-        for (groups, max) in [
-            (1u64, 65535u32),
-            (65535, 65535),
-            (65536, 65535),
-            (10_000_000, 65535),
-            (300, 7),
-            (343, 7),
-        ] {
+        for (groups, max) in [(1u64, 65535u32), (65535, 65535), (65536, 65535), (10_000_000, 65535), (300, 7), (343, 7)] {
             let [x, y, z] = workgroup_grid(groups, max);
             assert!(x <= max && y <= max && z <= max);
             assert!(x as u64 * y as u64 * z as u64 >= groups, "{groups} {max}");

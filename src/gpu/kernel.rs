@@ -74,6 +74,21 @@ pub enum Role {
     PerSlice,
 }
 
+/// The bindings the common helpers declare (`shaders/common/pass.wgsl`, `table.wgsl`,
+/// `bag.wgsl`), by number, slot and role; a kernel lists those its entry point uses.
+pub mod binding {
+    use super::{Role, Slot};
+
+    pub const PARAMS: (u32, Slot, Role) = (0, Slot::Uniform, Role::Params);
+    pub const TABLE: (u32, Slot, Role) = (1, Slot::Read, Role::Table(0));
+    pub const INPUT: (u32, Slot, Role) = (2, Slot::Read, Role::Input);
+    pub const OUT: (u32, Slot, Role) = (3, Slot::ReadWrite, Role::Out);
+    pub const TEXTURE: (u32, Slot, Role) = (4, Slot::Texture, Role::Texture);
+    pub const OFFSETS: (u32, Slot, Role) = (5, Slot::Read, Role::Offsets);
+    pub const COUNTS: (u32, Slot, Role) = (6, Slot::ReadWrite, Role::Counts);
+    pub const STATUS: (u32, Slot, Role) = (8, Slot::ReadWrite, Role::Status);
+}
+
 /// A compute kernel: an entry point of one family and its bindings (number, slot, role).
 #[derive(Debug, Clone, Copy)]
 pub struct Kernel {
@@ -83,6 +98,10 @@ pub struct Kernel {
 }
 
 impl Kernel {
+    pub const fn new(family: &'static ShaderFamily, entry: &'static str, bindings: &'static [(u32, Slot, Role)]) -> Self {
+        Kernel { family, entry, bindings }
+    }
+
     /// The bind-group layout's key: binding numbers and slots.
     pub(crate) fn layout_key(&self) -> Vec<(u32, Slot)> {
         self.bindings.iter().map(|&(b, s, _)| (b, s)).collect()
@@ -93,10 +112,7 @@ impl Kernel {
 /// that check constants Rust and WGSL share).
 #[cfg(test)]
 pub(crate) fn wgsl_u32_constant(module: &naga::Module, name: &str) -> Option<u32> {
-    let (_, c) = module
-        .constants
-        .iter()
-        .find(|(_, c)| c.name.as_deref() == Some(name))?;
+    let (_, c) = module.constants.iter().find(|(_, c)| c.name.as_deref() == Some(name))?;
     match module.global_expressions[c.init] {
         naga::Expression::Literal(naga::Literal::U32(v)) => Some(v),
         _ => None,

@@ -13,10 +13,5 @@ pub mod tensor;
 pub(crate) mod texture;
 
 /// The reference copy kernel the benchmark measures every kernel against.
-pub static COPY_FAMILY: kernel::ShaderFamily = kernel::ShaderFamily {
-    name: "copy",
-    parts: &[
-        kernel::common::GRID,
-        include_str!("../../shaders/copy.wgsl"),
-    ],
-};
+pub static COPY_FAMILY: kernel::ShaderFamily =
+    kernel::ShaderFamily { name: "copy", parts: &[kernel::common::GRID, include_str!("../../shaders/copy.wgsl")] };

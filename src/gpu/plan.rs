@@ -15,7 +15,7 @@
 use wgpu::util::DeviceExt;
 
 use crate::gpu::context::{Context, WORKGROUP_SIZE};
-use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
+use crate::gpu::kernel::{binding, common, Kernel, Role, ShaderFamily};
 use crate::gpu::status::Status;
 use crate::gpu::table::{TableAccess, TableSlice};
 use crate::gpu::tensor::{GpuTensor, Segment};
@@ -78,9 +78,7 @@ impl PassParams {
         self.first0 = slice.first_row(0) as u32;
         self.first1 = slice.first_row(1) as u32;
         self.first2 = slice.first_row(2) as u32;
-        (self.tex_width_shift, self.tex_layer_shift) = slice
-            .texture()
-            .map_or((0, 0), |t| (t.width_shift, t.layer_shift));
+        (self.tex_width_shift, self.tex_layer_shift) = slice.texture().map_or((0, 0), |t| (t.width_shift, t.layer_shift));
         self
     }
 }
@@ -117,20 +115,8 @@ pub struct Call<'a> {
 }
 
 impl<'a> Call<'a> {
-    pub fn new(
-        kernel: &'a Kernel,
-        constants: &'a [(&'static str, f64)],
-        grid: Grid,
-        params: PassParams,
-    ) -> Self {
-        Call {
-            kernel,
-            constants,
-            grid,
-            params,
-            extra: &[],
-            per_slice: &[],
-        }
+    pub fn new(kernel: &'a Kernel, constants: &'a [(&'static str, f64)], grid: Grid, params: PassParams) -> Self {
+        Call { kernel, constants, grid, params, extra: &[], per_slice: &[] }
     }
 }
 
@@ -146,13 +132,14 @@ struct PassResources<'r> {
     status: Option<&'r Status>,
 }
 
-fn record(
-    ctx: &Context,
-    encoder: &mut wgpu::CommandEncoder,
-    call: &Call<'_>,
-    r: &PassResources<'_>,
-    rows: u64,
-) {
+impl<'r> PassResources<'r> {
+    /// A pass that binds only its uniform (placeholders for every other role).
+    fn new(params: &'r wgpu::Buffer) -> Self {
+        PassResources { params, slice: None, input: None, out: None, offsets: None, counts: None, weights: None, status: None }
+    }
+}
+
+fn record(ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>, r: &PassResources<'_>, rows: u64) {
     let placeholder = || ctx.placeholder_buffer().as_entire_binding();
     fn seg<'b>(s: Option<&'b Segment>, placeholder: &'b wgpu::Buffer) -> wgpu::BindingResource<'b> {
         s.map_or_else(|| placeholder.as_entire_binding(), |s| s.binding())
@@ -165,31 +152,18 @@ fn record(
         .map(|&(_, _, role)| match role {
             Role::Params => r.params.as_entire_binding(),
             Role::Table(k) => seg(r.slice.and_then(|(_, s)| s.segment(k)), p),
-            Role::Texture => r
-                .slice
-                .and_then(|(_, s)| s.texture())
-                .map_or_else(|| ctx.placeholder_texture(), |t| t.binding()),
+            Role::Texture => r.slice.and_then(|(_, s)| s.texture()).map_or_else(|| ctx.placeholder_texture(), |t| t.binding()),
             Role::Input => seg(r.input, p),
             Role::Out => seg(r.out, p),
             Role::Weights => seg(r.weights, p),
-            Role::Offsets => r
-                .offsets
-                .map_or_else(placeholder, |b| b.as_entire_binding()),
+            Role::Offsets => r.offsets.map_or_else(placeholder, |b| b.as_entire_binding()),
             Role::Counts => r.counts.map_or_else(placeholder, |b| b.as_entire_binding()),
-            Role::Status => r
-                .status
-                .map_or_else(placeholder, |s| s.buffer().as_entire_binding()),
+            Role::Status => r.status.map_or_else(placeholder, |s| s.buffer().as_entire_binding()),
             Role::Extra(k) => call.extra[k].as_entire_binding(),
             Role::PerSlice => call.per_slice[r.slice.map_or(0, |(t, _)| t)].as_entire_binding(),
         })
         .collect();
-    ctx.dispatch_groups(
-        encoder,
-        call.kernel,
-        call.constants,
-        &bindings,
-        call.grid.groups(rows),
-    );
+    ctx.dispatch_groups(encoder, call.kernel, call.constants, &bindings, call.grid.groups(rows));
 }
 
 /// Row-wise passes: output row `i` of each output segment reads input row `i` of the
@@ -215,55 +189,33 @@ impl RowPlan<'_> {
         used: Option<&dyn Fn(&Segment, &[TableSlice<'_>]) -> Vec<bool>>,
     ) {
         let slices = self.table.map(|t| t.slices()).unwrap_or_default();
+        // Without a table, one pass per segment that binds no slice.
+        let passes: Vec<Option<(usize, &TableSlice<'_>)>> =
+            if slices.is_empty() { vec![None] } else { slices.iter().enumerate().map(Some).collect() };
         let segments = self.input.or(self.out).map_or(&[][..], |t| t.segments());
         for (k, seg) in segments.iter().enumerate() {
             let input = self.input.map(|t| &t.segments()[k]);
             let out = self.out.map(|t| &t.segments()[k]);
-            let mut pass = PassParams {
+            let base = PassParams {
                 rows: seg.rows as u32,
                 index_first: input.map_or(0, |s| s.first_row) as u32,
                 index_count: input.map_or(0, |s| s.rows) as u32,
                 ..call.params
             };
-            if slices.is_empty() {
-                pass.flags |= FIRST_PASS | LAST_PASS | REPORT_BAD;
-                let params = ctx.uniform(&pass);
-                let r = PassResources {
-                    params: &params,
-                    slice: None,
-                    input,
-                    out,
-                    offsets: None,
-                    counts: None,
-                    weights: None,
-                    status: self.status,
-                };
-                record(ctx, encoder, call, &r, seg.rows);
-                continue;
-            }
             let wanted = match (used, input) {
                 (Some(used), Some(input)) if slices.len() > 1 => Some(used(input, &slices)),
                 _ => None,
             };
-            for (t, slice) in slices.iter().enumerate() {
-                if wanted.as_ref().is_some_and(|w| !w[t]) {
-                    continue;
+            for &slice in &passes {
+                if let (Some((t, _)), Some(wanted)) = (slice, &wanted) {
+                    if !wanted[t] {
+                        continue;
+                    }
                 }
-                let mut p = pass.with_slice(slice);
-                if t == 0 {
-                    p.flags |= REPORT_BAD | FIRST_PASS;
-                }
+                let mut p = slice.map_or(base, |(_, s)| base.with_slice(s));
+                p.flags |= flag(slice.is_none_or(|(t, _)| t == 0), FIRST_PASS | REPORT_BAD);
                 let params = ctx.uniform(&p);
-                let r = PassResources {
-                    params: &params,
-                    slice: Some((t, slice)),
-                    input,
-                    out,
-                    offsets: None,
-                    counts: None,
-                    weights: None,
-                    status: self.status,
-                };
+                let r = PassResources { slice, input, out, status: self.status, ..PassResources::new(&params) };
                 record(ctx, encoder, call, &r, seg.rows);
             }
         }
@@ -274,23 +226,10 @@ impl RowPlan<'_> {
 /// sizes and empty maxima become 0.
 pub static FINALIZE_FAMILY: ShaderFamily = ShaderFamily {
     name: "bag_finalize",
-    parts: &[
-        common::GRID,
-        common::PASS,
-        common::BAG,
-        include_str!("../../shaders/bag_finalize.wgsl"),
-    ],
+    parts: &[common::GRID, common::PASS, common::BAG, include_str!("../../shaders/bag_finalize.wgsl")],
 };
 
-const FINALIZE: Kernel = Kernel {
-    family: &FINALIZE_FAMILY,
-    entry: "finalize",
-    bindings: &[
-        (0, Slot::Uniform, Role::Params),
-        (3, Slot::ReadWrite, Role::Out),
-        (6, Slot::ReadWrite, Role::Counts),
-    ],
-};
+const FINALIZE: Kernel = Kernel::new(&FINALIZE_FAMILY, "finalize", &[binding::PARAMS, binding::OUT, binding::COUNTS]);
 
 /// Bag passes: output row `b` reduces input rows `bounds[b] .. bounds[b + 1]`.
 pub struct BagPlan<'a> {
@@ -320,17 +259,12 @@ impl BagPlan<'_> {
         for out_seg in self.out.segments() {
             let b0 = out_seg.first_row as usize;
             let seg_bounds = &self.bounds[b0..=b0 + out_seg.rows as usize];
-            let offsets = ctx
-                .device()
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("offsets"),
-                    contents: bytemuck::cast_slice(seg_bounds),
-                    usage: wgpu::BufferUsages::STORAGE,
-                });
-            let (span_lo, span_hi) = (
-                seg_bounds[0] as u64,
-                seg_bounds[seg_bounds.len() - 1] as u64,
-            );
+            let offsets = ctx.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("offsets"),
+                contents: bytemuck::cast_slice(seg_bounds),
+                usage: wgpu::BufferUsages::STORAGE,
+            });
+            let (span_lo, span_hi) = (seg_bounds[0] as u64, seg_bounds[seg_bounds.len() - 1] as u64);
             let mut index_segs: Vec<usize> = (0..self.entries.segments().len())
                 .filter(|&k| {
                     let s = &self.entries.segments()[k];
@@ -365,7 +299,6 @@ impl BagPlan<'_> {
                         | flag(self.weights.is_some(), HAS_WEIGHTS);
                     let params = ctx.uniform(&p);
                     let r = PassResources {
-                        params: &params,
                         slice: Some((t, slice)),
                         input: Some(iseg),
                         out: Some(out_seg),
@@ -373,28 +306,17 @@ impl BagPlan<'_> {
                         counts: Some(&counts),
                         weights: self.weights.map(|w| &w.segments()[k]),
                         status: self.status,
+                        ..PassResources::new(&params)
                     };
                     record(ctx, encoder, call, &r, out_seg.rows);
                     pass += 1;
                 }
             }
             if passes > 1 {
-                let p = PassParams {
-                    rows: out_seg.rows as u32,
-                    ..call.params
-                };
+                let p = PassParams { rows: out_seg.rows as u32, ..call.params };
                 let finalize = Call::new(&FINALIZE, &[], Grid::Elements(call.params.dim as u64), p);
                 let params = ctx.uniform(&p);
-                let r = PassResources {
-                    params: &params,
-                    slice: None,
-                    input: None,
-                    out: Some(out_seg),
-                    offsets: None,
-                    counts: Some(&counts),
-                    weights: None,
-                    status: None,
-                };
+                let r = PassResources { out: Some(out_seg), counts: Some(&counts), ..PassResources::new(&params) };
                 record(ctx, encoder, &finalize, &r, out_seg.rows);
             }
         }
@@ -433,28 +355,15 @@ mod tests {
     #[test]
     fn pass_struct_matches_pass_params() {
         let module = module();
-        let (_, ty) = module
-            .types
-            .iter()
-            .find(|(_, t)| t.name.as_deref() == Some("Pass"))
-            .expect("struct Pass");
-        let naga::TypeInner::Struct { members, span } = &ty.inner else {
-            panic!("Pass is not a struct")
-        };
-        assert_eq!(
-            *span as usize,
-            std::mem::size_of::<PassParams>(),
-            "size of Pass"
-        );
+        let (_, ty) = module.types.iter().find(|(_, t)| t.name.as_deref() == Some("Pass")).expect("struct Pass");
+        let naga::TypeInner::Struct { members, span } = &ty.inner else { panic!("Pass is not a struct") };
+        assert_eq!(*span as usize, std::mem::size_of::<PassParams>(), "size of Pass");
         let rust: Vec<(&str, usize)> = vec![
             ("rows", std::mem::offset_of!(PassParams, rows)),
             ("dim", std::mem::offset_of!(PassParams, dim)),
             ("index_first", std::mem::offset_of!(PassParams, index_first)),
             ("index_count", std::mem::offset_of!(PassParams, index_count)),
-            (
-                "num_embeddings",
-                std::mem::offset_of!(PassParams, num_embeddings),
-            ),
+            ("num_embeddings", std::mem::offset_of!(PassParams, num_embeddings)),
             ("padding_idx", std::mem::offset_of!(PassParams, padding_idx)),
             ("mode", std::mem::offset_of!(PassParams, mode)),
             ("flags", std::mem::offset_of!(PassParams, flags)),
@@ -463,24 +372,15 @@ mod tests {
             ("first0", std::mem::offset_of!(PassParams, first0)),
             ("first1", std::mem::offset_of!(PassParams, first1)),
             ("first2", std::mem::offset_of!(PassParams, first2)),
-            (
-                "tex_width_shift",
-                std::mem::offset_of!(PassParams, tex_width_shift),
-            ),
-            (
-                "tex_layer_shift",
-                std::mem::offset_of!(PassParams, tex_layer_shift),
-            ),
+            ("tex_width_shift", std::mem::offset_of!(PassParams, tex_width_shift)),
+            ("tex_layer_shift", std::mem::offset_of!(PassParams, tex_layer_shift)),
             ("group", std::mem::offset_of!(PassParams, group)),
             ("arg0", std::mem::offset_of!(PassParams, arg0)),
             ("arg1", std::mem::offset_of!(PassParams, arg1)),
             ("arg2", std::mem::offset_of!(PassParams, arg2)),
             ("arg3", std::mem::offset_of!(PassParams, arg3)),
         ];
-        let wgsl: Vec<(&str, usize)> = members
-            .iter()
-            .map(|m| (m.name.as_deref().unwrap(), m.offset as usize))
-            .collect();
+        let wgsl: Vec<(&str, usize)> = members.iter().map(|m| (m.name.as_deref().unwrap(), m.offset as usize)).collect();
         assert_eq!(wgsl, rust);
     }
 
@@ -499,11 +399,7 @@ mod tests {
         ];
         let module = module();
         for (name, value) in want {
-            assert_eq!(
-                crate::gpu::kernel::wgsl_u32_constant(&module, name),
-                Some(value),
-                "{name}"
-            );
+            assert_eq!(crate::gpu::kernel::wgsl_u32_constant(&module, name), Some(value), "{name}");
         }
     }
 }

@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use crate::error::{Error, Result};
 use crate::gpu::context::Context;
 use crate::gpu::tensor::{GpuTensor, Segment};
 use crate::gpu::texture::{self, TableTexture};
@@ -68,29 +69,18 @@ pub struct TableAccess<'a> {
 impl<'a> TableAccess<'a> {
     /// A dense table (rows of its last dimension), read from its buffers.
     pub fn rows(table: &'a GpuTensor) -> Self {
-        TableAccess {
-            units: table.rows(),
-            planes: vec![Plane::new(table, 1)],
-            texture: None,
-        }
+        TableAccess { units: table.rows(), planes: vec![Plane::new(table, 1)], texture: None }
     }
 
     /// A dense table read from its texture copy where the context reads tables from
     /// textures and the table suits one (see [`table_texture`]), else from its buffers.
     pub fn rows_or_texture(ctx: &Context, table: &'a GpuTensor) -> Self {
-        TableAccess {
-            texture: table_texture(ctx, table),
-            ..Self::rows(table)
-        }
+        TableAccess { texture: table_texture(ctx, table), ..Self::rows(table) }
     }
 
     /// A table of `units` units held by `planes` (e.g. a quantized table's elements).
     pub fn planes(units: u64, planes: Vec<Plane<'a>>) -> Self {
-        TableAccess {
-            units,
-            planes,
-            texture: None,
-        }
+        TableAccess { units, planes, texture: None }
     }
 
     /// The texture copy the kernels read, if any.
@@ -102,12 +92,7 @@ impl<'a> TableAccess<'a> {
     /// holds (the texture copy is one slice).
     pub fn slices(&self) -> Vec<TableSlice<'_>> {
         if let Some(t) = self.texture.as_deref() {
-            return vec![TableSlice {
-                lo: 0,
-                hi: self.units,
-                segments: Vec::new(),
-                texture: Some(t),
-            }];
+            return vec![TableSlice { lo: 0, hi: self.units, segments: Vec::new(), texture: Some(t) }];
         }
         let mut cuts: Vec<u64> = vec![0, self.units];
         for plane in &self.planes {
@@ -124,17 +109,10 @@ impl<'a> TableAccess<'a> {
                     .iter()
                     .map(|plane| {
                         let segs = plane.tensor.segments();
-                        segs.iter()
-                            .find(|s| s.rows > 0 && (s.first_row + s.rows) * plane.per_row > w[0])
-                            .unwrap_or(&segs[0])
+                        segs.iter().find(|s| s.rows > 0 && (s.first_row + s.rows) * plane.per_row > w[0]).unwrap_or(&segs[0])
                     })
                     .collect();
-                TableSlice {
-                    lo: w[0],
-                    hi: w[1],
-                    segments,
-                    texture: None,
-                }
+                TableSlice { lo: w[0], hi: w[1], segments, texture: None }
             })
             .collect()
     }
@@ -164,31 +142,35 @@ pub(crate) fn table_texture(ctx: &Context, table: &GpuTensor) -> Option<Arc<Tabl
     Some(t)
 }
 
-fn record_texture_copy(
-    encoder: &mut wgpu::CommandEncoder,
-    texture: &TableTexture,
-    table: &GpuTensor,
-) {
+fn record_texture_copy(encoder: &mut wgpu::CommandEncoder, texture: &TableTexture, table: &GpuTensor) {
     let words = (table.row_len() * table.dtype().size() / 16) as u64;
-    texture.record_copy(
-        encoder,
-        words,
-        table
-            .segments()
-            .iter()
-            .map(|s| (&s.buffer, s.first_row, s.rows)),
-    );
+    texture.record_copy(encoder, words, table.segments().iter().map(|s| (&s.buffer, s.first_row, s.rows)));
 }
 
 /// After `table`'s buffers were rewritten in `encoder` (max-norm renormalisation),
 /// records the copy that brings its texture copy, if it has one, up to date.
 pub(crate) fn refresh_table_texture(encoder: &mut wgpu::CommandEncoder, table: &GpuTensor) {
-    if let Some(t) = table
-        .texture
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-    {
+    if let Some(t) = table.texture.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
         record_texture_copy(encoder, t, table);
     }
+}
+
+/// `rows` rows of `dim`: a positive width, and rows that i32 indices address.
+pub(crate) fn check_table_shape(rows: usize, dim: usize) -> Result<()> {
+    if dim == 0 {
+        return Err(Error::arg("embedding_dim", "expected a positive embedding_dim, got 0"));
+    }
+    if rows as u64 >= i32::MAX as u64 {
+        return Err(Error::arg("num_embeddings", format!("{rows} rows is more than i32 indices can address")));
+    }
+    Ok(())
+}
+
+/// A table of `len` values holds `rows` rows of `dim`, within what the kernels address.
+pub(crate) fn check_table(len: usize, rows: usize, dim: usize) -> Result<()> {
+    check_table_shape(rows, dim)?;
+    if rows.checked_mul(dim) != Some(len) {
+        return Err(Error::arg("weight", format!("expected {rows} x {dim} = {} values, got {len}", rows.saturating_mul(dim))));
+    }
+    Ok(())
 }

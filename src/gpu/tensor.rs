@@ -75,38 +75,19 @@ const MIN_BUFFER: u64 = 16;
 /// Elements, rows and bytes of a tensor of `shape` with rows of `row_len`, refusing
 /// shapes whose sizes overflow, rows that do not tile the shape, and tensors over the
 /// context's budget — all before anything is allocated.
-fn checked_layout(
-    ctx: &Context,
-    shape: &[usize],
-    dtype: DType,
-    row_len: usize,
-) -> Result<(usize, u64, u64)> {
+fn checked_layout(ctx: &Context, shape: &[usize], dtype: DType, row_len: usize) -> Result<(usize, u64, u64)> {
     let numel = shape
         .iter()
         .try_fold(1usize, |n, &d| n.checked_mul(d))
-        .ok_or_else(|| {
-            Error::arg(
-                "shape",
-                format!("shape {shape:?} has more elements than this machine can address"),
-            )
-        })?;
-    let bytes = numel.checked_mul(dtype.size()).ok_or_else(|| {
-        Error::arg(
-            "shape",
-            format!("shape {shape:?} of {dtype:?} needs more bytes than this machine can address"),
-        )
-    })?;
+        .ok_or_else(|| Error::arg("shape", format!("shape {shape:?} has more elements than this machine can address")))?;
+    let bytes = numel
+        .checked_mul(dtype.size())
+        .ok_or_else(|| Error::arg("shape", format!("shape {shape:?} of {dtype:?} needs more bytes than this machine can address")))?;
     let row_len = row_len.max(1);
     if numel % row_len != 0 {
-        return Err(Error::arg(
-            "row_len",
-            format!("rows of {row_len} elements do not tile shape {shape:?} ({numel} elements)"),
-        ));
+        return Err(Error::arg("row_len", format!("rows of {row_len} elements do not tile shape {shape:?} ({numel} elements)")));
     }
-    ctx.check_allocation(
-        &format!("a {dtype:?} tensor of shape {shape:?}"),
-        bytes as u64,
-    )?;
+    ctx.check_allocation(&format!("a {dtype:?} tensor of shape {shape:?}"), bytes as u64)?;
     Ok((numel, (numel / row_len) as u64, bytes as u64))
 }
 
@@ -161,15 +142,9 @@ impl GpuTensor {
     pub fn reshape(&self, shape: &[usize]) -> Result<GpuTensor> {
         let n = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
         if n != Some(self.numel()) {
-            return Err(Error::ShapeMismatch(format!(
-                "cannot view {:?} as {:?}",
-                self.shape, shape
-            )));
+            return Err(Error::ShapeMismatch(format!("cannot view {:?} as {:?}", self.shape, shape)));
         }
-        Ok(GpuTensor {
-            shape: shape.to_vec(),
-            ..self.clone()
-        })
+        Ok(GpuTensor { shape: shape.to_vec(), ..self.clone() })
     }
 
     /// Rows per segment that keep each segment within one binding.
@@ -189,13 +164,7 @@ impl GpuTensor {
     }
 
     /// Uploads host data. `row_len` elements form a row; rows are never split.
-    pub fn from_bytes(
-        ctx: &Context,
-        bytes: &[u8],
-        shape: &[usize],
-        dtype: DType,
-        row_len: usize,
-    ) -> Result<GpuTensor> {
+    pub fn from_bytes(ctx: &Context, bytes: &[u8], shape: &[usize], dtype: DType, row_len: usize) -> Result<GpuTensor> {
         let per = Self::rows_per_segment(ctx, row_len, dtype)?;
         Self::from_bytes_with(ctx, bytes, shape, dtype, row_len, per)
     }
@@ -218,25 +187,36 @@ impl GpuTensor {
         }
         let row_len = row_len.max(1);
         let rb = row_bytes(row_len, dtype) as usize;
-        // Allocation failures (out of memory) come back as errors, not panics.
+        Self::build(ctx, shape, dtype, row_len, rows, rows_per_segment, |first, n| {
+            let chunk = &bytes[first as usize * rb..(first + n) as usize * rb];
+            Ok(if (chunk.len() as u64) < MIN_BUFFER || chunk.len() % 4 != 0 {
+                let mut padded = chunk.to_vec();
+                padded.resize(chunk.len().next_multiple_of(4).max(MIN_BUFFER as usize), 0);
+                create_init(ctx, &padded)
+            } else {
+                create_init(ctx, chunk)
+            })
+        })
+    }
+
+    /// A tensor of `rows` rows in segments of `rows_per_segment`, whose buffers `make`
+    /// creates (given first row and rows) inside error scopes: allocation failures (out
+    /// of memory) come back as errors, not panics.
+    fn build(
+        ctx: &Context,
+        shape: &[usize],
+        dtype: DType,
+        row_len: usize,
+        rows: u64,
+        rows_per_segment: u64,
+        mut make: impl FnMut(u64, u64) -> Result<wgpu::Buffer>,
+    ) -> Result<GpuTensor> {
         let segments = ctx.scoped(|| {
             let mut segments = Vec::new();
             let mut first = 0u64;
             loop {
                 let n = (rows - first).min(rows_per_segment.max(1));
-                let chunk = &bytes[first as usize * rb..(first + n) as usize * rb];
-                let buffer = if (chunk.len() as u64) < MIN_BUFFER || chunk.len() % 4 != 0 {
-                    let mut padded = chunk.to_vec();
-                    padded.resize(chunk.len().next_multiple_of(4).max(MIN_BUFFER as usize), 0);
-                    create_init(ctx, &padded)
-                } else {
-                    create_init(ctx, chunk)
-                };
-                segments.push(Segment {
-                    buffer,
-                    first_row: first,
-                    rows: n,
-                });
+                segments.push(Segment { buffer: make(first, n)?, first_row: first, rows: n });
                 first += n;
                 if first >= rows {
                     break;
@@ -244,13 +224,7 @@ impl GpuTensor {
             }
             Ok(segments)
         })?;
-        Ok(GpuTensor {
-            shape: shape.to_vec(),
-            dtype,
-            row_len,
-            segments: Arc::new(segments),
-            texture: Arc::default(),
-        })
+        Ok(GpuTensor { shape: shape.to_vec(), dtype, row_len, segments: Arc::new(segments), texture: Arc::default() })
     }
 
     /// Uploads f32 data; rows are the last dimension.
@@ -279,60 +253,31 @@ impl GpuTensor {
     }
 
     /// Zero-filled tensor on the GPU.
-    pub fn zeros(
-        ctx: &Context,
-        shape: &[usize],
-        dtype: DType,
-        row_len: usize,
-    ) -> Result<GpuTensor> {
+    pub fn zeros(ctx: &Context, shape: &[usize], dtype: DType, row_len: usize) -> Result<GpuTensor> {
         let per = Self::rows_per_segment(ctx, row_len, dtype)?;
         Self::zeros_with(ctx, shape, dtype, row_len, per)
     }
 
     /// Zero-filled tensor with a chosen number of rows per segment.
-    pub(crate) fn zeros_with(
-        ctx: &Context,
-        shape: &[usize],
-        dtype: DType,
-        row_len: usize,
-        rows_per_segment: u64,
-    ) -> Result<GpuTensor> {
+    pub(crate) fn zeros_with(ctx: &Context, shape: &[usize], dtype: DType, row_len: usize, rows_per_segment: u64) -> Result<GpuTensor> {
         ctx.check_alive()?;
         let (_, rows, _) = checked_layout(ctx, shape, dtype, row_len)?;
         let row_len = row_len.max(1);
         let rb = row_bytes(row_len, dtype);
-        let segments = ctx.scoped(|| {
-            let mut segments = Vec::new();
-            let mut first = 0u64;
-            loop {
-                let n = (rows - first).min(rows_per_segment.max(1));
-                let size = (n * rb).next_multiple_of(4).max(MIN_BUFFER);
-                if size > ctx.limits().max_buffer_size {
-                    return Err(Error::OutOfMemory(format!(
-                        "shape {shape:?} needs a buffer of {size} bytes, over the device's max_buffer_size of {}",
-                        ctx.limits().max_buffer_size
-                    )));
-                }
-                let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("tensor"),
-                    size,
-                    usage: storage_usage(),
-                    mapped_at_creation: false,
-                });
-                segments.push(Segment { buffer, first_row: first, rows: n });
-                first += n;
-                if first >= rows {
-                    break;
-                }
+        Self::build(ctx, shape, dtype, row_len, rows, rows_per_segment, |_, n| {
+            let size = (n * rb).next_multiple_of(4).max(MIN_BUFFER);
+            if size > ctx.limits().max_buffer_size {
+                return Err(Error::OutOfMemory(format!(
+                    "shape {shape:?} needs a buffer of {size} bytes, over the device's max_buffer_size of {}",
+                    ctx.limits().max_buffer_size
+                )));
             }
-            Ok(segments)
-        })?;
-        Ok(GpuTensor {
-            shape: shape.to_vec(),
-            dtype,
-            row_len,
-            segments: Arc::new(segments),
-            texture: Arc::default(),
+            Ok(ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("tensor"),
+                size,
+                usage: storage_usage(),
+                mapped_at_creation: false,
+            }))
         })
     }
 
@@ -372,33 +317,16 @@ impl GpuTensor {
         #[cfg(not(target_arch = "wasm32"))]
         ctx.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| {
-                ctx.check_alive()
-                    .err()
-                    .unwrap_or(Error::Device(e.to_string()))
-            })?;
+            .map_err(|e| ctx.check_alive().err().unwrap_or(Error::Device(e.to_string())))?;
         let mut out = Vec::with_capacity(self.numel() * self.dtype.size());
         for ((buf, bytes), rx) in staging.iter().zip(receivers) {
             match rx.await {
                 Ok(Ok(())) => {}
                 // A lost device fails every mapping; say so rather than "readback failed".
-                Ok(Err(e)) => {
-                    return Err(ctx
-                        .check_alive()
-                        .err()
-                        .unwrap_or_else(|| Error::Device(format!("readback failed: {e}"))))
-                }
-                Err(_) => {
-                    return Err(ctx
-                        .check_alive()
-                        .err()
-                        .unwrap_or_else(|| Error::Device("readback cancelled".into())))
-                }
+                Ok(Err(e)) => return Err(ctx.check_alive().err().unwrap_or_else(|| Error::Device(format!("readback failed: {e}")))),
+                Err(_) => return Err(ctx.check_alive().err().unwrap_or_else(|| Error::Device("readback cancelled".into()))),
             }
-            let view = buf
-                .slice(..)
-                .get_mapped_range()
-                .map_err(|e| Error::Device(format!("readback: {e}")))?;
+            let view = buf.slice(..).get_mapped_range().map_err(|e| Error::Device(format!("readback: {e}")))?;
             out.extend_from_slice(&view[..*bytes as usize]);
             drop(view);
             buf.unmap();
@@ -410,10 +338,7 @@ impl GpuTensor {
     /// Reads an f32 tensor back (async).
     pub async fn read_f32(&self, ctx: &Context) -> Result<Vec<f32>> {
         if self.dtype != DType::F32 {
-            return Err(Error::arg(
-                "tensor",
-                format!("read_f32 on a {:?} tensor", self.dtype),
-            ));
+            return Err(Error::arg("tensor", format!("read_f32 on a {:?} tensor", self.dtype)));
         }
         Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(ctx).await?))
     }
@@ -433,12 +358,7 @@ impl GpuTensor {
     /// A copy on the GPU with `rows_per_segment` rows per buffer (GPU-side copies only).
     pub(crate) fn resegment(&self, ctx: &Context, rows_per_segment: u64) -> Result<GpuTensor> {
         if self.segments.iter().all(|s| s.rows <= rows_per_segment)
-            && self
-                .segments
-                .iter()
-                .rev()
-                .skip(1)
-                .all(|s| s.rows == rows_per_segment)
+            && self.segments.iter().rev().skip(1).all(|s| s.rows == rows_per_segment)
         {
             return Ok(self.clone());
         }
@@ -472,12 +392,7 @@ pub(crate) fn storage_usage() -> wgpu::BufferUsages {
 }
 
 fn create_init(ctx: &Context, contents: &[u8]) -> wgpu::Buffer {
-    ctx.device
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("tensor"),
-            contents,
-            usage: storage_usage(),
-        })
+    ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some("tensor"), contents, usage: storage_usage() })
 }
 
 impl GpuTensor {
@@ -485,11 +400,7 @@ impl GpuTensor {
     /// browsers otherwise free buffers only when they are garbage-collected.
     pub fn release(self) {
         if let Ok(texture) = Arc::try_unwrap(self.texture) {
-            if let Some(Ok(t)) = texture
-                .into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-                .map(Arc::try_unwrap)
-            {
+            if let Some(Ok(t)) = texture.into_inner().unwrap_or_else(|p| p.into_inner()).map(Arc::try_unwrap) {
                 t.destroy();
             }
         }
@@ -507,11 +418,7 @@ impl GpuTensor {
             shape: shape.to_vec(),
             dtype,
             row_len: 1,
-            segments: Arc::new(vec![Segment {
-                buffer,
-                first_row: 0,
-                rows,
-            }]),
+            segments: Arc::new(vec![Segment { buffer, first_row: 0, rows }]),
             texture: Arc::default(),
         }
     }

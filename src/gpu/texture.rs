@@ -46,11 +46,8 @@ impl TableTexture {
                 let (x, r) = (t % width, t / width);
                 let (y, layer) = (r % height, r / height);
                 // A partial texture row, or as many whole rows as the layer has left.
-                let (w, h) = if x != 0 || end - t < width {
-                    ((width - x).min(end - t), 1)
-                } else {
-                    (width, ((end - t) / width).min(height - y))
-                };
+                let (w, h) =
+                    if x != 0 || end - t < width { ((width - x).min(end - t), 1) } else { (width, ((end - t) / width).min(height - y)) };
                 encoder.copy_buffer_to_texture(
                     wgpu::TexelCopyBufferInfo {
                         buffer,
@@ -63,18 +60,10 @@ impl TableTexture {
                     wgpu::TexelCopyTextureInfo {
                         texture: &self.texture,
                         mip_level: 0,
-                        origin: wgpu::Origin3d {
-                            x: x as u32,
-                            y: y as u32,
-                            z: layer as u32,
-                        },
+                        origin: wgpu::Origin3d { x: x as u32, y: y as u32, z: layer as u32 },
                         aspect: wgpu::TextureAspect::All,
                     },
-                    wgpu::Extent3d {
-                        width: w as u32,
-                        height: h as u32,
-                        depth_or_array_layers: 1,
-                    },
+                    wgpu::Extent3d { width: w as u32, height: h as u32, depth_or_array_layers: 1 },
                 );
                 t += w * h;
             }
@@ -92,41 +81,25 @@ pub(crate) fn make(ctx: &Context, texels: u64) -> Option<TableTexture> {
         return None; // the shaders address texels with u32
     }
     let tex_rows = texels.div_ceil(width as u64);
-    let (height, layers, layer_shift) =
-        if ctx.adapter_info().backend == wgpu::Backend::Gl && tex_rows <= max_dim as u64 {
-            // wgpu's GL backend makes a one-layer texture a GL_TEXTURE_2D, which then reads
-            // as zeros through the shaders' 2-D array view: there the rows go over two layers
-            // (of a power-of-two height, so up to twice the table's bytes).
-            let height = tex_rows.div_ceil(2).next_power_of_two() as u32;
-            (height, 2, height.trailing_zeros())
-        } else if tex_rows <= max_dim as u64 {
-            (tex_rows as u32, 1, 31)
-        } else {
-            (
-                max_dim,
-                tex_rows.div_ceil(max_dim as u64),
-                max_dim.trailing_zeros(),
-            )
-        };
+    let (height, layers, layer_shift) = if ctx.adapter_info().backend == wgpu::Backend::Gl && tex_rows <= max_dim as u64 {
+        // wgpu's GL backend makes a one-layer texture a GL_TEXTURE_2D, which then reads
+        // as zeros through the shaders' 2-D array view: there the rows go over two layers
+        // (of a power-of-two height, so up to twice the table's bytes).
+        let height = tex_rows.div_ceil(2).next_power_of_two() as u32;
+        (height, 2, height.trailing_zeros())
+    } else if tex_rows <= max_dim as u64 {
+        (tex_rows as u32, 1, 31)
+    } else {
+        (max_dim, tex_rows.div_ceil(max_dim as u64), max_dim.trailing_zeros())
+    };
     if layers > limits.max_texture_array_layers as u64 {
         return None;
     }
-    if ctx
-        .check_allocation(
-            "a table's texture copy",
-            width as u64 * height as u64 * layers * 16,
-        )
-        .is_err()
-    {
+    if ctx.check_allocation("a table's texture copy", width as u64 * height as u64 * layers * 16).is_err() {
         return None;
     }
     let (texture, view) = word_texture(ctx.device(), "table-texture", width, height, layers as u32);
-    Some(TableTexture {
-        texture,
-        view,
-        width_shift: width.trailing_zeros(),
-        layer_shift,
-    })
+    Some(TableTexture { texture, view, width_shift: width.trailing_zeros(), layer_shift })
 }
 
 impl TableTexture {

@@ -4,33 +4,18 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
-use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
+use crate::gpu::kernel::binding::{INPUT, OUT, PARAMS, TABLE};
+use crate::gpu::kernel::{common, Kernel, ShaderFamily};
 use crate::gpu::plan::{Call, Grid, PassParams, RowPlan};
 use crate::gpu::table::TableAccess;
 use crate::gpu::tensor::{DType, GpuTensor};
 use crate::layers::embedding::out_shape;
 use crate::layers::indices::{upload_rows, Indices};
 
-pub static FAMILY: ShaderFamily = ShaderFamily {
-    name: "axial",
-    parts: &[
-        common::GRID,
-        common::PASS,
-        common::TABLE,
-        include_str!("../../shaders/axial.wgsl"),
-    ],
-};
+pub static FAMILY: ShaderFamily =
+    ShaderFamily { name: "axial", parts: &[common::GRID, common::PASS, common::TABLE, include_str!("../../shaders/axial.wgsl")] };
 
-const AXIAL_PART: Kernel = Kernel {
-    family: &FAMILY,
-    entry: "axial_part",
-    bindings: &[
-        (0, Slot::Uniform, Role::Params),
-        (1, Slot::Read, Role::Table(0)),
-        (2, Slot::Read, Role::Input),
-        (3, Slot::ReadWrite, Role::Out),
-    ],
-};
+const AXIAL_PART: Kernel = Kernel::new(&FAMILY, "axial_part", &[PARAMS, TABLE, INPUT, OUT]);
 
 #[derive(Debug, Clone)]
 pub struct AxialPositionEmbedding {
@@ -51,52 +36,29 @@ impl AxialPositionEmbedding {
     ) -> Result<Self> {
         let [n1, n2] = axial_pos_shape;
         if n1 == 0 || n2 == 0 {
-            return Err(Error::arg(
-                "axial_pos_shape",
-                format!("expected two positive factors, got {axial_pos_shape:?}"),
-            ));
+            return Err(Error::arg("axial_pos_shape", format!("expected two positive factors, got {axial_pos_shape:?}")));
         }
         if (n1 as u64) * (n2 as u64) > i32::MAX as u64 {
-            return Err(Error::arg(
-                "axial_pos_shape",
-                format!("{n1} * {n2} positions is more than i32 position ids can address"),
-            ));
+            return Err(Error::arg("axial_pos_shape", format!("{n1} * {n2} positions is more than i32 position ids can address")));
         }
-        for (k, (w, name)) in [(weight0, "weight0"), (weight1, "weight1")]
-            .into_iter()
-            .enumerate()
-        {
+        for (k, (w, name)) in [(weight0, "weight0"), (weight1, "weight1")].into_iter().enumerate() {
             let (rows, dim) = (axial_pos_shape[k], axial_dims[k]);
             if dim == 0 {
-                return Err(Error::arg(
-                    "axial_pos_embds_dim",
-                    format!("expected positive dimensions, got {axial_dims:?}"),
-                ));
+                return Err(Error::arg("axial_pos_embds_dim", format!("expected positive dimensions, got {axial_dims:?}")));
             }
             if rows.checked_mul(dim) != Some(w.len()) {
-                return Err(Error::arg(
-                    name,
-                    format!(
-                        "expected {rows} x {dim} = {} values, got {}",
-                        rows.saturating_mul(dim),
-                        w.len()
-                    ),
-                ));
+                return Err(Error::arg(name, format!("expected {rows} x {dim} = {} values, got {}", rows.saturating_mul(dim), w.len())));
             }
         }
         let out_row = (axial_dims[0] + axial_dims[1]) as u64 * 4;
         if out_row > ctx.max_binding_size() {
-            return Err(Error::arg("axial_pos_embds_dim", format!("an output row of {out_row} bytes exceeds the device's storage binding size of {} bytes", ctx.max_binding_size())));
+            return Err(Error::arg(
+                "axial_pos_embds_dim",
+                format!("an output row of {out_row} bytes exceeds the device's storage binding size of {} bytes", ctx.max_binding_size()),
+            ));
         }
-        let weights = [
-            GpuTensor::from_f32(ctx, weight0, &[n1, axial_dims[0]])?,
-            GpuTensor::from_f32(ctx, weight1, &[n2, axial_dims[1]])?,
-        ];
-        Ok(AxialPositionEmbedding {
-            weights,
-            shape: axial_pos_shape,
-            dims: axial_dims,
-        })
+        let weights = [GpuTensor::from_f32(ctx, weight0, &[n1, axial_dims[0]])?, GpuTensor::from_f32(ctx, weight1, &[n2, axial_dims[1]])?];
+        Ok(AxialPositionEmbedding { weights, shape: axial_pos_shape, dims: axial_dims })
     }
 
     /// `[n1, n2]`.
@@ -145,17 +107,8 @@ impl AxialPositionEmbedding {
         let dim = self.embedding_dim();
         let per = GpuTensor::rows_per_segment(ctx, dim, DType::F32)?;
         let positions = upload_rows(ctx, &rows, per)?;
-        let out = GpuTensor::zeros_with(
-            ctx,
-            &out_shape(position_ids.shape, dim),
-            DType::F32,
-            dim,
-            per,
-        )?;
-        let tables = [
-            TableAccess::rows(&self.weights[0]),
-            TableAccess::rows(&self.weights[1]),
-        ];
+        let out = GpuTensor::zeros_with(ctx, &out_shape(position_ids.shape, dim), DType::F32, dim, per)?;
+        let tables = [TableAccess::rows(&self.weights[0]), TableAccess::rows(&self.weights[1])];
         ctx.scoped(|| {
             let mut encoder = ctx.encoder();
             for (part, table) in tables.iter().enumerate() {
@@ -167,19 +120,13 @@ impl AxialPositionEmbedding {
                     arg3: if part == 0 { 0 } else { self.dims[0] as u32 },
                     ..Default::default()
                 };
-                let call = Call::new(
-                    &AXIAL_PART,
-                    &[],
-                    Grid::Elements(self.dims[part] as u64),
-                    params,
+                let call = Call::new(&AXIAL_PART, &[], Grid::Elements(self.dims[part] as u64), params);
+                RowPlan { input: Some(&positions), out: Some(&out), table: Some(table), status: None }.record(
+                    ctx,
+                    &mut encoder,
+                    &call,
+                    None,
                 );
-                RowPlan {
-                    input: Some(&positions),
-                    out: Some(&out),
-                    table: Some(table),
-                    status: None,
-                }
-                .record(ctx, &mut encoder, &call, None);
             }
             ctx.submit(encoder)
         })?;

@@ -3,55 +3,25 @@
 
 use crate::error::Result;
 use crate::gpu::context::{Context, WORKGROUP_SIZE};
+use crate::gpu::kernel::binding::{INPUT, OUT, PARAMS, STATUS, TABLE, TEXTURE};
 use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{Call, Grid, PassParams, RowPlan};
 use crate::gpu::status::Status;
+use crate::gpu::table::check_table;
 use crate::gpu::table::{refresh_table_texture, table_texture, TableAccess, TableSlice};
 use crate::gpu::tensor::{DType, GpuTensor, Segment};
 use crate::layers::indices::{normalize_padding_idx, upload_rows, Indices};
-use crate::layers::table::{
-    check_renormalizable, check_table, table_format, table_shape, vec4_lanes, MaxNorm,
-};
+use crate::layers::table::{check_renormalizable, table_format, table_shape, vec4_lanes, MaxNorm};
 
-pub static FAMILY: ShaderFamily = ShaderFamily {
-    name: "embedding",
-    parts: &[
-        common::GRID,
-        common::PASS,
-        common::TABLE,
-        include_str!("../../shaders/embedding.wgsl"),
-    ],
-};
+pub static FAMILY: ShaderFamily =
+    ShaderFamily { name: "embedding", parts: &[common::GRID, common::PASS, common::TABLE, include_str!("../../shaders/embedding.wgsl")] };
 
-const LOOKUP_BINDINGS: &[(u32, Slot, Role)] = &[
-    (0, Slot::Uniform, Role::Params),
-    (1, Slot::Read, Role::Table(0)),
-    (2, Slot::Read, Role::Input),
-    (3, Slot::ReadWrite, Role::Out),
-    (4, Slot::Texture, Role::Texture),
-    (8, Slot::ReadWrite, Role::Status),
-];
-
-const LOOKUP: Kernel = Kernel {
-    family: &FAMILY,
-    entry: "lookup",
-    bindings: LOOKUP_BINDINGS,
-};
-const LOOKUP_VEC4: Kernel = Kernel {
-    family: &FAMILY,
-    entry: "lookup_vec4",
-    bindings: LOOKUP_BINDINGS,
-};
-const RENORM: Kernel = Kernel {
-    family: &FAMILY,
-    entry: "renorm",
-    bindings: &[
-        (0, Slot::Uniform, Role::Params),
-        (1, Slot::ReadWrite, Role::Table(0)),
-        (2, Slot::Read, Role::Input),
-        (7, Slot::ReadWrite, Role::PerSlice),
-    ],
-};
+const LOOKUP_BINDINGS: &[(u32, Slot, Role)] = &[PARAMS, TABLE, INPUT, OUT, TEXTURE, STATUS];
+const LOOKUP: Kernel = Kernel::new(&FAMILY, "lookup", LOOKUP_BINDINGS);
+const LOOKUP_VEC4: Kernel = Kernel::new(&FAMILY, "lookup_vec4", LOOKUP_BINDINGS);
+/// Rewrites table rows in place; one claimed-bit buffer per table slice.
+const RENORM: Kernel =
+    Kernel::new(&FAMILY, "renorm", &[PARAMS, (1, Slot::ReadWrite, Role::Table(0)), INPUT, (7, Slot::ReadWrite, Role::PerSlice), STATUS]);
 
 /// A lookup table on the GPU with PyTorch's `nn.Embedding` semantics.
 #[derive(Debug, Clone)]
@@ -66,31 +36,16 @@ pub struct Embedding {
 impl Embedding {
     /// Builds the layer from a row-major `[num_embeddings, embedding_dim]` table, like
     /// `nn.Embedding.from_pretrained(weight, freeze=True)`.
-    pub fn from_pretrained(
-        ctx: &Context,
-        weight: &[f32],
-        num_embeddings: usize,
-        embedding_dim: usize,
-    ) -> Result<Self> {
+    pub fn from_pretrained(ctx: &Context, weight: &[f32], num_embeddings: usize, embedding_dim: usize) -> Result<Self> {
         check_table(weight.len(), num_embeddings, embedding_dim)?;
-        Self::from_tensor(GpuTensor::from_f32(
-            ctx,
-            weight,
-            &[num_embeddings, embedding_dim],
-        )?)
+        Self::from_tensor(GpuTensor::from_f32(ctx, weight, &[num_embeddings, embedding_dim])?)
     }
 
     /// Builds the layer over a table already on the GPU: `[V, D]` of F32, or of F16 / BF16
     /// (see [`GpuTensor::from_f16`]; read as f32, output f32, no `shader-f16` needed).
     pub fn from_tensor(weight: GpuTensor) -> Result<Self> {
         let (v, d) = table_shape(&weight)?;
-        Ok(Self {
-            weight,
-            num_embeddings: v,
-            embedding_dim: d,
-            padding_idx: None,
-            max_norm: None,
-        })
+        Ok(Self { weight, num_embeddings: v, embedding_dim: d, padding_idx: None, max_norm: None })
     }
 
     /// Sets `padding_idx` (negative counts from the end, as in PyTorch). The forward
@@ -132,12 +87,7 @@ impl Embedding {
     pub fn forward(&self, ctx: &Context, indices: Indices<'_>) -> Result<GpuTensor> {
         let rows = indices.to_rows("indices", self.num_embeddings as u64)?;
         let idx = upload_rows(ctx, &rows, self.batch_rows(ctx)?)?;
-        self.run(
-            ctx,
-            &idx,
-            &out_shape(indices.shape, self.embedding_dim),
-            Some(&rows),
-        )
+        self.run(ctx, &idx, &out_shape(indices.shape, self.embedding_dim), Some(&rows))
     }
 
     /// Looks up indices that already live on the GPU (an i32 tensor). A check kernel
@@ -145,20 +95,10 @@ impl Embedding {
     /// [`Error::IndexOutOfRange`](crate::Error::IndexOutOfRange) and nothing (not the
     /// max-norm table) is written.
     pub fn forward_gpu(&self, ctx: &Context, indices: &GpuTensor) -> Result<GpuTensor> {
-        crate::gpu::index_check::check_gpu_indices(
-            ctx,
-            "indices",
-            indices,
-            self.num_embeddings as u64,
-        )?;
+        crate::gpu::index_check::check_gpu_indices(ctx, "indices", indices, self.num_embeddings as u64)?;
         let idx = indices.resegment(ctx, self.batch_rows(ctx)?)?;
         // The lookup kernel still refuses to read out of range (its status goes unread).
-        self.run(
-            ctx,
-            &idx,
-            &out_shape(indices.shape(), self.embedding_dim),
-            None,
-        )
+        self.run(ctx, &idx, &out_shape(indices.shape(), self.embedding_dim), None)
     }
 
     /// Indices per output segment: an output segment of that many rows fits one binding.
@@ -167,35 +107,15 @@ impl Embedding {
     }
 
     /// `host_rows`: the indices as checked on the host, when they came from the host.
-    fn run(
-        &self,
-        ctx: &Context,
-        idx: &GpuTensor,
-        shape: &[usize],
-        host_rows: Option<&[i32]>,
-    ) -> Result<GpuTensor> {
-        let out = GpuTensor::zeros_with(
-            ctx,
-            shape,
-            DType::F32,
-            self.embedding_dim,
-            self.batch_rows(ctx)?,
-        )?;
+    fn run(&self, ctx: &Context, idx: &GpuTensor, shape: &[usize], host_rows: Option<&[i32]>) -> Result<GpuTensor> {
+        let out = GpuTensor::zeros_with(ctx, shape, DType::F32, self.embedding_dim, self.batch_rows(ctx)?)?;
         let status = Status::new(ctx);
         ctx.scoped(|| {
             let mut encoder = ctx.encoder();
             if let Some(mn) = self.max_norm {
                 renormalize(ctx, &mut encoder, &self.weight, idx, mn)?;
             }
-            record_lookup(
-                ctx,
-                &mut encoder,
-                &self.weight,
-                idx,
-                &out,
-                &status,
-                host_rows,
-            )?;
+            record_lookup(ctx, &mut encoder, &self.weight, idx, &out, &status, host_rows)?;
             ctx.submit(encoder)
         })?;
         // Host indices were checked before upload and GPU-resident ones by the check
@@ -233,50 +153,23 @@ pub(crate) fn record_lookup(
         Some(_) => TableAccess::rows_or_texture(ctx, table),
         None => TableAccess::rows(table),
     };
-    let params = PassParams {
-        dim: d as u32,
-        num_embeddings: v as u32,
-        ..Default::default()
-    };
+    let params = PassParams { dim: d as u32, num_embeddings: v as u32, ..Default::default() };
     let textured = access.texture().is_some() as u32 as f64;
-    let constants = [
-        ("TABLE_FORMAT", format),
-        ("LANES", lanes.unwrap_or(1) as f64),
-        ("TABLE_TEXTURE", textured),
-    ];
+    let constants = [("TABLE_FORMAT", format), ("LANES", lanes.unwrap_or(1) as f64), ("TABLE_TEXTURE", textured)];
     let call = match lanes {
-        Some(lanes) => Call::new(
-            &LOOKUP_VEC4,
-            &constants,
-            Grid::RowsPerGroup((WORKGROUP_SIZE / lanes) as u64),
-            params,
-        ),
+        Some(lanes) => Call::new(&LOOKUP_VEC4, &constants, Grid::RowsPerGroup((WORKGROUP_SIZE / lanes) as u64), params),
         None => Call::new(&LOOKUP, &constants[..1], Grid::Elements(d as u64), params),
     };
     let used = |seg: &Segment, slices: &[TableSlice<'_>]| -> Vec<bool> {
         let mut used = vec![false; slices.len()];
-        for &r in &host_rows.unwrap_or_default()
-            [seg.row_range().start as usize..seg.row_range().end as usize]
-        {
+        for &r in &host_rows.unwrap_or_default()[seg.row_range().start as usize..seg.row_range().end as usize] {
             // Slices hold consecutive rows in order: the last one starting at or before `r`.
-            used[slices
-                .partition_point(|s| s.lo <= r as u64)
-                .saturating_sub(1)] = true;
+            used[slices.partition_point(|s| s.lo <= r as u64).saturating_sub(1)] = true;
         }
         used
     };
-    let plan = RowPlan {
-        input: Some(idx),
-        out: Some(out),
-        table: Some(&access),
-        status: Some(status),
-    };
-    plan.record(
-        ctx,
-        encoder,
-        &call,
-        host_rows.map(|_| &used as &dyn Fn(&Segment, &[TableSlice<'_>]) -> Vec<bool>),
-    );
+    let plan = RowPlan { input: Some(idx), out: Some(out), table: Some(&access), status: Some(status) };
+    plan.record(ctx, encoder, &call, host_rows.map(|_| &used as &dyn Fn(&Segment, &[TableSlice<'_>]) -> Vec<bool>));
     Ok(())
 }
 
@@ -317,17 +210,8 @@ pub(crate) fn renormalize(
         arg1: mn.norm_type.to_bits(),
         ..Default::default()
     };
-    let call = Call {
-        per_slice: &claimed,
-        ..Call::new(&RENORM, &[], Grid::Elements(1), params)
-    };
-    RowPlan {
-        input: Some(idx),
-        out: None,
-        table: Some(&access),
-        status: None,
-    }
-    .record(ctx, encoder, &call, None);
+    let call = Call { per_slice: &claimed, ..Call::new(&RENORM, &[], Grid::Elements(1), params) };
+    RowPlan { input: Some(idx), out: None, table: Some(&access), status: None }.record(ctx, encoder, &call, None);
     refresh_table_texture(encoder, table);
     Ok(())
 }

@@ -4,51 +4,25 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::context::{Context, WORKGROUP_SIZE};
+use crate::gpu::kernel::binding::{COUNTS, INPUT, OFFSETS, OUT, PARAMS, STATUS, TABLE, TEXTURE};
 use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
-use crate::gpu::plan::{
-    BagPlan, Call, Grid, PassParams, MODE_MAX, MODE_MEAN, MODE_SUM, NO_PADDING,
-};
+use crate::gpu::plan::{BagPlan, Call, Grid, PassParams, MODE_MAX, MODE_MEAN, MODE_SUM, NO_PADDING};
 use crate::gpu::status::Status;
+use crate::gpu::table::check_table;
 use crate::gpu::table::TableAccess;
 use crate::gpu::tensor::{DType, GpuTensor};
 use crate::layers::embedding::renormalize;
 use crate::layers::indices::{normalize_padding_idx, Indices};
-use crate::layers::table::{check_table, table_format, table_shape, vec4_lanes, MaxNorm};
+use crate::layers::table::{table_format, table_shape, vec4_lanes, MaxNorm};
 
 pub static FAMILY: ShaderFamily = ShaderFamily {
     name: "embedding_bag",
-    parts: &[
-        common::GRID,
-        common::PASS,
-        common::TABLE,
-        common::BAG,
-        common::BAG_SCALAR,
-        include_str!("../../shaders/embedding_bag.wgsl"),
-    ],
+    parts: &[common::GRID, common::PASS, common::TABLE, common::BAG, common::BAG_SCALAR, include_str!("../../shaders/embedding_bag.wgsl")],
 };
 
-const BAG_BINDINGS: &[(u32, Slot, Role)] = &[
-    (0, Slot::Uniform, Role::Params),
-    (1, Slot::Read, Role::Table(0)),
-    (2, Slot::Read, Role::Input),
-    (3, Slot::ReadWrite, Role::Out),
-    (4, Slot::Texture, Role::Texture),
-    (5, Slot::Read, Role::Offsets),
-    (6, Slot::ReadWrite, Role::Counts),
-    (7, Slot::Read, Role::Weights),
-    (8, Slot::ReadWrite, Role::Status),
-];
-
-const BAG: Kernel = Kernel {
-    family: &FAMILY,
-    entry: "bag",
-    bindings: BAG_BINDINGS,
-};
-const BAG_VEC4: Kernel = Kernel {
-    family: &FAMILY,
-    entry: "bag_vec4",
-    bindings: BAG_BINDINGS,
-};
+const BAG_BINDINGS: &[(u32, Slot, Role)] = &[PARAMS, TABLE, INPUT, OUT, TEXTURE, OFFSETS, COUNTS, (7, Slot::Read, Role::Weights), STATUS];
+const BAG: Kernel = Kernel::new(&FAMILY, "bag", BAG_BINDINGS);
+const BAG_VEC4: Kernel = Kernel::new(&FAMILY, "bag_vec4", BAG_BINDINGS);
 
 /// Table words one `bag_vec4` invocation accumulates per sweep (`CHUNK` in the shader):
 /// on CPU adapters enough to amortise each lane's emulated index load (measured with
@@ -76,10 +50,7 @@ impl BagMode {
             "sum" => Ok(BagMode::Sum),
             "mean" => Ok(BagMode::Mean),
             "max" => Ok(BagMode::Max),
-            _ => Err(Error::arg(
-                "mode",
-                format!("expected 'sum', 'mean' or 'max', got {s:?}"),
-            )),
+            _ => Err(Error::arg("mode", format!("expected 'sum', 'mean' or 'max', got {s:?}"))),
         }
     }
 
@@ -129,20 +100,9 @@ pub(crate) fn plan_bags(
 ) -> Result<HostBags> {
     input.check_shape("input")?;
     let weights_shape = per_sample_weights.map(|(w, shape)| (w.len(), shape));
-    let bounds = plan_bounds(
-        input.shape,
-        input.data.len(),
-        offsets,
-        weights_shape,
-        mode,
-        include_last_offset,
-    )?;
+    let bounds = plan_bounds(input.shape, input.data.len(), offsets, weights_shape, mode, include_last_offset)?;
     let rows = input.to_rows("input", num_embeddings as u64)?;
-    Ok(HostBags {
-        rows,
-        bounds,
-        weights: per_sample_weights.map(|(w, _)| w.to_vec()),
-    })
+    Ok(HostBags { rows, bounds, weights: per_sample_weights.map(|(w, _)| w.to_vec()) })
 }
 
 /// The checks of [`plan_bags`] that need only the input's shape (`n` values), not its
@@ -189,7 +149,10 @@ pub(crate) fn plan_bounds(
     if per_sample_weights.is_some() && mode != BagMode::Sum {
         return Err(Error::arg(
             "per_sample_weights",
-            format!("embedding_bag: per_sample_weights was not None. per_sample_weights is only supported for mode='sum' (got mode='{}')", mode.name()),
+            format!(
+                "embedding_bag: per_sample_weights was not None. per_sample_weights is only supported for mode='sum' (got mode='{}')",
+                mode.name()
+            ),
         ));
     }
     if input_shape.len() == 1 {
@@ -200,27 +163,22 @@ pub(crate) fn plan_bounds(
         }
         if let Some(&last) = starts.last() {
             if last > n as i64 {
-                return Err(Error::arg("offsets", format!("offsets[-1] can not be greater than input's length {n} but got offsets[-1] of {last}")));
+                return Err(Error::arg(
+                    "offsets",
+                    format!("offsets[-1] can not be greater than input's length {n} but got offsets[-1] of {last}"),
+                ));
             }
         }
         for (i, w) in starts.windows(2).enumerate() {
             if w[1] < w[0] {
                 return Err(Error::arg(
                     "offsets",
-                    format!(
-                        "offsets must be non-decreasing, but offsets[{}] = {} < offsets[{i}] = {}",
-                        i + 1,
-                        w[1],
-                        w[0]
-                    ),
+                    format!("offsets must be non-decreasing, but offsets[{}] = {} < offsets[{i}] = {}", i + 1, w[1], w[0]),
                 ));
             }
         }
         if include_last_offset && starts.is_empty() {
-            return Err(Error::arg(
-                "offsets",
-                "include_last_offset: number of offsets should be at least 1",
-            ));
+            return Err(Error::arg("offsets", "include_last_offset: number of offsets should be at least 1"));
         }
     }
     let mut bounds: Vec<u32> = starts.iter().map(|&s| s as u32).collect();
@@ -247,13 +205,7 @@ pub struct EmbeddingBag {
 
 impl EmbeddingBag {
     /// Builds the layer from a row-major `[num_embeddings, embedding_dim]` table.
-    pub fn from_pretrained(
-        ctx: &Context,
-        weight: &[f32],
-        num_embeddings: usize,
-        embedding_dim: usize,
-        mode: BagMode,
-    ) -> Result<Self> {
+    pub fn from_pretrained(ctx: &Context, weight: &[f32], num_embeddings: usize, embedding_dim: usize, mode: BagMode) -> Result<Self> {
         check_table(weight.len(), num_embeddings, embedding_dim)?;
         let weight = GpuTensor::from_f32(ctx, weight, &[num_embeddings, embedding_dim])?;
         Self::from_tensor(weight, mode)
@@ -263,15 +215,7 @@ impl EmbeddingBag {
     /// (read as f32, accumulated and output in f32).
     pub fn from_tensor(weight: GpuTensor, mode: BagMode) -> Result<Self> {
         let (v, d) = table_shape(&weight)?;
-        Ok(Self {
-            weight,
-            num_embeddings: v,
-            embedding_dim: d,
-            mode,
-            padding_idx: None,
-            max_norm: None,
-            include_last_offset: false,
-        })
+        Ok(Self { weight, num_embeddings: v, embedding_dim: d, mode, padding_idx: None, max_norm: None, include_last_offset: false })
     }
 
     /// Rows equal to `padding_idx` are left out of sums, means (and their counts) and maxima.
@@ -312,29 +256,10 @@ impl EmbeddingBag {
         offsets: Option<Indices<'_>>,
         per_sample_weights: Option<(&[f32], &[usize])>,
     ) -> Result<GpuTensor> {
-        let plan = plan_bags(
-            input,
-            offsets,
-            per_sample_weights,
-            self.mode,
-            self.include_last_offset,
-            self.num_embeddings,
-        )?;
-        let idx = GpuTensor::from_bytes(
-            ctx,
-            bytemuck::cast_slice(&plan.rows),
-            &[plan.rows.len()],
-            DType::I32,
-            1,
-        )?;
+        let plan = plan_bags(input, offsets, per_sample_weights, self.mode, self.include_last_offset, self.num_embeddings)?;
+        let idx = GpuTensor::from_bytes(ctx, bytemuck::cast_slice(&plan.rows), &[plan.rows.len()], DType::I32, 1)?;
         let weights = match &plan.weights {
-            Some(w) => Some(GpuTensor::from_bytes(
-                ctx,
-                bytemuck::cast_slice(w),
-                &[w.len()],
-                DType::F32,
-                1,
-            )?),
+            Some(w) => Some(GpuTensor::from_bytes(ctx, bytemuck::cast_slice(w), &[w.len()], DType::F32, 1)?),
             None => None,
         };
         self.run(ctx, &idx, weights.as_ref(), &plan.bounds)
@@ -355,46 +280,22 @@ impl EmbeddingBag {
             if w.dtype() != DType::F32 || w.row_len() != 1 {
                 return Err(Error::arg(
                     "per_sample_weights",
-                    format!(
-                        "expected a flat F32 tensor on the GPU, got {:?} with rows of {}",
-                        w.dtype(),
-                        w.row_len()
-                    ),
+                    format!("expected a flat F32 tensor on the GPU, got {:?} with rows of {}", w.dtype(), w.row_len()),
                 ));
             }
         }
         let weights_shape = per_sample_weights.map(|w| (w.numel(), w.shape()));
-        let bounds = plan_bounds(
-            input.shape(),
-            input.numel(),
-            offsets,
-            weights_shape,
-            self.mode,
-            self.include_last_offset,
-        )?;
-        crate::gpu::index_check::check_gpu_indices(
-            ctx,
-            "input",
-            input,
-            self.num_embeddings as u64,
-        )?;
+        let bounds = plan_bounds(input.shape(), input.numel(), offsets, weights_shape, self.mode, self.include_last_offset)?;
+        crate::gpu::index_check::check_gpu_indices(ctx, "input", input, self.num_embeddings as u64)?;
         // Same segmentation as host-given lists, which `reduce_bags` expects of both.
         let per = GpuTensor::rows_per_segment(ctx, 1, DType::I32)?;
         let idx = input.resegment(ctx, per)?;
-        let weights = per_sample_weights
-            .map(|w| w.resegment(ctx, per))
-            .transpose()?;
+        let weights = per_sample_weights.map(|w| w.resegment(ctx, per)).transpose()?;
         self.run(ctx, &idx, weights.as_ref(), &bounds)
     }
 
     /// Records and submits the reduction of checked indices `idx` over `bounds`.
-    fn run(
-        &self,
-        ctx: &Context,
-        idx: &GpuTensor,
-        weights: Option<&GpuTensor>,
-        bounds: &[u32],
-    ) -> Result<GpuTensor> {
+    fn run(&self, ctx: &Context, idx: &GpuTensor, weights: Option<&GpuTensor>, bounds: &[u32]) -> Result<GpuTensor> {
         let bags = bounds.len() - 1;
         let out = GpuTensor::zeros_with(
             ctx,
@@ -409,22 +310,8 @@ impl EmbeddingBag {
             if let Some(mn) = self.max_norm {
                 renormalize(ctx, &mut encoder, &self.weight, idx, mn)?;
             }
-            let spec = BagSpec {
-                mode: self.mode,
-                padding_idx: self.padding_idx,
-                num_embeddings: self.num_embeddings,
-            };
-            record_bags(
-                ctx,
-                &mut encoder,
-                &self.weight,
-                idx,
-                weights,
-                bounds,
-                &out,
-                &status,
-                spec,
-            )?;
+            let spec = BagSpec { mode: self.mode, padding_idx: self.padding_idx, num_embeddings: self.num_embeddings };
+            record_bags(ctx, &mut encoder, &self.weight, idx, weights, bounds, &out, &status, spec)?;
             ctx.submit(encoder)
         })?;
         Ok(out)
@@ -476,34 +363,12 @@ pub(crate) fn record_bags(
         None => TableAccess::rows(table),
     };
     let textured = access.texture().is_some() as u32 as f64;
-    let constants = [
-        ("TABLE_FORMAT", format),
-        ("LANES", lanes.unwrap_or(1) as f64),
-        ("CHUNK", chunk as f64),
-        ("TABLE_TEXTURE", textured),
-    ];
+    let constants = [("TABLE_FORMAT", format), ("LANES", lanes.unwrap_or(1) as f64), ("CHUNK", chunk as f64), ("TABLE_TEXTURE", textured)];
     let call = match lanes {
-        Some(lanes) => Call::new(
-            &BAG_VEC4,
-            &constants,
-            Grid::RowsPerGroup((WORKGROUP_SIZE / lanes) as u64),
-            spec.params(d),
-        ),
-        None => Call::new(
-            &BAG,
-            &constants[..1],
-            Grid::Elements(d as u64),
-            spec.params(d),
-        ),
+        Some(lanes) => Call::new(&BAG_VEC4, &constants, Grid::RowsPerGroup((WORKGROUP_SIZE / lanes) as u64), spec.params(d)),
+        None => Call::new(&BAG, &constants[..1], Grid::Elements(d as u64), spec.params(d)),
     };
-    let plan = BagPlan {
-        table: &access,
-        entries: idx,
-        weights,
-        bounds,
-        out,
-        status: Some(status),
-    };
+    let plan = BagPlan { table: &access, entries: idx, weights, bounds, out, status: Some(status) };
     plan.record(ctx, encoder, &call);
     Ok(())
 }

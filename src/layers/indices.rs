@@ -49,49 +49,24 @@ pub struct Indices<'a> {
 impl<'a> Indices<'a> {
     /// i64 indices of the given shape.
     pub fn i64(data: &'a [i64], shape: &'a [usize]) -> Self {
-        Indices {
-            data: IndexData::I64(data),
-            shape,
-        }
+        Indices { data: IndexData::I64(data), shape }
     }
 
     /// i32 indices of the given shape.
     pub fn i32(data: &'a [i32], shape: &'a [usize]) -> Self {
-        Indices {
-            data: IndexData::I32(data),
-            shape,
-        }
+        Indices { data: IndexData::I32(data), shape }
     }
 
     /// Checks that the shape matches the number of values.
     pub(crate) fn check_shape(&self, name: &'static str) -> Result<()> {
         let Some(n) = self.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) else {
-            return Err(Error::arg(
-                name,
-                format!(
-                    "shape {:?} has more elements than this machine can address",
-                    self.shape
-                ),
-            ));
+            return Err(Error::arg(name, format!("shape {:?} has more elements than this machine can address", self.shape)));
         };
         if n != self.data.len() {
-            return Err(Error::arg(
-                name,
-                format!(
-                    "shape {:?} holds {n} values but {} were given",
-                    self.shape,
-                    self.data.len()
-                ),
-            ));
+            return Err(Error::arg(name, format!("shape {:?} holds {n} values but {} were given", self.shape, self.data.len())));
         }
         if n as u64 >= u32::MAX as u64 {
-            return Err(Error::arg(
-                name,
-                format!(
-                    "{n} indices is more than one call can address (limit {})",
-                    u32::MAX - 1
-                ),
-            ));
+            return Err(Error::arg(name, format!("{n} indices is more than one call can address (limit {})", u32::MAX - 1)));
         }
         Ok(())
     }
@@ -102,12 +77,7 @@ impl<'a> Indices<'a> {
         let mut out = Vec::with_capacity(self.data.len());
         for (position, value) in self.data.iter().enumerate() {
             if value < 0 || value as u64 >= num_rows {
-                return Err(Error::IndexOutOfRange {
-                    name,
-                    position: position as u64,
-                    value,
-                    num_embeddings: num_rows,
-                });
+                return Err(Error::IndexOutOfRange { name, position: position as u64, value, num_embeddings: num_rows });
             }
             out.push(value as i32);
         }
@@ -116,10 +86,7 @@ impl<'a> Indices<'a> {
 }
 
 /// Normalises a PyTorch-style `padding_idx` (negative counts from the end).
-pub(crate) fn normalize_padding_idx(
-    padding_idx: Option<i64>,
-    num_embeddings: usize,
-) -> Result<Option<u32>> {
+pub(crate) fn normalize_padding_idx(padding_idx: Option<i64>, num_embeddings: usize) -> Result<Option<u32>> {
     match padding_idx {
         None => Ok(None),
         Some(p) => {
@@ -138,12 +105,5 @@ pub(crate) fn normalize_padding_idx(
 /// Uploads checked rows (one index each) as an I32 tensor of `rows_per_segment` rows
 /// per segment, to pair with output segments of as many rows.
 pub(crate) fn upload_rows(ctx: &Context, rows: &[i32], rows_per_segment: u64) -> Result<GpuTensor> {
-    GpuTensor::from_bytes_with(
-        ctx,
-        bytemuck::cast_slice(rows),
-        &[rows.len()],
-        DType::I32,
-        1,
-        rows_per_segment,
-    )
+    GpuTensor::from_bytes_with(ctx, bytemuck::cast_slice(rows), &[rows.len()], DType::I32, 1, rows_per_segment)
 }

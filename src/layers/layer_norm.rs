@@ -5,51 +5,23 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
+use crate::gpu::kernel::binding::{INPUT, OUT, PARAMS, TABLE};
 use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{Call, Grid, PassParams, RowPlan};
 use crate::gpu::tensor::{DType, GpuTensor};
 
-pub static FAMILY: ShaderFamily = ShaderFamily {
-    name: "layer_norm",
-    parts: &[
-        common::GRID,
-        common::PASS,
-        common::TABLE,
-        include_str!("../../shaders/layer_norm.wgsl"),
-    ],
-};
+pub static FAMILY: ShaderFamily =
+    ShaderFamily { name: "layer_norm", parts: &[common::GRID, common::PASS, common::TABLE, include_str!("../../shaders/layer_norm.wgsl")] };
 
 /// Every LayerNorm kernel's bindings: the plan's table, input and output, and gamma
 /// then beta in one buffer, so that no entry point binds more than 4 storage buffers
 /// (the downlevel / GLES 3.1 minimum).
-const BINDINGS: &[(u32, Slot, Role)] = &[
-    (0, Slot::Uniform, Role::Params),
-    (1, Slot::Read, Role::Table(0)),
-    (2, Slot::Read, Role::Input),
-    (3, Slot::ReadWrite, Role::Out),
-    (5, Slot::Read, Role::Extra(0)),
-];
+const BINDINGS: &[(u32, Slot, Role)] = &[PARAMS, TABLE, INPUT, OUT, (5, Slot::Read, Role::Extra(0))];
 
-const LAYER_NORM: Kernel = Kernel {
-    family: &FAMILY,
-    entry: "layer_norm",
-    bindings: BINDINGS,
-};
-pub(crate) const LOOKUP_SUM_LAYER_NORM: Kernel = Kernel {
-    family: &FAMILY,
-    entry: "lookup_sum_layer_norm",
-    bindings: BINDINGS,
-};
-pub(crate) const ACCUMULATE: Kernel = Kernel {
-    family: &FAMILY,
-    entry: "accumulate",
-    bindings: BINDINGS,
-};
-const NORMALIZE_IN_PLACE: Kernel = Kernel {
-    family: &FAMILY,
-    entry: "normalize_in_place",
-    bindings: BINDINGS,
-};
+const LAYER_NORM: Kernel = Kernel::new(&FAMILY, "layer_norm", BINDINGS);
+pub(crate) const LOOKUP_SUM_LAYER_NORM: Kernel = Kernel::new(&FAMILY, "lookup_sum_layer_norm", BINDINGS);
+pub(crate) const ACCUMULATE: Kernel = Kernel::new(&FAMILY, "accumulate", BINDINGS);
+const NORMALIZE_IN_PLACE: Kernel = Kernel::new(&FAMILY, "normalize_in_place", BINDINGS);
 
 /// Invocations per row: enough to cover short rows without idling most of them.
 pub(crate) fn row_threads(dim: usize) -> u32 {
@@ -58,10 +30,7 @@ pub(crate) fn row_threads(dim: usize) -> u32 {
 
 pub(crate) fn check_eps(eps: f32) -> Result<()> {
     if !eps.is_finite() || eps < 0.0 {
-        return Err(Error::arg(
-            "eps",
-            format!("expected a finite eps >= 0, got {eps}"),
-        ));
+        return Err(Error::arg("eps", format!("expected a finite eps >= 0, got {eps}")));
     }
     Ok(())
 }
@@ -76,22 +45,11 @@ pub(crate) struct Affine {
 }
 
 impl Affine {
-    pub(crate) fn new(
-        ctx: &Context,
-        gamma: Option<&[f32]>,
-        beta: Option<&[f32]>,
-        dim: usize,
-    ) -> Result<Self> {
+    pub(crate) fn new(ctx: &Context, gamma: Option<&[f32]>, beta: Option<&[f32]>, dim: usize) -> Result<Self> {
         for (name, v) in [("gamma", gamma), ("beta", beta)] {
             if let Some(v) = v {
                 if v.len() != dim {
-                    return Err(Error::arg(
-                        name,
-                        format!(
-                            "expected {dim} values (the normalized dimension), got {}",
-                            v.len()
-                        ),
-                    ));
+                    return Err(Error::arg(name, format!("expected {dim} values (the normalized dimension), got {}", v.len())));
                 }
             }
         }
@@ -99,7 +57,10 @@ impl Affine {
         // lower `max_binding_size` splits tables, not a LayerNorm's two vectors.
         let device_binding = ctx.limits().max_storage_buffer_binding_size as u64;
         if (dim as u64).saturating_mul(8) > device_binding {
-            return Err(Error::arg("normalized_shape", format!("gamma and beta of {dim} f32 values each exceed the device's storage binding size of {device_binding} bytes")));
+            return Err(Error::arg(
+                "normalized_shape",
+                format!("gamma and beta of {dim} f32 values each exceed the device's storage binding size of {device_binding} bytes"),
+            ));
         }
         let mut both = vec![0.0f32; 2 * dim];
         if let Some(g) = gamma {
@@ -109,19 +70,8 @@ impl Affine {
             both[dim..].copy_from_slice(b);
         }
         // Uploaded as one row so it stays in one buffer.
-        let params = GpuTensor::from_bytes_with(
-            ctx,
-            bytemuck::cast_slice(&both),
-            &[2 * dim],
-            DType::F32,
-            2 * dim,
-            1,
-        )?;
-        Ok(Affine {
-            params,
-            has_gamma: gamma.is_some(),
-            has_beta: beta.is_some(),
-        })
+        let params = GpuTensor::from_bytes_with(ctx, bytemuck::cast_slice(&both), &[2 * dim], DType::F32, 2 * dim, 1)?;
+        Ok(Affine { params, has_gamma: gamma.is_some(), has_beta: beta.is_some() })
     }
 
     pub(crate) fn flags(&self) -> u32 {
@@ -130,21 +80,11 @@ impl Affine {
 
     /// The pass fields of a LayerNorm over rows of `dim` with this affine part.
     pub(crate) fn params(&self, dim: usize, eps: f32) -> PassParams {
-        PassParams {
-            dim: dim as u32,
-            arg0: eps.to_bits(),
-            arg1: self.flags(),
-            ..Default::default()
-        }
+        PassParams { dim: dim as u32, arg0: eps.to_bits(), arg1: self.flags(), ..Default::default() }
     }
 
     /// A LayerNorm kernel's call: a workgroup per row.
-    pub(crate) fn call<'a>(
-        &'a self,
-        kernel: &'a Kernel,
-        constants: &'a [(&'static str, f64)],
-        params: PassParams,
-    ) -> Call<'a> {
+    pub(crate) fn call<'a>(&'a self, kernel: &'a Kernel, constants: &'a [(&'static str, f64)], params: PassParams) -> Call<'a> {
         Call {
             extra: std::slice::from_ref(&self.params.segments()[0].buffer),
             ..Call::new(kernel, constants, Grid::RowsPerGroup(1), params)
@@ -174,25 +114,12 @@ impl LayerNorm {
 
     /// A layer with given parameters, as `F.layer_norm(x, [dim], gamma, beta, eps)`;
     /// either may be `None`.
-    pub fn from_params(
-        ctx: &Context,
-        dim: usize,
-        eps: f32,
-        gamma: Option<&[f32]>,
-        beta: Option<&[f32]>,
-    ) -> Result<Self> {
+    pub fn from_params(ctx: &Context, dim: usize, eps: f32, gamma: Option<&[f32]>, beta: Option<&[f32]>) -> Result<Self> {
         if dim == 0 {
-            return Err(Error::arg(
-                "normalized_shape",
-                "expected a normalized dimension of at least 1, got 0",
-            ));
+            return Err(Error::arg("normalized_shape", "expected a normalized dimension of at least 1, got 0"));
         }
         check_eps(eps)?;
-        Ok(LayerNorm {
-            dim,
-            eps,
-            affine: Affine::new(ctx, gamma, beta, dim)?,
-        })
+        Ok(LayerNorm { dim, eps, affine: Affine::new(ctx, gamma, beta, dim)? })
     }
 
     /// The normalized dimension.
@@ -215,13 +142,7 @@ impl LayerNorm {
         self.check_shape(shape)?;
         let n: usize = shape.iter().product();
         if n != x.len() {
-            return Err(Error::arg(
-                "input",
-                format!(
-                    "shape {shape:?} holds {n} values but {} were given",
-                    x.len()
-                ),
-            ));
+            return Err(Error::arg("input", format!("shape {shape:?} holds {n} values but {} were given", x.len())));
         }
         let x = GpuTensor::from_f32(ctx, x, shape)?;
         self.forward_gpu(ctx, &x)
@@ -233,12 +154,7 @@ impl LayerNorm {
         if x.dtype() != DType::F32 || x.row_len() != self.dim {
             return Err(Error::arg(
                 "input",
-                format!(
-                    "expected an F32 tensor with rows of {}, got {:?} with rows of {}",
-                    self.dim,
-                    x.dtype(),
-                    x.row_len()
-                ),
+                format!("expected an F32 tensor with rows of {}, got {:?} with rows of {}", self.dim, x.dtype(), x.row_len()),
             ));
         }
         // Input and output are segmented alike, so each dispatch pairs one of each.
@@ -246,20 +162,10 @@ impl LayerNorm {
         let x = x.resegment(ctx, per)?;
         let out = GpuTensor::zeros_with(ctx, x.shape(), DType::F32, self.dim, per)?;
         let constants = [("ROW_THREADS", row_threads(self.dim) as f64)];
-        let call = self.affine.call(
-            &LAYER_NORM,
-            &constants,
-            self.affine.params(self.dim, self.eps),
-        );
+        let call = self.affine.call(&LAYER_NORM, &constants, self.affine.params(self.dim, self.eps));
         ctx.scoped(|| {
             let mut encoder = ctx.encoder();
-            RowPlan {
-                input: Some(&x),
-                out: Some(&out),
-                table: None,
-                status: None,
-            }
-            .record(ctx, &mut encoder, &call, None);
+            RowPlan { input: Some(&x), out: Some(&out), table: None, status: None }.record(ctx, &mut encoder, &call, None);
             ctx.submit(encoder)
         })?;
         Ok(out)
@@ -269,7 +175,10 @@ impl LayerNorm {
         if shape.last() != Some(&self.dim) {
             return Err(Error::arg(
                 "input",
-                format!("Given normalized_shape=[{}], expected input with shape [*, {}], but got input of size {shape:?}", self.dim, self.dim),
+                format!(
+                    "Given normalized_shape=[{}], expected input with shape [*, {}], but got input of size {shape:?}",
+                    self.dim, self.dim
+                ),
             ));
         }
         Ok(())
@@ -287,11 +196,5 @@ pub(crate) fn normalize_in_place(
 ) {
     let constants = [("ROW_THREADS", row_threads(dim) as f64)];
     let call = affine.call(&NORMALIZE_IN_PLACE, &constants, affine.params(dim, eps));
-    RowPlan {
-        input: None,
-        out: Some(out),
-        table: None,
-        status: None,
-    }
-    .record(ctx, encoder, &call, None);
+    RowPlan { input: None, out: Some(out), table: None, status: None }.record(ctx, encoder, &call, None);
 }

@@ -53,25 +53,13 @@ mod tests {
             for (pos, &i) in idx_values.iter().enumerate() {
                 let row = &got[pos * d..(pos + 1) * d];
                 if (0..10).contains(&i) {
-                    assert_eq!(
-                        row,
-                        &w[i as usize * d..(i as usize + 1) * d],
-                        "d={d} pos={pos}"
-                    );
+                    assert_eq!(row, &w[i as usize * d..(i as usize + 1) * d], "d={d} pos={pos}");
                 } else {
-                    assert!(
-                        row.iter().all(|&x| x == 0.0),
-                        "d={d} pos={pos}: read outside the table: {row:?}"
-                    );
+                    assert!(row.iter().all(|&x| x == 0.0), "d={d} pos={pos}: read outside the table: {row:?}");
                 }
             }
             match status.check(&ctx, "indices", &idx, 10) {
-                Err(Error::IndexOutOfRange {
-                    name: "indices",
-                    position: 1,
-                    value: 10,
-                    num_embeddings: 10,
-                }) => {}
+                Err(Error::IndexOutOfRange { name: "indices", position: 1, value: 10, num_embeddings: 10 }) => {}
                 other => panic!("d={d}: expected IndexOutOfRange at position 1, got {other:?}"),
             }
         }
@@ -86,33 +74,11 @@ mod tests {
             let idx_values = [3i32, -1, 4, 7, 12];
             let bounds = [0u32, 3, 3, 5];
             let idx = GpuTensor::from_i32(&ctx, &idx_values, &[5]).unwrap();
-            let out = GpuTensor::zeros_with(
-                &ctx,
-                &[3, d],
-                DType::F32,
-                d,
-                BagPlan::bags_per_segment(&ctx, d).unwrap(),
-            )
-            .unwrap();
+            let out = GpuTensor::zeros_with(&ctx, &[3, d], DType::F32, d, BagPlan::bags_per_segment(&ctx, d).unwrap()).unwrap();
             let status = Status::new(&ctx);
-            let spec = BagSpec {
-                mode: BagMode::Sum,
-                padding_idx: None,
-                num_embeddings: 10,
-            };
+            let spec = BagSpec { mode: BagMode::Sum, padding_idx: None, num_embeddings: 10 };
             let mut encoder = ctx.encoder();
-            record_bags(
-                &ctx,
-                &mut encoder,
-                &t,
-                &idx,
-                None,
-                &bounds,
-                &out,
-                &status,
-                spec,
-            )
-            .unwrap();
+            record_bags(&ctx, &mut encoder, &t, &idx, None, &bounds, &out, &status, spec).unwrap();
             ctx.submit(encoder).unwrap();
             let got = out.to_vec_f32(&ctx).unwrap();
             let row = |r: usize, c: usize| w[r * d + c];
@@ -122,12 +88,7 @@ mod tests {
                 assert_eq!(got[2 * d + c], row(7, c), "d={d} bag 2 col {c}");
             }
             match status.check(&ctx, "input", &idx, 10) {
-                Err(Error::IndexOutOfRange {
-                    name: "input",
-                    position: 1,
-                    value: -1,
-                    ..
-                }) => {}
+                Err(Error::IndexOutOfRange { name: "input", position: 1, value: -1, .. }) => {}
                 other => panic!("d={d}: expected IndexOutOfRange at position 1, got {other:?}"),
             }
         }

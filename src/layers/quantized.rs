@@ -4,6 +4,7 @@
 
 use crate::error::Result;
 use crate::gpu::context::Context;
+use crate::gpu::kernel::binding::{COUNTS, INPUT, OFFSETS, OUT, PARAMS, TABLE};
 use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{BagPlan, Call, Grid, PassParams, RowPlan};
 use crate::gpu::tensor::{DType, GpuTensor};
@@ -24,35 +25,13 @@ pub static FAMILY: ShaderFamily = ShaderFamily {
     ],
 };
 
-const LOOKUP: Kernel = Kernel {
-    family: &FAMILY,
-    entry: "lookup",
-    bindings: &[
-        (0, Slot::Uniform, Role::Params),
-        (1, Slot::Read, Role::Table(0)),
-        (2, Slot::Read, Role::Input),
-        (3, Slot::ReadWrite, Role::Out),
-        (9, Slot::Read, Role::Extra(0)),
-        (10, Slot::Read, Role::Table(1)),
-        (11, Slot::Read, Role::Table(2)),
-    ],
-};
+/// The constants buffer (code maps) and the scales planes; plane 0, the codes, is TABLE.
+const CONSTS: (u32, Slot, Role) = (9, Slot::Read, Role::Extra(0));
+const SCALES: (u32, Slot, Role) = (10, Slot::Read, Role::Table(1));
+const SCALES2: (u32, Slot, Role) = (11, Slot::Read, Role::Table(2));
 
-const BAG: Kernel = Kernel {
-    family: &FAMILY,
-    entry: "bag",
-    bindings: &[
-        (0, Slot::Uniform, Role::Params),
-        (1, Slot::Read, Role::Table(0)),
-        (2, Slot::Read, Role::Input),
-        (3, Slot::ReadWrite, Role::Out),
-        (5, Slot::Read, Role::Offsets),
-        (6, Slot::ReadWrite, Role::Counts),
-        (9, Slot::Read, Role::Extra(0)),
-        (10, Slot::Read, Role::Table(1)),
-        (11, Slot::Read, Role::Table(2)),
-    ],
-};
+const LOOKUP: Kernel = Kernel::new(&FAMILY, "lookup", &[PARAMS, TABLE, INPUT, OUT, CONSTS, SCALES, SCALES2]);
+const BAG: Kernel = Kernel::new(&FAMILY, "bag", &[PARAMS, TABLE, INPUT, OUT, OFFSETS, COUNTS, CONSTS, SCALES, SCALES2]);
 
 /// The pass fields a quantized table's kernels read, with `stride` words per index entry.
 fn table_params(t: &QuantizedTable, stride: u32) -> PassParams {
@@ -81,16 +60,7 @@ impl QuantizedEmbedding {
         scheme: Scheme,
         blocksize: Option<usize>,
     ) -> Result<Self> {
-        Ok(Self {
-            table: QuantizedTable::from_pretrained(
-                ctx,
-                weight,
-                num_embeddings,
-                embedding_dim,
-                scheme,
-                blocksize,
-            )?,
-        })
+        Ok(Self { table: QuantizedTable::from_pretrained(ctx, weight, num_embeddings, embedding_dim, scheme, blocksize)? })
     }
 
     /// Looks up in a table quantized before.
@@ -119,12 +89,7 @@ impl QuantizedEmbedding {
     /// kernel bounds-checks them first: the first bad one is reported as
     /// [`Error::IndexOutOfRange`](crate::Error::IndexOutOfRange) and nothing is looked up.
     pub fn forward_gpu(&self, ctx: &Context, indices: &GpuTensor) -> Result<GpuTensor> {
-        crate::gpu::index_check::check_gpu_indices(
-            ctx,
-            "indices",
-            indices,
-            self.table.num_embeddings() as u64,
-        )?;
+        crate::gpu::index_check::check_gpu_indices(ctx, "indices", indices, self.table.num_embeddings() as u64)?;
         let idx = indices.resegment(ctx, self.batch_rows(ctx)?)?;
         self.run(ctx, &idx, indices.shape())
     }
@@ -137,33 +102,14 @@ impl QuantizedEmbedding {
     fn run(&self, ctx: &Context, idx: &GpuTensor, index_shape: &[usize]) -> Result<GpuTensor> {
         let t = &self.table;
         let d = t.embedding_dim();
-        let out = GpuTensor::zeros_with(
-            ctx,
-            &out_shape(index_shape, d),
-            DType::F32,
-            d,
-            self.batch_rows(ctx)?,
-        )?;
+        let out = GpuTensor::zeros_with(ctx, &out_shape(index_shape, d), DType::F32, d, self.batch_rows(ctx)?)?;
         let access = t.access();
         let scheme = [("SCHEME", t.scheme().kernel_scheme() as f64)];
-        let call = Call {
-            extra: std::slice::from_ref(&t.consts),
-            ..Call::new(
-                &LOOKUP,
-                &scheme,
-                Grid::Elements(d as u64),
-                table_params(t, 1),
-            )
-        };
+        let call =
+            Call { extra: std::slice::from_ref(&t.consts), ..Call::new(&LOOKUP, &scheme, Grid::Elements(d as u64), table_params(t, 1)) };
         ctx.scoped(|| {
             let mut encoder = ctx.encoder();
-            RowPlan {
-                input: Some(idx),
-                out: Some(&out),
-                table: Some(&access),
-                status: None,
-            }
-            .record(ctx, &mut encoder, &call, None);
+            RowPlan { input: Some(idx), out: Some(&out), table: Some(&access), status: None }.record(ctx, &mut encoder, &call, None);
             ctx.submit(encoder)
         })?;
         Ok(out)
@@ -190,27 +136,12 @@ impl QuantizedEmbeddingBag {
         blocksize: Option<usize>,
         mode: BagMode,
     ) -> Result<Self> {
-        Ok(Self::new(
-            QuantizedTable::from_pretrained(
-                ctx,
-                weight,
-                num_embeddings,
-                embedding_dim,
-                scheme,
-                blocksize,
-            )?,
-            mode,
-        ))
+        Ok(Self::new(QuantizedTable::from_pretrained(ctx, weight, num_embeddings, embedding_dim, scheme, blocksize)?, mode))
     }
 
     /// Reduces bags over a table quantized before.
     pub fn new(table: QuantizedTable, mode: BagMode) -> Self {
-        Self {
-            table,
-            mode,
-            padding_idx: None,
-            include_last_offset: false,
-        }
+        Self { table, mode, padding_idx: None, include_last_offset: false }
     }
 
     /// Rows equal to `padding_idx` are left out of sums, means (and their counts) and maxima.
@@ -246,73 +177,25 @@ impl QuantizedEmbeddingBag {
     ) -> Result<GpuTensor> {
         let t = &self.table;
         let d = t.embedding_dim();
-        let bags = plan_bags(
-            input,
-            offsets,
-            per_sample_weights,
-            self.mode,
-            self.include_last_offset,
-            t.num_embeddings(),
-        )?;
+        let bags = plan_bags(input, offsets, per_sample_weights, self.mode, self.include_last_offset, t.num_embeddings())?;
         let n = bags.rows.len();
         // Index entries: the row, then (with weights) the weight's bits, so one binding holds both.
         let (entries, stride) = match &bags.weights {
             Some(w) => {
-                let pairs: Vec<i32> = bags
-                    .rows
-                    .iter()
-                    .zip(w)
-                    .flat_map(|(&r, &w)| [r, w.to_bits() as i32])
-                    .collect();
-                (
-                    GpuTensor::from_bytes(
-                        ctx,
-                        bytemuck::cast_slice(&pairs),
-                        &[n, 2],
-                        DType::I32,
-                        2,
-                    )?,
-                    2u32,
-                )
+                let pairs: Vec<i32> = bags.rows.iter().zip(w).flat_map(|(&r, &w)| [r, w.to_bits() as i32]).collect();
+                (GpuTensor::from_bytes(ctx, bytemuck::cast_slice(&pairs), &[n, 2], DType::I32, 2)?, 2u32)
             }
-            None => (
-                GpuTensor::from_bytes(ctx, bytemuck::cast_slice(&bags.rows), &[n], DType::I32, 1)?,
-                1u32,
-            ),
+            None => (GpuTensor::from_bytes(ctx, bytemuck::cast_slice(&bags.rows), &[n], DType::I32, 1)?, 1u32),
         };
-        let out = GpuTensor::zeros_with(
-            ctx,
-            &[bags.bounds.len() - 1, d],
-            DType::F32,
-            d,
-            BagPlan::bags_per_segment(ctx, d)?,
-        )?;
+        let out = GpuTensor::zeros_with(ctx, &[bags.bounds.len() - 1, d], DType::F32, d, BagPlan::bags_per_segment(ctx, d)?)?;
         let access = t.access();
-        let spec = BagSpec {
-            mode: self.mode,
-            padding_idx: self.padding_idx,
-            num_embeddings: t.num_embeddings(),
-        };
-        let params = PassParams {
-            group: t.group(),
-            arg0: stride,
-            ..spec.params(d)
-        };
+        let spec = BagSpec { mode: self.mode, padding_idx: self.padding_idx, num_embeddings: t.num_embeddings() };
+        let params = PassParams { group: t.group(), arg0: stride, ..spec.params(d) };
         let scheme = [("SCHEME", t.scheme().kernel_scheme() as f64)];
-        let call = Call {
-            extra: std::slice::from_ref(&t.consts),
-            ..Call::new(&BAG, &scheme, Grid::Elements(d as u64), params)
-        };
+        let call = Call { extra: std::slice::from_ref(&t.consts), ..Call::new(&BAG, &scheme, Grid::Elements(d as u64), params) };
         ctx.scoped(|| {
             let mut encoder = ctx.encoder();
-            let plan = BagPlan {
-                table: &access,
-                entries: &entries,
-                weights: None,
-                bounds: &bags.bounds,
-                out: &out,
-                status: None,
-            };
+            let plan = BagPlan { table: &access, entries: &entries, weights: None, bounds: &bags.bounds, out: &out, status: None };
             plan.record(ctx, &mut encoder, &call);
             ctx.submit(encoder)
         })?;

@@ -25,18 +25,9 @@ impl StableEmbedding {
     /// xavier-uniform (`bound = sqrt(6 / (num_embeddings + embedding_dim))`) with the
     /// padding row zeroed, gamma = 1, beta = 0. The draw is deterministic in `seed`
     /// (it is not torch's generator). Initialisation is done on the host.
-    pub fn new(
-        ctx: &Context,
-        num_embeddings: usize,
-        embedding_dim: usize,
-        padding_idx: Option<i64>,
-        seed: u64,
-    ) -> Result<Self> {
+    pub fn new(ctx: &Context, num_embeddings: usize, embedding_dim: usize, padding_idx: Option<i64>, seed: u64) -> Result<Self> {
         if embedding_dim == 0 {
-            return Err(Error::arg(
-                "embedding_dim",
-                "expected a positive embedding_dim, got 0",
-            ));
+            return Err(Error::arg("embedding_dim", "expected a positive embedding_dim, got 0"));
         }
         let padding = normalize_padding_idx(padding_idx, num_embeddings)?;
         let weight = xavier_uniform(num_embeddings, embedding_dim, padding, seed);
@@ -65,12 +56,7 @@ impl StableEmbedding {
         let (num_embeddings, embedding_dim) = (weight.rows(), weight.dim());
         let padding_idx = normalize_padding_idx(padding_idx, num_embeddings)?;
         let block = EmbeddingSumLayerNorm::new(ctx, &[weight], gamma, beta, eps)?;
-        Ok(StableEmbedding {
-            block,
-            num_embeddings,
-            embedding_dim,
-            padding_idx,
-        })
+        Ok(StableEmbedding { block, num_embeddings, embedding_dim, padding_idx })
     }
 
     /// Rows in the table.
@@ -104,17 +90,9 @@ impl StableEmbedding {
         indices.check_shape("indices")?;
         // Name the argument as the single-table layer knows it.
         self.block.forward(ctx, &[indices]).map_err(|e| match e {
-            Error::IndexOutOfRange {
-                position,
-                value,
-                num_embeddings,
-                ..
-            } => Error::IndexOutOfRange {
-                name: "indices",
-                position,
-                value,
-                num_embeddings,
-            },
+            Error::IndexOutOfRange { position, value, num_embeddings, .. } => {
+                Error::IndexOutOfRange { name: "indices", position, value, num_embeddings }
+            }
             other => other,
         })
     }

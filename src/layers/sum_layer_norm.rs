@@ -12,15 +12,11 @@ use crate::gpu::plan::{rows_per_segment, Call, Grid, PassParams, RowPlan};
 use crate::gpu::table::{TableAccess, TableSlice};
 use crate::gpu::tensor::{DType, GpuTensor, Segment};
 use crate::layers::indices::Indices;
-use crate::layers::layer_norm::{
-    check_eps, normalize_in_place, row_threads, Affine, ACCUMULATE, LOOKUP_SUM_LAYER_NORM,
-};
+use crate::layers::layer_norm::{check_eps, normalize_in_place, row_threads, Affine, ACCUMULATE, LOOKUP_SUM_LAYER_NORM};
 use crate::layers::table::table_format;
 
 /// Names of the index arguments in errors.
-const INDEX_NAMES: [&str; 8] = [
-    "indices0", "indices1", "indices2", "indices3", "indices4", "indices5", "indices6", "indices7",
-];
+const INDEX_NAMES: [&str; 8] = ["indices0", "indices1", "indices2", "indices3", "indices4", "indices5", "indices6", "indices7"];
 
 fn index_name(k: usize) -> &'static str {
     INDEX_NAMES.get(k).copied().unwrap_or("indices")
@@ -42,32 +38,23 @@ impl EmbeddingSumLayerNorm {
     /// Builds the block from K tables of the same width (any of F32, F16, BF16; mixed
     /// formats are widened to f32, else the format is kept packed) and LayerNorm's
     /// parameters (either may be `None`).
-    pub fn new(
-        ctx: &Context,
-        tables: &[HostTable<'_>],
-        gamma: Option<&[f32]>,
-        beta: Option<&[f32]>,
-        eps: f32,
-    ) -> Result<Self> {
+    pub fn new(ctx: &Context, tables: &[HostTable<'_>], gamma: Option<&[f32]>, beta: Option<&[f32]>, eps: f32) -> Result<Self> {
         let Some(first) = tables.first() else {
-            return Err(Error::arg(
-                "tables",
-                "expected at least one table, got none",
-            ));
+            return Err(Error::arg("tables", "expected at least one table, got none"));
         };
         let dim = first.dim();
         for (k, t) in tables.iter().enumerate() {
             if t.dim() != dim {
-                return Err(Error::ShapeMismatch(format!("table {k} has {} columns but table 0 has {dim}; all tables must have the same width", t.dim())));
+                return Err(Error::ShapeMismatch(format!(
+                    "table {k} has {} columns but table 0 has {dim}; all tables must have the same width",
+                    t.dim()
+                )));
             }
         }
         check_eps(eps)?;
         let total_rows: u64 = tables.iter().map(|t| t.rows() as u64).sum();
         if total_rows >= i32::MAX as u64 {
-            return Err(Error::arg(
-                "tables",
-                format!("{total_rows} rows in all is more than i32 indices can address"),
-            ));
+            return Err(Error::arg("tables", format!("{total_rows} rows in all is more than i32 indices can address")));
         }
         let affine = Affine::new(ctx, gamma, beta, dim)?;
         let same = tables.iter().all(|t| t.dtype() == first.dtype());
@@ -85,14 +72,7 @@ impl EmbeddingSumLayerNorm {
             }
         }
         let table = GpuTensor::from_bytes(ctx, &bytes, &[total_rows as usize, dim], dtype, dim)?;
-        Ok(EmbeddingSumLayerNorm {
-            table,
-            first_rows,
-            table_rows: tables.iter().map(|t| t.rows()).collect(),
-            dim,
-            eps,
-            affine,
-        })
+        Ok(EmbeddingSumLayerNorm { table, first_rows, table_rows: tables.iter().map(|t| t.rows()).collect(), dim, eps, affine })
     }
 
     /// BERT's embedding block from a Hugging Face checkpoint: `{prefix}.word_embeddings.weight`,
@@ -100,33 +80,14 @@ impl EmbeddingSumLayerNorm {
     /// `{prefix}.LayerNorm.weight` / `.bias` (prefix `"embeddings"` for `BertModel`,
     /// `"bert.embeddings"` for its task heads). `eps` is `config.layer_norm_eps` (1e-12 for BERT).
     /// The forward takes indices in that order: input ids, position ids, token type ids.
-    pub fn from_bert_checkpoint(
-        ctx: &Context,
-        checkpoint: &Checkpoint,
-        prefix: &str,
-        eps: f32,
-    ) -> Result<Self> {
+    pub fn from_bert_checkpoint(ctx: &Context, checkpoint: &Checkpoint, prefix: &str, eps: f32) -> Result<Self> {
         let word = checkpoint.table(&format!("{prefix}.word_embeddings.weight"))?;
         let dim = word.dim();
-        let position = checkpoint.table_with_dim(
-            &format!("{prefix}.position_embeddings.weight"),
-            None,
-            dim,
-        )?;
-        let token_type = checkpoint.table_with_dim(
-            &format!("{prefix}.token_type_embeddings.weight"),
-            None,
-            dim,
-        )?;
+        let position = checkpoint.table_with_dim(&format!("{prefix}.position_embeddings.weight"), None, dim)?;
+        let token_type = checkpoint.table_with_dim(&format!("{prefix}.token_type_embeddings.weight"), None, dim)?;
         let gamma = checkpoint.vector(&format!("{prefix}.LayerNorm.weight"), dim)?;
         let beta = checkpoint.vector(&format!("{prefix}.LayerNorm.bias"), dim)?;
-        Self::new(
-            ctx,
-            &[word, position, token_type],
-            Some(&gamma),
-            Some(&beta),
-            eps,
-        )
+        Self::new(ctx, &[word, position, token_type], Some(&gamma), Some(&beta), eps)
     }
 
     /// Number of tables (K).
@@ -165,13 +126,7 @@ impl EmbeddingSumLayerNorm {
     pub fn forward(&self, ctx: &Context, indices: &[Indices<'_>]) -> Result<GpuTensor> {
         let k_count = self.num_tables();
         if indices.len() != k_count {
-            return Err(Error::arg(
-                "indices",
-                format!(
-                    "expected {k_count} index tensors (one per table), got {}",
-                    indices.len()
-                ),
-            ));
+            return Err(Error::arg("indices", format!("expected {k_count} index tensors (one per table), got {}", indices.len())));
         }
         let mut shape: Vec<usize> = Vec::new();
         for (k, idx) in indices.iter().enumerate() {
@@ -184,7 +139,13 @@ impl EmbeddingSumLayerNorm {
             .try_fold(1usize, |n, &d| n.checked_mul(d))
             .filter(|&n| n.checked_mul(k_count).is_some_and(|nk| (nk as u64) < u32::MAX as u64))
             .ok_or_else(|| {
-                Error::arg("indices", format!("the broadcast shape {shape:?} of {k_count} index tensors has more positions than one call can address (limit {})", u32::MAX - 1))
+                Error::arg(
+                    "indices",
+                    format!(
+                        "the broadcast shape {shape:?} of {k_count} index tensors has more positions than one call can address (limit {})",
+                        u32::MAX - 1
+                    ),
+                )
             })?;
         // Interleave the K indices of each output row, offset into the concatenated table.
         let mut rows = vec![0i32; n * k_count];
@@ -194,12 +155,7 @@ impl EmbeddingSumLayerNorm {
             for (pos, out_row) in (0..n).map(|p| (source_position(p, &shape, &strides), p)) {
                 let value = idx.data.get(pos);
                 if value < 0 || value as u64 >= limit {
-                    return Err(Error::IndexOutOfRange {
-                        name: index_name(k),
-                        position: pos as u64,
-                        value,
-                        num_embeddings: limit,
-                    });
+                    return Err(Error::IndexOutOfRange { name: index_name(k), position: pos as u64, value, num_embeddings: limit });
                 }
                 rows[out_row * k_count + k] = (self.first_rows[k] + value as u64) as i32;
             }
@@ -214,63 +170,28 @@ impl EmbeddingSumLayerNorm {
         let n = rows.len() / k_count;
         // Output and index segments pair up: both hold `per` rows.
         let per = rows_per_segment(ctx, &[(self.dim, DType::F32), (k_count, DType::I32)])?;
-        let idx = GpuTensor::from_bytes_with(
-            ctx,
-            bytemuck::cast_slice(rows),
-            &[n, k_count],
-            DType::I32,
-            k_count,
-            per,
-        )?;
+        let idx = GpuTensor::from_bytes_with(ctx, bytemuck::cast_slice(rows), &[n, k_count], DType::I32, k_count, per)?;
         let out = GpuTensor::zeros_with(ctx, out_shape, DType::F32, self.dim, per)?;
         let access = TableAccess::rows(&self.table);
-        let params = PassParams {
-            arg2: k_count as u32,
-            ..self.affine.params(self.dim, self.eps)
-        };
-        let plan = RowPlan {
-            input: Some(&idx),
-            out: Some(&out),
-            table: Some(&access),
-            status: None,
-        };
+        let params = PassParams { arg2: k_count as u32, ..self.affine.params(self.dim, self.eps) };
+        let plan = RowPlan { input: Some(&idx), out: Some(&out), table: Some(&access), status: None };
         let format = table_format(self.table.dtype())?;
         ctx.scoped(|| {
             let mut encoder = ctx.encoder();
             if self.table.segments().len() == 1 {
-                let constants = [
-                    ("TABLE_FORMAT", format),
-                    ("ROW_THREADS", row_threads(self.dim) as f64),
-                ];
-                plan.record(
-                    ctx,
-                    &mut encoder,
-                    &self.affine.call(&LOOKUP_SUM_LAYER_NORM, &constants, params),
-                    None,
-                );
+                let constants = [("TABLE_FORMAT", format), ("ROW_THREADS", row_threads(self.dim) as f64)];
+                plan.record(ctx, &mut encoder, &self.affine.call(&LOOKUP_SUM_LAYER_NORM, &constants, params), None);
             } else {
                 // Table split over several bindings: add table k's rows slice by slice, in
                 // k order, then normalise in place.
                 let constants = [("TABLE_FORMAT", format)];
                 for k in 0..k_count {
-                    let (lo, hi) = (
-                        self.first_rows[k],
-                        self.first_rows[k] + self.table_rows[k] as u64,
-                    );
+                    let (lo, hi) = (self.first_rows[k], self.first_rows[k] + self.table_rows[k] as u64);
                     let call = Call {
                         grid: Grid::Elements(self.dim as u64),
-                        ..self.affine.call(
-                            &ACCUMULATE,
-                            &constants,
-                            PassParams {
-                                arg3: k as u32,
-                                ..params
-                            },
-                        )
+                        ..self.affine.call(&ACCUMULATE, &constants, PassParams { arg3: k as u32, ..params })
                     };
-                    let of_table_k = |_: &Segment, slices: &[TableSlice<'_>]| {
-                        slices.iter().map(|s| s.lo < hi && s.hi > lo).collect()
-                    };
+                    let of_table_k = |_: &Segment, slices: &[TableSlice<'_>]| slices.iter().map(|s| s.lo < hi && s.hi > lo).collect();
                     plan.record(ctx, &mut encoder, &call, Some(&of_table_k));
                 }
                 normalize_in_place(ctx, &mut encoder, &out, self.dim, self.eps, &self.affine);
@@ -286,16 +207,8 @@ pub(crate) fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     let len = a.len().max(b.len());
     let mut out = vec![0; len];
     for i in 0..len {
-        let da = if i + a.len() >= len {
-            a[i + a.len() - len]
-        } else {
-            1
-        };
-        let db = if i + b.len() >= len {
-            b[i + b.len() - len]
-        } else {
-            1
-        };
+        let da = if i + a.len() >= len { a[i + a.len() - len] } else { 1 };
+        let db = if i + b.len() >= len { b[i + b.len() - len] } else { 1 };
         out[i] = match (da, db) {
             (x, y) if x == y => x,
             (1, y) => y,

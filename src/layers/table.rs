@@ -17,18 +17,11 @@ pub struct MaxNorm {
 
 impl MaxNorm {
     /// The setting of `with_max_norm(max_norm, norm_type)` for `table`, checked.
-    pub(crate) fn new(
-        max_norm: Option<f32>,
-        norm_type: f32,
-        table: &GpuTensor,
-    ) -> Result<Option<Self>> {
+    pub(crate) fn new(max_norm: Option<f32>, norm_type: f32, table: &GpuTensor) -> Result<Option<Self>> {
         let Some(max_norm) = max_norm else {
             return Ok(None);
         };
-        let mn = MaxNorm {
-            max_norm,
-            norm_type,
-        };
+        let mn = MaxNorm { max_norm, norm_type };
         mn.validate()?;
         check_renormalizable(table)?;
         Ok(Some(mn))
@@ -36,44 +29,13 @@ impl MaxNorm {
 
     pub(crate) fn validate(&self) -> Result<()> {
         if !self.max_norm.is_finite() || self.max_norm < 0.0 {
-            return Err(Error::arg(
-                "max_norm",
-                format!("expected a finite value >= 0, got {}", self.max_norm),
-            ));
+            return Err(Error::arg("max_norm", format!("expected a finite value >= 0, got {}", self.max_norm)));
         }
         if self.norm_type.is_nan() || self.norm_type < 0.0 {
-            return Err(Error::arg(
-                "norm_type",
-                format!("expected p >= 0 or inf, got {}", self.norm_type),
-            ));
+            return Err(Error::arg("norm_type", format!("expected p >= 0 or inf, got {}", self.norm_type)));
         }
         Ok(())
     }
-}
-
-pub(crate) fn check_table(len: usize, rows: usize, dim: usize) -> Result<()> {
-    if dim == 0 {
-        return Err(Error::arg(
-            "embedding_dim",
-            "expected a positive embedding_dim, got 0",
-        ));
-    }
-    if rows as u64 >= i32::MAX as u64 {
-        return Err(Error::arg(
-            "num_embeddings",
-            format!("{rows} rows is more than i32 indices can address"),
-        ));
-    }
-    if rows.checked_mul(dim) != Some(len) {
-        return Err(Error::arg(
-            "weight",
-            format!(
-                "expected {rows} x {dim} = {} values, got {len}",
-                rows.saturating_mul(dim)
-            ),
-        ));
-    }
-    Ok(())
 }
 
 pub(crate) fn table_shape(t: &GpuTensor) -> Result<(usize, usize)> {
@@ -95,21 +57,14 @@ pub(crate) fn table_shape(t: &GpuTensor) -> Result<(usize, usize)> {
 /// one per row for lookups, and for bags (`words_per_sweep` = Some(CHUNK)) enough that
 /// each invocation sweeps its bag's indices once; lavapipe stops any loop after 65 535
 /// iterations per invocation, so a bag must not be walked several times.
-pub(crate) fn vec4_lanes(
-    ctx: &Context,
-    dtype: DType,
-    dim: usize,
-    words_per_sweep: Option<u32>,
-) -> Option<u32> {
+pub(crate) fn vec4_lanes(ctx: &Context, dtype: DType, dim: usize, words_per_sweep: Option<u32>) -> Option<u32> {
     let words = match dtype {
         DType::F32 if dim % 4 == 0 => dim / 4,
         DType::F16 | DType::BF16 if dim % 8 == 0 => dim / 8,
         _ => return None,
     } as u32;
     if ctx.adapter_info().device_type == wgpu::DeviceType::Cpu {
-        return Some(words_per_sweep.map_or(1, |c| {
-            words.div_ceil(c).next_power_of_two().min(WORKGROUP_SIZE)
-        }));
+        return Some(words_per_sweep.map_or(1, |c| words.div_ceil(c).next_power_of_two().min(WORKGROUP_SIZE)));
     }
     Some(words.next_power_of_two().min(WORKGROUP_SIZE))
 }
@@ -120,10 +75,7 @@ pub(crate) fn table_format(dtype: DType) -> Result<f64> {
         DType::F32 => Ok(0.0),
         DType::F16 => Ok(1.0),
         DType::BF16 => Ok(2.0),
-        other => Err(Error::arg(
-            "weight",
-            format!("expected an F32, F16 or BF16 table, got {other:?}"),
-        )),
+        other => Err(Error::arg("weight", format!("expected an F32, F16 or BF16 table, got {other:?}"))),
     }
 }
 
@@ -132,10 +84,7 @@ pub(crate) fn check_renormalizable(table: &GpuTensor) -> Result<()> {
     if table.dtype() != DType::F32 {
         return Err(Error::arg(
             "max_norm",
-            format!(
-                "max_norm renormalises the table in place and needs an F32 table, got a {:?} table",
-                table.dtype()
-            ),
+            format!("max_norm renormalises the table in place and needs an F32 table, got a {:?} table", table.dtype()),
         ));
     }
     Ok(())

@@ -15,14 +15,8 @@ use crate::gpu::table::{Plane, TableAccess};
 use crate::gpu::tensor::{DType, GpuTensor};
 use crate::quant::codes::{constants, constants_buffer, CodeMap};
 
-pub static FAMILY: ShaderFamily = ShaderFamily {
-    name: "quantize",
-    parts: &[
-        common::GRID,
-        common::CODES,
-        include_str!("../../shaders/quantize.wgsl"),
-    ],
-};
+pub static FAMILY: ShaderFamily =
+    ShaderFamily { name: "quantize", parts: &[common::GRID, common::CODES, include_str!("../../shaders/quantize.wgsl")] };
 
 /// The block-wise kernels bind their buffers themselves (binding `i` is the `i`-th
 /// resource they pass): they walk elements of flat tensors, not a plan's rows.
@@ -34,30 +28,22 @@ const QUANT_BINDINGS: &[(u32, Slot, Role)] = &[
     (4, Slot::ReadWrite, Role::Extra(4)),
 ];
 
-const fn kernel(entry: &'static str) -> Kernel {
-    Kernel {
-        family: &FAMILY,
-        entry,
-        bindings: QUANT_BINDINGS,
-    }
-}
-
-pub(crate) const ABSMAX: Kernel = kernel("absmax");
-pub(crate) const ENCODE: Kernel = kernel("encode");
-pub(crate) const FINISH_SCALES: Kernel = kernel("finish_scales");
-pub(crate) const SUM_PARTIALS: Kernel = kernel("sum_partials");
-pub(crate) const MEAN_FINAL: Kernel = kernel("mean_final");
-pub(crate) const DEQUANTIZE: Kernel = Kernel {
-    family: &FAMILY,
-    entry: "dequantize",
-    bindings: &[
+pub(crate) const ABSMAX: Kernel = Kernel::new(&FAMILY, "absmax", QUANT_BINDINGS);
+pub(crate) const ENCODE: Kernel = Kernel::new(&FAMILY, "encode", QUANT_BINDINGS);
+pub(crate) const FINISH_SCALES: Kernel = Kernel::new(&FAMILY, "finish_scales", QUANT_BINDINGS);
+pub(crate) const SUM_PARTIALS: Kernel = Kernel::new(&FAMILY, "sum_partials", QUANT_BINDINGS);
+pub(crate) const MEAN_FINAL: Kernel = Kernel::new(&FAMILY, "mean_final", QUANT_BINDINGS);
+pub(crate) const DEQUANTIZE: Kernel = Kernel::new(
+    &FAMILY,
+    "dequantize",
+    &[
         (0, Slot::Uniform, Role::Extra(0)),
         (1, Slot::Read, Role::Extra(1)),
         (2, Slot::Read, Role::Extra(2)),
         (3, Slot::Read, Role::Extra(3)),
         (4, Slot::ReadWrite, Role::Extra(4)),
     ],
-};
+);
 
 /// Values `sum_partials` adds up per workgroup (64 invocations × 16).
 const SUM_CHUNK: u64 = 1024;
@@ -98,72 +84,47 @@ pub struct Blockwise {
 
 /// `bitsandbytes.functional.quantize_blockwise(x, code, blocksize)` over the elements of
 /// `x` (any f32 tensor, taken flat).
-pub fn quantize_blockwise(
-    ctx: &Context,
-    x: &GpuTensor,
-    blocksize: usize,
-    code: CodeMap,
-) -> Result<Blockwise> {
+pub fn quantize_blockwise(ctx: &Context, x: &GpuTensor, blocksize: usize, code: CodeMap) -> Result<Blockwise> {
     check_blocksize(blocksize)?;
     if x.dtype() != DType::F32 {
-        return Err(Error::arg(
-            "x",
-            format!("expected an F32 tensor, got {:?}", x.dtype()),
-        ));
+        return Err(Error::arg("x", format!("expected an F32 tensor, got {:?}", x.dtype())));
     }
     let numel = x.numel() as u64;
     if numel > MAX_ELEMENTS {
         return Err(Error::arg("x", format!("{numel} elements is more than the quantization kernels address (limit {MAX_ELEMENTS})")));
     }
-    let blocks = numel.div_ceil(blocksize as u64) as usize;
-    let codes = GpuTensor::zeros(ctx, &[numel as usize], DType::U8, 1)?;
-    let absmax = GpuTensor::zeros(ctx, &[blocks], DType::F32, 1)?;
     let consts = constants_buffer(ctx, &constants(&code.values(), None));
-    ctx.scoped(|| {
-        let mut encoder = ctx.encoder();
-        let step = Step {
-            ctx,
-            consts: &consts,
-            group: blocksize as u64,
-            numel,
-        };
-        step.absmax(&mut encoder, x, &absmax, PRE_NONE);
-        step.encode(&mut encoder, x, &absmax, &codes, SCHEME_MAP, PRE_NONE, 1);
-        ctx.submit(encoder)
+    let (codes, absmax) = blockwise_codes(ctx, x, numel, blocksize as u64, &consts)?;
+    Ok(Blockwise { codes, absmax, blocksize, code })
+}
+
+/// Block-wise codes (one byte per element, `consts`' map) and absmax of the first
+/// `numel` elements of `x`: `quantize_blockwise`'s two kernels, in one submission.
+pub(crate) fn blockwise_codes(
+    ctx: &Context,
+    x: &GpuTensor,
+    numel: u64,
+    blocksize: u64,
+    consts: &wgpu::Buffer,
+) -> Result<(GpuTensor, GpuTensor)> {
+    let codes = GpuTensor::zeros(ctx, &[numel as usize], DType::U8, 1)?;
+    let absmax = GpuTensor::zeros(ctx, &[numel.div_ceil(blocksize) as usize], DType::F32, 1)?;
+    Step { ctx, consts, group: blocksize, numel }.submit(|step, encoder| {
+        step.absmax(encoder, x, &absmax, PRE_NONE);
+        step.encode(encoder, x, &absmax, &codes, SCHEME_MAP, PRE_NONE, 1);
     })?;
-    Ok(Blockwise {
-        codes,
-        absmax,
-        blocksize,
-        code,
-    })
+    Ok((codes, absmax))
 }
 
 /// `bitsandbytes.functional.dequantize_blockwise`: `out[i] = code[codes[i]] * absmax[i / blocksize]`.
 /// `codes` is a U8 tensor (taken flat), `absmax` F32 with one value per block.
-pub fn dequantize_blockwise(
-    ctx: &Context,
-    codes: &GpuTensor,
-    absmax: &GpuTensor,
-    blocksize: usize,
-    code: CodeMap,
-) -> Result<GpuTensor> {
+pub fn dequantize_blockwise(ctx: &Context, codes: &GpuTensor, absmax: &GpuTensor, blocksize: usize, code: CodeMap) -> Result<GpuTensor> {
     check_blocksize(blocksize)?;
     if codes.dtype() != DType::U8 || codes.row_len() != 1 {
-        return Err(Error::arg(
-            "codes",
-            format!(
-                "expected a flat U8 tensor, got {:?} with rows of {}",
-                codes.dtype(),
-                codes.row_len()
-            ),
-        ));
+        return Err(Error::arg("codes", format!("expected a flat U8 tensor, got {:?} with rows of {}", codes.dtype(), codes.row_len())));
     }
     if absmax.dtype() != DType::F32 {
-        return Err(Error::arg(
-            "absmax",
-            format!("expected an F32 tensor, got {:?}", absmax.dtype()),
-        ));
+        return Err(Error::arg("absmax", format!("expected an F32 tensor, got {:?}", absmax.dtype())));
     }
     let numel = codes.numel() as u64;
     if numel > MAX_ELEMENTS {
@@ -173,27 +134,16 @@ pub fn dequantize_blockwise(
     if absmax.numel() as u64 != blocks {
         return Err(Error::arg(
             "absmax",
-            format!(
-                "expected {blocks} values ({numel} codes in blocks of {blocksize}), got {}",
-                absmax.numel()
-            ),
+            format!("expected {blocks} values ({numel} codes in blocks of {blocksize}), got {}", absmax.numel()),
         ));
     }
     let out = GpuTensor::zeros(ctx, &[numel as usize], DType::F32, 1)?;
     let consts = constants_buffer(ctx, &constants(&code.values(), None));
     ctx.scoped(|| {
         let mut encoder = ctx.encoder();
-        let planes = [
-            Plane::new(codes, 1),
-            Plane::new(absmax, blocksize as u64),
-            Plane::new(&out, 1),
-        ];
+        let planes = [Plane::new(codes, 1), Plane::new(absmax, blocksize as u64), Plane::new(&out, 1)];
         for piece in TableAccess::planes(numel, planes.to_vec()).slices() {
-            let [c, a, o] = [
-                piece.plane_segment(0),
-                piece.plane_segment(1),
-                piece.plane_segment(2),
-            ];
+            let [c, a, o] = [piece.plane_segment(0), piece.plane_segment(1), piece.plane_segment(2)];
             let params = QuantParams {
                 lo: piece.lo as u32,
                 hi: piece.hi as u32,
@@ -209,13 +159,7 @@ pub fn dequantize_blockwise(
                 &mut encoder,
                 &DEQUANTIZE,
                 &[],
-                &[
-                    uniform.as_entire_binding(),
-                    consts.as_entire_binding(),
-                    c.binding(),
-                    a.binding(),
-                    o.binding(),
-                ],
+                &[uniform.as_entire_binding(), consts.as_entire_binding(), c.binding(), a.binding(), o.binding()],
                 piece.hi - piece.lo,
             );
         }
@@ -262,6 +206,15 @@ pub(crate) struct Step<'a> {
 }
 
 impl Step<'_> {
+    /// Records `record`'s kernels into one encoder and submits it, inside error scopes.
+    pub fn submit(&self, record: impl FnOnce(&Self, &mut wgpu::CommandEncoder)) -> Result<()> {
+        self.ctx.scoped(|| {
+            let mut encoder = self.ctx.encoder();
+            record(self, &mut encoder);
+            self.ctx.submit(encoder)
+        })
+    }
+
     fn params(&self, lo: u64, hi: u64) -> QuantParams {
         QuantParams {
             lo: lo as u32,
@@ -276,17 +229,8 @@ impl Step<'_> {
     }
 
     /// absmax of every group of `input` (after `pre`) into `out` (F32, one per group, zeroed).
-    pub fn absmax(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        input: &GpuTensor,
-        out: &GpuTensor,
-        pre: u32,
-    ) {
-        let planes = [
-            Plane::new(input, input.row_len() as u64),
-            Plane::new(out, self.group),
-        ];
+    pub fn absmax(&self, encoder: &mut wgpu::CommandEncoder, input: &GpuTensor, out: &GpuTensor, pre: u32) {
+        let planes = [Plane::new(input, input.row_len() as u64), Plane::new(out, self.group)];
         let dummy = self.ctx.placeholder_buffer();
         for piece in TableAccess::planes(self.numel, planes.to_vec()).slices() {
             let (i, o) = (piece.plane_segment(0), piece.plane_segment(1));
@@ -301,13 +245,7 @@ impl Step<'_> {
                 encoder,
                 &ABSMAX,
                 &[("PRE", pre as f64)],
-                &[
-                    uniform.as_entire_binding(),
-                    self.consts.as_entire_binding(),
-                    i.binding(),
-                    o.binding(),
-                    dummy.as_entire_binding(),
-                ],
+                &[uniform.as_entire_binding(), self.consts.as_entire_binding(), i.binding(), o.binding(), dummy.as_entire_binding()],
                 groups,
             );
         }
@@ -326,17 +264,9 @@ impl Step<'_> {
         pre: u32,
         per_byte: u64,
     ) {
-        let planes = [
-            Plane::new(input, input.row_len() as u64),
-            Plane::new(scales, self.group),
-            Plane::new(codes, per_byte),
-        ];
+        let planes = [Plane::new(input, input.row_len() as u64), Plane::new(scales, self.group), Plane::new(codes, per_byte)];
         for piece in TableAccess::planes(self.numel, planes.to_vec()).slices() {
-            let (i, s, c) = (
-                piece.plane_segment(0),
-                piece.plane_segment(1),
-                piece.plane_segment(2),
-            );
+            let (i, s, c) = (piece.plane_segment(0), piece.plane_segment(1), piece.plane_segment(2));
             let params = QuantParams {
                 in_first: (i.first_row * input.row_len() as u64) as u32,
                 scale_first: s.first_row as u32,
@@ -348,32 +278,17 @@ impl Step<'_> {
                 encoder,
                 &ENCODE,
                 &[("SCHEME", scheme as f64), ("PRE", pre as f64)],
-                &[
-                    uniform.as_entire_binding(),
-                    self.consts.as_entire_binding(),
-                    i.binding(),
-                    s.binding(),
-                    c.binding(),
-                ],
+                &[uniform.as_entire_binding(), self.consts.as_entire_binding(), i.binding(), s.binding(), c.binding()],
                 piece.hi - piece.lo,
             );
         }
     }
 
     /// Row-wise scales become absmax / 127; a 4-bit partial last block's absmax is floored.
-    pub fn finish_scales(
-        &self,
-        encoder: &mut wgpu::CommandEncoder,
-        scales: &GpuTensor,
-        scheme: u32,
-    ) {
+    pub fn finish_scales(&self, encoder: &mut wgpu::CommandEncoder, scales: &GpuTensor, scheme: u32) {
         let (d1, d2) = (self.ctx.placeholder_buffer(), unused(self.ctx));
         for seg in scales.segments() {
-            let params = QuantParams {
-                scale_first: seg.first_row as u32,
-                count: seg.rows as u32,
-                ..self.params(0, 0)
-            };
+            let params = QuantParams { scale_first: seg.first_row as u32, count: seg.rows as u32, ..self.params(0, 0) };
             let uniform = self.ctx.uniform(&params);
             self.ctx.dispatch(
                 encoder,
@@ -394,11 +309,7 @@ impl Step<'_> {
     /// The mean of `values` (F32, flat) into the constants' offset slot.
     pub fn mean(&self, encoder: &mut wgpu::CommandEncoder, values: &GpuTensor) {
         let n = values.numel() as u64;
-        let total: u64 = values
-            .segments()
-            .iter()
-            .map(|s| s.rows.div_ceil(SUM_CHUNK))
-            .sum();
+        let total: u64 = values.segments().iter().map(|s| s.rows.div_ceil(SUM_CHUNK)).sum();
         let partials = self.ctx.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some("partial-sums"),
             size: (total.max(1) * 8).max(16),
@@ -430,11 +341,7 @@ impl Step<'_> {
             );
             base += workgroups;
         }
-        let params = QuantParams {
-            numel: n as u32,
-            count: total as u32,
-            ..self.params(0, 0)
-        };
+        let params = QuantParams { numel: n as u32, count: total as u32, ..self.params(0, 0) };
         let uniform = self.ctx.uniform(&params);
         let d2 = unused(self.ctx);
         self.ctx.dispatch_groups(

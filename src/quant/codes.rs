@@ -33,10 +33,7 @@ impl CodeMap {
         match s {
             "dynamic" => Ok(CodeMap::Dynamic),
             "linear" => Ok(CodeMap::Linear),
-            _ => Err(Error::arg(
-                "code",
-                format!("expected 'dynamic' or 'linear', got {s:?}"),
-            )),
+            _ => Err(Error::arg("code", format!("expected 'dynamic' or 'linear', got {s:?}"))),
         }
     }
 
@@ -55,15 +52,7 @@ impl CodeMap {
 fn linspace(start: f32, end: f32, steps: usize) -> Vec<f32> {
     let step = (end - start) / (steps - 1) as f32;
     let half = steps / 2;
-    (0..steps)
-        .map(|i| {
-            if i < half {
-                step.mul_add(i as f32, start)
-            } else {
-                (-step).mul_add((steps - i - 1) as f32, end)
-            }
-        })
-        .collect()
+    (0..steps).map(|i| if i < half { step.mul_add(i as f32, start) } else { (-step).mul_add((steps - i - 1) as f32, end) }).collect()
 }
 
 /// bitsandbytes' `create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8)`.
@@ -126,10 +115,7 @@ impl FourBit {
                 1.0,
             ],
             FourBit::Fp4 => {
-                let raw: [f32; 16] = [
-                    0.0, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0, -0.0, -0.0625, -8.0, -12.0, -4.0,
-                    -6.0, -2.0, -3.0,
-                ];
+                let raw: [f32; 16] = [0.0, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0, -0.0, -0.0625, -8.0, -12.0, -4.0, -6.0, -2.0, -3.0];
                 raw.map(|x| x / 12.0)
             }
         }
@@ -179,12 +165,11 @@ pub(crate) fn constants(map: &[f32; 256], four_bit: Option<FourBit>) -> Vec<u32>
 }
 
 pub(crate) fn constants_buffer(ctx: &Context, words: &[u32]) -> wgpu::Buffer {
-    ctx.device()
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("quantization-constants"),
-            contents: bytemuck::cast_slice(words),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        })
+    ctx.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("quantization-constants"),
+        contents: bytemuck::cast_slice(words),
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    })
 }
 
 #[cfg(test)]
@@ -193,14 +178,9 @@ mod layout_tests {
 
     #[test]
     fn constants_layout_matches_codes_wgsl() {
-        let source = [
-            include_str!("../../shaders/common/codes.wgsl"),
-            "var<private> consts: array<u32, 576>;",
-        ]
-        .concat();
+        let source = [include_str!("../../shaders/common/codes.wgsl"), "var<private> consts: array<u32, 576>;"].concat();
         let module = naga::front::wgsl::parse_str(&source).expect("codes.wgsl parses");
-        let wgsl =
-            |name: &str| crate::gpu::kernel::wgsl_u32_constant(&module, name).map(|v| v as usize);
+        let wgsl = |name: &str| crate::gpu::kernel::wgsl_u32_constant(&module, name).map(|v| v as usize);
         for (name, value) in [
             ("C_THRESH", C_THRESH),
             ("C_T4", C_T4),
@@ -273,10 +253,7 @@ mod tests {
         }
         for bad in [0, 32, 100, 8192] {
             let e = check_blocksize(bad).unwrap_err().to_string();
-            assert!(
-                e.contains(&format!("blocksize {bad} is not supported")),
-                "{e}"
-            );
+            assert!(e.contains(&format!("blocksize {bad} is not supported")), "{e}");
         }
     }
 }

@@ -14,12 +14,10 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
-use crate::gpu::table::{Plane, TableAccess};
+use crate::gpu::table::{check_table, Plane, TableAccess};
 use crate::gpu::tensor::{DType, GpuTensor};
-use crate::layers::table::check_table;
 use crate::quant::blockwise::{
-    check_blocksize, Step, MAX_ELEMENTS, PRE_F16, PRE_NONE, PRE_OFFSET, SCHEME_4BIT, SCHEME_MAP,
-    SCHEME_ROWWISE,
+    blockwise_codes, check_blocksize, Step, MAX_ELEMENTS, PRE_F16, PRE_NONE, PRE_OFFSET, SCHEME_4BIT, SCHEME_MAP, SCHEME_ROWWISE,
 };
 use crate::quant::codes::{constants, constants_buffer, CodeMap, FourBit};
 
@@ -47,10 +45,7 @@ impl Scheme {
             "int8_rowwise" => Ok(Scheme::Int8Rowwise),
             "nf4" => Ok(Scheme::Nf4),
             "fp4" => Ok(Scheme::Fp4),
-            _ => Err(Error::arg(
-                "scheme",
-                format!("expected 'int8_blockwise', 'int8_rowwise', 'nf4' or 'fp4', got {s:?}"),
-            )),
+            _ => Err(Error::arg("scheme", format!("expected 'int8_blockwise', 'int8_rowwise', 'nf4' or 'fp4', got {s:?}"))),
         }
     }
 
@@ -124,41 +119,22 @@ impl QuantizedTable {
         check_table(weight.len(), num_embeddings, embedding_dim)?;
         let blocksize = Self::check(scheme, blocksize, weight.len())?;
         // Uploaded flat: the quantization kernels read elements, not rows.
-        let table = GpuTensor::from_bytes(
-            ctx,
-            bytemuck::cast_slice(weight),
-            &[weight.len()],
-            DType::F32,
-            1,
-        )?;
-        let q = Self::build(
-            ctx,
-            &table,
-            num_embeddings,
-            embedding_dim,
-            scheme,
-            blocksize,
-        );
+        let table = GpuTensor::from_bytes(ctx, bytemuck::cast_slice(weight), &[weight.len()], DType::F32, 1)?;
+        let q = Self::build(ctx, &table, num_embeddings, embedding_dim, scheme, blocksize);
         table.release();
         q
     }
 
     /// Quantizes a `[V, D]` f32 table already on the GPU (it is left as it is).
-    pub fn from_tensor(
-        ctx: &Context,
-        weight: &GpuTensor,
-        scheme: Scheme,
-        blocksize: Option<usize>,
-    ) -> Result<Self> {
+    pub fn from_tensor(ctx: &Context, weight: &GpuTensor, scheme: Scheme, blocksize: Option<usize>) -> Result<Self> {
         let (v, d) = match weight.shape() {
             [v, d] if weight.dtype() == DType::F32 && *d > 0 => (*v, *d),
-            s => return Err(Error::arg(
-                "weight",
-                format!(
-                    "expected a 2-D F32 table [num_embeddings, embedding_dim], got {s:?} of {:?}",
-                    weight.dtype()
-                ),
-            )),
+            s => {
+                return Err(Error::arg(
+                    "weight",
+                    format!("expected a 2-D F32 table [num_embeddings, embedding_dim], got {s:?} of {:?}", weight.dtype()),
+                ))
+            }
         };
         check_table(v * d, v, d)?;
         let blocksize = Self::check(scheme, blocksize, v * d)?;
@@ -167,7 +143,10 @@ impl QuantizedTable {
 
     fn check(scheme: Scheme, blocksize: Option<usize>, numel: usize) -> Result<usize> {
         if numel as u64 > MAX_ELEMENTS {
-            return Err(Error::arg("weight", format!("{numel} elements is more than the quantization kernels address (limit {MAX_ELEMENTS})")));
+            return Err(Error::arg(
+                "weight",
+                format!("{numel} elements is more than the quantization kernels address (limit {MAX_ELEMENTS})"),
+            ));
         }
         if scheme == Scheme::Int8Rowwise {
             return Ok(0);
@@ -177,73 +156,21 @@ impl QuantizedTable {
         Ok(bs)
     }
 
-    fn build(
-        ctx: &Context,
-        table: &GpuTensor,
-        v: usize,
-        d: usize,
-        scheme: Scheme,
-        blocksize: usize,
-    ) -> Result<Self> {
+    fn build(ctx: &Context, table: &GpuTensor, v: usize, d: usize, scheme: Scheme, blocksize: usize) -> Result<Self> {
         let numel = (v * d) as u64;
-        let consts = constants_buffer(
-            ctx,
-            &constants(&CodeMap::Dynamic.values(), scheme.four_bit()),
-        );
+        let consts = constants_buffer(ctx, &constants(&CodeMap::Dynamic.values(), scheme.four_bit()));
         let q = match scheme {
             Scheme::Int8Blockwise => {
-                let scales = GpuTensor::zeros(
-                    ctx,
-                    &[numel.div_ceil(blocksize as u64) as usize],
-                    DType::F32,
-                    1,
-                )?;
-                let codes = GpuTensor::zeros(ctx, &[numel as usize], DType::U8, 1)?;
-                ctx.scoped(|| {
-                    let mut encoder = ctx.encoder();
-                    let step = Step {
-                        ctx,
-                        consts: &consts,
-                        group: blocksize as u64,
-                        numel,
-                    };
-                    step.absmax(&mut encoder, table, &scales, PRE_NONE);
-                    step.encode(
-                        &mut encoder,
-                        table,
-                        &scales,
-                        &codes,
-                        SCHEME_MAP,
-                        PRE_NONE,
-                        1,
-                    );
-                    ctx.submit(encoder)
-                })?;
+                let (codes, scales) = blockwise_codes(ctx, table, numel, blocksize as u64, &consts)?;
                 (codes, scales, None)
             }
             Scheme::Int8Rowwise => {
                 let scales = GpuTensor::zeros(ctx, &[v], DType::F32, 1)?;
                 let codes = GpuTensor::zeros(ctx, &[numel as usize], DType::U8, 1)?;
-                ctx.scoped(|| {
-                    let mut encoder = ctx.encoder();
-                    let step = Step {
-                        ctx,
-                        consts: &consts,
-                        group: d as u64,
-                        numel,
-                    };
-                    step.absmax(&mut encoder, table, &scales, PRE_F16);
-                    step.encode(
-                        &mut encoder,
-                        table,
-                        &scales,
-                        &codes,
-                        SCHEME_ROWWISE,
-                        PRE_F16,
-                        1,
-                    );
-                    step.finish_scales(&mut encoder, &scales, SCHEME_ROWWISE);
-                    ctx.submit(encoder)
+                Step { ctx, consts: &consts, group: d as u64, numel }.submit(|step, encoder| {
+                    step.absmax(encoder, table, &scales, PRE_F16);
+                    step.encode(encoder, table, &scales, &codes, SCHEME_ROWWISE, PRE_F16, 1);
+                    step.finish_scales(encoder, &scales, SCHEME_ROWWISE);
                 })?;
                 (codes, scales, None)
             }
@@ -252,50 +179,16 @@ impl QuantizedTable {
                 let absmax = GpuTensor::zeros(ctx, &[blocks as usize], DType::F32, 1)?;
                 let codes = GpuTensor::zeros(ctx, &[numel.div_ceil(2) as usize], DType::U8, 1)?;
                 let nested = GpuTensor::zeros(ctx, &[blocks as usize], DType::U8, 1)?;
-                let scales2 = GpuTensor::zeros(
-                    ctx,
-                    &[blocks.div_ceil(NESTED_BLOCKSIZE) as usize],
-                    DType::F32,
-                    1,
-                )?;
-                let built = ctx.scoped(|| {
-                    let mut encoder = ctx.encoder();
-                    let step = Step {
-                        ctx,
-                        consts: &consts,
-                        group: blocksize as u64,
-                        numel,
-                    };
-                    step.absmax(&mut encoder, table, &absmax, PRE_NONE);
-                    step.encode(
-                        &mut encoder,
-                        table,
-                        &absmax,
-                        &codes,
-                        SCHEME_4BIT,
-                        PRE_NONE,
-                        2,
-                    );
-                    step.finish_scales(&mut encoder, &absmax, SCHEME_4BIT);
+                let scales2 = GpuTensor::zeros(ctx, &[blocks.div_ceil(NESTED_BLOCKSIZE) as usize], DType::F32, 1)?;
+                let built = Step { ctx, consts: &consts, group: blocksize as u64, numel }.submit(|step, encoder| {
+                    step.absmax(encoder, table, &absmax, PRE_NONE);
+                    step.encode(encoder, table, &absmax, &codes, SCHEME_4BIT, PRE_NONE, 2);
+                    step.finish_scales(encoder, &absmax, SCHEME_4BIT);
                     // compress_statistics: quantize_blockwise(absmax - absmax.mean(), blocksize=256).
-                    let nested_step = Step {
-                        ctx,
-                        consts: &consts,
-                        group: NESTED_BLOCKSIZE,
-                        numel: blocks,
-                    };
-                    nested_step.mean(&mut encoder, &absmax);
-                    nested_step.absmax(&mut encoder, &absmax, &scales2, PRE_OFFSET);
-                    nested_step.encode(
-                        &mut encoder,
-                        &absmax,
-                        &scales2,
-                        &nested,
-                        SCHEME_MAP,
-                        PRE_OFFSET,
-                        1,
-                    );
-                    ctx.submit(encoder)
+                    let nested_step = Step { ctx, consts: &consts, group: NESTED_BLOCKSIZE, numel: blocks };
+                    nested_step.mean(encoder, &absmax);
+                    nested_step.absmax(encoder, &absmax, &scales2, PRE_OFFSET);
+                    nested_step.encode(encoder, &absmax, &scales2, &nested, SCHEME_MAP, PRE_OFFSET, 1);
                 });
                 absmax.release();
                 built?;
@@ -303,16 +196,7 @@ impl QuantizedTable {
             }
         };
         let (codes, scales, scales2) = q;
-        Ok(Self {
-            scheme,
-            blocksize,
-            num_embeddings: v,
-            embedding_dim: d,
-            codes,
-            scales,
-            scales2,
-            consts,
-        })
+        Ok(Self { scheme, blocksize, num_embeddings: v, embedding_dim: d, codes, scales, scales2, consts })
     }
 
     /// The scheme.
@@ -337,10 +221,7 @@ impl QuantizedTable {
 
     /// Bytes the quantized table occupies on the GPU (codes, scales, constants).
     pub fn gpu_bytes(&self) -> u64 {
-        self.codes.gpu_bytes()
-            + self.scales.gpu_bytes()
-            + self.scales2.as_ref().map_or(0, |s| s.gpu_bytes())
-            + self.consts.size()
+        self.codes.gpu_bytes() + self.scales.gpu_bytes() + self.scales2.as_ref().map_or(0, |s| s.gpu_bytes()) + self.consts.size()
     }
 
     /// Bytes the same table takes as f32.
@@ -360,15 +241,8 @@ impl QuantizedTable {
             Scheme::Int8Rowwise => self.embedding_dim as u64,
             _ => self.blocksize as u64,
         };
-        let per_byte = if self.scheme.four_bit().is_some() {
-            2
-        } else {
-            1
-        };
-        let mut planes = vec![
-            Plane::new(&self.codes, per_byte),
-            Plane::new(&self.scales, group),
-        ];
+        let per_byte = if self.scheme.four_bit().is_some() { 2 } else { 1 };
+        let mut planes = vec![Plane::new(&self.codes, per_byte), Plane::new(&self.scales, group)];
         if let Some(s2) = &self.scales2 {
             planes.push(Plane::new(s2, group * NESTED_BLOCKSIZE));
         }

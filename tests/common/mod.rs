@@ -5,29 +5,14 @@ use wgpu_embed::{Context, ContextOptions, TableReads};
 
 /// A context on the default adapter, optionally with a smaller binding limit.
 pub fn context(max_binding_size: Option<u64>) -> Context {
-    std::env::set_var(
-        "XDG_RUNTIME_DIR",
-        std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()),
-    );
-    Context::new_with(ContextOptions {
-        max_binding_size,
-        ..Default::default()
-    })
-    .expect("a GPU adapter (lavapipe on CI)")
+    std::env::set_var("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()));
+    Context::new_with(ContextOptions { max_binding_size, ..Default::default() }).expect("a GPU adapter (lavapipe on CI)")
 }
 
 /// Like [`context`], reading lookup tables from buffers or from texture copies.
 pub fn context_reading(max_binding_size: Option<u64>, table_reads: TableReads) -> Context {
-    std::env::set_var(
-        "XDG_RUNTIME_DIR",
-        std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()),
-    );
-    Context::new_with(ContextOptions {
-        max_binding_size,
-        table_reads,
-        ..Default::default()
-    })
-    .expect("a GPU adapter (lavapipe on CI)")
+    std::env::set_var("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()));
+    Context::new_with(ContextOptions { max_binding_size, table_reads, ..Default::default() }).expect("a GPU adapter (lavapipe on CI)")
 }
 
 /// A small deterministic generator (xorshift), so failures reproduce.
@@ -63,10 +48,7 @@ pub fn renorm(table: &mut [f32], dim: usize, indices: &[i64], max_norm: f32, p: 
         } else if p == 0.0 {
             row.iter().filter(|&&x| x != 0.0).count() as f64
         } else {
-            row.iter()
-                .map(|&x| (x as f64).abs().powf(p as f64))
-                .sum::<f64>()
-                .powf(1.0 / p as f64)
+            row.iter().map(|&x| (x as f64).abs().powf(p as f64)).sum::<f64>().powf(1.0 / p as f64)
         };
         if norm > max_norm as f64 {
             let scale = (max_norm as f64 / (norm + 1e-7)) as f32;
@@ -77,14 +59,7 @@ pub fn renorm(table: &mut [f32], dim: usize, indices: &[i64], max_norm: f32, p: 
 
 /// `F.embedding` forward.
 pub fn lookup(table: &[f32], dim: usize, indices: &[i64]) -> Vec<f32> {
-    indices
-        .iter()
-        .flat_map(|&i| {
-            table[i as usize * dim..(i as usize + 1) * dim]
-                .iter()
-                .copied()
-        })
-        .collect()
+    indices.iter().flat_map(|&i| table[i as usize * dim..(i as usize + 1) * dim].iter().copied()).collect()
 }
 
 /// `F.embedding_bag` forward over bags `bounds[b]..bounds[b+1]`.
@@ -100,14 +75,7 @@ pub fn bag(
     let bags = bounds.len() - 1;
     let mut out = vec![0f32; bags * dim];
     for b in 0..bags {
-        let mut acc = vec![
-            if mode == "max" {
-                f64::NEG_INFINITY
-            } else {
-                0.0
-            };
-            dim
-        ];
+        let mut acc = vec![if mode == "max" { f64::NEG_INFINITY } else { 0.0 }; dim];
         let mut n = 0usize;
         for pos in bounds[b]..bounds[b + 1] {
             let i = indices[pos];
@@ -118,11 +86,7 @@ pub fn bag(
             let w = weights.map_or(1.0, |w| w[pos]) as f64;
             for c in 0..dim {
                 let v = table[i as usize * dim + c] as f64 * w;
-                acc[c] = if mode == "max" {
-                    acc[c].max(v)
-                } else {
-                    acc[c] + v
-                };
+                acc[c] = if mode == "max" { acc[c].max(v) } else { acc[c] + v };
             }
         }
         for c in 0..dim {
@@ -140,9 +104,6 @@ pub fn bag(
 pub fn assert_close(got: &[f32], want: &[f32], atol: f32, rtol: f32, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= atol + rtol * w.abs(),
-            "{what}: at {i} got {g}, expected {w}"
-        );
+        assert!((g - w).abs() <= atol + rtol * w.abs(), "{what}: at {i} got {g}, expected {w}");
     }
 }
