@@ -1,11 +1,11 @@
 //! Bandwidth benchmark: a plain vec4 copy (the ceiling), Embedding lookup and
 //! EmbeddingBag sum/mean/max over a grid of table rows, dims, bag sizes and index
-//! distributions, each in GB/s counted as FBGEMM's TBE bench counts it (table rows read
-//! + output written) and as a ratio to the copy kernel measured in the same run, beside
+//! distributions, each in GB/s counted as FBGEMM's TBE bench counts it (table rows
+//! read plus output written) and as a ratio to the copy kernel measured in the same run, beside
 //! a multithreaded CPU baseline. Writes `results.csv`, `summary.md` and SVG plots.
 //!
 //! ```text
-//! cargo run --release --example bench -- [--full] [--out examples/bench-results]
+//! cargo run --release --features bench --example bench -- [--full] [--out examples/bench-results]
 //! ```
 //!
 //! GPU time comes from timestamp queries when the adapter has them (else wall clock
@@ -403,7 +403,7 @@ fn main() {
     // Other layers through their public API (wall clock, index upload included), on the
     // largest table of the grid, uniform indices, D >= 64.
     let rows = *rows_grid.last().unwrap();
-    for &dim in dims.iter().filter(|&&d| d >= 64 && d <= 256 && !args.kernels_only) {
+    for &dim in dims.iter().filter(|&&d| (64..=256).contains(&d) && !args.kernels_only) {
         if rows * dim * 4 > args.max_table_mib << 20 {
             continue;
         }

@@ -43,7 +43,7 @@ impl Recorder {
     pub fn copy(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, src: &GpuTensor, dst: &GpuTensor) -> Result<()> {
         for (s, d) in src.segments().iter().zip(dst.segments()) {
             let bytes = s.rows * (src.row_len() * src.dtype().size()) as u64;
-            if bytes % 16 != 0 {
+            if !bytes.is_multiple_of(16) {
                 return Err(Error::arg("src", format!("copy needs whole vec4 segments, got {bytes} bytes")));
             }
             let uniform = ctx.uniform(&CopyParams { count: (bytes / 16) as u32, width_shift: 0, layer_shift: 0, first: 0 });

@@ -342,6 +342,7 @@ proptest! {
 // ---- random arguments to the API --------------------------------------------------------
 
 /// Why `F.embedding_bag` refuses these arguments, as PyTorch checks them; `None`: valid.
+#[allow(clippy::too_many_arguments)] // PyTorch's arguments, as they come
 fn bag_refusal(
     v: usize,
     input: &[i64],

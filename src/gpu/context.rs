@@ -71,6 +71,9 @@ impl TableReads {
     }
 }
 
+/// A kernel's bind-group layout and the pipeline layout made of it.
+type Layouts = (wgpu::BindGroupLayout, wgpu::PipelineLayout);
+
 type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
 
 /// Invocations per workgroup of every 1-D kernel (the shaders' `WG_SIZE` override).
@@ -87,7 +90,7 @@ pub struct Context {
     features: wgpu::Features,
     max_binding: u64,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
-    layouts: Mutex<HashMap<Vec<(u32, Slot)>, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>>,
+    layouts: Mutex<HashMap<Vec<(u32, Slot)>, Layouts>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     max_tensor_bytes: Option<u64>,
     texture_tables: bool,

@@ -166,6 +166,9 @@ fn record(ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>, r:
     ctx.dispatch_groups(encoder, call.kernel, call.constants, &bindings, call.grid.groups(rows));
 }
 
+/// Given an input segment and a table's slices, which slices its rows refer to.
+pub type UsedSlices<'f> = dyn Fn(&Segment, &[TableSlice<'_>]) -> Vec<bool> + 'f;
+
 /// Row-wise passes: output row `i` of each output segment reads input row `i` of the
 /// input segment paired with it (both segmented alike), once per table slice.
 pub struct RowPlan<'a> {
@@ -181,13 +184,7 @@ impl RowPlan<'_> {
     /// given an input segment and the slices, says which slices its rows refer to
     /// (e.g. from host indices); the others get no dispatch. The first slice's pass
     /// reports bad indices.
-    pub fn record(
-        &self,
-        ctx: &Context,
-        encoder: &mut wgpu::CommandEncoder,
-        call: &Call<'_>,
-        used: Option<&dyn Fn(&Segment, &[TableSlice<'_>]) -> Vec<bool>>,
-    ) {
+    pub fn record(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>, used: Option<&UsedSlices<'_>>) {
         let slices = self.table.map(|t| t.slices()).unwrap_or_default();
         // Without a table, one pass per segment that binds no slice.
         let passes: Vec<Option<(usize, &TableSlice<'_>)>> =

@@ -127,7 +127,7 @@ pub(crate) fn table_texture(ctx: &Context, table: &GpuTensor) -> Option<Arc<Tabl
         return None;
     }
     let row_bytes = (table.row_len() * table.dtype().size()) as u64;
-    if row_bytes == 0 || row_bytes % 16 != 0 || table.rows() == 0 {
+    if row_bytes == 0 || !row_bytes.is_multiple_of(16) || table.rows() == 0 {
         return None;
     }
     let mut slot = table.texture.lock().unwrap_or_else(|p| p.into_inner());

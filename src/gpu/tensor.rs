@@ -189,7 +189,7 @@ impl GpuTensor {
         let rb = row_bytes(row_len, dtype) as usize;
         Self::build(ctx, shape, dtype, row_len, rows, rows_per_segment, |first, n| {
             let chunk = &bytes[first as usize * rb..(first + n) as usize * rb];
-            Ok(if (chunk.len() as u64) < MIN_BUFFER || chunk.len() % 4 != 0 {
+            Ok(if (chunk.len() as u64) < MIN_BUFFER || !chunk.len().is_multiple_of(4) {
                 let mut padded = chunk.to_vec();
                 padded.resize(chunk.len().next_multiple_of(4).max(MIN_BUFFER as usize), 0);
                 create_init(ctx, &padded)

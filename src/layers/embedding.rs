@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::gpu::context::{Context, WORKGROUP_SIZE};
 use crate::gpu::kernel::binding::{INPUT, OUT, PARAMS, STATUS, TABLE, TEXTURE};
 use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
-use crate::gpu::plan::{Call, Grid, PassParams, RowPlan};
+use crate::gpu::plan::{Call, Grid, PassParams, RowPlan, UsedSlices};
 use crate::gpu::status::Status;
 use crate::gpu::table::check_table;
 use crate::gpu::table::{refresh_table_texture, table_texture, TableAccess, TableSlice};
@@ -169,7 +169,7 @@ pub(crate) fn record_lookup(
         used
     };
     let plan = RowPlan { input: Some(idx), out: Some(out), table: Some(&access), status: Some(status) };
-    plan.record(ctx, encoder, &call, host_rows.map(|_| &used as &dyn Fn(&Segment, &[TableSlice<'_>]) -> Vec<bool>));
+    plan.record(ctx, encoder, &call, host_rows.map(|_| &used as &UsedSlices<'_>));
     Ok(())
 }
 

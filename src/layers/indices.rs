@@ -72,7 +72,7 @@ impl<'a> Indices<'a> {
     }
 
     /// Checks every value is in `[0, num_rows)` and returns them as i32 for the GPU.
-    pub(crate) fn to_rows(&self, name: &'static str, num_rows: u64) -> Result<Vec<i32>> {
+    pub(crate) fn to_rows(self, name: &'static str, num_rows: u64) -> Result<Vec<i32>> {
         self.check_shape(name)?;
         let mut out = Vec::with_capacity(self.data.len());
         for (position, value) in self.data.iter().enumerate() {

@@ -55,7 +55,7 @@ impl Affine {
         }
         // The parameters are bound whole, against the device's own binding limit: a
         // lower `max_binding_size` splits tables, not a LayerNorm's two vectors.
-        let device_binding = ctx.limits().max_storage_buffer_binding_size as u64;
+        let device_binding = ctx.limits().max_storage_buffer_binding_size;
         if (dim as u64).saturating_mul(8) > device_binding {
             return Err(Error::arg(
                 "normalized_shape",

@@ -59,8 +59,8 @@ pub(crate) fn table_shape(t: &GpuTensor) -> Result<(usize, usize)> {
 /// iterations per invocation, so a bag must not be walked several times.
 pub(crate) fn vec4_lanes(ctx: &Context, dtype: DType, dim: usize, words_per_sweep: Option<u32>) -> Option<u32> {
     let words = match dtype {
-        DType::F32 if dim % 4 == 0 => dim / 4,
-        DType::F16 | DType::BF16 if dim % 8 == 0 => dim / 8,
+        DType::F32 if dim.is_multiple_of(4) => dim / 4,
+        DType::F16 | DType::BF16 if dim.is_multiple_of(8) => dim / 8,
         _ => return None,
     } as u32;
     if ctx.adapter_info().device_type == wgpu::DeviceType::Cpu {
