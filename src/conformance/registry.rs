@@ -3,10 +3,10 @@
 //! runs it. `run-cases`, `check`, `supported-ops`, the web crate and the fuzzer all read
 //! this list: adding an op is one entry here.
 
-use crate::error::{Error, Result};
 #[cfg(not(target_arch = "wasm32"))]
 use crate::{
     conformance::cases::{CaseInputs, HostTensor},
+    error::{Error, Result},
     gpu::context::Context,
     gpu::tensor::GpuTensor,
     layers::embedding::Embedding,

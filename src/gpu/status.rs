@@ -1,8 +1,11 @@
 //! Where kernels report out-of-range indices that only the GPU saw.
 
-use crate::error::{Error, Result};
 use crate::gpu::context::Context;
-use crate::gpu::tensor::{DType, GpuTensor};
+#[cfg(not(target_arch = "wasm32"))] // the read-back of the report blocks
+use crate::{
+    error::{Error, Result},
+    gpu::tensor::{DType, GpuTensor},
+};
 
 /// A one-word buffer: the smallest position of a bad index, or `u32::MAX`.
 pub(crate) struct Status {
@@ -26,6 +29,7 @@ impl Status {
 
     /// Reads the report back; a bad index becomes [`Error::IndexOutOfRange`] naming
     /// its position and value.
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) async fn check_async(&self, ctx: &Context, name: &'static str, idx: &GpuTensor, num_rows: u64) -> Result<()> {
         let t = GpuTensor::from_buffer(self.buffer.clone(), &[4], DType::U32);
         let words: Vec<u32> = bytemuck::pod_collect_to_vec(&t.read_bytes(ctx).await?);
@@ -45,6 +49,7 @@ impl Status {
 }
 
 /// The one value at `position` of a flat I32 tensor (only that word is read back).
+#[cfg(not(target_arch = "wasm32"))]
 async fn read_index(ctx: &Context, idx: &GpuTensor, position: u64) -> Result<i64> {
     let Some(seg) = idx.segment_of(position) else {
         return Ok(-1);
