@@ -111,7 +111,7 @@ pub fn lookup_tensors(ctx: &Context, indices: &[i32], dim: usize) -> Result<(Gpu
 
 /// Index tensor and output tensor of `bags` bags over a `dim`-wide table.
 pub fn bag_tensors(ctx: &Context, indices: &[i32], bags: usize, dim: usize) -> Result<(GpuTensor, GpuTensor)> {
-    let idx = GpuTensor::from_bytes(ctx, bytemuck::cast_slice(indices), &[indices.len()], DType::I32, 1)?;
+    let idx = GpuTensor::flat(ctx, indices, DType::I32)?;
     let out = GpuTensor::zeros_with(ctx, &[bags, dim], DType::F32, dim, BagPlan::bags_per_segment(ctx, dim)?)?;
     Ok((idx, out))
 }

@@ -36,7 +36,7 @@ pub use gpu::context::{Context, ContextOptions, TableReads};
 pub use gpu::tensor::{DType, GpuTensor};
 pub use layers::axial::AxialPositionEmbedding;
 pub use layers::embedding::Embedding;
-pub use layers::embedding_bag::{BagMode, EmbeddingBag};
+pub use layers::embedding_bag::{BagMode, EmbeddingBag, PerSampleWeights};
 pub use layers::indices::{IndexData, Indices};
 pub use layers::layer_norm::LayerNorm;
 pub use layers::quantized::{QuantizedEmbedding, QuantizedEmbeddingBag};

@@ -342,16 +342,21 @@ fn quantized_layers_bad_inputs() {
     expect_arg(CodeMap::parse("cubic"), "code", &["\"cubic\""]);
     // kind 54: a block size bitsandbytes does not have
     expect_arg(QuantizedTable::from_pretrained(&ctx, &w, 16, 8, Scheme::Int8Blockwise, Some(100)), "blocksize", &["100"]);
-    expect_arg(QuantizedEmbedding::from_pretrained(&ctx, &w, 16, 8, Scheme::Nf4, Some(32)), "blocksize", &["32"]);
+    expect_arg(QuantizedTable::from_pretrained(&ctx, &w, 16, 8, Scheme::Nf4, Some(32)).map(QuantizedEmbedding::new), "blocksize", &["32"]);
     // kind 55: a table with the wrong number of values
-    expect_arg(QuantizedEmbedding::from_pretrained(&ctx, &w[..127], 16, 8, Scheme::Fp4, None), "weight", &["128", "127"]);
+    expect_arg(
+        QuantizedTable::from_pretrained(&ctx, &w[..127], 16, 8, Scheme::Fp4, None).map(QuantizedEmbedding::new),
+        "weight",
+        &["128", "127"],
+    );
     // kind 56: quantized lookup out of range
-    let q = QuantizedEmbedding::from_pretrained(&ctx, &w, 16, 8, Scheme::Int8Rowwise, None).unwrap();
+    let q = QuantizedTable::from_pretrained(&ctx, &w, 16, 8, Scheme::Int8Rowwise, None).map(QuantizedEmbedding::new).unwrap();
     expect_oob(q.forward(&ctx, Indices::i64(&[0, 16], &[2])), "indices", 1, 16);
     let gpu = GpuTensor::from_i32(&ctx, &[3, 2, -9], &[3]).unwrap();
     expect_oob(q.forward_gpu(&ctx, &gpu), "indices", 2, -9);
     // kind 57: quantized bags: bad offsets, index out of range, weights with max, padding_idx
-    let qb = QuantizedEmbeddingBag::from_pretrained(&ctx, &w, 16, 8, Scheme::Nf4, None, BagMode::Max).unwrap();
+    let qb =
+        QuantizedTable::from_pretrained(&ctx, &w, 16, 8, Scheme::Nf4, None).map(|t| QuantizedEmbeddingBag::new(t, BagMode::Max)).unwrap();
     let input = Indices::i64(&[1, 2], &[2]);
     expect_arg(qb.forward(&ctx, input, Some(Indices::i64(&[1], &[1])), None), "offsets", &["got 1"]);
     expect_oob(qb.forward(&ctx, Indices::i64(&[1, -2], &[2]), Some(Indices::i64(&[0], &[1])), None), "input", 1, -2);

@@ -117,7 +117,7 @@ fn four_bit_vocabulary_takes_a_seventh_of_f32_and_looks_up_the_reference() {
     let (v, d) = (30_000, 256);
     let mut rng = Rng(0x5eed_4b17);
     let w = normalish(&mut rng, v * d);
-    let layer = QuantizedEmbedding::from_pretrained(&ctx, &w, v, d, Scheme::Nf4, Some(64)).unwrap();
+    let layer = QuantizedTable::from_pretrained(&ctx, &w, v, d, Scheme::Nf4, Some(64)).map(QuantizedEmbedding::new).unwrap();
     let (bytes, f32_bytes) = (layer.gpu_bytes(), layer.table().f32_bytes());
     assert_eq!(f32_bytes, 30_000 * 256 * 4);
     assert!(bytes * 7 <= f32_bytes, "{bytes} bytes on the GPU for {f32_bytes} bytes of f32");
@@ -214,7 +214,7 @@ fn table_from_a_gpu_tensor_split_by_rows_equals_the_host_built_one() {
 fn bad_inputs_are_refused_by_name_and_value() {
     let ctx = common::context(None);
     let w = vec![0.5f32; 8 * 64];
-    let e = QuantizedEmbedding::from_pretrained(&ctx, &w, 8, 64, Scheme::Nf4, Some(100)).unwrap_err();
+    let e = QuantizedTable::from_pretrained(&ctx, &w, 8, 64, Scheme::Nf4, Some(100)).map(QuantizedEmbedding::new).unwrap_err();
     assert!(
         matches!(e, Error::InvalidArgument { name: "blocksize", .. }) && e.to_string().contains("blocksize 100 is not supported"),
         "{e}"
@@ -223,7 +223,7 @@ fn bad_inputs_are_refused_by_name_and_value() {
     assert!(e.to_string().contains("int3"), "{e}");
     let e = CodeMap::parse("cubic").unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { name: "code", .. }), "{e}");
-    let layer = QuantizedEmbedding::from_pretrained(&ctx, &w, 8, 64, Scheme::Int8Rowwise, None).unwrap();
+    let layer = QuantizedTable::from_pretrained(&ctx, &w, 8, 64, Scheme::Int8Rowwise, None).map(QuantizedEmbedding::new).unwrap();
     let e = layer.forward(&ctx, Indices::i64(&[1, 8], &[2])).unwrap_err();
     assert!(matches!(e, Error::IndexOutOfRange { value: 8, position: 1, .. }), "{e}");
     let codes = GpuTensor::from_bytes(&ctx, &[0u8; 100], &[100], DType::U8, 1).unwrap();
@@ -243,7 +243,7 @@ fn empty_and_tiny_shapes() {
     assert_eq!((q.codes.numel(), q.absmax.numel()), (0, 0));
     assert!(dequantize_blockwise(&ctx, &q.codes, &q.absmax, 64, CodeMap::Dynamic).unwrap().to_vec_f32(&ctx).unwrap().is_empty());
     for scheme in [Scheme::Int8Blockwise, Scheme::Int8Rowwise, Scheme::Nf4, Scheme::Fp4] {
-        let none = QuantizedEmbedding::from_pretrained(&ctx, &[], 0, 5, scheme, None).unwrap();
+        let none = QuantizedTable::from_pretrained(&ctx, &[], 0, 5, scheme, None).map(QuantizedEmbedding::new).unwrap();
         assert_eq!(none.forward(&ctx, Indices::i64(&[], &[0])).unwrap().shape(), &[0, 5]);
         // 21 elements: one partial block, an odd number of nibbles.
         let w: Vec<f32> = (0..21).map(|i| (i as f32 - 10.0) / 3.0).collect();
@@ -264,7 +264,7 @@ fn gpu_resident_indices_are_checked_then_looked_up() {
     let mut rng = Rng(5);
     let (v, d) = (40, 24);
     let w = normalish(&mut rng, v * d);
-    let layer = QuantizedEmbedding::from_pretrained(&ctx, &w, v, d, Scheme::Fp4, Some(64)).unwrap();
+    let layer = QuantizedTable::from_pretrained(&ctx, &w, v, d, Scheme::Fp4, Some(64)).map(QuantizedEmbedding::new).unwrap();
     let idx: Vec<i32> = (0..100).map(|_| rng.below(v as u64) as i32).collect();
     let gpu = GpuTensor::from_i32(&ctx, &idx, &[10, 10]).unwrap();
     let out = layer.forward_gpu(&ctx, &gpu).unwrap();

@@ -117,8 +117,8 @@ fn max_norm_layer_shared_by_threads_renormalizes_each_row_once() {
 #[test]
 fn every_layer_gives_the_same_answer_from_many_threads_as_from_one() {
     use wgpu_embed::{
-        AxialPositionEmbedding, EmbeddingSumLayerNorm, HostTable, LayerNorm, QuantizedEmbedding, QuantizedEmbeddingBag, Scheme,
-        StableEmbedding,
+        AxialPositionEmbedding, EmbeddingSumLayerNorm, HostTable, LayerNorm, QuantizedEmbedding, QuantizedEmbeddingBag, QuantizedTable,
+        Scheme, StableEmbedding,
     };
 
     let ctx = common::context(Some(8192));
@@ -137,8 +137,10 @@ fn every_layer_gives_the_same_answer_from_many_threads_as_from_one() {
     )
     .unwrap();
     let axial = AxialPositionEmbedding::from_pretrained(&ctx, &w[..8 * d], &w[..12 * 4], [8, 12], [d, 4]).unwrap();
-    let q = QuantizedEmbedding::from_pretrained(&ctx, &w, v, d, Scheme::Nf4, Some(64)).unwrap();
-    let qb = QuantizedEmbeddingBag::from_pretrained(&ctx, &w, v, d, Scheme::Int8Blockwise, Some(64), BagMode::Mean).unwrap();
+    let q = QuantizedTable::from_pretrained(&ctx, &w, v, d, Scheme::Nf4, Some(64)).map(QuantizedEmbedding::new).unwrap();
+    let qb = QuantizedTable::from_pretrained(&ctx, &w, v, d, Scheme::Int8Blockwise, Some(64))
+        .map(|t| QuantizedEmbeddingBag::new(t, BagMode::Mean))
+        .unwrap();
     let small: Vec<i64> = idx.iter().map(|i| i % 8).collect();
 
     let run_all = || -> Vec<Vec<f32>> {

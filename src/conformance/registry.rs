@@ -8,9 +8,9 @@ use crate::{
     conformance::cases::{CaseInputs, HostTensor},
     error::{Error, Result},
     gpu::context::Context,
-    gpu::tensor::GpuTensor,
+    gpu::tensor::{DType, GpuTensor},
     layers::embedding::Embedding,
-    layers::embedding_bag::{BagMode, EmbeddingBag},
+    layers::embedding_bag::{BagMode, EmbeddingBag, PerSampleWeights},
     layers::indices::Indices,
 };
 
@@ -55,11 +55,11 @@ pub struct Op {
 }
 
 macro_rules! op {
-    ($name:literal, $run:ident, [$($role:literal: $kind:ident),*], [$($param:literal),*], $tol:ident) => {
+    ($name:literal, $run:ident, $inputs:expr, $params:expr, $tol:ident) => {
         Op {
             name: $name,
-            inputs: &[$(($role, InputKind::$kind)),*],
-            params: &[$($param),*],
+            inputs: $inputs,
+            params: $params,
             tolerance: Tolerance::$tol,
             #[cfg(not(target_arch = "wasm32"))]
             run: $run,
@@ -67,34 +67,45 @@ macro_rules! op {
     };
 }
 
+use InputKind::{Codes, Indices as Idx, Offsets, Table, Vector};
+
+/// What the bag ops read, dense or quantized.
+const BAG_INPUTS: &[(&str, InputKind)] = &[("weight", Table), ("indices", Idx), ("offsets", Offsets), ("per_sample_weights", Vector)];
+
 /// Every op this build runs.
 pub static OPS: &[Op] = &[
-    op!("embedding", embedding, ["weight": Table, "indices": Indices], ["padding_idx", "max_norm", "norm_type"], Values),
+    op!("embedding", embedding, &[("weight", Table), ("indices", Idx)], &["padding_idx", "max_norm", "norm_type"], Values),
+    op!("embedding_bag", embedding_bag, BAG_INPUTS, &["mode", "padding_idx", "include_last_offset", "max_norm", "norm_type"], Values),
+    op!("layer_norm", layer_norm, &[("x", Table), ("gamma", Vector), ("beta", Vector)], &["eps"], Values),
     op!(
-        "embedding_bag",
-        embedding_bag,
-        ["weight": Table, "indices": Indices, "offsets": Offsets, "per_sample_weights": Vector],
-        ["mode", "padding_idx", "max_norm", "norm_type", "include_last_offset"],
+        "stable_embedding",
+        stable_embedding,
+        &[("weight", Table), ("indices", Idx), ("gamma", Vector), ("beta", Vector)],
+        &["padding_idx", "eps"],
         Values
     ),
-    op!("layer_norm", layer_norm, ["x": Table, "gamma": Vector, "beta": Vector], ["eps"], Values),
-    op!("stable_embedding", stable_embedding, ["weight": Table, "indices": Indices, "gamma": Vector, "beta": Vector], ["padding_idx", "eps"], Values),
     op!(
         "embedding_sum_layer_norm",
         embedding_sum_layer_norm,
-        ["weight0": Table, "weight1": Table, "indices0": Indices, "indices1": Indices, "gamma": Vector, "beta": Vector],
-        ["eps"],
+        &[("weight0", Table), ("weight1", Table), ("indices0", Idx), ("indices1", Idx), ("gamma", Vector), ("beta", Vector)],
+        &["eps"],
         Values
     ),
-    op!("axial_position_embedding", axial_position_embedding, ["weight0": Table, "weight1": Table, "position_ids": Indices], ["axial_pos_shape"], Values),
-    op!("quantize_blockwise", quantize_blockwise, ["x": Table], ["blocksize", "code"], Codes),
-    op!("dequantize_blockwise", dequantize_blockwise, ["codes": Codes, "absmax": Vector], ["blocksize", "code"], Values),
-    op!("quantized_embedding", quantized_embedding, ["weight": Table, "indices": Indices], ["scheme", "blocksize"], Codes),
+    op!(
+        "axial_position_embedding",
+        axial_position_embedding,
+        &[("weight0", Table), ("weight1", Table), ("position_ids", Idx)],
+        &["axial_pos_shape"],
+        Values
+    ),
+    op!("quantize_blockwise", quantize_blockwise, &[("x", Table)], &["blocksize", "code"], Codes),
+    op!("dequantize_blockwise", dequantize_blockwise, &[("codes", Codes), ("absmax", Vector)], &["blocksize", "code"], Values),
+    op!("quantized_embedding", quantized_embedding, &[("weight", Table), ("indices", Idx)], &["scheme", "blocksize"], Codes),
     op!(
         "quantized_embedding_bag",
         quantized_embedding_bag,
-        ["weight": Table, "indices": Indices, "offsets": Offsets, "per_sample_weights": Vector],
-        ["scheme", "blocksize", "mode", "padding_idx", "include_last_offset"],
+        BAG_INPUTS,
+        &["scheme", "blocksize", "mode", "padding_idx", "include_last_offset"],
         Codes
     ),
 ];
@@ -150,7 +161,7 @@ mod runs {
     }
 
     /// A bag op's `indices`, `offsets` and `per_sample_weights`.
-    pub(super) type BagInputs<'a> = (Indices<'a>, Option<Indices<'a>>, Option<(&'a [f32], &'a [usize])>);
+    pub(super) type BagInputs<'a> = (Indices<'a>, Option<Indices<'a>>, PerSampleWeights<'a>);
 
     pub(super) fn bag_inputs<'a>(inputs: &CaseInputs<'a>) -> Result<BagInputs<'a>> {
         let input = inputs.require("indices")?.as_indices("indices")?;
@@ -284,13 +295,7 @@ mod runs {
         let code = code_map(inputs)?;
         crate::quant::blockwise::check_blocksize(blocksize)?;
         // Uploaded flat (rows of one element): the kernels take the tensor as a flat run.
-        let t = crate::gpu::tensor::GpuTensor::from_bytes(
-            ctx,
-            bytemuck::cast_slice(values),
-            &[values.len()],
-            crate::gpu::tensor::DType::F32,
-            1,
-        )?;
+        let t = GpuTensor::flat(ctx, values, DType::F32)?;
         let q = crate::quant::blockwise::quantize_blockwise(ctx, &t, blocksize, code)?;
         Ok(vec![
             ("codes".to_string(), HostTensor::u8(q.codes.to_bytes(ctx)?, vec![values.len()])),
@@ -304,21 +309,15 @@ mod runs {
         let blocksize = blocksize_param(inputs, Some(4096))?.unwrap_or(4096);
         let code = code_map(inputs)?;
         crate::quant::blockwise::check_blocksize(blocksize)?;
-        let c = crate::gpu::tensor::GpuTensor::from_bytes(ctx, codes, &[codes.len()], crate::gpu::tensor::DType::U8, 1)?;
-        let a = crate::gpu::tensor::GpuTensor::from_bytes(
-            ctx,
-            bytemuck::cast_slice(absmax),
-            &[absmax.len()],
-            crate::gpu::tensor::DType::F32,
-            1,
-        )?;
+        let (c, a) = (GpuTensor::flat(ctx, codes, DType::U8)?, GpuTensor::flat(ctx, absmax, DType::F32)?);
         f32_output(ctx, &crate::quant::blockwise::dequantize_blockwise(ctx, &c, &a, blocksize, code)?)
     }
 
     pub(super) fn quantized_embedding(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
         let (w, v, d) = table(inputs, "weight")?;
         let scheme = crate::quant::table::Scheme::parse(inputs.params().opt_str("scheme")?.unwrap_or("int8_blockwise"))?;
-        let layer = crate::layers::quantized::QuantizedEmbedding::from_pretrained(ctx, w, v, d, scheme, blocksize_param(inputs, None)?)?;
+        let layer = crate::quant::table::QuantizedTable::from_pretrained(ctx, w, v, d, scheme, blocksize_param(inputs, None)?)
+            .map(crate::layers::quantized::QuantizedEmbedding::new)?;
         f32_output(ctx, &layer.forward(ctx, inputs.require("indices")?.as_indices("indices")?)?)
     }
 
@@ -328,10 +327,10 @@ mod runs {
         let scheme = crate::quant::table::Scheme::parse(p.opt_str("scheme")?.unwrap_or("int8_blockwise"))?;
         let mode = BagMode::parse(p.opt_str("mode")?.unwrap_or("mean"))?;
         let (input, offsets, psw) = bag_inputs(inputs)?;
-        let layer =
-            crate::layers::quantized::QuantizedEmbeddingBag::from_pretrained(ctx, w, v, d, scheme, blocksize_param(inputs, None)?, mode)?
-                .with_padding_idx(p.opt_i64("padding_idx")?)?
-                .with_include_last_offset(p.bool_or("include_last_offset", false)?);
+        let layer = crate::quant::table::QuantizedTable::from_pretrained(ctx, w, v, d, scheme, blocksize_param(inputs, None)?)
+            .map(|t| crate::layers::quantized::QuantizedEmbeddingBag::new(t, mode))?
+            .with_padding_idx(p.opt_i64("padding_idx")?)?
+            .with_include_last_offset(p.bool_or("include_last_offset", false)?);
         f32_output(ctx, &layer.forward(ctx, input, offsets, psw)?)
     }
 }

@@ -249,6 +249,11 @@ impl BagPlan<'_> {
         Ok(per.min(ctx.max_binding_size() / 4 - 1))
     }
 
+    /// The zeroed `[bags, dim]` f32 output, segmented as `record` expects.
+    pub fn output(ctx: &Context, bags: usize, dim: usize) -> crate::Result<GpuTensor> {
+        GpuTensor::zeros_with(ctx, &[bags, dim], crate::DType::F32, dim, Self::bags_per_segment(ctx, dim)?)
+    }
+
     /// Records `call` for every output segment over the index segments its bags span
     /// and every table slice, then the finalize pass where there were several.
     pub fn record(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>) {

@@ -69,6 +69,13 @@ pub struct GpuTensor {
     pub(crate) texture: Arc<std::sync::Mutex<Option<Arc<TableTexture>>>>,
 }
 
+// Tensors move between threads with their context (see `context.rs`).
+#[cfg(not(target_arch = "wasm32"))]
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<GpuTensor>();
+};
+
 /// Smallest buffer we create: zero-sized bindings are invalid.
 const MIN_BUFFER: u64 = 16;
 
@@ -225,6 +232,13 @@ impl GpuTensor {
             Ok(segments)
         })?;
         Ok(GpuTensor { shape: shape.to_vec(), dtype, row_len, segments: Arc::new(segments), texture: Arc::default() })
+    }
+
+    /// Uploads `values` as a 1-D tensor whose every element is a row of its own, so that
+    /// its segments may split it anywhere (index lists, weights, quantization inputs).
+    pub fn flat<T: bytemuck::Pod>(ctx: &Context, values: &[T], dtype: DType) -> Result<GpuTensor> {
+        let bytes: &[u8] = bytemuck::cast_slice(values);
+        Self::from_bytes(ctx, bytes, &[bytes.len() / dtype.size()], dtype, 1)
     }
 
     /// Uploads f32 data; rows are the last dimension.

@@ -7,11 +7,10 @@ use crate::gpu::kernel::binding::{INPUT, OUT, PARAMS, STATUS, TABLE, TEXTURE};
 use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{Call, Grid, PassParams, RowPlan, UsedSlices};
 use crate::gpu::status::Status;
-use crate::gpu::table::check_table;
 use crate::gpu::table::{refresh_table_texture, table_texture, TableAccess, TableSlice};
 use crate::gpu::tensor::{DType, GpuTensor, Segment};
-use crate::layers::indices::{normalize_padding_idx, upload_rows, Indices};
-use crate::layers::table::{check_renormalizable, table_format, table_shape, vec4_lanes, MaxNorm};
+use crate::layers::indices::{upload_rows, Indices};
+use crate::layers::table::{check_renormalizable, dense_table_methods, table_format, table_shape, vec4_lanes, DenseTable, MaxNorm};
 
 pub static FAMILY: ShaderFamily =
     ShaderFamily { name: "embedding", parts: &[common::GRID, common::PASS, common::TABLE, include_str!("../../shaders/embedding.wgsl")] };
@@ -26,68 +25,31 @@ const RENORM: Kernel =
 /// A lookup table on the GPU with PyTorch's `nn.Embedding` semantics.
 #[derive(Debug, Clone)]
 pub struct Embedding {
-    weight: GpuTensor,
-    num_embeddings: usize,
-    embedding_dim: usize,
-    padding_idx: Option<u32>,
-    max_norm: Option<MaxNorm>,
+    table: DenseTable,
 }
 
 impl Embedding {
     /// Builds the layer from a row-major `[num_embeddings, embedding_dim]` table, like
     /// `nn.Embedding.from_pretrained(weight, freeze=True)`.
     pub fn from_pretrained(ctx: &Context, weight: &[f32], num_embeddings: usize, embedding_dim: usize) -> Result<Self> {
-        check_table(weight.len(), num_embeddings, embedding_dim)?;
-        Self::from_tensor(GpuTensor::from_f32(ctx, weight, &[num_embeddings, embedding_dim])?)
+        Ok(Self { table: DenseTable::from_host(ctx, weight, num_embeddings, embedding_dim)? })
     }
 
     /// Builds the layer over a table already on the GPU: `[V, D]` of F32, or of F16 / BF16
     /// (see [`GpuTensor::from_f16`]; read as f32, output f32, no `shader-f16` needed).
     pub fn from_tensor(weight: GpuTensor) -> Result<Self> {
-        let (v, d) = table_shape(&weight)?;
-        Ok(Self { weight, num_embeddings: v, embedding_dim: d, padding_idx: None, max_norm: None })
+        Ok(Self { table: DenseTable::new(weight)? })
     }
 
-    /// Sets `padding_idx` (negative counts from the end, as in PyTorch). The forward
-    /// returns the stored row for it, as PyTorch does; it only matters for gradients
-    /// and for the bags, which skip it.
-    pub fn with_padding_idx(mut self, padding_idx: Option<i64>) -> Result<Self> {
-        self.padding_idx = normalize_padding_idx(padding_idx, self.num_embeddings)?;
-        Ok(self)
-    }
-
-    /// Sets `max_norm` and `norm_type`: each forward first renormalises, in place on the
-    /// GPU, every table row it references whose norm exceeds `max_norm`.
-    pub fn with_max_norm(mut self, max_norm: Option<f32>, norm_type: f32) -> Result<Self> {
-        self.max_norm = MaxNorm::new(max_norm, norm_type, &self.weight)?;
-        Ok(self)
-    }
-
-    /// The table (after any renormalisation so far).
-    pub fn weight(&self) -> &GpuTensor {
-        &self.weight
-    }
-
-    /// Rows in the table.
-    pub fn num_embeddings(&self) -> usize {
-        self.num_embeddings
-    }
-
-    /// Columns of the table.
-    pub fn embedding_dim(&self) -> usize {
-        self.embedding_dim
-    }
-
-    /// The normalised padding index.
-    pub fn padding_idx(&self) -> Option<u32> {
-        self.padding_idx
-    }
+    dense_table_methods!(
+        "The forward returns the stored row for it, as PyTorch does; it only matters for gradients and for the bags, which skip it."
+    );
 
     /// Looks up host indices of any shape; the result has shape `[*indices, D]`.
     pub fn forward(&self, ctx: &Context, indices: Indices<'_>) -> Result<GpuTensor> {
-        let rows = indices.to_rows("indices", self.num_embeddings as u64)?;
+        let rows = indices.to_rows("indices", self.table.num_embeddings as u64)?;
         let idx = upload_rows(ctx, &rows, self.batch_rows(ctx)?)?;
-        self.run(ctx, &idx, &out_shape(indices.shape, self.embedding_dim), Some(&rows))
+        self.run(ctx, &idx, &out_shape(indices.shape, self.table.embedding_dim), Some(&rows))
     }
 
     /// Looks up indices that already live on the GPU (an i32 tensor). A check kernel
@@ -95,27 +57,28 @@ impl Embedding {
     /// [`Error::IndexOutOfRange`](crate::Error::IndexOutOfRange) and nothing (not the
     /// max-norm table) is written.
     pub fn forward_gpu(&self, ctx: &Context, indices: &GpuTensor) -> Result<GpuTensor> {
-        crate::gpu::index_check::check_gpu_indices(ctx, "indices", indices, self.num_embeddings as u64)?;
+        crate::gpu::index_check::check_gpu_indices(ctx, "indices", indices, self.table.num_embeddings as u64)?;
         let idx = indices.resegment(ctx, self.batch_rows(ctx)?)?;
         // The lookup kernel still refuses to read out of range (its status goes unread).
-        self.run(ctx, &idx, &out_shape(indices.shape(), self.embedding_dim), None)
+        self.run(ctx, &idx, &out_shape(indices.shape(), self.table.embedding_dim), None)
     }
 
     /// Indices per output segment: an output segment of that many rows fits one binding.
     fn batch_rows(&self, ctx: &Context) -> Result<u64> {
-        GpuTensor::rows_per_segment(ctx, self.embedding_dim, DType::F32)
+        GpuTensor::rows_per_segment(ctx, self.table.embedding_dim, DType::F32)
     }
 
     /// `host_rows`: the indices as checked on the host, when they came from the host.
     fn run(&self, ctx: &Context, idx: &GpuTensor, shape: &[usize], host_rows: Option<&[i32]>) -> Result<GpuTensor> {
-        let out = GpuTensor::zeros_with(ctx, shape, DType::F32, self.embedding_dim, self.batch_rows(ctx)?)?;
+        let t = &self.table;
+        let out = GpuTensor::zeros_with(ctx, shape, DType::F32, t.embedding_dim, self.batch_rows(ctx)?)?;
         let status = Status::new(ctx);
         ctx.scoped(|| {
             let mut encoder = ctx.encoder();
-            if let Some(mn) = self.max_norm {
-                renormalize(ctx, &mut encoder, &self.weight, idx, mn)?;
+            if let Some(mn) = t.max_norm {
+                renormalize(ctx, &mut encoder, &t.weight, idx, mn)?;
             }
-            record_lookup(ctx, &mut encoder, &self.weight, idx, &out, &status, host_rows)?;
+            record_lookup(ctx, &mut encoder, &t.weight, idx, &out, &status, host_rows)?;
             ctx.submit(encoder)
         })?;
         // Host indices were checked before upload and GPU-resident ones by the check

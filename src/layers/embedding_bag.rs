@@ -8,12 +8,11 @@ use crate::gpu::kernel::binding::{COUNTS, INPUT, OFFSETS, OUT, PARAMS, STATUS, T
 use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{BagPlan, Call, Grid, PassParams, MODE_MAX, MODE_MEAN, MODE_SUM, NO_PADDING};
 use crate::gpu::status::Status;
-use crate::gpu::table::check_table;
 use crate::gpu::table::TableAccess;
 use crate::gpu::tensor::{DType, GpuTensor};
 use crate::layers::embedding::renormalize;
-use crate::layers::indices::{normalize_padding_idx, Indices};
-use crate::layers::table::{table_format, table_shape, vec4_lanes, MaxNorm};
+use crate::layers::indices::Indices;
+use crate::layers::table::{dense_table_methods, table_format, vec4_lanes, DenseTable};
 
 pub static FAMILY: ShaderFamily = ShaderFamily {
     name: "embedding_bag",
@@ -34,6 +33,9 @@ fn bag_chunk(ctx: &Context) -> u32 {
         4
     }
 }
+
+/// `per_sample_weights` given from the host: values and shape (the input's).
+pub type PerSampleWeights<'a> = Option<(&'a [f32], &'a [usize])>;
 
 /// How a bag's rows are reduced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -72,6 +74,27 @@ impl BagMode {
     }
 }
 
+/// `forward` of a bag layer (fields `mode`, `include_last_offset`; methods
+/// `num_embeddings` and `reduce`, which takes the bags checked on the host).
+macro_rules! bag_forward {
+    () => {
+        /// Reduces bags: 1-D `input` with `offsets`, or 2-D `input` `[B, N]` without.
+        /// `per_sample_weights` (values and shape, same shape as `input`) only with sum.
+        /// Returns `[B, D]`.
+        pub fn forward(
+            &self,
+            ctx: &Context,
+            input: Indices<'_>,
+            offsets: Option<Indices<'_>>,
+            per_sample_weights: PerSampleWeights<'_>,
+        ) -> Result<GpuTensor> {
+            let n = self.num_embeddings();
+            self.reduce(ctx, plan_bags(input, offsets, per_sample_weights, self.mode, self.include_last_offset, n)?)
+        }
+    };
+}
+pub(crate) use bag_forward;
+
 /// Bags resolved on the host: flat indices and `bags + 1` boundaries.
 #[derive(Debug, Clone)]
 pub(crate) struct HostBags {
@@ -93,7 +116,7 @@ impl HostBags {
 pub(crate) fn plan_bags(
     input: Indices<'_>,
     offsets: Option<Indices<'_>>,
-    per_sample_weights: Option<(&[f32], &[usize])>,
+    per_sample_weights: PerSampleWeights<'_>,
     mode: BagMode,
     include_last_offset: bool,
     num_embeddings: usize,
@@ -194,41 +217,24 @@ pub(crate) fn plan_bounds(
 /// A table on the GPU reduced over bags, with PyTorch's `nn.EmbeddingBag` semantics.
 #[derive(Debug, Clone)]
 pub struct EmbeddingBag {
-    weight: GpuTensor,
-    num_embeddings: usize,
-    embedding_dim: usize,
+    table: DenseTable,
     mode: BagMode,
-    padding_idx: Option<u32>,
-    max_norm: Option<MaxNorm>,
     include_last_offset: bool,
 }
 
 impl EmbeddingBag {
     /// Builds the layer from a row-major `[num_embeddings, embedding_dim]` table.
     pub fn from_pretrained(ctx: &Context, weight: &[f32], num_embeddings: usize, embedding_dim: usize, mode: BagMode) -> Result<Self> {
-        check_table(weight.len(), num_embeddings, embedding_dim)?;
-        let weight = GpuTensor::from_f32(ctx, weight, &[num_embeddings, embedding_dim])?;
-        Self::from_tensor(weight, mode)
+        Ok(Self { table: DenseTable::from_host(ctx, weight, num_embeddings, embedding_dim)?, mode, include_last_offset: false })
     }
 
     /// Builds the layer over a `[V, D]` table already on the GPU: F32, or F16 / BF16
     /// (read as f32, accumulated and output in f32).
     pub fn from_tensor(weight: GpuTensor, mode: BagMode) -> Result<Self> {
-        let (v, d) = table_shape(&weight)?;
-        Ok(Self { weight, num_embeddings: v, embedding_dim: d, mode, padding_idx: None, max_norm: None, include_last_offset: false })
+        Ok(Self { table: DenseTable::new(weight)?, mode, include_last_offset: false })
     }
 
-    /// Rows equal to `padding_idx` are left out of sums, means (and their counts) and maxima.
-    pub fn with_padding_idx(mut self, padding_idx: Option<i64>) -> Result<Self> {
-        self.padding_idx = normalize_padding_idx(padding_idx, self.num_embeddings)?;
-        Ok(self)
-    }
-
-    /// Renormalise referenced rows in place before reducing (see `Embedding::with_max_norm`).
-    pub fn with_max_norm(mut self, max_norm: Option<f32>, norm_type: f32) -> Result<Self> {
-        self.max_norm = MaxNorm::new(max_norm, norm_type, &self.weight)?;
-        Ok(self)
-    }
+    dense_table_methods!("Rows equal to it are left out of sums, means (and their counts) and maxima.");
 
     /// With `true`, `offsets` has one more entry than there are bags: the end of the last.
     pub fn with_include_last_offset(mut self, include_last_offset: bool) -> Self {
@@ -236,33 +242,18 @@ impl EmbeddingBag {
         self
     }
 
-    /// The table (after any renormalisation so far).
-    pub fn weight(&self) -> &GpuTensor {
-        &self.weight
-    }
-
     /// The reduction.
     pub fn mode(&self) -> BagMode {
         self.mode
     }
 
-    /// Reduces bags: 1-D `input` with `offsets`, or 2-D `input` `[B, N]` without.
-    /// `per_sample_weights` (values and shape, same shape as `input`) only with sum.
-    /// Returns `[B, D]`.
-    pub fn forward(
-        &self,
-        ctx: &Context,
-        input: Indices<'_>,
-        offsets: Option<Indices<'_>>,
-        per_sample_weights: Option<(&[f32], &[usize])>,
-    ) -> Result<GpuTensor> {
-        let plan = plan_bags(input, offsets, per_sample_weights, self.mode, self.include_last_offset, self.num_embeddings)?;
-        let idx = GpuTensor::from_bytes(ctx, bytemuck::cast_slice(&plan.rows), &[plan.rows.len()], DType::I32, 1)?;
-        let weights = match &plan.weights {
-            Some(w) => Some(GpuTensor::from_bytes(ctx, bytemuck::cast_slice(w), &[w.len()], DType::F32, 1)?),
-            None => None,
-        };
-        self.run(ctx, &idx, weights.as_ref(), &plan.bounds)
+    bag_forward!();
+
+    /// Uploads bags checked on the host and reduces them.
+    fn reduce(&self, ctx: &Context, bags: HostBags) -> Result<GpuTensor> {
+        let idx = GpuTensor::flat(ctx, &bags.rows, DType::I32)?;
+        let weights = bags.weights.as_deref().map(|w| GpuTensor::flat(ctx, w, DType::F32)).transpose()?;
+        self.run(ctx, &idx, weights.as_ref(), &bags.bounds)
     }
 
     /// Like [`EmbeddingBag::forward`] with `input` (1-D with `offsets`, or 2-D) and
@@ -286,7 +277,7 @@ impl EmbeddingBag {
         }
         let weights_shape = per_sample_weights.map(|w| (w.numel(), w.shape()));
         let bounds = plan_bounds(input.shape(), input.numel(), offsets, weights_shape, self.mode, self.include_last_offset)?;
-        crate::gpu::index_check::check_gpu_indices(ctx, "input", input, self.num_embeddings as u64)?;
+        crate::gpu::index_check::check_gpu_indices(ctx, "input", input, self.table.num_embeddings as u64)?;
         // Same segmentation as host-given lists, which `reduce_bags` expects of both.
         let per = GpuTensor::rows_per_segment(ctx, 1, DType::I32)?;
         let idx = input.resegment(ctx, per)?;
@@ -296,22 +287,16 @@ impl EmbeddingBag {
 
     /// Records and submits the reduction of checked indices `idx` over `bounds`.
     fn run(&self, ctx: &Context, idx: &GpuTensor, weights: Option<&GpuTensor>, bounds: &[u32]) -> Result<GpuTensor> {
-        let bags = bounds.len() - 1;
-        let out = GpuTensor::zeros_with(
-            ctx,
-            &[bags, self.embedding_dim],
-            DType::F32,
-            self.embedding_dim,
-            BagPlan::bags_per_segment(ctx, self.embedding_dim)?,
-        )?;
+        let t = &self.table;
+        let out = BagPlan::output(ctx, bounds.len() - 1, t.embedding_dim)?;
         let status = Status::new(ctx);
         ctx.scoped(|| {
             let mut encoder = ctx.encoder();
-            if let Some(mn) = self.max_norm {
-                renormalize(ctx, &mut encoder, &self.weight, idx, mn)?;
+            if let Some(mn) = t.max_norm {
+                renormalize(ctx, &mut encoder, &t.weight, idx, mn)?;
             }
-            let spec = BagSpec { mode: self.mode, padding_idx: self.padding_idx, num_embeddings: self.num_embeddings };
-            record_bags(ctx, &mut encoder, &self.weight, idx, weights, bounds, &out, &status, spec)?;
+            let spec = BagSpec { mode: self.mode, padding_idx: t.padding_idx, num_embeddings: t.num_embeddings };
+            record_bags(ctx, &mut encoder, &t.weight, idx, weights, bounds, &out, &status, spec)?;
             ctx.submit(encoder)
         })?;
         Ok(out)

@@ -9,9 +9,9 @@ use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{BagPlan, Call, Grid, PassParams, RowPlan};
 use crate::gpu::tensor::{DType, GpuTensor};
 use crate::layers::embedding::out_shape;
-use crate::layers::embedding_bag::{plan_bags, BagMode, BagSpec};
+use crate::layers::embedding_bag::{bag_forward, plan_bags, BagMode, BagSpec, HostBags, PerSampleWeights};
 use crate::layers::indices::{normalize_padding_idx, upload_rows, Indices};
-use crate::quant::table::{QuantizedTable, Scheme};
+use crate::quant::table::QuantizedTable;
 
 pub static FAMILY: ShaderFamily = ShaderFamily {
     name: "quantized_embedding",
@@ -51,18 +51,6 @@ pub struct QuantizedEmbedding {
 }
 
 impl QuantizedEmbedding {
-    /// Quantizes `weight` (`[num_embeddings, embedding_dim]`, row-major) on the GPU.
-    pub fn from_pretrained(
-        ctx: &Context,
-        weight: &[f32],
-        num_embeddings: usize,
-        embedding_dim: usize,
-        scheme: Scheme,
-        blocksize: Option<usize>,
-    ) -> Result<Self> {
-        Ok(Self { table: QuantizedTable::from_pretrained(ctx, weight, num_embeddings, embedding_dim, scheme, blocksize)? })
-    }
-
     /// Looks up in a table quantized before.
     pub fn new(table: QuantizedTable) -> Self {
         Self { table }
@@ -126,19 +114,6 @@ pub struct QuantizedEmbeddingBag {
 }
 
 impl QuantizedEmbeddingBag {
-    /// Quantizes `weight` (`[num_embeddings, embedding_dim]`, row-major) on the GPU.
-    pub fn from_pretrained(
-        ctx: &Context,
-        weight: &[f32],
-        num_embeddings: usize,
-        embedding_dim: usize,
-        scheme: Scheme,
-        blocksize: Option<usize>,
-        mode: BagMode,
-    ) -> Result<Self> {
-        Ok(Self::new(QuantizedTable::from_pretrained(ctx, weight, num_embeddings, embedding_dim, scheme, blocksize)?, mode))
-    }
-
     /// Reduces bags over a table quantized before.
     pub fn new(table: QuantizedTable, mode: BagMode) -> Self {
         Self { table, mode, padding_idx: None, include_last_offset: false }
@@ -166,18 +141,17 @@ impl QuantizedEmbeddingBag {
         self.table.gpu_bytes()
     }
 
-    /// Reduces bags: 1-D `input` with `offsets`, or 2-D `input` `[B, N]` without;
-    /// `per_sample_weights` (values and shape, as `input`) only with sum. Returns `[B, D]`.
-    pub fn forward(
-        &self,
-        ctx: &Context,
-        input: Indices<'_>,
-        offsets: Option<Indices<'_>>,
-        per_sample_weights: Option<(&[f32], &[usize])>,
-    ) -> Result<GpuTensor> {
+    /// Rows in the table.
+    pub fn num_embeddings(&self) -> usize {
+        self.table.num_embeddings()
+    }
+
+    bag_forward!();
+
+    /// Uploads bags checked on the host and reduces them.
+    fn reduce(&self, ctx: &Context, bags: HostBags) -> Result<GpuTensor> {
         let t = &self.table;
         let d = t.embedding_dim();
-        let bags = plan_bags(input, offsets, per_sample_weights, self.mode, self.include_last_offset, t.num_embeddings())?;
         let n = bags.rows.len();
         // Index entries: the row, then (with weights) the weight's bits, so one binding holds both.
         let (entries, stride) = match &bags.weights {
@@ -185,9 +159,9 @@ impl QuantizedEmbeddingBag {
                 let pairs: Vec<i32> = bags.rows.iter().zip(w).flat_map(|(&r, &w)| [r, w.to_bits() as i32]).collect();
                 (GpuTensor::from_bytes(ctx, bytemuck::cast_slice(&pairs), &[n, 2], DType::I32, 2)?, 2u32)
             }
-            None => (GpuTensor::from_bytes(ctx, bytemuck::cast_slice(&bags.rows), &[n], DType::I32, 1)?, 1u32),
+            None => (GpuTensor::flat(ctx, &bags.rows, DType::I32)?, 1u32),
         };
-        let out = GpuTensor::zeros_with(ctx, &[bags.bounds.len() - 1, d], DType::F32, d, BagPlan::bags_per_segment(ctx, d)?)?;
+        let out = BagPlan::output(ctx, bags.bounds.len() - 1, d)?;
         let access = t.access();
         let spec = BagSpec { mode: self.mode, padding_idx: self.padding_idx, num_embeddings: t.num_embeddings() };
         let params = PassParams { group: t.group(), arg0: stride, ..spec.params(d) };

@@ -4,7 +4,84 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::context::{Context, WORKGROUP_SIZE};
+use crate::gpu::table::check_table;
 use crate::gpu::tensor::{DType, GpuTensor};
+use crate::layers::indices::normalize_padding_idx;
+
+/// A dense table on the GPU and the settings `Embedding` and `EmbeddingBag` share.
+#[derive(Debug, Clone)]
+pub(crate) struct DenseTable {
+    pub weight: GpuTensor,
+    pub num_embeddings: usize,
+    pub embedding_dim: usize,
+    pub padding_idx: Option<u32>,
+    pub max_norm: Option<MaxNorm>,
+}
+
+impl DenseTable {
+    /// A row-major `[num_embeddings, embedding_dim]` f32 table, uploaded.
+    pub fn from_host(ctx: &Context, weight: &[f32], num_embeddings: usize, embedding_dim: usize) -> Result<Self> {
+        check_table(weight.len(), num_embeddings, embedding_dim)?;
+        Self::new(GpuTensor::from_f32(ctx, weight, &[num_embeddings, embedding_dim])?)
+    }
+
+    /// A `[V, D]` table already on the GPU (F32, F16 or BF16).
+    pub fn new(weight: GpuTensor) -> Result<Self> {
+        let (num_embeddings, embedding_dim) = table_shape(&weight)?;
+        Ok(DenseTable { weight, num_embeddings, embedding_dim, padding_idx: None, max_norm: None })
+    }
+
+    pub fn set_padding_idx(&mut self, padding_idx: Option<i64>) -> Result<()> {
+        self.padding_idx = normalize_padding_idx(padding_idx, self.num_embeddings)?;
+        Ok(())
+    }
+
+    pub fn set_max_norm(&mut self, max_norm: Option<f32>, norm_type: f32) -> Result<()> {
+        self.max_norm = MaxNorm::new(max_norm, norm_type, &self.weight)?;
+        Ok(())
+    }
+}
+
+/// The builder and accessor methods of a layer over a [`DenseTable`] in its field
+/// `table`; `$padding_doc` says what `padding_idx` does in that layer.
+macro_rules! dense_table_methods {
+    ($padding_doc:literal) => {
+        /// Sets `padding_idx` (negative counts from the end, as in PyTorch).
+        #[doc = $padding_doc]
+        pub fn with_padding_idx(mut self, padding_idx: Option<i64>) -> Result<Self> {
+            self.table.set_padding_idx(padding_idx)?;
+            Ok(self)
+        }
+
+        /// Sets `max_norm` and `norm_type`: each forward first renormalises, in place on
+        /// the GPU, every table row it references whose norm exceeds `max_norm`.
+        pub fn with_max_norm(mut self, max_norm: Option<f32>, norm_type: f32) -> Result<Self> {
+            self.table.set_max_norm(max_norm, norm_type)?;
+            Ok(self)
+        }
+
+        /// The table (after any renormalisation so far).
+        pub fn weight(&self) -> &GpuTensor {
+            &self.table.weight
+        }
+
+        /// Rows in the table.
+        pub fn num_embeddings(&self) -> usize {
+            self.table.num_embeddings
+        }
+
+        /// Columns of the table.
+        pub fn embedding_dim(&self) -> usize {
+            self.table.embedding_dim
+        }
+
+        /// The normalised padding index.
+        pub fn padding_idx(&self) -> Option<u32> {
+            self.table.padding_idx
+        }
+    };
+}
+pub(crate) use dense_table_methods;
 
 /// Max-norm settings shared by `Embedding` and `EmbeddingBag`.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -119,7 +119,7 @@ impl QuantizedTable {
         check_table(weight.len(), num_embeddings, embedding_dim)?;
         let blocksize = Self::check(scheme, blocksize, weight.len())?;
         // Uploaded flat: the quantization kernels read elements, not rows.
-        let table = GpuTensor::from_bytes(ctx, bytemuck::cast_slice(weight), &[weight.len()], DType::F32, 1)?;
+        let table = GpuTensor::flat(ctx, weight, DType::F32)?;
         let q = Self::build(ctx, &table, num_embeddings, embedding_dim, scheme, blocksize);
         table.release();
         q
