@@ -370,7 +370,8 @@ impl GpuTensor {
     }
 
     /// A copy on the GPU with `rows_per_segment` rows per buffer (GPU-side copies only).
-    pub(crate) fn resegment(&self, ctx: &Context, rows_per_segment: u64) -> Result<GpuTensor> {
+    /// The copies are recorded into `encoder`, to run before the kernels that read them.
+    pub(crate) fn resegment(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, rows_per_segment: u64) -> Result<GpuTensor> {
         if self.segments.iter().all(|s| s.rows <= rows_per_segment)
             && self.segments.iter().rev().skip(1).all(|s| s.rows == rows_per_segment)
         {
@@ -378,7 +379,6 @@ impl GpuTensor {
         }
         let out = Self::zeros_with(ctx, &self.shape, self.dtype, self.row_len, rows_per_segment)?;
         let rb = row_bytes(self.row_len, self.dtype);
-        let mut encoder = ctx.encoder();
         for dst in out.segments.iter() {
             for src in self.segments.iter() {
                 let lo = dst.first_row.max(src.first_row);
@@ -396,7 +396,6 @@ impl GpuTensor {
                 );
             }
         }
-        ctx.submit(encoder)?;
         Ok(out)
     }
 }

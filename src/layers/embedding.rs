@@ -58,9 +58,8 @@ impl Embedding {
     /// max-norm table) is written.
     pub fn forward_gpu(&self, ctx: &Context, indices: &GpuTensor) -> Result<GpuTensor> {
         crate::gpu::index_check::check_gpu_indices(ctx, "indices", indices, self.table.num_embeddings as u64)?;
-        let idx = indices.resegment(ctx, self.batch_rows(ctx)?)?;
         // The lookup kernel still refuses to read out of range (its status goes unread).
-        self.run(ctx, &idx, &out_shape(indices.shape(), self.table.embedding_dim), None)
+        self.run(ctx, indices, &out_shape(indices.shape(), self.table.embedding_dim), None)
     }
 
     /// Indices per output segment: an output segment of that many rows fits one binding.
@@ -69,12 +68,15 @@ impl Embedding {
     }
 
     /// `host_rows`: the indices as checked on the host, when they came from the host.
-    fn run(&self, ctx: &Context, idx: &GpuTensor, shape: &[usize], host_rows: Option<&[i32]>) -> Result<GpuTensor> {
+    fn run(&self, ctx: &Context, indices: &GpuTensor, shape: &[usize], host_rows: Option<&[i32]>) -> Result<GpuTensor> {
         let t = &self.table;
-        let out = GpuTensor::zeros_with(ctx, shape, DType::F32, t.embedding_dim, self.batch_rows(ctx)?)?;
+        let per = self.batch_rows(ctx)?;
+        let out = GpuTensor::zeros_with(ctx, shape, DType::F32, t.embedding_dim, per)?;
         let status = Status::new(ctx);
         ctx.scoped(|| {
             let mut encoder = ctx.encoder();
+            // Index segments pair with output segments.
+            let idx = &indices.resegment(ctx, &mut encoder, per)?;
             if let Some(mn) = t.max_norm {
                 renormalize(ctx, &mut encoder, &t.weight, idx, mn)?;
             }

@@ -278,20 +278,21 @@ impl EmbeddingBag {
         let weights_shape = per_sample_weights.map(|w| (w.numel(), w.shape()));
         let bounds = plan_bounds(input.shape(), input.numel(), offsets, weights_shape, self.mode, self.include_last_offset)?;
         crate::gpu::index_check::check_gpu_indices(ctx, "input", input, self.table.num_embeddings as u64)?;
-        // Same segmentation as host-given lists, which `reduce_bags` expects of both.
-        let per = GpuTensor::rows_per_segment(ctx, 1, DType::I32)?;
-        let idx = input.resegment(ctx, per)?;
-        let weights = per_sample_weights.map(|w| w.resegment(ctx, per)).transpose()?;
-        self.run(ctx, &idx, weights.as_ref(), &bounds)
+        self.run(ctx, input, per_sample_weights, &bounds)
     }
 
-    /// Records and submits the reduction of checked indices `idx` over `bounds`.
-    fn run(&self, ctx: &Context, idx: &GpuTensor, weights: Option<&GpuTensor>, bounds: &[u32]) -> Result<GpuTensor> {
+    /// Records and submits the reduction of checked indices over `bounds`.
+    fn run(&self, ctx: &Context, indices: &GpuTensor, weights: Option<&GpuTensor>, bounds: &[u32]) -> Result<GpuTensor> {
         let t = &self.table;
         let out = BagPlan::output(ctx, bounds.len() - 1, t.embedding_dim)?;
         let status = Status::new(ctx);
+        // Indices and weights in segments alike, as flat host lists are.
+        let per = GpuTensor::rows_per_segment(ctx, 1, DType::I32)?;
         ctx.scoped(|| {
             let mut encoder = ctx.encoder();
+            let idx = &indices.resegment(ctx, &mut encoder, per)?;
+            let weights = weights.map(|w| w.resegment(ctx, &mut encoder, per)).transpose()?;
+            let weights = weights.as_ref();
             if let Some(mn) = t.max_norm {
                 renormalize(ctx, &mut encoder, &t.weight, idx, mn)?;
             }

@@ -159,12 +159,12 @@ impl LayerNorm {
         }
         // Input and output are segmented alike, so each dispatch pairs one of each.
         let per = GpuTensor::rows_per_segment(ctx, self.dim, DType::F32)?;
-        let x = x.resegment(ctx, per)?;
         let out = GpuTensor::zeros_with(ctx, x.shape(), DType::F32, self.dim, per)?;
         let constants = [("ROW_THREADS", row_threads(self.dim) as f64)];
         let call = self.affine.call(&LAYER_NORM, &constants, self.affine.params(self.dim, self.eps));
         ctx.scoped(|| {
             let mut encoder = ctx.encoder();
+            let x = x.resegment(ctx, &mut encoder, per)?;
             RowPlan { input: Some(&x), out: Some(&out), table: None, status: None }.record(ctx, &mut encoder, &call, None);
             ctx.submit(encoder)
         })?;

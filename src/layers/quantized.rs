@@ -78,26 +78,28 @@ impl QuantizedEmbedding {
     /// [`Error::IndexOutOfRange`](crate::Error::IndexOutOfRange) and nothing is looked up.
     pub fn forward_gpu(&self, ctx: &Context, indices: &GpuTensor) -> Result<GpuTensor> {
         crate::gpu::index_check::check_gpu_indices(ctx, "indices", indices, self.table.num_embeddings() as u64)?;
-        let idx = indices.resegment(ctx, self.batch_rows(ctx)?)?;
-        self.run(ctx, &idx, indices.shape())
+        self.run(ctx, indices, indices.shape())
     }
 
     fn batch_rows(&self, ctx: &Context) -> Result<u64> {
         GpuTensor::rows_per_segment(ctx, self.table.embedding_dim(), DType::F32)
     }
 
-    /// Looks up checked indices `idx`, segmented like the output's rows.
-    fn run(&self, ctx: &Context, idx: &GpuTensor, index_shape: &[usize]) -> Result<GpuTensor> {
+    /// Looks up checked indices.
+    fn run(&self, ctx: &Context, indices: &GpuTensor, index_shape: &[usize]) -> Result<GpuTensor> {
         let t = &self.table;
         let d = t.embedding_dim();
-        let out = GpuTensor::zeros_with(ctx, &out_shape(index_shape, d), DType::F32, d, self.batch_rows(ctx)?)?;
+        let per = self.batch_rows(ctx)?;
+        let out = GpuTensor::zeros_with(ctx, &out_shape(index_shape, d), DType::F32, d, per)?;
         let access = t.access();
         let scheme = [("SCHEME", t.scheme().kernel_scheme() as f64)];
         let call =
             Call { extra: std::slice::from_ref(&t.consts), ..Call::new(&LOOKUP, &scheme, Grid::Elements(d as u64), table_params(t, 1)) };
         ctx.scoped(|| {
             let mut encoder = ctx.encoder();
-            RowPlan { input: Some(idx), out: Some(&out), table: Some(&access), status: None }.record(ctx, &mut encoder, &call, None);
+            // Index segments pair with output segments.
+            let idx = indices.resegment(ctx, &mut encoder, per)?;
+            RowPlan { input: Some(&idx), out: Some(&out), table: Some(&access), status: None }.record(ctx, &mut encoder, &call, None);
             ctx.submit(encoder)
         })?;
         Ok(out)
