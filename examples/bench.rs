@@ -351,18 +351,8 @@ fn main() {
                 points.push(Point { kernel: "lookup".into(), rows, dim, bag: 1, dist: dist.name(), bytes, gpu_s, wall_s, cpu_s, copy_s });
                 if texture_reads && dist == Dist::Uniform {
                     let (gpu_s, wall_s, copy_s) = time_gpu_buffer_reads(&mut ctx, table_reads, &timer, args.reps, &copy, lookup);
-                    points.push(Point {
-                        kernel: "lookup_buffer_reads".into(),
-                        rows,
-                        dim,
-                        bag: 1,
-                        dist: dist.name(),
-                        bytes,
-                        gpu_s,
-                        wall_s,
-                        cpu_s,
-                        copy_s,
-                    });
+                    let kernel = "lookup_buffer_reads".into();
+                    points.push(Point { kernel, rows, dim, bag: 1, dist: dist.name(), bytes, gpu_s, wall_s, cpu_s, copy_s });
                 }
                 drop((idx, out));
                 for &bag in &bag_sizes {
@@ -377,18 +367,8 @@ fn main() {
                         let bags = |ctx: &Context, e: &mut wgpu::CommandEncoder| rec.bags(ctx, e, &table, &idx, &bounds, &out, mode);
                         let (gpu_s, wall_s, copy_s) = time_gpu(&ctx, &timer, args.reps, Some(&copy), bags);
                         let cpu_s = time_cpu(args.reps, || cpu_bags(&host_table, dim, &idx_host, bag, Some(mode), &mut host_out, threads));
-                        points.push(Point {
-                            kernel: format!("bag_{}", mode.name()),
-                            rows,
-                            dim,
-                            bag,
-                            dist: dist.name(),
-                            bytes,
-                            gpu_s,
-                            wall_s,
-                            cpu_s,
-                            copy_s,
-                        });
+                        let kernel = format!("bag_{}", mode.name());
+                        points.push(Point { kernel, rows, dim, bag, dist: dist.name(), bytes, gpu_s, wall_s, cpu_s, copy_s });
                         if texture_reads && dist == Dist::Uniform && mode == BagMode::Sum {
                             let (gpu_s, wall_s, copy_s) = time_gpu_buffer_reads(&mut ctx, table_reads, &timer, args.reps, &copy, bags);
                             let kernel = "bag_sum_buffer_reads".into();

@@ -1,6 +1,7 @@
 //! `torch.nn.LayerNorm` over the last dimension on the GPU: any leading shape,
-//! optional affine, any `eps`, biased variance computed stably (Welford/Chan) in f32,
-//! the mean in the order of PyTorch's CPU kernel (see `shaders/layer_norm.wgsl`).
+//! optional affine, any `eps`, mean and biased variance of the row shifted by its first
+//! value, merged stably (Welford/Chan) in f32, each row read once (see
+//! `shaders/layer_norm.wgsl`).
 //! Also the kernel family shared by StableEmbedding and the BERT embedding block.
 
 use crate::error::{Error, Result};
