@@ -4,6 +4,7 @@
 mod common;
 
 use wgpu_embed::conformance::cases::{compare, CaseFile};
+use wgpu_embed::conformance::exact::exact_norm;
 use wgpu_embed::conformance::registry::supported_ops;
 use wgpu_embed::conformance::runner::run_cases;
 
@@ -32,13 +33,14 @@ fn check(max_binding: Option<u64>) {
             failures.push(format!("{}: {}", case.id, rep.message.clone().unwrap_or_default()));
             continue;
         }
+        let exact = exact_norm(&file, case);
         for name in &case.outputs {
             let want = file.expected(&case.id, name).expect("expected tensor");
             let got = outputs.iter().find(|(n, _)| *n == format!("{}/{name}", case.id)).map(|(_, t)| t);
             match got {
                 None => failures.push(format!("{}: output {name} missing", case.id)),
                 Some(got) => {
-                    if let Some(problem) = compare(case, want, got) {
+                    if let Some(problem) = compare(case, want, got, exact.as_deref()) {
                         failures.push(format!("{}/{name}: {problem}", case.id));
                     }
                 }

@@ -2,6 +2,7 @@
 //! run-cases` and `wgpu-embed check` use.
 
 pub mod cases;
+pub mod exact;
 pub mod registry;
 #[cfg(not(target_arch = "wasm32"))] // blocking read-backs: the CLI's, not the browser's
 pub mod runner;

@@ -224,7 +224,7 @@ pub(crate) fn broadcast(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
 }
 
 /// Strides (in elements) of a row-major tensor of `shape` read as the broadcast `full` shape.
-fn broadcast_strides(shape: &[usize], full: &[usize]) -> Vec<usize> {
+pub(crate) fn broadcast_strides(shape: &[usize], full: &[usize]) -> Vec<usize> {
     let mut strides = vec![0; full.len()];
     let mut stride = 1;
     for i in (0..shape.len()).rev() {
@@ -235,7 +235,7 @@ fn broadcast_strides(shape: &[usize], full: &[usize]) -> Vec<usize> {
     strides
 }
 
-fn source_position(mut p: usize, full: &[usize], strides: &[usize]) -> usize {
+pub(crate) fn source_position(mut p: usize, full: &[usize], strides: &[usize]) -> usize {
     let mut pos = 0;
     for i in (0..full.len()).rev() {
         pos += (p % full[i]) * strides[i];
