@@ -183,6 +183,54 @@ fn time_layer(
     Ok((median(times), median(copies)))
 }
 
+/// One call of the small-call latency rows, its output read back.
+type SmallCall<'a> = dyn FnMut() -> wgpu_embed::Result<Vec<f32>> + 'a;
+
+/// Per-call latency, read-back included, of what a browser user runs: a 16-token
+/// sentence through the BERT block (all-MiniLM-L6-v2's shapes) and a 1-index lookup,
+/// after the floor (one tiny dispatch plus read-back). Medians of `reps` calls.
+fn small_calls(ctx: &Context, timer: &GpuTimer, rec: &Recorder, reps: usize) -> wgpu_embed::Result<Vec<(&'static str, f64)>> {
+    let (vocab, dim, tokens) = (30_522, 384, 16);
+    let word: Vec<f32> = (0..vocab * dim).map(|i| ((i as f32) * 0.618).fract() - 0.5).collect();
+    let (pos, typ) = (word[..512 * dim].to_vec(), word[..2 * dim].to_vec());
+    let tables = [HostTable::f32(&word, vocab, dim)?, HostTable::f32(&pos, 512, dim)?, HostTable::f32(&typ, 2, dim)?];
+    let block = EmbeddingSumLayerNorm::new(ctx, &tables, None, None, 1e-12)?;
+    let lookup = wgpu_embed::Embedding::from_pretrained(ctx, &word, vocab, dim)?;
+    let ids: Vec<i32> = (0..tokens as i32).map(|i| 101 + 97 * i).collect();
+    let (positions, types): (Vec<i32>, Vec<i32>) = ((0..tokens as i32).collect(), vec![0; tokens]);
+    let shape = [1, tokens];
+    let (src, dst) = (GpuTensor::from_f32(ctx, &[1.0; 4], &[1, 4])?, GpuTensor::zeros(ctx, &[1, 4], wgpu_embed::DType::F32, 4)?);
+    let mut calls: Vec<(&'static str, Box<SmallCall<'_>>)> = vec![
+        (
+            "floor: one-word copy dispatch + read-back",
+            Box::new(|| {
+                timer.time(ctx, |e| rec.copy(ctx, e, &src, &dst))?;
+                dst.to_vec_f32(ctx)
+            }),
+        ),
+        ("Embedding, 1 index, D = 384", Box::new(|| lookup.forward(ctx, Indices::i32(&ids[..1], &[1]))?.to_vec_f32(ctx))),
+        (
+            "BERT embedding block, 16 tokens, D = 384",
+            Box::new(|| {
+                let idx = [Indices::i32(&ids, &shape), Indices::i32(&positions, &shape), Indices::i32(&types, &shape)];
+                block.forward(ctx, &idx)?.to_vec_f32(ctx)
+            }),
+        ),
+    ];
+    let mut out = Vec::new();
+    for (name, call) in calls.iter_mut() {
+        call()?; // warm-up: pipelines, texture copies
+        let mut times = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let t = std::time::Instant::now();
+            call()?;
+            times.push(t.elapsed().as_secs_f64());
+        }
+        out.push((*name, median(times)));
+    }
+    Ok(out)
+}
+
 /// [`time_gpu`] with the context reading the tables' buffers, then back to `reads`.
 fn time_gpu_buffer_reads(
     ctx: &mut Context,
@@ -450,6 +498,8 @@ fn main() {
         }
     }
 
+    let small = small_calls(&ctx, &timer, &rec, (args.reps * 5).max(30)).expect("small calls");
+
     // A device error makes timings meaningless: fail rather than write them.
     if let Some(e) = ctx.take_uncaptured_error() {
         panic!("GPU error during the bench: {e}");
@@ -520,6 +570,15 @@ fn main() {
             (format!("{:.2}", p.bytes / p.cpu_s / 1e9), format!("{:.2}", p.cpu_s / p.gpu_s))
         };
         writeln!(md, "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {cpu} | {speedup} |", p.kernel, p.rows, p.dim, g, c, g / c).unwrap();
+    }
+    let floor = small[0].1;
+    md.push_str(
+        "\nSmall calls: wall time of one call through the public API with its read-back to the host (median), against \
+         the floor, one dispatch of a one-word copy plus its read-back on the same adapter.\n\n\
+         | call | µs | × floor |\n|---|---|---|\n",
+    );
+    for (name, s) in &small {
+        writeln!(md, "| {name} | {:.0} | {:.2} |", s * 1e6, s / floor).unwrap();
     }
     std::fs::write(args.out.join("summary.md"), &md).expect("write summary.md");
     print!("{md}");
