@@ -23,6 +23,8 @@ pub struct SafetensorsFile {
     bytes: Vec<u8>,
     entries: BTreeMap<String, Entry>,
     metadata: BTreeMap<String, String>,
+    /// The file read as a conformance case file, on first use by `exactNorm`.
+    cases: std::cell::OnceCell<Option<wgpu_embed::conformance::cases::CaseFile>>,
 }
 
 impl SafetensorsFile {
@@ -60,7 +62,17 @@ impl SafetensorsFile {
                 .collect();
             (entries, metadata)
         };
-        Ok(SafetensorsFile { bytes, entries, metadata })
+        Ok(SafetensorsFile { bytes, entries, metadata, cases: std::cell::OnceCell::new() })
+    }
+
+    /// The exact (float64) result of LayerNorm-family case `caseId` of a conformance
+    /// file, which FORMAT.md accepts as well as PyTorch's (the library's own rule, as
+    /// `wgpu-embed check` applies it); `undefined` for other cases.
+    #[wasm_bindgen(js_name = exactNorm)]
+    pub fn exact_norm(&self, case_id: &str) -> Option<js_sys::Float64Array> {
+        let file = self.cases.get_or_init(|| wgpu_embed::conformance::cases::CaseFile::parse(&self.bytes).ok()).as_ref()?;
+        let case = file.cases.iter().find(|c| c.id == case_id)?;
+        wgpu_embed::conformance::exact::exact_norm(file, case).map(|v| js_sys::Float64Array::from(&v[..]))
     }
 
     /// Tensor names, sorted.
