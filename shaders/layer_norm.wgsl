@@ -107,6 +107,32 @@ fn normalize_row(source: u32, row: u32, lid: u32) {
     }
 }
 
+// The same for a row that one invocation normalises alone (rows up to a few hundred
+// columns on CPU adapters, where workgroup barriers cost more than reading a row twice):
+// statistics over the row, then a second read for the output.
+fn normalize_row_alone(source: u32, row: u32) {
+    let dim = params.dim;
+    let pivot = row_value(source, row, 0u);
+    var count = 0.0;
+    var mean = 0.0;
+    var m2 = 0.0;
+    for (var c = 0u; c < dim; c++) {
+        let x = row_value(source, row, c) - pivot;
+        count += 1.0;
+        let delta = x - mean;
+        mean += delta / count;
+        m2 += delta * (x - mean);
+    }
+    let rstd = 1.0 / sqrt(max(m2 / f32(dim), 0.0) + bitcast<f32>(params.arg0));
+    let base = row * dim;
+    for (var c = 0u; c < dim; c++) {
+        var y = ((row_value(source, row, c) - pivot) - mean) * rstd;
+        if ((params.arg1 & 1u) != 0u) { y = y * ln_affine[c]; }
+        if ((params.arg1 & 2u) != 0u) { y = y + ln_affine[dim + c]; }
+        out[base + c] = y;
+    }
+}
+
 // ---- layer_norm: out = LayerNorm(x) ----
 
 @compute @workgroup_size(ROW_THREADS)
@@ -114,6 +140,13 @@ fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
               @builtin(local_invocation_index) lid: u32) {
     let row = group_index(wid, nwg);
     if (row < params.rows) { normalize_row(FROM_X, row, lid); }
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn layer_norm_alone(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = linear_id(wid, nwg, lid);
+    if (row < params.rows) { normalize_row_alone(FROM_X, row); }
 }
 
 // ---- lookup_sum_layer_norm: out = LayerNorm(Σ_k table[indices[row * K + k]]) ----
@@ -126,6 +159,13 @@ fn lookup_sum_layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     if (row < params.rows) { normalize_row(FROM_LOOKUPS, row, lid); }
 }
 
+@compute @workgroup_size(WG_SIZE)
+fn lookup_sum_layer_norm_alone(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                               @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = linear_id(wid, nwg, lid);
+    if (row < params.rows) { normalize_row_alone(FROM_LOOKUPS, row); }
+}
+
 // ---- normalize_in_place: out = LayerNorm(out), after the accumulate passes ----
 // Each invocation reads a column before it writes it, and only it touches that column.
 
@@ -134,6 +174,13 @@ fn normalize_in_place(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
                       @builtin(local_invocation_index) lid: u32) {
     let row = group_index(wid, nwg);
     if (row < params.rows) { normalize_row(FROM_OUT, row, lid); }
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn normalize_in_place_alone(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                            @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = linear_id(wid, nwg, lid);
+    if (row < params.rows) { normalize_row_alone(FROM_OUT, row); }
 }
 
 // ---- Multi-pass path for tables split over several bindings ----

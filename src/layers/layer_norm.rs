@@ -19,10 +19,40 @@ pub static FAMILY: ShaderFamily =
 /// (the downlevel / GLES 3.1 minimum).
 const BINDINGS: &[(u32, Slot, Role)] = &[PARAMS, TABLE, INPUT, OUT, (5, Slot::Read, Role::Extra(0))];
 
-const LAYER_NORM: Kernel = Kernel::new(&FAMILY, "layer_norm", BINDINGS);
-pub(crate) const LOOKUP_SUM_LAYER_NORM: Kernel = Kernel::new(&FAMILY, "lookup_sum_layer_norm", BINDINGS);
+const LAYER_NORM: NormKernel = NormKernel::new("layer_norm", "layer_norm_alone");
+pub(crate) const LOOKUP_SUM_LAYER_NORM: NormKernel = NormKernel::new("lookup_sum_layer_norm", "lookup_sum_layer_norm_alone");
 pub(crate) const ACCUMULATE: Kernel = Kernel::new(&FAMILY, "accumulate", BINDINGS);
-const NORMALIZE_IN_PLACE: Kernel = Kernel::new(&FAMILY, "normalize_in_place", BINDINGS);
+const NORMALIZE_IN_PLACE: NormKernel = NormKernel::new("normalize_in_place", "normalize_in_place_alone");
+
+/// Widest rows an invocation normalises alone on CPU adapters.
+const ALONE_MAX_DIM: usize = 1024;
+
+/// A LayerNorm kernel in its two forms: a workgroup per row (GPUs, and long rows), or an
+/// invocation per row. On CPU adapters (lavapipe, SwiftShader) a workgroup barrier switches
+/// every invocation out and in, which costs more than reading a short row twice; a GPU
+/// rather spreads a row over lanes that load it together.
+pub(crate) struct NormKernel {
+    per_workgroup: Kernel,
+    per_invocation: Kernel,
+}
+
+impl NormKernel {
+    const fn new(per_workgroup: &'static str, per_invocation: &'static str) -> Self {
+        NormKernel {
+            per_workgroup: Kernel::new(&FAMILY, per_workgroup, BINDINGS),
+            per_invocation: Kernel::new(&FAMILY, per_invocation, BINDINGS),
+        }
+    }
+
+    /// The form for rows of `dim` on this context's adapter, and its grid.
+    fn pick(&self, ctx: &Context, dim: usize) -> (&Kernel, Grid) {
+        if dim <= ALONE_MAX_DIM && ctx.adapter_info().device_type == wgpu::DeviceType::Cpu {
+            (&self.per_invocation, Grid::Elements(1))
+        } else {
+            (&self.per_workgroup, Grid::RowsPerGroup(1))
+        }
+    }
+}
 
 /// Invocations per row: enough to cover short rows without idling most of them.
 pub(crate) fn row_threads(dim: usize) -> u32 {
@@ -84,7 +114,19 @@ impl Affine {
         PassParams { dim: dim as u32, arg0: eps.to_bits(), arg1: self.flags(), ..Default::default() }
     }
 
-    /// A LayerNorm kernel's call: a workgroup per row.
+    /// A LayerNorm kernel's call on rows of `params.dim`, in the form that suits the adapter.
+    pub(crate) fn norm_call<'a>(
+        &'a self,
+        ctx: &Context,
+        kernel: &'a NormKernel,
+        constants: &'a [(&'static str, f64)],
+        params: PassParams,
+    ) -> Call<'a> {
+        let (kernel, grid) = kernel.pick(ctx, params.dim as usize);
+        Call { grid, ..self.call(kernel, constants, params) }
+    }
+
+    /// A call of `kernel` that binds gamma and beta: a workgroup per row unless changed.
     pub(crate) fn call<'a>(&'a self, kernel: &'a Kernel, constants: &'a [(&'static str, f64)], params: PassParams) -> Call<'a> {
         Call {
             extra: std::slice::from_ref(&self.params.segments()[0].buffer),
@@ -162,7 +204,7 @@ impl LayerNorm {
         let per = GpuTensor::rows_per_segment(ctx, self.dim, DType::F32)?;
         let out = GpuTensor::zeros_with(ctx, x.shape(), DType::F32, self.dim, per)?;
         let constants = [("ROW_THREADS", row_threads(self.dim) as f64)];
-        let call = self.affine.call(&LAYER_NORM, &constants, self.affine.params(self.dim, self.eps));
+        let call = self.affine.norm_call(ctx, &LAYER_NORM, &constants, self.affine.params(self.dim, self.eps));
         ctx.scoped(|| {
             let mut encoder = ctx.encoder();
             let x = x.resegment(ctx, &mut encoder, per)?;
@@ -196,6 +238,6 @@ pub(crate) fn normalize_in_place(
     affine: &Affine,
 ) {
     let constants = [("ROW_THREADS", row_threads(dim) as f64)];
-    let call = affine.call(&NORMALIZE_IN_PLACE, &constants, affine.params(dim, eps));
+    let call = affine.norm_call(ctx, &NORMALIZE_IN_PLACE, &constants, affine.params(dim, eps));
     RowPlan { input: None, out: Some(out), table: None, status: None }.record(ctx, encoder, &call, None);
 }

@@ -180,7 +180,7 @@ impl EmbeddingSumLayerNorm {
             let mut encoder = ctx.encoder();
             if self.table.segments().len() == 1 {
                 let constants = [("TABLE_FORMAT", format), ("ROW_THREADS", row_threads(self.dim) as f64)];
-                plan.record(ctx, &mut encoder, &self.affine.call(&LOOKUP_SUM_LAYER_NORM, &constants, params), None);
+                plan.record(ctx, &mut encoder, &self.affine.norm_call(ctx, &LOOKUP_SUM_LAYER_NORM, &constants, params), None);
             } else {
                 // Table split over several bindings: add table k's rows slice by slice, in
                 // k order, then normalise in place.
