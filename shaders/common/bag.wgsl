@@ -41,15 +41,15 @@ fn reduce4(acc: vec4<f32>, v: vec4<f32>) -> vec4<f32> {
 
 // The value of a bag of `n` rows whose reduction is `acc` (a mean divides, an empty
 // max is 0): in the only pass; otherwise `finalize` does it after the last.
-fn finish(acc: f32, n: u32) -> f32 {
+fn finish4(acc: vec4<f32>, n: u32) -> vec4<f32> {
     if (!has_flag(FLAG_LAST_PASS)) { return acc; }
-    if (params.mode == MODE_MEAN) { return select(0.0, acc / f32(n), n > 0u); }
-    if (params.mode == MODE_MAX && n == 0u) { return 0.0; }
+    if (params.mode == MODE_MEAN) { return select(vec4<f32>(0.0), acc / f32(n), n > 0u); }
+    if (params.mode == MODE_MAX && n == 0u) { return vec4<f32>(0.0); }
     return acc;
 }
 
-fn finish4(acc: vec4<f32>, n: u32) -> vec4<f32> {
-    return vec4<f32>(finish(acc.x, n), finish(acc.y, n), finish(acc.z, n), finish(acc.w, n));
+fn finish(acc: f32, n: u32) -> f32 {
+    return finish4(vec4<f32>(acc), n).x;
 }
 
 // Adds this pass's size of bag `b` to its count (once per bag, not per column).
