@@ -139,26 +139,28 @@ impl<'r> PassResources<'r> {
     }
 }
 
-fn record(ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>, r: &PassResources<'_>, rows: u64) {
-    let placeholder = || ctx.placeholder_buffer().as_entire_binding();
-    fn seg<'b>(s: Option<&'b Segment>, placeholder: &'b wgpu::Buffer) -> wgpu::BindingResource<'b> {
-        s.map_or_else(|| placeholder.as_entire_binding(), |s| s.binding())
+fn record<'r>(ctx: &'r Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>, r: &PassResources<'r>, rows: u64) {
+    // Roles a pass does not fill get the context's placeholder buffer.
+    fn or_placeholder<'b>(b: Option<&'b wgpu::Buffer>, placeholder: &'b wgpu::Buffer) -> wgpu::BindingResource<'b> {
+        b.unwrap_or(placeholder).as_entire_binding()
     }
-    let p = ctx.placeholder_buffer();
+    let placeholder = ctx.placeholder_buffer();
+    let buffer = |b| or_placeholder(b, placeholder);
+    let segment = |s: Option<&'r Segment>| or_placeholder(s.map(|s| &s.buffer), placeholder);
     let bindings: Vec<wgpu::BindingResource<'_>> = call
         .kernel
         .bindings
         .iter()
         .map(|&(_, _, role)| match role {
             Role::Params => r.params.as_entire_binding(),
-            Role::Table(k) => seg(r.slice.and_then(|(_, s)| s.segment(k)), p),
+            Role::Table(k) => segment(r.slice.and_then(|(_, s)| s.segment(k))),
             Role::Texture => r.slice.and_then(|(_, s)| s.texture()).map_or_else(|| ctx.placeholder_texture(), |t| t.binding()),
-            Role::Input => seg(r.input, p),
-            Role::Out => seg(r.out, p),
-            Role::Weights => seg(r.weights, p),
-            Role::Offsets => r.offsets.map_or_else(placeholder, |b| b.as_entire_binding()),
-            Role::Counts => r.counts.map_or_else(placeholder, |b| b.as_entire_binding()),
-            Role::Status => r.status.map_or_else(placeholder, |s| s.buffer().as_entire_binding()),
+            Role::Input => segment(r.input),
+            Role::Out => segment(r.out),
+            Role::Weights => segment(r.weights),
+            Role::Offsets => buffer(r.offsets),
+            Role::Counts => buffer(r.counts),
+            Role::Status => buffer(r.status.map(|s| s.buffer())),
             Role::Extra(k) => call.extra[k].as_entire_binding(),
             Role::PerSlice => call.per_slice[r.slice.map_or(0, |(t, _)| t)].as_entire_binding(),
         })
