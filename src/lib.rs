@@ -36,6 +36,7 @@ pub use gpu::context::{Context, ContextOptions, TableReads};
 pub use gpu::tensor::{DType, GpuTensor};
 pub use layers::axial::AxialPositionEmbedding;
 pub use layers::embedding::Embedding;
+pub use layers::embedding_backward::{BagGradients, GradOptions, Gradient};
 pub use layers::embedding_bag::{BagMode, EmbeddingBag, PerSampleWeights};
 pub use layers::indices::{IndexData, Indices};
 pub use layers::layer_norm::LayerNorm;
@@ -52,6 +53,8 @@ pub use quant::table::{QuantizedTable, Scheme};
 pub static SHADERS: &[&gpu::kernel::ShaderFamily] = &[
     &layers::embedding::FAMILY,
     &layers::embedding_bag::FAMILY,
+    &layers::embedding_backward::FAMILY,
+    &gpu::sort::FAMILY,
     &layers::layer_norm::FAMILY,
     &layers::axial::FAMILY,
     &layers::quantized::FAMILY,

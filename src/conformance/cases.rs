@@ -53,6 +53,11 @@ impl HostTensor {
         HostTensor { data: HostData::F32(data), shape }
     }
 
+    /// An i64 tensor.
+    pub fn i64(data: Vec<i64>, shape: Vec<usize>) -> Self {
+        HostTensor { data: HostData::I64(data), shape }
+    }
+
     /// A u8 tensor.
     pub fn u8(data: Vec<u8>, shape: Vec<usize>) -> Self {
         HostTensor { data: HostData::U8(data), shape }

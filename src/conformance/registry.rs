@@ -98,6 +98,20 @@ pub static OPS: &[Op] = &[
         &["axial_pos_shape"],
         Values
     ),
+    op!(
+        "embedding_backward",
+        embedding_backward,
+        &[("indices", Idx), ("grad_out", Table)],
+        &["num_weights", "padding_idx", "scale_grad_by_freq", "sparse"],
+        Values
+    ),
+    op!(
+        "embedding_bag_backward",
+        embedding_bag_backward,
+        &[("weight", Table), ("indices", Idx), ("offsets", Offsets), ("per_sample_weights", Vector), ("grad_out", Table)],
+        &["mode", "include_last_offset", "padding_idx", "scale_grad_by_freq", "sparse"],
+        Values
+    ),
     op!("quantize_blockwise", quantize_blockwise, &[("x", Table)], &["blocksize", "code"], Codes),
     op!("dequantize_blockwise", dequantize_blockwise, &[("codes", Codes), ("absmax", Vector)], &["blocksize", "code"], Values),
     op!("quantized_embedding", quantized_embedding, &[("weight", Table), ("indices", Idx)], &["scheme", "blocksize"], Codes),
@@ -273,6 +287,66 @@ mod runs {
             [d0, d1],
         )?;
         f32_output(ctx, &layer.forward(ctx, inputs.require("position_ids")?.as_indices("position_ids")?)?)
+    }
+
+    /// An f32 input of any shape, on the GPU with rows of its last dimension.
+    pub(super) fn gpu_f32(ctx: &Context, inputs: &CaseInputs<'_>, role: &'static str) -> Result<GpuTensor> {
+        let t = inputs.require(role)?;
+        let values = t.as_f32(role)?;
+        if t.shape.is_empty() {
+            return Err(Error::arg(role, "expected at least one dimension, got a scalar"));
+        }
+        GpuTensor::from_f32(ctx, values, &t.shape)
+    }
+
+    pub(super) fn grad_options(inputs: &CaseInputs<'_>) -> Result<crate::layers::embedding_backward::GradOptions> {
+        let p = inputs.params();
+        Ok(crate::layers::embedding_backward::GradOptions {
+            scale_grad_by_freq: p.bool_or("scale_grad_by_freq", false)?,
+            sparse: p.bool_or("sparse", false)?,
+        })
+    }
+
+    /// A table gradient's outputs: `grad_weight`, or `grad_indices` (I64) and `grad_values`.
+    pub(super) fn gradient_outputs(ctx: &Context, g: &crate::layers::embedding_backward::Gradient) -> Result<Outputs> {
+        use crate::layers::embedding_backward::Gradient;
+        match g {
+            Gradient::Dense(w) => f32_outputs(ctx, &[("grad_weight", Some(w))]),
+            Gradient::Sparse { indices, values, .. } => {
+                let rows: Vec<i32> = bytemuck::pod_collect_to_vec(&indices.to_bytes(ctx)?);
+                let mut out =
+                    vec![("grad_indices".to_string(), HostTensor::i64(rows.iter().map(|&r| r as i64).collect(), vec![rows.len()]))];
+                out.extend(f32_outputs(ctx, &[("grad_values", Some(values))])?);
+                Ok(out)
+            }
+        }
+    }
+
+    pub(super) fn embedding_backward(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+        let p = inputs.params();
+        let indices = inputs.require("indices")?.as_indices("indices")?;
+        let grad = gpu_f32(ctx, inputs, "grad_out")?;
+        let v = p.opt_i64("num_weights")?.ok_or_else(|| Error::arg("num_weights", "the case gives no num_weights"))?;
+        let v = usize::try_from(v).map_err(|_| Error::arg("num_weights", format!("expected a size, got {v}")))?;
+        let d = *grad.shape().last().unwrap_or(&0);
+        // The table's values do not enter the gradient: a zero table of the right shape.
+        let layer = Embedding::from_tensor(GpuTensor::zeros(ctx, &[v, d], DType::F32, d)?)?.with_padding_idx(p.opt_i64("padding_idx")?)?;
+        gradient_outputs(ctx, &layer.backward(ctx, indices, &grad, grad_options(inputs)?)?)
+    }
+
+    pub(super) fn embedding_bag_backward(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+        let p = inputs.params();
+        let (w, v, d) = table(inputs, "weight")?;
+        let (input, offsets, psw) = bag_inputs(inputs)?;
+        let mode = BagMode::parse(p.opt_str("mode")?.unwrap_or("mean"))?;
+        let layer = EmbeddingBag::from_pretrained(ctx, w, v, d, mode)?
+            .with_padding_idx(p.opt_i64("padding_idx")?)?
+            .with_include_last_offset(p.bool_or("include_last_offset", false)?);
+        let grad = gpu_f32(ctx, inputs, "grad_out")?;
+        let g = layer.backward(ctx, input, offsets, psw, &grad, grad_options(inputs)?)?;
+        let mut out = gradient_outputs(ctx, &g.weight)?;
+        out.extend(f32_outputs(ctx, &[("grad_per_sample_weights", g.per_sample_weights.as_ref())])?);
+        Ok(out)
     }
 
     /// `blocksize` as a size (absent or null: `default`), refusing negatives by value.

@@ -60,6 +60,8 @@ pub enum Role {
     Input,
     /// The output segment.
     Out,
+    /// A second input, segmented like the input (e.g. argmaxes beside gradients).
+    Aux,
     /// Bags: the output segment's bag bounds.
     Offsets,
     /// Bags: the output segment's bag sizes, summed over passes.

@@ -126,6 +126,7 @@ struct PassResources<'r> {
     slice: Option<(usize, &'r TableSlice<'r>)>,
     input: Option<&'r Segment>,
     out: Option<&'r Segment>,
+    aux: Option<&'r Segment>,
     offsets: Option<&'r wgpu::Buffer>,
     counts: Option<&'r wgpu::Buffer>,
     weights: Option<&'r Segment>,
@@ -135,7 +136,7 @@ struct PassResources<'r> {
 impl<'r> PassResources<'r> {
     /// A pass that binds only its uniform (placeholders for every other role).
     fn new(params: &'r wgpu::Buffer) -> Self {
-        PassResources { params, slice: None, input: None, out: None, offsets: None, counts: None, weights: None, status: None }
+        PassResources { params, slice: None, input: None, out: None, aux: None, offsets: None, counts: None, weights: None, status: None }
     }
 }
 
@@ -157,6 +158,7 @@ fn record<'r>(ctx: &'r Context, encoder: &mut wgpu::CommandEncoder, call: &Call<
             Role::Texture => r.slice.and_then(|(_, s)| s.texture()).map_or_else(|| ctx.placeholder_texture(), |t| t.binding()),
             Role::Input => segment(r.input),
             Role::Out => segment(r.out),
+            Role::Aux => segment(r.aux),
             Role::Weights => segment(r.weights),
             Role::Offsets => buffer(r.offsets),
             Role::Counts => buffer(r.counts),
@@ -166,6 +168,106 @@ fn record<'r>(ctx: &'r Context, encoder: &mut wgpu::CommandEncoder, call: &Call<
         })
         .collect();
     ctx.dispatch_groups(encoder, call.kernel, call.constants, &bindings, call.grid.groups(rows));
+}
+
+/// One pass with no segments to walk: the call's uniform and extra buffers and, where
+/// given, an input and an output segment, over `items` (the rows of the call's grid).
+pub fn record_flat(
+    ctx: &Context,
+    encoder: &mut wgpu::CommandEncoder,
+    call: &Call<'_>,
+    input: Option<&Segment>,
+    out: Option<&Segment>,
+    items: u64,
+) {
+    let params = ctx.uniform(&call.params);
+    let r = PassResources { input, out, ..PassResources::new(&params) };
+    record(ctx, encoder, call, &r, items);
+}
+
+/// Passes over a table's slices with a flat grid of `items`: each pass binds one
+/// slice (the first with `FIRST_PASS`), the input and output segments and the
+/// call's extra buffers stay bound. For kernels whose items read rows anywhere in
+/// the table (argmax recomputation, gradients of per-sample weights).
+pub struct SlicePlan<'a> {
+    pub table: &'a TableAccess<'a>,
+    pub input: Option<&'a Segment>,
+    pub out: Option<&'a Segment>,
+}
+
+impl SlicePlan<'_> {
+    pub fn record(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>, items: u64) {
+        for (t, slice) in self.table.slices().iter().enumerate() {
+            let mut p = call.params.with_slice(slice);
+            p.flags |= flag(t == 0, FIRST_PASS);
+            let params = ctx.uniform(&p);
+            let r = PassResources { slice: Some((t, slice)), input: self.input, out: self.out, ..PassResources::new(&params) };
+            record(ctx, encoder, call, &r, items);
+        }
+    }
+}
+
+/// Grouped sums over a sorted list of entries: output row `r` (every row of a table,
+/// or each distinct key) sums the entries `[bounds[r], bounds[r + 1])`, each of which
+/// reads one row of `source` (and of `aux`, segmented alike). Within a group, entries
+/// are ordered by the source row they read, so those of one source segment are
+/// consecutive: passes walk source segments × output segments, the first source
+/// segment's passes write and later ones add, in a fixed order (deterministic).
+/// Groups longer than two chunks add chunk sums that `record_chunks` made, so a hot
+/// key's entries are not walked by one invocation.
+pub struct GroupPlan<'a> {
+    pub source: &'a GpuTensor,
+    pub aux: Option<&'a GpuTensor>,
+    /// Entries in the sorted list, and per chunk.
+    pub entries: u64,
+    pub chunk: u64,
+}
+
+impl GroupPlan<'_> {
+    fn source_params(&self, call: &Call<'_>, seg: &Segment) -> PassParams {
+        PassParams {
+            index_first: seg.first_row as u32,
+            index_count: seg.rows as u32,
+            arg0: self.chunk as u32,
+            arg1: self.entries as u32,
+            ..call.params
+        }
+    }
+
+    /// Records `call` (the chunk sums) once per source segment, over the whole chunks.
+    pub fn record_chunks(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>) {
+        for (s, seg) in self.source.segments().iter().enumerate() {
+            let params = ctx.uniform(&self.source_params(call, seg));
+            let aux = self.aux.map(|a| &a.segments()[s]);
+            let r = PassResources { input: Some(seg), aux, ..PassResources::new(&params) };
+            record(ctx, encoder, call, &r, self.entries / self.chunk);
+        }
+    }
+
+    /// Records `call` (the group sums into `out`) for every source × output segment; `bounds[o]`
+    /// holds output segment `o`'s bounds, the first of them for output row `bounds[o].1`.
+    pub fn record_groups(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        call: &Call<'_>,
+        out: &GpuTensor,
+        bounds: &[(wgpu::Buffer, u32)],
+    ) {
+        for (s, seg) in self.source.segments().iter().enumerate() {
+            for (o, out) in out.segments().iter().enumerate() {
+                let mut p = self.source_params(call, seg);
+                p.rows = out.rows as u32;
+                p.arg2 = bounds[o].1;
+                p.arg3 = out.first_row as u32;
+                p.flags |= flag(s == 0, FIRST_PASS);
+                let params = ctx.uniform(&p);
+                let aux = self.aux.map(|a| &a.segments()[s]);
+                let r = PassResources { input: Some(seg), aux, out: Some(out), offsets: Some(&bounds[o].0), ..PassResources::new(&params) };
+                record(ctx, encoder, call, &r, out.rows);
+            }
+        }
+    }
 }
 
 /// Given an input segment and a table's slices, which slices its rows refer to.

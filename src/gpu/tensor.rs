@@ -425,7 +425,6 @@ impl GpuTensor {
     }
 
     /// Wraps one existing buffer as a flat tensor (rows of one element).
-    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn from_buffer(buffer: wgpu::Buffer, shape: &[usize], dtype: DType) -> GpuTensor {
         let rows = shape.iter().product::<usize>() as u64;
         GpuTensor {

@@ -247,6 +247,11 @@ impl EmbeddingBag {
         self.mode
     }
 
+    /// Whether `offsets` ends with the end of the last bag.
+    pub fn include_last_offset(&self) -> bool {
+        self.include_last_offset
+    }
+
     bag_forward!();
 
     /// Uploads bags checked on the host and reduces them.

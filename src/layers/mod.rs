@@ -4,6 +4,7 @@
 
 pub mod axial;
 pub mod embedding;
+pub mod embedding_backward;
 pub mod embedding_bag;
 pub mod indices;
 pub mod layer_norm;

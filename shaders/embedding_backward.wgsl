@@ -1,0 +1,302 @@
+// Backward of torch.nn.Embedding and EmbeddingBag: the gradient of each table row is
+// the sum of the output gradients of the positions that read it. Deterministic and
+// without float atomics (WGSL has none): positions are sorted by row (sort.wgsl), each
+// output row then sums its own run of the sorted list in a fixed order, so every row
+// is written by one invocation per column group and two runs give the same bits.
+// A hot row does not fall on one invocation: whole chunks of its run are summed by a
+// first pass (`chunk_sums`), and the row adds those chunk sums (src/gpu/plan.rs,
+// GroupPlan). Parts: common/grid.wgsl, common/pass.wgsl, common/table.wgsl,
+// common/bag.wgsl, then this file.
+//
+// Entries of the sorted list: (source row, factor). The source row is the row of the
+// output gradient an index position reads (the position itself for Embedding, its
+// bag for EmbeddingBag); the factor is 1, the bag's per-sample weight, 1 / the bag's
+// size (mean), or for max the position (compared with the bag's argmax per column).
+
+// Pass flag of `reduce_rows`: divide by the row's frequency (scale_grad_by_freq).
+const FLAG_SCALE_BY_FREQ: u32 = 32u;
+// `gather_entries` mode besides the bag modes: the source row is position / arg2.
+const MODE_POSITIONS: u32 = 3u;
+// No argmax yet (an empty bag, or a column of padding rows only).
+const NO_POSITION: u32 = 0xffffffffu;
+
+// Columns one invocation sums: 4 when rows are whole vec4 words, else 1.
+override WIDTH: u32 = 1u; // values: 1, 4
+
+@group(0) @binding(2) var<storage, read> grad: array<f32>;
+@group(0) @binding(9) var<storage, read> grad_argmax: array<u32>;
+@group(0) @binding(7) var<storage, read> sample_weights: array<f32>;
+@group(0) @binding(10) var<storage, read_write> position_keys_out: array<u32>;
+@group(0) @binding(11) var<storage, read_write> positions_out: array<u32>;
+@group(0) @binding(12) var<storage, read_write> flags_out: array<u32>;
+@group(0) @binding(12) var<storage, read> heads: array<u32>;
+@group(0) @binding(13) var<storage, read> sorted_keys: array<u32>;
+@group(0) @binding(11) var<storage, read> sorted_positions: array<u32>;
+@group(0) @binding(14) var<storage, read> bag_bounds: array<u32>;
+@group(0) @binding(15) var<storage, read> prefix: array<u32>;
+@group(0) @binding(16) var<storage, read_write> entries_out: array<vec2<u32>>;
+@group(0) @binding(16) var<storage, read> entries: array<vec2<u32>>;
+@group(0) @binding(17) var<storage, read_write> chunk_sums_out: array<f32>;
+@group(0) @binding(17) var<storage, read> chunk_sums: array<f32>;
+@group(0) @binding(18) var<storage, read_write> run_starts: array<u32>;
+@group(0) @binding(19) var<storage, read_write> run_rows: array<u32>;
+@group(0) @binding(20) var<storage, read_write> argmax_value: array<f32>;
+@group(0) @binding(21) var<storage, read_write> argmax_out: array<u32>;
+@group(0) @binding(22) var<storage, read> bag_grad: array<f32>;
+
+// Sort keys of the index positions: the row, or num_embeddings (sorted last, never
+// summed) for padding and for positions past the last bag (include_last_offset).
+// flags_out marks the positions that count (their prefix sums give bag sizes).
+@compute @workgroup_size(WG_SIZE)
+fn position_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_id) lid: vec3<u32>) {
+    let p = linear_id(wid, nwg, lid);
+    let n = params.index_count;
+    if (p == n) { flags_out[n] = 0u; }
+    if (p >= n) { return; }
+    // Host indices were range-checked before upload; the kernel still never lets a
+    // bad one through as a row.
+    let row = table_row(indices[p]);
+    var key = row;
+    if (row == BAD_ROW || row == params.padding_idx || p >= params.arg0) { key = params.num_embeddings; }
+    position_keys_out[p] = key;
+    positions_out[p] = p;
+    flags_out[p] = select(0u, 1u, key < params.num_embeddings);
+}
+
+// The bag holding position p: the last b with bag_bounds[b] <= p (empty bags skipped).
+fn bag_of(p: u32) -> u32 {
+    var lo = 0u;
+    var hi = params.arg3 + 1u;
+    while (lo < hi) {
+        let mid = (lo + hi) / 2u;
+        if (bag_bounds[mid] <= p) { lo = mid + 1u; } else { hi = mid; }
+    }
+    return lo - 1u;
+}
+
+// entries_out[j]: (source row, factor) of the j-th sorted position.
+@compute @workgroup_size(WG_SIZE)
+fn gather_entries(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_id) lid: vec3<u32>) {
+    let j = linear_id(wid, nwg, lid);
+    if (j >= params.index_count) { return; }
+    let p = sorted_positions[j];
+    if (params.mode == MODE_POSITIONS) {
+        entries_out[j] = vec2<u32>(p / params.arg2, bitcast<u32>(1.0));
+        return;
+    }
+    let b = bag_of(p);
+    var factor = 1.0;
+    if (params.mode == MODE_MAX) {
+        entries_out[j] = vec2<u32>(b, p);
+        return;
+    }
+    if (params.mode == MODE_MEAN) {
+        let size = prefix[bag_bounds[b + 1u]] - prefix[bag_bounds[b]];
+        factor = 1.0 / f32(max(size, 1u));
+    } else if (has_flag(FLAG_HAS_WEIGHTS)) {
+        factor = sample_weights[p];
+    }
+    entries_out[j] = vec2<u32>(b, bitcast<u32>(factor));
+}
+
+// Columns col .. col + WIDTH of the gradient entry j contributes (source rows of the
+// bound segment: index_first .. + index_count).
+fn contribution(j: u32, col: u32) -> vec4<f32> {
+    let e = entries[j];
+    let base = (e.x - params.index_first) * params.dim + col;
+    var g = vec4<f32>(grad[base], 0.0, 0.0, 0.0);
+    if (WIDTH == 4u) { g = vec4<f32>(grad[base], grad[base + 1u], grad[base + 2u], grad[base + 3u]); }
+    if (params.mode == MODE_MAX) {
+        var chosen = vec4<bool>(grad_argmax[base] == e.y, false, false, false);
+        if (WIDTH == 4u) {
+            chosen = vec4<bool>(grad_argmax[base] == e.y, grad_argmax[base + 1u] == e.y,
+                                grad_argmax[base + 2u] == e.y, grad_argmax[base + 3u] == e.y);
+        }
+        return select(vec4<f32>(0.0), g, chosen);
+    }
+    return g * bitcast<f32>(e.y);
+}
+
+// Whether entry j reads a source row of the bound segment.
+fn in_source_segment(j: u32) -> bool {
+    let s = entries[j].x;
+    return s >= params.index_first && s - params.index_first < params.index_count;
+}
+
+// Sums of whole chunks of arg0 entries that belong to one row and read the bound
+// source segment; other chunks are left alone (no row sums them through here).
+@compute @workgroup_size(WG_SIZE)
+fn chunk_sums_of_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_id) lid: vec3<u32>) {
+    let id = linear_id(wid, nwg, lid);
+    let groups = params.dim / WIDTH;
+    let chunk = id / groups;
+    let col = (id - chunk * groups) * WIDTH;
+    let size = params.arg0;
+    let first = chunk * size;
+    if (first + size > params.arg1) { return; }
+    let last = first + size - 1u;
+    if (sorted_keys[first] != sorted_keys[last] || !in_source_segment(first) || !in_source_segment(last)) { return; }
+    var acc = vec4<f32>(0.0);
+    for (var j = first; j <= last; j++) { acc += contribution(j, col); }
+    let dst = chunk * params.dim + col;
+    chunk_sums_out[dst] = acc.x;
+    if (WIDTH == 4u) {
+        chunk_sums_out[dst + 1u] = acc.y;
+        chunk_sums_out[dst + 2u] = acc.z;
+        chunk_sums_out[dst + 3u] = acc.w;
+    }
+}
+
+// First entry in [lo, hi) (of one row, so ordered by source row) whose source row is
+// >= `source`.
+fn first_entry_from(lo_in: u32, hi_in: u32, source: u32) -> u32 {
+    var lo = lo_in;
+    var hi = hi_in;
+    while (lo < hi) {
+        let mid = (lo + hi) / 2u;
+        if (entries[mid].x < source) { lo = mid + 1u; } else { hi = mid; }
+    }
+    return lo;
+}
+
+// One output row's gradient over WIDTH columns: the sum of its run of entries
+// [offsets[r - arg2], offsets[r - arg2 + 1]) that read the bound source segment,
+// written by the first source segment's pass and added by later ones (arg3: the
+// output segment's first row).
+@compute @workgroup_size(WG_SIZE)
+fn reduce_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_id) lid: vec3<u32>) {
+    let id = linear_id(wid, nwg, lid);
+    let groups = params.dim / WIDTH;
+    let local_row = id / groups;
+    if (local_row >= params.rows) { return; }
+    let col = (id - local_row * groups) * WIDTH;
+    let r = params.arg3 + local_row - params.arg2;
+    let start = offsets[r];
+    let end = offsets[r + 1u];
+    let a = first_entry_from(start, end, params.index_first);
+    let b = first_entry_from(a, end, params.index_first + params.index_count);
+    let size = params.arg0;
+    var acc = vec4<f32>(0.0);
+    let c0 = (a + size - 1u) / size;
+    let c1 = b / size;
+    if (b - a <= 2u * size || c0 >= c1) {
+        for (var j = a; j < b; j++) { acc += contribution(j, col); }
+    } else {
+        for (var j = a; j < c0 * size; j++) { acc += contribution(j, col); }
+        for (var c = c0; c < c1; c++) {
+            let s = c * params.dim + col;
+            acc += vec4<f32>(chunk_sums[s], chunk_sums[s + min(1u, WIDTH - 1u)],
+                             chunk_sums[s + min(2u, WIDTH - 1u)], chunk_sums[s + min(3u, WIDTH - 1u)]);
+        }
+        for (var j = c1 * size; j < b; j++) { acc += contribution(j, col); }
+    }
+    if (has_flag(FLAG_SCALE_BY_FREQ) && end > start) { acc = acc / f32(end - start); }
+    let dst = local_row * params.dim + col;
+    if (!has_flag(FLAG_FIRST_PASS)) { acc += vec4<f32>(out[dst], out[dst + min(1u, WIDTH - 1u)], out[dst + min(2u, WIDTH - 1u)], out[dst + min(3u, WIDTH - 1u)]); }
+    out[dst] = acc.x;
+    if (WIDTH == 4u) {
+        out[dst + 1u] = acc.y;
+        out[dst + 2u] = acc.z;
+        out[dst + 3u] = acc.w;
+    }
+}
+
+// Sparse gradients: heads[j] marks the first entry of each row's run (padding's
+// sorted-last key excluded); flags_out[n] is 0, so the scan's last value is the count.
+@compute @workgroup_size(WG_SIZE)
+fn run_heads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_id) lid: vec3<u32>) {
+    let j = linear_id(wid, nwg, lid);
+    let n = params.index_count;
+    if (j > n) { return; }
+    var head = false;
+    if (j < n) {
+        let k = sorted_keys[j];
+        head = k < params.num_embeddings && (j == 0u || sorted_keys[j - 1u] != k);
+    }
+    flags_out[j] = select(0u, 1u, head);
+}
+
+// run_starts[s] / run_rows[s]: where the s-th distinct row's run starts and which row
+// it is, from the scanned heads; run_starts[count] ends the last run (before padding).
+@compute @workgroup_size(WG_SIZE)
+fn compact_runs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_id) lid: vec3<u32>) {
+    let j = linear_id(wid, nwg, lid);
+    let n = params.index_count;
+    if (j > n) { return; }
+    if (j == n) {
+        var lo = 0u;
+        var hi = n;
+        while (lo < hi) {
+            let mid = (lo + hi) / 2u;
+            if (sorted_keys[mid] < params.num_embeddings) { lo = mid + 1u; } else { hi = mid; }
+        }
+        run_starts[prefix[n]] = lo;
+        return;
+    }
+    if (heads[j] == 1u) {
+        run_starts[prefix[j]] = j;
+        run_rows[prefix[j]] = sorted_keys[j];
+    }
+}
+
+// Max mode: the position each bag's maximum came from, per column, as the forward
+// chose it (the first of equal maxima; NaN wins, as it propagates). One pass per
+// table slice; argmax_value keeps the running maxima between passes. Bags of the
+// whole batch: rows = B, bag_bounds the B + 1 offsets.
+@compute @workgroup_size(WG_SIZE)
+fn bag_argmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let e = output_element(wid, nwg, lid);
+    if (e.x == NO_ELEMENT) { return; }
+    var best = neg_inf();
+    var arg = NO_POSITION;
+    if (!has_flag(FLAG_FIRST_PASS)) {
+        best = argmax_value[e.x];
+        arg = argmax_out[e.x];
+    }
+    for (var p = bag_bounds[e.y]; p < bag_bounds[e.y + 1u]; p++) {
+        let row = table_row(indices[p]);
+        if (row == BAD_ROW || row == params.padding_idx || !slice_holds_row(row)) { continue; }
+        let v = table_element(row, e.z);
+        var take = false;
+        if (arg == NO_POSITION) {
+            take = true;
+        } else if (is_nan(best)) {
+            take = is_nan(v) && p < arg;
+        } else {
+            take = is_nan(v) || v > best || (v == best && p < arg);
+        }
+        if (take) {
+            best = v;
+            arg = p;
+        }
+    }
+    argmax_value[e.x] = best;
+    argmax_out[e.x] = arg;
+}
+
+// Gradient of the per-sample weights: position p's is grad_out[bag] · table[row]
+// (0 for padding). One pass per table slice; positions whose row another slice holds
+// are left to its pass. grad is the whole [B, D] output gradient.
+@compute @workgroup_size(WG_SIZE)
+fn sample_weight_grads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_id) lid: vec3<u32>) {
+    let p = linear_id(wid, nwg, lid);
+    if (p >= params.index_count) { return; }
+    let row = table_row(indices[p]);
+    if (row == BAD_ROW || row == params.padding_idx || p >= params.arg0) {
+        if (has_flag(FLAG_FIRST_PASS)) { out[p] = 0.0; }
+        return;
+    }
+    if (!slice_holds_row(row)) { return; }
+    let base = bag_of(p) * params.dim;
+    var acc = 0.0;
+    for (var c = 0u; c < params.dim; c++) { acc += bag_grad[base + c] * table_element(row, c); }
+    out[p] = acc;
+}
