@@ -40,6 +40,7 @@ pub use layers::embedding_backward::{BagGradients, GradOptions, Gradient};
 pub use layers::embedding_bag::{BagMode, EmbeddingBag, PerSampleWeights};
 pub use layers::indices::{IndexData, Indices};
 pub use layers::layer_norm::LayerNorm;
+pub use layers::layer_norm_backward::{LayerNormGrads, SumLayerNormGrads};
 pub use layers::quantized::{QuantizedEmbedding, QuantizedEmbeddingBag};
 pub use layers::stable_embedding::{StableEmbedding, STABLE_EMBEDDING_EPS};
 pub use layers::sum_layer_norm::EmbeddingSumLayerNorm;
@@ -56,6 +57,7 @@ pub static SHADERS: &[&gpu::kernel::ShaderFamily] = &[
     &layers::embedding_backward::FAMILY,
     &gpu::sort::FAMILY,
     &layers::layer_norm::FAMILY,
+    &layers::layer_norm_backward::FAMILY,
     &layers::axial::FAMILY,
     &layers::quantized::FAMILY,
     &quant::blockwise::FAMILY,

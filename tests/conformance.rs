@@ -1,5 +1,6 @@
-//! The public conformance file, run through the library as `run-cases` does, with the
-//! device's binding limit and with a 1 MiB one. Only the ops this build supports.
+//! The public conformance files (forward ops; the training file's backward ops), run
+//! through the library as `run-cases` does, with the device's binding limit and with a
+//! 1 MiB one. Only the ops this build supports.
 
 mod common;
 
@@ -8,17 +9,16 @@ use wgpu_embed::conformance::exact::exact_norm;
 use wgpu_embed::conformance::registry::supported_ops;
 use wgpu_embed::conformance::runner::run_cases;
 
-fn public_cases() -> CaseFile {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/public.safetensors");
+fn cases(name: &str, at_least: usize) -> CaseFile {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance").join(name);
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (the conformance suite lives in ../shared)", path.display()));
     let mut file = CaseFile::parse(&bytes).unwrap();
     file.cases.retain(|c| supported_ops().contains(&c.op.as_str()));
-    assert!(file.cases.len() >= 60, "the public file holds at least the embedding and bag cases");
+    assert!(file.cases.len() >= at_least, "{name} holds at least {at_least} cases of supported ops");
     file
 }
 
-fn check(max_binding: Option<u64>) {
-    let file = public_cases();
+fn check(file: CaseFile, max_binding: Option<u64>) {
     let ctx = common::context(max_binding);
     let (outputs, report) = run_cases(&ctx, &file);
     let mut failures = Vec::new();
@@ -52,10 +52,20 @@ fn check(max_binding: Option<u64>) {
 
 #[test]
 fn public_cases_pass() {
-    check(None);
+    check(cases("public.safetensors", 60), None);
 }
 
 #[test]
 fn public_cases_pass_with_1mib_bindings() {
-    check(Some(1 << 20));
+    check(cases("public.safetensors", 60), Some(1 << 20));
+}
+
+#[test]
+fn backward_cases_pass() {
+    check(cases("training.safetensors", 56), None);
+}
+
+#[test]
+fn backward_cases_pass_with_1mib_bindings() {
+    check(cases("training.safetensors", 56), Some(1 << 20));
 }

@@ -112,6 +112,35 @@ pub static OPS: &[Op] = &[
         &["mode", "include_last_offset", "padding_idx", "scale_grad_by_freq", "sparse"],
         Values
     ),
+    op!(
+        "layer_norm_backward",
+        layer_norm_backward,
+        &[("x", Table), ("gamma", Vector), ("beta", Vector), ("grad_out", Table)],
+        &["eps"],
+        Values
+    ),
+    op!(
+        "stable_embedding_backward",
+        stable_embedding_backward,
+        &[("weight", Table), ("indices", Idx), ("gamma", Vector), ("beta", Vector), ("grad_out", Table)],
+        &["padding_idx", "eps"],
+        Values
+    ),
+    op!(
+        "embedding_sum_layer_norm_backward",
+        embedding_sum_layer_norm_backward,
+        &[
+            ("weight0", Table),
+            ("weight1", Table),
+            ("indices0", Idx),
+            ("indices1", Idx),
+            ("gamma", Vector),
+            ("beta", Vector),
+            ("grad_out", Table)
+        ],
+        &["eps"],
+        Values
+    ),
     op!("quantize_blockwise", quantize_blockwise, &[("x", Table)], &["blocksize", "code"], Codes),
     op!("dequantize_blockwise", dequantize_blockwise, &[("codes", Codes), ("absmax", Vector)], &["blocksize", "code"], Values),
     op!("quantized_embedding", quantized_embedding, &[("weight", Table), ("indices", Idx)], &["scheme", "blocksize"], Codes),
@@ -242,7 +271,48 @@ mod runs {
         f32_output(ctx, &layer.forward(ctx, indices)?)
     }
 
-    pub(super) fn embedding_sum_layer_norm(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+    pub(super) fn layer_norm_backward(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+        let x = gpu_f32(ctx, inputs, "x")?;
+        let dim = *x.shape().last().unwrap_or(&0);
+        let eps = inputs.params().f64_or("eps", 1e-5)? as f32;
+        let layer =
+            crate::layers::layer_norm::LayerNorm::from_params(ctx, dim, eps, opt_vector(inputs, "gamma")?, opt_vector(inputs, "beta")?)?;
+        let g = layer.backward(ctx, &x, &gpu_f32(ctx, inputs, "grad_out")?)?;
+        f32_outputs(ctx, &[("grad_x", Some(&g.x)), ("grad_gamma", g.gamma.as_ref()), ("grad_beta", g.beta.as_ref())])
+    }
+
+    pub(super) fn stable_embedding_backward(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+        let p = inputs.params();
+        let (w, v, d) = table(inputs, "weight")?;
+        let indices = inputs.require("indices")?.as_indices("indices")?;
+        let layer = crate::layers::stable_embedding::StableEmbedding::from_pretrained(
+            ctx,
+            crate::checkpoint::HostTable::f32(w, v, d)?,
+            p.opt_i64("padding_idx")?,
+            opt_vector(inputs, "gamma")?,
+            opt_vector(inputs, "beta")?,
+            p.f64_or("eps", crate::layers::stable_embedding::STABLE_EMBEDDING_EPS as f64)? as f32,
+        )?;
+        let g = layer.backward(ctx, indices, &gpu_f32(ctx, inputs, "grad_out")?)?;
+        f32_outputs(ctx, &[("grad_weight", g.tables.first()), ("grad_gamma", g.gamma.as_ref()), ("grad_beta", g.beta.as_ref())])
+    }
+
+    pub(super) fn embedding_sum_layer_norm_backward(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+        let (block, indices) = sum_layer_norm_block(ctx, inputs)?;
+        let g = block.backward(ctx, &indices, &gpu_f32(ctx, inputs, "grad_out")?)?;
+        let names: Vec<String> = (0..g.tables.len()).map(|k| format!("grad_weight{k}")).collect();
+        let mut named: Vec<(&str, Option<&GpuTensor>)> = names.iter().map(|n| n.as_str()).zip(g.tables.iter().map(Some)).collect();
+        named.push(("grad_gamma", g.gamma.as_ref()));
+        named.push(("grad_beta", g.beta.as_ref()));
+        f32_outputs(ctx, &named)
+    }
+
+    /// The block and index tensors of an `embedding_sum_layer_norm` case (weight0..,
+    /// indices0.. until one is missing).
+    pub(super) fn sum_layer_norm_block<'a>(
+        ctx: &Context,
+        inputs: &CaseInputs<'a>,
+    ) -> Result<(crate::layers::sum_layer_norm::EmbeddingSumLayerNorm, Vec<Indices<'a>>)> {
         let mut tables = Vec::new();
         let mut indices = Vec::new();
         for k in 0.. {
@@ -263,6 +333,11 @@ mod runs {
             opt_vector(inputs, "beta")?,
             eps,
         )?;
+        Ok((block, indices))
+    }
+
+    pub(super) fn embedding_sum_layer_norm(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+        let (block, indices) = sum_layer_norm_block(ctx, inputs)?;
         f32_output(ctx, &block.forward(ctx, &indices)?)
     }
 

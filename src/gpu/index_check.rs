@@ -40,7 +40,7 @@ mod native {
         ctx.scoped(|| {
             let mut encoder = ctx.encoder();
             let params = PassParams { num_embeddings: limit.min(u32::MAX as u64) as u32, ..Default::default() };
-            let plan = RowPlan { input: Some(idx), out: None, table: None, status: Some(&status) };
+            let plan = RowPlan { input: Some(idx), aux: None, out: None, table: None, status: Some(&status) };
             plan.record(ctx, &mut encoder, &Call::new(&CHECK, &[], Grid::Elements(1), params), None);
             ctx.submit(encoder)
         })?;

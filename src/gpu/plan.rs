@@ -90,6 +90,8 @@ pub enum Grid {
     Elements(u64),
     /// A workgroup per this many output rows.
     RowsPerGroup(u64),
+    /// `width` invocations per chunk of `rows` output rows.
+    Chunks { rows: u64, width: u64 },
 }
 
 impl Grid {
@@ -97,6 +99,7 @@ impl Grid {
         match self {
             Grid::Elements(width) => (rows * width).div_ceil(WORKGROUP_SIZE as u64),
             Grid::RowsPerGroup(per) => rows.div_ceil(per.max(1)),
+            Grid::Chunks { rows: per, width } => (rows.div_ceil(per.max(1)) * width).div_ceil(WORKGROUP_SIZE as u64),
         }
     }
 }
@@ -278,6 +281,8 @@ pub type UsedSlices<'f> = dyn Fn(&Segment, &[TableSlice<'_>]) -> Vec<bool> + 'f;
 pub struct RowPlan<'a> {
     /// Segmented like `out` (or, without `out`, the rows the passes run over).
     pub input: Option<&'a GpuTensor>,
+    /// A second input, segmented like `input`.
+    pub aux: Option<&'a GpuTensor>,
     pub out: Option<&'a GpuTensor>,
     pub table: Option<&'a TableAccess<'a>>,
     pub status: Option<&'a Status>,
@@ -297,6 +302,7 @@ impl RowPlan<'_> {
         for (k, seg) in segments.iter().enumerate() {
             let input = self.input.map(|t| &t.segments()[k]);
             let out = self.out.map(|t| &t.segments()[k]);
+            let aux = self.aux.map(|t| &t.segments()[k]);
             let base = PassParams {
                 rows: seg.rows as u32,
                 index_first: input.map_or(0, |s| s.first_row) as u32,
@@ -316,7 +322,7 @@ impl RowPlan<'_> {
                 let mut p = slice.map_or(base, |(_, s)| base.with_slice(s));
                 p.flags |= flag(slice.is_none_or(|(t, _)| t == 0), FIRST_PASS | REPORT_BAD);
                 let params = ctx.uniform(&p);
-                let r = PassResources { slice, input, out, status: self.status, ..PassResources::new(&params) };
+                let r = PassResources { slice, input, out, aux, status: self.status, ..PassResources::new(&params) };
                 record(ctx, encoder, call, &r, seg.rows);
             }
         }

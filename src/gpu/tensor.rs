@@ -369,6 +369,32 @@ impl GpuTensor {
         pollster::block_on(self.read_bytes(ctx))
     }
 
+    /// A copy of rows `lo .. hi` as a tensor of its own (rows per segment as this one's
+    /// widest segment), recorded into `encoder`.
+    pub(crate) fn copy_rows(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, lo: u64, hi: u64) -> Result<GpuTensor> {
+        let mut shape = self.shape.clone();
+        shape[0] = (hi - lo) as usize * self.row_len / shape[1..].iter().product::<usize>().max(1);
+        let per = self.segments.iter().map(|s| s.rows).max().unwrap_or(1).max(1);
+        let out = Self::zeros_with(ctx, &shape, self.dtype, self.row_len, per)?;
+        let rb = row_bytes(self.row_len, self.dtype);
+        for dst in out.segments.iter() {
+            for src in self.segments.iter() {
+                let a = (dst.first_row + lo).max(src.first_row);
+                let b = (dst.first_row + lo + dst.rows).min(src.first_row + src.rows);
+                if a < b {
+                    encoder.copy_buffer_to_buffer(
+                        &src.buffer,
+                        (a - src.first_row) * rb,
+                        &dst.buffer,
+                        (a - lo - dst.first_row) * rb,
+                        (b - a) * rb,
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// A copy on the GPU with `rows_per_segment` rows per buffer (GPU-side copies only).
     /// The copies are recorded into `encoder`, to run before the kernels that read them.
     pub(crate) fn resegment(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, rows_per_segment: u64) -> Result<GpuTensor> {

@@ -121,7 +121,7 @@ impl AxialPositionEmbedding {
                     ..Default::default()
                 };
                 let call = Call::new(&AXIAL_PART, &[], Grid::Elements(self.dims[part] as u64), params);
-                RowPlan { input: Some(&positions), out: Some(&out), table: Some(table), status: None }.record(
+                RowPlan { input: Some(&positions), aux: None, out: Some(&out), table: Some(table), status: None }.record(
                     ctx,
                     &mut encoder,
                     &call,

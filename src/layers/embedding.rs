@@ -133,7 +133,7 @@ pub(crate) fn record_lookup(
         }
         used
     };
-    let plan = RowPlan { input: Some(idx), out: Some(out), table: Some(&access), status: Some(status) };
+    let plan = RowPlan { input: Some(idx), aux: None, out: Some(out), table: Some(&access), status: Some(status) };
     plan.record(ctx, encoder, &call, host_rows.map(|_| &used as &UsedSlices<'_>));
     Ok(())
 }
@@ -176,7 +176,7 @@ pub(crate) fn renormalize(
         ..Default::default()
     };
     let call = Call { per_slice: &claimed, ..Call::new(&RENORM, &[], Grid::Elements(1), params) };
-    RowPlan { input: Some(idx), out: None, table: Some(&access), status: None }.record(ctx, encoder, &call, None);
+    RowPlan { input: Some(idx), aux: None, out: None, table: Some(&access), status: None }.record(ctx, encoder, &call, None);
     refresh_table_texture(encoder, table);
     Ok(())
 }

@@ -120,7 +120,7 @@ pub(crate) async fn table_gradient(ctx: &Context, s: &Scatter<'_>, grad: &GpuTen
     check_list_len(ctx, "indices", n, 8)?;
     let v = s.num_embeddings as u32;
     let d = s.dim;
-    let width = if d % 4 == 0 { 4 } else { 1 };
+    let width = if d.is_multiple_of(4) { 4 } else { 1 };
     let constants = [("WIDTH", width as f64)];
     // Chunks short enough that a hot row is summed by many invocations, long enough that
     // a row walks few chunk sums (lavapipe stops loops at 65 535 iterations) and that the

@@ -105,6 +105,16 @@ impl Affine {
         Ok(Affine { params, has_gamma: gamma.is_some(), has_beta: beta.is_some() })
     }
 
+    /// The buffer of gamma then beta.
+    pub(crate) fn buffer(&self) -> &wgpu::Buffer {
+        &self.params.segments()[0].buffer
+    }
+
+    /// Whether gamma and beta are given.
+    pub(crate) fn has(&self) -> (bool, bool) {
+        (self.has_gamma, self.has_beta)
+    }
+
     pub(crate) fn flags(&self) -> u32 {
         self.has_gamma as u32 | (self.has_beta as u32) << 1
     }
@@ -165,6 +175,10 @@ impl LayerNorm {
         Ok(LayerNorm { dim, eps, affine: Affine::new(ctx, gamma, beta, dim)? })
     }
 
+    pub(crate) fn affine(&self) -> &Affine {
+        &self.affine
+    }
+
     /// The normalized dimension.
     pub fn dim(&self) -> usize {
         self.dim
@@ -208,7 +222,7 @@ impl LayerNorm {
         ctx.scoped(|| {
             let mut encoder = ctx.encoder();
             let x = x.resegment(ctx, &mut encoder, per)?;
-            RowPlan { input: Some(&x), out: Some(&out), table: None, status: None }.record(ctx, &mut encoder, &call, None);
+            RowPlan { input: Some(&x), aux: None, out: Some(&out), table: None, status: None }.record(ctx, &mut encoder, &call, None);
             ctx.submit(encoder)
         })?;
         Ok(out)
@@ -239,5 +253,5 @@ pub(crate) fn normalize_in_place(
 ) {
     let constants = [("ROW_THREADS", row_threads(dim) as f64)];
     let call = affine.norm_call(ctx, &NORMALIZE_IN_PLACE, &constants, affine.params(dim, eps));
-    RowPlan { input: None, out: Some(out), table: None, status: None }.record(ctx, encoder, &call, None);
+    RowPlan { input: None, aux: None, out: Some(out), table: None, status: None }.record(ctx, encoder, &call, None);
 }

@@ -8,6 +8,7 @@ pub mod embedding_backward;
 pub mod embedding_bag;
 pub mod indices;
 pub mod layer_norm;
+pub mod layer_norm_backward;
 pub mod quantized;
 pub mod stable_embedding;
 pub mod sum_layer_norm;

@@ -99,7 +99,12 @@ impl QuantizedEmbedding {
             let mut encoder = ctx.encoder();
             // Index segments pair with output segments.
             let idx = indices.resegment(ctx, &mut encoder, per)?;
-            RowPlan { input: Some(&idx), out: Some(&out), table: Some(&access), status: None }.record(ctx, &mut encoder, &call, None);
+            RowPlan { input: Some(&idx), aux: None, out: Some(&out), table: Some(&access), status: None }.record(
+                ctx,
+                &mut encoder,
+                &call,
+                None,
+            );
             ctx.submit(encoder)
         })?;
         Ok(out)

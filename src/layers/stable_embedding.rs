@@ -81,6 +81,10 @@ impl StableEmbedding {
     }
 
     /// Storage format of the table on the GPU.
+    pub(crate) fn block(&self) -> &EmbeddingSumLayerNorm {
+        &self.block
+    }
+
     pub fn table_dtype(&self) -> DType {
         self.block.table_dtype()
     }

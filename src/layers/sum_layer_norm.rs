@@ -115,6 +115,15 @@ impl EmbeddingSumLayerNorm {
         &self.table
     }
 
+    /// The first row of each table in the concatenated one.
+    pub(crate) fn first_rows(&self) -> &[u64] {
+        &self.first_rows
+    }
+
+    pub(crate) fn affine(&self) -> &Affine {
+        &self.affine
+    }
+
     /// Storage format of the (concatenated) table on the GPU.
     pub fn table_dtype(&self) -> DType {
         self.table.dtype()
@@ -124,6 +133,14 @@ impl EmbeddingSumLayerNorm {
     /// other as PyTorch's `+` does (e.g. position ids `[1, S]` with input ids `[B, S]`);
     /// the result has shape `[*broadcast shape, dim]`.
     pub fn forward(&self, ctx: &Context, indices: &[Indices<'_>]) -> Result<GpuTensor> {
+        let (rows, mut out_shape) = self.interleave(indices)?;
+        out_shape.push(self.dim);
+        self.run(ctx, &rows, &out_shape)
+    }
+
+    /// The K index tensors checked, broadcast and interleaved (`rows[p * K + k]`, offset
+    /// into the concatenated table), and their broadcast shape.
+    pub(crate) fn interleave(&self, indices: &[Indices<'_>]) -> Result<(Vec<i32>, Vec<usize>)> {
         let k_count = self.num_tables();
         if indices.len() != k_count {
             return Err(Error::arg("indices", format!("expected {k_count} index tensors (one per table), got {}", indices.len())));
@@ -160,9 +177,7 @@ impl EmbeddingSumLayerNorm {
                 rows[out_row * k_count + k] = (self.first_rows[k] + value as u64) as i32;
             }
         }
-        let mut out_shape = shape;
-        out_shape.push(self.dim);
-        self.run(ctx, &rows, &out_shape)
+        Ok((rows, shape))
     }
 
     fn run(&self, ctx: &Context, rows: &[i32], out_shape: &[usize]) -> Result<GpuTensor> {
@@ -174,7 +189,7 @@ impl EmbeddingSumLayerNorm {
         let out = GpuTensor::zeros_with(ctx, out_shape, DType::F32, self.dim, per)?;
         let access = TableAccess::rows(&self.table);
         let params = PassParams { arg2: k_count as u32, ..self.affine.params(self.dim, self.eps) };
-        let plan = RowPlan { input: Some(&idx), out: Some(&out), table: Some(&access), status: None };
+        let plan = RowPlan { input: Some(&idx), aux: None, out: Some(&out), table: Some(&access), status: None };
         let format = table_format(self.table.dtype())?;
         ctx.scoped(|| {
             let mut encoder = ctx.encoder();
