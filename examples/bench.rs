@@ -18,8 +18,8 @@ use clap::Parser;
 use plotters::prelude::*;
 use wgpu_embed::bench::{bag_tensors, lookup_tensors, GpuTimer, Recorder};
 use wgpu_embed::{
-    BagMode, Context, ContextOptions, EmbeddingSumLayerNorm, GpuTensor, HostTable, Indices, LayerNorm, QuantizedEmbeddingBag,
-    QuantizedTable, Scheme, StableEmbedding, TableReads,
+    BagMode, Context, ContextOptions, Embedding, EmbeddingBag, EmbeddingSumLayerNorm, GpuTensor, HostTable, Indices, LayerNorm,
+    QuantizedEmbeddingBag, QuantizedTable, Scheme, StableEmbedding, TableReads,
 };
 
 #[derive(Parser)]
@@ -475,6 +475,33 @@ fn main() {
             })
         })();
         layer("bert_sum3_layer_norm", 3, (n * dim * 16) as f64, r);
+        // Backward (dense table gradient): bytes = output gradient rows read per index
+        // position + the [V, D] gradient written.
+        let grad = GpuTensor::from_f32(&ctx, &host_table[..n.min(rows) * dim], &[n.min(rows), dim]).expect("gradient");
+        let dense = |g: wgpu_embed::Result<wgpu_embed::Gradient>| match g? {
+            wgpu_embed::Gradient::Dense(t) => Ok(t),
+            wgpu_embed::Gradient::Sparse { values, .. } => Ok(values),
+        };
+        let m = n.min(rows);
+        let bytes = ((m + rows) * dim * 4) as f64;
+        let r = Embedding::from_pretrained(&ctx, &host_table, rows, dim).and_then(|l| {
+            time_layer(&ctx, &timer, args.reps, &copy, || dense(l.backward(&ctx, Indices::i32(&idx[..m], &[m]), &grad, Default::default())))
+        });
+        layer("embedding_backward", 1, bytes, r);
+        let bag = 20;
+        let bags = (m / bag).max(1);
+        let offs: Vec<i32> = (0..bags as i32).map(|b| b * bag as i32).collect();
+        let (input_shape, offs_shape) = ([bags * bag], [bags]);
+        let bag_grad = GpuTensor::from_f32(&ctx, &host_table[..bags * dim], &[bags, dim]).expect("bag gradient");
+        let r = EmbeddingBag::from_pretrained(&ctx, &host_table, rows, dim, BagMode::Sum).and_then(|l| {
+            time_layer(&ctx, &timer, args.reps, &copy, || {
+                let input = Indices::i32(&idx[..bags * bag], &input_shape);
+                dense(
+                    l.backward(&ctx, input, Some(Indices::i32(&offs, &offs_shape)), None, &bag_grad, Default::default()).map(|g| g.weight),
+                )
+            })
+        });
+        layer("bag_sum_backward", bag, ((bags * bag + rows) * dim * 4) as f64, r);
         for scheme in [Scheme::Int8Rowwise, Scheme::Nf4] {
             let bag = 20;
             let r = QuantizedTable::from_pretrained(&ctx, &host_table, rows, dim, scheme, None).map(|t| {
@@ -551,11 +578,20 @@ fn main() {
          GB/s = (table rows read + output written) / time. Uniform indices, bag size {mid_bag}.\n\n\
          Each point is timed in alternation with the copy kernel (paired copy GB/s shown), so ratios hold on a busy machine. \
          The last rows time whole layers through their public API (wall clock, index upload and output allocation included; \
-         BERT block = sum of 3 lookups + LayerNorm; quantized bags: bag size 20, bytes = quantized row bytes read).\n\n\
+         BERT block = sum of 3 lookups + LayerNorm; quantized bags: bag size 20, bytes = quantized row bytes read; \
+         backward: dense table gradient, bytes = one output-gradient row read per index + the [V, D] gradient written).\n\n\
          | kernel | table rows | D | GPU GB/s | paired copy GB/s | × copy | CPU GB/s | GPU / CPU |\n|---|---|---|---|---|---|---|---|\n",
         copy_bytes / copy_cpu_s / 1e9
     );
-    let layers = ["layer_norm", "stable_embedding", "bert_sum3_layer_norm", "qbag_sum_int8_rowwise", "qbag_sum_nf4"];
+    let layers = [
+        "layer_norm",
+        "stable_embedding",
+        "bert_sum3_layer_norm",
+        "qbag_sum_int8_rowwise",
+        "qbag_sum_nf4",
+        "embedding_backward",
+        "bag_sum_backward",
+    ];
     let in_table = |p: &&Point| p.dist == "uniform" && (p.kernel.starts_with("lookup") || p.bag == mid_bag);
     for p in points
         .iter()
