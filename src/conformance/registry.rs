@@ -256,7 +256,11 @@ mod runs {
         f32_output(ctx, &layer.forward(ctx, x.as_f32("x")?, &x.shape)?)
     }
 
-    pub(super) fn stable_embedding(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+    /// The layer and indices of a `stable_embedding` case (forward or backward).
+    pub(super) fn stable_layer<'a>(
+        ctx: &Context,
+        inputs: &CaseInputs<'a>,
+    ) -> Result<(crate::layers::stable_embedding::StableEmbedding, Indices<'a>)> {
         let p = inputs.params();
         let (w, v, d) = table(inputs, "weight")?;
         let indices = inputs.require("indices")?.as_indices("indices")?;
@@ -268,6 +272,11 @@ mod runs {
             opt_vector(inputs, "beta")?,
             p.f64_or("eps", crate::layers::stable_embedding::STABLE_EMBEDDING_EPS as f64)? as f32,
         )?;
+        Ok((layer, indices))
+    }
+
+    pub(super) fn stable_embedding(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+        let (layer, indices) = stable_layer(ctx, inputs)?;
         f32_output(ctx, &layer.forward(ctx, indices)?)
     }
 
@@ -282,17 +291,7 @@ mod runs {
     }
 
     pub(super) fn stable_embedding_backward(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
-        let p = inputs.params();
-        let (w, v, d) = table(inputs, "weight")?;
-        let indices = inputs.require("indices")?.as_indices("indices")?;
-        let layer = crate::layers::stable_embedding::StableEmbedding::from_pretrained(
-            ctx,
-            crate::checkpoint::HostTable::f32(w, v, d)?,
-            p.opt_i64("padding_idx")?,
-            opt_vector(inputs, "gamma")?,
-            opt_vector(inputs, "beta")?,
-            p.f64_or("eps", crate::layers::stable_embedding::STABLE_EMBEDDING_EPS as f64)? as f32,
-        )?;
+        let (layer, indices) = stable_layer(ctx, inputs)?;
         let g = layer.backward(ctx, indices, &gpu_f32(ctx, inputs, "grad_out")?)?;
         f32_outputs(ctx, &[("grad_weight", g.tables.first()), ("grad_gamma", g.gamma.as_ref()), ("grad_beta", g.beta.as_ref())])
     }

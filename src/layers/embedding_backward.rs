@@ -103,7 +103,7 @@ fn flat_segment(buffer: &wgpu::Buffer, rows: u64) -> Segment {
 }
 
 /// Checks that `grad` is an F32 tensor of `shape`.
-fn check_grad(grad: &GpuTensor, shape: &[usize]) -> Result<()> {
+pub(crate) fn check_grad(grad: &GpuTensor, shape: &[usize]) -> Result<()> {
     if grad.dtype() != DType::F32 || grad.shape() != shape {
         return Err(Error::arg(
             "grad_out",
@@ -270,7 +270,20 @@ impl Embedding {
     /// PyTorch's autograd gives it: `padding_idx` rows get none; with
     /// `scale_grad_by_freq` each row's gradient is divided by how often it occurs in
     /// `indices`; `sparse` returns it coalesced. `grad_out` has shape `[*indices, D]`.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn backward(&self, ctx: &Context, indices: Indices<'_>, grad_out: &GpuTensor, options: GradOptions) -> Result<Gradient> {
+        pollster::block_on(self.backward_async(ctx, indices, grad_out, options))
+    }
+
+    /// [`Embedding::backward`] without blocking (a sparse gradient awaits its row count;
+    /// what browsers call).
+    pub async fn backward_async(
+        &self,
+        ctx: &Context,
+        indices: Indices<'_>,
+        grad_out: &GpuTensor,
+        options: GradOptions,
+    ) -> Result<Gradient> {
         if options.sparse && options.scale_grad_by_freq {
             return Err(Error::arg("scale_grad_by_freq", "embedding_backward: scale_grad_by_freq not supported with sparse gradients"));
         }
@@ -288,7 +301,7 @@ impl Embedding {
             dim: d,
             options,
         };
-        pollster::block_on(table_gradient(ctx, &scatter, grad_out, None))
+        table_gradient(ctx, &scatter, grad_out, None).await
     }
 }
 
@@ -298,7 +311,21 @@ impl EmbeddingBag {
     /// PyTorch's autograd gives them. Max sends each column's gradient to the row the
     /// forward chose (recomputed here from the table); PyTorch's refusals (sparse or
     /// `scale_grad_by_freq` with max) come back as errors.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn backward(
+        &self,
+        ctx: &Context,
+        input: Indices<'_>,
+        offsets: Option<Indices<'_>>,
+        per_sample_weights: PerSampleWeights<'_>,
+        grad_out: &GpuTensor,
+        options: GradOptions,
+    ) -> Result<BagGradients> {
+        pollster::block_on(self.backward_async(ctx, input, offsets, per_sample_weights, grad_out, options))
+    }
+
+    /// [`EmbeddingBag::backward`] without blocking (what browsers call).
+    pub async fn backward_async(
         &self,
         ctx: &Context,
         input: Indices<'_>,
@@ -366,7 +393,7 @@ impl EmbeddingBag {
             dim: d,
             options,
         };
-        let weight = pollster::block_on(table_gradient(ctx, &scatter, grad_out, argmax.as_ref()))?;
+        let weight = table_gradient(ctx, &scatter, grad_out, argmax.as_ref()).await?;
         let per_sample_weights = match (sample_grads, per_sample_weights) {
             (Some(g), Some((_, shape))) => Some(g.reshape(shape)?),
             _ => None,

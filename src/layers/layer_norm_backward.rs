@@ -12,7 +12,7 @@ use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{record_flat, rows_per_segment, Call, Grid, PassParams, RowPlan};
 use crate::gpu::table::TableAccess;
 use crate::gpu::tensor::{DType, GpuTensor};
-use crate::layers::embedding_backward::{table_gradient, GradOptions, Gradient, Scatter, Sources};
+use crate::layers::embedding_backward::{check_grad, table_gradient, GradOptions, Gradient, Scatter, Sources};
 use crate::layers::indices::Indices;
 use crate::layers::layer_norm::{Affine, LayerNorm, ACCUMULATE};
 use crate::layers::stable_embedding::StableEmbedding;
@@ -110,16 +110,6 @@ fn split_affine(ctx: &Context, encoder: &mut wgpu::CommandEncoder, both: &GpuTen
     let flat = GpuTensor::from_buffer(both.segments()[0].buffer.clone(), &[2 * dim], DType::F32);
     let mut rows = |lo: usize| -> Result<GpuTensor> { flat.copy_rows(ctx, encoder, lo as u64, (lo + dim) as u64)?.reshape(&[dim]) };
     Ok([if has_gamma { Some(rows(0)?) } else { None }, if has_beta { Some(rows(dim)?) } else { None }])
-}
-
-fn check_grad(grad: &GpuTensor, shape: &[usize]) -> Result<()> {
-    if grad.dtype() != DType::F32 || grad.shape() != shape {
-        return Err(Error::arg(
-            "grad_out",
-            format!("expected an F32 gradient of shape {shape:?} (the output's), got {:?} of shape {:?}", grad.dtype(), grad.shape()),
-        ));
-    }
-    Ok(())
 }
 
 impl LayerNorm {

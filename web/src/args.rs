@@ -49,9 +49,7 @@ pub(crate) fn index_list(value: &JsValue, name: &'static str) -> Result<IndexLis
     if let Some(a) = value.dyn_ref::<js_sys::Array>() {
         let mut out = Vec::with_capacity(a.length() as usize);
         for (i, v) in a.iter().enumerate() {
-            out.push(integer(&v).ok_or_else(|| {
-                js_error(Error::arg(name, format!("element {i} is {}, expected an integer", show(&v))))
-            })?);
+            out.push(integer(&v).ok_or_else(|| js_error(Error::arg(name, format!("element {i} is {}, expected an integer", show(&v)))))?);
         }
         return Ok(IndexList::I64(out));
     }

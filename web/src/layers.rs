@@ -19,9 +19,7 @@ fn opt_f32_array(options: &JsValue, key: &'static str) -> Result<Option<Vec<f32>
     if v.is_undefined() || v.is_null() {
         return Ok(None);
     }
-    v.dyn_ref::<js_sys::Float32Array>()
-        .map(|a| Some(a.to_vec()))
-        .ok_or_else(|| js_error(lib::Error::arg(key, "expected a Float32Array")))
+    v.dyn_ref::<js_sys::Float32Array>().map(|a| Some(a.to_vec())).ok_or_else(|| js_error(lib::Error::arg(key, "expected a Float32Array")))
 }
 
 fn blocksize(options: &JsValue) -> Result<Option<usize>, JsValue> {
@@ -48,8 +46,7 @@ impl Gpu {
     pub fn layer_norm(
         &self,
         dim: f64,
-        #[wasm_bindgen(unchecked_param_type = "{ eps?: number, gamma?: Float32Array, beta?: Float32Array } | undefined")]
-        options: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "{ eps?: number, gamma?: Float32Array, beta?: Float32Array } | undefined")] options: JsValue,
     ) -> Result<LayerNorm, JsValue> {
         if !(dim.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&dim)) {
             return Err(js_error(lib::Error::arg("dim", format!("expected a non-negative integer, got {dim}"))));
@@ -68,7 +65,9 @@ impl Gpu {
         &self,
         weight: js_sys::Float32Array,
         #[wasm_bindgen(unchecked_param_type = "number[]")] shape: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "{ paddingIdx?: number | null, eps?: number, gamma?: Float32Array, beta?: Float32Array } | undefined")]
+        #[wasm_bindgen(
+            unchecked_param_type = "{ paddingIdx?: number | null, eps?: number, gamma?: Float32Array, beta?: Float32Array } | undefined"
+        )]
         options: JsValue,
     ) -> Result<StableEmbedding, JsValue> {
         let (w, v, d) = table_dims(&weight, &shape, "shape")?;
@@ -90,8 +89,7 @@ impl Gpu {
         &self,
         #[wasm_bindgen(unchecked_param_type = "Float32Array[]")] tables: JsValue,
         #[wasm_bindgen(unchecked_param_type = "number[][]")] shapes: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "{ eps?: number, gamma?: Float32Array, beta?: Float32Array } | undefined")]
-        options: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "{ eps?: number, gamma?: Float32Array, beta?: Float32Array } | undefined")] options: JsValue,
     ) -> Result<EmbeddingSumLayerNorm, JsValue> {
         let (tables, shapes) = (array_arg(&tables, "tables")?, array_arg(&shapes, "shapes")?);
         if tables.len() != shapes.len() {
@@ -154,7 +152,9 @@ impl Gpu {
     pub async fn quantized_embedding_bag(
         &self,
         weight: &Tensor,
-        #[wasm_bindgen(unchecked_param_type = "{ scheme?: string, blocksize?: number, mode?: \"sum\" | \"mean\" | \"max\", paddingIdx?: number | null, includeLastOffset?: boolean } | undefined")]
+        #[wasm_bindgen(
+            unchecked_param_type = "{ scheme?: string, blocksize?: number, mode?: \"sum\" | \"mean\" | \"max\", paddingIdx?: number | null, includeLastOffset?: boolean } | undefined"
+        )]
         options: JsValue,
     ) -> Result<QuantizedEmbeddingBag, JsValue> {
         let mode = lib::BagMode::parse(opt_str(&options, "mode")?.as_deref().unwrap_or("mean")).map_err(js_error)?;
@@ -229,9 +229,7 @@ fn blockwise_options(options: &JsValue) -> Result<(usize, lib::CodeMap), JsValue
 }
 
 fn array_arg(v: &JsValue, name: &'static str) -> Result<Vec<JsValue>, JsValue> {
-    v.dyn_ref::<js_sys::Array>()
-        .map(|a| a.iter().collect())
-        .ok_or_else(|| js_error(lib::Error::arg(name, "expected an array")))
+    v.dyn_ref::<js_sys::Array>().map(|a| a.iter().collect()).ok_or_else(|| js_error(lib::Error::arg(name, "expected an array")))
 }
 
 fn indices_and_shape(indices: &JsValue, shape: &JsValue, name: &'static str) -> Result<(IndexList, Vec<usize>), JsValue> {
@@ -243,14 +241,18 @@ fn indices_and_shape(indices: &JsValue, shape: &JsValue, name: &'static str) -> 
 /// `nn.LayerNorm` over the last dimension.
 #[wasm_bindgen]
 pub struct LayerNorm {
-    ctx: Rc<lib::Context>,
-    layer: lib::LayerNorm,
+    pub(crate) ctx: Rc<lib::Context>,
+    pub(crate) layer: lib::LayerNorm,
 }
 
 #[wasm_bindgen]
 impl LayerNorm {
     /// Normalises host values of `shape` (last dimension = `dim`).
-    pub async fn forward(&self, x: js_sys::Float32Array, #[wasm_bindgen(unchecked_param_type = "number[]")] shape: JsValue) -> Result<Tensor, JsValue> {
+    pub async fn forward(
+        &self,
+        x: js_sys::Float32Array,
+        #[wasm_bindgen(unchecked_param_type = "number[]")] shape: JsValue,
+    ) -> Result<Tensor, JsValue> {
         let values = x.to_vec();
         let shape = shape_arg(&shape, "shape")?.unwrap_or_else(|| vec![values.len()]);
         let out = gpu_call(&self.ctx, || self.layer.forward(&self.ctx, &values, &shape)).await?;
@@ -271,8 +273,8 @@ macro_rules! lookup_layer {
         $(#[$doc])*
         #[wasm_bindgen]
         pub struct $name {
-            ctx: Rc<lib::Context>,
-            layer: $lib,
+            pub(crate) ctx: Rc<lib::Context>,
+            pub(crate) layer: $lib,
         }
 
         #[wasm_bindgen]
@@ -307,8 +309,8 @@ lookup_layer!(
 /// BERT's embedding block: LayerNorm(Σ_k table_k[indices_k]).
 #[wasm_bindgen]
 pub struct EmbeddingSumLayerNorm {
-    ctx: Rc<lib::Context>,
-    layer: lib::EmbeddingSumLayerNorm,
+    pub(crate) ctx: Rc<lib::Context>,
+    pub(crate) layer: lib::EmbeddingSumLayerNorm,
 }
 
 #[wasm_bindgen]
@@ -333,8 +335,8 @@ impl EmbeddingSumLayerNorm {
 /// An embedding bag over a quantized table.
 #[wasm_bindgen]
 pub struct QuantizedEmbeddingBag {
-    ctx: Rc<lib::Context>,
-    layer: lib::QuantizedEmbeddingBag,
+    pub(crate) ctx: Rc<lib::Context>,
+    pub(crate) layer: lib::QuantizedEmbeddingBag,
 }
 
 #[wasm_bindgen]

@@ -14,6 +14,7 @@ use wasm_bindgen::JsCast;
 use wgpu_embed as lib;
 
 mod args;
+mod backward;
 mod layers;
 mod safetensors_file;
 
@@ -21,7 +22,7 @@ pub use layers::*;
 
 pub use safetensors_file::SafetensorsFile;
 
-use args::{index_list, opt_f64, opt_i64, opt_bool, opt_str, shape_arg, IndexList};
+use args::{index_list, opt_bool, opt_f64, opt_i64, opt_str, shape_arg, IndexList};
 
 #[wasm_bindgen(typescript_custom_section)]
 const TS_TYPES: &'static str = r#"
@@ -115,7 +116,7 @@ pub(crate) async fn gpu_call<T>(ctx: &lib::Context, f: impl FnOnce() -> lib::Res
 /// A WebGPU device with the library's compiled pipelines: the entry point.
 #[wasm_bindgen]
 pub struct Gpu {
-    ctx: Rc<lib::Context>,
+    pub(crate) ctx: Rc<lib::Context>,
 }
 
 #[wasm_bindgen]
@@ -132,16 +133,15 @@ impl Gpu {
         let max_binding_size = match max_binding_size {
             None => None,
             Some(m) if m.is_finite() && m >= 256.0 && m.fract() == 0.0 => Some(m as u64),
-            Some(m) => return Err(js_error(lib::Error::arg("maxBindingSize", format!("expected a whole number of bytes >= 256, got {m}")))),
+            Some(m) => {
+                return Err(js_error(lib::Error::arg("maxBindingSize", format!("expected a whole number of bytes >= 256, got {m}"))))
+            }
         };
-        let options = lib::ContextOptions {
-            backends: Some(wgpu::Backends::BROWSER_WEBGPU),
-            max_binding_size,
-            ..Default::default()
-        };
+        let options = lib::ContextOptions { backends: Some(wgpu::Backends::BROWSER_WEBGPU), max_binding_size, ..Default::default() };
         let ctx = lib::Context::with_options(options).await.map_err(js_error)?;
         // Errors outside our scopes (there should be none) are logged, never a panic.
-        ctx.device().on_uncaptured_error(std::sync::Arc::new(|e: wgpu::Error| console_error(&format!("wgpu-embed: uncaptured GPU error: {e}"))));
+        ctx.device()
+            .on_uncaptured_error(std::sync::Arc::new(|e: wgpu::Error| console_error(&format!("wgpu-embed: uncaptured GPU error: {e}"))));
         Ok(Gpu { ctx: Rc::new(ctx) })
     }
 
@@ -173,7 +173,10 @@ impl Gpu {
         let values = data.to_vec();
         let expected: usize = shape.iter().product();
         if expected != values.len() {
-            return Err(js_error(lib::Error::arg("data", format!("{} values given for shape {shape:?} ({expected} expected)", values.len()))));
+            return Err(js_error(lib::Error::arg(
+                "data",
+                format!("{} values given for shape {shape:?} ({expected} expected)", values.len()),
+            )));
         }
         let ctx = self.ctx.clone();
         let t = gpu_call(&ctx, || lib::GpuTensor::from_f32(&ctx, &values, &shape)).await?;
@@ -233,7 +236,7 @@ fn has_webgpu() -> bool {
 /// stays on the device between calls; read it back with `toFloat32Array()`.
 #[wasm_bindgen]
 pub struct Tensor {
-    ctx: Rc<lib::Context>,
+    pub(crate) ctx: Rc<lib::Context>,
     inner: Option<lib::GpuTensor>,
 }
 
@@ -302,8 +305,8 @@ impl Tensor {
 /// `torch.nn.Embedding`'s forward on the GPU.
 #[wasm_bindgen]
 pub struct Embedding {
-    ctx: Rc<lib::Context>,
-    layer: lib::Embedding,
+    pub(crate) ctx: Rc<lib::Context>,
+    pub(crate) layer: lib::Embedding,
 }
 
 #[wasm_bindgen]
@@ -341,8 +344,8 @@ impl Embedding {
 /// `torch.nn.EmbeddingBag`'s forward on the GPU.
 #[wasm_bindgen]
 pub struct EmbeddingBag {
-    ctx: Rc<lib::Context>,
-    layer: lib::EmbeddingBag,
+    pub(crate) ctx: Rc<lib::Context>,
+    pub(crate) layer: lib::EmbeddingBag,
 }
 
 #[wasm_bindgen]

@@ -44,6 +44,25 @@ export async function runCase(gpu, file, c) {
 }
 
 const read = async (t) => ({ data: await t.toFloat32Array(), shape: t.shape });
+
+/** The tensors of a backward's result object, read back under the case's output names. */
+async function named(g, keep, names) {
+  const out = {};
+  for (const [key, name] of Object.entries(names)) if (g[key]) out[name] = await read(keep(g[key]));
+  return out;
+}
+
+/** A table gradient: grad_weight, or grad_indices (I32 on the GPU) and grad_values; and
+ * grad_per_sample_weights when there is one. */
+async function gradOutputs(g, keep) {
+  const out = await named(g, keep, { weight: "grad_weight", values: "grad_values", perSampleWeights: "grad_per_sample_weights" });
+  if (g.indices) {
+    const t = keep(g.indices);
+    const bytes = await t.toUint8Array();
+    out.grad_indices = { data: new Int32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4), shape: t.shape };
+  }
+  return out;
+}
 const maybe = (file, name) => (name ? file.float32(name) : undefined);
 
 /** The ops besides the two lookups, as ops.rs runs them. */
@@ -72,6 +91,60 @@ async function otherOp(gpu, file, c, keep) {
       }
       const block = keep(await gpu.embeddingSumLayerNorm(tables, shapes, { ...affine, eps: p.eps ?? 1e-12 }));
       return { out: await read(keep(await block.forward(indices, shapeOf("indices0")))) };
+    }
+    case "embedding_backward": {
+      const gshape = shapeOf("grad_out");
+      const d = gshape[gshape.length - 1] ?? 0;
+      // The table's values do not enter the gradient: zeros of the right shape.
+      const weight = keep(await gpu.tensor(new Float32Array(p.num_weights * d), [p.num_weights, d]));
+      const layer = keep(gpu.embedding(weight, { paddingIdx: opt(p.padding_idx) }));
+      const grad = keep(await file.upload(gpu, inputs.grad_out));
+      const opts = { scaleGradByFreq: p.scale_grad_by_freq ?? false, sparse: p.sparse ?? false };
+      return await gradOutputs(await layer.backward(file.indices(inputs.indices), grad, shapeOf("indices"), opts), keep);
+    }
+    case "embedding_bag_backward": {
+      const weight = keep(await file.upload(gpu, inputs.weight));
+      const bagOpts = { paddingIdx: opt(p.padding_idx), mode: p.mode ?? "mean", includeLastOffset: p.include_last_offset ?? false };
+      const layer = keep(gpu.embeddingBag(weight, bagOpts));
+      const grad = keep(await file.upload(gpu, inputs.grad_out));
+      const psw = inputs.per_sample_weights;
+      const opts = { scaleGradByFreq: p.scale_grad_by_freq ?? false, sparse: p.sparse ?? false };
+      const g = await layer.backward(
+        file.indices(inputs.indices),
+        inputs.offsets ? file.indices(inputs.offsets) : null,
+        psw ? file.float32(psw) : null,
+        grad,
+        shapeOf("indices"),
+        psw ? shapeOf("per_sample_weights") : undefined,
+        opts,
+      );
+      return await gradOutputs(g, keep);
+    }
+    case "layer_norm_backward": {
+      const shape = shapeOf("x");
+      const layer = keep(gpu.layerNorm(shape[shape.length - 1] ?? 0, { ...affine, eps: p.eps ?? 1e-5 }));
+      const g = await layer.backward(keep(await file.upload(gpu, inputs.x)), keep(await file.upload(gpu, inputs.grad_out)));
+      return await named(g, keep, { x: "grad_x", gamma: "grad_gamma", beta: "grad_beta" });
+    }
+    case "stable_embedding_backward": {
+      const opts = { ...affine, paddingIdx: opt(p.padding_idx), eps: opt(p.eps) ?? undefined };
+      const layer = keep(await gpu.stableEmbedding(file.float32(inputs.weight), shapeOf("weight"), opts));
+      const g = await layer.backward(file.indices(inputs.indices), keep(await file.upload(gpu, inputs.grad_out)), shapeOf("indices"));
+      return await named(g, keep, { weight: "grad_weight", gamma: "grad_gamma", beta: "grad_beta" });
+    }
+    case "embedding_sum_layer_norm_backward": {
+      const tables = [], shapes = [], indices = [], indexShapes = [];
+      for (let k = 0; inputs[`weight${k}`] && inputs[`indices${k}`]; k++) {
+        tables.push(file.float32(inputs[`weight${k}`]));
+        shapes.push(shapeOf(`weight${k}`));
+        indices.push(file.indices(inputs[`indices${k}`]));
+        indexShapes.push(shapeOf(`indices${k}`));
+      }
+      const block = keep(await gpu.embeddingSumLayerNorm(tables, shapes, { ...affine, eps: p.eps ?? 1e-12 }));
+      const g = await block.backward(indices, keep(await file.upload(gpu, inputs.grad_out)), indexShapes);
+      const out = await named(g, keep, { gamma: "grad_gamma", beta: "grad_beta" });
+      for (const [k, t] of g.tables.entries()) out[`grad_weight${k}`] = await read(keep(t));
+      return out;
     }
     case "axial_position_embedding": {
       const [w0, w1] = [shapeOf("weight0"), shapeOf("weight1")];
@@ -126,7 +199,11 @@ const QUANT_OPS = new Set(["quantize_blockwise", "quantized_embedding", "quantiz
  * family, FORMAT.md) the exact float64 result `exact` when given. */
 export function compare(c, got, file, expectedName, name, exact) {
   if (!got) return `output ${name} missing`;
-  const want = file.info(expectedName).dtype === "U8" ? file.uint8(expectedName) : file.float32(expectedName);
+  const dtype = file.info(expectedName).dtype;
+  const want =
+    dtype === "U8" ? file.uint8(expectedName)
+    : dtype === "I64" || dtype === "I32" ? Array.from(file.indices(expectedName), Number)
+    : file.float32(expectedName);
   const wantShape = file.info(expectedName).shape;
   if (JSON.stringify(got.shape) !== JSON.stringify(wantShape))
     return `${name}: shape [${got.shape}], expected [${wantShape}]`;

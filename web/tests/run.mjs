@@ -88,12 +88,21 @@ try {
   }
 
   // 2. Public conformance cases of the supported ops, in the page, also with every table split.
-  for (const [name, query] of [["conformance", ""], ["conformance, 1 MiB bindings", "?maxBindingSize=1048576"]]) {
+  // The training file's cases of the supported ops (backward passes), the same way.
+  const forward = ["embedding", "embedding_bag"];
+  const backward = ["embedding_backward", "embedding_bag_backward", "layer_norm_backward", "stable_embedding_backward", "embedding_sum_layer_norm_backward"];
+  const training = "cases=/shared/conformance/training.safetensors";
+  for (const [name, query, ops] of [
+    ["conformance", "", forward],
+    ["conformance, 1 MiB bindings", "?maxBindingSize=1048576", forward],
+    ["backward cases", `?${training}`, backward],
+    ["backward cases, 1 MiB bindings", `?${training}&maxBindingSize=1048576`, backward],
+  ]) {
     const { page, result } = await runPage(name, `/tests/conformance.html${query}`, "testResult");
     if (result.error) fail(`${name}: ${result.error}`);
     for (const f of result.failures ?? []) fail(`${name}: ${f}`);
     console.log(`  ${result.passed} passed, ${result.failed} failed; by op: ${JSON.stringify(result.ops ?? {})}`);
-    for (const op of ["embedding", "embedding_bag"]) {
+    for (const op of ops) {
       if (!(result.ops?.[op]?.passed > 0)) fail(`${name}: no ${op} case passed`);
     }
     await page.close();

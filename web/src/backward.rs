@@ -1,0 +1,171 @@
+//! The layers' backward passes, for JavaScript: each returns a plain object of
+//! gradient tensors that stay on the GPU.
+
+use std::rc::Rc;
+
+use wasm_bindgen::prelude::*;
+use wgpu_embed as lib;
+
+use crate::args::{index_list, opt_bool, shape_arg};
+use crate::layers::{EmbeddingSumLayerNorm, LayerNorm, StableEmbedding};
+use crate::{gpu_call, js_error, BagArgs, Embedding, EmbeddingBag, Tensor};
+
+/// `{ scaleGradByFreq?, sparse? }`.
+fn grad_options(options: &JsValue) -> Result<lib::GradOptions, JsValue> {
+    Ok(lib::GradOptions {
+        scale_grad_by_freq: opt_bool(options, "scaleGradByFreq")?.unwrap_or(false),
+        sparse: opt_bool(options, "sparse")?.unwrap_or(false),
+    })
+}
+
+/// An object of named tensors (absent ones left out).
+fn object(ctx: &Rc<lib::Context>, named: Vec<(&str, Option<lib::GpuTensor>)>) -> Result<JsValue, JsValue> {
+    let o = js_sys::Object::new();
+    for (name, t) in named {
+        if let Some(t) = t {
+            js_sys::Reflect::set(&o, &name.into(), &JsValue::from(Tensor::new(ctx.clone(), t)))?;
+        }
+    }
+    Ok(o.into())
+}
+
+/// A table gradient: `{ weight }` when dense, `{ indices, values }` when sparse.
+fn gradient(g: lib::Gradient) -> Vec<(&'static str, Option<lib::GpuTensor>)> {
+    match g {
+        lib::Gradient::Dense(w) => vec![("weight", Some(w))],
+        lib::Gradient::Sparse { indices, values, .. } => vec![("indices", Some(indices)), ("values", Some(values))],
+    }
+}
+
+/// Runs an async backward and turns GPU errors it raised into an exception: the
+/// sparse path awaits a read-back between submissions, so it cannot sit inside one
+/// pair of error scopes; the context records such errors instead.
+async fn checked<T>(ctx: &lib::Context, result: lib::Result<T>) -> Result<T, JsValue> {
+    let value = result.map_err(js_error)?;
+    ctx.check_alive().map_err(js_error)?;
+    if let Some(e) = ctx.take_uncaptured_error() {
+        return Err(js_error(lib::Error::Device(e)));
+    }
+    Ok(value)
+}
+
+fn gpu_tensor(t: &Tensor) -> Result<lib::GpuTensor, JsValue> {
+    t.gpu().cloned()
+}
+
+#[wasm_bindgen]
+impl Embedding {
+    /// The table's gradient for `gradOut` (`[...shape, D]` on the GPU): `{ weight }`, or
+    /// with `sparse` `{ indices, values }` (distinct rows ascending, summed rows).
+    /// Options `{ scaleGradByFreq?, sparse? }`.
+    pub async fn backward(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "IndexArray")] indices: JsValue,
+        grad_out: &Tensor,
+        #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] shape: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "{ scaleGradByFreq?: boolean, sparse?: boolean } | undefined")] options: JsValue,
+    ) -> Result<JsValue, JsValue> {
+        let values = index_list(&indices, "indices")?;
+        let shape = shape_arg(&shape, "shape")?.unwrap_or_else(|| vec![values.len()]);
+        let (g, opts) = (gpu_tensor(grad_out)?, grad_options(&options)?);
+        let r = self.layer.backward_async(&self.ctx, values.as_indices(&shape), &g, opts).await;
+        object(&self.ctx, gradient(checked(&self.ctx, r).await?))
+    }
+}
+
+#[wasm_bindgen]
+impl EmbeddingBag {
+    /// The gradients for `gradOut` (`[B, D]` on the GPU), with the arguments of
+    /// `forward`: `{ weight }` or `{ indices, values }`, and `perSampleWeights` when given.
+    #[wasm_bindgen(js_name = backward)]
+    #[allow(clippy::too_many_arguments)]
+    pub async fn backward(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "IndexArray")] input: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "IndexArray | null | undefined")] offsets: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "Float32Array | null | undefined")] per_sample_weights: JsValue,
+        grad_out: &Tensor,
+        #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] input_shape: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] per_sample_weights_shape: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "{ scaleGradByFreq?: boolean, sparse?: boolean } | undefined")] options: JsValue,
+    ) -> Result<JsValue, JsValue> {
+        let a = BagArgs::read(&input, &offsets, &per_sample_weights, &input_shape, &per_sample_weights_shape)?;
+        let (g, opts) = (gpu_tensor(grad_out)?, grad_options(&options)?);
+        let r = self.layer.backward_async(&self.ctx, a.input(), a.offsets(), a.weights(), &g, opts).await;
+        let grads = checked(&self.ctx, r).await?;
+        let mut named = gradient(grads.weight);
+        named.push(("perSampleWeights", grads.per_sample_weights));
+        object(&self.ctx, named)
+    }
+}
+
+#[wasm_bindgen]
+impl LayerNorm {
+    /// Gradients for `gradOut` of the input `x` (both on the GPU): `{ x, gamma?, beta? }`.
+    pub async fn backward(&self, x: &Tensor, grad_out: &Tensor) -> Result<JsValue, JsValue> {
+        let (x, g) = (gpu_tensor(x)?, gpu_tensor(grad_out)?);
+        let grads = gpu_call(&self.ctx, || self.layer.backward(&self.ctx, &x, &g)).await?;
+        object(&self.ctx, vec![("x", Some(grads.x)), ("gamma", grads.gamma), ("beta", grads.beta)])
+    }
+}
+
+/// `{ weight, gamma?, beta? }` (one table) or `{ tables, gamma?, beta? }`.
+fn sum_grads(ctx: &Rc<lib::Context>, grads: lib::SumLayerNormGrads, one_table: bool) -> Result<JsValue, JsValue> {
+    let o = object(ctx, vec![("gamma", grads.gamma), ("beta", grads.beta)])?;
+    if one_table {
+        let weight = grads.tables.into_iter().next().map(|t| JsValue::from(Tensor::new(ctx.clone(), t)));
+        js_sys::Reflect::set(&o, &"weight".into(), &weight.unwrap_or(JsValue::NULL))?;
+    } else {
+        let tables: js_sys::Array = grads.tables.into_iter().map(|t| JsValue::from(Tensor::new(ctx.clone(), t))).collect();
+        js_sys::Reflect::set(&o, &"tables".into(), &tables)?;
+    }
+    Ok(o)
+}
+
+#[wasm_bindgen]
+impl StableEmbedding {
+    /// Gradients for `gradOut` (`[...shape, D]` on the GPU): `{ weight, gamma, beta }`.
+    pub async fn backward(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "IndexArray")] indices: JsValue,
+        grad_out: &Tensor,
+        #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] shape: JsValue,
+    ) -> Result<JsValue, JsValue> {
+        let values = index_list(&indices, "indices")?;
+        let shape = shape_arg(&shape, "shape")?.unwrap_or_else(|| vec![values.len()]);
+        let g = gpu_tensor(grad_out)?;
+        let grads = gpu_call(&self.ctx, || self.layer.backward(&self.ctx, values.as_indices(&shape), &g)).await?;
+        sum_grads(&self.ctx, grads, true)
+    }
+}
+
+#[wasm_bindgen]
+impl EmbeddingSumLayerNorm {
+    /// Gradients for `gradOut` (on the GPU): `{ tables, gamma?, beta? }`. `shapes` gives
+    /// each index array's shape (they broadcast, e.g. positions `[1, S]` with ids `[B, S]`).
+    pub async fn backward(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "IndexArray[]")] indices: JsValue,
+        grad_out: &Tensor,
+        #[wasm_bindgen(unchecked_param_type = "number[][]")] shapes: JsValue,
+    ) -> Result<JsValue, JsValue> {
+        let lists = js_sys::Array::from(&indices).iter().map(|v| index_list(&v, "indices")).collect::<Result<Vec<_>, _>>()?;
+        let shapes = js_sys::Array::from(&shapes)
+            .iter()
+            .map(|s| shape_arg(&s, "shapes").map(|s| s.unwrap_or_default()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if shapes.len() != lists.len() {
+            return Err(js_error(lib::Error::arg(
+                "shapes",
+                format!("expected {} shapes (one per index array), got {}", lists.len(), shapes.len()),
+            )));
+        }
+        let g = gpu_tensor(grad_out)?;
+        let grads = gpu_call(&self.ctx, || {
+            let idx: Vec<lib::Indices<'_>> = lists.iter().zip(&shapes).map(|(l, s)| l.as_indices(s)).collect();
+            self.layer.backward(&self.ctx, &idx, &g)
+        })
+        .await?;
+        sum_grads(&self.ctx, grads, false)
+    }
+}
