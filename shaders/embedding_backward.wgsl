@@ -13,18 +13,29 @@
 // bag for EmbeddingBag); the factor is 1, the bag's per-sample weight, 1 / the bag's
 // size (mean), or for max the position (compared with the bag's argmax per column).
 
-// Pass flag of `reduce_rows`: divide by the row's frequency (scale_grad_by_freq).
+// Pass flags of `reduce_runs`: divide by the row's frequency (scale_grad_by_freq);
+// the output row of a run is its slot (sparse gradients), not its table row.
 const FLAG_SCALE_BY_FREQ: u32 = 32u;
+const FLAG_SPARSE: u32 = 128u;
 // `gather_entries` mode besides the bag modes: the source row is position / arg2.
 const MODE_POSITIONS: u32 = 3u;
 // No argmax yet (an empty bag, or a column of padding rows only).
 const NO_POSITION: u32 = 0xffffffffu;
 
-// Columns one invocation sums: 4 when rows are whole vec4 words, else 1.
+// Columns one group sums: 4 when rows are whole vec4 words, else 1.
 override WIDTH: u32 = 1u; // values: 1, 4
+// Column groups one `reduce_runs` invocation sums: several on CPU adapters, where each
+// invocation costs more than its loads; one on GPUs.
+override GROUPS: u32 = 1u; // values: 1, 4, 8
+const MAX_GROUPS: u32 = 8u;
 
 @group(0) @binding(2) var<storage, read> grad: array<f32>;
 @group(0) @binding(9) var<storage, read> grad_argmax: array<u32>;
+// The same, for rows of whole vec4 words (reduce_runs4).
+@group(0) @binding(2) var<storage, read> grad4: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read> grad_argmax4: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read_write> out4_rows: array<vec4<f32>>;
+@group(0) @binding(17) var<storage, read> chunk_sums4: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read> sample_weights: array<f32>;
 @group(0) @binding(10) var<storage, read_write> position_keys_out: array<u32>;
 @group(0) @binding(11) var<storage, read_write> positions_out: array<u32>;
@@ -38,8 +49,14 @@ override WIDTH: u32 = 1u; // values: 1, 4
 @group(0) @binding(16) var<storage, read> entries: array<vec2<u32>>;
 @group(0) @binding(17) var<storage, read_write> chunk_sums_out: array<f32>;
 @group(0) @binding(17) var<storage, read> chunk_sums: array<f32>;
-@group(0) @binding(18) var<storage, read_write> run_starts: array<u32>;
-@group(0) @binding(19) var<storage, read_write> run_rows: array<u32>;
+// Runs of the sorted list, one per distinct row: (first entry, row); the entry after
+// the last run ends it.
+@group(0) @binding(18) var<storage, read_write> runs_out: array<vec2<u32>>;
+@group(0) @binding(18) var<storage, read> runs: array<vec2<u32>>;
+// Per output segment: (first row, rows) in, the slots of the runs it holds out.
+@group(0) @binding(19) var<storage, read> segment_rows: array<vec2<u32>>;
+@group(0) @binding(23) var<storage, read_write> slot_ranges_out: array<vec2<u32>>;
+@group(0) @binding(23) var<storage, read> slot_ranges: array<vec2<u32>>;
 @group(0) @binding(20) var<storage, read_write> argmax_value: array<f32>;
 @group(0) @binding(21) var<storage, read_write> argmax_out: array<u32>;
 @group(0) @binding(22) var<storage, read> bag_grad: array<f32>;
@@ -162,47 +179,178 @@ fn first_entry_from(lo_in: u32, hi_in: u32, source: u32) -> u32 {
     return lo;
 }
 
-// One output row's gradient over WIDTH columns: the sum of its run of entries
-// [offsets[r - arg2], offsets[r - arg2 + 1]) that read the bound source segment,
-// written by the first source segment's pass and added by later ones (arg3: the
-// output segment's first row).
-@compute @workgroup_size(WG_SIZE)
-fn reduce_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-               @builtin(local_invocation_id) lid: vec3<u32>) {
-    let id = linear_id(wid, nwg, lid);
-    let groups = params.dim / WIDTH;
-    let local_row = id / groups;
-    if (local_row >= params.rows) { return; }
-    let col = (id - local_row * groups) * WIDTH;
-    let r = params.arg3 + local_row - params.arg2;
-    let start = offsets[r];
-    let end = offsets[r + 1u];
-    let a = first_entry_from(start, end, params.index_first);
-    let b = first_entry_from(a, end, params.index_first + params.index_count);
+// The sum of entries [a, b) of one row's run over columns col .. col + WIDTH: runs
+// longer than two chunks add the chunk sums of their whole chunks.
+fn run_sum(a: u32, b: u32, col: u32) -> vec4<f32> {
     let size = params.arg0;
     var acc = vec4<f32>(0.0);
     let c0 = (a + size - 1u) / size;
     let c1 = b / size;
     if (b - a <= 2u * size || c0 >= c1) {
         for (var j = a; j < b; j++) { acc += contribution(j, col); }
-    } else {
-        for (var j = a; j < c0 * size; j++) { acc += contribution(j, col); }
-        for (var c = c0; c < c1; c++) {
-            let s = c * params.dim + col;
-            acc += vec4<f32>(chunk_sums[s], chunk_sums[s + min(1u, WIDTH - 1u)],
-                             chunk_sums[s + min(2u, WIDTH - 1u)], chunk_sums[s + min(3u, WIDTH - 1u)]);
+        return acc;
+    }
+    for (var j = a; j < c0 * size; j++) { acc += contribution(j, col); }
+    for (var c = c0; c < c1; c++) {
+        let s = c * params.dim + col;
+        acc += vec4<f32>(chunk_sums[s], chunk_sums[s + min(1u, WIDTH - 1u)],
+                         chunk_sums[s + min(2u, WIDTH - 1u)], chunk_sums[s + min(3u, WIDTH - 1u)]);
+    }
+    for (var j = c1 * size; j < b; j++) { acc += contribution(j, col); }
+    return acc;
+}
+
+// The gradient of one run's row over GROUPS column groups: the sum of its entries
+// that read the bound source segment, written by the first source segment's pass and
+// added by later ones. Rows without a run are left as they are (zero). arg2: the
+// output segment's number (its slot range), arg3: its first row.
+@compute @workgroup_size(WG_SIZE)
+fn reduce_runs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_id) lid: vec3<u32>) {
+    let id = linear_id(wid, nwg, lid);
+    let groups = params.dim / WIDTH;
+    let blocks = (groups + GROUPS - 1u) / GROUPS;
+    let local = id / blocks;
+    let block = id - local * blocks;
+    let range = slot_ranges[params.arg2];
+    let slot = range.x + local;
+    if (slot >= range.y) { return; }
+    let run = runs[slot];
+    let start = run.x;
+    let end = runs[slot + 1u].x;
+    var a = start;
+    var b = end;
+    if (has_flag(FLAG_MULTI_SOURCE)) {
+        a = first_entry_from(start, end, params.index_first);
+        b = first_entry_from(a, end, params.index_first + params.index_count);
+    }
+    var out_row = run.y - params.arg3;
+    if (has_flag(FLAG_SPARSE)) { out_row = slot - params.arg3; }
+    let g_end = min(groups, (block + 1u) * GROUPS);
+    for (var g = block * GROUPS; g < g_end; g++) {
+        let col = g * WIDTH;
+        var acc = run_sum(a, b, col);
+        if (has_flag(FLAG_SCALE_BY_FREQ)) { acc = acc / f32(end - start); }
+        let dst = out_row * params.dim + col;
+        if (!has_flag(FLAG_FIRST_PASS)) {
+            acc += vec4<f32>(out[dst], out[dst + min(1u, WIDTH - 1u)], out[dst + min(2u, WIDTH - 1u)], out[dst + min(3u, WIDTH - 1u)]);
         }
-        for (var j = c1 * size; j < b; j++) { acc += contribution(j, col); }
+        out[dst] = acc.x;
+        if (WIDTH == 4u) {
+            out[dst + 1u] = acc.y;
+            out[dst + 2u] = acc.z;
+            out[dst + 3u] = acc.w;
+        }
     }
-    if (has_flag(FLAG_SCALE_BY_FREQ) && end > start) { acc = acc / f32(end - start); }
-    let dst = local_row * params.dim + col;
-    if (!has_flag(FLAG_FIRST_PASS)) { acc += vec4<f32>(out[dst], out[dst + min(1u, WIDTH - 1u)], out[dst + min(2u, WIDTH - 1u)], out[dst + min(3u, WIDTH - 1u)]); }
-    out[dst] = acc.x;
-    if (WIDTH == 4u) {
-        out[dst + 1u] = acc.y;
-        out[dst + 2u] = acc.z;
-        out[dst + 3u] = acc.w;
+}
+
+// reduce_runs for rows of whole vec4 words: the same sums with 16-byte loads and
+// stores (CPU adapters emulate each load lane by lane, so one vec4 costs as one f32).
+fn contribution4(j: u32, word: u32) -> vec4<f32> {
+    return entry_contribution4(entries[j], word);
+}
+
+fn entry_contribution4(e: vec2<u32>, word: u32) -> vec4<f32> {
+    let at = (e.x - params.index_first) * (params.dim / 4u) + word;
+    let g = grad4[at];
+    if (params.mode == MODE_MAX) { return select(vec4<f32>(0.0), g, grad_argmax4[at] == vec4<u32>(e.y)); }
+    return g * bitcast<f32>(e.y);
+}
+
+fn run_sum4(a: u32, b: u32, word: u32) -> vec4<f32> {
+    let size = params.arg0;
+    var acc = vec4<f32>(0.0);
+    let c0 = (a + size - 1u) / size;
+    let c1 = b / size;
+    if (b - a <= 2u * size || c0 >= c1) {
+        for (var j = a; j < b; j++) { acc += contribution4(j, word); }
+        return acc;
     }
+    for (var j = a; j < c0 * size; j++) { acc += contribution4(j, word); }
+    for (var c = c0; c < c1; c++) { acc += chunk_sums4[c * (params.dim / 4u) + word]; }
+    for (var j = c1 * size; j < b; j++) { acc += contribution4(j, word); }
+    return acc;
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn reduce_runs4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_id) lid: vec3<u32>) {
+    let id = linear_id(wid, nwg, lid);
+    let words = params.dim / 4u;
+    let blocks = (words + GROUPS - 1u) / GROUPS;
+    let local = id / blocks;
+    let block = id - local * blocks;
+    let range = slot_ranges[params.arg2];
+    let slot = range.x + local;
+    if (slot >= range.y) { return; }
+    let run = runs[slot];
+    let start = run.x;
+    let end = runs[slot + 1u].x;
+    var a = start;
+    var b = end;
+    if (has_flag(FLAG_MULTI_SOURCE)) {
+        a = first_entry_from(start, end, params.index_first);
+        b = first_entry_from(a, end, params.index_first + params.index_count);
+    }
+    var out_row = run.y - params.arg3;
+    if (has_flag(FLAG_SPARSE)) { out_row = slot - params.arg3; }
+    let w0 = block * GROUPS;
+    let w_end = min(words, w0 + GROUPS);
+    let scale = select(1.0, 1.0 / f32(end - start), has_flag(FLAG_SCALE_BY_FREQ));
+    if (b - a <= 2u * params.arg0) {
+        // A short run (most are): each entry is read once for all GROUPS words, whose
+        // sums stay in registers (GROUPS is a constant, so the word loop unrolls).
+        var acc: array<vec4<f32>, MAX_GROUPS>;
+        for (var j = a; j < b; j++) {
+            let e = entries[j];
+            for (var k = 0u; k < GROUPS; k++) {
+                if (w0 + k < w_end) { acc[k] += entry_contribution4(e, w0 + k); }
+            }
+        }
+        for (var k = 0u; k < GROUPS; k++) {
+            if (w0 + k < w_end) { store_word4(out_row * words + w0 + k, acc[k] * scale); }
+        }
+        return;
+    }
+    for (var w = w0; w < w_end; w++) {
+        store_word4(out_row * words + w, run_sum4(a, b, w) * scale);
+    }
+}
+
+// Writes (first source segment) or adds a run's sum to output word `dst`.
+fn store_word4(dst: u32, value: vec4<f32>) {
+    var v = value;
+    if (!has_flag(FLAG_FIRST_PASS)) { v += out4_rows[dst]; }
+    out4_rows[dst] = v;
+}
+
+// slot_ranges_out[k]: the slots of the runs whose output row output segment k holds
+// (segment_rows[k]: its first row and rows; rows = the segments). Dense gradients:
+// runs whose table row is in the segment, found by binary search (runs are ascending
+// by row); sparse: the slots themselves.
+@compute @workgroup_size(WG_SIZE)
+fn segment_slots(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_id) lid: vec3<u32>) {
+    let k = linear_id(wid, nwg, lid);
+    if (k >= params.rows) { return; }
+    let count = prefix[params.index_count];
+    let seg = segment_rows[k];
+    if (has_flag(FLAG_SPARSE)) {
+        slot_ranges_out[k] = vec2<u32>(min(seg.x, count), min(seg.x + seg.y, count));
+        return;
+    }
+    var bounds = vec2<u32>(0u);
+    for (var side = 0u; side < 2u; side++) {
+        let row = seg.x + side * seg.y;
+        var lo = 0u;
+        var hi = count;
+        while (lo < hi) {
+            let mid = (lo + hi) / 2u;
+            if (runs[mid].y < row) { lo = mid + 1u; } else { hi = mid; }
+        }
+        bounds[side] = lo;
+    }
+    slot_ranges_out[k] = bounds;
 }
 
 // Sparse gradients: heads[j] marks the first entry of each row's run (padding's
@@ -221,8 +369,8 @@ fn run_heads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     flags_out[j] = select(0u, 1u, head);
 }
 
-// run_starts[s] / run_rows[s]: where the s-th distinct row's run starts and which row
-// it is, from the scanned heads; run_starts[count] ends the last run (before padding).
+// runs_out[s]: where the s-th distinct row's run starts, and its row, from the
+// scanned heads; runs_out[count] ends the last run (before padding).
 @compute @workgroup_size(WG_SIZE)
 fn compact_runs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -236,13 +384,21 @@ fn compact_runs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
             let mid = (lo + hi) / 2u;
             if (sorted_keys[mid] < params.num_embeddings) { lo = mid + 1u; } else { hi = mid; }
         }
-        run_starts[prefix[n]] = lo;
+        runs_out[prefix[n]] = vec2<u32>(lo, NO_POSITION);
         return;
     }
-    if (heads[j] == 1u) {
-        run_starts[prefix[j]] = j;
-        run_rows[prefix[j]] = sorted_keys[j];
-    }
+    if (heads[j] == 1u) { runs_out[prefix[j]] = vec2<u32>(j, sorted_keys[j]); }
+}
+
+// Sparse gradients' rows: out[s] = the row of run s (as i32 bits in the f32 binding).
+@group(0) @binding(3) var<storage, read_write> rows_out: array<u32>;
+
+@compute @workgroup_size(WG_SIZE)
+fn run_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_id) lid: vec3<u32>) {
+    let s = linear_id(wid, nwg, lid);
+    if (s >= params.index_count) { return; }
+    rows_out[s] = runs[s].y;
 }
 
 // Max mode: the position each bag's maximum came from, per column, as the forward

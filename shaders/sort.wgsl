@@ -1,10 +1,10 @@
 // Generic kernels over u32 arrays (src/gpu/sort.rs): a stable sort of (key, value)
-// pairs by key, lower bounds of keys in a sorted list, and an exclusive prefix sum.
+// pairs by key and an exclusive prefix sum.
 // Integer work only: orders and sums that do not depend on scheduling, so whatever
 // is built on them (the backward passes) gives the same bits run after run.
 // Parts: common/grid.wgsl, common/pass.wgsl, then this file.
-// Pass fields: rows = the elements n; arg0 the run width (merge), the first key
-// (lower bounds) or the chunk length (scan); arg1 the bounds wanted.
+// Pass fields: rows = the elements n; arg0 the run width (merge) or the chunk length
+// (scan).
 
 @group(0) @binding(10) var<storage, read> keys_in: array<u32>;
 @group(0) @binding(11) var<storage, read> values_in: array<u32>;
@@ -45,55 +45,56 @@ fn sort_runs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
 }
 
-// One merge pass: sorted runs of arg0 pairs merge two by two. Each element finds its
-// place alone: its rank in its own run plus the number of the partner run's keys
-// that go before it (smaller ones; equal ones too when the partner is the left run),
-// by binary search. That keeps equal keys in input order (stable).
+// Outputs one merge invocation writes.
+const MERGE_CHUNK: u32 = 16u;
+
+// One merge pass: sorted runs of arg0 pairs merge two by two, stably (equal keys keep
+// the left run first). Each invocation writes MERGE_CHUNK consecutive outputs of one
+// pair: a binary search finds how many of the left run come before its first output
+// (the merge path's co-rank), then it merges sequentially. Run widths are multiples of
+// MERGE_CHUNK / 2, so no invocation's outputs straddle two pairs.
 @compute @workgroup_size(WG_SIZE)
 fn merge_runs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = linear_id(wid, nwg, lid);
     let n = params.rows;
-    if (i >= n) { return; }
+    let first_out = linear_id(wid, nwg, lid) * MERGE_CHUNK;
+    if (first_out >= n) { return; }
     let width = params.arg0;
-    let run = i / width;
-    let own_start = run * width;
-    let left = (run & 1u) == 0u;
-    var partner_start = own_start - width;
-    if (left) { partner_start = min(own_start + width, n); }
-    let partner_end = min(partner_start + width, n);
-    let key = keys_in[i];
-    var lo = partner_start;
-    var hi = partner_end;
+    let a0 = (first_out / (2u * width)) * (2u * width);
+    let na = min(width, n - a0);
+    let b0 = a0 + na;
+    let nb = min(width, n - b0);
+    let d = first_out - a0;
+    var lo = select(0u, d - nb, d > nb);
+    var hi = min(d, na);
     while (lo < hi) {
         let mid = (lo + hi) / 2u;
-        let k = keys_in[mid];
-        if (k < key || (!left && k == key)) { lo = mid + 1u; } else { hi = mid; }
+        if (keys_in[a0 + mid] <= keys_in[b0 + d - mid - 1u]) { lo = mid + 1u; } else { hi = mid; }
     }
-    let dst = min(own_start, partner_start) + (i - own_start) + (lo - partner_start);
-    keys_out[dst] = key;
-    values_out[dst] = values_in[i];
-}
-
-// First position in keys_in[0 .. n) whose key is >= `key`.
-fn lower_bound(key: u32) -> u32 {
-    var lo = 0u;
-    var hi = params.rows;
-    while (lo < hi) {
-        let mid = (lo + hi) / 2u;
-        if (keys_in[mid] < key) { lo = mid + 1u; } else { hi = mid; }
+    var i = lo;
+    var j = d - lo;
+    // The heads of both runs stay in registers: one key load per output.
+    let no_key = 0xffffffffu;
+    var ka = no_key;
+    var kb = no_key;
+    if (i < na) { ka = keys_in[a0 + i]; }
+    if (j < nb) { kb = keys_in[b0 + j]; }
+    let end = min(first_out + MERGE_CHUNK, b0 + nb);
+    for (var o = first_out; o < end; o++) {
+        // An exhausted run's head is never taken (a key of 0xffffffff in the other run
+        // ties with it: the left run's goes first, as it should).
+        if (i < na && (j >= nb || ka <= kb)) {
+            keys_out[o] = ka;
+            values_out[o] = values_in[a0 + i];
+            i++;
+            if (i < na) { ka = keys_in[a0 + i]; }
+        } else {
+            keys_out[o] = kb;
+            values_out[o] = values_in[b0 + j];
+            j++;
+            if (j < nb) { kb = keys_in[b0 + j]; }
+        }
     }
-    return lo;
-}
-
-// keys_out[i] = the first position of key arg0 + i in the sorted keys, for i in
-// 0 ..= arg1 - 1: the bounds of consecutive keys' runs.
-@compute @workgroup_size(WG_SIZE)
-fn lower_bounds(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = linear_id(wid, nwg, lid);
-    if (i >= params.arg1) { return; }
-    keys_out[i] = lower_bound(params.arg0 + i);
 }
 
 // Exclusive prefix sum in chunks of arg0 elements, one invocation per chunk (no

@@ -29,6 +29,7 @@ const FLAG_LAST_PASS: u32 = 2u;   // the only pass: finish the reduction here
 const FLAG_COUNT_PASS: u32 = 4u;  // add this pass's bag sizes to `counts`
 const FLAG_REPORT_BAD: u32 = 8u;  // this pass zeroes and reports out-of-range indices
 const FLAG_HAS_WEIGHTS: u32 = 16u;
+const FLAG_MULTI_SOURCE: u32 = 64u; // grouped sums: the source spans several segments
 const NO_PADDING: u32 = 0xffffffffu;
 
 @group(0) @binding(0) var<uniform> params: Pass;

@@ -64,6 +64,8 @@ pub const LAST_PASS: u32 = 2;
 pub const COUNT_PASS: u32 = 4;
 pub const REPORT_BAD: u32 = 8;
 pub const HAS_WEIGHTS: u32 = 16;
+/// Grouped sums (`GroupPlan`): the source spans several segments.
+pub const MULTI_SOURCE: u32 = 64;
 /// `PassParams::padding_idx` without a padding row.
 pub const NO_PADDING: u32 = u32::MAX;
 /// `PassParams::mode` of bag reductions.
@@ -210,14 +212,13 @@ impl SlicePlan<'_> {
     }
 }
 
-/// Grouped sums over a sorted list of entries: output row `r` (every row of a table,
-/// or each distinct key) sums the entries `[bounds[r], bounds[r + 1])`, each of which
-/// reads one row of `source` (and of `aux`, segmented alike). Within a group, entries
-/// are ordered by the source row they read, so those of one source segment are
-/// consecutive: passes walk source segments × output segments, the first source
-/// segment's passes write and later ones add, in a fixed order (deterministic).
-/// Groups longer than two chunks add chunk sums that `record_chunks` made, so a hot
-/// key's entries are not walked by one invocation.
+/// Grouped sums over a sorted list of entries: each run of the list (the entries of one
+/// key) is summed into one output row, each entry reading one row of `source` (and of
+/// `aux`, segmented alike). Within a run, entries are ordered by the source row they
+/// read, so those of one source segment are consecutive: passes walk source segments ×
+/// output segments, the first source segment's passes write and later ones add, in a
+/// fixed order (deterministic). Runs longer than two chunks add chunk sums that
+/// `record_chunks` made, so a hot key's entries are not walked by one invocation.
 pub struct GroupPlan<'a> {
     pub source: &'a GpuTensor,
     pub aux: Option<&'a GpuTensor>,
@@ -228,13 +229,15 @@ pub struct GroupPlan<'a> {
 
 impl GroupPlan<'_> {
     fn source_params(&self, call: &Call<'_>, seg: &Segment) -> PassParams {
-        PassParams {
+        let mut p = PassParams {
             index_first: seg.first_row as u32,
             index_count: seg.rows as u32,
             arg0: self.chunk as u32,
             arg1: self.entries as u32,
             ..call.params
-        }
+        };
+        p.flags |= flag(self.source.segments().len() > 1, MULTI_SOURCE);
+        p
     }
 
     /// Records `call` (the chunk sums) once per source segment, over the whole chunks.
@@ -247,27 +250,21 @@ impl GroupPlan<'_> {
         }
     }
 
-    /// Records `call` (the group sums into `out`) for every source × output segment; `bounds[o]`
-    /// holds output segment `o`'s bounds, the first of them for output row `bounds[o].1`.
-    pub fn record_groups(
-        &self,
-        ctx: &Context,
-        encoder: &mut wgpu::CommandEncoder,
-        call: &Call<'_>,
-        out: &GpuTensor,
-        bounds: &[(wgpu::Buffer, u32)],
-    ) {
+    /// Records `call` (the run sums into `out`) for every source × output segment. The
+    /// kernel finds output segment `arg2`'s runs itself (at most one per entry and per
+    /// row); `arg3` is that segment's first row.
+    pub fn record_groups(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>, out: &GpuTensor) {
         for (s, seg) in self.source.segments().iter().enumerate() {
             for (o, out) in out.segments().iter().enumerate() {
                 let mut p = self.source_params(call, seg);
                 p.rows = out.rows as u32;
-                p.arg2 = bounds[o].1;
+                p.arg2 = o as u32;
                 p.arg3 = out.first_row as u32;
                 p.flags |= flag(s == 0, FIRST_PASS);
                 let params = ctx.uniform(&p);
                 let aux = self.aux.map(|a| &a.segments()[s]);
-                let r = PassResources { input: Some(seg), aux, out: Some(out), offsets: Some(&bounds[o].0), ..PassResources::new(&params) };
-                record(ctx, encoder, call, &r, out.rows);
+                let r = PassResources { input: Some(seg), aux, out: Some(out), ..PassResources::new(&params) };
+                record(ctx, encoder, call, &r, out.rows.min(self.entries));
             }
         }
     }
@@ -504,6 +501,7 @@ mod tests {
             ("FLAG_COUNT_PASS", COUNT_PASS),
             ("FLAG_REPORT_BAD", REPORT_BAD),
             ("FLAG_HAS_WEIGHTS", HAS_WEIGHTS),
+            ("FLAG_MULTI_SOURCE", MULTI_SOURCE),
             ("NO_PADDING", NO_PADDING),
             ("MODE_SUM", MODE_SUM),
             ("MODE_MEAN", MODE_MEAN),

@@ -1,4 +1,4 @@
-//! Sorting, searching and scanning u32 arrays on the GPU, with integer work only: the
+//! Sorting and scanning u32 arrays on the GPU, with integer work only: the
 //! orders and sums do not depend on how invocations are scheduled, so what is built on
 //! them (the backward passes) gives identical bits run after run. Shader family:
 //! `sort.wgsl`. Each array lives in one buffer (one binding).
@@ -19,13 +19,14 @@ const ONE_OUT: &[(u32, Slot, Role)] = &[binding::PARAMS, KEYS_IN, (12, Slot::Rea
 
 const SORT_RUNS: Kernel = Kernel::new(&FAMILY, "sort_runs", PAIRS);
 const MERGE_RUNS: Kernel = Kernel::new(&FAMILY, "merge_runs", PAIRS);
-const LOWER_BOUNDS: Kernel = Kernel::new(&FAMILY, "lower_bounds", ONE_OUT);
 const CHUNK_SUMS: Kernel = Kernel::new(&FAMILY, "chunk_sums", ONE_OUT);
 const CHUNK_SCAN: Kernel =
     Kernel::new(&FAMILY, "chunk_scan", &[binding::PARAMS, KEYS_IN, VALUES_IN, (12, Slot::ReadWrite, Role::Extra(2))]);
 
 /// `LOCAL_RUN` of the shader: pairs one invocation sorts before merging.
 const LOCAL_RUN: u64 = 8;
+/// `MERGE_CHUNK` of the shader: outputs one merge invocation writes.
+const MERGE_CHUNK: u64 = 16;
 /// Elements one scan invocation adds up.
 const SCAN_CHUNK: u64 = 256;
 
@@ -91,26 +92,11 @@ pub(crate) fn record_sort(
     let mut width = LOCAL_RUN;
     while width < n {
         let p = PassParams { arg0: width as u32, ..params };
-        run(ctx, encoder, &MERGE_RUNS, &[a.0.clone(), a.1.clone(), b.0.clone(), b.1.clone()], p, n);
+        run(ctx, encoder, &MERGE_RUNS, &[a.0.clone(), a.1.clone(), b.0.clone(), b.1.clone()], p, n.div_ceil(MERGE_CHUNK));
         std::mem::swap(&mut a, &mut b);
         width *= 2;
     }
     a
-}
-
-/// `out[i]` = the first position of key `first_key + i` in `sorted_keys[..n]`, for
-/// `i < count`.
-pub(crate) fn record_lower_bounds(
-    ctx: &Context,
-    encoder: &mut wgpu::CommandEncoder,
-    sorted_keys: &wgpu::Buffer,
-    n: u64,
-    first_key: u32,
-    count: u64,
-    out: &wgpu::Buffer,
-) {
-    let params = PassParams { rows: n as u32, arg0: first_key, arg1: count as u32, ..Default::default() };
-    run(ctx, encoder, &LOWER_BOUNDS, &[sorted_keys.clone(), out.clone()], params, count);
 }
 
 /// The exclusive prefix sums of `input[..n]`, in a new buffer of `n` words (give an
@@ -155,15 +141,11 @@ mod tests {
             let (kb, vb) = (upload(&ctx, &keys), upload(&ctx, &values));
             let mut encoder = ctx.encoder();
             let (sk, sv) = record_sort(&ctx, &mut encoder, &kb, &vb, n as u64);
-            let bounds = words(&ctx, "bounds", 38);
-            record_lower_bounds(&ctx, &mut encoder, &sk, n as u64, 0, 38, &bounds);
             ctx.submit(encoder).unwrap();
             let mut want: Vec<(u32, u32)> = keys.iter().copied().zip(values.iter().copied()).collect();
             want.sort_by_key(|&(k, _)| k);
             let got: Vec<(u32, u32)> = read(&ctx, &sk, n).into_iter().zip(read(&ctx, &sv, n)).collect();
             assert_eq!(got, want, "n = {n}");
-            let want_bounds: Vec<u32> = (0..38).map(|k| want.partition_point(|&(x, _)| x < k) as u32).collect();
-            assert_eq!(read(&ctx, &bounds, 38), want_bounds, "n = {n}");
         }
     }
 

@@ -11,10 +11,10 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
-use crate::gpu::kernel::binding::{INPUT, OFFSETS, OUT, PARAMS, TABLE};
+use crate::gpu::kernel::binding::{INPUT, OUT, PARAMS, TABLE};
 use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{record_flat, BagPlan, Call, Grid, GroupPlan, PassParams, SlicePlan, HAS_WEIGHTS, MODE_MEAN, NO_PADDING};
-use crate::gpu::sort::{check_list_len, record_exclusive_scan, record_lower_bounds, record_sort, upload, words};
+use crate::gpu::sort::{check_list_len, record_exclusive_scan, record_sort, upload, words};
 use crate::gpu::table::TableAccess;
 use crate::gpu::tensor::{DType, GpuTensor, Segment};
 use crate::layers::embedding::Embedding;
@@ -40,15 +40,20 @@ const POSITION_KEYS: Kernel = Kernel::new(&FAMILY, "position_keys", &[PARAMS, IN
 const GATHER_ENTRIES: Kernel =
     Kernel::new(&FAMILY, "gather_entries", &[PARAMS, read(11, 0), read(14, 1), read(7, 2), read(15, 3), write(16, 4)]);
 const CHUNK_SUMS: Kernel = Kernel::new(&FAMILY, "chunk_sums_of_rows", &[PARAMS, GRAD, ARGMAX, write(17, 0), read(16, 1), read(13, 2)]);
-const REDUCE_ROWS: Kernel = Kernel::new(&FAMILY, "reduce_rows", &[PARAMS, GRAD, ARGMAX, OUT, OFFSETS, read(17, 0), read(16, 1)]);
+const REDUCE_RUNS: Kernel =
+    Kernel::new(&FAMILY, "reduce_runs", &[PARAMS, GRAD, ARGMAX, OUT, read(17, 0), read(16, 1), read(18, 2), read(23, 3)]);
+const RUN_ROWS: Kernel = Kernel::new(&FAMILY, "run_rows", &[PARAMS, OUT, read(18, 0)]);
+const REDUCE_RUNS4: Kernel =
+    Kernel::new(&FAMILY, "reduce_runs4", &[PARAMS, GRAD, ARGMAX, OUT, read(17, 0), read(16, 1), read(18, 2), read(23, 3)]);
+const SEGMENT_SLOTS: Kernel = Kernel::new(&FAMILY, "segment_slots", &[PARAMS, read(15, 0), read(18, 1), read(19, 2), write(23, 3)]);
 const RUN_HEADS: Kernel = Kernel::new(&FAMILY, "run_heads", &[PARAMS, read(13, 0), write(12, 1)]);
-const COMPACT_RUNS: Kernel =
-    Kernel::new(&FAMILY, "compact_runs", &[PARAMS, read(13, 0), read(12, 1), read(15, 2), write(18, 3), write(19, 4)]);
+const COMPACT_RUNS: Kernel = Kernel::new(&FAMILY, "compact_runs", &[PARAMS, read(13, 0), read(12, 1), read(15, 2), write(18, 3)]);
 const BAG_ARGMAX: Kernel = Kernel::new(&FAMILY, "bag_argmax", &[PARAMS, TABLE, INPUT, read(14, 0), write(20, 1), write(21, 2)]);
 const SAMPLE_WEIGHT_GRADS: Kernel = Kernel::new(&FAMILY, "sample_weight_grads", &[PARAMS, TABLE, INPUT, OUT, read(14, 0), read(22, 1)]);
 
-/// `FLAG_SCALE_BY_FREQ` and `MODE_POSITIONS` of the shader.
+/// `FLAG_SCALE_BY_FREQ`, `FLAG_SPARSE` and `MODE_POSITIONS` of the shader.
 const FLAG_SCALE_BY_FREQ: u32 = 32;
+const FLAG_SPARSE: u32 = 128;
 const MODE_POSITIONS: u32 = 3;
 
 /// A table's gradient, on the GPU.
@@ -113,6 +118,33 @@ pub(crate) fn check_grad(grad: &GpuTensor, shape: &[usize]) -> Result<()> {
     Ok(())
 }
 
+/// The runs of the sorted list (one per distinct row) on the GPU: the scanned run
+/// heads (`[n + 1]`, the last is the count) and `(first entry, row)` per run.
+struct Runs {
+    prefix: wgpu::Buffer,
+    runs: wgpu::Buffer,
+}
+
+/// Records the run sums of `plan` into `out` (dense: the rows of the table; sparse:
+/// one row per run), after `segment_slots` found each output segment's runs.
+fn record_runs(ctx: &Context, encoder: &mut wgpu::CommandEncoder, plan: &GroupPlan<'_>, reduce: &Call<'_>, runs: &Runs, out: &GpuTensor) {
+    let segment_rows: Vec<[u32; 2]> = out.segments().iter().map(|s| [s.first_row as u32, s.rows as u32]).collect();
+    let slot_ranges = words(ctx, "slot-ranges", 2 * segment_rows.len() as u64);
+    let extra = [runs.prefix.clone(), runs.runs.clone(), upload(ctx, "segment-rows", &segment_rows), slot_ranges.clone()];
+    let p =
+        PassParams { rows: segment_rows.len() as u32, index_count: plan.entries as u32, flags: reduce.params.flags, ..Default::default() };
+    let call = Call { extra: &extra, ..Call::new(&SEGMENT_SLOTS, &[], Grid::Elements(1), p) };
+    record_flat(ctx, encoder, &call, None, None, segment_rows.len() as u64);
+    let mut extra = reduce.extra.to_vec();
+    extra.extend([runs.runs.clone(), slot_ranges]);
+    plan.record_groups(
+        ctx,
+        encoder,
+        &Call { extra: &extra, ..Call::new(reduce.kernel, reduce.constants, reduce.grid, reduce.params) },
+        out,
+    );
+}
+
 /// The gradient of the table that `s.rows` index, from the output gradient `grad`
 /// (rows of `s.dim`) and, for max bags, the forward's argmax (`[B, D]` U32).
 pub(crate) async fn table_gradient(ctx: &Context, s: &Scatter<'_>, grad: &GpuTensor, argmax: Option<&GpuTensor>) -> Result<Gradient> {
@@ -121,11 +153,21 @@ pub(crate) async fn table_gradient(ctx: &Context, s: &Scatter<'_>, grad: &GpuTen
     let v = s.num_embeddings as u32;
     let d = s.dim;
     let width = if d.is_multiple_of(4) { 4 } else { 1 };
+    let column_groups = (d / width) as u64;
+    // Column groups per run-sum invocation: several on CPU adapters, where an invocation
+    // costs more than its loads. Chunks are short enough that a hot row is summed by many
+    // invocations, long enough that an invocation walks few chunk sums (lavapipe stops
+    // loops at 65 535 iterations; a run costs at most groups × (2 chunk + entries /
+    // chunk) of them), and the chunk sums fit one binding.
+    let chunk_for = |groups: u64| 32u64.max((n * groups).div_ceil(30_000)).max((n * d as u64 * 4).div_ceil(ctx.max_binding_size()));
+    let mut groups = if ctx.adapter_info().device_type == wgpu::DeviceType::Cpu { column_groups.min(8) } else { 1 };
+    if 2 * chunk_for(groups) * groups > 30_000 {
+        groups = 1;
+    }
+    let chunk = chunk_for(groups);
     let constants = [("WIDTH", width as f64)];
-    // Chunks short enough that a hot row is summed by many invocations, long enough that
-    // a row walks few chunk sums (lavapipe stops loops at 65 535 iterations) and that the
-    // chunk sums fit one binding.
-    let chunk = 32u64.max(n.div_ceil(32_768)).max((n * d as u64 * 4).div_ceil(ctx.max_binding_size())).max(1);
+    let reduce_constants = [("WIDTH", width as f64), ("GROUPS", groups as f64)];
+    let reduce_kernel = if width == 4 { &REDUCE_RUNS4 } else { &REDUCE_RUNS };
     let base = PassParams {
         dim: d as u32,
         num_embeddings: v,
@@ -139,11 +181,17 @@ pub(crate) async fn table_gradient(ctx: &Context, s: &Scatter<'_>, grad: &GpuTen
             (mode.code(), Some(bounds), weights, 1, bounds[bounds.len() - 1], bounds.len() as u32 - 1)
         }
     };
-    let mut flags = 0;
+    let mut flags = if s.options.sparse { FLAG_SPARSE } else { 0 };
     if s.options.scale_grad_by_freq {
         flags |= FLAG_SCALE_BY_FREQ;
     }
-    let (entries, sorted_keys, chunk_sums, plan_parts) = ctx.scoped(|| {
+    let plan = GroupPlan { source: grad, aux: argmax, entries: n, chunk };
+    let dense_out = if s.options.sparse {
+        None
+    } else {
+        Some(GpuTensor::zeros_with(ctx, &[s.num_embeddings, d], DType::F32, d, BagPlan::bags_per_segment(ctx, d)?)?)
+    };
+    let (reduce_extra, runs) = ctx.scoped(|| {
         let mut encoder = ctx.encoder();
         let idx = upload(ctx, "indices", s.rows);
         let (keys, positions, counted) = (words(ctx, "keys", n), words(ctx, "positions", n), words(ctx, "counted", n + 1));
@@ -160,83 +208,61 @@ pub(crate) async fn table_gradient(ctx: &Context, s: &Scatter<'_>, grad: &GpuTen
         let extra = [sorted_positions, bounds, weights_buffer, prefix, entries.clone()];
         record_flat(ctx, &mut encoder, &Call { extra: &extra, ..Call::new(&GATHER_ENTRIES, &[], Grid::Elements(1), p) }, None, None, n);
         let chunk_sums = words(ctx, "chunk-sums", (n / chunk) * d as u64);
-        let plan = GroupPlan { source: grad, aux: argmax, entries: n, chunk };
         let extra = [chunk_sums.clone(), entries.clone(), sorted_keys.clone()];
         let p = PassParams { mode, ..base };
         plan.record_chunks(
             ctx,
             &mut encoder,
-            &Call { extra: &extra, ..Call::new(&CHUNK_SUMS, &constants, Grid::Elements((d / width) as u64), p) },
+            &Call { extra: &extra, ..Call::new(&CHUNK_SUMS, &constants, Grid::Elements(column_groups), p) },
         );
-        let sparse_parts = if s.options.sparse {
-            let heads = words(ctx, "heads", n + 1);
-            let extra = [sorted_keys.clone(), heads.clone()];
-            record_flat(
-                ctx,
-                &mut encoder,
-                &Call { extra: &extra, ..Call::new(&RUN_HEADS, &[], Grid::Elements(1), base) },
-                None,
-                None,
-                n + 1,
+        // The runs: heads of distinct rows (padding's sorted-last key excluded), scanned.
+        let heads = words(ctx, "heads", n + 1);
+        let extra = [sorted_keys.clone(), heads.clone()];
+        record_flat(ctx, &mut encoder, &Call { extra: &extra, ..Call::new(&RUN_HEADS, &[], Grid::Elements(1), base) }, None, None, n + 1);
+        let prefix = record_exclusive_scan(ctx, &mut encoder, &heads, n + 1);
+        let runs = Runs { prefix: prefix.clone(), runs: words(ctx, "runs", 2 * (n + 1)) };
+        let extra = [sorted_keys, heads, prefix, runs.runs.clone()];
+        record_flat(
+            ctx,
+            &mut encoder,
+            &Call { extra: &extra, ..Call::new(&COMPACT_RUNS, &[], Grid::Elements(1), base) },
+            None,
+            None,
+            n + 1,
+        );
+        let reduce_extra = [chunk_sums, entries];
+        if let Some(out) = &dense_out {
+            let reduce = Call::new(
+                reduce_kernel,
+                &reduce_constants,
+                Grid::Elements(column_groups.div_ceil(groups)),
+                PassParams { mode, flags, ..base },
             );
-            let slots = record_exclusive_scan(ctx, &mut encoder, &heads, n + 1);
-            let (starts, rows) = (words(ctx, "run-starts", n + 1), words(ctx, "run-rows", n));
-            let extra = [sorted_keys.clone(), heads, slots.clone(), starts.clone(), rows.clone()];
-            record_flat(
-                ctx,
-                &mut encoder,
-                &Call { extra: &extra, ..Call::new(&COMPACT_RUNS, &[], Grid::Elements(1), base) },
-                None,
-                None,
-                n + 1,
-            );
-            Some((slots, starts, rows))
-        } else {
-            None
-        };
+            record_runs(ctx, &mut encoder, &plan, &Call { extra: &reduce_extra, ..reduce }, &runs, out);
+        }
         ctx.submit(encoder)?;
-        Ok((entries, sorted_keys, chunk_sums, sparse_parts))
+        Ok((reduce_extra, runs))
     })?;
-    let plan = GroupPlan { source: grad, aux: argmax, entries: n, chunk };
-    let extra = [chunk_sums, entries];
-    let reduce = Call {
-        extra: &extra,
-        ..Call::new(&REDUCE_ROWS, &constants, Grid::Elements((d / width) as u64), PassParams { mode, flags, ..base })
-    };
-    match plan_parts {
-        None => {
-            let out = GpuTensor::zeros_with(ctx, &[s.num_embeddings, d], DType::F32, d, BagPlan::bags_per_segment(ctx, d)?)?;
-            ctx.scoped(|| {
-                let mut encoder = ctx.encoder();
-                let bounds: Vec<(wgpu::Buffer, u32)> = out
-                    .segments()
-                    .iter()
-                    .map(|seg| {
-                        let b = words(ctx, "row-bounds", seg.rows + 1);
-                        record_lower_bounds(ctx, &mut encoder, &sorted_keys, n, seg.first_row as u32, seg.rows + 1, &b);
-                        (b, seg.first_row as u32)
-                    })
-                    .collect();
-                plan.record_groups(ctx, &mut encoder, &reduce, &out, &bounds);
-                ctx.submit(encoder)
-            })?;
-            Ok(Gradient::Dense(out))
-        }
-        Some((slots, starts, rows)) => {
-            // How many distinct rows: the last of the scanned heads (one word read back).
-            let count = GpuTensor::from_buffer(slots, &[n as usize + 1], DType::U32);
-            let nnz = read_last_word(ctx, &count).await? as usize;
-            let values = GpuTensor::zeros_with(ctx, &[nnz, d], DType::F32, d, BagPlan::bags_per_segment(ctx, d)?)?;
-            ctx.scoped(|| {
-                let mut encoder = ctx.encoder();
-                let bounds: Vec<(wgpu::Buffer, u32)> = values.segments().iter().map(|_| (starts.clone(), 0)).collect();
-                plan.record_groups(ctx, &mut encoder, &reduce, &values, &bounds);
-                ctx.submit(encoder)
-            })?;
-            let indices = GpuTensor::from_buffer(rows, &[nnz], DType::I32);
-            Ok(Gradient::Sparse { indices, values, num_embeddings: s.num_embeddings })
-        }
+    if let Some(out) = dense_out {
+        return Ok(Gradient::Dense(out));
     }
+    // Sparse: as many rows as runs (one word read back), then their sums.
+    let count = GpuTensor::from_buffer(runs.prefix.clone(), &[n as usize + 1], DType::U32);
+    let nnz = read_last_word(ctx, &count).await? as usize;
+    let values = GpuTensor::zeros_with(ctx, &[nnz, d], DType::F32, d, BagPlan::bags_per_segment(ctx, d)?)?;
+    let rows = GpuTensor::zeros(ctx, &[nnz], DType::I32, 1)?;
+    ctx.scoped(|| {
+        let mut encoder = ctx.encoder();
+        let reduce =
+            Call::new(reduce_kernel, &reduce_constants, Grid::Elements(column_groups.div_ceil(groups)), PassParams { mode, flags, ..base });
+        record_runs(ctx, &mut encoder, &plan, &Call { extra: &reduce_extra, ..reduce }, &runs, &values);
+        // The rows: the second word of each run.
+        let p = PassParams { index_count: nnz as u32, ..base };
+        let call = Call { extra: std::slice::from_ref(&runs.runs), ..Call::new(&RUN_ROWS, &[], Grid::Elements(1), p) };
+        record_flat(ctx, &mut encoder, &call, None, Some(&rows.segments()[0]), nnz as u64);
+        ctx.submit(encoder)
+    })?;
+    Ok(Gradient::Sparse { indices: rows, values, num_embeddings: s.num_embeddings })
 }
 
 /// The last word of a flat U32 tensor (one buffer), read back alone.
