@@ -137,3 +137,57 @@ fn bag_backward_past_65535_bags() {
     let want = scatter_reference(v, d, &rows, |p| bag_of[p], |p| 1.0 / size(bag_of[p]), &grad);
     assert_close(&dense(&ctx, &got.weight), &want, 1e-4, "mean bags");
 }
+
+#[test]
+fn gpu_resident_indices_give_the_same_gradients_and_bad_ones_are_reported() {
+    let ctx = context(None);
+    let (v, d) = (500, 12);
+    let mut rng = Rng(31);
+    let rows: Vec<i64> = (0..900).map(|_| rng.below(v as u64) as i64).collect();
+    let rows32: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
+    let (emb, g, _) = embedding_case(&ctx, v, d, &rows, 17);
+    let on_gpu = GpuTensor::from_i32(&ctx, &rows32, &[30, 30]).unwrap();
+    let g2 = g.reshape(&[30, 30, d]).unwrap();
+    for sparse in [false, true] {
+        let opts = GradOptions { sparse, ..Default::default() };
+        let host = emb.backward(&ctx, Indices::i64(&rows, &[30, 30]), &g2, opts).unwrap();
+        let gpu = emb.backward_gpu(&ctx, &on_gpu, &g2, opts).unwrap();
+        match (host, gpu) {
+            (Gradient::Dense(a), Gradient::Dense(b)) => assert_eq!(a.to_vec_f32(&ctx).unwrap(), b.to_vec_f32(&ctx).unwrap()),
+            (Gradient::Sparse { indices: ai, values: av, .. }, Gradient::Sparse { indices: bi, values: bv, .. }) => {
+                assert_eq!(ai.to_bytes(&ctx).unwrap(), bi.to_bytes(&ctx).unwrap());
+                assert_eq!(av.to_vec_f32(&ctx).unwrap(), bv.to_vec_f32(&ctx).unwrap());
+            }
+            _ => panic!("sparse {sparse}: different kinds of gradient"),
+        }
+    }
+    // Bags with per-sample weights on the GPU, mean too.
+    let offsets: Vec<i64> = (0..90).map(|b| b * 10).collect();
+    let weights = rng.vec_f32(rows.len());
+    let bag_grad = GpuTensor::from_f32(&ctx, &rng.vec_f32(90 * d), &[90, d]).unwrap();
+    let w_gpu = GpuTensor::flat(&ctx, &weights, wgpu_embed::DType::F32).unwrap();
+    let flat_gpu = on_gpu.reshape(&[rows.len()]).unwrap();
+    let table: Vec<f32> = emb.weight().to_vec_f32(&ctx).unwrap();
+    let weights_shape = [rows.len()];
+    for (mode, psw) in [(BagMode::Sum, true), (BagMode::Mean, false), (BagMode::Max, false)] {
+        let bag = EmbeddingBag::from_pretrained(&ctx, &table, v, d, mode).unwrap();
+        let offs = Some(Indices::i64(&offsets, &[90]));
+        let host_w = psw.then_some((&weights[..], &weights_shape[..]));
+        let host = bag.backward(&ctx, Indices::i64(&rows, &[rows.len()]), offs, host_w, &bag_grad, GradOptions::default()).unwrap();
+        let gpu = bag.backward_gpu(&ctx, &flat_gpu, offs, psw.then_some(&w_gpu), &bag_grad, GradOptions::default()).unwrap();
+        assert_eq!(dense(&ctx, &host.weight), dense(&ctx, &gpu.weight), "{mode:?}");
+        assert_eq!(
+            host.per_sample_weights.map(|t| t.to_vec_f32(&ctx).unwrap()),
+            gpu.per_sample_weights.map(|t| t.to_vec_f32(&ctx).unwrap()),
+            "{mode:?}"
+        );
+    }
+    // An out-of-range index on the GPU is reported by position and value; nothing runs.
+    let mut bad = rows32.clone();
+    bad[417] = v as i32 + 3;
+    let bad_gpu = GpuTensor::from_i32(&ctx, &bad, &[30, 30]).unwrap();
+    match emb.backward_gpu(&ctx, &bad_gpu, &g2, GradOptions::default()) {
+        Err(wgpu_embed::Error::IndexOutOfRange { name: "indices", position: 417, value, .. }) => assert_eq!(value, v as i64 + 3),
+        other => panic!("expected IndexOutOfRange at 417, got {other:?}"),
+    }
+}

@@ -1,5 +1,5 @@
 //! `wgpu-embed check`: the built-in conformance cases on every chosen adapter, with a
-//! pass/fail table per op. The cases are a subset of the public conformance file with
+//! pass/fail table per op. The cases are a subset of the public conformance files with
 //! its expected values (PyTorch / bitsandbytes / transformers), built by
 //! `make_check_cases.py` beside this file and compiled into the binary.
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Builds check_cases.safetensors, the built-in cases of `wgpu-embed check`.
 
-    python3 src/cli/make_check_cases.py ../shared/conformance/public.safetensors
+    python3 src/cli/make_check_cases.py ../shared/conformance/public.safetensors ../shared/conformance/training.safetensors
 
-Copies the small cases of the public conformance file (refusals included),
+Copies the small cases of the public conformance files (refusals included),
 and the smallest case of every op whatever its size, with their expected values, so the binary carries them and a user
 needs no files. Needs numpy and safetensors.
 """
@@ -17,15 +17,17 @@ from safetensors.numpy import save_file
 MAX_CASE_BYTES = 64 * 1024  # inputs + expected outputs of one case
 
 
-def main(src):
-    with safe_open(src, "np") as f:
-        cases = json.loads(f.metadata()["cases"])
-        data, size = {}, {}
-        for case in cases:
-            names = list(case["inputs"].values())
-            names += [f"{case['id']}/expected/{o}" for o in case.get("outputs", [])]
-            data[case["id"]] = {n: f.get_tensor(n) for n in names}
-            size[case["id"]] = sum(t.nbytes for t in data[case["id"]].values())
+def main(sources):
+    cases, data, size = [], {}, {}
+    for src in sources:
+        with safe_open(src, "np") as f:
+            file_cases = json.loads(f.metadata()["cases"])
+            for case in file_cases:
+                names = list(case["inputs"].values())
+                names += [f"{case['id']}/expected/{o}" for o in case.get("outputs", [])]
+                data[case["id"]] = {n: f.get_tensor(n) for n in names}
+                size[case["id"]] = sum(t.nbytes for t in data[case["id"]].values())
+            cases += file_cases
     smallest = {}
     for case in cases:
         if not case["expect_error"]:
@@ -44,4 +46,4 @@ def main(src):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "../shared/conformance/public.safetensors")
+    main(sys.argv[1:] or ["../shared/conformance/public.safetensors", "../shared/conformance/training.safetensors"])

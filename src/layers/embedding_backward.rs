@@ -18,7 +18,7 @@ use crate::gpu::sort::{check_list_len, record_exclusive_scan, record_sort, uploa
 use crate::gpu::table::TableAccess;
 use crate::gpu::tensor::{DType, GpuTensor, Segment};
 use crate::layers::embedding::Embedding;
-use crate::layers::embedding_bag::{plan_bags, BagMode, EmbeddingBag, PerSampleWeights};
+use crate::layers::embedding_bag::{plan_bags, plan_bounds, BagMode, EmbeddingBag, PerSampleWeights};
 use crate::layers::indices::Indices;
 use crate::layers::table::table_format;
 
@@ -84,18 +84,43 @@ pub struct BagGradients {
     pub per_sample_weights: Option<GpuTensor>,
 }
 
+/// A flat list a backward reads: from the host, or already on the GPU (flat, checked).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Flat<'a, T> {
+    Host(&'a [T]),
+    Gpu(&'a GpuTensor),
+}
+
+impl<T: bytemuck::Pod> Flat<'_, T> {
+    fn len(&self) -> u64 {
+        match self {
+            Flat::Host(v) => v.len() as u64,
+            Flat::Gpu(t) => t.numel() as u64,
+        }
+    }
+
+    /// One buffer holding the list: an upload, or the tensor's own (a one-segment copy
+    /// recorded into `encoder` when it has several).
+    fn buffer(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, label: &str) -> Result<wgpu::Buffer> {
+        match self {
+            Flat::Host(v) => Ok(upload(ctx, label, v)),
+            Flat::Gpu(t) => Ok(t.resegment(ctx, encoder, self.len().max(1))?.segments()[0].buffer.clone()),
+        }
+    }
+}
+
 /// Which output-gradient row an index position reads.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Sources<'a> {
     /// Row `position / group` (Embedding: 1; the K interleaved indices of the BERT block: K).
     Positions { group: u32 },
     /// The position's bag (with its factor: weight, 1 / size, or the max's argmax).
-    Bags { bounds: &'a [u32], mode: BagMode, weights: Option<&'a [f32]> },
+    Bags { bounds: &'a [u32], mode: BagMode, weights: Option<Flat<'a, f32>> },
 }
 
 /// What a table gradient scatters: host-checked rows and where their gradients come from.
 pub(crate) struct Scatter<'a> {
-    pub rows: &'a [i32],
+    pub rows: Flat<'a, i32>,
     pub sources: Sources<'a>,
     pub padding_idx: Option<u32>,
     pub num_embeddings: usize,
@@ -148,7 +173,7 @@ fn record_runs(ctx: &Context, encoder: &mut wgpu::CommandEncoder, plan: &GroupPl
 /// The gradient of the table that `s.rows` index, from the output gradient `grad`
 /// (rows of `s.dim`) and, for max bags, the forward's argmax (`[B, D]` U32).
 pub(crate) async fn table_gradient(ctx: &Context, s: &Scatter<'_>, grad: &GpuTensor, argmax: Option<&GpuTensor>) -> Result<Gradient> {
-    let n = s.rows.len() as u64;
+    let n = s.rows.len();
     check_list_len(ctx, "indices", n, 8)?;
     let v = s.num_embeddings as u32;
     let d = s.dim;
@@ -193,7 +218,7 @@ pub(crate) async fn table_gradient(ctx: &Context, s: &Scatter<'_>, grad: &GpuTen
     };
     let (reduce_extra, runs) = ctx.scoped(|| {
         let mut encoder = ctx.encoder();
-        let idx = upload(ctx, "indices", s.rows);
+        let idx = s.rows.buffer(ctx, &mut encoder, "indices")?;
         let (keys, positions, counted) = (words(ctx, "keys", n), words(ctx, "positions", n), words(ctx, "counted", n + 1));
         let p = PassParams { arg0: active_end, ..base };
         let call =
@@ -202,7 +227,7 @@ pub(crate) async fn table_gradient(ctx: &Context, s: &Scatter<'_>, grad: &GpuTen
         let (sorted_keys, sorted_positions) = record_sort(ctx, &mut encoder, &keys, &positions, n);
         let prefix = if mode == MODE_MEAN { record_exclusive_scan(ctx, &mut encoder, &counted, n + 1) } else { words(ctx, "unused", 1) };
         let bounds = upload(ctx, "bag-bounds", bag_bounds.unwrap_or(&[0]));
-        let weights_buffer = upload(ctx, "sample-weights", weights.unwrap_or(&[0.0]));
+        let weights_buffer = weights.unwrap_or(Flat::Host(&[0.0])).buffer(ctx, &mut encoder, "sample-weights")?;
         let entries = words(ctx, "entries", 2 * n);
         let p = PassParams { mode, arg2: group, arg3: bags, flags: if weights.is_some() { HAS_WEIGHTS } else { 0 }, ..base };
         let extra = [sorted_positions, bounds, weights_buffer, prefix, entries.clone()];
@@ -291,6 +316,14 @@ fn whole_bag_grad<'a>(ctx: &Context, grad: &'a GpuTensor, what: &str) -> Result<
     }
 }
 
+/// PyTorch's refusal: `scale_grad_by_freq` with a sparse gradient.
+fn check_embedding_options(options: GradOptions) -> Result<()> {
+    if options.sparse && options.scale_grad_by_freq {
+        return Err(Error::arg("scale_grad_by_freq", "embedding_backward: scale_grad_by_freq not supported with sparse gradients"));
+    }
+    Ok(())
+}
+
 impl Embedding {
     /// The gradient of `sum(forward(indices) * grad_out)` with respect to the table, as
     /// PyTorch's autograd gives it: `padding_idx` rows get none; with
@@ -310,17 +343,34 @@ impl Embedding {
         grad_out: &GpuTensor,
         options: GradOptions,
     ) -> Result<Gradient> {
-        if options.sparse && options.scale_grad_by_freq {
-            return Err(Error::arg("scale_grad_by_freq", "embedding_backward: scale_grad_by_freq not supported with sparse gradients"));
-        }
+        check_embedding_options(options)?;
         indices.check_shape("indices")?;
         let d = self.embedding_dim();
         let mut shape = indices.shape.to_vec();
         shape.push(d);
         check_grad(grad_out, &shape)?;
         let rows = indices.to_rows("indices", self.num_embeddings() as u64)?;
+        self.scatter_grad(ctx, Flat::Host(&rows), grad_out, options).await
+    }
+
+    /// [`Embedding::backward`] for indices already on the GPU (a flat I32 tensor of any
+    /// shape). A check kernel bounds-checks them first: the first bad one is reported as
+    /// [`Error::IndexOutOfRange`] and nothing runs (native only: the check reads back).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn backward_gpu(&self, ctx: &Context, indices: &GpuTensor, grad_out: &GpuTensor, options: GradOptions) -> Result<Gradient> {
+        check_embedding_options(options)?;
+        let mut shape = indices.shape().to_vec();
+        shape.push(self.embedding_dim());
+        check_grad(grad_out, &shape)?;
+        check_list_len(ctx, "indices", indices.numel() as u64, 8)?;
+        crate::gpu::index_check::check_gpu_indices(ctx, "indices", indices, self.num_embeddings() as u64)?;
+        pollster::block_on(self.scatter_grad(ctx, Flat::Gpu(indices), grad_out, options))
+    }
+
+    async fn scatter_grad(&self, ctx: &Context, rows: Flat<'_, i32>, grad_out: &GpuTensor, options: GradOptions) -> Result<Gradient> {
+        let d = self.embedding_dim();
         let scatter = Scatter {
-            rows: &rows,
+            rows,
             sources: Sources::Positions { group: 1 },
             padding_idx: self.padding_idx(),
             num_embeddings: self.num_embeddings(),
@@ -360,33 +410,85 @@ impl EmbeddingBag {
         grad_out: &GpuTensor,
         options: GradOptions,
     ) -> Result<BagGradients> {
-        let mode = self.mode();
-        if mode == BagMode::Max && options.sparse {
+        self.check_options(options)?;
+        let bags = plan_bags(input, offsets, per_sample_weights, self.mode(), self.include_last_offset(), self.num_embeddings())?;
+        let weights = bags.weights.as_deref().zip(per_sample_weights.map(|(_, shape)| shape)).map(|(w, shape)| (Flat::Host(w), shape));
+        self.bag_grads(ctx, Flat::Host(&bags.rows), &bags.bounds, weights, grad_out, options).await
+    }
+
+    /// [`EmbeddingBag::backward`] with `input` (1-D with `offsets`, or 2-D) and
+    /// `per_sample_weights` (F32, same shape) already on the GPU, as I32. A check kernel
+    /// bounds-checks the indices first: the first bad one is reported as
+    /// [`Error::IndexOutOfRange`] and nothing runs (native only: the check reads back).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn backward_gpu(
+        &self,
+        ctx: &Context,
+        input: &GpuTensor,
+        offsets: Option<Indices<'_>>,
+        per_sample_weights: Option<&GpuTensor>,
+        grad_out: &GpuTensor,
+        options: GradOptions,
+    ) -> Result<BagGradients> {
+        self.check_options(options)?;
+        if let Some(w) = per_sample_weights {
+            if w.dtype() != DType::F32 || w.row_len() != 1 {
+                return Err(Error::arg(
+                    "per_sample_weights",
+                    format!("expected a flat F32 tensor on the GPU, got {:?} with rows of {}", w.dtype(), w.row_len()),
+                ));
+            }
+        }
+        let weights_shape = per_sample_weights.map(|w| (w.numel(), w.shape()));
+        let bounds = plan_bounds(input.shape(), input.numel(), offsets, weights_shape, self.mode(), self.include_last_offset())?;
+        check_list_len(ctx, "input", input.numel() as u64, 8)?;
+        crate::gpu::index_check::check_gpu_indices(ctx, "input", input, self.num_embeddings() as u64)?;
+        let weights = per_sample_weights.map(|w| (Flat::Gpu(w), w.shape()));
+        pollster::block_on(self.bag_grads(ctx, Flat::Gpu(input), &bounds, weights, grad_out, options))
+    }
+
+    /// PyTorch's refusals: sparse or `scale_grad_by_freq` with max.
+    fn check_options(&self, options: GradOptions) -> Result<()> {
+        if self.mode() == BagMode::Max && options.sparse {
             return Err(Error::arg("sparse", "embedding_bag: max mode does not support sparse weights"));
         }
-        if mode == BagMode::Max && options.scale_grad_by_freq {
+        if self.mode() == BagMode::Max && options.scale_grad_by_freq {
             return Err(Error::arg("scale_grad_by_freq", "embedding_bag: max mode does not support scaling the gradient by the frequency"));
         }
+        Ok(())
+    }
+
+    /// The gradients of checked bags: `rows` in bags `bounds`, per-sample weights with
+    /// the input's shape.
+    async fn bag_grads(
+        &self,
+        ctx: &Context,
+        rows: Flat<'_, i32>,
+        bounds: &[u32],
+        weights: Option<(Flat<'_, f32>, &[usize])>,
+        grad_out: &GpuTensor,
+        options: GradOptions,
+    ) -> Result<BagGradients> {
+        let mode = self.mode();
         let (v, d) = (self.num_embeddings(), self.embedding_dim());
-        let bags = plan_bags(input, offsets, per_sample_weights, mode, self.include_last_offset(), v)?;
-        let b = bags.bounds.len() - 1;
+        let b = bounds.len() - 1;
         check_grad(grad_out, &[b, d])?;
-        let n = bags.rows.len() as u64;
+        let n = rows.len();
         check_list_len(ctx, "input", n, 8)?;
         let padding = self.padding_idx().unwrap_or(NO_PADDING);
         let table = self.weight();
         let format = table_format(table.dtype())?;
         let access = TableAccess::rows(table);
-        let active_end = bags.bounds[b];
+        let active_end = bounds[b];
         let params = PassParams { rows: b as u32, dim: d as u32, num_embeddings: v as u32, padding_idx: padding, ..Default::default() };
-        let needs_whole = mode == BagMode::Max || bags.weights.is_some();
+        let needs_whole = mode == BagMode::Max || weights.is_some();
         let whole =
             if needs_whole { Some(whole_bag_grad(ctx, grad_out, "embedding_bag backward (max, per_sample_weights)")?) } else { None };
         let (argmax, sample_grads) = ctx.scoped(|| {
             let mut encoder = ctx.encoder();
-            let idx = upload(ctx, "indices", &bags.rows);
+            let idx = rows.buffer(ctx, &mut encoder, "indices")?;
             let idx = flat_segment(&idx, n);
-            let bounds = upload(ctx, "bag-bounds", &bags.bounds);
+            let bounds = upload(ctx, "bag-bounds", bounds);
             let constants = [("TABLE_FORMAT", format)];
             let argmax = if mode == BagMode::Max {
                 let (values, positions) = (words(ctx, "argmax-values", (b * d) as u64), words(ctx, "argmax", (b * d) as u64));
@@ -398,8 +500,8 @@ impl EmbeddingBag {
             } else {
                 None
             };
-            let sample_grads = if let (Some(w), Some(grad)) = (&bags.weights, whole) {
-                let out = GpuTensor::zeros_with(ctx, &[w.len()], DType::F32, 1, n.max(1))?;
+            let sample_grads = if let (Some((_, shape)), Some(grad)) = (weights, whole) {
+                let out = GpuTensor::zeros_with(ctx, shape, DType::F32, 1, n.max(1))?;
                 let extra = [bounds, grad.buffer.clone()];
                 let p = PassParams { index_count: n as u32, arg0: active_end, arg3: b as u32, ..params };
                 let call = Call { extra: &extra, ..Call::new(&SAMPLE_WEIGHT_GRADS, &constants, Grid::Elements(1), p) };
@@ -412,18 +514,14 @@ impl EmbeddingBag {
             Ok((argmax, sample_grads))
         })?;
         let scatter = Scatter {
-            rows: &bags.rows,
-            sources: Sources::Bags { bounds: &bags.bounds, mode, weights: bags.weights.as_deref() },
+            rows,
+            sources: Sources::Bags { bounds, mode, weights: weights.map(|(w, _)| w) },
             padding_idx: self.padding_idx(),
             num_embeddings: v,
             dim: d,
             options,
         };
         let weight = table_gradient(ctx, &scatter, grad_out, argmax.as_ref()).await?;
-        let per_sample_weights = match (sample_grads, per_sample_weights) {
-            (Some(g), Some((_, shape))) => Some(g.reshape(shape)?),
-            _ => None,
-        };
-        Ok(BagGradients { weight, per_sample_weights })
+        Ok(BagGradients { weight, per_sample_weights: sample_grads })
     }
 }

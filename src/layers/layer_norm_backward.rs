@@ -12,7 +12,7 @@ use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{record_flat, rows_per_segment, Call, Grid, PassParams, RowPlan};
 use crate::gpu::table::TableAccess;
 use crate::gpu::tensor::{DType, GpuTensor};
-use crate::layers::embedding_backward::{check_grad, table_gradient, GradOptions, Gradient, Scatter, Sources};
+use crate::layers::embedding_backward::{check_grad, table_gradient, Flat, GradOptions, Gradient, Scatter, Sources};
 use crate::layers::indices::Indices;
 use crate::layers::layer_norm::{Affine, LayerNorm, ACCUMULATE};
 use crate::layers::stable_embedding::StableEmbedding;
@@ -75,7 +75,8 @@ fn record_backward(
     let chunk = 16u64.max(rows.div_ceil(4096)).min(per);
     let slots = (rows.div_ceil(per)) * per.div_ceil(chunk);
     let partials = crate::gpu::sort::words(ctx, "ln-partials", slots * 2 * dim as u64);
-    let gamma_beta = GpuTensor::zeros(ctx, &[2 * dim], DType::F32, 2 * dim)?;
+    // Bound whole, against the device's own limit, as the forward's gamma and beta are.
+    let gamma_beta = GpuTensor::zeros_with(ctx, &[2 * dim], DType::F32, 1, 2 * dim as u64)?;
     let params = PassParams {
         dim: dim as u32,
         arg0: eps.to_bits(),
@@ -102,13 +103,11 @@ fn record_backward(
     Ok((grad_x, gamma_beta))
 }
 
-/// gamma and beta out of `[2 dim]`, as the layer has them.
+/// gamma and beta out of the flat `[2 dim]`, as the layer has them.
 fn split_affine(ctx: &Context, encoder: &mut wgpu::CommandEncoder, both: &GpuTensor, affine: &Affine) -> Result<[Option<GpuTensor>; 2]> {
     let dim = both.numel() / 2;
     let (has_gamma, has_beta) = affine.has();
-    // Element by element: a flat view of the one buffer.
-    let flat = GpuTensor::from_buffer(both.segments()[0].buffer.clone(), &[2 * dim], DType::F32);
-    let mut rows = |lo: usize| -> Result<GpuTensor> { flat.copy_rows(ctx, encoder, lo as u64, (lo + dim) as u64)?.reshape(&[dim]) };
+    let mut rows = |lo: usize| -> Result<GpuTensor> { both.copy_rows(ctx, encoder, lo as u64, (lo + dim) as u64)?.reshape(&[dim]) };
     Ok([if has_gamma { Some(rows(0)?) } else { None }, if has_beta { Some(rows(dim)?) } else { None }])
 }
 
@@ -199,7 +198,7 @@ fn sum_layer_norm_backward(
     })?;
     let total: usize = block.table_rows().iter().sum();
     let scatter = Scatter {
-        rows: &rows,
+        rows: Flat::Host(&rows),
         sources: Sources::Positions { group: k_count as u32 },
         padding_idx,
         num_embeddings: total,
