@@ -18,7 +18,9 @@ use crate::gpu::sort::{check_list_len, record_exclusive_scan, record_sort, uploa
 use crate::gpu::table::TableAccess;
 use crate::gpu::tensor::{DType, GpuTensor, Segment};
 use crate::layers::embedding::Embedding;
-use crate::layers::embedding_bag::{plan_bags, plan_bounds, BagMode, EmbeddingBag, PerSampleWeights};
+#[cfg(not(target_arch = "wasm32"))] // GPU-resident indices: their check reads back
+use crate::layers::embedding_bag::plan_bounds;
+use crate::layers::embedding_bag::{plan_bags, BagMode, EmbeddingBag, PerSampleWeights};
 use crate::layers::indices::Indices;
 use crate::layers::table::table_format;
 
@@ -88,6 +90,7 @@ pub struct BagGradients {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Flat<'a, T> {
     Host(&'a [T]),
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))] // GPU-resident indices are native only
     Gpu(&'a GpuTensor),
 }
 
