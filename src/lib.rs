@@ -28,6 +28,7 @@ pub mod conformance;
 pub mod error;
 pub mod gpu;
 pub mod layers;
+pub mod optim;
 pub mod quant;
 
 pub use checkpoint::{Checkpoint, HostTable};
@@ -45,6 +46,7 @@ pub use layers::quantized::{QuantizedEmbedding, QuantizedEmbeddingBag};
 pub use layers::stable_embedding::{StableEmbedding, STABLE_EMBEDDING_EPS};
 pub use layers::sum_layer_norm::EmbeddingSumLayerNorm;
 pub use layers::table::MaxNorm;
+pub use optim::{Optimizer, OptimizerKind};
 pub use quant::blockwise::{dequantize_blockwise, quantize_blockwise, Blockwise};
 pub use quant::codes::{CodeMap, FourBit};
 pub use quant::table::{QuantizedTable, Scheme};
@@ -56,6 +58,7 @@ pub static SHADERS: &[&gpu::kernel::ShaderFamily] = &[
     &layers::embedding_bag::FAMILY,
     &layers::embedding_backward::FAMILY,
     &gpu::sort::FAMILY,
+    &optim::FAMILY,
     &layers::layer_norm::FAMILY,
     &layers::layer_norm_backward::FAMILY,
     &layers::axial::FAMILY,

@@ -72,6 +72,21 @@ use InputKind::{Codes, Indices as Idx, Offsets, Table, Vector};
 /// What the bag ops read, dense or quantized.
 const BAG_INPUTS: &[(&str, InputKind)] = &[("weight", Table), ("indices", Idx), ("offsets", Offsets), ("per_sample_weights", Vector)];
 
+/// The optimizers' hyper-parameters, as torch.optim names them.
+const OPTIMIZER_PARAMS: &[&str] = &[
+    "optimizer",
+    "lr",
+    "momentum",
+    "dampening",
+    "nesterov",
+    "weight_decay",
+    "betas",
+    "eps",
+    "initial_accumulator_value",
+    "lr_decay",
+    "blocksize",
+];
+
 /// Every op this build runs.
 pub static OPS: &[Op] = &[
     op!("embedding", embedding, &[("weight", Table), ("indices", Idx)], &["padding_idx", "max_norm", "norm_type"], Values),
@@ -139,6 +154,14 @@ pub static OPS: &[Op] = &[
             ("grad_out", Table)
         ],
         &["eps"],
+        Values
+    ),
+    op!("optimizer_step", optimizer_step, &[("weight", Table), ("grads", Table)], OPTIMIZER_PARAMS, Values),
+    op!(
+        "sparse_optimizer_step",
+        sparse_optimizer_step,
+        &[("weight", Table), ("grad_indices", Idx), ("grad_values", Table)],
+        OPTIMIZER_PARAMS,
         Values
     ),
     op!("quantize_blockwise", quantize_blockwise, &[("x", Table)], &["blocksize", "code"], Codes),
@@ -421,6 +444,108 @@ mod runs {
         let mut out = gradient_outputs(ctx, &g.weight)?;
         out.extend(f32_outputs(ctx, &[("grad_per_sample_weights", g.per_sample_weights.as_ref())])?);
         Ok(out)
+    }
+
+    /// The optimizer a case names, with torch.optim's defaults.
+    pub(super) fn optimizer_kind(inputs: &CaseInputs<'_>) -> Result<crate::optim::OptimizerKind> {
+        use crate::optim::OptimizerKind;
+        let p = inputs.params();
+        let name = p.opt_str("optimizer")?.ok_or_else(|| Error::arg("optimizer", "the case names no optimizer"))?;
+        let lr = p.opt_f64("lr")?.ok_or_else(|| Error::arg("lr", "the case gives no lr"))?;
+        let wd = p.f64_or("weight_decay", 0.0)?;
+        Ok(match name {
+            "sgd" => OptimizerKind::Sgd {
+                lr,
+                momentum: p.f64_or("momentum", 0.0)?,
+                dampening: p.f64_or("dampening", 0.0)?,
+                nesterov: p.bool_or("nesterov", false)?,
+                weight_decay: wd,
+            },
+            "adam" | "adamw" => OptimizerKind::Adam {
+                lr,
+                betas: p.f64_pair_or("betas", (0.9, 0.999))?,
+                eps: p.f64_or("eps", 1e-8)?,
+                weight_decay: p.f64_or("weight_decay", if name == "adamw" { 1e-2 } else { 0.0 })?,
+                decoupled: name == "adamw",
+            },
+            "adagrad" => OptimizerKind::Adagrad {
+                lr,
+                lr_decay: p.f64_or("lr_decay", 0.0)?,
+                eps: p.f64_or("eps", 1e-10)?,
+                weight_decay: wd,
+                initial_accumulator_value: p.f64_or("initial_accumulator_value", 0.0)?,
+            },
+            "sparse_adam" => OptimizerKind::SparseAdam { lr, betas: p.f64_pair_or("betas", (0.9, 0.999))?, eps: p.f64_or("eps", 1e-8)? },
+            "rowwise_adagrad" => OptimizerKind::RowwiseAdagrad { lr, eps: p.f64_or("eps", 1e-10)?, weight_decay: wd },
+            "adam8bit_blockwise" => OptimizerKind::Adam8bit {
+                lr,
+                betas: p.f64_pair_or("betas", (0.9, 0.999))?,
+                eps: p.f64_or("eps", 1e-8)?,
+                weight_decay: wd,
+                blocksize: blocksize_param(inputs, Some(256))?.unwrap_or(256),
+            },
+            other => return Err(Error::Unsupported(format!("optimizer {other:?} is not implemented by this build"))),
+        })
+    }
+
+    /// The table and the optimizer's states after the steps, named as the case's outputs.
+    pub(super) fn optimizer_outputs(ctx: &Context, table: &GpuTensor, opt: &crate::optim::Optimizer) -> Result<Outputs> {
+        let mut outputs = f32_outputs(ctx, &[("weight", Some(table))])?;
+        for name in opt.state_names() {
+            let Some(t) = opt.state(name) else { continue };
+            outputs.push(match t.dtype() {
+                DType::U8 => (name.to_string(), HostTensor::u8(t.to_bytes(ctx)?, t.shape().to_vec())),
+                _ => (name.to_string(), HostTensor::f32(t.to_vec_f32(ctx)?, t.shape().to_vec())),
+            });
+        }
+        Ok(outputs)
+    }
+
+    pub(super) fn optimizer_step(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+        let (w, v, d) = table(inputs, "weight")?;
+        let grads = inputs.require("grads")?;
+        let [steps, gv, gd] = grads.shape[..] else {
+            return Err(Error::arg("grads", format!("expected [T, V, D] gradients, got shape {:?}", grads.shape)));
+        };
+        if (gv, gd) != (v, d) {
+            return Err(Error::arg("grads", format!("gradients of shape {:?} for a [{v}, {d}] table", grads.shape)));
+        }
+        let table = GpuTensor::from_f32(ctx, w, &[v, d])?;
+        let mut opt = crate::optim::Optimizer::new(ctx, optimizer_kind(inputs)?, &table)?;
+        let values = grads.as_f32("grads")?;
+        for t in 0..steps {
+            let g = GpuTensor::from_f32(ctx, &values[t * v * d..(t + 1) * v * d], &[v, d])?;
+            opt.step(ctx, &table, &crate::layers::embedding_backward::Gradient::Dense(g))?;
+        }
+        optimizer_outputs(ctx, &table, &opt)
+    }
+
+    pub(super) fn sparse_optimizer_step(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+        let (w, v, d) = table(inputs, "weight")?;
+        let rows = inputs.require("grad_indices")?;
+        let values = inputs.require("grad_values")?;
+        let [steps, n] = rows.shape[..] else {
+            return Err(Error::arg("grad_indices", format!("expected [T, n] rows, got shape {:?}", rows.shape)));
+        };
+        if values.shape != [steps, n, d] {
+            return Err(Error::arg("grad_values", format!("expected shape [{steps}, {n}, {d}], got {:?}", values.shape)));
+        }
+        let table = GpuTensor::from_f32(ctx, w, &[v, d])?;
+        let mut opt = crate::optim::Optimizer::new(ctx, optimizer_kind(inputs)?, &table)?;
+        let all_rows = rows.as_indices("grad_indices")?;
+        let all_values = values.as_f32("grad_values")?;
+        for t in 0..steps {
+            let step_rows: Vec<i64> = (t * n..(t + 1) * n).map(|i| all_rows.data.get(i)).collect();
+            let shape = [n];
+            let checked = Indices::i64(&step_rows, &shape).to_rows("grad_indices", v as u64)?;
+            let grad = crate::layers::embedding_backward::Gradient::Sparse {
+                indices: GpuTensor::flat(ctx, &checked, DType::I32)?,
+                values: GpuTensor::from_f32(ctx, &all_values[t * n * d..(t + 1) * n * d], &[n, d])?,
+                num_embeddings: v,
+            };
+            opt.step(ctx, &table, &grad)?;
+        }
+        optimizer_outputs(ctx, &table, &opt)
     }
 
     /// `blocksize` as a size (absent or null: `default`), refusing negatives by value.

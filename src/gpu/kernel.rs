@@ -60,8 +60,9 @@ pub enum Role {
     Input,
     /// The output segment.
     Out,
-    /// A second input, segmented like the input (e.g. argmaxes beside gradients).
-    Aux,
+    /// Further inputs or states, segmented like the input (argmaxes beside gradients) or
+    /// like the output (an optimizer's states beside its table): number `k`.
+    Aux(usize),
     /// Bags: the output segment's bag bounds.
     Offsets,
     /// Bags: the output segment's bag sizes, summed over passes.

@@ -131,7 +131,7 @@ struct PassResources<'r> {
     slice: Option<(usize, &'r TableSlice<'r>)>,
     input: Option<&'r Segment>,
     out: Option<&'r Segment>,
-    aux: Option<&'r Segment>,
+    aux: [Option<&'r Segment>; 2],
     offsets: Option<&'r wgpu::Buffer>,
     counts: Option<&'r wgpu::Buffer>,
     weights: Option<&'r Segment>,
@@ -141,7 +141,17 @@ struct PassResources<'r> {
 impl<'r> PassResources<'r> {
     /// A pass that binds only its uniform (placeholders for every other role).
     fn new(params: &'r wgpu::Buffer) -> Self {
-        PassResources { params, slice: None, input: None, out: None, aux: None, offsets: None, counts: None, weights: None, status: None }
+        PassResources {
+            params,
+            slice: None,
+            input: None,
+            out: None,
+            aux: [None; 2],
+            offsets: None,
+            counts: None,
+            weights: None,
+            status: None,
+        }
     }
 }
 
@@ -163,7 +173,7 @@ fn record<'r>(ctx: &'r Context, encoder: &mut wgpu::CommandEncoder, call: &Call<
             Role::Texture => r.slice.and_then(|(_, s)| s.texture()).map_or_else(|| ctx.placeholder_texture(), |t| t.binding()),
             Role::Input => segment(r.input),
             Role::Out => segment(r.out),
-            Role::Aux => segment(r.aux),
+            Role::Aux(k) => segment(r.aux[k]),
             Role::Weights => segment(r.weights),
             Role::Offsets => buffer(r.offsets),
             Role::Counts => buffer(r.counts),
@@ -245,7 +255,7 @@ impl GroupPlan<'_> {
         for (s, seg) in self.source.segments().iter().enumerate() {
             let params = ctx.uniform(&self.source_params(call, seg));
             let aux = self.aux.map(|a| &a.segments()[s]);
-            let r = PassResources { input: Some(seg), aux, ..PassResources::new(&params) };
+            let r = PassResources { input: Some(seg), aux: [aux, None], ..PassResources::new(&params) };
             record(ctx, encoder, call, &r, self.entries / self.chunk);
         }
     }
@@ -263,8 +273,55 @@ impl GroupPlan<'_> {
                 p.flags |= flag(s == 0, FIRST_PASS);
                 let params = ctx.uniform(&p);
                 let aux = self.aux.map(|a| &a.segments()[s]);
-                let r = PassResources { input: Some(seg), aux, out: Some(out), ..PassResources::new(&params) };
+                let r = PassResources { input: Some(seg), aux: [aux, None], out: Some(out), ..PassResources::new(&params) };
                 record(ctx, encoder, call, &r, out.rows.min(self.entries));
+            }
+        }
+    }
+}
+
+/// In-place updates of a `target` tensor (a table) and of states segmented like it
+/// (`Role::Aux(k)`), from the rows of `source`: dense (source row `r` updates target
+/// row `r`, source segmented like the target) or sparse (source row `k` updates the
+/// target row the call's index list names; passes walk source × target segments and
+/// each invocation skips rows another target segment holds). Target segment `t` is
+/// bound as the output, its rows `[lo, hi)`; the source segment as the input, its rows
+/// `index_first ..+ index_count`.
+pub struct UpdatePlan<'a> {
+    pub target: &'a GpuTensor,
+    pub states: [Option<&'a GpuTensor>; 2],
+    pub source: &'a GpuTensor,
+}
+
+impl UpdatePlan<'_> {
+    fn pass(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>, s: usize, t: usize, items: u64) {
+        let (src, dst) = (&self.source.segments()[s], &self.target.segments()[t]);
+        let p = PassParams {
+            rows: src.rows as u32,
+            index_first: src.first_row as u32,
+            index_count: src.rows as u32,
+            lo: dst.first_row as u32,
+            hi: (dst.first_row + dst.rows) as u32,
+            ..call.params
+        };
+        let params = ctx.uniform(&p);
+        let aux = self.states.map(|st| st.map(|st| &st.segments()[t]));
+        let r = PassResources { input: Some(src), out: Some(dst), aux, ..PassResources::new(&params) };
+        record(ctx, encoder, call, &r, items);
+    }
+
+    /// Dense updates: one pass per target segment (the source segmented alike).
+    pub fn record_dense(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>) {
+        for t in 0..self.target.segments().len() {
+            self.pass(ctx, encoder, call, t, t, self.target.segments()[t].rows);
+        }
+    }
+
+    /// Sparse updates: every source segment against every target segment.
+    pub fn record_sparse(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>) {
+        for s in 0..self.source.segments().len() {
+            for t in 0..self.target.segments().len() {
+                self.pass(ctx, encoder, call, s, t, self.source.segments()[s].rows);
             }
         }
     }
@@ -319,7 +376,7 @@ impl RowPlan<'_> {
                 let mut p = slice.map_or(base, |(_, s)| base.with_slice(s));
                 p.flags |= flag(slice.is_none_or(|(t, _)| t == 0), FIRST_PASS | REPORT_BAD);
                 let params = ctx.uniform(&p);
-                let r = PassResources { slice, input, out, aux, status: self.status, ..PassResources::new(&params) };
+                let r = PassResources { slice, input, out, aux: [aux, None], status: self.status, ..PassResources::new(&params) };
                 record(ctx, encoder, call, &r, seg.rows);
             }
         }

@@ -369,6 +369,36 @@ impl GpuTensor {
         pollster::block_on(self.read_bytes(ctx))
     }
 
+    /// A copy of the same elements, in order, as `shape` with rows of `row_len` elements,
+    /// `rows_per_segment` rows per buffer (e.g. a flat list laid out like a table),
+    /// recorded into `encoder`.
+    pub(crate) fn relayout(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        shape: &[usize],
+        row_len: usize,
+        rows_per_segment: u64,
+    ) -> Result<GpuTensor> {
+        let out = Self::zeros_with(ctx, shape, self.dtype, row_len, rows_per_segment)?;
+        if out.numel() != self.numel() {
+            return Err(Error::ShapeMismatch(format!("cannot lay {:?} out as {shape:?}", self.shape)));
+        }
+        let es = self.dtype.size() as u64;
+        let range = |s: &Segment, len: usize| (s.first_row * len as u64, (s.first_row + s.rows) * len as u64);
+        for dst in out.segments.iter() {
+            let (d0, d1) = range(dst, row_len);
+            for src in self.segments.iter() {
+                let (s0, s1) = range(src, self.row_len);
+                let (lo, hi) = (d0.max(s0), d1.min(s1));
+                if lo < hi {
+                    encoder.copy_buffer_to_buffer(&src.buffer, (lo - s0) * es, &dst.buffer, (lo - d0) * es, (hi - lo) * es);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// A copy of rows `lo .. hi` as a tensor of its own (rows per segment as this one's
     /// widest segment), recorded into `encoder`.
     pub(crate) fn copy_rows(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, lo: u64, hi: u64) -> Result<GpuTensor> {

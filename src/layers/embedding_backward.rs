@@ -36,7 +36,7 @@ const fn write(binding: u32, k: usize) -> (u32, Slot, Role) {
     (binding, Slot::ReadWrite, Role::Extra(k))
 }
 const GRAD: (u32, Slot, Role) = (2, Slot::Read, Role::Input);
-const ARGMAX: (u32, Slot, Role) = (9, Slot::Read, Role::Aux);
+const ARGMAX: (u32, Slot, Role) = (9, Slot::Read, Role::Aux(0));
 
 const POSITION_KEYS: Kernel = Kernel::new(&FAMILY, "position_keys", &[PARAMS, INPUT, write(10, 0), write(11, 1), write(12, 2)]);
 const GATHER_ENTRIES: Kernel =

@@ -24,7 +24,7 @@ pub static FAMILY: ShaderFamily = ShaderFamily {
     parts: &[common::GRID, common::PASS, include_str!("../../shaders/layer_norm_backward.wgsl")],
 };
 
-const GRAD: (u32, Slot, Role) = (9, Slot::Read, Role::Aux);
+const GRAD: (u32, Slot, Role) = (9, Slot::Read, Role::Aux(0));
 const AFFINE: (u32, Slot, Role) = (5, Slot::Read, Role::Extra(0));
 const ROW_STATS: Kernel = Kernel::new(&FAMILY, "row_stats", &[PARAMS, INPUT, OUT]);
 const INPUT_GRADS: Kernel = Kernel::new(&FAMILY, "input_grads", &[PARAMS, INPUT, GRAD, OUT, AFFINE]);

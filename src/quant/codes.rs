@@ -25,6 +25,8 @@ pub enum CodeMap {
     Dynamic,
     /// `create_linear_map(signed=True)`: 255 evenly spaced values in [-1, 1] and an extra 0.
     Linear,
+    /// `create_dynamic_map(signed=False)`: the map of 8-bit Adam's second state (values >= 0).
+    DynamicUnsigned,
 }
 
 impl CodeMap {
@@ -33,14 +35,16 @@ impl CodeMap {
         match s {
             "dynamic" => Ok(CodeMap::Dynamic),
             "linear" => Ok(CodeMap::Linear),
-            _ => Err(Error::arg("code", format!("expected 'dynamic' or 'linear', got {s:?}"))),
+            "dynamic_unsigned" => Ok(CodeMap::DynamicUnsigned),
+            _ => Err(Error::arg("code", format!("expected 'dynamic', 'dynamic_unsigned' or 'linear', got {s:?}"))),
         }
     }
 
     /// The 256 code values, sorted ascending.
     pub fn values(self) -> [f32; 256] {
         match self {
-            CodeMap::Dynamic => dynamic_map(),
+            CodeMap::Dynamic => dynamic_map(true),
+            CodeMap::DynamicUnsigned => dynamic_map(false),
             CodeMap::Linear => linear_map(),
         }
     }
@@ -55,16 +59,20 @@ fn linspace(start: f32, end: f32, steps: usize) -> Vec<f32> {
     (0..steps).map(|i| if i < half { step.mul_add(i as f32, start) } else { (-step).mul_add((steps - i - 1) as f32, end) }).collect()
 }
 
-/// bitsandbytes' `create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8)`.
-fn dynamic_map() -> [f32; 256] {
+/// bitsandbytes' `create_dynamic_map(signed, max_exponent_bits=7, total_bits=8)`: the
+/// unsigned map spends the sign bit on twice the fractions per exponent.
+fn dynamic_map(signed: bool) -> [f32; 256] {
     let mut data: Vec<f32> = Vec::with_capacity(256);
     for i in 0..7 {
-        let bounds = linspace(0.1, 1.0, (1 << i) + 1);
+        let fractions = if signed { 1 << i } else { 1 << (i + 1) };
+        let bounds = linspace(0.1, 1.0, fractions + 1);
         let scale = [1e-6f64, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0][i] as f32;
         for w in bounds.windows(2) {
             let mean = (w[0] + w[1]) / 2.0;
             data.push(scale * mean);
-            data.push(-scale * mean);
+            if signed {
+                data.push(-scale * mean);
+            }
         }
     }
     data.push(0.0);

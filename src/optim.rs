@@ -1,0 +1,304 @@
+//! Optimizers that update embedding tables in place on the GPU, from dense gradients or
+//! from the sparse (coalesced) ones the backward passes give: torch.optim's SGD
+//! (momentum, Nesterov, weight decay), Adam / AdamW, Adagrad and SparseAdam, and
+//! FBGEMM's row-wise Adagrad, and bitsandbytes' 8-bit block-wise Adam. Their state lives on the GPU beside the table, segmented
+//! like it. Shader family: `optimizer.wgsl`.
+
+use crate::error::{Error, Result};
+use crate::gpu::context::Context;
+use crate::gpu::kernel::binding::{INPUT, OUT, PARAMS};
+use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
+use crate::gpu::plan::{Call, Grid, PassParams, UpdatePlan};
+use crate::gpu::sort::upload;
+use crate::gpu::table::refresh_table_texture;
+use crate::gpu::tensor::{DType, GpuTensor};
+use crate::layers::embedding_backward::Gradient;
+use crate::quant::blockwise::{check_blocksize, dequantize_blockwise, quantize_blockwise};
+use crate::quant::codes::CodeMap;
+
+pub static FAMILY: ShaderFamily =
+    ShaderFamily { name: "optimizer", parts: &[common::GRID, common::PASS, include_str!("../shaders/optimizer.wgsl")] };
+
+const STATE_A: (u32, Slot, Role) = (9, Slot::ReadWrite, Role::Aux(0));
+const STATE_B: (u32, Slot, Role) = (24, Slot::ReadWrite, Role::Aux(1));
+const HYPER: (u32, Slot, Role) = (25, Slot::Read, Role::Extra(0));
+const ROWS: (u32, Slot, Role) = (26, Slot::Read, Role::Extra(1));
+const DENSE_STEP: Kernel = Kernel::new(&FAMILY, "dense_step", &[PARAMS, INPUT, OUT, STATE_A, STATE_B, HYPER]);
+const SPARSE_STEP: Kernel = Kernel::new(&FAMILY, "sparse_step", &[PARAMS, INPUT, OUT, STATE_A, STATE_B, HYPER, ROWS]);
+const ROWWISE_STEP: Kernel = Kernel::new(&FAMILY, "rowwise_step", &[PARAMS, INPUT, OUT, STATE_A, HYPER, ROWS]);
+
+/// An optimizer and its hyper-parameters, named as in `torch.optim` (f64, as Python's
+/// floats: the bias corrections are computed in f64, the kernels take f32).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OptimizerKind {
+    Sgd {
+        lr: f64,
+        momentum: f64,
+        dampening: f64,
+        nesterov: bool,
+        weight_decay: f64,
+    },
+    /// Adam, or AdamW with `decoupled` weight decay.
+    Adam {
+        lr: f64,
+        betas: (f64, f64),
+        eps: f64,
+        weight_decay: f64,
+        decoupled: bool,
+    },
+    Adagrad {
+        lr: f64,
+        lr_decay: f64,
+        eps: f64,
+        weight_decay: f64,
+        initial_accumulator_value: f64,
+    },
+    /// `torch.optim.SparseAdam`: only the rows of each (sparse) gradient change.
+    SparseAdam {
+        lr: f64,
+        betas: (f64, f64),
+        eps: f64,
+    },
+    /// FBGEMM's EXACT_ROWWISE_ADAGRAD: one accumulator per row (sparse gradients).
+    RowwiseAdagrad {
+        lr: f64,
+        eps: f64,
+        weight_decay: f64,
+    },
+    /// bitsandbytes' 8-bit Adam with block-wise states (`bnb.optim.Adam8bit`): `state1` in
+    /// the signed dynamic map, `state2` in the unsigned one, an absmax per `blocksize`
+    /// elements; decoupled weight decay, as bitsandbytes applies it.
+    Adam8bit {
+        lr: f64,
+        betas: (f64, f64),
+        eps: f64,
+        weight_decay: f64,
+        blocksize: usize,
+    },
+}
+
+/// `OPT_*` of the shader.
+fn code(kind: &OptimizerKind) -> u32 {
+    match kind {
+        OptimizerKind::Sgd { .. } => 0,
+        OptimizerKind::Adam { .. } => 1,
+        OptimizerKind::Adagrad { .. } => 2,
+        OptimizerKind::SparseAdam { .. } => 3,
+        OptimizerKind::RowwiseAdagrad { .. } => 4,
+        OptimizerKind::Adam8bit { .. } => 5,
+    }
+}
+
+/// An optimizer's state for one `[V, D]` f32 table, on the GPU.
+#[derive(Debug)]
+pub struct Optimizer {
+    kind: OptimizerKind,
+    /// Named as torch.optim names them, segmented like the table.
+    states: Vec<(&'static str, GpuTensor)>,
+    steps: u64,
+}
+
+impl Optimizer {
+    /// The state of `kind` for `table` (F32 `[V, D]`), as a fresh torch.optim optimizer has it.
+    pub fn new(ctx: &Context, kind: OptimizerKind, table: &GpuTensor) -> Result<Self> {
+        if table.dtype() != DType::F32 || table.shape().len() != 2 {
+            return Err(Error::arg("table", format!("expected an F32 [V, D] table, got {:?} of shape {:?}", table.dtype(), table.shape())));
+        }
+        let per = table.segments().iter().map(|s| s.rows).max().unwrap_or(1).max(1);
+        let (v, d) = (table.shape()[0], table.shape()[1]);
+        let like_table = |fill: f64| -> Result<GpuTensor> {
+            if fill == 0.0 {
+                GpuTensor::zeros_with(ctx, &[v, d], DType::F32, d, per)
+            } else {
+                GpuTensor::from_bytes_with(ctx, bytemuck::cast_slice(&vec![fill as f32; v * d]), &[v, d], DType::F32, d, per)
+            }
+        };
+        let states = match kind {
+            OptimizerKind::Sgd { momentum, .. } if momentum != 0.0 => vec![("momentum_buffer", like_table(0.0)?)],
+            OptimizerKind::Sgd { .. } => vec![],
+            OptimizerKind::Adam { .. } | OptimizerKind::SparseAdam { .. } => {
+                vec![("exp_avg", like_table(0.0)?), ("exp_avg_sq", like_table(0.0)?)]
+            }
+            OptimizerKind::Adagrad { initial_accumulator_value, .. } => vec![("sum", like_table(initial_accumulator_value)?)],
+            OptimizerKind::RowwiseAdagrad { .. } => vec![("momentum", GpuTensor::zeros_with(ctx, &[v], DType::F32, 1, per)?)],
+            OptimizerKind::Adam8bit { blocksize, .. } => {
+                check_blocksize(blocksize)?;
+                let blocks = (v * d).div_ceil(blocksize);
+                let codes = || GpuTensor::zeros(ctx, &[v * d], DType::U8, 1).and_then(|t| t.reshape(&[v, d]));
+                let absmax = || GpuTensor::zeros(ctx, &[blocks], DType::F32, 1);
+                vec![("state1", codes()?), ("absmax1", absmax()?), ("state2", codes()?), ("absmax2", absmax()?)]
+            }
+        };
+        Ok(Optimizer { kind, states, steps: 0 })
+    }
+
+    /// The state tensor called `name` (`momentum_buffer`, `exp_avg`, `exp_avg_sq`, `sum`, `momentum`).
+    pub fn state(&self, name: &str) -> Option<&GpuTensor> {
+        self.states.iter().find(|(n, _)| *n == name).map(|(_, t)| t)
+    }
+
+    /// The names of this optimizer's states.
+    pub fn state_names(&self) -> Vec<&'static str> {
+        self.states.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// One step: updates `table` in place (and its texture copy, if it has one) from
+    /// `grad`, dense or sparse (coalesced: distinct rows), refusing what torch.optim
+    /// refuses (sparse gradients with momentum or weight decay, dense ones for SparseAdam).
+    pub fn step(&mut self, ctx: &Context, table: &GpuTensor, grad: &Gradient) -> Result<()> {
+        let (v, d) = (table.shape()[0], table.shape()[1]);
+        let sparse = matches!(grad, Gradient::Sparse { .. });
+        self.check(sparse)?;
+        let t = self.steps + 1;
+        let hyper = upload(ctx, "hyper", &self.hyper(t));
+        if let OptimizerKind::Adam8bit { blocksize, .. } = self.kind {
+            let Gradient::Dense(g) = grad else { unreachable!("checked: 8-bit Adam takes dense gradients") };
+            self.step_8bit(ctx, table, g, &hyper, blocksize)?;
+            self.steps = t;
+            return Ok(());
+        }
+        let params = PassParams { dim: d as u32, mode: code(&self.kind), ..Default::default() };
+        let states = [self.states.first().map(|(_, s)| s), self.states.get(1).map(|(_, s)| s)];
+        ctx.scoped(|| {
+            let mut encoder = ctx.encoder();
+            match grad {
+                Gradient::Dense(g) => {
+                    if g.shape() != [v, d] || g.dtype() != DType::F32 {
+                        return Err(Error::arg(
+                            "grad",
+                            format!("expected an F32 gradient of shape [{v}, {d}], got {:?} of {:?}", g.dtype(), g.shape()),
+                        ));
+                    }
+                    // The gradient's rows in segments like the table's.
+                    let per = table.segments().iter().map(|s| s.rows).max().unwrap_or(1).max(1);
+                    let g = g.resegment(ctx, &mut encoder, per)?;
+                    let call =
+                        Call { extra: std::slice::from_ref(&hyper), ..Call::new(&DENSE_STEP, &[], Grid::Elements(d as u64), params) };
+                    UpdatePlan { target: table, states, source: &g }.record_dense(ctx, &mut encoder, &call);
+                }
+                Gradient::Sparse { indices, values, num_embeddings } => {
+                    if *num_embeddings != v || values.row_len() != d || values.dtype() != DType::F32 {
+                        return Err(Error::arg(
+                            "grad",
+                            format!(
+                                "expected a sparse gradient of a [{v}, {d}] table, got one of {num_embeddings} rows with values {:?}",
+                                values.shape()
+                            ),
+                        ));
+                    }
+                    let rows = indices.resegment(ctx, &mut encoder, indices.numel().max(1) as u64)?;
+                    let extra = [hyper.clone(), rows.segments()[0].buffer.clone()];
+                    let (kernel, grid) = match self.kind {
+                        OptimizerKind::RowwiseAdagrad { .. } => (&ROWWISE_STEP, Grid::Elements(1)),
+                        _ => (&SPARSE_STEP, Grid::Elements(d as u64)),
+                    };
+                    let call = Call { extra: &extra, ..Call::new(kernel, &[], grid, params) };
+                    UpdatePlan { target: table, states, source: values }.record_sparse(ctx, &mut encoder, &call);
+                }
+            }
+            refresh_table_texture(&mut encoder, table);
+            ctx.submit(encoder)
+        })?;
+        self.steps = t;
+        Ok(())
+    }
+
+    /// One 8-bit Adam step: the states dequantized, updated with the table, re-quantized
+    /// (bitsandbytes' maps and rounding, `quantize_blockwise`).
+    fn step_8bit(&mut self, ctx: &Context, table: &GpuTensor, g: &GpuTensor, hyper: &wgpu::Buffer, blocksize: usize) -> Result<()> {
+        let (v, d) = (table.shape()[0], table.shape()[1]);
+        if g.shape() != [v, d] || g.dtype() != DType::F32 {
+            return Err(Error::arg(
+                "grad",
+                format!("expected an F32 gradient of shape [{v}, {d}], got {:?} of {:?}", g.dtype(), g.shape()),
+            ));
+        }
+        let state = |name: &str| self.state(name).cloned().expect("8-bit Adam has its four states");
+        let (c1, a1, c2, a2) = (state("state1"), state("absmax1"), state("state2"), state("absmax2"));
+        let flat = |t: &GpuTensor| t.reshape(&[v * d]);
+        let s1 = dequantize_blockwise(ctx, &flat(&c1)?, &a1, blocksize, CodeMap::Dynamic)?;
+        let s2 = dequantize_blockwise(ctx, &flat(&c2)?, &a2, blocksize, CodeMap::DynamicUnsigned)?;
+        let params = PassParams { dim: d as u32, mode: code(&self.kind), ..Default::default() };
+        let per = table.segments().iter().map(|s| s.rows).max().unwrap_or(1).max(1);
+        let (s1, s2) = ctx.scoped(|| {
+            let mut encoder = ctx.encoder();
+            // The states and the gradient laid out like the table, element for element.
+            let s1 = s1.relayout(ctx, &mut encoder, &[v, d], d, per)?;
+            let s2 = s2.relayout(ctx, &mut encoder, &[v, d], d, per)?;
+            let g = g.resegment(ctx, &mut encoder, per)?;
+            let call = Call { extra: std::slice::from_ref(hyper), ..Call::new(&DENSE_STEP, &[], Grid::Elements(d as u64), params) };
+            UpdatePlan { target: table, states: [Some(&s1), Some(&s2)], source: &g }.record_dense(ctx, &mut encoder, &call);
+            refresh_table_texture(&mut encoder, table);
+            ctx.submit(encoder)?;
+            Ok((s1, s2))
+        })?;
+        let q1 = quantize_blockwise(ctx, &flat(&s1)?, blocksize, CodeMap::Dynamic)?;
+        let q2 = quantize_blockwise(ctx, &flat(&s2)?, blocksize, CodeMap::DynamicUnsigned)?;
+        self.states = vec![
+            ("state1", q1.codes.reshape(&[v, d])?),
+            ("absmax1", q1.absmax),
+            ("state2", q2.codes.reshape(&[v, d])?),
+            ("absmax2", q2.absmax),
+        ];
+        Ok(())
+    }
+
+    fn check(&self, sparse: bool) -> Result<()> {
+        let refuse = |what: &str| Err(Error::arg("grad", what.to_string()));
+        match self.kind {
+            OptimizerKind::Sgd { momentum, weight_decay, .. } if sparse && (momentum != 0.0 || weight_decay != 0.0) => {
+                refuse("SGD with momentum or weight_decay does not support sparse gradients")
+            }
+            OptimizerKind::Adam { .. } if sparse => refuse("Adam does not support sparse gradients, please consider SparseAdam instead"),
+            OptimizerKind::Adagrad { weight_decay, .. } if sparse && weight_decay != 0.0 => {
+                refuse("weight_decay option is not compatible with sparse gradients")
+            }
+            OptimizerKind::SparseAdam { .. } if !sparse => {
+                refuse("SparseAdam does not support dense gradients, please consider Adam instead")
+            }
+            OptimizerKind::RowwiseAdagrad { .. } if !sparse => refuse("row-wise Adagrad takes sparse gradients"),
+            OptimizerKind::Adam8bit { .. } if sparse => refuse("8-bit Adam takes dense gradients"),
+            _ => Ok(()),
+        }
+    }
+
+    /// The shader's `hyper[]` for step `t` (bias corrections in f64, as Python computes them).
+    fn hyper(&self, t: u64) -> [f32; 12] {
+        let mut h = [0f64; 12];
+        let corrections = |b1: f64, b2: f64| (1.0 - b1.powi(t as i32), 1.0 - b2.powi(t as i32));
+        h[5] = if t == 1 { 1.0 } else { 0.0 };
+        match self.kind {
+            OptimizerKind::Sgd { lr, momentum, dampening, nesterov, weight_decay } => {
+                (h[0], h[1], h[2], h[3], h[4]) = (lr, weight_decay, momentum, dampening, nesterov as u32 as f64);
+            }
+            OptimizerKind::Adam { lr, betas, eps, weight_decay, decoupled } => {
+                let (c1, c2) = corrections(betas.0, betas.1);
+                (h[0], h[1], h[6], h[7], h[8]) = (lr, weight_decay, betas.0, betas.1, eps);
+                (h[9], h[10], h[11]) = (lr / c1, c2.sqrt(), decoupled as u32 as f64);
+            }
+            OptimizerKind::Adagrad { lr, lr_decay, eps, weight_decay, .. } => {
+                (h[0], h[1], h[8]) = (lr, weight_decay, eps);
+                h[9] = lr / (1.0 + (t - 1) as f64 * lr_decay);
+            }
+            OptimizerKind::SparseAdam { lr, betas, eps } => {
+                let (c1, c2) = corrections(betas.0, betas.1);
+                (h[0], h[6], h[7], h[8]) = (lr, betas.0, betas.1, eps);
+                h[9] = lr * c2.sqrt() / c1;
+            }
+            OptimizerKind::RowwiseAdagrad { lr, eps, weight_decay } => {
+                (h[0], h[1], h[8]) = (lr, weight_decay, eps);
+            }
+            OptimizerKind::Adam8bit { lr, betas, eps, weight_decay, .. } => {
+                let (c1, c2) = corrections(betas.0, betas.1);
+                (h[0], h[1], h[6], h[7], h[8]) = (lr, weight_decay, betas.0, betas.1, eps);
+                (h[9], h[10]) = (lr / c1, c2.sqrt());
+            }
+        }
+        h.map(|x| x as f32)
+    }
+}
