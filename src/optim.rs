@@ -77,6 +77,66 @@ pub enum OptimizerKind {
     },
 }
 
+impl OptimizerKind {
+    /// An optimizer from torch.optim's names (`sgd`, `adam`, `adamw`, `adagrad`,
+    /// `sparse_adam`, `rowwise_adagrad`, `adam8bit_blockwise`) and hyper-parameters,
+    /// snake_case as a case file or JSON gives them, with torch's defaults.
+    pub fn from_json(params: &serde_json::Map<String, serde_json::Value>) -> Result<Self> {
+        let number = |key: &'static str| -> Result<Option<f64>> {
+            match params.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(v) => v.as_f64().map(Some).ok_or_else(|| Error::arg(key, format!("expected a number, got {v}"))),
+            }
+        };
+        let or = |key: &'static str, default: f64| number(key).map(|v| v.unwrap_or(default));
+        let betas = || -> Result<(f64, f64)> {
+            match params.get("betas") {
+                None | Some(serde_json::Value::Null) => Ok((0.9, 0.999)),
+                Some(serde_json::Value::Array(a)) if a.len() == 2 && a.iter().all(|x| x.is_number()) => {
+                    Ok((a[0].as_f64().unwrap_or(0.0), a[1].as_f64().unwrap_or(0.0)))
+                }
+                Some(v) => Err(Error::arg("betas", format!("expected two numbers, got {v}"))),
+            }
+        };
+        let name = params.get("optimizer").and_then(|v| v.as_str()).ok_or_else(|| Error::arg("optimizer", "no optimizer named"))?;
+        let lr = number("lr")?.ok_or_else(|| Error::arg("lr", "no lr given"))?;
+        let wd = or("weight_decay", 0.0)?;
+        Ok(match name {
+            "sgd" => OptimizerKind::Sgd {
+                lr,
+                momentum: or("momentum", 0.0)?,
+                dampening: or("dampening", 0.0)?,
+                nesterov: params.get("nesterov").and_then(|v| v.as_bool()).unwrap_or(false),
+                weight_decay: wd,
+            },
+            "adam" | "adamw" => OptimizerKind::Adam {
+                lr,
+                betas: betas()?,
+                eps: or("eps", 1e-8)?,
+                weight_decay: or("weight_decay", if name == "adamw" { 1e-2 } else { 0.0 })?,
+                decoupled: name == "adamw",
+            },
+            "adagrad" => OptimizerKind::Adagrad {
+                lr,
+                lr_decay: or("lr_decay", 0.0)?,
+                eps: or("eps", 1e-10)?,
+                weight_decay: wd,
+                initial_accumulator_value: or("initial_accumulator_value", 0.0)?,
+            },
+            "sparse_adam" => OptimizerKind::SparseAdam { lr, betas: betas()?, eps: or("eps", 1e-8)? },
+            "rowwise_adagrad" => OptimizerKind::RowwiseAdagrad { lr, eps: or("eps", 1e-10)?, weight_decay: wd },
+            "adam8bit_blockwise" => OptimizerKind::Adam8bit {
+                lr,
+                betas: betas()?,
+                eps: or("eps", 1e-8)?,
+                weight_decay: wd,
+                blocksize: or("blocksize", 256.0)? as usize,
+            },
+            other => return Err(Error::Unsupported(format!("optimizer {other:?} is not implemented by this build"))),
+        })
+    }
+}
+
 /// `OPT_*` of the shader.
 fn code(kind: &OptimizerKind) -> u32 {
     match kind {
@@ -154,6 +214,10 @@ impl Optimizer {
         let (v, d) = (table.shape()[0], table.shape()[1]);
         let sparse = matches!(grad, Gradient::Sparse { .. });
         self.check(sparse)?;
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Gradient::Sparse { indices, .. } = grad {
+            crate::gpu::index_check::check_gpu_indices(ctx, "grad.indices", indices, v as u64)?;
+        }
         let t = self.steps + 1;
         let hyper = upload(ctx, "hyper", &self.hyper(t));
         if let OptimizerKind::Adam8bit { blocksize, .. } = self.kind {
@@ -191,6 +255,8 @@ impl Optimizer {
                             ),
                         ));
                     }
+                    // Rows outside the table are never written (no table segment holds
+                    // them); natively they are reported before anything runs.
                     let rows = indices.resegment(ctx, &mut encoder, indices.numel().max(1) as u64)?;
                     let extra = [hyper.clone(), rows.segments()[0].buffer.clone()];
                     let (kernel, grid) = match self.kind {

@@ -237,18 +237,6 @@ impl Params<'_> {
         }
     }
 
-    /// A pair of numbers (e.g. Adam's `betas`) with a default.
-    pub fn f64_pair_or(&self, key: &'static str, default: (f64, f64)) -> Result<(f64, f64)> {
-        match self.0.get(key) {
-            None | Some(serde_json::Value::Null) => Ok(default),
-            Some(serde_json::Value::Array(a)) if a.len() == 2 => match (a[0].as_f64(), a[1].as_f64()) {
-                (Some(x), Some(y)) => Ok((x, y)),
-                _ => Err(Error::arg(key, format!("expected two numbers, got {a:?}"))),
-            },
-            Some(v) => Err(Error::arg(key, format!("expected two numbers, got {v}"))),
-        }
-    }
-
     /// A list of integers, if present.
     pub fn opt_usize_list(&self, key: &'static str) -> Result<Option<Vec<usize>>> {
         match self.0.get(key) {

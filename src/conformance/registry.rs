@@ -448,44 +448,7 @@ mod runs {
 
     /// The optimizer a case names, with torch.optim's defaults.
     pub(super) fn optimizer_kind(inputs: &CaseInputs<'_>) -> Result<crate::optim::OptimizerKind> {
-        use crate::optim::OptimizerKind;
-        let p = inputs.params();
-        let name = p.opt_str("optimizer")?.ok_or_else(|| Error::arg("optimizer", "the case names no optimizer"))?;
-        let lr = p.opt_f64("lr")?.ok_or_else(|| Error::arg("lr", "the case gives no lr"))?;
-        let wd = p.f64_or("weight_decay", 0.0)?;
-        Ok(match name {
-            "sgd" => OptimizerKind::Sgd {
-                lr,
-                momentum: p.f64_or("momentum", 0.0)?,
-                dampening: p.f64_or("dampening", 0.0)?,
-                nesterov: p.bool_or("nesterov", false)?,
-                weight_decay: wd,
-            },
-            "adam" | "adamw" => OptimizerKind::Adam {
-                lr,
-                betas: p.f64_pair_or("betas", (0.9, 0.999))?,
-                eps: p.f64_or("eps", 1e-8)?,
-                weight_decay: p.f64_or("weight_decay", if name == "adamw" { 1e-2 } else { 0.0 })?,
-                decoupled: name == "adamw",
-            },
-            "adagrad" => OptimizerKind::Adagrad {
-                lr,
-                lr_decay: p.f64_or("lr_decay", 0.0)?,
-                eps: p.f64_or("eps", 1e-10)?,
-                weight_decay: wd,
-                initial_accumulator_value: p.f64_or("initial_accumulator_value", 0.0)?,
-            },
-            "sparse_adam" => OptimizerKind::SparseAdam { lr, betas: p.f64_pair_or("betas", (0.9, 0.999))?, eps: p.f64_or("eps", 1e-8)? },
-            "rowwise_adagrad" => OptimizerKind::RowwiseAdagrad { lr, eps: p.f64_or("eps", 1e-10)?, weight_decay: wd },
-            "adam8bit_blockwise" => OptimizerKind::Adam8bit {
-                lr,
-                betas: p.f64_pair_or("betas", (0.9, 0.999))?,
-                eps: p.f64_or("eps", 1e-8)?,
-                weight_decay: wd,
-                blocksize: blocksize_param(inputs, Some(256))?.unwrap_or(256),
-            },
-            other => return Err(Error::Unsupported(format!("optimizer {other:?} is not implemented by this build"))),
-        })
+        crate::optim::OptimizerKind::from_json(&inputs.case.params)
     }
 
     /// The table and the optimizer's states after the steps, named as the case's outputs.

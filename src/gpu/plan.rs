@@ -294,7 +294,23 @@ pub struct UpdatePlan<'a> {
 }
 
 impl UpdatePlan<'_> {
-    fn pass(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>, s: usize, t: usize, items: u64) {
+    /// Buffers for absent states: writable bindings may not share the placeholder.
+    fn stand_ins(&self, ctx: &Context) -> [Option<Segment>; 2] {
+        self.states
+            .map(|st| st.is_none().then(|| Segment { buffer: crate::gpu::sort::words(ctx, "absent-state", 4), first_row: 0, rows: 0 }))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pass(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        call: &Call<'_>,
+        stand_ins: &[Option<Segment>; 2],
+        s: usize,
+        t: usize,
+        items: u64,
+    ) {
         let (src, dst) = (&self.source.segments()[s], &self.target.segments()[t]);
         let p = PassParams {
             rows: src.rows as u32,
@@ -305,23 +321,25 @@ impl UpdatePlan<'_> {
             ..call.params
         };
         let params = ctx.uniform(&p);
-        let aux = self.states.map(|st| st.map(|st| &st.segments()[t]));
+        let aux = [0, 1].map(|k| self.states[k].map(|st| &st.segments()[t]).or(stand_ins[k].as_ref()));
         let r = PassResources { input: Some(src), out: Some(dst), aux, ..PassResources::new(&params) };
         record(ctx, encoder, call, &r, items);
     }
 
     /// Dense updates: one pass per target segment (the source segmented alike).
     pub fn record_dense(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>) {
+        let stand_ins = self.stand_ins(ctx);
         for t in 0..self.target.segments().len() {
-            self.pass(ctx, encoder, call, t, t, self.target.segments()[t].rows);
+            self.pass(ctx, encoder, call, &stand_ins, t, t, self.target.segments()[t].rows);
         }
     }
 
     /// Sparse updates: every source segment against every target segment.
     pub fn record_sparse(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>) {
+        let stand_ins = self.stand_ins(ctx);
         for s in 0..self.source.segments().len() {
             for t in 0..self.target.segments().len() {
-                self.pass(ctx, encoder, call, s, t, self.source.segments()[s].rows);
+                self.pass(ctx, encoder, call, &stand_ins, s, t, self.source.segments()[s].rows);
             }
         }
     }

@@ -71,6 +71,12 @@ impl<'a> Indices<'a> {
         Ok(())
     }
 
+    /// Checks every value is a non-negative i32 and returns them for the GPU (rows of a
+    /// table not known here: the kernels that use them check them again).
+    pub fn to_rows_i32(self, name: &'static str) -> Result<Vec<i32>> {
+        self.to_rows(name, i32::MAX as u64)
+    }
+
     /// Checks every value is in `[0, num_rows)` and returns them as i32 for the GPU.
     pub(crate) fn to_rows(self, name: &'static str, num_rows: u64) -> Result<Vec<i32>> {
         self.check_shape(name)?;

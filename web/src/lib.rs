@@ -16,6 +16,7 @@ use wgpu_embed as lib;
 mod args;
 mod backward;
 mod layers;
+mod optim;
 mod safetensors_file;
 
 pub use layers::*;
@@ -66,6 +67,21 @@ export interface AdapterInfo {
 export interface BlockwiseOptions {
   blocksize?: number | null;
   code?: "dynamic" | "linear";
+}
+
+/** Options of `Gpu.optimizer`: torch.optim's names (snake_case), bitsandbytes' for 8-bit Adam. */
+export interface OptimizerOptions {
+  optimizer: "sgd" | "adam" | "adamw" | "adagrad" | "sparse_adam" | "rowwise_adagrad" | "adam8bit_blockwise";
+  lr: number;
+  momentum?: number;
+  dampening?: number;
+  nesterov?: boolean;
+  weight_decay?: number;
+  betas?: [number, number];
+  eps?: number;
+  initial_accumulator_value?: number;
+  lr_decay?: number;
+  blocksize?: number;
 }
 
 /** What `SafetensorsFile.info(name)` returns. */

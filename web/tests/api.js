@@ -168,6 +168,32 @@ test("bad input is an exception with the library's message, and the device stays
   weight.release();
 });
 
+test("one training step: sparse backward, then SGD changes exactly the rows present", async () => {
+  const [v, d, lr] = [20, 8, 0.5];
+  const t = table(v, d);
+  const weight = await gpu.tensor(t, [v, d]);
+  const emb = gpu.embedding(weight);
+  const ids = Int32Array.from([3, 7, 3]);
+  const gradOut = await gpu.tensor(Float32Array.from({ length: 3 * d }, (_, i) => (i % 5) - 2), [3, d]);
+  const g = await emb.backward(ids, gradOut, [3], { sparse: true });
+  const rows = new Int32Array((await g.indices.toUint8Array()).buffer);
+  assert(JSON.stringify(Array.from(rows)) === "[3,7]", `sparse rows ${Array.from(rows)}`);
+  const opt = gpu.optimizer(emb.weight, { optimizer: "sgd", lr });
+  await opt.stepSparse(emb.weight, g.indices, g.values);
+  const after = await emb.weight.toFloat32Array();
+  const grad = (r) => Array.from({ length: d }, (_, c) => [0, 1, 2].filter((p) => ids[p] === r).reduce((s, p) => s + ((p * d + c) % 5) - 2, 0));
+  for (let r = 0; r < v; r++) {
+    const want = r === 3 || r === 7 ? rowOf(t, d, r).map((w, c) => w - lr * grad(r)[c]) : rowOf(t, d, r);
+    assertClose(rowOf(after, d, r), want, `row ${r}`);
+  }
+  // The next lookup reads the updated table.
+  assertClose(await (await emb.forward([7])).toFloat32Array(), rowOf(after, d, 7), "lookup after the step", 0);
+  await assertThrows(() => gpu.optimizer(weight, { optimizer: "lamb", lr: 1 }), /lamb/, "unknown optimizer");
+  opt.free();
+  emb.free();
+  weight.release();
+});
+
 async function main() {
   await init();
   gpu = await Gpu.create();

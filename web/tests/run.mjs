@@ -88,9 +88,17 @@ try {
   }
 
   // 2. Public conformance cases of the supported ops, in the page, also with every table split.
-  // The training file's cases of the supported ops (backward passes), the same way.
+  // The training file's cases of the supported ops (backward passes, optimizer steps), the same way.
   const forward = ["embedding", "embedding_bag"];
-  const backward = ["embedding_backward", "embedding_bag_backward", "layer_norm_backward", "stable_embedding_backward", "embedding_sum_layer_norm_backward"];
+  const backward = [
+    "embedding_backward",
+    "embedding_bag_backward",
+    "layer_norm_backward",
+    "stable_embedding_backward",
+    "embedding_sum_layer_norm_backward",
+    "optimizer_step",
+    "sparse_optimizer_step",
+  ];
   const training = "cases=/shared/conformance/training.safetensors";
   for (const [name, query, ops] of [
     ["conformance", "", forward],
