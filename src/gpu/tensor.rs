@@ -55,6 +55,12 @@ impl Segment {
     pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
         self.buffer.as_entire_binding()
     }
+
+    /// The buffer, for kernels of your own on the context's device (see
+    /// `examples/train.rs`): rows `first_row ..` packed from offset 0.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
 }
 
 /// A tensor resident on the GPU. Cloning is cheap and shares the buffers.
