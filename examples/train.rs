@@ -158,7 +158,7 @@ impl LossKernel {
 /// One of the two models: a table of users and one of items, with their optimizers.
 enum Tables {
     Plain { users: Embedding, items: Embedding, opt_users: Optimizer, opt_items: Optimizer },
-    Stable { users: StableEmbedding, items: StableEmbedding, opt_users: Optimizer, opt_items: Optimizer },
+    Stable { users: Box<StableEmbedding>, items: Box<StableEmbedding>, opt_users: Optimizer, opt_items: Optimizer },
 }
 
 impl Tables {
@@ -173,8 +173,8 @@ impl Tables {
     }
 
     fn stable(ctx: &Context, seed: u64) -> wgpu_embed::Result<Self> {
-        let users = StableEmbedding::new(ctx, USERS, DIM, None, seed)?;
-        let items = StableEmbedding::new(ctx, ITEMS, DIM, None, seed + 1)?;
+        let users = Box::new(StableEmbedding::new(ctx, USERS, DIM, None, seed)?);
+        let items = Box::new(StableEmbedding::new(ctx, ITEMS, DIM, None, seed + 1)?);
         let adam = OptimizerKind::Adam8bit { lr: 0.02, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, blocksize: 256 };
         let (opt_users, opt_items) = (Optimizer::new(ctx, adam, users.weight())?, Optimizer::new(ctx, adam, items.weight())?);
         Ok(Tables::Stable { users, items, opt_users, opt_items })
@@ -219,6 +219,9 @@ impl Tables {
     }
 }
 
+/// RMSE per epoch: (epoch, train, held out).
+type Curve = Vec<(usize, f64, f64)>;
+
 /// Root mean squared error of the model on `pairs` (no step).
 fn rmse(ctx: &Context, kernel: &LossKernel, tables: &Tables, pairs: &[(i32, i32, f32)]) -> f64 {
     let mut sum = 0.0f64;
@@ -232,7 +235,7 @@ fn rmse(ctx: &Context, kernel: &LossKernel, tables: &Tables, pairs: &[(i32, i32,
     (sum / pairs.len() as f64).sqrt()
 }
 
-fn train(ctx: &Context, kernel: &LossKernel, data: &Data, mut tables: Tables, name: &str) -> Vec<(usize, f64, f64)> {
+fn train(ctx: &Context, kernel: &LossKernel, data: &Data, mut tables: Tables, name: &str) -> Curve {
     let mut curve = Vec::new();
     let mut order: Vec<usize> = (0..data.train.len()).collect();
     let mut rng = StdRng::seed_from_u64(7);
@@ -261,7 +264,7 @@ fn train(ctx: &Context, kernel: &LossKernel, data: &Data, mut tables: Tables, na
     curve
 }
 
-fn plot(path: &Path, runs: &[(&str, Vec<(usize, f64, f64)>)], floor: f64) -> Result<(), Box<dyn std::error::Error>> {
+fn plot(path: &Path, runs: &[(&str, Curve)], floor: f64) -> Result<(), Box<dyn std::error::Error>> {
     let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let top = runs.iter().flat_map(|(_, c)| c.iter().map(|p| p.2)).fold(0.0f64, f64::max) * 1.05;
