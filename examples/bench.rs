@@ -18,8 +18,8 @@ use clap::Parser;
 use plotters::prelude::*;
 use wgpu_embed::bench::{bag_tensors, lookup_tensors, GpuTimer, Recorder};
 use wgpu_embed::{
-    BagMode, Context, ContextOptions, Embedding, EmbeddingBag, EmbeddingSumLayerNorm, GpuTensor, HostTable, Indices, LayerNorm,
-    QuantizedEmbeddingBag, QuantizedTable, Scheme, StableEmbedding, TableReads,
+    BagMode, Context, ContextOptions, Embedding, EmbeddingBag, EmbeddingSumLayerNorm, GpuTensor, Gradient, HostTable, Indices, LayerNorm,
+    Optimizer, OptimizerKind, QuantizedEmbeddingBag, QuantizedTable, Scheme, StableEmbedding, TableReads,
 };
 
 #[derive(Parser)]
@@ -229,6 +229,54 @@ fn small_calls(ctx: &Context, timer: &GpuTimer, rec: &Recorder, reps: usize) -> 
         out.push((*name, median(times)));
     }
     Ok(out)
+}
+
+const OPT_ROWS: usize = 1_000_000;
+const OPT_DIM: usize = 64;
+const OPT_TOUCHED: usize = 4096;
+
+/// Every optimizer, and whether its bench step takes a sparse gradient.
+fn optimizer_kinds() -> Vec<(&'static str, OptimizerKind, bool)> {
+    vec![
+        ("sgd_sparse", OptimizerKind::Sgd { lr: 0.1, momentum: 0.0, dampening: 0.0, nesterov: false, weight_decay: 0.0 }, true),
+        (
+            "adagrad_sparse",
+            OptimizerKind::Adagrad { lr: 0.1, lr_decay: 0.0, eps: 1e-10, weight_decay: 0.0, initial_accumulator_value: 0.0 },
+            true,
+        ),
+        ("sparse_adam", OptimizerKind::SparseAdam { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8 }, true),
+        ("rowwise_adagrad", OptimizerKind::RowwiseAdagrad { lr: 0.1, eps: 1e-8, weight_decay: 0.0 }, true),
+        ("sgd_momentum_dense", OptimizerKind::Sgd { lr: 0.1, momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 }, false),
+        ("adam_dense", OptimizerKind::Adam { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, decoupled: false }, false),
+        ("adam8bit_dense", OptimizerKind::Adam8bit { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, blocksize: 256 }, false),
+    ]
+}
+
+/// One optimizer step on the 1 M x 64 table: (bytes moved, median step seconds, paired copy seconds).
+fn time_optimizer(
+    ctx: &Context,
+    timer: &GpuTimer,
+    reps: usize,
+    copy: &Work,
+    kind: OptimizerKind,
+    sparse: bool,
+) -> wgpu_embed::Result<(f64, f64, f64)> {
+    let table = GpuTensor::zeros(ctx, &[OPT_ROWS, OPT_DIM], wgpu_embed::DType::F32, OPT_DIM)?;
+    let mut opt = Optimizer::new(ctx, kind, &table)?;
+    let states: usize = opt.state_names().iter().filter_map(|n| opt.state(n)).map(|t| t.gpu_bytes() as usize).sum();
+    let (grad, bytes) = if sparse {
+        let rows: Vec<i32> = (0..OPT_TOUCHED as i32).map(|r| r * (OPT_ROWS / OPT_TOUCHED) as i32).collect();
+        let values = GpuTensor::from_f32(ctx, &vec![0.01; OPT_TOUCHED * OPT_DIM], &[OPT_TOUCHED, OPT_DIM])?;
+        let indices = GpuTensor::flat(ctx, &rows, wgpu_embed::DType::I32)?;
+        let row_bytes = (OPT_DIM * 4) as f64;
+        let state_row = states as f64 / OPT_ROWS as f64;
+        (Gradient::Sparse { indices, values, num_embeddings: OPT_ROWS }, OPT_TOUCHED as f64 * (3.0 * row_bytes + 2.0 * state_row))
+    } else {
+        let g = GpuTensor::from_f32(ctx, &vec![0.01; OPT_ROWS * OPT_DIM], &[OPT_ROWS, OPT_DIM])?;
+        (Gradient::Dense(g), (OPT_ROWS * OPT_DIM * 4) as f64 * 3.0 + 2.0 * states as f64)
+    };
+    let (gpu_s, copy_s) = time_layer(ctx, timer, reps, copy, || opt.step(ctx, &table, &grad).map(|_| table.clone()))?;
+    Ok((bytes, gpu_s, copy_s))
 }
 
 /// [`time_gpu`] with the context reading the tables' buffers, then back to `reads`.
@@ -525,6 +573,29 @@ fn main() {
         }
     }
 
+    // Optimizer steps on a 1 M x 64 table with 4 096 touched rows (sparse gradients where
+    // the optimizer takes them, else a dense [V, D] gradient). Bytes: the elements a step
+    // reads and writes (table, gradient, states); the rows column holds the touched rows.
+    if !args.kernels_only && (OPT_ROWS * OPT_DIM * 4) <= args.max_table_mib << 20 {
+        for (name, kind, sparse) in optimizer_kinds() {
+            match time_optimizer(&ctx, &timer, args.reps.min(5), &copy, kind, sparse) {
+                Ok((bytes, gpu_s, copy_s)) => points.push(Point {
+                    kernel: format!("opt_{name}"),
+                    rows: if sparse { OPT_TOUCHED } else { OPT_ROWS },
+                    dim: OPT_DIM,
+                    bag: 0,
+                    dist: "uniform",
+                    bytes,
+                    gpu_s,
+                    wall_s: gpu_s,
+                    cpu_s: f64::NAN,
+                    copy_s,
+                }),
+                Err(e) => eprintln!("optimizer {name}: skipped: {e}"),
+            }
+        }
+    }
+
     let small = small_calls(&ctx, &timer, &rec, (args.reps * 5).max(30)).expect("small calls");
 
     // A device error makes timings meaningless: fail rather than write them.
@@ -579,7 +650,9 @@ fn main() {
          Each point is timed in alternation with the copy kernel (paired copy GB/s shown), so ratios hold on a busy machine. \
          The last rows time whole layers through their public API (wall clock, index upload and output allocation included; \
          BERT block = sum of 3 lookups + LayerNorm; quantized bags: bag size 20, bytes = quantized row bytes read; \
-         backward: dense table gradient, bytes = one output-gradient row read per index + the [V, D] gradient written).\n\n\
+         backward: dense table gradient, bytes = one output-gradient row read per index + the [V, D] gradient written; \
+         opt_*: one optimizer step on a 1 M x 64 table, 4 096 touched rows (sparse gradient; the rows column) or a dense gradient, \
+         bytes = table, gradient and states read and written).\n\n\
          | kernel | table rows | D | GPU GB/s | paired copy GB/s | × copy | CPU GB/s | GPU / CPU |\n|---|---|---|---|---|---|---|---|\n",
         copy_bytes / copy_cpu_s / 1e9
     );
@@ -592,12 +665,9 @@ fn main() {
         "embedding_backward",
         "bag_sum_backward",
     ];
+    let is_layer = |k: &str| layers.contains(&k) || k.starts_with("opt_");
     let in_table = |p: &&Point| p.dist == "uniform" && (p.kernel.starts_with("lookup") || p.bag == mid_bag);
-    for p in points
-        .iter()
-        .filter(|p| in_table(p) && !layers.contains(&p.kernel.as_str()))
-        .chain(points.iter().filter(|p| layers.contains(&p.kernel.as_str())))
-    {
+    for p in points.iter().filter(|p| in_table(p) && !is_layer(&p.kernel)).chain(points.iter().filter(|p| is_layer(&p.kernel))) {
         let g = p.bytes / p.gpu_s / 1e9;
         let c = copy_bytes / p.copy_s / 1e9;
         let (cpu, speedup) = if p.cpu_s.is_nan() {
