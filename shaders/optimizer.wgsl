@@ -107,10 +107,21 @@ fn target_row(k: u32) -> u32 {
 }
 
 // Sparse steps (rows distinct, as a coalesced gradient's): one invocation per element
-// of the bound gradient segment.
+// of the bound gradient segment, or per row (ROW_AT_ONCE: CPU adapters, where an
+// invocation costs more than a row's loads).
+override ROW_AT_ONCE: bool = false;
+
 @compute @workgroup_size(WG_SIZE)
 fn sparse_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_id) lid: vec3<u32>) {
+    if (ROW_AT_ONCE) {
+        let k = linear_id(wid, nwg, lid);
+        if (k >= params.rows) { return; }
+        let local = target_row(k);
+        if (local == NO_ELEMENT) { return; }
+        for (var c = 0u; c < params.dim; c++) { update(local * params.dim + c, grad_values[k * params.dim + c]); }
+        return;
+    }
     let e = output_element(wid, nwg, lid);
     if (e.x == NO_ELEMENT) { return; }
     let local = target_row(e.y);

@@ -259,11 +259,14 @@ impl Optimizer {
                     // them); natively they are reported before anything runs.
                     let rows = indices.resegment(ctx, &mut encoder, indices.numel().max(1) as u64)?;
                     let extra = [hyper.clone(), rows.segments()[0].buffer.clone()];
-                    let (kernel, grid) = match self.kind {
-                        OptimizerKind::RowwiseAdagrad { .. } => (&ROWWISE_STEP, Grid::Elements(1)),
-                        _ => (&SPARSE_STEP, Grid::Elements(d as u64)),
+                    let row_at_once = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
+                    let constants = [("ROW_AT_ONCE", row_at_once as u32 as f64)];
+                    let (kernel, constants, grid) = match self.kind {
+                        OptimizerKind::RowwiseAdagrad { .. } => (&ROWWISE_STEP, &constants[..0], Grid::Elements(1)),
+                        _ if row_at_once => (&SPARSE_STEP, &constants[..], Grid::Elements(1)),
+                        _ => (&SPARSE_STEP, &constants[..], Grid::Elements(d as u64)),
                     };
-                    let call = Call { extra: &extra, ..Call::new(kernel, &[], grid, params) };
+                    let call = Call { extra: &extra, ..Call::new(kernel, constants, grid, params) };
                     UpdatePlan { target: table, states, source: values }.record_sparse(ctx, &mut encoder, &call);
                 }
             }
