@@ -204,34 +204,62 @@ fn run_sum(a: u32, b: u32, col: u32) -> vec4<f32> {
 // that read the bound source segment, written by the first source segment's pass and
 // added by later ones. Rows without a run are left as they are (zero). arg2: the
 // output segment's number (its slot range), arg3: its first row.
+// What one run-sum invocation works on: its block of GROUPS column units (of `units`
+// per row), its run's entries [start, end), those [a, b) that read the bound source
+// segment, and the output row; `valid` is false past the output segment's runs.
+struct RunWork {
+    valid: bool,
+    block: u32,
+    start: u32,
+    end: u32,
+    a: u32,
+    b: u32,
+    out_row: u32,
+}
+
+fn run_work(id: u32, units: u32) -> RunWork {
+    var w: RunWork;
+    let blocks = (units + GROUPS - 1u) / GROUPS;
+    let local = id / blocks;
+    w.block = id - local * blocks;
+    let range = slot_ranges[params.arg2];
+    let slot = range.x + local;
+    w.valid = slot < range.y;
+    if (!w.valid) { return w; }
+    let run = runs[slot];
+    w.start = run.x;
+    w.end = runs[slot + 1u].x;
+    w.a = w.start;
+    w.b = w.end;
+    if (has_flag(FLAG_MULTI_SOURCE)) {
+        w.a = first_entry_from(w.start, w.end, params.index_first);
+        w.b = first_entry_from(w.a, w.end, params.index_first + params.index_count);
+    }
+    w.out_row = run.y - params.arg3;
+    if (has_flag(FLAG_SPARSE)) { w.out_row = slot - params.arg3; }
+    return w;
+}
+
+fn frequency_scale(w: RunWork) -> f32 {
+    return select(1.0, 1.0 / f32(w.end - w.start), has_flag(FLAG_SCALE_BY_FREQ));
+}
+
+// The gradient of one run's row over GROUPS column groups: the sum of its entries
+// that read the bound source segment, written by the first source segment's pass and
+// added by later ones. Rows without a run are left as they are (zero). arg2: the
+// output segment's number (its slot range), arg3: its first row.
 @compute @workgroup_size(WG_SIZE)
 fn reduce_runs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_id) lid: vec3<u32>) {
-    let id = linear_id(wid, nwg, lid);
     let groups = params.dim / WIDTH;
-    let blocks = (groups + GROUPS - 1u) / GROUPS;
-    let local = id / blocks;
-    let block = id - local * blocks;
-    let range = slot_ranges[params.arg2];
-    let slot = range.x + local;
-    if (slot >= range.y) { return; }
-    let run = runs[slot];
-    let start = run.x;
-    let end = runs[slot + 1u].x;
-    var a = start;
-    var b = end;
-    if (has_flag(FLAG_MULTI_SOURCE)) {
-        a = first_entry_from(start, end, params.index_first);
-        b = first_entry_from(a, end, params.index_first + params.index_count);
-    }
-    var out_row = run.y - params.arg3;
-    if (has_flag(FLAG_SPARSE)) { out_row = slot - params.arg3; }
-    let g_end = min(groups, (block + 1u) * GROUPS);
-    for (var g = block * GROUPS; g < g_end; g++) {
+    let w = run_work(linear_id(wid, nwg, lid), groups);
+    if (!w.valid) { return; }
+    let scale = frequency_scale(w);
+    let g_end = min(groups, (w.block + 1u) * GROUPS);
+    for (var g = w.block * GROUPS; g < g_end; g++) {
         let col = g * WIDTH;
-        var acc = run_sum(a, b, col);
-        if (has_flag(FLAG_SCALE_BY_FREQ)) { acc = acc / f32(end - start); }
-        let dst = out_row * params.dim + col;
+        var acc = run_sum(w.a, w.b, col) * scale;
+        let dst = w.out_row * params.dim + col;
         if (!has_flag(FLAG_FIRST_PASS)) {
             acc += vec4<f32>(out[dst], out[dst + min(1u, WIDTH - 1u)], out[dst + min(2u, WIDTH - 1u)], out[dst + min(3u, WIDTH - 1u)]);
         }
@@ -275,45 +303,29 @@ fn run_sum4(a: u32, b: u32, word: u32) -> vec4<f32> {
 @compute @workgroup_size(WG_SIZE)
 fn reduce_runs4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_id) lid: vec3<u32>) {
-    let id = linear_id(wid, nwg, lid);
     let words = params.dim / 4u;
-    let blocks = (words + GROUPS - 1u) / GROUPS;
-    let local = id / blocks;
-    let block = id - local * blocks;
-    let range = slot_ranges[params.arg2];
-    let slot = range.x + local;
-    if (slot >= range.y) { return; }
-    let run = runs[slot];
-    let start = run.x;
-    let end = runs[slot + 1u].x;
-    var a = start;
-    var b = end;
-    if (has_flag(FLAG_MULTI_SOURCE)) {
-        a = first_entry_from(start, end, params.index_first);
-        b = first_entry_from(a, end, params.index_first + params.index_count);
-    }
-    var out_row = run.y - params.arg3;
-    if (has_flag(FLAG_SPARSE)) { out_row = slot - params.arg3; }
-    let w0 = block * GROUPS;
+    let w = run_work(linear_id(wid, nwg, lid), words);
+    if (!w.valid) { return; }
+    let scale = frequency_scale(w);
+    let w0 = w.block * GROUPS;
     let w_end = min(words, w0 + GROUPS);
-    let scale = select(1.0, 1.0 / f32(end - start), has_flag(FLAG_SCALE_BY_FREQ));
-    if (b - a <= 2u * params.arg0) {
+    if (w.b - w.a <= 2u * params.arg0) {
         // A short run (most are): each entry is read once for all GROUPS words, whose
         // sums stay in registers (GROUPS is a constant, so the word loop unrolls).
         var acc: array<vec4<f32>, MAX_GROUPS>;
-        for (var j = a; j < b; j++) {
+        for (var j = w.a; j < w.b; j++) {
             let e = entries[j];
             for (var k = 0u; k < GROUPS; k++) {
                 if (w0 + k < w_end) { acc[k] += entry_contribution4(e, w0 + k); }
             }
         }
         for (var k = 0u; k < GROUPS; k++) {
-            if (w0 + k < w_end) { store_word4(out_row * words + w0 + k, acc[k] * scale); }
+            if (w0 + k < w_end) { store_word4(w.out_row * words + w0 + k, acc[k] * scale); }
         }
         return;
     }
-    for (var w = w0; w < w_end; w++) {
-        store_word4(out_row * words + w, run_sum4(a, b, w) * scale);
+    for (var word = w0; word < w_end; word++) {
+        store_word4(w.out_row * words + word, run_sum4(w.a, w.b, word) * scale);
     }
 }
 

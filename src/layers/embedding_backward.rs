@@ -19,7 +19,7 @@ use crate::gpu::table::TableAccess;
 use crate::gpu::tensor::{DType, GpuTensor, Segment};
 use crate::layers::embedding::Embedding;
 #[cfg(not(target_arch = "wasm32"))] // GPU-resident indices: their check reads back
-use crate::layers::embedding_bag::plan_bounds;
+use crate::layers::embedding_bag::plan_gpu_bounds;
 use crate::layers::embedding_bag::{plan_bags, BagMode, EmbeddingBag, PerSampleWeights};
 use crate::layers::indices::Indices;
 use crate::layers::table::table_format;
@@ -434,16 +434,7 @@ impl EmbeddingBag {
         options: GradOptions,
     ) -> Result<BagGradients> {
         self.check_options(options)?;
-        if let Some(w) = per_sample_weights {
-            if w.dtype() != DType::F32 || w.row_len() != 1 {
-                return Err(Error::arg(
-                    "per_sample_weights",
-                    format!("expected a flat F32 tensor on the GPU, got {:?} with rows of {}", w.dtype(), w.row_len()),
-                ));
-            }
-        }
-        let weights_shape = per_sample_weights.map(|w| (w.numel(), w.shape()));
-        let bounds = plan_bounds(input.shape(), input.numel(), offsets, weights_shape, self.mode(), self.include_last_offset())?;
+        let bounds = plan_gpu_bounds(input, offsets, per_sample_weights, self.mode(), self.include_last_offset())?;
         check_list_len(ctx, "input", input.numel() as u64, 8)?;
         crate::gpu::index_check::check_gpu_indices(ctx, "input", input, self.num_embeddings() as u64)?;
         let weights = per_sample_weights.map(|w| (Flat::Gpu(w), w.shape()));

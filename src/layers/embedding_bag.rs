@@ -214,6 +214,27 @@ pub(crate) fn plan_bounds(
     Ok(bounds)
 }
 
+/// [`plan_bounds`] for an input and per-sample weights already on the GPU (the weights
+/// a flat F32 tensor).
+pub(crate) fn plan_gpu_bounds(
+    input: &GpuTensor,
+    offsets: Option<Indices<'_>>,
+    per_sample_weights: Option<&GpuTensor>,
+    mode: BagMode,
+    include_last_offset: bool,
+) -> Result<Vec<u32>> {
+    if let Some(w) = per_sample_weights {
+        if w.dtype() != DType::F32 || w.row_len() != 1 {
+            return Err(Error::arg(
+                "per_sample_weights",
+                format!("expected a flat F32 tensor on the GPU, got {:?} with rows of {}", w.dtype(), w.row_len()),
+            ));
+        }
+    }
+    let weights_shape = per_sample_weights.map(|w| (w.numel(), w.shape()));
+    plan_bounds(input.shape(), input.numel(), offsets, weights_shape, mode, include_last_offset)
+}
+
 /// A table on the GPU reduced over bags, with PyTorch's `nn.EmbeddingBag` semantics.
 #[derive(Debug, Clone)]
 pub struct EmbeddingBag {
@@ -272,16 +293,7 @@ impl EmbeddingBag {
         offsets: Option<Indices<'_>>,
         per_sample_weights: Option<&GpuTensor>,
     ) -> Result<GpuTensor> {
-        if let Some(w) = per_sample_weights {
-            if w.dtype() != DType::F32 || w.row_len() != 1 {
-                return Err(Error::arg(
-                    "per_sample_weights",
-                    format!("expected a flat F32 tensor on the GPU, got {:?} with rows of {}", w.dtype(), w.row_len()),
-                ));
-            }
-        }
-        let weights_shape = per_sample_weights.map(|w| (w.numel(), w.shape()));
-        let bounds = plan_bounds(input.shape(), input.numel(), offsets, weights_shape, self.mode, self.include_last_offset)?;
+        let bounds = plan_gpu_bounds(input, offsets, per_sample_weights, self.mode, self.include_last_offset)?;
         crate::gpu::index_check::check_gpu_indices(ctx, "input", input, self.table.num_embeddings as u64)?;
         self.run(ctx, input, per_sample_weights, &bounds)
     }
