@@ -5,11 +5,11 @@
 //! like it. Shader family: `optimizer.wgsl`.
 
 use crate::error::{Error, Result};
+use crate::gpu::context::upload;
 use crate::gpu::context::Context;
 use crate::gpu::kernel::binding::{INPUT, OUT, PARAMS};
 use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{Call, Grid, PassParams, UpdatePlan};
-use crate::gpu::sort::upload;
 use crate::gpu::table::refresh_table_texture;
 use crate::gpu::tensor::{DType, GpuTensor};
 use crate::layers::embedding_backward::Gradient;

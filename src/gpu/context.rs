@@ -553,6 +553,28 @@ impl Context {
     }
 }
 
+/// A storage buffer of `n` u32 words (at least 16 bytes: empty bindings are invalid).
+pub(crate) fn words(ctx: &Context, label: &str, n: u64) -> wgpu::Buffer {
+    ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: (n * 4).max(16),
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
+/// A storage buffer holding `data` (at least 16 bytes).
+pub(crate) fn upload<T: bytemuck::Pod>(ctx: &Context, label: &str, data: &[T]) -> wgpu::Buffer {
+    use wgpu::util::DeviceExt;
+    let mut bytes: Vec<u8> = bytemuck::cast_slice(data).to_vec();
+    bytes.resize(bytes.len().next_multiple_of(4).max(16), 0);
+    ctx.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some(label),
+        contents: &bytes,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+    })
+}
+
 /// An `rgba32uint` 2-D array texture the kernels can read and copies can fill, and its
 /// array view (tables' texture copies, and the placeholder of unread texture slots).
 pub(crate) fn word_texture(device: &wgpu::Device, label: &str, width: u32, height: u32, layers: u32) -> (wgpu::Texture, wgpu::TextureView) {

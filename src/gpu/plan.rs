@@ -297,7 +297,7 @@ impl UpdatePlan<'_> {
     /// Buffers for absent states: writable bindings may not share the placeholder.
     fn stand_ins(&self, ctx: &Context) -> [Option<Segment>; 2] {
         self.states
-            .map(|st| st.is_none().then(|| Segment { buffer: crate::gpu::sort::words(ctx, "absent-state", 4), first_row: 0, rows: 0 }))
+            .map(|st| st.is_none().then(|| Segment { buffer: crate::gpu::context::words(ctx, "absent-state", 4), first_row: 0, rows: 0 }))
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -4,7 +4,7 @@
 //! `sort.wgsl`. Each array lives in one buffer (one binding).
 
 use crate::error::{Error, Result};
-use crate::gpu::context::Context;
+use crate::gpu::context::{words, Context};
 use crate::gpu::kernel::{binding, common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{record_flat, Call, Grid, PassParams, FIRST_PASS};
 
@@ -29,28 +29,6 @@ const LOCAL_RUN: u64 = 8;
 const MERGE_CHUNK: u64 = 16;
 /// Elements one scan invocation adds up.
 const SCAN_CHUNK: u64 = 256;
-
-/// A storage buffer of `n` u32 words (at least 16 bytes: empty bindings are invalid).
-pub(crate) fn words(ctx: &Context, label: &str, n: u64) -> wgpu::Buffer {
-    ctx.device().create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: (n * 4).max(16),
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    })
-}
-
-/// A storage buffer holding `data` (at least 16 bytes).
-pub(crate) fn upload<T: bytemuck::Pod>(ctx: &Context, label: &str, data: &[T]) -> wgpu::Buffer {
-    use wgpu::util::DeviceExt;
-    let mut bytes: Vec<u8> = bytemuck::cast_slice(data).to_vec();
-    bytes.resize(bytes.len().next_multiple_of(4).max(16), 0);
-    ctx.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some(label),
-        contents: &bytes,
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-    })
-}
 
 /// Refuses lists of `n` elements of `bytes_each` that one binding cannot hold.
 pub(crate) fn check_list_len(ctx: &Context, name: &'static str, n: u64, bytes_each: u64) -> Result<()> {
@@ -128,7 +106,7 @@ mod tests {
     }
 
     fn upload(ctx: &Context, v: &[u32]) -> wgpu::Buffer {
-        super::upload(ctx, "test", v)
+        crate::gpu::context::upload(ctx, "test", v)
     }
 
     #[test]

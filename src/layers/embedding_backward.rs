@@ -11,10 +11,11 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
+use crate::gpu::context::{upload, words};
 use crate::gpu::kernel::binding::{INPUT, OUT, PARAMS, TABLE};
 use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{record_flat, BagPlan, Call, Grid, GroupPlan, PassParams, SlicePlan, HAS_WEIGHTS, MODE_MEAN, NO_PADDING};
-use crate::gpu::sort::{check_list_len, record_exclusive_scan, record_sort, upload, words};
+use crate::gpu::sort::{check_list_len, record_exclusive_scan, record_sort};
 use crate::gpu::table::TableAccess;
 use crate::gpu::tensor::{DType, GpuTensor, Segment};
 use crate::layers::embedding::Embedding;

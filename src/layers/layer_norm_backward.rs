@@ -74,7 +74,7 @@ fn record_backward(
     // Chunks of rows for the column sums: at most ~4096 partial rows in all.
     let chunk = 16u64.max(rows.div_ceil(4096)).min(per);
     let slots = (rows.div_ceil(per)) * per.div_ceil(chunk);
-    let partials = crate::gpu::sort::words(ctx, "ln-partials", slots * 2 * dim as u64);
+    let partials = crate::gpu::context::words(ctx, "ln-partials", slots * 2 * dim as u64);
     // Bound whole, against the device's own limit, as the forward's gamma and beta are.
     let gamma_beta = GpuTensor::zeros_with(ctx, &[2 * dim], DType::F32, 1, 2 * dim as u64)?;
     let params = PassParams {
