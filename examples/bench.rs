@@ -127,6 +127,13 @@ struct Point {
     copy_s: f64,
 }
 
+impl Point {
+    /// A whole layer timed through the public API (wall clock, no CPU baseline).
+    fn layer(kernel: String, rows: usize, dim: usize, bag: usize, bytes: f64, gpu_s: f64, copy_s: f64) -> Self {
+        Point { kernel, rows, dim, bag, dist: "uniform", bytes, gpu_s, wall_s: gpu_s, cpu_s: f64::NAN, copy_s }
+    }
+}
+
 /// Kernels recorded into an encoder on a context.
 type Work<'a> = dyn Fn(&Context, &mut wgpu::CommandEncoder) -> wgpu_embed::Result<()> + 'a;
 
@@ -489,18 +496,7 @@ fn main() {
         let idx = indices(n, rows, Dist::Uniform, 5);
         let shape = [n];
         let mut layer = |kernel: &str, bag: usize, bytes: f64, r: wgpu_embed::Result<(f64, f64)>| match r {
-            Ok((gpu_s, copy_s)) => points.push(Point {
-                kernel: kernel.into(),
-                rows,
-                dim,
-                bag,
-                dist: "uniform",
-                bytes,
-                gpu_s,
-                wall_s: gpu_s,
-                cpu_s: f64::NAN,
-                copy_s,
-            }),
+            Ok((gpu_s, copy_s)) => points.push(Point::layer(kernel.into(), rows, dim, bag, bytes, gpu_s, copy_s)),
             Err(e) => eprintln!("{kernel} D={dim}: skipped: {e}"),
         };
         let x = GpuTensor::from_f32(&ctx, &host_table[..n.min(rows) * dim], &[n.min(rows), dim]).expect("LayerNorm input");
@@ -579,18 +575,10 @@ fn main() {
     if !args.kernels_only && (OPT_ROWS * OPT_DIM * 4) <= args.max_table_mib << 20 {
         for (name, kind, sparse) in optimizer_kinds() {
             match time_optimizer(&ctx, &timer, args.reps.min(5), &copy, kind, sparse) {
-                Ok((bytes, gpu_s, copy_s)) => points.push(Point {
-                    kernel: format!("opt_{name}"),
-                    rows: if sparse { OPT_TOUCHED } else { OPT_ROWS },
-                    dim: OPT_DIM,
-                    bag: 0,
-                    dist: "uniform",
-                    bytes,
-                    gpu_s,
-                    wall_s: gpu_s,
-                    cpu_s: f64::NAN,
-                    copy_s,
-                }),
+                Ok((bytes, gpu_s, copy_s)) => {
+                    let rows = if sparse { OPT_TOUCHED } else { OPT_ROWS };
+                    points.push(Point::layer(format!("opt_{name}"), rows, OPT_DIM, 0, bytes, gpu_s, copy_s))
+                }
                 Err(e) => eprintln!("optimizer {name}: skipped: {e}"),
             }
         }

@@ -7,7 +7,7 @@ use wasm_bindgen::prelude::*;
 use wgpu_embed as lib;
 
 use crate::args::{index_list, opt_bool, shape_arg};
-use crate::layers::{EmbeddingSumLayerNorm, LayerNorm, StableEmbedding};
+use crate::layers::{indices_and_shape, EmbeddingSumLayerNorm, LayerNorm, StableEmbedding};
 use crate::{gpu_call, js_error, BagArgs, Embedding, EmbeddingBag, Tensor};
 
 /// `{ scaleGradByFreq?, sparse? }`.
@@ -65,8 +65,7 @@ impl Embedding {
         #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] shape: JsValue,
         #[wasm_bindgen(unchecked_param_type = "{ scaleGradByFreq?: boolean, sparse?: boolean } | undefined")] options: JsValue,
     ) -> Result<JsValue, JsValue> {
-        let values = index_list(&indices, "indices")?;
-        let shape = shape_arg(&shape, "shape")?.unwrap_or_else(|| vec![values.len()]);
+        let (values, shape) = indices_and_shape(&indices, &shape, "indices")?;
         let (g, opts) = (gpu_tensor(grad_out)?, grad_options(&options)?);
         let r = self.layer.backward_async(&self.ctx, values.as_indices(&shape), &g, opts).await;
         object(&self.ctx, gradient(checked(&self.ctx, r).await?))
@@ -131,8 +130,7 @@ impl StableEmbedding {
         grad_out: &Tensor,
         #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] shape: JsValue,
     ) -> Result<JsValue, JsValue> {
-        let values = index_list(&indices, "indices")?;
-        let shape = shape_arg(&shape, "shape")?.unwrap_or_else(|| vec![values.len()]);
+        let (values, shape) = indices_and_shape(&indices, &shape, "indices")?;
         let g = gpu_tensor(grad_out)?;
         let grads = gpu_call(&self.ctx, || self.layer.backward(&self.ctx, values.as_indices(&shape), &g)).await?;
         sum_grads(&self.ctx, grads, true)

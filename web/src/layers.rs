@@ -232,7 +232,7 @@ fn array_arg(v: &JsValue, name: &'static str) -> Result<Vec<JsValue>, JsValue> {
     v.dyn_ref::<js_sys::Array>().map(|a| a.iter().collect()).ok_or_else(|| js_error(lib::Error::arg(name, "expected an array")))
 }
 
-fn indices_and_shape(indices: &JsValue, shape: &JsValue, name: &'static str) -> Result<(IndexList, Vec<usize>), JsValue> {
+pub(crate) fn indices_and_shape(indices: &JsValue, shape: &JsValue, name: &'static str) -> Result<(IndexList, Vec<usize>), JsValue> {
     let values = index_list(indices, name)?;
     let shape = shape_arg(shape, "shape")?.unwrap_or_else(|| vec![values.len()]);
     Ok((values, shape))

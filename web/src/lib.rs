@@ -24,6 +24,7 @@ pub use layers::*;
 pub use safetensors_file::SafetensorsFile;
 
 use args::{index_list, opt_bool, opt_f64, opt_i64, opt_str, shape_arg, IndexList};
+use layers::indices_and_shape;
 
 #[wasm_bindgen(typescript_custom_section)]
 const TS_TYPES: &'static str = r#"
@@ -334,8 +335,7 @@ impl Embedding {
         #[wasm_bindgen(unchecked_param_type = "IndexArray")] indices: JsValue,
         #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] shape: JsValue,
     ) -> Result<Tensor, JsValue> {
-        let values = index_list(&indices, "indices")?;
-        let shape = shape_arg(&shape, "shape")?.unwrap_or_else(|| vec![values.len()]);
+        let (values, shape) = indices_and_shape(&indices, &shape, "indices")?;
         let out = gpu_call(&self.ctx, || self.layer.forward(&self.ctx, values.as_indices(&shape))).await?;
         Ok(Tensor::new(self.ctx.clone(), out))
     }

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 use wgpu_embed as lib;
 
-use crate::args::{index_list, shape_arg};
+use crate::layers::indices_and_shape;
 use crate::{gpu_call, js_error, Gpu, Tensor};
 
 /// An optimizer over one table (`gpu.optimizer(table, options)`).
@@ -42,8 +42,7 @@ impl Gpu {
         #[wasm_bindgen(unchecked_param_type = "IndexArray")] indices: JsValue,
         #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] shape: JsValue,
     ) -> Result<Tensor, JsValue> {
-        let values = index_list(&indices, "indices")?;
-        let shape = shape_arg(&shape, "shape")?.unwrap_or_else(|| vec![values.len()]);
+        let (values, shape) = indices_and_shape(&indices, &shape, "indices")?;
         let rows = values.as_indices(&shape).to_rows_i32("indices").map_err(js_error)?;
         let ctx = self.ctx.clone();
         let t = gpu_call(&ctx, || lib::GpuTensor::from_i32(&ctx, &rows, &shape)).await?;
