@@ -18,8 +18,8 @@ use clap::Parser;
 use plotters::prelude::*;
 use wgpu_embed::bench::{bag_tensors, lookup_tensors, GpuTimer, Recorder};
 use wgpu_embed::{
-    BagMode, Context, ContextOptions, Embedding, EmbeddingBag, EmbeddingSumLayerNorm, GpuTensor, Gradient, HostTable, Indices, LayerNorm,
-    Optimizer, OptimizerKind, QuantizedEmbeddingBag, QuantizedTable, Scheme, StableEmbedding, TableReads,
+    BagMode, Context, ContextOptions, Embedding, EmbeddingBag, EmbeddingSumLayerNorm, GpuTensor, GradOptions, Gradient, HostTable, Indices,
+    LayerNorm, Optimizer, OptimizerKind, QuantizedEmbeddingBag, QuantizedTable, Scheme, StableEmbedding, TableReads,
 };
 
 #[derive(Parser)]
@@ -241,6 +241,7 @@ fn small_calls(ctx: &Context, timer: &GpuTimer, rec: &Recorder, reps: usize) -> 
 const OPT_ROWS: usize = 1_000_000;
 const OPT_DIM: usize = 64;
 const OPT_TOUCHED: usize = 4096;
+const OPT_BATCH: usize = 4096;
 
 /// Every optimizer, and whether its bench step takes a sparse gradient.
 fn optimizer_kinds() -> Vec<(&'static str, OptimizerKind, bool)> {
@@ -283,6 +284,40 @@ fn time_optimizer(
         (Gradient::Dense(g), (OPT_ROWS * OPT_DIM * 4) as f64 * 3.0 + 2.0 * states as f64)
     };
     let (gpu_s, copy_s) = time_layer(ctx, timer, reps, copy, || opt.step(ctx, &table, &grad).map(|_| table.clone()))?;
+    Ok((bytes, gpu_s, copy_s))
+}
+
+/// One training step of an `Embedding` on the 1 M x 64 table from a batch of
+/// `OPT_BATCH` indices (Zipf-distributed, so rows repeat): backward (sparse) then step,
+/// or the two fused. Returns (bytes: the output gradient read, the touched rows'
+/// table and state read and written; median step seconds; paired copy seconds).
+fn time_train_step(
+    ctx: &Context,
+    timer: &GpuTimer,
+    reps: usize,
+    copy: &Work,
+    kind: OptimizerKind,
+    fused: bool,
+) -> wgpu_embed::Result<(f64, f64, f64)> {
+    let emb = Embedding::from_tensor(GpuTensor::zeros(ctx, &[OPT_ROWS, OPT_DIM], wgpu_embed::DType::F32, OPT_DIM)?)?;
+    let mut opt = Optimizer::new(ctx, kind, emb.weight())?;
+    let ids = indices(OPT_BATCH, OPT_ROWS, Dist::Zipf, 11);
+    let touched = ids.iter().collect::<std::collections::HashSet<_>>().len() as f64;
+    let grad_out = GpuTensor::from_f32(ctx, &vec![0.01; OPT_BATCH * OPT_DIM], &[OPT_BATCH, OPT_DIM])?;
+    let states: usize = opt.state_names().iter().filter_map(|n| opt.state(n)).map(|t| t.gpu_bytes() as usize).sum();
+    let row_bytes = (OPT_DIM * 4) as f64;
+    let bytes = OPT_BATCH as f64 * row_bytes + touched * 2.0 * (row_bytes + states as f64 / OPT_ROWS as f64);
+    let shape = [OPT_BATCH];
+    let (gpu_s, copy_s) = time_layer(ctx, timer, reps, copy, || {
+        let batch = Indices::i32(&ids, &shape);
+        if fused {
+            opt.step_embedding(ctx, &emb, batch, &grad_out)?;
+        } else {
+            let grad = emb.backward(ctx, batch, &grad_out, GradOptions { sparse: true, scale_grad_by_freq: false })?;
+            opt.step(ctx, emb.weight(), &grad)?;
+        }
+        Ok(emb.weight().clone())
+    })?;
     Ok((bytes, gpu_s, copy_s))
 }
 
@@ -582,6 +617,19 @@ fn main() {
                 Err(e) => eprintln!("optimizer {name}: skipped: {e}"),
             }
         }
+        // Whole training steps of an Embedding: backward then step, and fused.
+        for (name, kind, sparse) in optimizer_kinds() {
+            if !sparse || name == "sgd_sparse" {
+                continue;
+            }
+            for fused in [false, true] {
+                let label = format!("train_{name}_{}", if fused { "fused" } else { "unfused" });
+                match time_train_step(&ctx, &timer, args.reps.min(5), &copy, kind, fused) {
+                    Ok((bytes, gpu_s, copy_s)) => points.push(Point::layer(label, OPT_ROWS, OPT_DIM, OPT_BATCH, bytes, gpu_s, copy_s)),
+                    Err(e) => eprintln!("{label}: skipped: {e}"),
+                }
+            }
+        }
     }
 
     let small = small_calls(&ctx, &timer, &rec, (args.reps * 5).max(30)).expect("small calls");
@@ -640,7 +688,9 @@ fn main() {
          BERT block = sum of 3 lookups + LayerNorm; quantized bags: bag size 20, bytes = quantized row bytes read; \
          backward: dense table gradient, bytes = one output-gradient row read per index + the [V, D] gradient written; \
          opt_*: one optimizer step on a 1 M x 64 table, 4 096 touched rows (sparse gradient; the rows column) or a dense gradient, \
-         bytes = table, gradient and states read and written).\n\n\
+         bytes = table, gradient and states read and written; \
+         train_*: backward (sparse) then step, or the two fused, of an Embedding on that table from 4 096 Zipf indices (the bag column), \
+         bytes = output gradient read + touched table and state rows read and written).\n\n\
          | kernel | table rows | D | GPU GB/s | paired copy GB/s | × copy | CPU GB/s | GPU / CPU |\n|---|---|---|---|---|---|---|---|\n",
         copy_bytes / copy_cpu_s / 1e9
     );
@@ -653,7 +703,7 @@ fn main() {
         "embedding_backward",
         "bag_sum_backward",
     ];
-    let is_layer = |k: &str| layers.contains(&k) || k.starts_with("opt_");
+    let is_layer = |k: &str| layers.contains(&k) || k.starts_with("opt_") || k.starts_with("train_");
     let in_table = |p: &&Point| p.dist == "uniform" && (p.kernel.starts_with("lookup") || p.bag == mid_bag);
     for p in points.iter().filter(|p| in_table(p) && !is_layer(&p.kernel)).chain(points.iter().filter(|p| is_layer(&p.kernel))) {
         let g = p.bytes / p.gpu_s / 1e9;

@@ -6,28 +6,17 @@
 // A hot row does not fall on one invocation: whole chunks of its run are summed by a
 // first pass (`chunk_sums`), and the row adds those chunk sums (src/gpu/plan.rs,
 // GroupPlan). Parts: common/grid.wgsl, common/pass.wgsl, common/table.wgsl,
-// common/bag.wgsl, then this file.
+// common/bag.wgsl, common/runs.wgsl, then this file.
 //
 // Entries of the sorted list: (source row, factor). The source row is the row of the
 // output gradient an index position reads (the position itself for Embedding, its
 // bag for EmbeddingBag); the factor is 1, the bag's per-sample weight, 1 / the bag's
 // size (mean), or for max the position (compared with the bag's argmax per column).
 
-// Pass flags of `reduce_runs`: divide by the row's frequency (scale_grad_by_freq);
-// the output row of a run is its slot (sparse gradients), not its table row.
-const FLAG_SCALE_BY_FREQ: u32 = 32u;
-const FLAG_SPARSE: u32 = 128u;
 // `gather_entries` mode besides the bag modes: the source row is position / arg2.
 const MODE_POSITIONS: u32 = 3u;
 // No argmax yet (an empty bag, or a column of padding rows only).
 const NO_POSITION: u32 = 0xffffffffu;
-
-// Columns one group sums: 4 when rows are whole vec4 words, else 1.
-override WIDTH: u32 = 1u; // values: 1, 4
-// Column groups one `reduce_runs` invocation sums: several on CPU adapters, where each
-// invocation costs more than its loads; one on GPUs.
-override GROUPS: u32 = 1u; // values: 1, 4, 8
-const MAX_GROUPS: u32 = 8u;
 
 @group(0) @binding(2) var<storage, read> grad: array<f32>;
 @group(0) @binding(9) var<storage, read> grad_argmax: array<u32>;
@@ -46,17 +35,11 @@ const MAX_GROUPS: u32 = 8u;
 @group(0) @binding(14) var<storage, read> bag_bounds: array<u32>;
 @group(0) @binding(15) var<storage, read> prefix: array<u32>;
 @group(0) @binding(16) var<storage, read_write> entries_out: array<vec2<u32>>;
-@group(0) @binding(16) var<storage, read> entries: array<vec2<u32>>;
 @group(0) @binding(17) var<storage, read_write> chunk_sums_out: array<f32>;
-@group(0) @binding(17) var<storage, read> chunk_sums: array<f32>;
-// Runs of the sorted list, one per distinct row: (first entry, row); the entry after
-// the last run ends it.
 @group(0) @binding(18) var<storage, read_write> runs_out: array<vec2<u32>>;
-@group(0) @binding(18) var<storage, read> runs: array<vec2<u32>>;
 // Per output segment: (first row, rows) in, the slots of the runs it holds out.
 @group(0) @binding(19) var<storage, read> segment_rows: array<vec2<u32>>;
 @group(0) @binding(23) var<storage, read_write> slot_ranges_out: array<vec2<u32>>;
-@group(0) @binding(23) var<storage, read> slot_ranges: array<vec2<u32>>;
 @group(0) @binding(20) var<storage, read_write> argmax_value: array<f32>;
 @group(0) @binding(21) var<storage, read_write> argmax_out: array<u32>;
 @group(0) @binding(22) var<storage, read> bag_grad: array<f32>;
@@ -167,82 +150,6 @@ fn chunk_sums_of_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     }
 }
 
-// First entry in [lo, hi) (of one row, so ordered by source row) whose source row is
-// >= `source`.
-fn first_entry_from(lo_in: u32, hi_in: u32, source: u32) -> u32 {
-    var lo = lo_in;
-    var hi = hi_in;
-    while (lo < hi) {
-        let mid = (lo + hi) / 2u;
-        if (entries[mid].x < source) { lo = mid + 1u; } else { hi = mid; }
-    }
-    return lo;
-}
-
-// The sum of entries [a, b) of one row's run over columns col .. col + WIDTH: runs
-// longer than two chunks add the chunk sums of their whole chunks.
-fn run_sum(a: u32, b: u32, col: u32) -> vec4<f32> {
-    let size = params.arg0;
-    var acc = vec4<f32>(0.0);
-    let c0 = (a + size - 1u) / size;
-    let c1 = b / size;
-    if (b - a <= 2u * size || c0 >= c1) {
-        for (var j = a; j < b; j++) { acc += contribution(j, col); }
-        return acc;
-    }
-    for (var j = a; j < c0 * size; j++) { acc += contribution(j, col); }
-    for (var c = c0; c < c1; c++) {
-        let s = c * params.dim + col;
-        acc += vec4<f32>(chunk_sums[s], chunk_sums[s + min(1u, WIDTH - 1u)],
-                         chunk_sums[s + min(2u, WIDTH - 1u)], chunk_sums[s + min(3u, WIDTH - 1u)]);
-    }
-    for (var j = c1 * size; j < b; j++) { acc += contribution(j, col); }
-    return acc;
-}
-
-// The gradient of one run's row over GROUPS column groups: the sum of its entries
-// that read the bound source segment, written by the first source segment's pass and
-// added by later ones. Rows without a run are left as they are (zero). arg2: the
-// output segment's number (its slot range), arg3: its first row.
-// What one run-sum invocation works on: its block of GROUPS column units (of `units`
-// per row), its run's entries [start, end), those [a, b) that read the bound source
-// segment, and the output row; `valid` is false past the output segment's runs.
-struct RunWork {
-    valid: bool,
-    block: u32,
-    start: u32,
-    end: u32,
-    a: u32,
-    b: u32,
-    out_row: u32,
-}
-
-fn run_work(id: u32, units: u32) -> RunWork {
-    var w: RunWork;
-    let blocks = (units + GROUPS - 1u) / GROUPS;
-    let local = id / blocks;
-    w.block = id - local * blocks;
-    let range = slot_ranges[params.arg2];
-    let slot = range.x + local;
-    w.valid = slot < range.y;
-    if (!w.valid) { return w; }
-    let run = runs[slot];
-    w.start = run.x;
-    w.end = runs[slot + 1u].x;
-    w.a = w.start;
-    w.b = w.end;
-    if (has_flag(FLAG_MULTI_SOURCE)) {
-        w.a = first_entry_from(w.start, w.end, params.index_first);
-        w.b = first_entry_from(w.a, w.end, params.index_first + params.index_count);
-    }
-    w.out_row = run.y - params.arg3;
-    if (has_flag(FLAG_SPARSE)) { w.out_row = slot - params.arg3; }
-    return w;
-}
-
-fn frequency_scale(w: RunWork) -> f32 {
-    return select(1.0, 1.0 / f32(w.end - w.start), has_flag(FLAG_SCALE_BY_FREQ));
-}
 
 // The gradient of one run's row over GROUPS column groups: the sum of its entries
 // that read the bound source segment, written by the first source segment's pass and

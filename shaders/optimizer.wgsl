@@ -2,9 +2,10 @@
 // tensor forms, same operation order), and FBGEMM's row-wise Adagrad. The table's
 // segment is bound as `out` (rows [lo, hi) of the table), the gradient's rows as the
 // input, the states beside the table (state_a, state_b: segmented like it), the
-// hyper-parameters in `hyper`. Parts: common/grid.wgsl, common/pass.wgsl, then this.
-// Pass fields: rows / dim, mode = the optimizer, index_first / index_count = the
-// gradient segment's rows.
+// hyper-parameters in `hyper`. Parts: common/grid.wgsl, common/pass.wgsl,
+// common/runs.wgsl (the fused steps), common/codes.wgsl and common/encode.wgsl (8-bit
+// states), then this. Pass fields: rows / dim, mode = the
+// optimizer, index_first / index_count = the gradient segment's rows.
 
 const OPT_SGD: u32 = 0u;
 const OPT_ADAM: u32 = 1u;
@@ -30,62 +31,80 @@ const H_DECOUPLED: u32 = 11u;     // AdamW: 1
 @group(0) @binding(2) var<storage, read> grad_values: array<f32>;
 @group(0) @binding(9) var<storage, read_write> state_a: array<f32>;
 @group(0) @binding(24) var<storage, read_write> state_b: array<f32>;
-@group(0) @binding(25) var<storage, read> hyper: array<f32>;
+@group(0) @binding(25) var<uniform> hyper: array<vec4<f32>, 3>;
 @group(0) @binding(26) var<storage, read> grad_rows: array<i32>;
+
+fn hyper_value(h: u32) -> f32 {
+    return hyper[h / 4u][h % 4u];
+}
 
 // Element `t` of the bound table segment takes gradient `g`.
 fn update(t: u32, g_in: f32) {
     var w = out[t];
     var g = g_in;
-    let lr = hyper[H_LR];
-    let wd = hyper[H_WEIGHT_DECAY];
+    let lr = hyper_value(H_LR);
+    let wd = hyper_value(H_WEIGHT_DECAY);
     switch params.mode {
         case OPT_SGD: {
             if (wd != 0.0) { g = g + wd * w; }
-            let momentum = hyper[H_MOMENTUM];
+            let momentum = hyper_value(H_MOMENTUM);
             if (momentum != 0.0) {
                 var buf = g;
-                if (hyper[H_FIRST_STEP] == 0.0) { buf = state_a[t] * momentum + g * (1.0 - hyper[H_DAMPENING]); }
+                if (hyper_value(H_FIRST_STEP) == 0.0) { buf = state_a[t] * momentum + g * (1.0 - hyper_value(H_DAMPENING)); }
                 state_a[t] = buf;
-                if (hyper[H_NESTEROV] != 0.0) { g = g + buf * momentum; } else { g = buf; }
+                if (hyper_value(H_NESTEROV) != 0.0) { g = g + buf * momentum; } else { g = buf; }
             }
             out[t] = w + g * -lr;
         }
         case OPT_ADAM: {
-            if (hyper[H_DECOUPLED] != 0.0) { w = w * (1.0 - lr * wd); } else if (wd != 0.0) { g = g + wd * w; }
-            let m = state_a[t] + (g - state_a[t]) * (1.0 - hyper[H_BETA1]);
-            let v = state_b[t] * hyper[H_BETA2] + (g * g) * (1.0 - hyper[H_BETA2]);
+            if (hyper_value(H_DECOUPLED) != 0.0) { w = w * (1.0 - lr * wd); } else if (wd != 0.0) { g = g + wd * w; }
+            let m = state_a[t] + (g - state_a[t]) * (1.0 - hyper_value(H_BETA1));
+            let v = state_b[t] * hyper_value(H_BETA2) + (g * g) * (1.0 - hyper_value(H_BETA2));
             state_a[t] = m;
             state_b[t] = v;
-            let denom = sqrt(v) / hyper[H_BC2_SQRT] + hyper[H_EPS];
-            out[t] = w + (m / denom) * -hyper[H_STEP_SIZE];
+            let denom = sqrt(v) / hyper_value(H_BC2_SQRT) + hyper_value(H_EPS);
+            out[t] = w + (m / denom) * -hyper_value(H_STEP_SIZE);
         }
         case OPT_ADAGRAD: {
             if (wd != 0.0) { g = g + wd * w; }
             let sum = state_a[t] + g * g;
             state_a[t] = sum;
-            out[t] = w + (g / (sqrt(sum) + hyper[H_EPS])) * -hyper[H_STEP_SIZE];
+            out[t] = w + (g / (sqrt(sum) + hyper_value(H_EPS))) * -hyper_value(H_STEP_SIZE);
         }
         case OPT_SPARSE_ADAM: {
             let m_old = state_a[t];
             let v_old = state_b[t];
-            let m = (g - m_old) * (1.0 - hyper[H_BETA1]) + m_old;
-            let v = (g * g - v_old) * (1.0 - hyper[H_BETA2]) + v_old;
+            let m = (g - m_old) * (1.0 - hyper_value(H_BETA1)) + m_old;
+            let v = (g * g - v_old) * (1.0 - hyper_value(H_BETA2)) + v_old;
             state_a[t] = m;
             state_b[t] = v;
-            out[t] = w + -hyper[H_STEP_SIZE] * (m / (sqrt(v) + hyper[H_EPS]));
+            out[t] = w + -hyper_value(H_STEP_SIZE) * (m / (sqrt(v) + hyper_value(H_EPS)));
         }
         case OPT_ADAM_8BIT: {
-            let m = state_a[t] * hyper[H_BETA1] + g * (1.0 - hyper[H_BETA1]);
-            let v = state_b[t] * hyper[H_BETA2] + (g * g) * (1.0 - hyper[H_BETA2]);
-            state_a[t] = m;
-            state_b[t] = v;
-            let denom = sqrt(v) / hyper[H_BC2_SQRT] + hyper[H_EPS];
-            if (wd > 0.0) { w = w * (1.0 - lr * wd); }
-            out[t] = w + (m / denom) * -hyper[H_STEP_SIZE];
+            let mv = adam8bit_moments(vec2<f32>(state_a[t], state_b[t]), g);
+            state_a[t] = mv.x;
+            state_b[t] = mv.y;
+            out[t] = adam8bit_weight(w, mv);
         }
         default: {}
     }
+}
+
+// 8-bit Adam (bitsandbytes' operation order): the new moments from the dequantized
+// old ones and the gradient, and the new weight from them (decoupled weight decay).
+fn adam8bit_moments(old: vec2<f32>, g: f32) -> vec2<f32> {
+    let m = old.x * hyper_value(H_BETA1) + g * (1.0 - hyper_value(H_BETA1));
+    let v = old.y * hyper_value(H_BETA2) + (g * g) * (1.0 - hyper_value(H_BETA2));
+    return vec2<f32>(m, v);
+}
+
+fn adam8bit_weight(w_in: f32, mv: vec2<f32>) -> f32 {
+    var w = w_in;
+    let lr = hyper_value(H_LR);
+    let wd = hyper_value(H_WEIGHT_DECAY);
+    let denom = sqrt(mv.y) / hyper_value(H_BC2_SQRT) + hyper_value(H_EPS);
+    if (wd > 0.0) { w = w * (1.0 - lr * wd); }
+    return w + (mv.x / denom) * -hyper_value(H_STEP_SIZE);
 }
 
 // Dense steps: one invocation per element of the bound table segment, whose gradient
@@ -139,18 +158,161 @@ fn rowwise_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let local = target_row(k);
     if (local == NO_ELEMENT) { return; }
     let dim = params.dim;
-    let wd = hyper[H_WEIGHT_DECAY];
+    let wd = hyper_value(H_WEIGHT_DECAY);
     var sum = 0.0;
     for (var c = 0u; c < dim; c++) {
         let g = grad_values[k * dim + c] + wd * out[local * dim + c];
         sum += g * g;
     }
-    let momentum = state_a[local] + sum / f32(dim);
-    state_a[local] = momentum;
-    let scale = hyper[H_LR] / (sqrt(momentum) + hyper[H_EPS]);
+    let scale = rowwise_scale(local, sum);
     for (var c = 0u; c < dim; c++) {
         let t = local * dim + c;
         let g = grad_values[k * dim + c] + wd * out[t];
         out[t] = out[t] - scale * g;
+    }
+}
+
+// Row-wise Adagrad's accumulator update for table row `local` whose g² sum over its
+// columns is `sum_sq`, and the row's step size.
+fn rowwise_scale(local: u32, sum_sq: f32) -> f32 {
+    let momentum = state_a[local] + sum_sq / f32(params.dim);
+    state_a[local] = momentum;
+    return hyper_value(H_LR) / (sqrt(momentum) + hyper_value(H_EPS));
+}
+
+// Fused sparse steps (backward and step in one): each run of the sorted gradient list
+// (common/runs.wgsl) is summed in registers, in the order the backward sums it, and
+// its table row updated at once; no gradient is written. Bound like the backward's
+// dense run sums, with the table as `out` (one source segment: FIRST_PASS only).
+// Pass fields: mode = the optimizer, arg0 / arg2 / arg3 as runs.wgsl reads them.
+fn contribution(j: u32, col: u32) -> vec4<f32> {
+    let e = entries[j];
+    let base = (e.x - params.index_first) * params.dim + col;
+    var g = vec4<f32>(grad_values[base], 0.0, 0.0, 0.0);
+    if (WIDTH == 4u) { g = vec4<f32>(grad_values[base], grad_values[base + 1u], grad_values[base + 2u], grad_values[base + 3u]); }
+    return g * bitcast<f32>(e.y);
+}
+
+// Element-wise optimizers: one invocation per run and block of GROUPS column groups.
+@compute @workgroup_size(WG_SIZE)
+fn fused_sparse_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_id) lid: vec3<u32>) {
+    let groups = params.dim / WIDTH;
+    let w = run_work(linear_id(wid, nwg, lid), groups);
+    if (!w.valid) { return; }
+    let g_end = min(groups, (w.block + 1u) * GROUPS);
+    for (var g = w.block * GROUPS; g < g_end; g++) {
+        let col = g * WIDTH;
+        let sum = run_sum(w.a, w.b, col);
+        let t = w.out_row * params.dim + col;
+        for (var k = 0u; k < WIDTH; k++) { update(t + k, sum[k]); }
+    }
+}
+
+// Row-wise Adagrad: one invocation per run, which sums its row twice (once for the
+// accumulator, once for the update) rather than keep it.
+@compute @workgroup_size(WG_SIZE)
+fn fused_rowwise_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_id) lid: vec3<u32>) {
+    let groups = params.dim / WIDTH;
+    let w = run_work(linear_id(wid, nwg, lid), 1u);
+    if (!w.valid) { return; }
+    let row = w.out_row * params.dim;
+    let wd = hyper_value(H_WEIGHT_DECAY);
+    var sum_sq = 0.0;
+    for (var g = 0u; g < groups; g++) {
+        let sum = run_sum(w.a, w.b, g * WIDTH);
+        for (var k = 0u; k < WIDTH; k++) {
+            let x = sum[k] + wd * out[row + g * WIDTH + k];
+            sum_sq += x * x;
+        }
+    }
+    let scale = rowwise_scale(w.out_row, sum_sq);
+    for (var g = 0u; g < groups; g++) {
+        let sum = run_sum(w.a, w.b, g * WIDTH);
+        for (var k = 0u; k < WIDTH; k++) {
+            let t = row + g * WIDTH + k;
+            out[t] = out[t] - scale * (sum[k] + wd * out[t]);
+        }
+    }
+}
+
+// 8-bit block-wise Adam in one kernel: one workgroup per block of `params.group`
+// elements of the bound table segment (blocks never straddle segments). Each
+// invocation owns whole code words (4 elements): it dequantizes both states
+// (code * absmax), updates them and the weight, and keeps its largest |m| and |v|; the
+// workgroup reduces those to the block's new absmax, then each invocation recomputes
+// its moments from the old codes it has not yet overwritten (the same arithmetic, so
+// the same values) and writes their codes, as quantize_blockwise would. state1 uses
+// the signed dynamic map (consts[0 ..]), state2 the unsigned one (consts[CONSTS_WORDS ..]).
+@group(0) @binding(9) var<storage, read_write> state1_codes: array<u32>;
+@group(0) @binding(24) var<storage, read_write> state2_codes: array<u32>;
+@group(0) @binding(27) var<storage, read_write> absmax1: array<f32>;
+@group(0) @binding(28) var<storage, read_write> absmax2: array<f32>;
+@group(0) @binding(29) var<storage, read> consts: array<u32>;
+
+// Reductions below assume WG_SIZE is 64, as the context always sets it.
+var<workgroup> block_max: array<vec2<f32>, 64>;
+
+fn decode(word: u32, k: u32, base: u32) -> f32 {
+    return bitcast<f32>(consts[base + C_MAP + ((word >> (8u * k)) & 0xffu)]);
+}
+
+// The new moments of element e (of the segment's words) from the old codes.
+fn adam8bit_element(c1: u32, c2: u32, k: u32, t: u32, old_absmax: vec2<f32>) -> vec2<f32> {
+    let old = vec2<f32>(decode(c1, k, 0u) * old_absmax.x, decode(c2, k, CONSTS_WORDS) * old_absmax.y);
+    return adam8bit_moments(old, grad_values[t]);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn adam8bit_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_id) lid: vec3<u32>) {
+    let size = params.group;
+    let seg_first = params.lo * params.dim;
+    let block = seg_first / size + group_index(wid, nwg);
+    let first = block * size - seg_first;   // in the segment
+    let end = min(first + size, (params.hi - params.lo) * params.dim);
+    let old_absmax = vec2<f32>(absmax1[block], absmax2[block]);
+    var largest = vec2<f32>(0.0);
+    for (var e = first + 4u * lid.x; e < end; e += 4u * WG_SIZE) {
+        let c1 = state1_codes[e / 4u];
+        let c2 = state2_codes[e / 4u];
+        for (var k = 0u; k < 4u; k++) {
+            let t = e + k;
+            if (t < end) {
+                let mv = adam8bit_element(c1, c2, k, t, old_absmax);
+                out[t] = adam8bit_weight(out[t], mv);
+                largest = max(largest, abs(mv));
+            }
+        }
+    }
+    block_max[lid.x] = largest;
+    workgroupBarrier();
+    for (var stride = WG_SIZE / 2u; stride > 0u; stride = stride / 2u) {
+        if (lid.x < stride) {
+            block_max[lid.x] = max(block_max[lid.x], block_max[lid.x + stride]);
+        }
+        workgroupBarrier();
+    }
+    let new_absmax = block_max[0];
+    for (var e = first + 4u * lid.x; e < end; e += 4u * WG_SIZE) {
+        let c1 = state1_codes[e / 4u];
+        let c2 = state2_codes[e / 4u];
+        var q1 = 0u;
+        var q2 = 0u;
+        for (var k = 0u; k < 4u; k++) {
+            let t = e + k;
+            if (t < end) {
+                let mv = adam8bit_element(c1, c2, k, t, old_absmax);
+                q1 |= map_code(mv.x, new_absmax.x, 0u) << (8u * k);
+                q2 |= map_code(mv.y, new_absmax.y, CONSTS_WORDS) << (8u * k);
+            }
+        }
+        state1_codes[e / 4u] = q1;
+        state2_codes[e / 4u] = q2;
+    }
+    if (lid.x == 0u) {
+        absmax1[block] = new_absmax.x;
+        absmax2[block] = new_absmax.y;
     }
 }

@@ -9,15 +9,14 @@
 //   2  4-bit (nf4 / fp4, quantize_4bit): scale by 1/absmax (x / absmax in a partial last
 //      block), bucket by the midpoints of the sorted 4-bit table; two codes per byte,
 //      the even element in the high nibble.
-// Parts: common/grid.wgsl, common/codes.wgsl, then this file.
+// Parts: common/grid.wgsl, common/codes.wgsl, common/encode.wgsl, then this file.
 //
 // PRE transforms each input first: 0 none, 1 round to f16 (Int8Params casts the table
 // to half before quantizing), 2 subtract the offset stored in the constants (nested
 // 4-bit statistics quantize absmax - mean(absmax)).
 //
 // Every dispatch covers the element range [lo, hi) that lies inside each bound segment.
-// Divisions that decide codes use `div_exact` (correctly rounded like the CPU's),
-// since WGSL's `/` may be off by 2.5 ulp.
+// Divisions that decide codes use `div_exact` (common/encode.wgsl).
 
 override SCHEME: u32 = 0u; // values: 0, 1, 2
 override PRE: u32 = 0u; // values: 0, 1, 2
@@ -35,78 +34,6 @@ struct Params {
     group: u32,         // elements per absmax value
     numel: u32,         // elements in the whole tensor
     count: u32,         // kernel-specific count (values to reduce, units to finish)
-}
-
-// ---- correctly rounded division -------------------------------------------------
-
-struct Unpacked {
-    m: u32,   // significand in [2^23, 2^24)
-    e: i32,   // biased exponent (may be < 1 for subnormals)
-}
-
-fn unpack(bits: u32) -> Unpacked {
-    let u = bits & 0x7fffffffu;
-    let e = i32(u >> 23u);
-    let m = u & 0x7fffffu;
-    if (e == 0) {
-        let shift = countLeadingZeros(m) - 8u;
-        return Unpacked(m << shift, 1 - i32(shift));
-    }
-    return Unpacked(m | 0x800000u, e);
-}
-
-// a / b rounded to nearest even, for finite a and finite nonzero b (others fall back to
-// the native division). Long division of the significands, one quotient bit per step.
-fn div_exact(a: f32, b: f32) -> f32 {
-    let ua = bitcast<u32>(a);
-    let ub = bitcast<u32>(b);
-    let sign = (ua ^ ub) & 0x80000000u;
-    if ((ua & 0x7fffffffu) == 0u) {
-        return bitcast<f32>(sign);
-    }
-    if ((ua & 0x7f800000u) == 0x7f800000u || (ub & 0x7fffffffu) == 0u || (ub & 0x7f800000u) == 0x7f800000u) {
-        return a / b;
-    }
-    let x = unpack(ua);
-    let y = unpack(ub);
-    var r = x.m;
-    var e = x.e - y.e + 127;   // biased exponent of the quotient
-    if (r < y.m) {
-        r = r << 1u;
-        e -= 1;
-    }
-    // 24 quotient bits for a normal result, fewer for a subnormal one.
-    var nbits = 24;
-    if (e < 1) {
-        nbits = 23 + e;
-    }
-    if (nbits <= 0) {
-        return bitcast<f32>(sign);
-    }
-    var q = 0u;
-    for (var i = 0; i < nbits; i++) {
-        q = q << 1u;
-        if (r >= y.m) {
-            r -= y.m;
-            q |= 1u;
-        }
-        r = r << 1u;
-    }
-    // r is twice the remainder: round half to even.
-    if (r > y.m || (r == y.m && (q & 1u) == 1u)) {
-        q += 1u;
-    }
-    var bits = q;   // subnormal: a carry into bit 23 is the smallest normal
-    if (e >= 1) {
-        if (e >= 255) {
-            return bitcast<f32>(sign | 0x7f800000u);
-        }
-        bits = (u32(e - 1) << 23u) + q;   // q holds the implicit bit; a carry bumps the exponent
-    }
-    if (bits >= 0x7f800000u) {
-        return bitcast<f32>(sign | 0x7f800000u);
-    }
-    return bitcast<f32>(sign | bits);
 }
 
 // f32 -> f16 -> f32, rounding to nearest even (as `tensor.to(torch.float16)`).
@@ -190,18 +117,7 @@ fn encode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     var byte_index = e;
     var value = 0u;
     if (SCHEME == 0u) {
-        if (am == 0.0) { return; }   // all-zero block: code 0
-        let s = clamp(x * div_exact(1.0, am), -1.0, 1.0);
-        // The product is kept from fusing with the + 0.5 (an fma would round differently).
-        let bin = u32(rounded((s + 1.0) * 0.5 * 65535.0) + 0.5);
-        // Number of thresholds <= bin (they are sorted; the last is 0xffffffff).
-        var pos = 0u;
-        for (var step = 128u; step > 0u; step = step / 2u) {
-            if (consts[C_THRESH + pos + step - 1u] <= bin) {
-                pos += step;
-            }
-        }
-        value = pos;
+        value = map_code(x, am, 0u);
     } else if (SCHEME == 1u) {
         if (am == 0.0) { return; }
         let c = i32(round(x * div_exact(127.0, am)));

@@ -5,27 +5,67 @@
 //! like it. Shader family: `optimizer.wgsl`.
 
 use crate::error::{Error, Result};
-use crate::gpu::context::upload;
 use crate::gpu::context::Context;
 use crate::gpu::kernel::binding::{INPUT, OUT, PARAMS};
 use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{Call, Grid, PassParams, UpdatePlan};
 use crate::gpu::table::refresh_table_texture;
 use crate::gpu::tensor::{DType, GpuTensor};
-use crate::layers::embedding_backward::Gradient;
+use crate::layers::embedding::Embedding;
+use crate::layers::embedding_backward::{FusedStep, GradOptions, Gradient};
+use crate::layers::embedding_bag::{EmbeddingBag, PerSampleWeights};
+use crate::layers::indices::Indices;
 use crate::quant::blockwise::{check_blocksize, dequantize_blockwise, quantize_blockwise};
-use crate::quant::codes::CodeMap;
+use crate::quant::codes::{constants, constants_buffer, CodeMap};
 
-pub static FAMILY: ShaderFamily =
-    ShaderFamily { name: "optimizer", parts: &[common::GRID, common::PASS, include_str!("../shaders/optimizer.wgsl")] };
+pub static FAMILY: ShaderFamily = ShaderFamily {
+    name: "optimizer",
+    parts: &[common::GRID, common::PASS, common::RUNS, common::CODES, common::ENCODE, include_str!("../shaders/optimizer.wgsl")],
+};
 
 const STATE_A: (u32, Slot, Role) = (9, Slot::ReadWrite, Role::Aux(0));
 const STATE_B: (u32, Slot, Role) = (24, Slot::ReadWrite, Role::Aux(1));
-const HYPER: (u32, Slot, Role) = (25, Slot::Read, Role::Extra(0));
+const HYPER: (u32, Slot, Role) = (25, Slot::Uniform, Role::Extra(0));
 const ROWS: (u32, Slot, Role) = (26, Slot::Read, Role::Extra(1));
 const DENSE_STEP: Kernel = Kernel::new(&FAMILY, "dense_step", &[PARAMS, INPUT, OUT, STATE_A, STATE_B, HYPER]);
 const SPARSE_STEP: Kernel = Kernel::new(&FAMILY, "sparse_step", &[PARAMS, INPUT, OUT, STATE_A, STATE_B, HYPER, ROWS]);
 const ROWWISE_STEP: Kernel = Kernel::new(&FAMILY, "rowwise_step", &[PARAMS, INPUT, OUT, STATE_A, HYPER, ROWS]);
+// 8-bit Adam in one kernel: the states' codes beside the table, their absmax and the
+// two code maps' constants whole.
+const ADAM8BIT_STEP: Kernel = Kernel::new(
+    &FAMILY,
+    "adam8bit_step",
+    &[
+        PARAMS,
+        INPUT,
+        OUT,
+        STATE_A,
+        STATE_B,
+        HYPER,
+        (27, Slot::ReadWrite, Role::Extra(1)),
+        (28, Slot::ReadWrite, Role::Extra(2)),
+        (29, Slot::Read, Role::Extra(3)),
+    ],
+);
+// The fused steps read the output gradient and the backward's runs (common/runs.wgsl).
+const OUT_GRAD: (u32, Slot, Role) = (2, Slot::Read, Role::Input);
+const RUN_BINDINGS: [(u32, Slot, Role); 4] = [
+    (17, Slot::Read, Role::Extra(0)),
+    (16, Slot::Read, Role::Extra(1)),
+    (18, Slot::Read, Role::Extra(2)),
+    (23, Slot::Read, Role::Extra(3)),
+];
+const FUSED_HYPER: (u32, Slot, Role) = (25, Slot::Uniform, Role::Extra(4));
+const FUSED_STEP: Kernel = Kernel::new(
+    &FAMILY,
+    "fused_sparse_step",
+    &[PARAMS, OUT_GRAD, OUT, STATE_A, STATE_B, RUN_BINDINGS[0], RUN_BINDINGS[1], RUN_BINDINGS[2], RUN_BINDINGS[3], FUSED_HYPER],
+);
+const FUSED_ROWWISE_STEP: Kernel = Kernel::new(
+    &FAMILY,
+    "fused_rowwise_step",
+    &[PARAMS, OUT_GRAD, OUT, STATE_A, RUN_BINDINGS[0], RUN_BINDINGS[1], RUN_BINDINGS[2], RUN_BINDINGS[3], FUSED_HYPER],
+);
 
 /// An optimizer and its hyper-parameters, named as in `torch.optim` (f64, as Python's
 /// floats: the bias corrections are computed in f64, the kernels take f32).
@@ -156,6 +196,11 @@ pub struct Optimizer {
     /// Named as torch.optim names them, segmented like the table.
     states: Vec<(&'static str, GpuTensor)>,
     steps: u64,
+    /// `[V, D]` of the table it was made for.
+    table_shape: [usize; 2],
+    /// 8-bit Adam whose blocks never straddle the table's segments: one kernel per step,
+    /// reading the two code maps' constants (signed, then unsigned); else three passes.
+    one_kernel_8bit: Option<wgpu::Buffer>,
 }
 
 impl Optimizer {
@@ -173,6 +218,7 @@ impl Optimizer {
                 GpuTensor::from_bytes_with(ctx, bytemuck::cast_slice(&vec![fill as f32; v * d]), &[v, d], DType::F32, d, per)
             }
         };
+        let mut one_kernel_8bit = None;
         let states = match kind {
             OptimizerKind::Sgd { momentum, .. } if momentum != 0.0 => vec![("momentum_buffer", like_table(0.0)?)],
             OptimizerKind::Sgd { .. } => vec![],
@@ -184,12 +230,26 @@ impl Optimizer {
             OptimizerKind::Adam8bit { blocksize, .. } => {
                 check_blocksize(blocksize)?;
                 let blocks = (v * d).div_ceil(blocksize);
-                let codes = || GpuTensor::zeros(ctx, &[v * d], DType::U8, 1).and_then(|t| t.reshape(&[v, d]));
                 let absmax = || GpuTensor::zeros(ctx, &[blocks], DType::F32, 1);
-                vec![("state1", codes()?), ("absmax1", absmax()?), ("state2", codes()?), ("absmax2", absmax()?)]
+                let (a1, a2) = (absmax()?, absmax()?);
+                let segs = table.segments();
+                let aligned = segs[..segs.len() - 1].iter().all(|s| (s.rows as usize * d).is_multiple_of(blocksize));
+                let codes = || {
+                    if aligned {
+                        // Segmented like the table: the kernel reads each block's codes beside its rows.
+                        GpuTensor::zeros_with(ctx, &[v, d], DType::U8, d, per)
+                    } else {
+                        GpuTensor::zeros(ctx, &[v * d], DType::U8, 1).and_then(|t| t.reshape(&[v, d]))
+                    }
+                };
+                if aligned && a1.segments().len() == 1 {
+                    let words = [constants(&CodeMap::Dynamic.values(), None), constants(&CodeMap::DynamicUnsigned.values(), None)].concat();
+                    one_kernel_8bit = Some(constants_buffer(ctx, &words));
+                }
+                vec![("state1", codes()?), ("absmax1", a1), ("state2", codes()?), ("absmax2", a2)]
             }
         };
-        Ok(Optimizer { kind, states, steps: 0 })
+        Ok(Optimizer { kind, states, steps: 0, table_shape: [v, d], one_kernel_8bit })
     }
 
     /// The state tensor called `name` (`momentum_buffer`, `exp_avg`, `exp_avg_sq`, `sum`, `momentum`).
@@ -211,6 +271,7 @@ impl Optimizer {
     /// `grad`, dense or sparse (coalesced: distinct rows), refusing what torch.optim
     /// refuses (sparse gradients with momentum or weight decay, dense ones for SparseAdam).
     pub fn step(&mut self, ctx: &Context, table: &GpuTensor, grad: &Gradient) -> Result<()> {
+        self.check_table(table)?;
         let (v, d) = (table.shape()[0], table.shape()[1]);
         let sparse = matches!(grad, Gradient::Sparse { .. });
         self.check(sparse)?;
@@ -219,7 +280,7 @@ impl Optimizer {
             crate::gpu::index_check::check_gpu_indices(ctx, "grad.indices", indices, v as u64)?;
         }
         let t = self.steps + 1;
-        let hyper = upload(ctx, "hyper", &self.hyper(t));
+        let hyper = ctx.uniform(&self.hyper(t));
         if let OptimizerKind::Adam8bit { blocksize, .. } = self.kind {
             let Gradient::Dense(g) = grad else { unreachable!("checked: 8-bit Adam takes dense gradients") };
             self.step_8bit(ctx, table, g, &hyper, blocksize)?;
@@ -278,7 +339,8 @@ impl Optimizer {
     }
 
     /// One 8-bit Adam step: the states dequantized, updated with the table, re-quantized
-    /// (bitsandbytes' maps and rounding, `quantize_blockwise`).
+    /// (bitsandbytes' maps and rounding, `quantize_blockwise`): in one kernel, or in
+    /// three passes with f32 temporaries when blocks straddle the table's segments.
     fn step_8bit(&mut self, ctx: &Context, table: &GpuTensor, g: &GpuTensor, hyper: &wgpu::Buffer, blocksize: usize) -> Result<()> {
         let (v, d) = (table.shape()[0], table.shape()[1]);
         if g.shape() != [v, d] || g.dtype() != DType::F32 {
@@ -289,11 +351,23 @@ impl Optimizer {
         }
         let state = |name: &str| self.state(name).cloned().expect("8-bit Adam has its four states");
         let (c1, a1, c2, a2) = (state("state1"), state("absmax1"), state("state2"), state("absmax2"));
+        let params = PassParams { dim: d as u32, mode: code(&self.kind), group: blocksize as u32, ..Default::default() };
+        let per = table.segments().iter().map(|s| s.rows).max().unwrap_or(1).max(1);
+        if let Some(consts) = &self.one_kernel_8bit {
+            return ctx.scoped(|| {
+                let mut encoder = ctx.encoder();
+                let g = g.resegment(ctx, &mut encoder, per)?;
+                let extra = [hyper.clone(), a1.segments()[0].buffer.clone(), a2.segments()[0].buffer.clone(), consts.clone()];
+                let grid = Grid::Blocks { width: d as u64, block: blocksize as u64 };
+                let call = Call { extra: &extra, ..Call::new(&ADAM8BIT_STEP, &[], grid, params) };
+                UpdatePlan { target: table, states: [Some(&c1), Some(&c2)], source: &g }.record_dense(ctx, &mut encoder, &call);
+                refresh_table_texture(&mut encoder, table);
+                ctx.submit(encoder)
+            });
+        }
         let flat = |t: &GpuTensor| t.reshape(&[v * d]);
         let s1 = dequantize_blockwise(ctx, &flat(&c1)?, &a1, blocksize, CodeMap::Dynamic)?;
         let s2 = dequantize_blockwise(ctx, &flat(&c2)?, &a2, blocksize, CodeMap::DynamicUnsigned)?;
-        let params = PassParams { dim: d as u32, mode: code(&self.kind), ..Default::default() };
-        let per = table.segments().iter().map(|s| s.rows).max().unwrap_or(1).max(1);
         let (s1, s2) = ctx.scoped(|| {
             let mut encoder = ctx.encoder();
             // The states and the gradient laid out like the table, element for element.
@@ -314,6 +388,116 @@ impl Optimizer {
             ("state2", q2.codes.reshape(&[v, d])?),
             ("absmax2", q2.absmax),
         ];
+        Ok(())
+    }
+
+    /// Backward of `layer` and this step in one pass, for optimizers that take sparse
+    /// gradients: each touched row's gradient is summed in registers, in the order
+    /// [`Embedding::backward`] sums it, and the row updated at once, so no gradient is
+    /// ever written (FBGEMM's fused backward + optimizer). Gives what `backward`
+    /// (sparse) then [`Optimizer::step`] give, bit for bit. An output gradient over
+    /// several bindings takes that unfused path.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn step_embedding(&mut self, ctx: &Context, layer: &Embedding, indices: Indices<'_>, grad_out: &GpuTensor) -> Result<()> {
+        pollster::block_on(self.step_embedding_async(ctx, layer, indices, grad_out))
+    }
+
+    /// [`Optimizer::step_embedding`] without blocking (the unfused path awaits its row count).
+    pub async fn step_embedding_async(
+        &mut self,
+        ctx: &Context,
+        layer: &Embedding,
+        indices: Indices<'_>,
+        grad_out: &GpuTensor,
+    ) -> Result<()> {
+        let table = layer.weight();
+        self.check_table(table)?;
+        self.check(true)?;
+        if grad_out.segments().len() > 1 {
+            let options = GradOptions { sparse: true, scale_grad_by_freq: false };
+            let grad = layer.backward_async(ctx, indices, grad_out, options).await?;
+            return self.step(ctx, table, &grad);
+        }
+        self.fused(ctx, table, |step| layer.fused_step(ctx, indices, grad_out, step))
+    }
+
+    /// [`Optimizer::step_embedding`] for an `EmbeddingBag` (sum or mean): returns the
+    /// gradient of `per_sample_weights`, if given, as `backward` does.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn step_embedding_bag(
+        &mut self,
+        ctx: &Context,
+        layer: &EmbeddingBag,
+        input: Indices<'_>,
+        offsets: Option<Indices<'_>>,
+        per_sample_weights: PerSampleWeights<'_>,
+        grad_out: &GpuTensor,
+    ) -> Result<Option<GpuTensor>> {
+        pollster::block_on(self.step_embedding_bag_async(ctx, layer, input, offsets, per_sample_weights, grad_out))
+    }
+
+    /// [`Optimizer::step_embedding_bag`] without blocking.
+    pub async fn step_embedding_bag_async(
+        &mut self,
+        ctx: &Context,
+        layer: &EmbeddingBag,
+        input: Indices<'_>,
+        offsets: Option<Indices<'_>>,
+        per_sample_weights: PerSampleWeights<'_>,
+        grad_out: &GpuTensor,
+    ) -> Result<Option<GpuTensor>> {
+        let table = layer.weight();
+        self.check_table(table)?;
+        self.check(true)?;
+        if grad_out.segments().len() > 1 {
+            let options = GradOptions { sparse: true, scale_grad_by_freq: false };
+            let grads = layer.backward_async(ctx, input, offsets, per_sample_weights, grad_out, options).await?;
+            self.step(ctx, table, &grads.weight)?;
+            return Ok(grads.per_sample_weights);
+        }
+        self.fused(ctx, table, |step| layer.fused_step(ctx, input, offsets, per_sample_weights, grad_out, step))
+    }
+
+    /// Runs `backward` with this optimizer's fused step on `table`, then counts the step
+    /// and refreshes the table's texture copy.
+    fn fused<T>(&mut self, ctx: &Context, table: &GpuTensor, backward: impl FnOnce(&FusedStep<'_>) -> Result<T>) -> Result<T> {
+        let t = self.steps + 1;
+        let hyper = ctx.uniform(&self.hyper(t));
+        let kernel = match self.kind {
+            OptimizerKind::RowwiseAdagrad { .. } => &FUSED_ROWWISE_STEP,
+            _ => &FUSED_STEP,
+        };
+        let step = FusedStep {
+            table,
+            states: [self.states.first().map(|(_, s)| s), self.states.get(1).map(|(_, s)| s)],
+            kernel,
+            mode: code(&self.kind),
+            per_row: matches!(self.kind, OptimizerKind::RowwiseAdagrad { .. }),
+            extra: std::slice::from_ref(&hyper),
+        };
+        let out = backward(&step)?;
+        ctx.scoped(|| {
+            let mut encoder = ctx.encoder();
+            refresh_table_texture(&mut encoder, table);
+            ctx.submit(encoder)
+        })?;
+        self.steps = t;
+        Ok(out)
+    }
+
+    /// Refuses a table other than the `[V, D]` F32 one this optimizer was made for.
+    fn check_table(&self, table: &GpuTensor) -> Result<()> {
+        if table.dtype() != DType::F32 || table.shape() != self.table_shape {
+            return Err(Error::arg(
+                "table",
+                format!(
+                    "this optimizer was made for an F32 table of shape {:?}, got {:?} of shape {:?}",
+                    self.table_shape,
+                    table.dtype(),
+                    table.shape()
+                ),
+            ));
+        }
         Ok(())
     }
 

@@ -1,10 +1,140 @@
 //! Optimizer steps beyond the conformance cases: sparse steps equal dense ones on a table
-//! over several bindings, and lookups read the updated table (its texture copy refreshed).
+//! over several bindings, fused backward + step equals backward then step, and lookups
+//! read the updated table (its texture copy refreshed).
 
 mod common;
 
 use common::{context, Rng};
-use wgpu_embed::{Embedding, GpuTensor, GradOptions, Gradient, Indices, Optimizer, OptimizerKind};
+use wgpu_embed::{BagMode, Embedding, EmbeddingBag, GpuTensor, GradOptions, Gradient, Indices, Optimizer, OptimizerKind};
+
+/// The optimizers that take sparse gradients, with every state they keep in use.
+fn sparse_kinds() -> [OptimizerKind; 4] {
+    [
+        OptimizerKind::Sgd { lr: 0.5, momentum: 0.0, dampening: 0.0, nesterov: false, weight_decay: 0.0 },
+        OptimizerKind::Adagrad { lr: 0.1, lr_decay: 0.01, eps: 1e-10, weight_decay: 0.0, initial_accumulator_value: 0.1 },
+        OptimizerKind::SparseAdam { lr: 0.01, betas: (0.9, 0.999), eps: 1e-8 },
+        OptimizerKind::RowwiseAdagrad { lr: 0.1, eps: 1e-10, weight_decay: 0.01 },
+    ]
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// Embedding: the fused step gives backward (sparse) then step, bit for bit, on a table
+/// over several bindings, with padding, a hot row (a run over many chunks) and rows of
+/// whole vec4 words (D = 64) or not (D = 6); two steps, so the states are read too.
+#[test]
+fn fused_embedding_steps_equal_backward_then_step() {
+    // 1 MiB bindings: two table segments, the output gradient in one.
+    let ctx = context(Some(1 << 20));
+    let mut rng = Rng(21);
+    for (v, d) in [(5_000usize, 64usize), (50_000, 6)] {
+        let weight = rng.vec_f32(v * d);
+        let mut rows: Vec<i64> = (0..2_000).map(|_| rng.below(v as u64) as i64).collect();
+        rows.extend(std::iter::repeat_n(17, 700)); // hot row
+        rows.extend(std::iter::repeat_n(3, 5)); // padding
+        let shape = [rows.len()];
+        let grad_out = GpuTensor::from_f32(&ctx, &rng.vec_f32(rows.len() * d), &[rows.len(), d]).unwrap();
+        assert_eq!(grad_out.segments().len(), 1);
+        for kind in sparse_kinds() {
+            let mut results = Vec::new();
+            for fused in [false, true] {
+                let emb = Embedding::from_pretrained(&ctx, &weight, v, d).unwrap().with_padding_idx(Some(3)).unwrap();
+                assert!(emb.weight().segments().len() > 1, "the table should span several bindings");
+                let mut opt = Optimizer::new(&ctx, kind, emb.weight()).unwrap();
+                for _ in 0..2 {
+                    let indices = Indices::i64(&rows, &shape);
+                    if fused {
+                        opt.step_embedding(&ctx, &emb, indices, &grad_out).unwrap();
+                    } else {
+                        let g = emb.backward(&ctx, indices, &grad_out, GradOptions { sparse: true, ..Default::default() }).unwrap();
+                        opt.step(&ctx, emb.weight(), &g).unwrap();
+                    }
+                }
+                let mut values = emb.weight().to_vec_f32(&ctx).unwrap();
+                for name in opt.state_names() {
+                    values.extend(opt.state(name).unwrap().to_vec_f32(&ctx).unwrap());
+                }
+                results.push(values);
+            }
+            assert!(same_bits(&results[0], &results[1]), "D = {d}, {kind:?}: fused and unfused steps differ");
+            assert!(results[0][..v * d] != weight[..], "{kind:?}: the table did not change");
+            assert_eq!(results[1][3 * d..4 * d], weight[3 * d..4 * d], "{kind:?}: the padding row changed");
+        }
+    }
+}
+
+/// EmbeddingBag (sum with per-sample weights, and mean): the same, and the per-sample
+/// weights' gradient is the one backward gives.
+#[test]
+fn fused_bag_steps_equal_backward_then_step() {
+    let ctx = context(Some(1 << 18));
+    let mut rng = Rng(22);
+    let (v, d, bags) = (4_000usize, 32usize, 300usize);
+    let weight = rng.vec_f32(v * d);
+    let input: Vec<i64> = (0..2_400).map(|_| rng.below(v as u64) as i64).collect();
+    let mut offsets: Vec<i64> = (0..bags).map(|_| rng.below(input.len() as u64) as i64).collect();
+    offsets.sort();
+    offsets[0] = 0;
+    let sample_weights = rng.vec_f32(input.len());
+    let grad_out = GpuTensor::from_f32(&ctx, &rng.vec_f32(bags * d), &[bags, d]).unwrap();
+    for (mode, with_weights) in [(BagMode::Sum, true), (BagMode::Mean, false)] {
+        for kind in sparse_kinds() {
+            let mut results = Vec::new();
+            let mut weight_grads = Vec::new();
+            for fused in [false, true] {
+                let bag = EmbeddingBag::from_pretrained(&ctx, &weight, v, d, mode).unwrap();
+                let mut opt = Optimizer::new(&ctx, kind, bag.weight()).unwrap();
+                let (inp_shape, off_shape, psw_shape) = ([input.len()], [bags], [input.len()]);
+                let psw = with_weights.then_some((&sample_weights[..], &psw_shape[..]));
+                let (inp, off) = (Indices::i64(&input, &inp_shape), Some(Indices::i64(&offsets, &off_shape)));
+                let psw_grad = if fused {
+                    opt.step_embedding_bag(&ctx, &bag, inp, off, psw, &grad_out).unwrap()
+                } else {
+                    let g = bag.backward(&ctx, inp, off, psw, &grad_out, GradOptions { sparse: true, ..Default::default() }).unwrap();
+                    opt.step(&ctx, bag.weight(), &g.weight).unwrap();
+                    g.per_sample_weights
+                };
+                weight_grads.push(psw_grad.map(|g| g.to_vec_f32(&ctx).unwrap()));
+                results.push(bag.weight().to_vec_f32(&ctx).unwrap());
+            }
+            assert!(same_bits(&results[0], &results[1]), "{mode:?}, {kind:?}: fused and unfused steps differ");
+            assert!(results[0] != weight, "{kind:?}: the table did not change");
+            assert_eq!(weight_grads[0].is_some(), with_weights);
+            assert_eq!(weight_grads[0], weight_grads[1], "{mode:?}, {kind:?}: per-sample weight gradients differ");
+        }
+    }
+}
+
+/// What a fused step refuses, before any GPU work: dense-only optimizers, tables of
+/// another shape, max bags.
+#[test]
+fn fused_steps_refuse_what_sparse_steps_refuse() {
+    let ctx = context(None);
+    let emb = Embedding::from_pretrained(&ctx, &[0.5; 40], 10, 4).unwrap();
+    let grad = GpuTensor::from_f32(&ctx, &[1.0; 8], &[2, 4]).unwrap();
+    let ids = [1i64, 2];
+    let adam = OptimizerKind::Adam { lr: 0.1, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, decoupled: false };
+    let mut opt = Optimizer::new(&ctx, adam, emb.weight()).unwrap();
+    let err = opt.step_embedding(&ctx, &emb, Indices::i64(&ids, &[2]), &grad).unwrap_err().to_string();
+    assert!(err.contains("Adam does not support sparse gradients"), "{err}");
+    let other = Embedding::from_pretrained(&ctx, &[0.5; 48], 12, 4).unwrap();
+    let sgd = OptimizerKind::Sgd { lr: 0.1, momentum: 0.0, dampening: 0.0, nesterov: false, weight_decay: 0.0 };
+    let mut opt = Optimizer::new(&ctx, sgd, other.weight()).unwrap();
+    let err = opt.step_embedding(&ctx, &emb, Indices::i64(&ids, &[2]), &grad).unwrap_err().to_string();
+    assert!(err.contains("[12, 4]") && err.contains("[10, 4]"), "{err}");
+    let bad = [1i64, 10];
+    let mut opt = Optimizer::new(&ctx, sgd, emb.weight()).unwrap();
+    let err = opt.step_embedding(&ctx, &emb, Indices::i64(&bad, &[2]), &grad).unwrap_err().to_string();
+    assert!(err.contains("index out of range") && err.contains("10"), "{err}");
+    assert_eq!(opt.steps(), 0);
+    let bag = EmbeddingBag::from_pretrained(&ctx, &[0.5; 40], 10, 4, BagMode::Max).unwrap();
+    let bag_grad = GpuTensor::from_f32(&ctx, &[1.0; 4], &[1, 4]).unwrap();
+    let err = opt.step_embedding_bag(&ctx, &bag, Indices::i64(&ids, &[1, 2]), None, None, &bag_grad).unwrap_err().to_string();
+    assert!(err.contains("max mode does not support sparse"), "{err}");
+    assert_eq!(emb.weight().to_vec_f32(&ctx).unwrap(), vec![0.5; 40], "a refused step wrote the table");
+}
 
 #[test]
 fn sparse_steps_equal_dense_steps_on_a_split_table() {
@@ -62,4 +192,36 @@ fn lookups_read_the_updated_table() {
         assert_eq!(&out[k * d..(k + 1) * d], &table[i as usize * d..(i as usize + 1) * d], "row {i} after the step");
     }
     assert!(matches!(g, Gradient::Dense(_)));
+}
+
+/// 8-bit Adam in one kernel (blocks within the table's segments) gives the three-pass
+/// form (dequantize, update, quantize_blockwise) bit for bit: table, codes and absmax.
+#[test]
+fn one_kernel_8bit_adam_equals_three_passes() {
+    let (v, d) = (10_000usize, 64usize);
+    let mut rng = Rng(23);
+    let weight = rng.vec_f32(v * d);
+    let grads: Vec<Vec<f32>> = (0..3).map(|_| rng.vec_f32(v * d)).collect();
+    let kind = OptimizerKind::Adam8bit { lr: 0.01, betas: (0.9, 0.995), eps: 1e-8, weight_decay: 0.01, blocksize: 256 };
+    let mut results = Vec::new();
+    // 1 MiB bindings: segments of 4 096 rows, whole blocks (one kernel; the codes are
+    // segmented like the table); 256 bytes more: 4 097 rows, blocks straddle segments.
+    for (binding, code_segments) in [(1usize << 20, 3usize), ((1 << 20) + 256, 1)] {
+        let ctx = context(Some(binding as u64));
+        let emb = Embedding::from_pretrained(&ctx, &weight, v, d).unwrap();
+        assert_eq!(emb.weight().segments().len(), 3);
+        let mut opt = Optimizer::new(&ctx, kind, emb.weight()).unwrap();
+        assert_eq!(opt.state("state1").unwrap().segments().len(), code_segments, "binding {binding}: not the path meant");
+        for g in &grads {
+            let g = GpuTensor::from_f32(&ctx, g, &[v, d]).unwrap();
+            opt.step(&ctx, emb.weight(), &Gradient::Dense(g)).unwrap();
+        }
+        let mut bytes: Vec<u8> = bytemuck::cast_slice(&emb.weight().to_vec_f32(&ctx).unwrap()).to_vec();
+        for name in ["state1", "absmax1", "state2", "absmax2"] {
+            bytes.extend(pollster::block_on(opt.state(name).unwrap().read_bytes(&ctx)).unwrap());
+        }
+        results.push(bytes);
+    }
+    assert!(results[0] == results[1], "one kernel and three passes differ");
+    assert!(results[0][..16] != bytemuck::cast_slice::<f32, u8>(&weight)[..16], "the table did not change");
 }

@@ -35,6 +35,10 @@ pub mod common {
     pub const BAG_SCALAR: &str = include_str!("../../shaders/common/bag_scalar.wgsl");
     /// The constants buffer of code maps (quantization and quantized tables).
     pub const CODES: &str = include_str!("../../shaders/common/codes.wgsl");
+    /// Encoding to 8-bit code maps: correctly rounded division, the map's bin search (after `CODES`).
+    pub const ENCODE: &str = include_str!("../../shaders/common/encode.wgsl");
+    /// Walking the runs of a sorted gradient list (backward run sums, fused steps).
+    pub const RUNS: &str = include_str!("../../shaders/common/runs.wgsl");
 }
 
 /// What a binding slot holds; a bind-group layout is a list of these.

@@ -94,6 +94,8 @@ pub enum Grid {
     RowsPerGroup(u64),
     /// `width` invocations per chunk of `rows` output rows.
     Chunks { rows: u64, width: u64 },
+    /// A workgroup per `block` elements of output rows of `width`.
+    Blocks { width: u64, block: u64 },
 }
 
 impl Grid {
@@ -102,6 +104,7 @@ impl Grid {
             Grid::Elements(width) => (rows * width).div_ceil(WORKGROUP_SIZE as u64),
             Grid::RowsPerGroup(per) => rows.div_ceil(per.max(1)),
             Grid::Chunks { rows: per, width } => (rows.div_ceil(per.max(1)) * width).div_ceil(WORKGROUP_SIZE as u64),
+            Grid::Blocks { width, block } => (rows * width).div_ceil(block.max(1)),
         }
     }
 }
@@ -262,8 +265,17 @@ impl GroupPlan<'_> {
 
     /// Records `call` (the run sums into `out`) for every source × output segment. The
     /// kernel finds output segment `arg2`'s runs itself (at most one per entry and per
-    /// row); `arg3` is that segment's first row.
-    pub fn record_groups(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>, out: &GpuTensor) {
+    /// row); `arg3` is that segment's first row. `beside_out`: tensors segmented like
+    /// `out` (an optimizer's states), bound as the aux roles when the plan has no aux.
+    pub fn record_groups(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        call: &Call<'_>,
+        out: &GpuTensor,
+        beside_out: [Option<&GpuTensor>; 2],
+    ) {
+        let stand_ins = if beside_out.iter().any(Option::is_some) { stand_ins(ctx, beside_out) } else { [None, None] };
         for (s, seg) in self.source.segments().iter().enumerate() {
             for (o, out) in out.segments().iter().enumerate() {
                 let mut p = self.source_params(call, seg);
@@ -272,12 +284,21 @@ impl GroupPlan<'_> {
                 p.arg3 = out.first_row as u32;
                 p.flags |= flag(s == 0, FIRST_PASS);
                 let params = ctx.uniform(&p);
-                let aux = self.aux.map(|a| &a.segments()[s]);
-                let r = PassResources { input: Some(seg), aux: [aux, None], out: Some(out), ..PassResources::new(&params) };
+                let aux = match self.aux {
+                    Some(a) => [Some(&a.segments()[s]), None],
+                    None => [0, 1].map(|k| beside_out[k].map(|t| &t.segments()[o]).or(stand_ins[k].as_ref())),
+                };
+                let r = PassResources { input: Some(seg), aux, out: Some(out), ..PassResources::new(&params) };
                 record(ctx, encoder, call, &r, out.rows.min(self.entries));
             }
         }
     }
+}
+
+/// Buffers for absent states of in-place updates: writable bindings may not share the
+/// placeholder (WebGPU refuses aliased writable bindings).
+fn stand_ins(ctx: &Context, states: [Option<&GpuTensor>; 2]) -> [Option<Segment>; 2] {
+    states.map(|st| st.is_none().then(|| Segment { buffer: crate::gpu::context::words(ctx, "absent-state", 4), first_row: 0, rows: 0 }))
 }
 
 /// In-place updates of a `target` tensor (a table) and of states segmented like it
@@ -294,12 +315,6 @@ pub struct UpdatePlan<'a> {
 }
 
 impl UpdatePlan<'_> {
-    /// Buffers for absent states: writable bindings may not share the placeholder.
-    fn stand_ins(&self, ctx: &Context) -> [Option<Segment>; 2] {
-        self.states
-            .map(|st| st.is_none().then(|| Segment { buffer: crate::gpu::context::words(ctx, "absent-state", 4), first_row: 0, rows: 0 }))
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn pass(
         &self,
@@ -328,7 +343,7 @@ impl UpdatePlan<'_> {
 
     /// Dense updates: one pass per target segment (the source segmented alike).
     pub fn record_dense(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>) {
-        let stand_ins = self.stand_ins(ctx);
+        let stand_ins = stand_ins(ctx, self.states);
         for t in 0..self.target.segments().len() {
             self.pass(ctx, encoder, call, &stand_ins, t, t, self.target.segments()[t].rows);
         }
@@ -336,7 +351,7 @@ impl UpdatePlan<'_> {
 
     /// Sparse updates: every source segment against every target segment.
     pub fn record_sparse(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>) {
-        let stand_ins = self.stand_ins(ctx);
+        let stand_ins = stand_ins(ctx, self.states);
         for s in 0..self.source.segments().len() {
             for t in 0..self.target.segments().len() {
                 self.pass(ctx, encoder, call, &stand_ins, s, t, self.source.segments()[s].rows);

@@ -27,7 +27,7 @@ use crate::layers::table::table_format;
 
 pub static FAMILY: ShaderFamily = ShaderFamily {
     name: "embedding_backward",
-    parts: &[common::GRID, common::PASS, common::TABLE, common::BAG, include_str!("../../shaders/embedding_backward.wgsl")],
+    parts: &[common::GRID, common::PASS, common::TABLE, common::BAG, common::RUNS, include_str!("../../shaders/embedding_backward.wgsl")],
 };
 
 const fn read(binding: u32, k: usize) -> (u32, Slot, Role) {
@@ -154,9 +154,36 @@ struct Runs {
     runs: wgpu::Buffer,
 }
 
-/// Records the run sums of `plan` into `out` (dense: the rows of the table; sparse:
-/// one row per run), after `segment_slots` found each output segment's runs.
-fn record_runs(ctx: &Context, encoder: &mut wgpu::CommandEncoder, plan: &GroupPlan<'_>, reduce: &Call<'_>, runs: &Runs, out: &GpuTensor) {
+/// An optimizer step fused into the backward (FBGEMM's fused sparse update): `kernel`
+/// updates `table` (and `states`, segmented like it) in place from each run's gradient
+/// sum, which is never written out. Its bindings are the run sums' (the output
+/// gradient as the input, chunk sums, entries, runs and slot ranges as `Extra(0..4)`),
+/// then `extra` from `Extra(4)` on.
+pub(crate) struct FusedStep<'a> {
+    pub table: &'a GpuTensor,
+    pub states: [Option<&'a GpuTensor>; 2],
+    pub kernel: &'a Kernel,
+    /// `PassParams::mode` of the kernel (the optimizer).
+    pub mode: u32,
+    /// One invocation per run (row-wise optimizers), else per run and column block.
+    pub per_row: bool,
+    pub extra: &'a [wgpu::Buffer],
+}
+
+/// Records the run sums of `plan` (`reduce`, whose own extra buffers follow the run
+/// buffers) into `out` (dense: the rows of the table; sparse: one row per run), after
+/// `segment_slots` found each output segment's runs.
+#[allow(clippy::too_many_arguments)]
+fn record_runs(
+    ctx: &Context,
+    encoder: &mut wgpu::CommandEncoder,
+    plan: &GroupPlan<'_>,
+    reduce: &Call<'_>,
+    runs: &Runs,
+    sums: &[wgpu::Buffer; 2],
+    out: &GpuTensor,
+    beside_out: [Option<&GpuTensor>; 2],
+) {
     let segment_rows: Vec<[u32; 2]> = out.segments().iter().map(|s| [s.first_row as u32, s.rows as u32]).collect();
     let slot_ranges = words(ctx, "slot-ranges", 2 * segment_rows.len() as u64);
     let extra = [runs.prefix.clone(), runs.runs.clone(), upload(ctx, "segment-rows", &segment_rows), slot_ranges.clone()];
@@ -164,19 +191,46 @@ fn record_runs(ctx: &Context, encoder: &mut wgpu::CommandEncoder, plan: &GroupPl
         PassParams { rows: segment_rows.len() as u32, index_count: plan.entries as u32, flags: reduce.params.flags, ..Default::default() };
     let call = Call { extra: &extra, ..Call::new(&SEGMENT_SLOTS, &[], Grid::Elements(1), p) };
     record_flat(ctx, encoder, &call, None, None, segment_rows.len() as u64);
-    let mut extra = reduce.extra.to_vec();
+    let mut extra = sums.to_vec();
     extra.extend([runs.runs.clone(), slot_ranges]);
-    plan.record_groups(
-        ctx,
-        encoder,
-        &Call { extra: &extra, ..Call::new(reduce.kernel, reduce.constants, reduce.grid, reduce.params) },
-        out,
-    );
+    extra.extend_from_slice(reduce.extra);
+    let call = Call { extra: &extra, ..Call::new(reduce.kernel, reduce.constants, reduce.grid, reduce.params) };
+    plan.record_groups(ctx, encoder, &call, out, beside_out);
 }
 
-/// The gradient of the table that `s.rows` index, from the output gradient `grad`
-/// (rows of `s.dim`) and, for max bags, the forward's argmax (`[B, D]` U32).
-pub(crate) async fn table_gradient(ctx: &Context, s: &Scatter<'_>, grad: &GpuTensor, argmax: Option<&GpuTensor>) -> Result<Gradient> {
+/// The sorted list of a scatter, compacted into runs and ready to be summed: what
+/// [`prepare_runs`] recorded.
+struct PreparedRuns<'a> {
+    plan: GroupPlan<'a>,
+    runs: Runs,
+    /// Chunk sums and entries (bindings 17 and 16 of the run sums).
+    sums: [wgpu::Buffer; 2],
+    reduce_kernel: &'static Kernel,
+    /// `WIDTH` and `GROUPS`.
+    constants: [(&'static str, f64); 2],
+    /// Invocations per run: column groups / GROUPS.
+    blocks: u64,
+    /// The run sums' pass fields (bag mode, flags).
+    params: PassParams,
+}
+
+impl PreparedRuns<'_> {
+    fn reduce_call(&self) -> Call<'_> {
+        Call::new(self.reduce_kernel, &self.constants, Grid::Elements(self.blocks), self.params)
+    }
+}
+
+/// Records, into `encoder`, the sort of `s.rows` by row, the entries (source row,
+/// factor) of the sorted list, the chunk sums of hot rows, and the runs of distinct
+/// rows; `grad` is the output gradient (rows of `s.dim`), `argmax` the forward's for
+/// max bags (`[B, D]` U32).
+fn prepare_runs<'a>(
+    ctx: &Context,
+    encoder: &mut wgpu::CommandEncoder,
+    s: &Scatter<'_>,
+    grad: &'a GpuTensor,
+    argmax: Option<&'a GpuTensor>,
+) -> Result<PreparedRuns<'a>> {
     let n = s.rows.len();
     check_list_len(ctx, "indices", n, 8)?;
     let v = s.num_embeddings as u32;
@@ -195,8 +249,6 @@ pub(crate) async fn table_gradient(ctx: &Context, s: &Scatter<'_>, grad: &GpuTen
     }
     let chunk = chunk_for(groups);
     let constants = [("WIDTH", width as f64)];
-    let reduce_constants = [("WIDTH", width as f64), ("GROUPS", groups as f64)];
-    let reduce_kernel = if width == 4 { &REDUCE_RUNS4 } else { &REDUCE_RUNS };
     let base = PassParams {
         dim: d as u32,
         num_embeddings: v,
@@ -215,83 +267,102 @@ pub(crate) async fn table_gradient(ctx: &Context, s: &Scatter<'_>, grad: &GpuTen
         flags |= FLAG_SCALE_BY_FREQ;
     }
     let plan = GroupPlan { source: grad, aux: argmax, entries: n, chunk };
+    let idx = s.rows.buffer(ctx, encoder, "indices")?;
+    let (keys, positions, counted) = (words(ctx, "keys", n), words(ctx, "positions", n), words(ctx, "counted", n + 1));
+    let p = PassParams { arg0: active_end, ..base };
+    let call = Call { extra: &[keys.clone(), positions.clone(), counted.clone()], ..Call::new(&POSITION_KEYS, &[], Grid::Elements(1), p) };
+    record_flat(ctx, encoder, &call, Some(&flat_segment(&idx, n)), None, n + 1);
+    let (sorted_keys, sorted_positions) = record_sort(ctx, encoder, &keys, &positions, n);
+    let prefix = if mode == MODE_MEAN { record_exclusive_scan(ctx, encoder, &counted, n + 1) } else { words(ctx, "unused", 1) };
+    let bounds = upload(ctx, "bag-bounds", bag_bounds.unwrap_or(&[0]));
+    let weights_buffer = weights.unwrap_or(Flat::Host(&[0.0])).buffer(ctx, encoder, "sample-weights")?;
+    let entries = words(ctx, "entries", 2 * n);
+    let p = PassParams { mode, arg2: group, arg3: bags, flags: if weights.is_some() { HAS_WEIGHTS } else { 0 }, ..base };
+    let extra = [sorted_positions, bounds, weights_buffer, prefix, entries.clone()];
+    record_flat(ctx, encoder, &Call { extra: &extra, ..Call::new(&GATHER_ENTRIES, &[], Grid::Elements(1), p) }, None, None, n);
+    let chunk_sums = words(ctx, "chunk-sums", (n / chunk) * d as u64);
+    let extra = [chunk_sums.clone(), entries.clone(), sorted_keys.clone()];
+    let p = PassParams { mode, ..base };
+    plan.record_chunks(ctx, encoder, &Call { extra: &extra, ..Call::new(&CHUNK_SUMS, &constants, Grid::Elements(column_groups), p) });
+    // The runs: heads of distinct rows (padding's sorted-last key excluded), scanned.
+    let heads = words(ctx, "heads", n + 1);
+    let extra = [sorted_keys.clone(), heads.clone()];
+    record_flat(ctx, encoder, &Call { extra: &extra, ..Call::new(&RUN_HEADS, &[], Grid::Elements(1), base) }, None, None, n + 1);
+    let prefix = record_exclusive_scan(ctx, encoder, &heads, n + 1);
+    let runs = Runs { prefix: prefix.clone(), runs: words(ctx, "runs", 2 * (n + 1)) };
+    let extra = [sorted_keys, heads, prefix, runs.runs.clone()];
+    record_flat(ctx, encoder, &Call { extra: &extra, ..Call::new(&COMPACT_RUNS, &[], Grid::Elements(1), base) }, None, None, n + 1);
+    Ok(PreparedRuns {
+        plan,
+        runs,
+        sums: [chunk_sums, entries],
+        reduce_kernel: if width == 4 { &REDUCE_RUNS4 } else { &REDUCE_RUNS },
+        constants: [("WIDTH", width as f64), ("GROUPS", groups as f64)],
+        blocks: column_groups.div_ceil(groups),
+        params: PassParams { mode, flags, ..base },
+    })
+}
+
+/// The gradient of the table that `s.rows` index, from the output gradient `grad`
+/// (rows of `s.dim`) and, for max bags, the forward's argmax (`[B, D]` U32).
+pub(crate) async fn table_gradient(ctx: &Context, s: &Scatter<'_>, grad: &GpuTensor, argmax: Option<&GpuTensor>) -> Result<Gradient> {
+    let d = s.dim;
     let dense_out = if s.options.sparse {
         None
     } else {
         Some(GpuTensor::zeros_with(ctx, &[s.num_embeddings, d], DType::F32, d, BagPlan::bags_per_segment(ctx, d)?)?)
     };
-    let (reduce_extra, runs) = ctx.scoped(|| {
+    let prepared = ctx.scoped(|| {
         let mut encoder = ctx.encoder();
-        let idx = s.rows.buffer(ctx, &mut encoder, "indices")?;
-        let (keys, positions, counted) = (words(ctx, "keys", n), words(ctx, "positions", n), words(ctx, "counted", n + 1));
-        let p = PassParams { arg0: active_end, ..base };
-        let call =
-            Call { extra: &[keys.clone(), positions.clone(), counted.clone()], ..Call::new(&POSITION_KEYS, &[], Grid::Elements(1), p) };
-        record_flat(ctx, &mut encoder, &call, Some(&flat_segment(&idx, n)), None, n + 1);
-        let (sorted_keys, sorted_positions) = record_sort(ctx, &mut encoder, &keys, &positions, n);
-        let prefix = if mode == MODE_MEAN { record_exclusive_scan(ctx, &mut encoder, &counted, n + 1) } else { words(ctx, "unused", 1) };
-        let bounds = upload(ctx, "bag-bounds", bag_bounds.unwrap_or(&[0]));
-        let weights_buffer = weights.unwrap_or(Flat::Host(&[0.0])).buffer(ctx, &mut encoder, "sample-weights")?;
-        let entries = words(ctx, "entries", 2 * n);
-        let p = PassParams { mode, arg2: group, arg3: bags, flags: if weights.is_some() { HAS_WEIGHTS } else { 0 }, ..base };
-        let extra = [sorted_positions, bounds, weights_buffer, prefix, entries.clone()];
-        record_flat(ctx, &mut encoder, &Call { extra: &extra, ..Call::new(&GATHER_ENTRIES, &[], Grid::Elements(1), p) }, None, None, n);
-        let chunk_sums = words(ctx, "chunk-sums", (n / chunk) * d as u64);
-        let extra = [chunk_sums.clone(), entries.clone(), sorted_keys.clone()];
-        let p = PassParams { mode, ..base };
-        plan.record_chunks(
-            ctx,
-            &mut encoder,
-            &Call { extra: &extra, ..Call::new(&CHUNK_SUMS, &constants, Grid::Elements(column_groups), p) },
-        );
-        // The runs: heads of distinct rows (padding's sorted-last key excluded), scanned.
-        let heads = words(ctx, "heads", n + 1);
-        let extra = [sorted_keys.clone(), heads.clone()];
-        record_flat(ctx, &mut encoder, &Call { extra: &extra, ..Call::new(&RUN_HEADS, &[], Grid::Elements(1), base) }, None, None, n + 1);
-        let prefix = record_exclusive_scan(ctx, &mut encoder, &heads, n + 1);
-        let runs = Runs { prefix: prefix.clone(), runs: words(ctx, "runs", 2 * (n + 1)) };
-        let extra = [sorted_keys, heads, prefix, runs.runs.clone()];
-        record_flat(
-            ctx,
-            &mut encoder,
-            &Call { extra: &extra, ..Call::new(&COMPACT_RUNS, &[], Grid::Elements(1), base) },
-            None,
-            None,
-            n + 1,
-        );
-        let reduce_extra = [chunk_sums, entries];
+        let prepared = prepare_runs(ctx, &mut encoder, s, grad, argmax)?;
         if let Some(out) = &dense_out {
-            let reduce = Call::new(
-                reduce_kernel,
-                &reduce_constants,
-                Grid::Elements(column_groups.div_ceil(groups)),
-                PassParams { mode, flags, ..base },
-            );
-            record_runs(ctx, &mut encoder, &plan, &Call { extra: &reduce_extra, ..reduce }, &runs, out);
+            record_runs(ctx, &mut encoder, &prepared.plan, &prepared.reduce_call(), &prepared.runs, &prepared.sums, out, [None, None]);
         }
         ctx.submit(encoder)?;
-        Ok((reduce_extra, runs))
+        Ok(prepared)
     })?;
     if let Some(out) = dense_out {
         return Ok(Gradient::Dense(out));
     }
     // Sparse: as many rows as runs (one word read back), then their sums.
-    let count = GpuTensor::from_buffer(runs.prefix.clone(), &[n as usize + 1], DType::U32);
+    let n = s.rows.len();
+    let count = GpuTensor::from_buffer(prepared.runs.prefix.clone(), &[n as usize + 1], DType::U32);
     let nnz = read_last_word(ctx, &count).await? as usize;
     let values = GpuTensor::zeros_with(ctx, &[nnz, d], DType::F32, d, BagPlan::bags_per_segment(ctx, d)?)?;
     let rows = GpuTensor::zeros(ctx, &[nnz], DType::I32, 1)?;
     ctx.scoped(|| {
         let mut encoder = ctx.encoder();
-        let reduce =
-            Call::new(reduce_kernel, &reduce_constants, Grid::Elements(column_groups.div_ceil(groups)), PassParams { mode, flags, ..base });
-        record_runs(ctx, &mut encoder, &plan, &Call { extra: &reduce_extra, ..reduce }, &runs, &values);
+        let PreparedRuns { plan, runs, sums, .. } = &prepared;
+        record_runs(ctx, &mut encoder, plan, &prepared.reduce_call(), runs, sums, &values, [None, None]);
         // The rows: the second word of each run.
-        let p = PassParams { index_count: nnz as u32, ..base };
+        let p = PassParams { index_count: nnz as u32, ..prepared.params };
         let call = Call { extra: std::slice::from_ref(&runs.runs), ..Call::new(&RUN_ROWS, &[], Grid::Elements(1), p) };
         record_flat(ctx, &mut encoder, &call, None, Some(&rows.segments()[0]), nnz as u64);
         ctx.submit(encoder)
     })?;
     Ok(Gradient::Sparse { indices: rows, values, num_embeddings: s.num_embeddings })
+}
+
+/// Applies `step` to the table that `s.rows` index with their gradient from `grad`
+/// (one source segment), without writing the gradient anywhere.
+pub(crate) fn fused_table_step(ctx: &Context, s: &Scatter<'_>, grad: &GpuTensor, step: &FusedStep<'_>) -> Result<()> {
+    if grad.segments().len() != 1 {
+        return Err(Error::Unsupported(format!(
+            "a fused step reads the output gradient from one binding; one of shape {:?} spans {}",
+            grad.shape(),
+            grad.segments().len()
+        )));
+    }
+    ctx.scoped(|| {
+        let mut encoder = ctx.encoder();
+        let prepared = prepare_runs(ctx, &mut encoder, s, grad, None)?;
+        let grid = Grid::Elements(if step.per_row { 1 } else { prepared.blocks });
+        // Table rows, not slots: the runs' own rows are updated.
+        let params = PassParams { mode: step.mode, flags: 0, ..prepared.params };
+        let call = Call { extra: step.extra, ..Call::new(step.kernel, &prepared.constants, grid, params) };
+        record_runs(ctx, &mut encoder, &prepared.plan, &call, &prepared.runs, &prepared.sums, step.table, step.states);
+        ctx.submit(encoder)
+    })
 }
 
 /// The last word of a flat U32 tensor (one buffer), read back alone.
@@ -348,13 +419,24 @@ impl Embedding {
         options: GradOptions,
     ) -> Result<Gradient> {
         check_embedding_options(options)?;
+        let rows = self.checked_rows(indices, grad_out)?;
+        table_gradient(ctx, &self.scatter(Flat::Host(&rows), options), grad_out, None).await
+    }
+
+    /// The rows of host `indices`, range-checked, with `grad_out` checked against them.
+    fn checked_rows(&self, indices: Indices<'_>, grad_out: &GpuTensor) -> Result<Vec<i32>> {
         indices.check_shape("indices")?;
-        let d = self.embedding_dim();
         let mut shape = indices.shape.to_vec();
-        shape.push(d);
+        shape.push(self.embedding_dim());
         check_grad(grad_out, &shape)?;
-        let rows = indices.to_rows("indices", self.num_embeddings() as u64)?;
-        self.scatter_grad(ctx, Flat::Host(&rows), grad_out, options).await
+        indices.to_rows("indices", self.num_embeddings() as u64)
+    }
+
+    /// Backward and `step` in one: the table rows `indices` read are updated from their
+    /// gradient, which is never written out (the optimizer's fused sparse step).
+    pub(crate) fn fused_step(&self, ctx: &Context, indices: Indices<'_>, grad_out: &GpuTensor, step: &FusedStep<'_>) -> Result<()> {
+        let rows = self.checked_rows(indices, grad_out)?;
+        fused_table_step(ctx, &self.scatter(Flat::Host(&rows), GradOptions { sparse: true, scale_grad_by_freq: false }), grad_out, step)
     }
 
     /// [`Embedding::backward`] for indices already on the GPU (a flat I32 tensor of any
@@ -368,20 +450,18 @@ impl Embedding {
         check_grad(grad_out, &shape)?;
         check_list_len(ctx, "indices", indices.numel() as u64, 8)?;
         crate::gpu::index_check::check_gpu_indices(ctx, "indices", indices, self.num_embeddings() as u64)?;
-        pollster::block_on(self.scatter_grad(ctx, Flat::Gpu(indices), grad_out, options))
+        pollster::block_on(table_gradient(ctx, &self.scatter(Flat::Gpu(indices), options), grad_out, None))
     }
 
-    async fn scatter_grad(&self, ctx: &Context, rows: Flat<'_, i32>, grad_out: &GpuTensor, options: GradOptions) -> Result<Gradient> {
-        let d = self.embedding_dim();
-        let scatter = Scatter {
+    fn scatter<'a>(&self, rows: Flat<'a, i32>, options: GradOptions) -> Scatter<'a> {
+        Scatter {
             rows,
             sources: Sources::Positions { group: 1 },
             padding_idx: self.padding_idx(),
             num_embeddings: self.num_embeddings(),
-            dim: d,
+            dim: self.embedding_dim(),
             options,
-        };
-        table_gradient(ctx, &scatter, grad_out, None).await
+        }
     }
 }
 
@@ -418,6 +498,29 @@ impl EmbeddingBag {
         let bags = plan_bags(input, offsets, per_sample_weights, self.mode(), self.include_last_offset(), self.num_embeddings())?;
         let weights = bags.weights.as_deref().zip(per_sample_weights.map(|(_, shape)| shape)).map(|(w, shape)| (Flat::Host(w), shape));
         self.bag_grads(ctx, Flat::Host(&bags.rows), &bags.bounds, weights, grad_out, options).await
+    }
+
+    /// Backward and `step` in one: the table rows the bags read are updated from their
+    /// gradient, which is never written out (the optimizer's fused sparse step).
+    /// Returns the gradient of the per-sample weights, if given (from the table before
+    /// the step).
+    pub(crate) fn fused_step(
+        &self,
+        ctx: &Context,
+        input: Indices<'_>,
+        offsets: Option<Indices<'_>>,
+        per_sample_weights: PerSampleWeights<'_>,
+        grad_out: &GpuTensor,
+        step: &FusedStep<'_>,
+    ) -> Result<Option<GpuTensor>> {
+        let options = GradOptions { sparse: true, scale_grad_by_freq: false };
+        self.check_options(options)?;
+        let bags = plan_bags(input, offsets, per_sample_weights, self.mode(), self.include_last_offset(), self.num_embeddings())?;
+        let weights = bags.weights.as_deref().zip(per_sample_weights.map(|(_, shape)| shape)).map(|(w, shape)| (Flat::Host(w), shape));
+        let rows = Flat::Host(&bags.rows);
+        let (_, sample_grads) = self.bag_side_grads(ctx, rows, &bags.bounds, weights, grad_out)?;
+        fused_table_step(ctx, &self.scatter(rows, &bags.bounds, weights, options), grad_out, step)?;
+        Ok(sample_grads)
     }
 
     /// [`EmbeddingBag::backward`] with `input` (1-D with `offsets`, or 2-D) and
@@ -464,6 +567,39 @@ impl EmbeddingBag {
         grad_out: &GpuTensor,
         options: GradOptions,
     ) -> Result<BagGradients> {
+        let (argmax, sample_grads) = self.bag_side_grads(ctx, rows, bounds, weights, grad_out)?;
+        let weight = table_gradient(ctx, &self.scatter(rows, bounds, weights, options), grad_out, argmax.as_ref()).await?;
+        Ok(BagGradients { weight, per_sample_weights: sample_grads })
+    }
+
+    fn scatter<'a>(
+        &self,
+        rows: Flat<'a, i32>,
+        bounds: &'a [u32],
+        weights: Option<(Flat<'a, f32>, &[usize])>,
+        options: GradOptions,
+    ) -> Scatter<'a> {
+        Scatter {
+            rows,
+            sources: Sources::Bags { bounds, mode: self.mode(), weights: weights.map(|(w, _)| w) },
+            padding_idx: self.padding_idx(),
+            num_embeddings: self.num_embeddings(),
+            dim: self.embedding_dim(),
+            options,
+        }
+    }
+
+    /// What checked bags need besides the table's gradient: the argmax per (bag,
+    /// column) of max bags, recomputed from the table, and the gradient of the
+    /// per-sample weights (`[B, D]` `grad_out` checked).
+    fn bag_side_grads(
+        &self,
+        ctx: &Context,
+        rows: Flat<'_, i32>,
+        bounds: &[u32],
+        weights: Option<(Flat<'_, f32>, &[usize])>,
+        grad_out: &GpuTensor,
+    ) -> Result<(Option<GpuTensor>, Option<GpuTensor>)> {
         let mode = self.mode();
         let (v, d) = (self.num_embeddings(), self.embedding_dim());
         let b = bounds.len() - 1;
@@ -479,7 +615,7 @@ impl EmbeddingBag {
         let needs_whole = mode == BagMode::Max || weights.is_some();
         let whole =
             if needs_whole { Some(whole_bag_grad(ctx, grad_out, "embedding_bag backward (max, per_sample_weights)")?) } else { None };
-        let (argmax, sample_grads) = ctx.scoped(|| {
+        ctx.scoped(|| {
             let mut encoder = ctx.encoder();
             let idx = rows.buffer(ctx, &mut encoder, "indices")?;
             let idx = flat_segment(&idx, n);
@@ -507,16 +643,6 @@ impl EmbeddingBag {
             };
             ctx.submit(encoder)?;
             Ok((argmax, sample_grads))
-        })?;
-        let scatter = Scatter {
-            rows,
-            sources: Sources::Bags { bounds, mode, weights: weights.map(|(w, _)| w) },
-            padding_idx: self.padding_idx(),
-            num_embeddings: v,
-            dim: d,
-            options,
-        };
-        let weight = table_gradient(ctx, &scatter, grad_out, argmax.as_ref()).await?;
-        Ok(BagGradients { weight, per_sample_weights: sample_grads })
+        })
     }
 }

@@ -16,7 +16,7 @@ use crate::gpu::tensor::{DType, GpuTensor};
 use crate::quant::codes::{constants, constants_buffer, CodeMap};
 
 pub static FAMILY: ShaderFamily =
-    ShaderFamily { name: "quantize", parts: &[common::GRID, common::CODES, include_str!("../../shaders/quantize.wgsl")] };
+    ShaderFamily { name: "quantize", parts: &[common::GRID, common::CODES, common::ENCODE, include_str!("../../shaders/quantize.wgsl")] };
 
 /// The block-wise kernels bind their buffers themselves (binding `i` is the `i`-th
 /// resource they pass): they walk elements of flat tensors, not a plan's rows.
