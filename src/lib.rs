@@ -43,6 +43,7 @@ pub use layers::indices::{IndexData, Indices};
 pub use layers::layer_norm::LayerNorm;
 pub use layers::layer_norm_backward::{LayerNormGrads, SumLayerNormGrads};
 pub use layers::quantized::{QuantizedEmbedding, QuantizedEmbeddingBag};
+pub use layers::retriever::{Metric, RetrievalTable, Retriever, TopK};
 pub use layers::stable_embedding::{StableEmbedding, STABLE_EMBEDDING_EPS};
 pub use layers::sum_layer_norm::EmbeddingSumLayerNorm;
 pub use layers::table::MaxNorm;

@@ -41,6 +41,9 @@ pub enum Tolerance {
     /// The same, except that up to 1 in 1000 values may miss: a value on a rounding
     /// boundary may take the neighbouring code.
     Codes,
+    /// Top-k results: scores by value; the rows of a query distinct, and free to differ
+    /// from the reference's where scores tie (`check.py` also recomputes each score).
+    Ranking,
 }
 
 /// One op of the registry.
@@ -163,6 +166,13 @@ pub static OPS: &[Op] = &[
         &[("weight", Table), ("grad_indices", Idx), ("grad_values", Table)],
         OPTIMIZER_PARAMS,
         Values
+    ),
+    op!(
+        "inner_product_topk",
+        inner_product_topk,
+        &[("table", Table), ("queries", Table)],
+        &["k", "metric", "scheme", "blocksize"],
+        Ranking
     ),
     op!("quantize_blockwise", quantize_blockwise, &[("x", Table)], &["blocksize", "code"], Codes),
     op!("dequantize_blockwise", dequantize_blockwise, &[("codes", Codes), ("absmax", Vector)], &["blocksize", "code"], Values),
@@ -509,6 +519,45 @@ mod runs {
             opt.step(ctx, &table, &grad)?;
         }
         optimizer_outputs(ctx, &table, &opt)
+    }
+
+    /// REALM's retriever: the best `k` rows of the table for each query, the table
+    /// stored as `scheme` says (f32, f16, or quantized on the GPU).
+    pub(super) fn inner_product_topk(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+        use crate::layers::retriever::{Metric, Retriever};
+        let p = inputs.params();
+        let (w, n, d) = table(inputs, "table")?;
+        let queries = inputs.require("queries")?;
+        let q = match queries.shape[..] {
+            [q, qd] if qd == d => q,
+            _ => {
+                return Err(Error::arg(
+                    "queries",
+                    format!("expected queries of shape [Q, {d}] (the table's columns), got {:?}", queries.shape),
+                ))
+            }
+        };
+        let k = p.opt_i64("k")?.ok_or_else(|| Error::arg("k", "the case gives no k"))?;
+        let k = usize::try_from(k).map_err(|_| Error::arg("k", format!("k = {k} is negative")))?;
+        let metric = Metric::parse(p.opt_str("metric")?.unwrap_or("dot"))?;
+        let retriever = match p.opt_str("scheme")?.unwrap_or("f32") {
+            "f32" => Retriever::new(GpuTensor::from_f32(ctx, w, &[n, d])?, metric)?,
+            "f16" => {
+                let halves: Vec<half::f16> = w.iter().map(|&x| half::f16::from_f32(x)).collect();
+                Retriever::new(GpuTensor::from_f16(ctx, &halves, &[n, d])?, metric)?
+            }
+            scheme => {
+                let scheme = crate::quant::table::Scheme::parse(scheme)?;
+                let t = crate::quant::table::QuantizedTable::from_pretrained(ctx, w, n, d, scheme, blocksize_param(inputs, None)?)?;
+                Retriever::quantized(t, metric)
+            }
+        };
+        let top = retriever.search(ctx, queries.as_f32("queries")?, k)?;
+        debug_assert_eq!(top.scores.shape(), [q, k]);
+        let rows: Vec<i32> = bytemuck::pod_collect_to_vec(&top.indices.to_bytes(ctx)?);
+        let mut out = f32_outputs(ctx, &[("scores", Some(&top.scores))])?;
+        out.push(("indices".to_string(), HostTensor::i64(rows.iter().map(|&r| r as i64).collect(), vec![q, k])));
+        Ok(out)
     }
 
     /// `blocksize` as a size (absent or null: `default`), refusing negatives by value.

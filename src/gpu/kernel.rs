@@ -37,6 +37,8 @@ pub mod common {
     pub const CODES: &str = include_str!("../../shaders/common/codes.wgsl");
     /// Encoding to 8-bit code maps: correctly rounded division, the map's bin search (after `CODES`).
     pub const ENCODE: &str = include_str!("../../shaders/common/encode.wgsl");
+    /// A quantized table's planes and its dequantized `element(e)` (after `CODES`).
+    pub const QUANTIZED_TABLE: &str = include_str!("../../shaders/common/quantized_table.wgsl");
     /// Walking the runs of a sorted gradient list (backward run sums, fused steps).
     pub const RUNS: &str = include_str!("../../shaders/common/runs.wgsl");
 }

@@ -215,12 +215,24 @@ pub struct SlicePlan<'a> {
 
 impl SlicePlan<'_> {
     pub fn record(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>, items: u64) {
+        self.record_each(ctx, encoder, call, |_| items);
+    }
+
+    /// Like [`SlicePlan::record`], each pass over the table rows its slice touches (rows
+    /// of `units_per_row` units: 1 for row slices, D for element slices), from row
+    /// `lo / units_per_row`.
+    pub fn record_rows(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>, units_per_row: u64) {
+        let u = units_per_row.max(1);
+        self.record_each(ctx, encoder, call, |slice| slice.hi.div_ceil(u) - slice.lo / u);
+    }
+
+    fn record_each(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>, items: impl Fn(&TableSlice<'_>) -> u64) {
         for (t, slice) in self.table.slices().iter().enumerate() {
             let mut p = call.params.with_slice(slice);
             p.flags |= flag(t == 0, FIRST_PASS);
             let params = ctx.uniform(&p);
             let r = PassResources { slice: Some((t, slice)), input: self.input, out: self.out, ..PassResources::new(&params) };
-            record(ctx, encoder, call, &r, items);
+            record(ctx, encoder, call, &r, items(slice));
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod indices;
 pub mod layer_norm;
 pub mod layer_norm_backward;
 pub mod quantized;
+pub mod retriever;
 pub mod stable_embedding;
 pub mod sum_layer_norm;
 pub mod table;

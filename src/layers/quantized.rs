@@ -21,6 +21,7 @@ pub static FAMILY: ShaderFamily = ShaderFamily {
         common::BAG,
         common::BAG_SCALAR,
         common::CODES,
+        common::QUANTIZED_TABLE,
         include_str!("../../shaders/quantized_embedding.wgsl"),
     ],
 };

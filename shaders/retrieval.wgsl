@@ -1,0 +1,367 @@
+// Top-k inner-product retrieval (REALM's retriever: topk(queries @ table.T)) over a
+// dense or quantized table, for a batch of queries at a time:
+//  1. scores[q, n] = <query q, row n> (score_dense / score_quantized, one pass per
+//     table slice adding its part; cosine also sums each row's squares), queries
+//     L2-normalised first for cosine (normalize_queries);
+//  2. each score becomes a 32-bit key that orders descending scores ascending
+//     (score_keys; NaN first, as torch.topk ranks it largest);
+//  3. the k-th smallest key of each query by radix select: four rounds of an 8-bit
+//     digit histogram (integer atomics: exact counts) and a pick (radix_histogram,
+//     radix_pick); no sort of N per query;
+//  4. the keys below it, and as many equal to it as k needs (lowest rows first), are
+//     compacted in row order (tile_counts, an exclusive scan, compact_selected);
+//  5. the k selected of each query are sorted by key (stable: equal scores keep row
+//     order; gpu/sort.rs) and written out (write_topk).
+// Parts: common/grid.wgsl, common/pass.wgsl, common/table.wgsl, common/codes.wgsl,
+// common/quantized_table.wgsl, then this file.
+// Pass fields: dim; arg0 = queries in the batch (Qb), arg1 = table rows (N), arg2 =
+// k, arg3 = kernel-specific (below); mode = METRIC_*.
+
+const METRIC_DOT: u32 = 0u;
+const METRIC_COSINE: u32 = 1u;
+// Elements a workgroup of the selection kernels covers: WG_SIZE (64) invocations × 4.
+const TILE: u32 = 256u;
+
+@group(0) @binding(12) var<storage, read> queries: array<f32>;
+@group(0) @binding(12) var<storage, read> queries4: array<vec4<f32>>;
+@group(0) @binding(13) var<storage, read_write> row_sq: array<f32>;
+@group(0) @binding(13) var<storage, read> row_sq_in: array<f32>;
+@group(0) @binding(14) var<storage, read> raw_queries: array<f32>;
+@group(0) @binding(15) var<storage, read_write> keys: array<u32>;
+@group(0) @binding(15) var<storage, read> keys_in: array<u32>;
+@group(0) @binding(16) var<storage, read_write> counts: array<atomic<u32>>;
+@group(0) @binding(16) var<storage, read> counts_in: array<u32>;
+// Per query: (prefix of the k-th key so far, how many keys equal to it are still needed).
+@group(0) @binding(17) var<storage, read_write> select_state: array<vec2<u32>>;
+@group(0) @binding(17) var<storage, read> select_state_in: array<vec2<u32>>;
+// Per (query, tile): keys below the k-th key, and keys equal to it; then their
+// exclusive prefix sums over the batch's tiles.
+@group(0) @binding(18) var<storage, read_write> tile_lt_totals: array<u32>;
+@group(0) @binding(19) var<storage, read_write> tile_eq_totals: array<u32>;
+@group(0) @binding(18) var<storage, read> lt_prefix: array<u32>;
+@group(0) @binding(19) var<storage, read> eq_prefix: array<u32>;
+@group(0) @binding(20) var<storage, read_write> selected_keys: array<u32>;
+@group(0) @binding(20) var<storage, read> selected_keys_in: array<u32>;
+@group(0) @binding(21) var<storage, read_write> selected_rows: array<u32>;
+@group(0) @binding(21) var<storage, read> selected_rows_in: array<u32>;
+@group(0) @binding(22) var<storage, read> order: array<u32>;
+@group(0) @binding(23) var<storage, read_write> out_rows: array<u32>;
+
+// ---- scores -------------------------------------------------------------------------
+
+// Query q of the batch, scaled to unit length for cosine (torch's F.normalize: x /
+// max(|x|, 1e-12)). One invocation per query.
+@compute @workgroup_size(WG_SIZE)
+fn normalize_queries(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_id) lid: vec3<u32>) {
+    let q = linear_id(wid, nwg, lid);
+    if (q >= params.arg0) { return; }
+    let d = params.dim;
+    var sq = 0.0;
+    for (var c = 0u; c < d; c++) { let x = raw_queries[q * d + c]; sq += x * x; }
+    let scale = 1.0 / max(sqrt(sq), 1e-12);
+    for (var c = 0u; c < d; c++) { out[q * d + c] = raw_queries[q * d + c] * scale; }
+}
+
+// Adds a row's part of a score (and, for cosine, of its squares: the batch's first
+// query does that) to the zeroed accumulators.
+fn add_score(q: u32, row: u32, dot_part: f32, sq_part: f32) {
+    out[q * params.arg1 + row] += dot_part;
+    if (params.mode == METRIC_COSINE && q == 0u) { row_sq[row] += sq_part; }
+}
+
+// Dense tables: one invocation per (row of the bound slice, query); rows lie whole in
+// one slice. The invocation's (query, row), or row NO_ELEMENT past the slice.
+fn dense_item(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> vec2<u32> {
+    let id = linear_id(wid, nwg, lid);
+    let local = id / params.arg0;
+    let row = params.lo + local;
+    return vec2<u32>(id - local * params.arg0, select(row, NO_ELEMENT, row >= params.hi));
+}
+
+// Rows element by element (from the buffer).
+@compute @workgroup_size(WG_SIZE)
+fn score_dense(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_id) lid: vec3<u32>) {
+    let item = dense_item(wid, nwg, lid);
+    if (item.y == NO_ELEMENT) { return; }
+    let d = params.dim;
+    var dot_sum = 0.0;
+    var sq_sum = 0.0;
+    for (var c = 0u; c < d; c++) {
+        let x = table_element(item.y, c);
+        dot_sum += x * queries[item.x * d + c];
+        sq_sum += x * x;
+    }
+    add_score(item.x, item.y, dot_sum, sq_sum);
+}
+
+// Rows of whole vec4 words (f32: 4 values per word; f16 / bf16: 8), from the buffer
+// or the texture copy.
+@compute @workgroup_size(WG_SIZE)
+fn score_dense_words(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_id) lid: vec3<u32>) {
+    let item = dense_item(wid, nwg, lid);
+    if (item.y == NO_ELEMENT) { return; }
+    let d = params.dim;
+    var dot_sum = vec4<f32>(0.0);
+    var sq_sum = vec4<f32>(0.0);
+    let per_word = select(8u, 4u, TABLE_FORMAT == 0u);
+    let words = d / per_word;
+    let first = (item.y - params.first0) * words;
+    for (var w = 0u; w < words; w++) {
+        let word = table_word(first + w);
+        let qbase = (item.x * d + w * per_word) / 4u;
+        if (TABLE_FORMAT == 0u) {
+            let x = bitcast<vec4<f32>>(word);
+            dot_sum += x * queries4[qbase];
+            sq_sum += x * x;
+        } else {
+            let lo4 = widen_half4(word, false);
+            let hi4 = widen_half4(word, true);
+            dot_sum += lo4 * queries4[qbase] + hi4 * queries4[qbase + 1u];
+            sq_sum += lo4 * lo4 + hi4 * hi4;
+        }
+    }
+    add_score(item.x, item.y, (dot_sum.x + dot_sum.y) + (dot_sum.z + dot_sum.w), (sq_sum.x + sq_sum.y) + (sq_sum.z + sq_sum.w));
+}
+
+// Quantized tables: slices hold table elements [lo, hi), which may cut a row; each
+// pass adds the part of the row it holds. One invocation per (row the slice
+// touches, query).
+@compute @workgroup_size(WG_SIZE)
+fn score_quantized(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_id) lid: vec3<u32>) {
+    let id = linear_id(wid, nwg, lid);
+    let local = id / params.arg0;
+    let q = id - local * params.arg0;
+    let d = params.dim;
+    let row = params.lo / d + local;
+    let start = max(row * d, params.lo);
+    let end = min(row * d + d, params.hi);
+    if (row >= params.arg1 || start >= end) { return; }
+    var dot_sum = 0.0;
+    var sq_sum = 0.0;
+    for (var e = start; e < end; e++) {
+        let x = element(e);
+        dot_sum += x * queries[q * d + (e - row * d)];
+        sq_sum += x * x;
+    }
+    add_score(q, row, dot_sum, sq_sum);
+}
+
+// ---- keys ---------------------------------------------------------------------------
+
+// A key whose ascending order is the scores' descending order (NaN first).
+fn descending_key(score: f32) -> u32 {
+    var u = bitcast<u32>(score);
+    if (score != score) { u = 0x7fc00000u; }
+    let ordered = select(u | 0x80000000u, ~u, (u & 0x80000000u) != 0u);
+    return ~ordered;
+}
+
+fn score_of_key(key: u32) -> f32 {
+    let ordered = ~key;
+    return bitcast<f32>(select(~ordered, ordered & 0x7fffffffu, (ordered & 0x80000000u) != 0u));
+}
+
+// keys[i] for the batch's Qb × N scores (`out`), cosine scores divided by the row norm.
+@compute @workgroup_size(WG_SIZE)
+fn score_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_id(wid, nwg, lid);
+    if (i >= params.arg0 * params.arg1) { return; }
+    var s = out[i];
+    if (params.mode == METRIC_COSINE) {
+        let row = i % params.arg1;
+        s = s / max(sqrt(row_sq_in[row]), 1e-12);
+    }
+    keys[i] = descending_key(s);
+}
+
+// ---- radix select -------------------------------------------------------------------
+
+var<workgroup> histogram: array<atomic<u32>, 256>;
+var<workgroup> wg_lt: atomic<u32>;
+var<workgroup> wg_eq: atomic<u32>;
+
+// The digit (bits shift .. shift + 8) of round arg3 (0: the top byte), and the mask of
+// the digits above it.
+fn round_shift() -> u32 {
+    return 24u - 8u * params.arg3;
+}
+
+fn round_mask() -> u32 {
+    if (params.arg3 == 0u) { return 0u; }
+    return 0xffffffffu << (32u - 8u * params.arg3);
+}
+
+// Workgroups: Qb × tiles of TILE keys of one query (tiles per query = ceil(N / TILE)).
+// Which query and tile this workgroup covers.
+fn tile_of(wid: vec3<u32>, nwg: vec3<u32>) -> vec2<u32> {
+    let tiles = (params.arg1 + TILE - 1u) / TILE;
+    let g = group_index(wid, nwg);
+    let q = g / tiles;
+    return vec2<u32>(q, g - q * tiles);
+}
+
+// Counts, per query, the keys that match the prefix so far by their digit of this
+// round (counts: 256 per query, zeroed before the round).
+@compute @workgroup_size(WG_SIZE)
+fn radix_histogram(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_id) lid: vec3<u32>) {
+    let qt = tile_of(wid, nwg);
+    for (var b = lid.x; b < 256u; b += WG_SIZE) { atomicStore(&histogram[b], 0u); }
+    workgroupBarrier();
+    if (qt.x < params.arg0) {
+        let prefix = select_state_in[qt.x].x;
+        let shift = round_shift();
+        let mask = round_mask();
+        for (var j = 0u; j < 4u; j++) {
+            let n = qt.y * TILE + lid.x * 4u + j;
+            if (n < params.arg1) {
+                let key = keys_in[qt.x * params.arg1 + n];
+                if ((key & mask) == prefix) { atomicAdd(&histogram[(key >> shift) & 0xffu], 1u); }
+            }
+        }
+    }
+    workgroupBarrier();
+    if (qt.x < params.arg0) {
+        for (var b = lid.x; b < 256u; b += WG_SIZE) {
+            let c = atomicLoad(&histogram[b]);
+            if (c != 0u) { atomicAdd(&counts[qt.x * 256u + b], c); }
+        }
+    }
+}
+
+// One invocation per query: the digit where the running count reaches the number of
+// keys still needed; it joins the prefix, and the keys below it are taken.
+@compute @workgroup_size(WG_SIZE)
+fn radix_pick(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let q = linear_id(wid, nwg, lid);
+    if (q >= params.arg0) { return; }
+    var state = select_state[q];
+    var below = 0u;
+    for (var b = 0u; b < 256u; b++) {
+        let c = counts_in[q * 256u + b];
+        if (below + c >= state.y) {
+            state = vec2<u32>(state.x | (b << round_shift()), state.y - below);
+            break;
+        }
+        below += c;
+    }
+    select_state[q] = state;
+}
+
+// ---- compaction ---------------------------------------------------------------------
+
+// Per tile: how many keys lie below the k-th key, and how many equal it.
+@compute @workgroup_size(WG_SIZE)
+fn tile_counts(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_id) lid: vec3<u32>) {
+    let qt = tile_of(wid, nwg);
+    if (lid.x == 0u) {
+        atomicStore(&wg_lt, 0u);
+        atomicStore(&wg_eq, 0u);
+    }
+    workgroupBarrier();
+    let c = lane_counts(qt, lid.x);
+    if (c.x != 0u) { atomicAdd(&wg_lt, c.x); }
+    if (c.y != 0u) { atomicAdd(&wg_eq, c.y); }
+    workgroupBarrier();
+    let tiles = (params.arg1 + TILE - 1u) / TILE;
+    if (lid.x == 0u && qt.x < params.arg0) {
+        tile_lt_totals[qt.x * tiles + qt.y] = atomicLoad(&wg_lt);
+        tile_eq_totals[qt.x * tiles + qt.y] = atomicLoad(&wg_eq);
+    }
+}
+
+// This invocation's 4 keys: how many lie below the threshold, how many equal it.
+fn lane_counts(qt: vec2<u32>, lane: u32) -> vec2<u32> {
+    var c = vec2<u32>(0u);
+    if (qt.x >= params.arg0) { return c; }
+    let threshold = select_state_in[qt.x].x;
+    for (var j = 0u; j < 4u; j++) {
+        let n = qt.y * TILE + lane * 4u + j;
+        if (n < params.arg1) {
+            let key = keys_in[qt.x * params.arg1 + n];
+            c += vec2<u32>(select(0u, 1u, key < threshold), select(0u, 1u, key == threshold));
+        }
+    }
+    return c;
+}
+
+var<workgroup> lane_offsets: array<vec2<u32>, 64>;
+
+// Writes the selected keys and rows of each tile in row order: the keys below the
+// threshold at their rank among them, then the first `needed` equal ones after all of
+// those (the scanned tile totals give each tile's start).
+@compute @workgroup_size(WG_SIZE)
+fn compact_selected(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_id) lid: vec3<u32>) {
+    let qt = tile_of(wid, nwg);
+    // Exclusive scan of the lanes' counts (Hillis-Steele over WG_SIZE = 64 lanes).
+    let own = lane_counts(qt, lid.x);
+    lane_offsets[lid.x] = own;
+    workgroupBarrier();
+    for (var stride = 1u; stride < WG_SIZE; stride *= 2u) {
+        var v = lane_offsets[lid.x];
+        if (lid.x >= stride) { v += lane_offsets[lid.x - stride]; }
+        workgroupBarrier();
+        lane_offsets[lid.x] = v;
+        workgroupBarrier();
+    }
+    if (qt.x >= params.arg0) { return; }
+    let tiles = (params.arg1 + TILE - 1u) / TILE;
+    let t = qt.x * tiles + qt.y;
+    let first = qt.x * tiles;
+    let state = select_state_in[qt.x];
+    let k = params.arg2;
+    let below_total = k - state.y;
+    var lt = lt_prefix[t] - lt_prefix[first] + lane_offsets[lid.x].x - own.x;
+    var eq = eq_prefix[t] - eq_prefix[first] + lane_offsets[lid.x].y - own.y;
+    for (var j = 0u; j < 4u; j++) {
+        let n = qt.y * TILE + lid.x * 4u + j;
+        if (n < params.arg1) {
+            let key = keys_in[qt.x * params.arg1 + n];
+            var slot = k;
+            if (key < state.x) {
+                slot = lt;
+                lt += 1u;
+            } else if (key == state.x) {
+                if (eq < state.y) { slot = below_total + eq; }
+                eq += 1u;
+            }
+            if (slot < k) {
+                selected_keys[qt.x * k + slot] = key;
+                selected_rows[qt.x * k + slot] = n;
+            }
+        }
+    }
+}
+
+// ---- output -------------------------------------------------------------------------
+
+// order[p]: the selected entry that comes p-th (sorted by query, then key). Writes
+// scores to `out` and rows to `out_rows` (the bound output segments; arg3 = the
+// batch's first row in them).
+@compute @workgroup_size(WG_SIZE)
+fn write_topk(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let p = linear_id(wid, nwg, lid);
+    if (p >= params.arg0 * params.arg2) { return; }
+    let j = order[p];
+    let dst = params.arg3 * params.arg2 + p;
+    out[dst] = score_of_key(selected_keys_in[j]);
+    out_rows[dst] = selected_rows_in[j];
+}
+
+// The sort key of selected entry j for the second (stable) sort: its query.
+@compute @workgroup_size(WG_SIZE)
+fn query_of_entries(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_id) lid: vec3<u32>) {
+    let p = linear_id(wid, nwg, lid);
+    if (p >= params.arg0 * params.arg2) { return; }
+    out_rows[p] = order[p] / params.arg2;
+}

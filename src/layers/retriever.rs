@@ -1,0 +1,321 @@
+//! Top-k retrieval by inner product (REALM's retriever: `topk(queries @ table.T)`), or
+//! by cosine, over a dense (F32, F16, BF16) or quantized table, with the selection on
+//! the GPU: radix select of each query's k-th score, then only the k selected sorted.
+//! Quantized tables are scored from their codes. Shader family: `retrieval.wgsl`.
+
+use crate::error::{Error, Result};
+use crate::gpu::context::{upload, words, Context};
+use crate::gpu::kernel::binding::{OUT, PARAMS, TABLE, TEXTURE};
+use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
+use crate::gpu::plan::{record_flat, Call, Grid, PassParams, SlicePlan};
+use crate::gpu::sort::record_exclusive_scan;
+use crate::gpu::sort::{check_list_len, record_sort};
+use crate::gpu::table::TableAccess;
+use crate::gpu::tensor::{DType, GpuTensor, Segment};
+use crate::layers::table::{table_format, table_shape};
+use crate::quant::table::QuantizedTable;
+
+pub static FAMILY: ShaderFamily = ShaderFamily {
+    name: "retrieval",
+    parts: &[
+        common::GRID,
+        common::PASS,
+        common::TABLE,
+        common::CODES,
+        common::QUANTIZED_TABLE,
+        include_str!("../../shaders/retrieval.wgsl"),
+    ],
+};
+
+const fn read(binding: u32, k: usize) -> (u32, Slot, Role) {
+    (binding, Slot::Read, Role::Extra(k))
+}
+const fn write(binding: u32, k: usize) -> (u32, Slot, Role) {
+    (binding, Slot::ReadWrite, Role::Extra(k))
+}
+
+const NORMALIZE_QUERIES: Kernel = Kernel::new(&FAMILY, "normalize_queries", &[PARAMS, OUT, read(14, 0)]);
+const SCORE_DENSE: Kernel = Kernel::new(&FAMILY, "score_dense", &[PARAMS, TABLE, OUT, read(12, 0), write(13, 1)]);
+const SCORE_DENSE_WORDS: Kernel = Kernel::new(&FAMILY, "score_dense_words", &[PARAMS, TABLE, TEXTURE, OUT, read(12, 0), write(13, 1)]);
+const SCORE_QUANTIZED: Kernel = Kernel::new(
+    &FAMILY,
+    "score_quantized",
+    &[PARAMS, TABLE, OUT, read(12, 0), write(13, 1), read(9, 2), (10, Slot::Read, Role::Table(1)), (11, Slot::Read, Role::Table(2))],
+);
+const SCORE_KEYS: Kernel = Kernel::new(&FAMILY, "score_keys", &[PARAMS, OUT, read(13, 0), write(15, 1)]);
+const RADIX_HISTOGRAM: Kernel = Kernel::new(&FAMILY, "radix_histogram", &[PARAMS, read(15, 0), write(16, 1), read(17, 2)]);
+const RADIX_PICK: Kernel = Kernel::new(&FAMILY, "radix_pick", &[PARAMS, read(16, 0), write(17, 1)]);
+const TILE_COUNTS: Kernel = Kernel::new(&FAMILY, "tile_counts", &[PARAMS, read(15, 0), read(17, 1), write(18, 2), write(19, 3)]);
+const COMPACT_SELECTED: Kernel =
+    Kernel::new(&FAMILY, "compact_selected", &[PARAMS, read(15, 0), read(17, 1), read(18, 2), read(19, 3), write(20, 4), write(21, 5)]);
+const QUERY_OF_ENTRIES: Kernel = Kernel::new(&FAMILY, "query_of_entries", &[PARAMS, read(22, 0), write(23, 1)]);
+const WRITE_TOPK: Kernel = Kernel::new(&FAMILY, "write_topk", &[PARAMS, OUT, read(20, 0), read(21, 1), read(22, 2), write(23, 3)]);
+
+/// Keys a selection workgroup covers (`TILE` of the shader).
+const TILE: u64 = 256;
+
+/// How queries and rows are compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    /// The inner product.
+    Dot,
+    /// The inner product of L2-normalised rows and queries (`F.normalize`, eps 1e-12).
+    Cosine,
+}
+
+impl Metric {
+    /// `dot` or `cosine`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "dot" => Ok(Metric::Dot),
+            "cosine" => Ok(Metric::Cosine),
+            other => Err(Error::arg("metric", format!("expected \"dot\" or \"cosine\", got {other:?}"))),
+        }
+    }
+
+    fn code(self) -> u32 {
+        match self {
+            Metric::Dot => 0,
+            Metric::Cosine => 1,
+        }
+    }
+}
+
+/// The table a [`Retriever`] scores.
+#[derive(Debug, Clone)]
+pub enum RetrievalTable {
+    /// F32, F16 or BF16 `[N, D]`.
+    Dense(GpuTensor),
+    /// Scored from its codes, never dequantized in memory.
+    Quantized(QuantizedTable),
+}
+
+/// The `k` best rows of each query: `scores` F32 `[Q, k]`, descending, and their rows
+/// `indices` I32 `[Q, k]` (equal scores in row order).
+#[derive(Debug, Clone)]
+pub struct TopK {
+    pub scores: GpuTensor,
+    pub indices: GpuTensor,
+}
+
+/// Scores queries against every row of a table and keeps the best `k` per query.
+#[derive(Debug, Clone)]
+pub struct Retriever {
+    table: RetrievalTable,
+    metric: Metric,
+    rows: usize,
+    dim: usize,
+}
+
+impl Retriever {
+    /// A retriever over a dense `[N, D]` table (F32, F16 or BF16).
+    pub fn new(table: GpuTensor, metric: Metric) -> Result<Self> {
+        let (rows, dim) = table_shape(&table)?;
+        table_format(table.dtype())?;
+        Ok(Retriever { table: RetrievalTable::Dense(table), metric, rows, dim })
+    }
+
+    /// A retriever over a quantized table.
+    pub fn quantized(table: QuantizedTable, metric: Metric) -> Self {
+        let (rows, dim) = (table.num_embeddings(), table.embedding_dim());
+        Retriever { table: RetrievalTable::Quantized(table), metric, rows, dim }
+    }
+
+    /// Rows of the table.
+    pub fn num_rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns of the table (and of each query).
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The table.
+    pub fn table(&self) -> &RetrievalTable {
+        &self.table
+    }
+
+    /// The best `k` rows for each of the `Q` host queries (`queries`: `Q × D` values,
+    /// row-major).
+    pub fn search(&self, ctx: &Context, queries: &[f32], k: usize) -> Result<TopK> {
+        if self.dim == 0 || !queries.len().is_multiple_of(self.dim) {
+            return Err(Error::arg(
+                "queries",
+                format!("expected a multiple of the table's {} columns, got {} values", self.dim, queries.len()),
+            ));
+        }
+        let q = queries.len() / self.dim;
+        self.check_k(k)?;
+        let queries = if q == 0 {
+            GpuTensor::zeros(ctx, &[0, self.dim], DType::F32, self.dim)?
+        } else {
+            GpuTensor::from_f32(ctx, queries, &[q, self.dim])?
+        };
+        self.search_gpu(ctx, &queries, k)
+    }
+
+    /// The best `k` rows for queries already on the GPU (F32 `[Q, D]`), for example an
+    /// `EmbeddingBag` mean: nothing is read back.
+    pub fn search_gpu(&self, ctx: &Context, queries: &GpuTensor, k: usize) -> Result<TopK> {
+        let d = self.dim;
+        if queries.dtype() != DType::F32 || queries.shape().len() != 2 || queries.shape()[1] != d {
+            return Err(Error::arg(
+                "queries",
+                format!(
+                    "expected F32 queries of shape [Q, {d}] (the table's columns), got {:?} of shape {:?}",
+                    queries.dtype(),
+                    queries.shape()
+                ),
+            ));
+        }
+        self.check_k(k)?;
+        let (q, n) = (queries.shape()[0], self.rows);
+        // A batch of queries: its scores and keys fit a binding, its selected entries
+        // one sort, its queries and outputs one segment each.
+        let bind = ctx.max_binding_size();
+        let batch = (bind / (4 * n as u64)).min(bind / (8 * k.max(1) as u64)).min(bind / (4 * d as u64)).min(q.max(1) as u64);
+        if batch == 0 {
+            return Err(Error::Unsupported(format!(
+                "a table of {n} rows: one query's scores ({} bytes) do not fit a binding of {bind} bytes",
+                4 * n
+            )));
+        }
+        check_list_len(ctx, "k", batch * k as u64, 8)?;
+        let scores = GpuTensor::zeros_with(ctx, &[q, k], DType::F32, k, batch)?;
+        let indices = GpuTensor::zeros_with(ctx, &[q, k], DType::I32, k, batch)?;
+        if q == 0 || k == 0 {
+            return Ok(TopK { scores, indices });
+        }
+        ctx.scoped(|| {
+            let mut encoder = ctx.encoder();
+            let queries = queries.resegment(ctx, &mut encoder, batch)?;
+            for (b, seg) in queries.segments().iter().enumerate() {
+                let out = [&scores.segments()[b], &indices.segments()[b]];
+                self.record_batch(ctx, &mut encoder, seg, k, out)?;
+            }
+            ctx.submit(encoder)
+        })?;
+        Ok(TopK { scores, indices })
+    }
+
+    fn check_k(&self, k: usize) -> Result<()> {
+        if k > self.rows {
+            return Err(Error::arg("k", format!("selected index k out of range: k = {k} is larger than the table's {} rows", self.rows)));
+        }
+        Ok(())
+    }
+
+    /// Records the search of one batch of queries (`queries`: its rows) into the output
+    /// segments `out` (scores, indices) holding the same rows.
+    fn record_batch(
+        &self,
+        ctx: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        queries: &Segment,
+        k: usize,
+        out: [&Segment; 2],
+    ) -> Result<()> {
+        let (qb, n, d) = (queries.rows, self.rows as u64, self.dim as u64);
+        let base = PassParams {
+            dim: d as u32,
+            num_embeddings: n as u32,
+            mode: self.metric.code(),
+            arg0: qb as u32,
+            arg1: n as u32,
+            arg2: k as u32,
+            ..Default::default()
+        };
+        // 1. Scores (cosine: from normalised queries, divided by the row norms below).
+        let queries = match self.metric {
+            Metric::Dot => queries.buffer.clone(),
+            Metric::Cosine => {
+                let unit = words(ctx, "unit-queries", qb * d);
+                let call =
+                    Call { extra: std::slice::from_ref(&queries.buffer), ..Call::new(&NORMALIZE_QUERIES, &[], Grid::Elements(1), base) };
+                record_flat(ctx, encoder, &call, None, Some(&flat(&unit, qb * d)), qb);
+                unit
+            }
+        };
+        let scores = words(ctx, "scores", qb * n);
+        let row_sq = words(ctx, "row-squares", n);
+        let extra = [queries, row_sq.clone()];
+        let scores_out = flat(&scores, qb * n);
+        match &self.table {
+            RetrievalTable::Dense(table) => {
+                let format = table_format(table.dtype())?;
+                let per_word = if table.dtype() == DType::F32 { 4 } else { 8 };
+                let whole_words = self.dim.is_multiple_of(per_word);
+                // Texture copies (CPU adapters) hold rows of whole words only.
+                let access = if whole_words { TableAccess::rows_or_texture(ctx, table) } else { TableAccess::rows(table) };
+                let constants = [("TABLE_FORMAT", format), ("TABLE_TEXTURE", access.texture().is_some() as u32 as f64)];
+                let kernel = if whole_words { &SCORE_DENSE_WORDS } else { &SCORE_DENSE };
+                let call = Call { extra: &extra, ..Call::new(kernel, &constants, Grid::Elements(qb), base) };
+                SlicePlan { table: &access, input: None, out: Some(&scores_out) }.record_rows(ctx, encoder, &call, 1);
+            }
+            RetrievalTable::Quantized(t) => {
+                let access = t.access();
+                let constants = [("SCHEME", t.scheme().kernel_scheme() as f64)];
+                let extra = [extra[0].clone(), extra[1].clone(), t.consts.clone()];
+                let p = PassParams { group: t.group(), ..base };
+                let call = Call { extra: &extra, ..Call::new(&SCORE_QUANTIZED, &constants, Grid::Elements(qb), p) };
+                SlicePlan { table: &access, input: None, out: Some(&scores_out) }.record_rows(ctx, encoder, &call, d);
+            }
+        }
+        // 2. Keys.
+        let keys = words(ctx, "keys", qb * n);
+        let call = Call { extra: &[row_sq, keys.clone()], ..Call::new(&SCORE_KEYS, &[], Grid::Elements(1), base) };
+        record_flat(ctx, encoder, &call, None, Some(&scores_out), qb * n);
+        // 3. Radix select of the k-th key: (prefix, still needed) per query.
+        let state = upload(ctx, "select-state", &vec![[0u32, k as u32]; qb as usize]);
+        let tiles = qb * n.div_ceil(TILE);
+        for round in 0..4 {
+            let counts = words(ctx, "digit-counts", qb * 256);
+            let p = PassParams { arg3: round, ..base };
+            let extra = [keys.clone(), counts.clone(), state.clone()];
+            record_flat(
+                ctx,
+                encoder,
+                &Call { extra: &extra, ..Call::new(&RADIX_HISTOGRAM, &[], Grid::RowsPerGroup(1), p) },
+                None,
+                None,
+                tiles,
+            );
+            let extra = [counts, state.clone()];
+            record_flat(ctx, encoder, &Call { extra: &extra, ..Call::new(&RADIX_PICK, &[], Grid::Elements(1), p) }, None, None, qb);
+        }
+        // 4. The selected keys and rows, in row order.
+        let (lt, eq) = (words(ctx, "tile-below", tiles), words(ctx, "tile-equal", tiles));
+        let extra = [keys.clone(), state.clone(), lt.clone(), eq.clone()];
+        record_flat(ctx, encoder, &Call { extra: &extra, ..Call::new(&TILE_COUNTS, &[], Grid::RowsPerGroup(1), base) }, None, None, tiles);
+        let (lt, eq) = (record_exclusive_scan(ctx, encoder, &lt, tiles), record_exclusive_scan(ctx, encoder, &eq, tiles));
+        let m = qb * k as u64;
+        let (selected_keys, selected_rows) = (words(ctx, "selected-keys", m), words(ctx, "selected-rows", m));
+        let extra = [keys, state, lt, eq, selected_keys.clone(), selected_rows.clone()];
+        record_flat(
+            ctx,
+            encoder,
+            &Call { extra: &extra, ..Call::new(&COMPACT_SELECTED, &[], Grid::RowsPerGroup(1), base) },
+            None,
+            None,
+            tiles,
+        );
+        // 5. Sorted by key, then (stably) by query; written out.
+        let entries = upload(ctx, "entries", &(0..m as u32).collect::<Vec<u32>>());
+        let (_, mut order) = record_sort(ctx, encoder, &selected_keys, &entries, m);
+        if qb > 1 {
+            let query_keys = words(ctx, "entry-queries", m);
+            let call = Call { extra: &[order.clone(), query_keys.clone()], ..Call::new(&QUERY_OF_ENTRIES, &[], Grid::Elements(1), base) };
+            record_flat(ctx, encoder, &call, None, None, m);
+            order = record_sort(ctx, encoder, &query_keys, &order, m).1;
+        }
+        let extra = [selected_keys, selected_rows, order, out[1].buffer.clone()];
+        let p = PassParams { arg3: 0, ..base };
+        record_flat(ctx, encoder, &Call { extra: &extra, ..Call::new(&WRITE_TOPK, &[], Grid::Elements(1), p) }, None, Some(out[0]), m);
+        Ok(())
+    }
+}
+
+fn flat(buffer: &wgpu::Buffer, rows: u64) -> Segment {
+    Segment { buffer: buffer.clone(), first_row: 0, rows }
+}
