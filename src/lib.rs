@@ -64,6 +64,7 @@ pub static SHADERS: &[&gpu::kernel::ShaderFamily] = &[
     &layers::layer_norm_backward::FAMILY,
     &layers::axial::FAMILY,
     &layers::quantized::FAMILY,
+    &layers::retriever::FAMILY,
     &quant::blockwise::FAMILY,
     &gpu::plan::FINALIZE_FAMILY,
     &gpu::index_check::FAMILY,

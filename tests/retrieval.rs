@@ -1,0 +1,163 @@
+//! Top-k retrieval beyond the conformance cases: tables split over bindings (dense rows
+//! per segment, quantized planes cut mid-row), many query batches, k from 1 to N, ties,
+//! GPU-resident queries, and refusals. Checked against a float64 reference on the host.
+
+mod common;
+
+use common::{context_reading, Rng};
+use wgpu_embed::{
+    BagMode, Context, EmbeddingBag, GpuTensor, Indices, Metric, QuantizedEmbedding, QuantizedTable, Retriever, Scheme, TableReads, TopK,
+};
+
+/// The reference top-k of `queries` against `table` (rows of `d`): scores descending.
+fn reference_scores(table: &[f32], queries: &[f32], d: usize, k: usize, metric: Metric) -> Vec<Vec<f64>> {
+    let norm = |v: &[f32]| v.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt().max(1e-12);
+    queries
+        .chunks(d)
+        .map(|q| {
+            let mut s: Vec<f64> = table
+                .chunks(d)
+                .map(|r| {
+                    let dot: f64 = r.iter().zip(q).map(|(&a, &b)| a as f64 * b as f64).sum();
+                    if metric == Metric::Cosine {
+                        dot / (norm(r) * norm(q))
+                    } else {
+                        dot
+                    }
+                })
+                .collect();
+            s.sort_by(|a, b| b.total_cmp(a));
+            s.truncate(k);
+            s
+        })
+        .collect()
+}
+
+/// Checks `top` as check.py does: scores match the reference's position by position,
+/// rows are distinct and in the table, and each returned row has its returned score.
+fn check(ctx: &Context, top: &TopK, table: &[f32], queries: &[f32], d: usize, k: usize, metric: Metric, tol: f64) {
+    let q = queries.len() / d;
+    assert_eq!(top.scores.shape(), [q, k]);
+    let scores = top.scores.to_vec_f32(ctx).unwrap();
+    let rows: Vec<i32> = bytemuck::pod_collect_to_vec(&top.indices.to_bytes(ctx).unwrap());
+    let want = reference_scores(table, queries, d, k, metric);
+    for (qi, want) in want.iter().enumerate() {
+        let got = &scores[qi * k..(qi + 1) * k];
+        let got_rows = &rows[qi * k..(qi + 1) * k];
+        let mut seen = std::collections::HashSet::new();
+        for j in 0..k {
+            let bound = tol * (1.0 + want[j].abs());
+            assert!((got[j] as f64 - want[j]).abs() <= bound, "query {qi}, rank {j}: score {} expected {}", got[j], want[j]);
+            let r = got_rows[j];
+            assert!(r >= 0 && (r as usize) < table.len() / d, "query {qi}: row {r} outside the table");
+            assert!(seen.insert(r), "query {qi}: row {r} twice");
+            let own = reference_scores(&table[r as usize * d..(r as usize + 1) * d], &queries[qi * d..(qi + 1) * d], d, 1, metric)[0][0];
+            assert!((got[j] as f64 - own).abs() <= bound, "query {qi}: row {r} returned with {} but scores {own}", got[j]);
+        }
+    }
+}
+
+#[test]
+fn dense_tables_over_several_bindings_and_many_batches() {
+    // 1 MiB bindings, buffer reads: the 70 000 x 8 table spans three segments, and a
+    // batch holds 3 queries' scores, so 40 queries take 14 batches.
+    let ctx = context_reading(Some(1 << 20), TableReads::Buffer);
+    let (n, d) = (70_000usize, 8usize);
+    let mut rng = Rng(31);
+    let table = rng.vec_f32(n * d);
+    let queries = rng.vec_f32(40 * d);
+    let t = GpuTensor::from_f32(&ctx, &table, &[n, d]).unwrap();
+    assert_eq!(t.segments().len(), 3);
+    for metric in [Metric::Dot, Metric::Cosine] {
+        let retriever = Retriever::new(t.clone(), metric).unwrap();
+        for k in [1, 37, 5000] {
+            let top = retriever.search(&ctx, &queries, k).unwrap();
+            assert!(top.scores.segments().len() > 1, "several batches expected");
+            check(&ctx, &top, &table, &queries, d, k, metric, 1e-5);
+        }
+    }
+    // k = N: every row, sorted.
+    let top = Retriever::new(t, Metric::Dot).unwrap().search(&ctx, &queries[..2 * d], n).unwrap();
+    check(&ctx, &top, &table, &queries[..2 * d], d, n, Metric::Dot, 1e-5);
+}
+
+#[test]
+fn dense_rows_of_whole_words_from_texture_copies() {
+    let ctx = context_reading(None, TableReads::Auto);
+    let (n, d) = (3_000usize, 64usize);
+    let mut rng = Rng(32);
+    let table = rng.vec_f32(n * d);
+    let queries = rng.vec_f32(5 * d);
+    let retriever = Retriever::new(GpuTensor::from_f32(&ctx, &table, &[n, d]).unwrap(), Metric::Dot).unwrap();
+    let top = retriever.search(&ctx, &queries, 100).unwrap();
+    check(&ctx, &top, &table, &queries, d, 100, Metric::Dot, 1e-5);
+}
+
+#[test]
+fn equal_scores_come_in_row_order() {
+    let ctx = context_reading(None, TableReads::Auto);
+    let (n, d) = (1_000usize, 4usize);
+    // Rows 3 and 500 score 2, every other row 1.
+    let mut table = vec![0.25f32; n * d];
+    for r in [3usize, 500] {
+        table[r * d..(r + 1) * d].fill(0.5);
+    }
+    let retriever = Retriever::new(GpuTensor::from_f32(&ctx, &table, &[n, d]).unwrap(), Metric::Dot).unwrap();
+    let top = retriever.search(&ctx, &[1.0; 4], 6).unwrap();
+    let rows: Vec<i32> = bytemuck::pod_collect_to_vec(&top.indices.to_bytes(&ctx).unwrap());
+    assert_eq!(rows, [3, 500, 0, 1, 2, 4]);
+    assert_eq!(top.scores.to_vec_f32(&ctx).unwrap(), [2.0, 2.0, 1.0, 1.0, 1.0, 1.0]);
+}
+
+#[test]
+fn quantized_tables_scored_from_their_codes_across_planes() {
+    // 1 MiB bindings: the 120 000 x 10 codes plane (1.2 M bytes) is cut inside a row.
+    let ctx = context_reading(Some(1 << 20), TableReads::Buffer);
+    let (n, d) = (120_000usize, 10usize);
+    let mut rng = Rng(33);
+    let weight = rng.vec_f32(n * d);
+    let queries = rng.vec_f32(3 * d);
+    for scheme in [Scheme::Int8Blockwise, Scheme::Int8Rowwise, Scheme::Nf4] {
+        let qt = QuantizedTable::from_pretrained(&ctx, &weight, n, d, scheme, None).unwrap();
+        // The table as the kernels see it: every row looked up.
+        let all: Vec<i64> = (0..n as i64).collect();
+        let dequantized = QuantizedEmbedding::new(qt.clone()).forward(&ctx, Indices::i64(&all, &[n])).unwrap().to_vec_f32(&ctx).unwrap();
+        let top = Retriever::quantized(qt, Metric::Dot).search(&ctx, &queries, 50).unwrap();
+        check(&ctx, &top, &dequantized, &queries, d, 50, Metric::Dot, 1e-5);
+    }
+}
+
+#[test]
+fn queries_already_on_the_gpu() {
+    // Embed, then search, with no read-back: the mean of each bag is a query.
+    let ctx = context_reading(None, TableReads::Auto);
+    let (v, d, n) = (500usize, 16usize, 2_000usize);
+    let mut rng = Rng(34);
+    let vocab = rng.vec_f32(v * d);
+    let corpus = rng.vec_f32(n * d);
+    let bag = EmbeddingBag::from_pretrained(&ctx, &vocab, v, d, BagMode::Mean).unwrap();
+    let ids: Vec<i64> = (0..12).map(|_| rng.below(v as u64) as i64).collect();
+    let queries = bag.forward(&ctx, Indices::i64(&ids, &[3, 4]), None, None).unwrap();
+    let retriever = Retriever::new(GpuTensor::from_f32(&ctx, &corpus, &[n, d]).unwrap(), Metric::Cosine).unwrap();
+    let on_gpu = retriever.search_gpu(&ctx, &queries, 10).unwrap();
+    let host_queries = queries.to_vec_f32(&ctx).unwrap();
+    let from_host = retriever.search(&ctx, &host_queries, 10).unwrap();
+    assert_eq!(on_gpu.indices.to_bytes(&ctx).unwrap(), from_host.indices.to_bytes(&ctx).unwrap());
+    check(&ctx, &on_gpu, &corpus, &host_queries, d, 10, Metric::Cosine, 1e-5);
+}
+
+#[test]
+fn refusals_name_the_argument() {
+    let ctx = context_reading(None, TableReads::Auto);
+    let retriever = Retriever::new(GpuTensor::from_f32(&ctx, &[1.0; 40], &[10, 4]).unwrap(), Metric::Dot).unwrap();
+    let err = retriever.search(&ctx, &[1.0; 8], 11).unwrap_err().to_string();
+    assert!(err.contains("`k`") && err.contains("11") && err.contains("10 rows"), "{err}");
+    let err = retriever.search(&ctx, &[1.0; 10], 3).unwrap_err().to_string();
+    assert!(err.contains("`queries`") && err.contains("10 values"), "{err}");
+    let wrong = GpuTensor::from_f32(&ctx, &[1.0; 10], &[2, 5]).unwrap();
+    let err = retriever.search_gpu(&ctx, &wrong, 3).unwrap_err().to_string();
+    assert!(err.contains("[Q, 4]") && err.contains("[2, 5]"), "{err}");
+    // No queries: empty results.
+    let top = retriever.search(&ctx, &[], 3).unwrap();
+    assert_eq!(top.scores.shape(), [0, 3]);
+}
