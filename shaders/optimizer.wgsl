@@ -184,28 +184,46 @@ fn rowwise_scale(local: u32, sum_sq: f32) -> f32 {
 // (common/runs.wgsl) is summed in registers, in the order the backward sums it, and
 // its table row updated at once; no gradient is written. Bound like the backward's
 // dense run sums, with the table as `out` (one source segment: FIRST_PASS only).
-// Pass fields: mode = the optimizer, arg0 / arg2 / arg3 as runs.wgsl reads them.
-fn contribution(j: u32, col: u32) -> vec4<f32> {
-    let e = entries[j];
-    let base = (e.x - params.index_first) * params.dim + col;
-    var g = vec4<f32>(grad_values[base], 0.0, 0.0, 0.0);
-    if (WIDTH == 4u) { g = vec4<f32>(grad_values[base], grad_values[base + 1u], grad_values[base + 2u], grad_values[base + 3u]); }
-    return g * bitcast<f32>(e.y);
+// Rows of whole vec4 words (WIDTH 4; the host runs other rows unfused). Pass fields:
+// mode = the optimizer, arg0 / arg2 / arg3 as runs.wgsl reads them.
+@group(0) @binding(2) var<storage, read> grad4: array<vec4<f32>>;
+
+fn entry_contribution(e: vec2<u32>, word: u32) -> vec4<f32> {
+    return grad4[(e.x - params.index_first) * (params.dim / 4u) + word] * bitcast<f32>(e.y);
 }
 
-// Element-wise optimizers: one invocation per run and block of GROUPS column groups.
+fn contribution(j: u32, col: u32) -> vec4<f32> {
+    return entry_contribution(entries[j], col / 4u);
+}
+
+// Element-wise optimizers: one invocation per run and block of GROUPS words; a short
+// run's entries are read once for all of them (as the backward's reduce_runs4).
 @compute @workgroup_size(WG_SIZE)
 fn fused_sparse_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_id) lid: vec3<u32>) {
-    let groups = params.dim / WIDTH;
-    let w = run_work(linear_id(wid, nwg, lid), groups);
+    let words = params.dim / 4u;
+    let w = run_work(linear_id(wid, nwg, lid), words);
     if (!w.valid) { return; }
-    let g_end = min(groups, (w.block + 1u) * GROUPS);
-    for (var g = w.block * GROUPS; g < g_end; g++) {
-        let col = g * WIDTH;
-        let sum = run_sum(w.a, w.b, col);
-        let t = w.out_row * params.dim + col;
-        for (var k = 0u; k < WIDTH; k++) { update(t + k, sum[k]); }
+    let w0 = w.block * GROUPS;
+    let w_end = min(words, w0 + GROUPS);
+    var acc: array<vec4<f32>, MAX_GROUPS>;
+    if (w.b - w.a <= 2u * params.arg0) {
+        for (var j = w.a; j < w.b; j++) {
+            let e = entries[j];
+            for (var k = 0u; k < GROUPS; k++) {
+                if (w0 + k < w_end) { acc[k] += entry_contribution(e, w0 + k); }
+            }
+        }
+    } else {
+        for (var k = 0u; k < GROUPS; k++) {
+            if (w0 + k < w_end) { acc[k] = run_sum(w.a, w.b, (w0 + k) * 4u); }
+        }
+    }
+    for (var k = 0u; k < GROUPS; k++) {
+        if (w0 + k < w_end) {
+            let t = w.out_row * params.dim + (w0 + k) * 4u;
+            for (var lane = 0u; lane < 4u; lane++) { update(t + lane, acc[k][lane]); }
+        }
     }
 }
 
@@ -214,24 +232,24 @@ fn fused_sparse_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
 @compute @workgroup_size(WG_SIZE)
 fn fused_rowwise_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_id) lid: vec3<u32>) {
-    let groups = params.dim / WIDTH;
+    let words = params.dim / 4u;
     let w = run_work(linear_id(wid, nwg, lid), 1u);
     if (!w.valid) { return; }
     let row = w.out_row * params.dim;
     let wd = hyper_value(H_WEIGHT_DECAY);
     var sum_sq = 0.0;
-    for (var g = 0u; g < groups; g++) {
-        let sum = run_sum(w.a, w.b, g * WIDTH);
-        for (var k = 0u; k < WIDTH; k++) {
-            let x = sum[k] + wd * out[row + g * WIDTH + k];
+    for (var g = 0u; g < words; g++) {
+        let sum = run_sum(w.a, w.b, g * 4u);
+        for (var k = 0u; k < 4u; k++) {
+            let x = sum[k] + wd * out[row + g * 4u + k];
             sum_sq += x * x;
         }
     }
     let scale = rowwise_scale(w.out_row, sum_sq);
-    for (var g = 0u; g < groups; g++) {
-        let sum = run_sum(w.a, w.b, g * WIDTH);
-        for (var k = 0u; k < WIDTH; k++) {
-            let t = row + g * WIDTH + k;
+    for (var g = 0u; g < words; g++) {
+        let sum = run_sum(w.a, w.b, g * 4u);
+        for (var k = 0u; k < 4u; k++) {
+            let t = row + g * 4u + k;
             out[t] = out[t] - scale * (sum[k] + wd * out[t]);
         }
     }
@@ -295,6 +313,8 @@ fn adam8bit_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         workgroupBarrier();
     }
     let new_absmax = block_max[0];
+    // 1 / absmax once per block (a long division); an all-zero block keeps code 0.
+    let inv = vec2<f32>(div_exact(1.0, new_absmax.x), div_exact(1.0, new_absmax.y));
     for (var e = first + 4u * lid.x; e < end; e += 4u * WG_SIZE) {
         let c1 = state1_codes[e / 4u];
         let c2 = state2_codes[e / 4u];
@@ -304,8 +324,8 @@ fn adam8bit_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
             let t = e + k;
             if (t < end) {
                 let mv = adam8bit_element(c1, c2, k, t, old_absmax);
-                q1 |= map_code(mv.x, new_absmax.x, 0u) << (8u * k);
-                q2 |= map_code(mv.y, new_absmax.y, CONSTS_WORDS) << (8u * k);
+                if (new_absmax.x != 0.0) { q1 |= map_code_scaled(mv.x, inv.x, 0u) << (8u * k); }
+                if (new_absmax.y != 0.0) { q2 |= map_code_scaled(mv.y, inv.y, CONSTS_WORDS) << (8u * k); }
             }
         }
         state1_codes[e / 4u] = q1;

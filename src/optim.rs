@@ -177,6 +177,11 @@ impl OptimizerKind {
     }
 }
 
+/// Whether a fused step can read `grad_out`: one binding, rows of whole vec4 words.
+fn fusable(grad_out: &GpuTensor) -> bool {
+    grad_out.segments().len() == 1 && grad_out.row_len().is_multiple_of(4)
+}
+
 /// `OPT_*` of the shader.
 fn code(kind: &OptimizerKind) -> u32 {
     match kind {
@@ -396,7 +401,7 @@ impl Optimizer {
     /// [`Embedding::backward`] sums it, and the row updated at once, so no gradient is
     /// ever written (FBGEMM's fused backward + optimizer). Gives what `backward`
     /// (sparse) then [`Optimizer::step`] give, bit for bit. An output gradient over
-    /// several bindings takes that unfused path.
+    /// several bindings, or rows of D not a multiple of 4, take that unfused path.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn step_embedding(&mut self, ctx: &Context, layer: &Embedding, indices: Indices<'_>, grad_out: &GpuTensor) -> Result<()> {
         pollster::block_on(self.step_embedding_async(ctx, layer, indices, grad_out))
@@ -413,7 +418,7 @@ impl Optimizer {
         let table = layer.weight();
         self.check_table(table)?;
         self.check(true)?;
-        if grad_out.segments().len() > 1 {
+        if !fusable(grad_out) {
             let options = GradOptions { sparse: true, scale_grad_by_freq: false };
             let grad = layer.backward_async(ctx, indices, grad_out, options).await?;
             return self.step(ctx, table, &grad);
@@ -449,7 +454,7 @@ impl Optimizer {
         let table = layer.weight();
         self.check_table(table)?;
         self.check(true)?;
-        if grad_out.segments().len() > 1 {
+        if !fusable(grad_out) {
             let options = GradOptions { sparse: true, scale_grad_by_freq: false };
             let grads = layer.backward_async(ctx, input, offsets, per_sample_weights, grad_out, options).await?;
             self.step(ctx, table, &grads.weight)?;

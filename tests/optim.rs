@@ -23,13 +23,14 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
 
 /// Embedding: the fused step gives backward (sparse) then step, bit for bit, on a table
 /// over several bindings, with padding, a hot row (a run over many chunks) and rows of
-/// whole vec4 words (D = 64) or not (D = 6); two steps, so the states are read too.
+/// whole vec4 words (D = 64, 20: fused) or not (D = 6: the unfused path); two steps,
+/// so the states are read too.
 #[test]
 fn fused_embedding_steps_equal_backward_then_step() {
     // 1 MiB bindings: two table segments, the output gradient in one.
     let ctx = context(Some(1 << 20));
     let mut rng = Rng(21);
-    for (v, d) in [(5_000usize, 64usize), (50_000, 6)] {
+    for (v, d) in [(5_000usize, 64usize), (20_000, 20), (50_000, 6)] {
         let weight = rng.vec_f32(v * d);
         let mut rows: Vec<i64> = (0..2_000).map(|_| rng.below(v as u64) as i64).collect();
         rows.extend(std::iter::repeat_n(17, 700)); // hot row

@@ -10,7 +10,12 @@
 // centre). An all-zero block (am = 0) gets code 0.
 fn map_code(x: f32, am: f32, base: u32) -> u32 {
     if (am == 0.0) { return 0u; }
-    let s = clamp(x * div_exact(1.0, am), -1.0, 1.0);
+    return map_code_scaled(x, div_exact(1.0, am), base);
+}
+
+// map_code with the block's 1 / absmax (`div_exact(1.0, am)`) already computed.
+fn map_code_scaled(x: f32, inv_absmax: f32, base: u32) -> u32 {
+    let s = clamp(x * inv_absmax, -1.0, 1.0);
     // The product is kept from fusing with the + 0.5 (an fma would round differently).
     let bin = u32(rounded((s + 1.0) * 0.5 * 65535.0) + 0.5);
     // Number of thresholds <= bin (they are sorted; the last is 0xffffffff).

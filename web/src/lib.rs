@@ -17,6 +17,7 @@ mod args;
 mod backward;
 mod layers;
 mod optim;
+mod retrieval;
 mod safetensors_file;
 
 pub use layers::*;
@@ -83,6 +84,13 @@ export interface OptimizerOptions {
   initial_accumulator_value?: number;
   lr_decay?: number;
   blocksize?: number;
+}
+
+/** Options of `Gpu.retriever`: how the table is stored and how queries are compared. */
+export interface RetrieverOptions {
+  metric?: "dot" | "cosine";
+  scheme?: "f32" | "f16" | "bf16" | "int8_rowwise" | "int8_blockwise" | "nf4" | "fp4";
+  blocksize?: number | null;
 }
 
 /** What `SafetensorsFile.info(name)` returns. */

@@ -88,7 +88,8 @@ try {
   }
 
   // 2. Public conformance cases of the supported ops, in the page, also with every table split.
-  // The training file's cases of the supported ops (backward passes, optimizer steps), the same way.
+  // The training file's cases of the supported ops (backward passes, optimizer steps,
+  // top-k retrieval), the same way.
   const forward = ["embedding", "embedding_bag"];
   const backward = [
     "embedding_backward",
@@ -98,6 +99,7 @@ try {
     "embedding_sum_layer_norm_backward",
     "optimizer_step",
     "sparse_optimizer_step",
+    "inner_product_topk",
   ];
   const training = "cases=/shared/conformance/training.safetensors";
   for (const [name, query, ops] of [
