@@ -321,6 +321,48 @@ fn time_train_step(
     Ok((bytes, gpu_s, copy_s))
 }
 
+/// The CPU baseline of retrieval: the table's rows split over `threads`, each keeping
+/// the best `k` of its rows per query (partial selection), then merged and sorted.
+fn cpu_topk(table: &[f32], dim: usize, queries: &[f32], k: usize, threads: usize) -> Vec<Vec<(f32, u32)>> {
+    let n = table.len() / dim;
+    let per = n.div_ceil(threads).max(1);
+    let best = |mut v: Vec<(f32, u32)>| {
+        if v.len() > k {
+            v.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+            v.truncate(k);
+        }
+        v
+    };
+    let parts: Vec<Vec<Vec<(f32, u32)>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = table
+            .chunks(per * dim)
+            .enumerate()
+            .map(|(t, rows)| {
+                s.spawn(move || {
+                    queries
+                        .chunks(dim)
+                        .map(|q| {
+                            let scores = rows
+                                .chunks(dim)
+                                .enumerate()
+                                .map(|(i, r)| (r.iter().zip(q).map(|(a, b)| a * b).sum::<f32>(), (t * per + i) as u32));
+                            best(scores.collect())
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("CPU top-k thread")).collect()
+    });
+    (0..queries.len() / dim)
+        .map(|q| {
+            let mut all = best(parts.iter().flat_map(|p| p[q].iter().copied()).collect());
+            all.sort_by(|a, b| b.0.total_cmp(&a.0));
+            all
+        })
+        .collect()
+}
+
 /// [`time_gpu`] with the context reading the tables' buffers, then back to `reads`.
 fn time_gpu_buffer_reads(
     ctx: &mut Context,
@@ -632,6 +674,61 @@ fn main() {
         }
     }
 
+    // Top-k retrieval: Q queries against a 100 000 x 128 table, f32 and int8 (row-wise),
+    // and a 1 M x 128 int8 table; GB/s = table bytes / time (the table is read once per
+    // batch of queries), beside a CPU baseline on f32 (all threads, partial selection).
+    if !args.kernels_only {
+        let dim = 128;
+        let mut rng = Rng(77);
+        for (rows, grid) in [
+            (
+                100_000usize,
+                &[(1usize, 10usize), (1, 100), (1, 5000), (16, 10), (16, 100), (16, 5000), (128, 10), (128, 100), (128, 5000)][..],
+            ),
+            (1_000_000, &[(1, 10), (1, 100), (16, 100)][..]),
+        ] {
+            if rows * dim * 4 > args.max_table_mib << 20 {
+                continue;
+            }
+            let table: Vec<f32> = (0..rows * dim).map(|_| rng.unit() as f32 - 0.5).collect();
+            let schemes: &[Option<Scheme>] = if rows > 100_000 { &[Some(Scheme::Int8Rowwise)] } else { &[None, Some(Scheme::Int8Rowwise)] };
+            for &scheme in schemes {
+                let retriever = match scheme {
+                    None => GpuTensor::from_f32(&ctx, &table, &[rows, dim]).and_then(|t| Retriever::new(t, Metric::Dot)),
+                    Some(s) => {
+                        QuantizedTable::from_pretrained(&ctx, &table, rows, dim, s, None).map(|t| Retriever::quantized(t, Metric::Dot))
+                    }
+                };
+                let retriever = match retriever {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("retrieval {rows} rows: skipped: {e}");
+                        continue;
+                    }
+                };
+                let (name, bytes) = match scheme {
+                    None => ("f32", (rows * dim * 4) as f64),
+                    Some(_) => ("int8_rowwise", (rows * dim + rows * 4) as f64),
+                };
+                for &(q, k) in grid {
+                    let queries: Vec<f32> = (0..q * dim).map(|_| rng.unit() as f32 - 0.5).collect();
+                    match time_layer(&ctx, &timer, args.reps.min(5), &copy, || retriever.search(&ctx, &queries, k).map(|t| t.scores)) {
+                        Ok((gpu_s, copy_s)) => {
+                            let mut p = Point::layer(format!("topk_{name}_q{q}_k{k}"), rows, dim, k, bytes, gpu_s, copy_s);
+                            if scheme.is_none() {
+                                p.cpu_s = time_cpu(args.reps.min(5), || {
+                                    std::hint::black_box(cpu_topk(&table, dim, &queries, k, threads));
+                                });
+                            }
+                            points.push(p);
+                        }
+                        Err(e) => eprintln!("retrieval {name} Q={q} k={k}: skipped: {e}"),
+                    }
+                }
+            }
+        }
+    }
+
     let small = small_calls(&ctx, &timer, &rec, (args.reps * 5).max(30)).expect("small calls");
 
     // A device error makes timings meaningless: fail rather than write them.
@@ -690,7 +787,9 @@ fn main() {
          opt_*: one optimizer step on a 1 M x 64 table, 4 096 touched rows (sparse gradient; the rows column) or a dense gradient, \
          bytes = table, gradient and states read and written; \
          train_*: backward (sparse) then step, or the two fused, of an Embedding on that table from 4 096 Zipf indices (the bag column), \
-         bytes = output gradient read + touched table and state rows read and written).\n\n\
+         bytes = output gradient read + touched table and state rows read and written; \
+         topk_*: Q queries against the table (the rows column), the k best kept (the bag column), bytes = table bytes, \
+         CPU: all threads with partial selection, on the f32 table).\n\n\
          | kernel | table rows | D | GPU GB/s | paired copy GB/s | × copy | CPU GB/s | GPU / CPU |\n|---|---|---|---|---|---|---|---|\n",
         copy_bytes / copy_cpu_s / 1e9
     );
@@ -703,7 +802,7 @@ fn main() {
         "embedding_backward",
         "bag_sum_backward",
     ];
-    let is_layer = |k: &str| layers.contains(&k) || k.starts_with("opt_") || k.starts_with("train_");
+    let is_layer = |k: &str| layers.contains(&k) || k.starts_with("opt_") || k.starts_with("train_") || k.starts_with("topk_");
     let in_table = |p: &&Point| p.dist == "uniform" && (p.kernel.starts_with("lookup") || p.bag == mid_bag);
     for p in points.iter().filter(|p| in_table(p) && !is_layer(&p.kernel)).chain(points.iter().filter(|p| is_layer(&p.kernel))) {
         let g = p.bytes / p.gpu_s / 1e9;

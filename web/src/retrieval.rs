@@ -38,11 +38,7 @@ impl Gpu {
         }
         let metric = lib::Metric::parse(opt_str(&options, "metric")?.as_deref().unwrap_or("dot")).map_err(js_error)?;
         let scheme = opt_str(&options, "scheme")?.unwrap_or_else(|| "f32".into());
-        let blocksize = match opt_i64(&options, "blocksize")? {
-            None => None,
-            Some(b) if b >= 0 => Some(b as usize),
-            Some(b) => return Err(js_error(lib::Error::arg("blocksize", format!("blocksize {b} is not supported")))),
-        };
+        let blocksize = blocksize(&options)?;
         let ctx = self.ctx.clone();
         let inner = gpu_call(&ctx, || match scheme.as_str() {
             "f32" => lib::Retriever::new(lib::GpuTensor::from_f32(&ctx, &values, &[n, d])?, metric),
@@ -62,6 +58,41 @@ impl Gpu {
         })
         .await?;
         Ok(Retriever { ctx: self.ctx.clone(), inner })
+    }
+}
+
+#[wasm_bindgen]
+impl Gpu {
+    /// A retriever over a `[rows, dim]` F32 tensor already on this GPU (e.g. an
+    /// `EmbeddingBag`'s output): used as it is (`scheme` "f32", the default), or
+    /// quantized on the GPU ("int8_rowwise", "int8_blockwise", "nf4", "fp4").
+    #[wasm_bindgen(js_name = tensorRetriever)]
+    pub async fn tensor_retriever(
+        &self,
+        table: &Tensor,
+        #[wasm_bindgen(unchecked_param_type = "RetrieverOptions | undefined")] options: JsValue,
+    ) -> Result<Retriever, JsValue> {
+        let metric = lib::Metric::parse(opt_str(&options, "metric")?.as_deref().unwrap_or("dot")).map_err(js_error)?;
+        let scheme = opt_str(&options, "scheme")?.unwrap_or_else(|| "f32".into());
+        let blocksize = blocksize(&options)?;
+        let (t, ctx) = (table.gpu()?.clone(), self.ctx.clone());
+        let inner = gpu_call(&ctx, || match scheme.as_str() {
+            "f32" => lib::Retriever::new(t.clone(), metric),
+            other => {
+                let table = lib::QuantizedTable::from_tensor(&ctx, &t, lib::Scheme::parse(other)?, blocksize)?;
+                Ok(lib::Retriever::quantized(table, metric))
+            }
+        })
+        .await?;
+        Ok(Retriever { ctx: self.ctx.clone(), inner })
+    }
+}
+
+fn blocksize(options: &JsValue) -> Result<Option<usize>, JsValue> {
+    match opt_i64(options, "blocksize")? {
+        None => Ok(None),
+        Some(b) if b >= 0 => Ok(Some(b as usize)),
+        Some(b) => Err(js_error(lib::Error::arg("blocksize", format!("blocksize {b} is not supported")))),
     }
 }
 

@@ -140,6 +140,25 @@ try {
     console.log(`  screenshot: ${shot}`);
     await page.close();
   }
+
+  // 5. The semantic-search page: the real checkpoint's word embeddings, a quantized
+  // corpus table and a Retriever; its screenshot is kept.
+  {
+    const { page, result } = await runPage("search demo", "/search.html?autorun", "searchResult");
+    if (!result?.ok) fail(`search demo: ${result?.error ?? JSON.stringify(result)}`);
+    else {
+      const top = result.hits[0];
+      console.log(`  ${result.corpus} sentences ready in ${result.readyMs.toFixed(0)} ms; "${result.query}" in ${result.ms.toFixed(1)} ms:`);
+      for (const h of result.hits) console.log(`    ${h.score.toFixed(3)}  ${h.name}: ${h.text}`);
+      if (result.hits.length !== 5) fail(`search demo: ${result.hits.length} hits, expected 5`);
+      if (!/line/i.test(top.text)) fail(`search demo: the best hit for "${result.query}" is about something else: ${top.text}`);
+      if (result.hits.some((h, i) => i > 0 && h.score > result.hits[i - 1].score)) fail("search demo: hits not in descending order");
+    }
+    const shot = path.join(artifacts, "search.png");
+    await page.screenshot({ path: shot, fullPage: true });
+    console.log(`  screenshot: ${shot}`);
+    await page.close();
+  }
 } finally {
   await context.close();
   server.close();

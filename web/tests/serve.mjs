@@ -1,6 +1,7 @@
 // A tiny static server for the demo and the browser tests, on 127.0.0.1 only.
 // Serves web/ at / and the conformance files (../shared beside the repository, or
-// $WGPU_EMBED_SHARED) at /shared/.
+// $WGPU_EMBED_SHARED) at /shared/; for the search demo, the repository's examples/ at
+// /examples/ and the models .ci/setup fetched (target/models) at /models/.
 //
 //   node tests/serve.mjs [port]     then open http://127.0.0.1:8000/
 import http from "node:http";
@@ -10,6 +11,11 @@ import { fileURLToPath } from "node:url";
 
 const webDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 export const sharedDir = path.resolve(process.env.WGPU_EMBED_SHARED ?? path.join(webDir, "..", "..", "shared"));
+const roots = [
+  ["/shared/", sharedDir],
+  ["/examples/", path.resolve(webDir, "..", "examples")],
+  ["/models/", path.resolve(webDir, "..", "target", "models")],
+];
 
 const types = {
   ".html": "text/html; charset=utf-8",
@@ -20,13 +26,16 @@ const types = {
   ".json": "application/json",
   ".ts": "text/plain; charset=utf-8",
   ".png": "image/png",
+  ".tsv": "text/plain; charset=utf-8",
+  ".txt": "text/plain; charset=utf-8",
 };
 
 function resolve(urlPath) {
   const p = decodeURIComponent(urlPath.split("?")[0]);
-  const [root, rest] = p.startsWith("/shared/") ? [sharedDir, p.slice("/shared/".length)] : [webDir, p.slice(1)];
+  const [prefix, dir] = roots.find(([prefix]) => p.startsWith(prefix)) ?? ["/", webDir];
+  const [root, rest] = [dir, p.slice(prefix.length)];
   const file = path.resolve(root, rest || "index.html");
-  // Nothing outside the two roots, and not node_modules or target.
+  // Nothing outside the roots, and not web/'s node_modules or target.
   if (!file.startsWith(root + path.sep) && file !== root) return null;
   if (root === webDir && /^(node_modules|target)(\/|$)/.test(path.relative(webDir, file))) return null;
   return file;
