@@ -19,7 +19,7 @@ use plotters::prelude::*;
 use wgpu_embed::bench::{bag_tensors, lookup_tensors, GpuTimer, Recorder};
 use wgpu_embed::{
     BagMode, Context, ContextOptions, Embedding, EmbeddingBag, EmbeddingSumLayerNorm, GpuTensor, GradOptions, Gradient, HostTable, Indices,
-    LayerNorm, Optimizer, OptimizerKind, QuantizedEmbeddingBag, QuantizedTable, Scheme, StableEmbedding, TableReads,
+    LayerNorm, Metric, Optimizer, OptimizerKind, QuantizedEmbeddingBag, QuantizedTable, Retriever, Scheme, StableEmbedding, TableReads,
 };
 
 #[derive(Parser)]

@@ -22,8 +22,6 @@ const METRIC_COSINE: u32 = 1u;
 // Elements a workgroup of the selection kernels covers: WG_SIZE (64) invocations × 4.
 const TILE: u32 = 256u;
 
-@group(0) @binding(12) var<storage, read> queries: array<f32>;
-@group(0) @binding(12) var<storage, read> queries4: array<vec4<f32>>;
 @group(0) @binding(13) var<storage, read_write> row_sq: array<f32>;
 @group(0) @binding(13) var<storage, read> row_sq_in: array<f32>;
 @group(0) @binding(14) var<storage, read> raw_queries: array<f32>;
@@ -63,37 +61,64 @@ fn normalize_queries(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     for (var c = 0u; c < d; c++) { out[q * d + c] = raw_queries[q * d + c] * scale; }
 }
 
-// Adds a row's part of a score (and, for cosine, of its squares: the batch's first
-// query does that) to the zeroed accumulators.
-fn add_score(q: u32, row: u32, dot_part: f32, sq_part: f32) {
+// The scoring kernels read the queries from a uniform block: every lane reads the same
+// query word, which a CPU adapter then loads once for all lanes (storage loads it
+// emulates lane by lane; on lavapipe this is 4x faster). A block holds columns
+// [col0, col0 + cols) of queries [q0, q0 + count) of the batch, query-major; passes
+// walk the blocks and add their parts to the zeroed scores (and, for cosine, the
+// first query's pass to the rows' sums of squares).
+// Pass fields: arg3 = q0, index_first = col0, index_count = count; cols = min(dim -
+// col0, BLOCK_WORDS * 4) (several queries share a block only when cols = dim).
+const BLOCK_WORDS: u32 = 1024u; // 16 KiB, what every WebGPU and GL device binds
+@group(0) @binding(24) var<uniform> query_block: array<vec4<f32>, BLOCK_WORDS>;
+
+fn block_cols() -> u32 {
+    return min(params.dim - params.index_first, BLOCK_WORDS * 4u);
+}
+
+// Column c (of the block's columns) of the block's query j.
+fn query_value(j: u32, c: u32) -> f32 {
+    let i = j * block_cols() + c;
+    return query_block[i / 4u][i % 4u];
+}
+
+// Adds a row's part of a score (and, for cosine, of its squares) to the accumulators.
+fn add_score(j: u32, row: u32, dot_part: f32, sq_part: f32) {
+    let q = params.arg3 + j;
     out[q * params.arg1 + row] += dot_part;
     if (params.mode == METRIC_COSINE && q == 0u) { row_sq[row] += sq_part; }
 }
 
-// Dense tables: one invocation per (row of the bound slice, query); rows lie whole in
-// one slice. The invocation's (query, row), or row NO_ELEMENT past the slice.
-fn dense_item(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> vec2<u32> {
-    let id = linear_id(wid, nwg, lid);
-    let local = id / params.arg0;
-    let row = params.lo + local;
-    return vec2<u32>(id - local * params.arg0, select(row, NO_ELEMENT, row >= params.hi));
+fn sum4(v: vec4<f32>) -> f32 {
+    return (v.x + v.y) + (v.z + v.w);
+}
+
+// One invocation per table row of the bound slice, looping over the block's queries
+// (the row's words are re-read from cache). Dense tables: rows lie whole in one slice.
+// The invocation's row, or NO_ELEMENT past the slice.
+fn dense_row(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
+    let row = params.lo + linear_id(wid, nwg, lid);
+    return select(row, NO_ELEMENT, row >= params.hi);
 }
 
 // Rows element by element (from the buffer).
 @compute @workgroup_size(WG_SIZE)
 fn score_dense(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_id) lid: vec3<u32>) {
-    let item = dense_item(wid, nwg, lid);
-    if (item.y == NO_ELEMENT) { return; }
-    let d = params.dim;
-    var dot_sum = 0.0;
-    var sq_sum = 0.0;
-    for (var c = 0u; c < d; c++) {
-        let x = table_element(item.y, c);
-        dot_sum += x * queries[item.x * d + c];
-        sq_sum += x * x;
+    let row = dense_row(wid, nwg, lid);
+    if (row == NO_ELEMENT) { return; }
+    let col0 = params.index_first;
+    let cols = block_cols();
+    for (var j = 0u; j < params.index_count; j++) {
+        var dot_sum = 0.0;
+        var sq_sum = 0.0;
+        for (var c = 0u; c < cols; c++) {
+            let x = table_element(row, col0 + c);
+            dot_sum += x * query_value(j, c);
+            sq_sum += x * x;
+        }
+        add_score(j, row, dot_sum, sq_sum);
     }
-    add_score(item.x, item.y, dot_sum, sq_sum);
 }
 
 // Rows of whole vec4 words (f32: 4 values per word; f16 / bf16: 8), from the buffer
@@ -101,53 +126,97 @@ fn score_dense(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 @compute @workgroup_size(WG_SIZE)
 fn score_dense_words(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                      @builtin(local_invocation_id) lid: vec3<u32>) {
-    let item = dense_item(wid, nwg, lid);
-    if (item.y == NO_ELEMENT) { return; }
-    let d = params.dim;
-    var dot_sum = vec4<f32>(0.0);
-    var sq_sum = vec4<f32>(0.0);
+    let row = dense_row(wid, nwg, lid);
+    if (row == NO_ELEMENT) { return; }
     let per_word = select(8u, 4u, TABLE_FORMAT == 0u);
-    let words = d / per_word;
-    let first = (item.y - params.first0) * words;
-    for (var w = 0u; w < words; w++) {
-        let word = table_word(first + w);
-        let qbase = (item.x * d + w * per_word) / 4u;
-        if (TABLE_FORMAT == 0u) {
-            let x = bitcast<vec4<f32>>(word);
-            dot_sum += x * queries4[qbase];
-            sq_sum += x * x;
-        } else {
-            let lo4 = widen_half4(word, false);
-            let hi4 = widen_half4(word, true);
-            dot_sum += lo4 * queries4[qbase] + hi4 * queries4[qbase + 1u];
-            sq_sum += lo4 * lo4 + hi4 * hi4;
+    let first = (row - params.first0) * (params.dim / per_word) + params.index_first / per_word;
+    let block_words = block_cols() / 4u;
+    for (var j = 0u; j < params.index_count; j++) {
+        var dot_sum = vec4<f32>(0.0);
+        var sq_sum = vec4<f32>(0.0);
+        for (var w = 0u; w < block_cols() / per_word; w++) {
+            let word = table_word(first + w);
+            let qw = j * block_words + w * per_word / 4u;
+            if (TABLE_FORMAT == 0u) {
+                let x = bitcast<vec4<f32>>(word);
+                dot_sum += x * query_block[qw];
+                sq_sum += x * x;
+            } else {
+                let lo4 = widen_half4(word, false);
+                let hi4 = widen_half4(word, true);
+                dot_sum += lo4 * query_block[qw] + hi4 * query_block[qw + 1u];
+                sq_sum += lo4 * lo4 + hi4 * hi4;
+            }
         }
+        add_score(j, row, sum4(dot_sum), sum4(sq_sum));
     }
-    add_score(item.x, item.y, (dot_sum.x + dot_sum.y) + (dot_sum.z + dot_sum.w), (sq_sum.x + sq_sum.y) + (sq_sum.z + sq_sum.w));
 }
 
 // Quantized tables: slices hold table elements [lo, hi), which may cut a row; each
-// pass adds the part of the row it holds. One invocation per (row the slice
-// touches, query).
+// pass adds the part of the row (within the block's columns) it holds. One
+// invocation per row the slice touches.
 @compute @workgroup_size(WG_SIZE)
 fn score_quantized(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                    @builtin(local_invocation_id) lid: vec3<u32>) {
-    let id = linear_id(wid, nwg, lid);
-    let local = id / params.arg0;
-    let q = id - local * params.arg0;
     let d = params.dim;
-    let row = params.lo / d + local;
-    let start = max(row * d, params.lo);
-    let end = min(row * d + d, params.hi);
+    let row = params.lo / d + linear_id(wid, nwg, lid);
+    let block_start = row * d + params.index_first;
+    let start = max(block_start, params.lo);
+    let end = min(block_start + block_cols(), params.hi);
     if (row >= params.arg1 || start >= end) { return; }
-    var dot_sum = 0.0;
-    var sq_sum = 0.0;
-    for (var e = start; e < end; e++) {
-        let x = element(e);
-        dot_sum += x * queries[q * d + (e - row * d)];
-        sq_sum += x * x;
+    for (var j = 0u; j < params.index_count; j++) {
+        var dot_sum = 0.0;
+        var sq_sum = 0.0;
+        for (var e = start; e < end; e++) {
+            let x = element(e);
+            dot_sum += x * query_value(j, e - block_start);
+            sq_sum += x * x;
+        }
+        add_score(j, row, dot_sum, sq_sum);
     }
-    add_score(q, row, dot_sum, sq_sum);
+}
+
+// int8 tables (SCHEME 0, 1) with rows of whole vec4 words of codes (16 each), their
+// codes in one buffer: the codes plane is bound as a dense table of rows of D bytes
+// (rows as slices, or its texture copy on CPU adapters), 16 codes per word, the scales
+// whole. Row-wise scales are applied once per row, block-wise ones per word (blocks
+// are multiples of 16 elements).
+fn int8_values(w: u32, scale: f32) -> vec4<f32> {
+    if (SCHEME == 1u) {
+        return vec4<f32>(vec4<i32>(i32(w << 24u), i32(w << 16u), i32(w << 8u), i32(w)) >> vec4<u32>(24u));
+    }
+    let c = (vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xffu);
+    return vec4<f32>(bitcast<f32>(consts[C_MAP + c.x]), bitcast<f32>(consts[C_MAP + c.y]),
+                     bitcast<f32>(consts[C_MAP + c.z]), bitcast<f32>(consts[C_MAP + c.w])) * scale;
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn score_int8_words(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = dense_row(wid, nwg, lid);
+    if (row == NO_ELEMENT) { return; }
+    let d = params.dim;
+    let block_start = row * d + params.index_first;
+    let block_words = block_cols() / 4u;
+    let first = (row - params.first0) * (d / 16u) + params.index_first / 16u;
+    // Row-wise: the row's scale; block-wise: 1 here, each word's block scale below.
+    var row_scale = 1.0;
+    if (SCHEME == 1u) { row_scale = bitcast<f32>(scales[block_start / params.group]); }
+    for (var j = 0u; j < params.index_count; j++) {
+        var dot_sum = vec4<f32>(0.0);
+        var sq_sum = vec4<f32>(0.0);
+        for (var v = 0u; v < block_words / 4u; v++) {
+            let codes16 = table_word(first + v);
+            var scale = 1.0;
+            if (SCHEME == 0u) { scale = bitcast<f32>(scales[(block_start + 16u * v) / params.group]); }
+            for (var k = 0u; k < 4u; k++) {
+                let x = int8_values(codes16[k], scale);
+                dot_sum += x * query_block[j * block_words + 4u * v + k];
+                sq_sum += x * x;
+            }
+        }
+        add_score(j, row, sum4(dot_sum) * row_scale, sum4(sq_sum) * row_scale * row_scale);
+    }
 }
 
 // ---- keys ---------------------------------------------------------------------------

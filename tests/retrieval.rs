@@ -111,19 +111,30 @@ fn equal_scores_come_in_row_order() {
 
 #[test]
 fn quantized_tables_scored_from_their_codes_across_planes() {
-    // 1 MiB bindings: the 120 000 x 10 codes plane (1.2 M bytes) is cut inside a row.
-    let ctx = context_reading(Some(1 << 20), TableReads::Buffer);
-    let (n, d) = (120_000usize, 10usize);
+    // 1 MiB bindings: the 120 000 x 10 codes plane (1.2 M bytes) is cut inside a row,
+    // 40 000 x 32 between rows (element by element); with the device's limit, int8
+    // rows of 32 are read 16 codes a word from the buffer or a texture copy.
     let mut rng = Rng(33);
-    let weight = rng.vec_f32(n * d);
-    let queries = rng.vec_f32(3 * d);
-    for scheme in [Scheme::Int8Blockwise, Scheme::Int8Rowwise, Scheme::Nf4] {
-        let qt = QuantizedTable::from_pretrained(&ctx, &weight, n, d, scheme, None).unwrap();
-        // The table as the kernels see it: every row looked up.
-        let all: Vec<i64> = (0..n as i64).collect();
-        let dequantized = QuantizedEmbedding::new(qt.clone()).forward(&ctx, Indices::i64(&all, &[n])).unwrap().to_vec_f32(&ctx).unwrap();
-        let top = Retriever::quantized(qt, Metric::Dot).search(&ctx, &queries, 50).unwrap();
-        check(&ctx, &top, &dequantized, &queries, d, 50, Metric::Dot, 1e-5);
+    for (binding, reads) in [(Some(1 << 20), TableReads::Buffer), (None, TableReads::Buffer), (None, TableReads::Auto)] {
+        let ctx = context_reading(binding, reads);
+        for (n, d, scheme) in [
+            (120_000usize, 10usize, Scheme::Int8Blockwise),
+            (120_000, 10, Scheme::Int8Rowwise),
+            (120_000, 10, Scheme::Nf4),
+            (40_000, 32, Scheme::Int8Blockwise),
+            (40_000, 32, Scheme::Int8Rowwise),
+            (40_000, 32, Scheme::Fp4),
+        ] {
+            let weight = rng.vec_f32(n * d);
+            let queries = rng.vec_f32(3 * d);
+            let qt = QuantizedTable::from_pretrained(&ctx, &weight, n, d, scheme, None).unwrap();
+            // The table as the kernels see it: every row looked up.
+            let all: Vec<i64> = (0..n as i64).collect();
+            let dequantized =
+                QuantizedEmbedding::new(qt.clone()).forward(&ctx, Indices::i64(&all, &[n])).unwrap().to_vec_f32(&ctx).unwrap();
+            let top = Retriever::quantized(qt, Metric::Dot).search(&ctx, &queries, 50).unwrap();
+            check(&ctx, &top, &dequantized, &queries, d, 50, Metric::Dot, 1e-5);
+        }
     }
 }
 
@@ -160,4 +171,19 @@ fn refusals_name_the_argument() {
     // No queries: empty results.
     let top = retriever.search(&ctx, &[], 3).unwrap();
     assert_eq!(top.scores.shape(), [0, 3]);
+}
+
+#[test]
+fn selection_past_65535_workgroups() {
+    // 64 queries x 300 000 rows in one batch: the histogram and compaction passes run
+    // 75 008 workgroups (a tile of 256 keys each), spread over a second dimension.
+    let ctx = context_reading(None, TableReads::Auto);
+    let (n, d, q) = (300_000usize, 4usize, 64usize);
+    let mut rng = Rng(35);
+    let table = rng.vec_f32(n * d);
+    let queries = rng.vec_f32(q * d);
+    let retriever = Retriever::new(GpuTensor::from_f32(&ctx, &table, &[n, d]).unwrap(), Metric::Dot).unwrap();
+    let top = retriever.search(&ctx, &queries, 3).unwrap();
+    assert_eq!(top.scores.segments().len(), 1, "one batch expected");
+    check(&ctx, &top, &table, &queries, d, 3, Metric::Dot, 1e-5);
 }

@@ -41,3 +41,4 @@ fn element(e: u32) -> f32 {
     return bitcast<f32>(consts[C_T4 + c]) * absmax;
 }
 
+

@@ -486,6 +486,22 @@ impl GpuTensor {
         }
     }
 
+    /// A one-segment tensor seen as `[numel / row_len, row_len]` (the same buffer, its
+    /// own texture copy slot); `None` when it has several segments or rows do not divide it.
+    pub(crate) fn rows_view(&self, row_len: usize) -> Option<GpuTensor> {
+        let numel = self.numel();
+        match &self.segments[..] {
+            [seg] if row_len > 0 && numel.is_multiple_of(row_len) => Some(GpuTensor {
+                shape: vec![numel / row_len, row_len],
+                dtype: self.dtype,
+                row_len,
+                segments: Arc::new(vec![Segment { buffer: seg.buffer.clone(), first_row: 0, rows: (numel / row_len) as u64 }]),
+                texture: Arc::default(),
+            }),
+            _ => None,
+        }
+    }
+
     /// Wraps one existing buffer as a flat tensor (rows of one element).
     pub(crate) fn from_buffer(buffer: wgpu::Buffer, shape: &[usize], dtype: DType) -> GpuTensor {
         let rows = shape.iter().product::<usize>() as u64;

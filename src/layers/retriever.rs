@@ -13,7 +13,7 @@ use crate::gpu::sort::{check_list_len, record_sort};
 use crate::gpu::table::TableAccess;
 use crate::gpu::tensor::{DType, GpuTensor, Segment};
 use crate::layers::table::{table_format, table_shape};
-use crate::quant::table::QuantizedTable;
+use crate::quant::table::{QuantizedTable, Scheme};
 
 pub static FAMILY: ShaderFamily = ShaderFamily {
     name: "retrieval",
@@ -35,13 +35,18 @@ const fn write(binding: u32, k: usize) -> (u32, Slot, Role) {
 }
 
 const NORMALIZE_QUERIES: Kernel = Kernel::new(&FAMILY, "normalize_queries", &[PARAMS, OUT, read(14, 0)]);
-const SCORE_DENSE: Kernel = Kernel::new(&FAMILY, "score_dense", &[PARAMS, TABLE, OUT, read(12, 0), write(13, 1)]);
-const SCORE_DENSE_WORDS: Kernel = Kernel::new(&FAMILY, "score_dense_words", &[PARAMS, TABLE, TEXTURE, OUT, read(12, 0), write(13, 1)]);
-const SCORE_QUANTIZED: Kernel = Kernel::new(
-    &FAMILY,
-    "score_quantized",
-    &[PARAMS, TABLE, OUT, read(12, 0), write(13, 1), read(9, 2), (10, Slot::Read, Role::Table(1)), (11, Slot::Read, Role::Table(2))],
-);
+// The scoring kernels: the table, the scores (`out`), the rows' sums of squares, the
+// query block; quantized tables also their constants and scale planes.
+const QUERY_BLOCK: (u32, Slot, Role) = (24, Slot::Uniform, Role::Extra(1));
+const SCORE_DENSE: Kernel = Kernel::new(&FAMILY, "score_dense", &[PARAMS, TABLE, OUT, write(13, 0), QUERY_BLOCK]);
+const SCORE_DENSE_WORDS: Kernel = Kernel::new(&FAMILY, "score_dense_words", &[PARAMS, TABLE, TEXTURE, OUT, write(13, 0), QUERY_BLOCK]);
+const QUANTIZED_SCORING: &[(u32, Slot, Role)] =
+    &[PARAMS, TABLE, OUT, write(13, 0), QUERY_BLOCK, read(9, 2), (10, Slot::Read, Role::Table(1)), (11, Slot::Read, Role::Table(2))];
+const SCORE_QUANTIZED: Kernel = Kernel::new(&FAMILY, "score_quantized", QUANTIZED_SCORING);
+const SCORE_INT8_WORDS: Kernel =
+    Kernel::new(&FAMILY, "score_int8_words", &[PARAMS, TABLE, TEXTURE, OUT, write(13, 0), QUERY_BLOCK, read(9, 2), read(10, 3)]);
+/// Words of the query block (`BLOCK_WORDS` of the shader): 16 KiB.
+const BLOCK_WORDS: u64 = 1024;
 const SCORE_KEYS: Kernel = Kernel::new(&FAMILY, "score_keys", &[PARAMS, OUT, read(13, 0), write(15, 1)]);
 const RADIX_HISTOGRAM: Kernel = Kernel::new(&FAMILY, "radix_histogram", &[PARAMS, read(15, 0), write(16, 1), read(17, 2)]);
 const RADIX_PICK: Kernel = Kernel::new(&FAMILY, "radix_pick", &[PARAMS, read(16, 0), write(17, 1)]);
@@ -105,6 +110,8 @@ pub struct Retriever {
     metric: Metric,
     rows: usize,
     dim: usize,
+    /// int8 codes seen as a dense `[N, D]` U8 table (see `quantized`).
+    int8_rows: Option<GpuTensor>,
 }
 
 impl Retriever {
@@ -112,13 +119,18 @@ impl Retriever {
     pub fn new(table: GpuTensor, metric: Metric) -> Result<Self> {
         let (rows, dim) = table_shape(&table)?;
         table_format(table.dtype())?;
-        Ok(Retriever { table: RetrievalTable::Dense(table), metric, rows, dim })
+        Ok(Retriever { table: RetrievalTable::Dense(table), metric, rows, dim, int8_rows: None })
     }
 
     /// A retriever over a quantized table.
     pub fn quantized(table: QuantizedTable, metric: Metric) -> Self {
         let (rows, dim) = (table.num_embeddings(), table.embedding_dim());
-        Retriever { table: RetrievalTable::Quantized(table), metric, rows, dim }
+        // int8 codes in one buffer, rows of whole 16-code words, scales in one binding:
+        // read as a dense table of byte rows, 16 codes a word.
+        let int8 = matches!(table.scheme(), Scheme::Int8Rowwise | Scheme::Int8Blockwise);
+        let int8_rows =
+            if int8 && dim.is_multiple_of(16) && table.scales().segments().len() == 1 { table.codes().rows_view(dim) } else { None };
+        Retriever { table: RetrievalTable::Quantized(table), metric, rows, dim, int8_rows }
     }
 
     /// Rows of the table.
@@ -239,27 +251,56 @@ impl Retriever {
         };
         let scores = words(ctx, "scores", qb * n);
         let row_sq = words(ctx, "row-squares", n);
-        let extra = [queries, row_sq.clone()];
         let scores_out = flat(&scores, qb * n);
-        match &self.table {
+        // The kernel and the table's slices.
+        let (kernel, access, constants, units_per_row) = match &self.table {
             RetrievalTable::Dense(table) => {
-                let format = table_format(table.dtype())?;
                 let per_word = if table.dtype() == DType::F32 { 4 } else { 8 };
                 let whole_words = self.dim.is_multiple_of(per_word);
                 // Texture copies (CPU adapters) hold rows of whole words only.
                 let access = if whole_words { TableAccess::rows_or_texture(ctx, table) } else { TableAccess::rows(table) };
-                let constants = [("TABLE_FORMAT", format), ("TABLE_TEXTURE", access.texture().is_some() as u32 as f64)];
-                let kernel = if whole_words { &SCORE_DENSE_WORDS } else { &SCORE_DENSE };
-                let call = Call { extra: &extra, ..Call::new(kernel, &constants, Grid::Elements(qb), base) };
-                SlicePlan { table: &access, input: None, out: Some(&scores_out) }.record_rows(ctx, encoder, &call, 1);
+                let constants =
+                    vec![("TABLE_FORMAT", table_format(table.dtype())?), ("TABLE_TEXTURE", access.texture().is_some() as u32 as f64)];
+                (if whole_words { &SCORE_DENSE_WORDS } else { &SCORE_DENSE }, access, constants, 1)
             }
             RetrievalTable::Quantized(t) => {
-                let access = t.access();
-                let constants = [("SCHEME", t.scheme().kernel_scheme() as f64)];
-                let extra = [extra[0].clone(), extra[1].clone(), t.consts.clone()];
-                let p = PassParams { group: t.group(), ..base };
-                let call = Call { extra: &extra, ..Call::new(&SCORE_QUANTIZED, &constants, Grid::Elements(qb), p) };
-                SlicePlan { table: &access, input: None, out: Some(&scores_out) }.record_rows(ctx, encoder, &call, d);
+                let scheme = ("SCHEME", t.scheme().kernel_scheme() as f64);
+                match &self.int8_rows {
+                    Some(rows) => {
+                        let access = TableAccess::rows_or_texture(ctx, rows);
+                        let constants = vec![scheme, ("TABLE_FORMAT", 0.0), ("TABLE_TEXTURE", access.texture().is_some() as u32 as f64)];
+                        (&SCORE_INT8_WORDS, access, constants, 1)
+                    }
+                    None => (&SCORE_QUANTIZED, t.access(), vec![scheme], d),
+                }
+            }
+        };
+        let (group, consts, scales) = match &self.table {
+            RetrievalTable::Quantized(t) => (t.group(), t.consts.clone(), t.scales().segments()[0].buffer.clone()),
+            RetrievalTable::Dense(_) => (0, words(ctx, "unused", 1), words(ctx, "unused", 1)),
+        };
+        // Query blocks: `count` queries' columns [col0, col0 + cols), copied into the
+        // uniform block before their passes.
+        let cols = d.min(4 * BLOCK_WORDS);
+        let count = (4 * BLOCK_WORDS / cols).min(qb);
+        let block = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("query-block"),
+            size: BLOCK_WORDS * 16,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let extra = [row_sq.clone(), block.clone(), consts, scales];
+        for q0 in (0..qb).step_by(count as usize) {
+            let in_block = count.min(qb - q0);
+            for col0 in (0..d).step_by(cols as usize) {
+                if cols == d {
+                    encoder.copy_buffer_to_buffer(&queries, q0 * d * 4, &block, 0, in_block * d * 4);
+                } else {
+                    encoder.copy_buffer_to_buffer(&queries, (q0 * d + col0) * 4, &block, 0, cols.min(d - col0) * 4);
+                }
+                let p = PassParams { group, arg3: q0 as u32, index_first: col0 as u32, index_count: in_block as u32, ..base };
+                let call = Call { extra: &extra, ..Call::new(kernel, &constants, Grid::Elements(1), p) };
+                SlicePlan { table: &access, input: None, out: Some(&scores_out) }.record_rows(ctx, encoder, &call, units_per_row);
             }
         }
         // 2. Keys.

@@ -231,6 +231,16 @@ impl QuantizedTable {
 
     /// How the kernels read the table: elements, held by the codes, scales and nested
     /// scales planes.
+    /// The code bytes (one per element; two per byte for 4-bit schemes).
+    pub(crate) fn codes(&self) -> &GpuTensor {
+        &self.codes
+    }
+
+    /// The per-row or per-block scales (f32), or nested codes (4-bit).
+    pub(crate) fn scales(&self) -> &GpuTensor {
+        &self.scales
+    }
+
     pub(crate) fn access(&self) -> TableAccess<'_> {
         TableAccess::planes(self.numel(), self.planes())
     }
