@@ -6,8 +6,9 @@
 use std::time::Instant;
 
 use wgpu_embed::{
-    AxialPositionEmbedding, BagMode, Context, Embedding, EmbeddingBag, EmbeddingSumLayerNorm, HostTable, Indices, LayerNorm,
-    QuantizedEmbedding, QuantizedEmbeddingBag, QuantizedTable, Scheme, StableEmbedding,
+    AxialPositionEmbedding, BagMode, Context, Embedding, EmbeddingBag, EmbeddingSumLayerNorm, GpuTensor, GradOptions, HostTable, Indices,
+    LayerNorm, Metric, Optimizer, OptimizerKind, QuantizedEmbedding, QuantizedEmbeddingBag, QuantizedTable, Retriever, Scheme,
+    StableEmbedding,
 };
 
 fn show(name: &str, shape: &[usize], values: &[f32]) {
@@ -109,6 +110,30 @@ fn main() -> Result<(), wgpu_embed::Error> {
     let qbag = QuantizedEmbeddingBag::new(QuantizedTable::from_pretrained(&ctx, &big, qv, qd, Scheme::Nf4, None)?, BagMode::Mean);
     let out = qbag.forward(&ctx, Indices::i64(&[1, 2, 3, 4999], &[4]), Some(Indices::i64(&[0, 3], &[2])), None)?;
     show("NF4 bag mean of [1, 2, 3] [4999]", out.shape(), &out.to_vec_f32(&ctx)?);
+
+    println!("\nTraining: one fused backward + SparseAdam step on the 6 x 4 table (rows 2 and 5 touched)");
+    let trained = Embedding::from_pretrained(&ctx, &table, v, d)?;
+    let mut opt = Optimizer::new(&ctx, OptimizerKind::SparseAdam { lr: 0.1, betas: (0.9, 0.999), eps: 1e-8 }, trained.weight())?;
+    let grad_out = GpuTensor::from_f32(&ctx, &[1.0; 12], &[3, 4])?;
+    opt.step_embedding(&ctx, &trained, Indices::i64(&[2, 5, 2], &[3]), &grad_out)?;
+    show(
+        "table after the step (Adam's first step moves each touched entry by -lr)",
+        trained.weight().shape(),
+        &trained.weight().to_vec_f32(&ctx)?,
+    );
+    let sparse = trained.backward(&ctx, Indices::i64(&[2, 5, 2], &[3]), &grad_out, GradOptions { sparse: true, ..Default::default() })?;
+    if let wgpu_embed::Gradient::Sparse { values, .. } = &sparse {
+        show("its sparse gradient (rows 2, 5; row 2 read twice)", values.shape(), &values.to_vec_f32(&ctx)?);
+    }
+
+    println!("\nRetrieval: the 3 rows of the 5000 x 64 table (int8 row-wise, scored from its codes) nearest row 42 by cosine");
+    let retriever = Retriever::quantized(QuantizedTable::from_pretrained(&ctx, &big, qv, qd, Scheme::Int8Rowwise, None)?, Metric::Cosine);
+    let top = retriever.search(&ctx, &big[42 * qd..43 * qd], 3)?;
+    let rows: Vec<i32> = bytemuck::pod_collect_to_vec(&top.indices.to_bytes(&ctx)?);
+    println!(
+        "  rows {rows:?}, scores {:?} (the table repeats every 125 rows: equal scores come in row order)",
+        top.scores.to_vec_f32(&ctx)?
+    );
 
     println!("\nA refusal, before any GPU work:");
     match emb.forward(&ctx, Indices::i64(&[1, 6], &[2])) {

@@ -33,9 +33,12 @@ fn reference_scores(table: &[f32], queries: &[f32], d: usize, k: usize, metric: 
         .collect()
 }
 
+/// Scores agree with the float64 reference within this, relative (plus as much absolute).
+const TOLERANCE: f64 = 1e-5;
+
 /// Checks `top` as check.py does: scores match the reference's position by position,
 /// rows are distinct and in the table, and each returned row has its returned score.
-fn check(ctx: &Context, top: &TopK, table: &[f32], queries: &[f32], d: usize, k: usize, metric: Metric, tol: f64) {
+fn check(ctx: &Context, top: &TopK, table: &[f32], queries: &[f32], d: usize, k: usize, metric: Metric) {
     let q = queries.len() / d;
     assert_eq!(top.scores.shape(), [q, k]);
     let scores = top.scores.to_vec_f32(ctx).unwrap();
@@ -46,7 +49,7 @@ fn check(ctx: &Context, top: &TopK, table: &[f32], queries: &[f32], d: usize, k:
         let got_rows = &rows[qi * k..(qi + 1) * k];
         let mut seen = std::collections::HashSet::new();
         for j in 0..k {
-            let bound = tol * (1.0 + want[j].abs());
+            let bound = TOLERANCE * (1.0 + want[j].abs());
             assert!((got[j] as f64 - want[j]).abs() <= bound, "query {qi}, rank {j}: score {} expected {}", got[j], want[j]);
             let r = got_rows[j];
             assert!(r >= 0 && (r as usize) < table.len() / d, "query {qi}: row {r} outside the table");
@@ -73,12 +76,12 @@ fn dense_tables_over_several_bindings_and_many_batches() {
         for k in [1, 37, 5000] {
             let top = retriever.search(&ctx, &queries, k).unwrap();
             assert!(top.scores.segments().len() > 1, "several batches expected");
-            check(&ctx, &top, &table, &queries, d, k, metric, 1e-5);
+            check(&ctx, &top, &table, &queries, d, k, metric);
         }
     }
     // k = N: every row, sorted.
     let top = Retriever::new(t, Metric::Dot).unwrap().search(&ctx, &queries[..2 * d], n).unwrap();
-    check(&ctx, &top, &table, &queries[..2 * d], d, n, Metric::Dot, 1e-5);
+    check(&ctx, &top, &table, &queries[..2 * d], d, n, Metric::Dot);
 }
 
 #[test]
@@ -90,7 +93,7 @@ fn dense_rows_of_whole_words_from_texture_copies() {
     let queries = rng.vec_f32(5 * d);
     let retriever = Retriever::new(GpuTensor::from_f32(&ctx, &table, &[n, d]).unwrap(), Metric::Dot).unwrap();
     let top = retriever.search(&ctx, &queries, 100).unwrap();
-    check(&ctx, &top, &table, &queries, d, 100, Metric::Dot, 1e-5);
+    check(&ctx, &top, &table, &queries, d, 100, Metric::Dot);
 }
 
 #[test]
@@ -133,7 +136,7 @@ fn quantized_tables_scored_from_their_codes_across_planes() {
             let dequantized =
                 QuantizedEmbedding::new(qt.clone()).forward(&ctx, Indices::i64(&all, &[n])).unwrap().to_vec_f32(&ctx).unwrap();
             let top = Retriever::quantized(qt, Metric::Dot).search(&ctx, &queries, 50).unwrap();
-            check(&ctx, &top, &dequantized, &queries, d, 50, Metric::Dot, 1e-5);
+            check(&ctx, &top, &dequantized, &queries, d, 50, Metric::Dot);
         }
     }
 }
@@ -154,7 +157,7 @@ fn queries_already_on_the_gpu() {
     let host_queries = queries.to_vec_f32(&ctx).unwrap();
     let from_host = retriever.search(&ctx, &host_queries, 10).unwrap();
     assert_eq!(on_gpu.indices.to_bytes(&ctx).unwrap(), from_host.indices.to_bytes(&ctx).unwrap());
-    check(&ctx, &on_gpu, &corpus, &host_queries, d, 10, Metric::Cosine, 1e-5);
+    check(&ctx, &on_gpu, &corpus, &host_queries, d, 10, Metric::Cosine);
 }
 
 #[test]
@@ -185,5 +188,5 @@ fn selection_past_65535_workgroups() {
     let retriever = Retriever::new(GpuTensor::from_f32(&ctx, &table, &[n, d]).unwrap(), Metric::Dot).unwrap();
     let top = retriever.search(&ctx, &queries, 3).unwrap();
     assert_eq!(top.scores.segments().len(), 1, "one batch expected");
-    check(&ctx, &top, &table, &queries, d, 3, Metric::Dot, 1e-5);
+    check(&ctx, &top, &table, &queries, d, 3, Metric::Dot);
 }
