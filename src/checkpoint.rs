@@ -180,6 +180,13 @@ impl Checkpoint {
         Ok(t)
     }
 
+    /// Uploads the 2-D table `name` as it is stored (F32, F16 or BF16), calling
+    /// `progress(bytes_uploaded, bytes_total)` as its pieces reach the queue.
+    pub fn upload_table(&self, ctx: &crate::Context, name: &str, progress: &mut dyn FnMut(u64, u64)) -> Result<crate::GpuTensor> {
+        let t = self.table(name)?;
+        crate::GpuTensor::from_bytes_with_progress(ctx, t.bytes(), &[t.rows(), t.dim()], t.dtype(), t.dim(), progress)
+    }
+
     /// The 1-D tensor `name` of `len` values (e.g. LayerNorm's weight or bias), as f32.
     pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
         let (dtype, shape, data) = self.view(name)?;

@@ -221,3 +221,21 @@ fn checkpoint_errors_name_the_tensor() {
     let e = ck.table("embeddings.LayerNorm.weight").unwrap_err();
     assert!(e.to_string().contains("2-D"), "{e}");
 }
+
+#[test]
+fn uploads_report_progress() {
+    // The 30 522 x 384 f32 word table (46.9 MB) goes to the queue in 8 MiB pieces; with
+    // 16 MiB bindings it spans three segments. The bytes on the GPU are the file's.
+    let ck = checkpoint();
+    let ctx = common::context(Some(16 << 20));
+    let name = format!("{PREFIX}.word_embeddings.weight");
+    let mut calls: Vec<(u64, u64)> = Vec::new();
+    let t = ck.upload_table(&ctx, &name, &mut |done, total| calls.push((done, total))).unwrap();
+    let total = (30_522 * 384 * 4) as u64;
+    assert!(t.segments().len() == 3, "{} segments", t.segments().len());
+    assert_eq!(calls.first(), Some(&(0, total)));
+    assert_eq!(calls.last(), Some(&(total, total)));
+    assert!(calls.len() >= 7, "{} progress calls", calls.len());
+    assert!(calls.windows(2).all(|w| w[0].0 < w[1].0 && w[1].1 == total), "progress must grow: {calls:?}");
+    assert_eq!(t.to_bytes(&ctx).unwrap(), ck.table(&name).unwrap().bytes());
+}

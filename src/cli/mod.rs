@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 
 use crate::conformance::cases::{outputs_to_safetensors, CaseFile};
 use crate::conformance::registry::supported_ops;
-use crate::conformance::runner::run_cases;
+use crate::conformance::runner::run_cases_with;
 use crate::{Context, ContextOptions, TableReads};
 
 #[derive(Parser)]
@@ -115,7 +115,16 @@ fn run_cases_cmd(cases: &PathBuf, out: &PathBuf, report: &PathBuf, device: &Devi
     let info = ctx.adapter_info();
     let reads = if ctx.reads_tables_from_textures() { "texture copies" } else { "buffers" };
     eprintln!("adapter: {} ({:?}); binding limit {} bytes; tables read from {reads}", info.name, info.backend, ctx.max_binding_size());
-    let (outputs, rep) = run_cases(&ctx, &file);
+    // A progress bar on a terminal (indicatif draws nothing when stderr is not one).
+    let bar = indicatif::ProgressBar::new(file.cases.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} cases, {elapsed} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let (outputs, rep) = run_cases_with(&ctx, &file, &mut |case| {
+        bar.set_message(case.id.clone());
+        bar.inc(1);
+    });
+    bar.finish_and_clear();
     let st = outputs_to_safetensors(&outputs).map_err(|e| e.to_string())?;
     std::fs::write(out, st).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
     let json = serde_json::to_string_pretty(&rep).map_err(|e| e.to_string())?;

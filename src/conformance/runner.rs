@@ -41,10 +41,16 @@ pub fn run_case(ctx: &Context, file: &CaseFile, case: &Case) -> Result<Vec<(Stri
 
 /// Runs every case of `file`; outputs are named `ID/NAME`.
 pub fn run_cases(ctx: &Context, file: &CaseFile) -> (Vec<(String, HostTensor)>, Report) {
+    run_cases_with(ctx, file, &mut |_| {})
+}
+
+/// [`run_cases`], calling `before_case` before each case (a progress bar's tick).
+pub fn run_cases_with(ctx: &Context, file: &CaseFile, before_case: &mut dyn FnMut(&Case)) -> (Vec<(String, HostTensor)>, Report) {
     let mut outputs = Vec::new();
     let mut reports = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for case in &file.cases {
+        before_case(case);
         let start = Instant::now();
         // Outputs are named by case id: a repeated id would make the output file ambiguous.
         let result = if !seen.insert(case.id.as_str()) {

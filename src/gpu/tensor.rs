@@ -212,6 +212,51 @@ impl GpuTensor {
         })
     }
 
+    /// [`GpuTensor::from_bytes`], handing the bytes to the queue in pieces and calling
+    /// `progress(bytes_uploaded, bytes_total)` after each (e.g. for a progress bar while
+    /// a large table uploads).
+    pub fn from_bytes_with_progress(
+        ctx: &Context,
+        bytes: &[u8],
+        shape: &[usize],
+        dtype: DType,
+        row_len: usize,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<GpuTensor> {
+        /// Bytes per write: small enough for a smooth bar, large enough to cost nothing.
+        const PIECE: usize = 8 << 20;
+        let (_, _, expected) = checked_layout(ctx, shape, dtype, row_len)?;
+        if bytes.len() as u64 != expected {
+            return Err(Error::ShapeMismatch(format!(
+                "{} bytes given for shape {shape:?} of {dtype:?} ({expected} expected)",
+                bytes.len(),
+            )));
+        }
+        let t = Self::zeros(ctx, shape, dtype, row_len)?;
+        let rb = row_bytes(t.row_len, dtype) as usize;
+        let total = bytes.len() as u64;
+        let mut done = 0u64;
+        progress(0, total);
+        for seg in t.segments.iter() {
+            let data = &bytes[seg.first_row as usize * rb..(seg.first_row + seg.rows) as usize * rb];
+            for (k, piece) in data.chunks(PIECE).enumerate() {
+                // Writes are whole words: the last piece is padded (the buffer is).
+                let mut padded;
+                let piece_words = if piece.len().is_multiple_of(4) {
+                    piece
+                } else {
+                    padded = piece.to_vec();
+                    padded.resize(piece.len().next_multiple_of(4), 0);
+                    &padded[..]
+                };
+                ctx.queue().write_buffer(&seg.buffer, (k * PIECE) as u64, piece_words);
+                done += piece.len() as u64;
+                progress(done, total);
+            }
+        }
+        Ok(t)
+    }
+
     /// A tensor of `rows` rows in segments of `rows_per_segment`, whose buffers `make`
     /// creates (given first row and rows) inside error scopes: allocation failures (out
     /// of memory) come back as errors, not panics.
