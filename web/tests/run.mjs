@@ -1,13 +1,15 @@
 // Browser tests: headless Debian Chromium with WebGPU over SwiftShader, driven by
 // playwright-core, against pages served on 127.0.0.1. Fails (never skips) when the
-// browser gives no WebGPU adapter. Keeps a screenshot of the demo page in
-// target/web-artifacts/demo.png (repository root).
+// browser gives no WebGPU adapter. Keeps screenshots of the demo pages in
+// target/web-artifacts/ (repository root).
 //
-//   node tests/run.mjs            (after `wasm-pack build --target web` in web/)
+//   node tests/run.mjs            (after `wasm-pack build --target web && node build-package.mjs` in web/)
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { execFileSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import * as esbuild from "esbuild";
 import { chromium } from "playwright-core";
 import { startServer, sharedDir } from "./serve.mjs";
 
@@ -157,6 +159,41 @@ try {
     const shot = path.join(artifacts, "search.png");
     await page.screenshot({ path: shot, fullPage: true });
     console.log(`  screenshot: ${shot}`);
+    await page.close();
+  }
+
+  // 6. The npm package through a bundler: web/pkg packed by npm, the tarball installed
+  // into a scratch project, a page importing "wgpu-embed-web" by name bundled by esbuild.
+  {
+    const scratch = fs.mkdtempSync(path.join(os.tmpdir(), "wgpu-embed-bundler-"));
+    const npm = (args, cwd) => execFileSync("npm", [...args, "--no-audit", "--no-fund", "--loglevel=error"], { cwd }).toString();
+    const tgz = npm(["pack", "--pack-destination", scratch], path.join(webDir, "pkg")).trim().split("\n").pop();
+    fs.writeFileSync(path.join(scratch, "package.json"), JSON.stringify({ name: "bundler-test", private: true, type: "module" }));
+    npm(["install", path.join(scratch, tgz)], scratch);
+    fs.copyFileSync(path.join(webDir, "tests", "bundler", "main.js"), path.join(scratch, "main.js"));
+    const outdir = path.join(webDir, "tests", "bundler-dist");
+    fs.rmSync(outdir, { recursive: true, force: true });
+    await esbuild.build({
+      entryPoints: [path.join(scratch, "main.js")],
+      absWorkingDir: scratch,
+      bundle: true,
+      format: "esm",
+      outdir,
+      loader: { ".wasm": "file" },
+      logLevel: "error",
+    });
+    const { page, result } = await runPage("bundler (npm pack, esbuild)", "/tests/bundler.html", "testResult");
+    if (!result?.ok) fail(`bundler: ${result?.error ?? JSON.stringify(result)}`);
+    else console.log(`  ${tgz} installed and bundled; ${result.values} values right; wasm served as ${result.wasm}`);
+    await page.close();
+    fs.rmSync(scratch, { recursive: true, force: true });
+  }
+
+  // 7. The layers in a Web Worker give what they give on the main thread.
+  {
+    const { page, result } = await runPage("worker", "/tests/worker.html", "testResult");
+    if (!result?.ok) fail(`worker: ${result?.error ?? JSON.stringify(result)}`);
+    else console.log(`  lookup (${result.lookupValues} values) and mean bag (${result.bagValues}) identical in the worker`);
     await page.close();
   }
 } finally {
