@@ -177,3 +177,31 @@ fn long_bags_and_lookups_on_both_read_paths() {
         }
     }
 }
+
+#[test]
+fn tensor_writer_fills_segments_from_pieces_of_any_size() {
+    // 4 KiB bindings: a 1 000 x 7 table spans several segments; f16 rows of 7 end
+    // mid-word. Pieces of 1..1 000 bytes cross both.
+    let ctx = common::context(Some(4096));
+    for (dtype, size) in [(wgpu_embed::DType::F32, 4usize), (wgpu_embed::DType::F16, 2)] {
+        let (rows, dim) = (1_000usize, 7usize);
+        let data: Vec<u8> = (0..rows * dim * size).map(|i| (i * 31 % 251) as u8).collect();
+        let mut w = GpuTensor::writer(&ctx, &[rows, dim], dtype, dim).unwrap();
+        let (mut at, mut step) = (0usize, 1usize);
+        while at < data.len() {
+            let n = step.min(data.len() - at);
+            w.write(&ctx, &data[at..at + n]).unwrap();
+            at += n;
+            step = step * 3 % 1000 + 1;
+        }
+        assert_eq!(w.progress(), (data.len() as u64, data.len() as u64));
+        let t = w.finish().unwrap();
+        assert!(t.segments().len() > 1, "{dtype:?}: one segment");
+        assert_eq!(t.to_bytes(&ctx).unwrap(), data, "{dtype:?}");
+    }
+    // Too many bytes, or too few, are refused.
+    let mut w = GpuTensor::writer(&ctx, &[2, 2], wgpu_embed::DType::F32, 2).unwrap();
+    assert!(w.write(&ctx, &[0u8; 17]).unwrap_err().to_string().contains("16 bytes"));
+    w.write(&ctx, &[0u8; 8]).unwrap();
+    assert!(w.finish().unwrap_err().to_string().contains("8 of the 16 bytes"));
+}

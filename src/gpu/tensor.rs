@@ -257,6 +257,14 @@ impl GpuTensor {
         Ok(t)
     }
 
+    /// A tensor to be filled in order, piece by piece, as its bytes arrive (a streamed
+    /// file): see [`TensorWriter`].
+    pub fn writer(ctx: &Context, shape: &[usize], dtype: DType, row_len: usize) -> Result<TensorWriter> {
+        let (_, _, total) = checked_layout(ctx, shape, dtype, row_len)?;
+        let tensor = Self::zeros(ctx, shape, dtype, row_len)?;
+        Ok(TensorWriter { row_bytes: row_bytes(tensor.row_len, dtype), tensor, written: 0, total, pending: Vec::new() })
+    }
+
     /// A tensor of `rows` rows in segments of `rows_per_segment`, whose buffers `make`
     /// creates (given first row and rows) inside error scopes: allocation failures (out
     /// of memory) come back as errors, not panics.
@@ -557,5 +565,73 @@ impl GpuTensor {
             segments: Arc::new(vec![Segment { buffer, first_row: 0, rows }]),
             texture: Arc::default(),
         }
+    }
+}
+
+/// Fills a tensor's bytes in order as they arrive, handing each piece to the queue at
+/// once, so that no more than a piece is held on the host (made by [`GpuTensor::writer`]).
+#[derive(Debug)]
+pub struct TensorWriter {
+    tensor: GpuTensor,
+    row_bytes: u64,
+    /// Bytes handed to the queue, and in all.
+    written: u64,
+    total: u64,
+    /// Bytes received but not written yet: writes are whole words, except at a segment's end.
+    pending: Vec<u8>,
+}
+
+impl TensorWriter {
+    /// Takes the next `bytes` of the tensor (in its row-major layout).
+    pub fn write(&mut self, ctx: &Context, bytes: &[u8]) -> Result<()> {
+        if self.written + (self.pending.len() + bytes.len()) as u64 > self.total {
+            return Err(Error::ShapeMismatch(format!(
+                "more than the {} bytes of shape {:?} of {:?} were given",
+                self.total,
+                self.tensor.shape(),
+                self.tensor.dtype()
+            )));
+        }
+        self.pending.extend_from_slice(bytes);
+        let mut used = 0usize;
+        while used < self.pending.len() {
+            let Some(seg) = self.tensor.segments.iter().find(|s| (s.first_row + s.rows) * self.row_bytes > self.written) else {
+                break; // checked above: every byte lies in a segment
+            };
+            let (start, end) = (seg.first_row * self.row_bytes, (seg.first_row + seg.rows) * self.row_bytes);
+            let available = (self.pending.len() - used) as u64;
+            let n = available.min(end - self.written);
+            // Whole words, unless this finishes the segment (its buffer is padded).
+            let n = if self.written + n == end { n } else { n / 4 * 4 };
+            if n == 0 {
+                break;
+            }
+            let mut piece = self.pending[used..used + n as usize].to_vec();
+            piece.resize(piece.len().next_multiple_of(4), 0);
+            ctx.queue().write_buffer(&seg.buffer, self.written - start, &piece);
+            self.written += n;
+            used += n as usize;
+        }
+        self.pending.drain(..used);
+        Ok(())
+    }
+
+    /// Bytes taken so far, and in all.
+    pub fn progress(&self) -> (u64, u64) {
+        (self.written + self.pending.len() as u64, self.total)
+    }
+
+    /// The filled tensor; an error if bytes are missing.
+    pub fn finish(self) -> Result<GpuTensor> {
+        if self.written != self.total {
+            return Err(Error::ShapeMismatch(format!(
+                "{} of the {} bytes of shape {:?} of {:?} were given",
+                self.written + self.pending.len() as u64,
+                self.total,
+                self.tensor.shape(),
+                self.tensor.dtype()
+            )));
+        }
+        Ok(self.tensor)
     }
 }

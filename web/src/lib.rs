@@ -19,6 +19,7 @@ mod layers;
 mod optim;
 mod retrieval;
 mod safetensors_file;
+mod streamed;
 
 pub use layers::*;
 

@@ -196,6 +196,56 @@ try {
     else console.log(`  lookup (${result.lookupValues} values) and mean bag (${result.bagValues}) identical in the worker`);
     await page.close();
   }
+
+  // 8. A safetensors file of over 300 MB streamed from a fetch Response to the GPU,
+  // tensor by tensor, with progress events (the file is written here, then removed).
+  {
+    const file = path.join(artifacts, "stream.safetensors");
+    const tensors = { big: ["F32", [300_000, 256], 4], small: ["F16", [1_001, 7], 2] };
+    const header = {};
+    let offset = 0;
+    for (const [name, [dtype, shape, size]] of Object.entries(tensors)) {
+      const bytes = shape[0] * shape[1] * size;
+      header[name] = { dtype, shape, data_offsets: [offset, offset + bytes] };
+      offset += bytes;
+    }
+    let json = Buffer.from(JSON.stringify(header));
+    json = Buffer.concat([json, Buffer.alloc((8 - (json.length % 8)) % 8, 0x20)]);
+    const fd = fs.openSync(file, "w");
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(json.length));
+    fs.writeSync(fd, len);
+    fs.writeSync(fd, json);
+    // Element i of each tensor is (i % 1009) / 4, exact in f32 and f16.
+    const f16 = (x) => {
+      if (x === 0) return 0;
+      const e = Math.floor(Math.log2(x));
+      return ((e + 15) << 10) | Math.round((x / 2 ** e - 1) * 1024);
+    };
+    for (const [name, [dtype, shape]] of Object.entries(tensors)) {
+      const n = shape[0] * shape[1];
+      const piece = 1 << 20;
+      for (let i0 = 0; i0 < n; i0 += piece) {
+        const m = Math.min(piece, n - i0);
+        const arr = dtype === "F32" ? new Float32Array(m) : new Uint16Array(m);
+        for (let j = 0; j < m; j++) arr[j] = dtype === "F32" ? ((i0 + j) % 1009) / 4 : f16(((i0 + j) % 1009) / 4);
+        fs.writeSync(fd, Buffer.from(arr.buffer));
+      }
+      if (name === "big") console.log(`  wrote ${(fs.fstatSync(fd).size / 2 ** 20).toFixed(0)} MiB so far`);
+    }
+    fs.closeSync(fd);
+    const size = fs.statSync(file).size;
+    const { page, result } = await runPage("streamed safetensors", "/tests/stream.html", "testResult");
+    if (!result?.ok) fail(`stream: ${result?.error ?? JSON.stringify(result)}`);
+    else {
+      console.log(`  ${(size / 1e6).toFixed(0)} MB in ${result.ms.toFixed(0)} ms, ${result.events} progress events, tensors ${result.names}; JS heap after: ${result.heap === null ? "n/a" : (result.heap / 1e6).toFixed(0) + " MB"}`);
+      if (size < 300e6) fail(`stream: the file has only ${size} bytes`);
+      if (result.total !== size || result.loaded !== size) fail(`stream: progress ended at ${result.loaded} of ${result.total}, the file has ${size}`);
+      if (!(result.events >= 10) || !result.monotonic) fail(`stream: ${result.events} progress events, monotonic: ${result.monotonic}`);
+    }
+    await page.close();
+    fs.rmSync(file, { force: true });
+  }
 } finally {
   await context.close();
   server.close();

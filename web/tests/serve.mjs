@@ -1,7 +1,8 @@
 // A tiny static server for the demo and the browser tests, on 127.0.0.1 only.
 // Serves web/ at / and the conformance files (../shared beside the repository, or
 // $WGPU_EMBED_SHARED) at /shared/; for the search demo, the repository's examples/ at
-// /examples/ and the models .ci/setup fetched (target/models) at /models/.
+// /examples/ and the models .ci/setup fetched (target/models) at /models/; files the
+// tests write (target/web-artifacts) at /artifacts/.
 //
 //   node tests/serve.mjs [port]     then open http://127.0.0.1:8000/
 import http from "node:http";
@@ -15,6 +16,7 @@ const roots = [
   ["/shared/", sharedDir],
   ["/examples/", path.resolve(webDir, "..", "examples")],
   ["/models/", path.resolve(webDir, "..", "target", "models")],
+  ["/artifacts/", path.resolve(webDir, "..", "target", "web-artifacts")],
 ];
 
 const types = {
