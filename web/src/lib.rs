@@ -172,6 +172,14 @@ impl Gpu {
     }
 
     /// The adapter and the limits that matter here.
+    /// The `GPUDevice` the library runs on, for WebGPU interop: another library given it
+    /// (e.g. `ort.env.webgpu.device`) shares buffers with this one (`Tensor.gpuBuffers`).
+    #[wasm_bindgen(getter, unchecked_return_type = "GPUDevice")]
+    pub fn device(&self) -> Result<JsValue, JsValue> {
+        let device = self.ctx.device().as_webgpu().ok_or_else(|| js_error(lib::Error::Unsupported("not a WebGPU device".into())))?;
+        Ok(JsValue::from(device.clone()))
+    }
+
     #[wasm_bindgen(js_name = adapterInfo, unchecked_return_type = "AdapterInfo")]
     pub fn adapter_info(&self) -> JsValue {
         let info = self.ctx.adapter_info();
@@ -278,6 +286,21 @@ impl Tensor {
 
 #[wasm_bindgen]
 impl Tensor {
+    /// The `GPUBuffer`s holding the rows, in order (one per segment; rows row-major and
+    /// tightly packed from offset 0, a buffer may be longer than its data): hand them to
+    /// another WebGPU library on the same device, e.g. ONNX Runtime Web's
+    /// `Tensor.fromGpuBuffer`, with no read-back.
+    #[wasm_bindgen(getter, js_name = gpuBuffers, unchecked_return_type = "GPUBuffer[]")]
+    pub fn gpu_buffers(&self) -> Result<js_sys::Array, JsValue> {
+        let mut out = Vec::new();
+        for seg in self.gpu()?.segments() {
+            let buffer =
+                seg.buffer().as_webgpu().ok_or_else(|| js_error(lib::Error::Unsupported("this buffer is not a WebGPU buffer".into())))?;
+            out.push(JsValue::from(buffer.clone()));
+        }
+        Ok(out.into_iter().collect())
+    }
+
     /// The shape.
     #[wasm_bindgen(getter, unchecked_return_type = "number[]")]
     pub fn shape(&self) -> Result<JsValue, JsValue> {

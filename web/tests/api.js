@@ -168,6 +168,25 @@ test("bad input is an exception with the library's message, and the device stays
   weight.release();
 });
 
+test("WebGPU interop: the library's GPUDevice and an output's GPUBuffers, read by the page's own WebGPU calls", async () => {
+  const device = gpu.device;
+  assert(device instanceof GPUDevice, `gpu.device is ${device}`);
+  const d = 3;
+  const t = Float32Array.from({ length: 4 * d }, (_, i) => i + 0.5);
+  const out = await gpu.embedding(await gpu.tensor(t, [4, d])).forward(new Int32Array([2, 0, 3]), [3]);
+  const buffers = out.gpuBuffers;
+  assert(buffers.length === 1 && buffers[0] instanceof GPUBuffer, `gpuBuffers: ${buffers}`);
+  // The page copies the output on the library's device: no read-back through the library.
+  const staging = device.createBuffer({ size: 3 * d * 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+  const encoder = device.createCommandEncoder();
+  encoder.copyBufferToBuffer(buffers[0], 0, staging, 0, 3 * d * 4);
+  device.queue.submit([encoder.finish()]);
+  await staging.mapAsync(GPUMapMode.READ);
+  const got = new Float32Array(staging.getMappedRange().slice(0));
+  staging.unmap();
+  assertClose(got, lookupRef(t, d, [2, 0, 3]), "copied by the page", 0);
+});
+
 test("one training step: sparse backward, then SGD changes exactly the rows present", async () => {
   const [v, d, lr] = [20, 8, 0.5];
   const t = table(v, d);
