@@ -190,3 +190,29 @@ fn selection_past_65535_workgroups() {
     assert_eq!(top.scores.segments().len(), 1, "one batch expected");
     check(&ctx, &top, &table, &queries, d, 3, Metric::Dot);
 }
+
+#[test]
+fn query_blocks_and_column_chunks() {
+    // The uniform query block holds 4 096 columns: D = 256 puts 16 queries in a block
+    // (40 queries: three blocks), D = 5 000 splits each query's columns in two chunks.
+    let ctx = context_reading(None, TableReads::Auto);
+    let mut rng = Rng(36);
+    for (n, d, q, k) in [(2_000usize, 256usize, 40usize, 7usize), (300, 5_000, 3, 5)] {
+        let table = rng.vec_f32(n * d);
+        let queries = rng.vec_f32(q * d);
+        for metric in [Metric::Dot, Metric::Cosine] {
+            let retriever = Retriever::new(GpuTensor::from_f32(&ctx, &table, &[n, d]).unwrap(), metric).unwrap();
+            check(&ctx, &retriever.search(&ctx, &queries, k).unwrap(), &table, &queries, d, k, metric);
+        }
+    }
+    // The same through int8 codes read 16 a word (D = 4 112: chunks of 4 096 and 16).
+    for (n, d, q, k) in [(1_000usize, 256usize, 40usize, 7usize), (200, 4_112, 3, 5)] {
+        let weight = rng.vec_f32(n * d);
+        let queries = rng.vec_f32(q * d);
+        let qt = QuantizedTable::from_pretrained(&ctx, &weight, n, d, Scheme::Int8Rowwise, None).unwrap();
+        let all: Vec<i64> = (0..n as i64).collect();
+        let dequantized = QuantizedEmbedding::new(qt.clone()).forward(&ctx, Indices::i64(&all, &[n])).unwrap().to_vec_f32(&ctx).unwrap();
+        let top = Retriever::quantized(qt, Metric::Cosine).search(&ctx, &queries, k).unwrap();
+        check(&ctx, &top, &dequantized, &queries, d, k, Metric::Cosine);
+    }
+}
