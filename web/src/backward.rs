@@ -40,7 +40,7 @@ fn gradient(g: lib::Gradient) -> Vec<(&'static str, Option<lib::GpuTensor>)> {
 /// Runs an async backward and turns GPU errors it raised into an exception: the
 /// sparse path awaits a read-back between submissions, so it cannot sit inside one
 /// pair of error scopes; the context records such errors instead.
-async fn checked<T>(ctx: &lib::Context, result: lib::Result<T>) -> Result<T, JsValue> {
+pub(crate) async fn checked<T>(ctx: &lib::Context, result: lib::Result<T>) -> Result<T, JsValue> {
     let value = result.map_err(js_error)?;
     ctx.check_alive().map_err(js_error)?;
     if let Some(e) = ctx.take_uncaptured_error() {

@@ -6,8 +6,9 @@ use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 use wgpu_embed as lib;
 
+use crate::backward::checked;
 use crate::layers::indices_and_shape;
-use crate::{gpu_call, js_error, Gpu, Tensor};
+use crate::{gpu_call, js_error, BagArgs, Embedding, EmbeddingBag, Gpu, Tensor};
 
 /// An optimizer over one table (`gpu.optimizer(table, options)`).
 #[wasm_bindgen]
@@ -67,6 +68,54 @@ impl Optimizer {
         let num_embeddings = t.shape().first().copied().unwrap_or(0);
         let grad = lib::Gradient::Sparse { indices: indices.gpu()?.clone(), values: values.gpu()?.clone(), num_embeddings };
         gpu_call(&self.ctx, || self.inner.borrow_mut().step(&self.ctx, &t, &grad)).await
+    }
+
+    /// Backward of `layer` (an `Embedding` over this optimizer's table) and this step in
+    /// one pass, for the optimizers that take sparse gradients: the gradient is never
+    /// written. `indices` and `shape` as `Embedding.forward` takes them; `gradOut` is
+    /// `[...shape, D]`. Gives what `backward` (sparse) then `stepSparse` give.
+    #[wasm_bindgen(js_name = stepEmbedding)]
+    pub async fn step_embedding(
+        &self,
+        layer: &Embedding,
+        #[wasm_bindgen(unchecked_param_type = "IndexArray")] indices: JsValue,
+        grad_out: &Tensor,
+        #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] shape: JsValue,
+    ) -> Result<(), JsValue> {
+        let (values, shape) = indices_and_shape(&indices, &shape, "indices")?;
+        let g = grad_out.gpu()?.clone();
+        let mut opt = self.busy_or_mut()?;
+        let r = opt.step_embedding_async(&self.ctx, &layer.layer, values.as_indices(&shape), &g).await;
+        checked(&self.ctx, r).await
+    }
+
+    /// [`Optimizer::step_embedding`] for an `EmbeddingBag` (sum or mean), its arguments as
+    /// `EmbeddingBag.forward` takes them; resolves to the per-sample weights' gradient
+    /// (a Tensor) when they are given, else undefined.
+    #[wasm_bindgen(js_name = stepEmbeddingBag, unchecked_return_type = "Tensor | undefined")]
+    #[allow(clippy::too_many_arguments)]
+    pub async fn step_embedding_bag(
+        &self,
+        layer: &EmbeddingBag,
+        #[wasm_bindgen(unchecked_param_type = "IndexArray")] input: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "IndexArray | null | undefined")] offsets: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "Float32Array | null | undefined")] per_sample_weights: JsValue,
+        grad_out: &Tensor,
+        #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] input_shape: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] per_sample_weights_shape: JsValue,
+    ) -> Result<JsValue, JsValue> {
+        let a = BagArgs::read(&input, &offsets, &per_sample_weights, &input_shape, &per_sample_weights_shape)?;
+        let g = grad_out.gpu()?.clone();
+        let mut opt = self.busy_or_mut()?;
+        let r = opt.step_embedding_bag_async(&self.ctx, &layer.layer, a.input(), a.offsets(), a.weights(), &g).await;
+        let grads = checked(&self.ctx, r).await?;
+        Ok(grads.map_or(JsValue::UNDEFINED, |t| Tensor::new(self.ctx.clone(), t).into()))
+    }
+
+    /// The optimizer, unless another of its steps is still running (JS may call again
+    /// before a step's promise resolves): refused rather than a trap.
+    fn busy_or_mut(&self) -> Result<std::cell::RefMut<'_, lib::Optimizer>, JsValue> {
+        self.inner.try_borrow_mut().map_err(|_| js_error(lib::Error::arg("optimizer", "another step of this optimizer is still running")))
     }
 
     /// The state tensor called `name` (`exp_avg`, `exp_avg_sq`, `sum`, `momentum_buffer`,

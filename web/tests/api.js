@@ -187,6 +187,45 @@ test("WebGPU interop: the library's GPUDevice and an output's GPUBuffers, read b
   assertClose(got, lookupRef(t, d, [2, 0, 3]), "copied by the page", 0);
 });
 
+test("fused backward + step gives what backward then step give (Embedding and EmbeddingBag)", async () => {
+  const [v, d] = [50, 8];
+  const t = table(v, d);
+  const ids = Int32Array.from([3, 7, 3, 49, 0, 3]);
+  const gradOut = await gpu.tensor(Float32Array.from({ length: ids.length * d }, (_, i) => Math.cos(i)), [ids.length, d]);
+  const options = { optimizer: "sparse_adam", lr: 0.01 };
+  const run = async (fused) => {
+    const emb = gpu.embedding(await gpu.tensor(t, [v, d]));
+    const opt = gpu.optimizer(emb.weight, options);
+    for (let step = 0; step < 2; step++) {
+      if (fused) await opt.stepEmbedding(emb, ids, gradOut, [ids.length]);
+      else {
+        const g = await emb.backward(ids, gradOut, [ids.length], { sparse: true });
+        await opt.stepSparse(emb.weight, g.indices, g.values);
+      }
+    }
+    return emb.weight.toFloat32Array();
+  };
+  const [unfused, fused] = [await run(false), await run(true)];
+  assertClose(fused, unfused, "fused step", 0);
+  assert(unfused.some((x, i) => x !== t[i]), "the table did not change");
+  // A bag (mean) the same way; a dense-only optimizer is refused by name.
+  const bagGrad = await gpu.tensor(Float32Array.from({ length: 2 * d }, (_, i) => i / 7), [2, d]);
+  const runBag = async (fused) => {
+    const bag = gpu.embeddingBag(await gpu.tensor(t, [v, d]), { mode: "mean" });
+    const opt = gpu.optimizer(bag.weight, { optimizer: "adagrad", lr: 0.1 });
+    if (fused) await opt.stepEmbeddingBag(bag, ids, [0, 4], null, bagGrad);
+    else {
+      const g = await bag.backward(ids, [0, 4], null, bagGrad, undefined, undefined, { sparse: true });
+      await opt.stepSparse(bag.weight, g.indices, g.values);
+    }
+    return bag.weight.toFloat32Array();
+  };
+  assertClose(await runBag(true), await runBag(false), "fused bag step", 0);
+  const dense = gpu.embedding(await gpu.tensor(t, [v, d]));
+  const adam = gpu.optimizer(dense.weight, { optimizer: "adam", lr: 0.1 });
+  await assertThrows(() => adam.stepEmbedding(dense, ids, gradOut), /sparse/, "dense-only optimizer");
+});
+
 test("one training step: sparse backward, then SGD changes exactly the rows present", async () => {
   const [v, d, lr] = [20, 8, 0.5];
   const t = table(v, d);
