@@ -21,7 +21,7 @@ use crate::gpu::tensor::{DType, GpuTensor, Segment};
 use crate::layers::embedding::Embedding;
 #[cfg(not(target_arch = "wasm32"))] // GPU-resident indices: their check reads back
 use crate::layers::embedding_bag::plan_gpu_bounds;
-use crate::layers::embedding_bag::{plan_bags, BagMode, EmbeddingBag, PerSampleWeights};
+use crate::layers::embedding_bag::{plan_bags, BagMode, EmbeddingBag, HostBags, PerSampleWeights};
 use crate::layers::indices::Indices;
 use crate::layers::table::table_format;
 
@@ -379,6 +379,11 @@ async fn read_last_word(ctx: &Context, t: &GpuTensor) -> Result<u32> {
     Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
 }
 
+/// The per-sample weights of host bags, with the shape they were given in.
+fn host_weights<'a>(bags: &'a HostBags, per_sample_weights: PerSampleWeights<'a>) -> Option<(Flat<'a, f32>, &'a [usize])> {
+    bags.weights.as_deref().zip(per_sample_weights.map(|(_, shape)| shape)).map(|(w, shape)| (Flat::Host(w), shape))
+}
+
 /// A `[B, D]` output gradient that the max / per-sample-weight kernels read whole.
 fn whole_bag_grad<'a>(ctx: &Context, grad: &'a GpuTensor, what: &str) -> Result<&'a Segment> {
     match grad.segments() {
@@ -494,10 +499,8 @@ impl EmbeddingBag {
         grad_out: &GpuTensor,
         options: GradOptions,
     ) -> Result<BagGradients> {
-        self.check_options(options)?;
-        let bags = plan_bags(input, offsets, per_sample_weights, self.mode(), self.include_last_offset(), self.num_embeddings())?;
-        let weights = bags.weights.as_deref().zip(per_sample_weights.map(|(_, shape)| shape)).map(|(w, shape)| (Flat::Host(w), shape));
-        self.bag_grads(ctx, Flat::Host(&bags.rows), &bags.bounds, weights, grad_out, options).await
+        let bags = self.checked_bags(input, offsets, per_sample_weights, options)?;
+        self.bag_grads(ctx, Flat::Host(&bags.rows), &bags.bounds, host_weights(&bags, per_sample_weights), grad_out, options).await
     }
 
     /// Backward and `step` in one: the table rows the bags read are updated from their
@@ -514,9 +517,8 @@ impl EmbeddingBag {
         step: &FusedStep<'_>,
     ) -> Result<Option<GpuTensor>> {
         let options = GradOptions { sparse: true, scale_grad_by_freq: false };
-        self.check_options(options)?;
-        let bags = plan_bags(input, offsets, per_sample_weights, self.mode(), self.include_last_offset(), self.num_embeddings())?;
-        let weights = bags.weights.as_deref().zip(per_sample_weights.map(|(_, shape)| shape)).map(|(w, shape)| (Flat::Host(w), shape));
+        let bags = self.checked_bags(input, offsets, per_sample_weights, options)?;
+        let weights = host_weights(&bags, per_sample_weights);
         let rows = Flat::Host(&bags.rows);
         let (_, sample_grads) = self.bag_side_grads(ctx, rows, &bags.bounds, weights, grad_out)?;
         fused_table_step(ctx, &self.scatter(rows, &bags.bounds, weights, options), grad_out, step)?;
@@ -543,6 +545,18 @@ impl EmbeddingBag {
         crate::gpu::index_check::check_gpu_indices(ctx, "input", input, self.num_embeddings() as u64)?;
         let weights = per_sample_weights.map(|w| (Flat::Gpu(w), w.shape()));
         pollster::block_on(self.bag_grads(ctx, Flat::Gpu(input), &bounds, weights, grad_out, options))
+    }
+
+    /// Host bags of checked arguments (PyTorch's refusals first).
+    fn checked_bags(
+        &self,
+        input: Indices<'_>,
+        offsets: Option<Indices<'_>>,
+        per_sample_weights: PerSampleWeights<'_>,
+        options: GradOptions,
+    ) -> Result<HostBags> {
+        self.check_options(options)?;
+        plan_bags(input, offsets, per_sample_weights, self.mode(), self.include_last_offset(), self.num_embeddings())
     }
 
     /// PyTorch's refusals: sparse or `scale_grad_by_freq` with max.
