@@ -180,6 +180,26 @@ impl Gpu {
         Ok(JsValue::from(device.clone()))
     }
 
+    /// A `GPUAdapter`-shaped object whose `requestDevice()` resolves to this library's
+    /// device (its `limits`, `features` and `info` are the device's). Libraries that
+    /// take an adapter but always request their own device from it, as
+    /// onnxruntime-web's WebGPU backend does (`ort.env.webgpu.adapter`), then run on
+    /// our device, so that `Tensor.gpuBuffers` can be their inputs without a copy.
+    #[wasm_bindgen(js_name = sharedAdapter, unchecked_return_type = "GPUAdapter")]
+    pub fn shared_adapter(&self) -> Result<JsValue, JsValue> {
+        let device = self.device()?;
+        let adapter = js_sys::Object::new();
+        for (key, from) in [("limits", "limits"), ("features", "features"), ("info", "adapterInfo")] {
+            js_sys::Reflect::set(&adapter, &key.into(), &js_sys::Reflect::get(&device, &from.into())?)?;
+        }
+        // Whatever descriptor is asked for, the device is the one already made: its
+        // limits are what `limits` above promised.
+        let request_device =
+            Closure::<dyn FnMut(JsValue) -> js_sys::Promise>::new(move |_descriptor: JsValue| js_sys::Promise::resolve(&device));
+        js_sys::Reflect::set(&adapter, &"requestDevice".into(), &request_device.into_js_value())?;
+        Ok(adapter.into())
+    }
+
     #[wasm_bindgen(js_name = adapterInfo, unchecked_return_type = "AdapterInfo")]
     pub fn adapter_info(&self) -> JsValue {
         let info = self.ctx.adapter_info();

@@ -75,6 +75,9 @@ impl Optimizer {
     /// written. `indices` and `shape` as `Embedding.forward` takes them; `gradOut` is
     /// `[...shape, D]`. Gives what `backward` (sparse) then `stepSparse` give.
     #[wasm_bindgen(js_name = stepEmbedding)]
+    // The borrow is held over the await on purpose: it is what refuses a second step
+    // started before this one resolves (busy_or_mut), and JS runs one task at a time.
+    #[allow(clippy::await_holding_refcell_ref)]
     pub async fn step_embedding(
         &self,
         layer: &Embedding,
@@ -93,7 +96,7 @@ impl Optimizer {
     /// `EmbeddingBag.forward` takes them; resolves to the per-sample weights' gradient
     /// (a Tensor) when they are given, else undefined.
     #[wasm_bindgen(js_name = stepEmbeddingBag, unchecked_return_type = "Tensor | undefined")]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::await_holding_refcell_ref)] // as step_embedding
     pub async fn step_embedding_bag(
         &self,
         layer: &EmbeddingBag,

@@ -246,6 +246,17 @@ try {
     await page.close();
     fs.rmSync(file, { force: true });
   }
+
+  // 9. GPU interop: the BERT block's output buffer fed to an onnxruntime-web session
+  // (an encoder layer made by make_encoder.py with the onnx package) on our device.
+  {
+    const model = path.join(artifacts, "encoder.onnx");
+    execFileSync("python3", [path.join(webDir, "tests", "make_encoder.py"), model], { stdio: "inherit" });
+    const { page, result } = await runPage("ONNX Runtime Web interop", "/tests/ort.html", "testResult");
+    if (!result?.ok) fail(`ort: ${result?.error ?? JSON.stringify(result)}`);
+    else console.log(`  onnxruntime-web ${result.ortVersion}: [1, ${result.tokens}, ${result.dim}] from our GPUBuffer = from host values (max |diff| ${result.maxDiff}); the layer moved values by up to ${result.moved.toFixed(2)}`);
+    await page.close();
+  }
 } finally {
   await context.close();
   server.close();

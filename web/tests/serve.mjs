@@ -2,7 +2,8 @@
 // Serves web/ at / and the conformance files (../shared beside the repository, or
 // $WGPU_EMBED_SHARED) at /shared/; for the search demo, the repository's examples/ at
 // /examples/ and the models .ci/setup fetched (target/models) at /models/; files the
-// tests write (target/web-artifacts) at /artifacts/.
+// tests write (target/web-artifacts) at /artifacts/; onnxruntime-web's dist/ (an npm
+// devDependency, for the interop test) at /ort/.
 //
 //   node tests/serve.mjs [port]     then open http://127.0.0.1:8000/
 import http from "node:http";
@@ -17,6 +18,7 @@ const roots = [
   ["/examples/", path.resolve(webDir, "..", "examples")],
   ["/models/", path.resolve(webDir, "..", "target", "models")],
   ["/artifacts/", path.resolve(webDir, "..", "target", "web-artifacts")],
+  ["/ort/", path.resolve(webDir, "node_modules", "onnxruntime-web", "dist")],
 ];
 
 const types = {
