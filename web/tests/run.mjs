@@ -10,25 +10,11 @@ import path from "node:path";
 import { execFileSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import * as esbuild from "esbuild";
-import { chromium } from "playwright-core";
+import { launchChromium } from "./browser.mjs";
 import { startServer, sharedDir } from "./serve.mjs";
 
 const webDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const artifacts = path.resolve(webDir, "..", "target", "web-artifacts");
-const executablePath = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const flags = [
-  "--no-sandbox",
-  "--enable-unsafe-webgpu",
-  "--enable-features=Vulkan",
-  "--use-vulkan=swiftshader",
-  "--use-webgpu-adapter=swiftshader",
-  "--enable-unsafe-swiftshader",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--no-first-run",
-  "--disable-quic",
-];
 const PAGE_TIMEOUT_MS = 240_000;
 
 let failures = 0;
@@ -49,14 +35,7 @@ fs.mkdirSync(artifacts, { recursive: true });
 
 const server = await startServer(0);
 const base = `http://127.0.0.1:${server.address().port}`;
-// A fresh profile every run (launchPersistentContext takes it as --user-data-dir).
-const profile = fs.mkdtempSync(path.join(os.tmpdir(), "wgpu-embed-chromium-"));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath,
-  headless: true,
-  args: flags,
-  viewport: { width: 1280, height: 1000 },
-});
+const context = await launchChromium();
 
 /** Opens `url`, waits for `window[key]`, and returns it; page errors count as failures. */
 async function runPage(name, url, key) {
@@ -260,7 +239,6 @@ try {
 } finally {
   await context.close();
   server.close();
-  fs.rmSync(profile, { recursive: true, force: true });
 }
 
 console.log(failures ? `browser tests: ${failures} failure(s)` : "browser tests: all passed");
