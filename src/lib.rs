@@ -34,6 +34,7 @@ pub mod quant;
 pub use checkpoint::{Checkpoint, HostTable};
 pub use error::{Error, Result};
 pub use gpu::context::{Context, ContextOptions, TableReads};
+pub use gpu::pool::MemoryStats;
 pub use gpu::tensor::{DType, GpuTensor, TensorWriter};
 pub use layers::axial::AxialPositionEmbedding;
 pub use layers::embedding::Embedding;

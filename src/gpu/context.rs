@@ -8,6 +8,7 @@ use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{Kernel, Slot};
+use crate::gpu::pool::{BufferPool, MemoryStats, DEFAULT_POOL_BYTES};
 
 /// How to pick and configure the device.
 #[derive(Debug, Clone, Default)]
@@ -29,6 +30,9 @@ pub struct ContextOptions {
     /// Where lookups and bags read table rows from; `Auto` honours
     /// `WGPU_EMBED_TABLE_READS` (`buffer` or `texture`), else picks by device type.
     pub table_reads: TableReads,
+    /// Idle bytes of tensor buffers kept for reuse by later calls (`None`: 64 MiB; 0
+    /// turns reuse off). See [`Context::memory`].
+    pub pool_bytes: Option<u64>,
 }
 
 /// Where `Embedding` / `EmbeddingBag` read their table rows from.
@@ -94,6 +98,8 @@ pub struct Context {
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     max_tensor_bytes: Option<u64>,
     texture_tables: bool,
+    /// Buffers of dropped tensors, offered to the next tensors of their size.
+    pub(crate) pool: Arc<BufferPool>,
     /// Bound to the slots a kernel variant does not read (a table buffer or texture).
     placeholders: std::sync::OnceLock<(wgpu::Buffer, wgpu::TextureView)>,
     lost: Arc<Mutex<Option<String>>>,
@@ -187,6 +193,9 @@ impl Context {
         let mut ctx = Self::from_device(device, queue, adapter.get_info(), options.max_binding_size);
         ctx.max_tensor_bytes = options.max_tensor_bytes;
         ctx.set_table_reads(options.table_reads)?;
+        if let Some(bytes) = options.pool_bytes {
+            ctx.pool = BufferPool::new(bytes);
+        }
         Ok(ctx)
     }
 
@@ -226,6 +235,7 @@ impl Context {
             pipelines: Mutex::default(),
             max_tensor_bytes: None,
             texture_tables: false,
+            pool: BufferPool::new(DEFAULT_POOL_BYTES),
             placeholders: std::sync::OnceLock::new(),
             lost,
             uncaptured,
@@ -319,6 +329,18 @@ impl Context {
     /// The wgpu queue.
     pub fn queue(&self) -> &wgpu::Queue {
         &self.queue
+    }
+
+    /// Bytes held by this context's tensors (alive, and idle in the reuse pool) and how
+    /// many buffers were created and reused. In a loop of like calls, `live_bytes` and
+    /// `buffers_created` stop growing after the first iteration.
+    pub fn memory(&self) -> MemoryStats {
+        self.pool.stats()
+    }
+
+    /// Frees the idle buffers kept for reuse.
+    pub fn trim_pool(&self) {
+        self.pool.trim();
     }
 
     /// The per-tensor byte budget of [`ContextOptions::max_tensor_bytes`], if any.
@@ -507,6 +529,7 @@ impl Context {
     pub(crate) fn submit(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
         self.check_alive()?;
         self.queue.submit([encoder.finish()]);
+        self.pool.submitted();
         Ok(())
     }
 

@@ -7,6 +7,7 @@ pub mod context;
 pub(crate) mod index_check;
 pub mod kernel;
 pub(crate) mod plan;
+pub(crate) mod pool;
 pub(crate) mod sort;
 pub(crate) mod status;
 pub(crate) mod table;

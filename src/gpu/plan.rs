@@ -310,7 +310,9 @@ impl GroupPlan<'_> {
 /// Buffers for absent states of in-place updates: writable bindings may not share the
 /// placeholder (WebGPU refuses aliased writable bindings).
 fn stand_ins(ctx: &Context, states: [Option<&GpuTensor>; 2]) -> [Option<Segment>; 2] {
-    states.map(|st| st.is_none().then(|| Segment { buffer: crate::gpu::context::words(ctx, "absent-state", 4), first_row: 0, rows: 0 }))
+    states.map(|st| {
+        st.is_none().then(|| Segment { buffer: crate::gpu::context::words(ctx, "absent-state", 4), first_row: 0, rows: 0, lease: None })
+    })
 }
 
 /// In-place updates of a `target` tensor (a table) and of states segmented like it

@@ -11,6 +11,7 @@ use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
+use crate::gpu::pool::Lease;
 use crate::gpu::texture::TableTexture;
 
 /// Element type of a GPU tensor.
@@ -44,6 +45,9 @@ pub struct Segment {
     pub(crate) buffer: wgpu::Buffer,
     pub first_row: u64,
     pub rows: u64,
+    /// Hands the buffer back to the context's pool when the last segment sharing it
+    /// goes; `None` for buffers wrapped for one call.
+    pub(crate) lease: Option<Arc<Lease>>,
 }
 
 impl Segment {
@@ -202,9 +206,19 @@ impl GpuTensor {
         let rb = row_bytes(row_len, dtype) as usize;
         Self::build(ctx, shape, dtype, row_len, rows, rows_per_segment, |first, n| {
             let chunk = &bytes[first as usize * rb..(first + n) as usize * rb];
-            Ok(if (chunk.len() as u64) < MIN_BUFFER || !chunk.len().is_multiple_of(4) {
+            let size = chunk.len().next_multiple_of(4).max(MIN_BUFFER as usize);
+            if let Some(buffer) = ctx.pool.take(size as u64) {
+                ctx.queue.write_buffer(&buffer, 0, chunk);
+                if size > chunk.len() {
+                    // The padding reads as zeros, as in a new buffer.
+                    ctx.queue.write_buffer(&buffer, chunk.len() as u64, &vec![0; size - chunk.len()]);
+                }
+                return Ok(buffer);
+            }
+            ctx.pool.note_created();
+            Ok(if size > chunk.len() {
                 let mut padded = chunk.to_vec();
-                padded.resize(chunk.len().next_multiple_of(4).max(MIN_BUFFER as usize), 0);
+                padded.resize(size, 0);
                 create_init(ctx, &padded)
             } else {
                 create_init(ctx, chunk)
@@ -282,7 +296,9 @@ impl GpuTensor {
             let mut first = 0u64;
             loop {
                 let n = (rows - first).min(rows_per_segment.max(1));
-                segments.push(Segment { buffer: make(first, n)?, first_row: first, rows: n });
+                let buffer = make(first, n)?;
+                let lease = Some(ctx.pool.lease(buffer.clone()));
+                segments.push(Segment { buffer, first_row: first, rows: n, lease });
                 first += n;
                 if first >= rows {
                     break;
@@ -345,6 +361,13 @@ impl GpuTensor {
                     ctx.limits().max_buffer_size
                 )));
             }
+            // A reused buffer holds its last tensor's values: zeroed before the next
+            // submission's commands, as wgpu zeroes new ones.
+            if let Some(buffer) = ctx.pool.take(size) {
+                ctx.queue.write_buffer(&buffer, 0, &vec![0; size as usize]);
+                return Ok(buffer);
+            }
+            ctx.pool.note_created();
             Ok(ctx.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("tensor"),
                 size,
@@ -534,7 +557,11 @@ impl GpuTensor {
         }
         if let Ok(segments) = Arc::try_unwrap(self.segments) {
             for segment in segments {
-                segment.buffer.destroy();
+                match segment.lease.map(Arc::try_unwrap) {
+                    Some(Ok(lease)) => lease.release(),
+                    Some(Err(_)) => {} // another view still uses the buffer
+                    None => segment.buffer.destroy(),
+                }
             }
         }
     }
@@ -548,7 +575,12 @@ impl GpuTensor {
                 shape: vec![numel / row_len, row_len],
                 dtype: self.dtype,
                 row_len,
-                segments: Arc::new(vec![Segment { buffer: seg.buffer.clone(), first_row: 0, rows: (numel / row_len) as u64 }]),
+                segments: Arc::new(vec![Segment {
+                    buffer: seg.buffer.clone(),
+                    first_row: 0,
+                    rows: (numel / row_len) as u64,
+                    lease: seg.lease.clone(),
+                }]),
                 texture: Arc::default(),
             }),
             _ => None,
@@ -562,7 +594,7 @@ impl GpuTensor {
             shape: shape.to_vec(),
             dtype,
             row_len: 1,
-            segments: Arc::new(vec![Segment { buffer, first_row: 0, rows }]),
+            segments: Arc::new(vec![Segment { buffer, first_row: 0, rows, lease: None }]),
             texture: Arc::default(),
         }
     }

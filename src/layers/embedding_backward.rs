@@ -133,7 +133,7 @@ pub(crate) struct Scatter<'a> {
 }
 
 fn flat_segment(buffer: &wgpu::Buffer, rows: u64) -> Segment {
-    Segment { buffer: buffer.clone(), first_row: 0, rows }
+    Segment { buffer: buffer.clone(), first_row: 0, rows, lease: None }
 }
 
 /// Checks that `grad` is an F32 tensor of `shape`.

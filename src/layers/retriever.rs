@@ -358,5 +358,5 @@ impl Retriever {
 }
 
 fn flat(buffer: &wgpu::Buffer, rows: u64) -> Segment {
-    Segment { buffer: buffer.clone(), first_row: 0, rows }
+    Segment { buffer: buffer.clone(), first_row: 0, rows, lease: None }
 }
