@@ -2,7 +2,7 @@
 // kernel (the table is never expanded in memory).
 //
 // Index entries are a row, or (arg0 = 2) a row and its weight's bits. Parts:
-// common/grid.wgsl, common/pass.wgsl, common/bag.wgsl, common/bag_scalar.wgsl,
+// common/grid.wgsl, common/pass.wgsl, common/table.wgsl, common/bag.wgsl, common/bag_scalar.wgsl,
 // common/codes.wgsl, common/quantized_table.wgsl, then this file.
 
 fn bag_row(entry: u32, pos: u32, report: bool) -> u32 {
@@ -38,4 +38,141 @@ fn lookup(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 fn bag(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
        @builtin(local_invocation_id) lid: vec3<u32>) {
     bag_element(output_element(wid, nwg, lid));
+}
+
+// ---- bags over whole words of codes ------------------------------------------------
+// For int8 tables with D % 16 == 0 and 4-bit ones with D % 32 == 0 whose codes and
+// scales each fit one binding (src/layers/quantized.rs): the codes plane is read as a
+// dense table of byte rows (common/table.wgsl: a texture copy on CPU adapters, vec4
+// loads elsewhere), 16 int8 or 32 4-bit codes a word. LANES invocations share one bag
+// (as embedding_bag.wgsl's bag_vec4); each takes WORDS words of every row per sweep
+// over the bag's indices, so an index is read once per 64 values, and dequantizes
+// them in registers with the word's scale fetched once (blocks hold whole words).
+// Values and sums are those of `bag`, bit for bit: same products, same order.
+override LANES: u32 = 16u; // values: 1, 2, 4, 8, 16, 32, 64
+
+// Codes per vec4 word, and words per sweep (16 output vec4s).
+fn codes_per_word() -> u32 {
+    return select(16u, 32u, SCHEME == 2u);
+}
+fn words_per_sweep() -> u32 {
+    return select(4u, 2u, SCHEME == 2u);
+}
+
+// The scale of the word whose first element is table element e: its row's, or its block's.
+fn word_scale(e: u32) -> f32 {
+    let g = e / params.group;
+    if (SCHEME != 2u) { return bitcast<f32>(scales[g]); }
+    let q = (scales[g / 4u] >> (8u * (g & 3u))) & 0xffu;
+    let absmax2 = scales2[e / (params.group * 256u)];
+    return rounded(bitcast<f32>(consts[C_MAP + q]) * absmax2) + bitcast<f32>(consts[C_OFFSET]);
+}
+
+// The 4-bit code values, loaded once per invocation.
+var<private> t4: array<f32, 16>;
+
+fn load_t4() {
+    for (var c = 0u; c < 16u; c++) { t4[c] = bitcast<f32>(consts[C_T4 + c]); }
+}
+
+// t4[c] for four codes, by a select tree (no per-lane memory loads; written out, as
+// lavapipe counts the iterations of every loop against one cap per invocation).
+fn t4_values(c: vec4<u32>) -> vec4<f32> {
+    let b0 = (c & vec4<u32>(1u)) != vec4<u32>(0u);
+    let b1 = (c & vec4<u32>(2u)) != vec4<u32>(0u);
+    let b2 = (c & vec4<u32>(4u)) != vec4<u32>(0u);
+    let b3 = (c & vec4<u32>(8u)) != vec4<u32>(0u);
+    let v0 = select(vec4<f32>(t4[0]), vec4<f32>(t4[1]), b0);
+    let v1 = select(vec4<f32>(t4[2]), vec4<f32>(t4[3]), b0);
+    let v2 = select(vec4<f32>(t4[4]), vec4<f32>(t4[5]), b0);
+    let v3 = select(vec4<f32>(t4[6]), vec4<f32>(t4[7]), b0);
+    let v4 = select(vec4<f32>(t4[8]), vec4<f32>(t4[9]), b0);
+    let v5 = select(vec4<f32>(t4[10]), vec4<f32>(t4[11]), b0);
+    let v6 = select(vec4<f32>(t4[12]), vec4<f32>(t4[13]), b0);
+    let v7 = select(vec4<f32>(t4[14]), vec4<f32>(t4[15]), b0);
+    let w0 = select(v0, v1, b1);
+    let w1 = select(v2, v3, b1);
+    let w2 = select(v4, v5, b1);
+    let w3 = select(v6, v7, b1);
+    return select(select(w0, w1, b2), select(w2, w3, b2), b3);
+}
+
+// Values 4j .. 4j + 3 of a word (j < 4 for int8, j < 8 for 4-bit), before scaling.
+// int8: byte k of a u32 is element k; 4-bit: byte k holds elements 2k (high nibble)
+// and 2k + 1 (low).
+fn word_codes(w: vec4<u32>, j: u32) -> vec4<f32> {
+    if (SCHEME == 2u) {
+        let x = w[j / 2u] >> (16u * (j & 1u));
+        let c = (vec4<u32>(x) >> vec4<u32>(4u, 0u, 12u, 8u)) & vec4<u32>(15u);
+        return t4_values(c);
+    }
+    let x = w[j];
+    if (SCHEME == 1u) {
+        return vec4<f32>(vec4<i32>(i32(x << 24u), i32(x << 16u), i32(x << 8u), i32(x)) >> vec4<u32>(24u));
+    }
+    let c = (vec4<u32>(x) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xffu);
+    return vec4<f32>(bitcast<f32>(consts[C_MAP + c.x]), bitcast<f32>(consts[C_MAP + c.y]),
+                     bitcast<f32>(consts[C_MAP + c.z]), bitcast<f32>(consts[C_MAP + c.w]));
+}
+
+// Adds word c0 + k * LANES of table row `row` (when k < words_per_sweep() and the row
+// has it), times `weight`, to its output vec4s acc[vpw * k ..]. Called once per k with
+// a constant k, not from a loop (lavapipe caps an invocation's loop iterations).
+fn accumulate_codes(acc: ptr<function, array<vec4<f32>, 16>>, k: u32, c0: u32, row: u32, in_words: u32, weight: f32) {
+    let c = c0 + k * LANES;
+    if (k >= words_per_sweep() || c >= in_words) { return; }
+    let w = table_word((row - params.first0) * in_words + c);
+    let s = word_scale(row * params.dim + c * codes_per_word());
+    let a = select(4u * k, 8u * k, SCHEME == 2u);
+    (*acc)[a] = reduce4((*acc)[a], word_codes(w, 0u) * s * weight);
+    (*acc)[a + 1u] = reduce4((*acc)[a + 1u], word_codes(w, 1u) * s * weight);
+    (*acc)[a + 2u] = reduce4((*acc)[a + 2u], word_codes(w, 2u) * s * weight);
+    (*acc)[a + 3u] = reduce4((*acc)[a + 3u], word_codes(w, 3u) * s * weight);
+    if (SCHEME == 2u) {
+        (*acc)[a + 4u] = reduce4((*acc)[a + 4u], word_codes(w, 4u) * s * weight);
+        (*acc)[a + 5u] = reduce4((*acc)[a + 5u], word_codes(w, 5u) * s * weight);
+        (*acc)[a + 6u] = reduce4((*acc)[a + 6u], word_codes(w, 6u) * s * weight);
+        (*acc)[a + 7u] = reduce4((*acc)[a + 7u], word_codes(w, 7u) * s * weight);
+    }
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn bag_words(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_id) lid: vec3<u32>) {
+    let b = group_index(wid, nwg) * (WG_SIZE / LANES) + lid.x / LANES;
+    let lane = lid.x % LANES;
+    if (b >= params.rows) { return; }
+    if (SCHEME == 2u) { load_t4(); }
+    let vpw = codes_per_word() / 4u;
+    let in_words = params.dim / codes_per_word();
+    let dst = b * (params.dim / 4u);
+    let lo = max(offsets[b], params.index_first);
+    let hi = min(offsets[b + 1u], params.index_first + params.index_count);
+    let init = vec4<f32>(bag_identity());
+    for (var c0 = lane; c0 < in_words; c0 += words_per_sweep() * LANES) {
+        // acc[vpw * k + j] is output vec4 j of word c0 + k * LANES.
+        var acc: array<vec4<f32>, 16>;
+        for (var i = 0u; i < 16u; i++) {
+            let c = c0 + (i / vpw) * LANES;
+            if (!has_flag(FLAG_FIRST_PASS) && c < in_words) { acc[i] = out4[dst + c * vpw + i % vpw]; } else { acc[i] = init; }
+        }
+        var n = 0u;
+        for (var pos = lo; pos < hi; pos++) {
+            let entry = pos - params.index_first;
+            let row = bag_row(entry, pos, c0 == 0u);
+            if (row == BAD_ROW || row == params.padding_idx) { continue; }
+            n += 1u;
+            if (!slice_holds_row(row)) { continue; }
+            let weight = bag_weight(entry);
+            accumulate_codes(&acc, 0u, c0, row, in_words, weight);
+            accumulate_codes(&acc, 1u, c0, row, in_words, weight);
+            accumulate_codes(&acc, 2u, c0, row, in_words, weight);
+            accumulate_codes(&acc, 3u, c0, row, in_words, weight);
+        }
+        for (var i = 0u; i < 16u; i++) {
+            let c = c0 + (i / vpw) * LANES;
+            if (c < in_words) { out4[dst + c * vpw + i % vpw] = finish4(acc[i], n); }
+        }
+        if (c0 == 0u) { count_bag(b, n); }
+    }
 }

@@ -4,9 +4,11 @@
 
 use crate::error::Result;
 use crate::gpu::context::Context;
-use crate::gpu::kernel::binding::{COUNTS, INPUT, OFFSETS, OUT, PARAMS, TABLE};
+use crate::gpu::context::WORKGROUP_SIZE;
+use crate::gpu::kernel::binding::{COUNTS, INPUT, OFFSETS, OUT, PARAMS, TABLE, TEXTURE};
 use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{BagPlan, Call, Grid, PassParams, RowPlan};
+use crate::gpu::table::TableAccess;
 use crate::gpu::tensor::{DType, GpuTensor};
 use crate::layers::embedding::out_shape;
 use crate::layers::embedding_bag::{bag_forward, plan_bags, BagMode, BagSpec, HostBags, PerSampleWeights};
@@ -18,6 +20,7 @@ pub static FAMILY: ShaderFamily = ShaderFamily {
     parts: &[
         common::GRID,
         common::PASS,
+        common::TABLE,
         common::BAG,
         common::BAG_SCALAR,
         common::CODES,
@@ -33,6 +36,27 @@ const SCALES2: (u32, Slot, Role) = (11, Slot::Read, Role::Table(2));
 
 const LOOKUP: Kernel = Kernel::new(&FAMILY, "lookup", &[PARAMS, TABLE, INPUT, OUT, CONSTS, SCALES, SCALES2]);
 const BAG: Kernel = Kernel::new(&FAMILY, "bag", &[PARAMS, TABLE, INPUT, OUT, OFFSETS, COUNTS, CONSTS, SCALES, SCALES2]);
+const BAG_WORDS: Kernel = Kernel::new(
+    &FAMILY,
+    "bag_words",
+    &[PARAMS, TABLE, INPUT, OUT, TEXTURE, OFFSETS, COUNTS, CONSTS, (10, Slot::Read, Role::Extra(1)), (11, Slot::Read, Role::Extra(2))],
+);
+
+/// The codes plane seen as a dense table of byte rows, for `bag_words`: when rows are
+/// whole 16-byte words, the codes and each scales plane fit one binding and blocks hold
+/// whole words (then each word has one scale).
+fn code_rows(t: &QuantizedTable) -> Option<GpuTensor> {
+    let d = t.embedding_dim();
+    let four_bit = t.scheme().four_bit().is_some();
+    let codes_per_word = if four_bit { 32 } else { 16 };
+    let single = |p: Option<&GpuTensor>| p.is_none_or(|p| p.segments().len() == 1);
+    let fits = d.is_multiple_of(codes_per_word)
+        && (t.group() as usize).is_multiple_of(codes_per_word)
+        && single(Some(t.scales()))
+        && single(t.scales2());
+    // A row's code bytes: D, or D / 2 for 4-bit.
+    fits.then(|| t.codes().rows_view(if four_bit { d / 2 } else { d })).flatten()
+}
 
 /// The pass fields a quantized table's kernels read, with `stride` words per index entry.
 fn table_params(t: &QuantizedTable, stride: u32) -> PassParams {
@@ -116,6 +140,9 @@ impl QuantizedEmbedding {
 #[derive(Debug, Clone)]
 pub struct QuantizedEmbeddingBag {
     table: QuantizedTable,
+    /// The codes as byte rows for `bag_words` (its texture copy, on CPU adapters, is
+    /// made once and kept with it), where the table suits it.
+    code_rows: Option<GpuTensor>,
     mode: BagMode,
     padding_idx: Option<u32>,
     include_last_offset: bool,
@@ -124,7 +151,7 @@ pub struct QuantizedEmbeddingBag {
 impl QuantizedEmbeddingBag {
     /// Reduces bags over a table quantized before.
     pub fn new(table: QuantizedTable, mode: BagMode) -> Self {
-        Self { table, mode, padding_idx: None, include_last_offset: false }
+        Self { code_rows: code_rows(&table), table, mode, padding_idx: None, include_last_offset: false }
     }
 
     /// Rows equal to `padding_idx` are left out of sums, means (and their counts) and maxima.
@@ -170,17 +197,41 @@ impl QuantizedEmbeddingBag {
             None => (GpuTensor::flat(ctx, &bags.rows, DType::I32)?, 1u32),
         };
         let out = BagPlan::output(ctx, bags.bounds.len() - 1, d)?;
-        let access = t.access();
         let spec = BagSpec { mode: self.mode, padding_idx: self.padding_idx, num_embeddings: t.num_embeddings() };
         let params = PassParams { group: t.group(), arg0: stride, ..spec.params(d) };
-        let scheme = [("SCHEME", t.scheme().kernel_scheme() as f64)];
-        let call = Call { extra: std::slice::from_ref(&t.consts), ..Call::new(&BAG, &scheme, Grid::Elements(d as u64), params) };
-        ctx.scoped(|| {
-            let mut encoder = ctx.encoder();
-            let plan = BagPlan { table: &access, entries: &entries, weights: None, bounds: &bags.bounds, out: &out, status: None };
-            plan.record(ctx, &mut encoder, &call);
-            ctx.submit(encoder)
-        })?;
+        let scheme = ("SCHEME", t.scheme().kernel_scheme() as f64);
+        let record = |access: &TableAccess<'_>, call: &Call<'_>| {
+            ctx.scoped(|| {
+                let mut encoder = ctx.encoder();
+                let plan = BagPlan { table: access, entries: &entries, weights: None, bounds: &bags.bounds, out: &out, status: None };
+                plan.record(ctx, &mut encoder, call);
+                ctx.submit(encoder)
+            })
+        };
+        match &self.code_rows {
+            Some(rows) => {
+                let access = TableAccess::rows_or_texture(ctx, rows);
+                let four_bit = t.scheme().four_bit().is_some();
+                let words = d / if four_bit { 32 } else { 16 };
+                let per_sweep = if four_bit { 2 } else { 4 };
+                // As the dense bags: on CPU adapters an invocation takes a whole sweep of
+                // words (amortising its emulated index loads), on GPUs a word per lane.
+                let lanes = if ctx.adapter_info().device_type == wgpu::DeviceType::Cpu { words.div_ceil(per_sweep) } else { words };
+                let lanes = (lanes.next_power_of_two() as u32).min(WORKGROUP_SIZE);
+                let constants =
+                    [scheme, ("TABLE_FORMAT", 0.0), ("TABLE_TEXTURE", access.texture().is_some() as u32 as f64), ("LANES", lanes as f64)];
+                let scales2 = t.scales2().unwrap_or(t.scales());
+                let extra = [t.consts.clone(), t.scales().segments()[0].buffer.clone(), scales2.segments()[0].buffer.clone()];
+                let grid = Grid::RowsPerGroup((WORKGROUP_SIZE / lanes) as u64);
+                record(&access, &Call { extra: &extra, ..Call::new(&BAG_WORDS, &constants, grid, params) })?;
+            }
+            None => {
+                let access = t.access();
+                let constants = [scheme];
+                let call = Call { extra: std::slice::from_ref(&t.consts), ..Call::new(&BAG, &constants, Grid::Elements(d as u64), params) };
+                record(&access, &call)?;
+            }
+        }
         Ok(out)
     }
 }

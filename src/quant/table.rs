@@ -69,7 +69,7 @@ impl Scheme {
         }
     }
 
-    fn four_bit(self) -> Option<FourBit> {
+    pub(crate) fn four_bit(self) -> Option<FourBit> {
         match self {
             Scheme::Nf4 => Some(FourBit::Nf4),
             Scheme::Fp4 => Some(FourBit::Fp4),
@@ -239,6 +239,11 @@ impl QuantizedTable {
     /// The per-row or per-block scales (f32), or nested codes (4-bit).
     pub(crate) fn scales(&self) -> &GpuTensor {
         &self.scales
+    }
+
+    /// 4-bit only: the f32 absmax of each 256 nested codes.
+    pub(crate) fn scales2(&self) -> Option<&GpuTensor> {
+        self.scales2.as_ref()
     }
 
     pub(crate) fn access(&self) -> TableAccess<'_> {
