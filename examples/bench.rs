@@ -560,6 +560,8 @@ fn main() {
         }
     }
 
+    // Rows per second of the bags through the public API (f32 and quantized tables).
+    let mut qbag_rows_per_s: Vec<(&str, usize, f64)> = Vec::new();
     // Other layers through their public API (wall clock, index upload included), on the
     // largest table of the grid, uniform indices, D >= 64.
     let rows = *rows_grid.last().unwrap();
@@ -623,12 +625,17 @@ fn main() {
             })
         });
         layer("bag_sum_backward", bag, ((bags * bag + rows) * dim * 4) as f64, r);
-        for scheme in [Scheme::Int8Rowwise, Scheme::Nf4] {
-            let bag = 20;
-            let r = QuantizedTable::from_pretrained(&ctx, &host_table, rows, dim, scheme, None).map(|t| {
-                let row_bytes = t.gpu_bytes() as f64 / rows as f64;
-                (QuantizedEmbeddingBag::new(t, BagMode::Sum), row_bytes)
-            });
+        // Quantized bags beside the f32 bag, through the same API path on the same bags.
+        let bag = 20;
+        for scheme in [None, Some(Scheme::Int8Rowwise), Some(Scheme::Int8Blockwise), Some(Scheme::Nf4)] {
+            let name = scheme.map_or("f32", |s| s.name());
+            let r = match scheme {
+                None => EmbeddingBag::from_pretrained(&ctx, &host_table, rows, dim, BagMode::Sum).map(|l| (Err(l), (dim * 4) as f64)),
+                Some(scheme) => QuantizedTable::from_pretrained(&ctx, &host_table, rows, dim, scheme, None).map(|t| {
+                    let row_bytes = t.gpu_bytes() as f64 / rows as f64;
+                    (Ok(QuantizedEmbeddingBag::new(t, BagMode::Sum)), row_bytes)
+                }),
+            };
             match r {
                 Ok((l, row_bytes)) => {
                     let bags = ((budget / (row_bytes * bag as f64 + 4.0 * dim as f64)) as usize).max(1);
@@ -637,11 +644,18 @@ fn main() {
                     let (qs, os) = ([qidx.len()], [bags]);
                     let bytes = bags as f64 * (row_bytes * bag as f64 + 4.0 * dim as f64);
                     let r = time_layer(&ctx, &timer, args.reps, &copy, || {
-                        l.forward(&ctx, Indices::i32(&qidx, &qs), Some(Indices::i32(&offs, &os)), None)
+                        let (input, offsets) = (Indices::i32(&qidx, &qs), Some(Indices::i32(&offs, &os)));
+                        match &l {
+                            Ok(q) => q.forward(&ctx, input, offsets, None),
+                            Err(f) => f.forward(&ctx, input, offsets, None),
+                        }
                     });
-                    layer(&format!("qbag_sum_{}", scheme.name()), bag, bytes, r);
+                    if let Ok((gpu_s, _)) = r {
+                        qbag_rows_per_s.push((name, dim, (bags * bag) as f64 / gpu_s));
+                    }
+                    layer(&format!("qbag_sum_{name}"), bag, bytes, r);
                 }
-                Err(e) => eprintln!("quantized {} D={dim}: skipped: {e}", scheme.name()),
+                Err(e) => eprintln!("quantized {name} D={dim}: skipped: {e}"),
             }
         }
     }
@@ -797,7 +811,9 @@ fn main() {
         "layer_norm",
         "stable_embedding",
         "bert_sum3_layer_norm",
+        "qbag_sum_f32",
         "qbag_sum_int8_rowwise",
+        "qbag_sum_int8_blockwise",
         "qbag_sum_nf4",
         "embedding_backward",
         "bag_sum_backward",
@@ -822,6 +838,17 @@ fn main() {
     );
     for (name, s) in &small {
         writeln!(md, "| {name} | {:.0} | {:.2} |", s * 1e6, s / floor).unwrap();
+    }
+    if !qbag_rows_per_s.is_empty() {
+        md.push_str(
+            "\nBags over quantized tables beside the f32 bag: the same bags (size 20, uniform indices) through the same API \
+             path (index upload included), table rows reduced per second, and the ratio to the f32 bag's.\n\n\
+             | table | D | rows/s | × f32 bag |\n|---|---|---|---|\n",
+        );
+        for &(name, dim, rate) in &qbag_rows_per_s {
+            let f32_rate = qbag_rows_per_s.iter().find(|p| p.0 == "f32" && p.1 == dim).map_or(f64::NAN, |p| p.2);
+            writeln!(md, "| {name} | {dim} | {:.2e} | {:.2} |", rate, rate / f32_rate).unwrap();
+        }
     }
     std::fs::write(args.out.join("summary.md"), &md).expect("write summary.md");
     print!("{md}");
