@@ -133,6 +133,78 @@ fn normalize_row_alone(source: u32, row: u32) {
     }
 }
 
+// The same over vec4 words, for rows of whole words (D % 4 == 0, f32 tables) on CPU
+// adapters, where each storage load is emulated lane by lane: one load brings four
+// columns, the lookups' table words come from the texture copy, the K row indices of
+// a lookup row are one word (the host pads them to 4), and gamma and beta come from a
+// uniform block, which every lane reads at the same column at once (loaded once for
+// the SIMD group). Four Welford streams (a word's lanes) merge by Chan's formula.
+@group(0) @binding(2) var<storage, read> input4: array<vec4<u32>>;
+@group(0) @binding(12) var<uniform> ln_affine_words: array<vec4<f32>, 4096>;
+// Words of a row an invocation keeps between its two passes (rows up to 256 wide are read once).
+const KEPT_WORDS: u32 = 64u;
+
+// Word w of row `row` before normalisation: of x, or of the sum of the lookups of the
+// table rows `ids` (the first K of them).
+fn row_word(source: u32, ids: vec4<u32>, row: u32, w: u32) -> vec4<f32> {
+    let words = params.dim / 4u;
+    if (source == FROM_X) { return bitcast<vec4<f32>>(input4[row * words + w]); }
+    var v = vec4<f32>(0.0);
+    for (var k = 0u; k < params.arg2; k++) {
+        v += bitcast<vec4<f32>>(table_word((ids[k] - params.first0) * words + w));
+    }
+    return v;
+}
+
+fn normalize_row_words(source: u32, row: u32) {
+    let words = params.dim / 4u;
+    var ids = vec4<u32>(0u);
+    if (source == FROM_LOOKUPS) { ids = input4[row]; }
+    let first = row_word(source, ids, row, 0u);
+    let pivot = first.x;
+    var mean = vec4<f32>(0.0);
+    var m2 = vec4<f32>(0.0);
+    // x's first KEPT_WORDS words stay in registers for the output pass (an emulated
+    // storage load each); table words are fetched again (a texel fetch is cheaper).
+    let keep = source == FROM_X;
+    var kept: array<vec4<f32>, KEPT_WORDS>;
+    for (var w = 0u; w < words; w++) {
+        var x = first - pivot;
+        if (w > 0u) { x = row_word(source, ids, row, w) - pivot; }
+        if (keep && w < KEPT_WORDS) { kept[w] = x; }
+        let delta = x - mean;
+        mean += delta * (1.0 / f32(w + 1u));
+        m2 += delta * (x - mean);
+    }
+    // Four streams of `words` values each.
+    let row_mean = 0.25 * ((mean.x + mean.y) + (mean.z + mean.w));
+    let spread = mean - row_mean;
+    let row_m2 = (m2.x + m2.y) + (m2.z + m2.w) + f32(words) * dot(spread, spread);
+    let rstd = 1.0 / sqrt(max(row_m2 / f32(params.dim), 0.0) + bitcast<f32>(params.arg0));
+    for (var w = 0u; w < words; w++) {
+        var x: vec4<f32>;
+        if (keep && w < KEPT_WORDS) { x = kept[w]; } else { x = row_word(source, ids, row, w) - pivot; }
+        var y = (x - row_mean) * rstd;
+        if ((params.arg1 & 1u) != 0u) { y = y * ln_affine_words[w]; }
+        if ((params.arg1 & 2u) != 0u) { y = y + ln_affine_words[words + w]; }
+        out4[row * words + w] = y;
+    }
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn layer_norm_words(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = linear_id(wid, nwg, lid);
+    if (row < params.rows) { normalize_row_words(FROM_X, row); }
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn lookup_sum_layer_norm_words(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                               @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = linear_id(wid, nwg, lid);
+    if (row < params.rows) { normalize_row_words(FROM_LOOKUPS, row); }
+}
+
 // ---- layer_norm: out = LayerNorm(x) ----
 
 @compute @workgroup_size(ROW_THREADS)

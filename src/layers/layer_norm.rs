@@ -4,9 +4,11 @@
 //! `shaders/layer_norm.wgsl`).
 //! Also the kernel family shared by StableEmbedding and the BERT embedding block.
 
+use wgpu::util::DeviceExt;
+
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
-use crate::gpu::kernel::binding::{INPUT, OUT, PARAMS, TABLE};
+use crate::gpu::kernel::binding::{INPUT, OUT, PARAMS, TABLE, TEXTURE};
 use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{Call, Grid, PassParams, RowPlan};
 use crate::gpu::tensor::{DType, GpuTensor};
@@ -19,10 +21,21 @@ pub static FAMILY: ShaderFamily =
 /// (the downlevel / GLES 3.1 minimum).
 const BINDINGS: &[(u32, Slot, Role)] = &[PARAMS, TABLE, INPUT, OUT, (5, Slot::Read, Role::Extra(0))];
 
-const LAYER_NORM: NormKernel = NormKernel::new("layer_norm", "layer_norm_alone");
-pub(crate) const LOOKUP_SUM_LAYER_NORM: NormKernel = NormKernel::new("lookup_sum_layer_norm", "lookup_sum_layer_norm_alone");
+/// The per-invocation forms over vec4 words (`*_words`): gamma and beta from a uniform
+/// block (binding 12), lookups' rows from the table's texture copy where there is one.
+const WORDS_BINDINGS: &[(u32, Slot, Role)] = &[PARAMS, TABLE, INPUT, OUT, TEXTURE, (12, Slot::Uniform, Role::Extra(1))];
+
+const LAYER_NORM: NormKernel = NormKernel::new("layer_norm", "layer_norm_alone", Some("layer_norm_words"));
+pub(crate) const LOOKUP_SUM_LAYER_NORM: NormKernel =
+    NormKernel::new("lookup_sum_layer_norm", "lookup_sum_layer_norm_alone", Some("lookup_sum_layer_norm_words"));
 pub(crate) const ACCUMULATE: Kernel = Kernel::new(&FAMILY, "accumulate", BINDINGS);
-const NORMALIZE_IN_PLACE: NormKernel = NormKernel::new("normalize_in_place", "normalize_in_place_alone");
+const NORMALIZE_IN_PLACE: NormKernel = NormKernel::new("normalize_in_place", "normalize_in_place_alone", None);
+
+/// Lookups a `*_words` row sums at most: their row indices are one vec4 word.
+pub(crate) const WORDS_MAX_TABLES: usize = 4;
+
+/// gamma and beta as `ln_affine_words` holds them: `array<vec4<f32>, 4096>`.
+const WORDS_AFFINE_BYTES: usize = 4096 * 16;
 
 /// Widest rows an invocation normalises alone on CPU adapters.
 const ALONE_MAX_DIM: usize = 1024;
@@ -34,20 +47,30 @@ const ALONE_MAX_DIM: usize = 1024;
 pub(crate) struct NormKernel {
     per_workgroup: Kernel,
     per_invocation: Kernel,
+    /// The per-invocation form over vec4 words, where the kernel has one.
+    per_invocation_words: Option<Kernel>,
 }
 
 impl NormKernel {
-    const fn new(per_workgroup: &'static str, per_invocation: &'static str) -> Self {
+    const fn new(per_workgroup: &'static str, per_invocation: &'static str, words: Option<&'static str>) -> Self {
         NormKernel {
             per_workgroup: Kernel::new(&FAMILY, per_workgroup, BINDINGS),
             per_invocation: Kernel::new(&FAMILY, per_invocation, BINDINGS),
+            per_invocation_words: match words {
+                Some(name) => Some(Kernel::new(&FAMILY, name, WORDS_BINDINGS)),
+                None => None,
+            },
         }
     }
 
-    /// The form for rows of `dim` on this context's adapter, and its grid.
-    fn pick(&self, ctx: &Context, dim: usize) -> (&Kernel, Grid) {
+    /// The form for rows of `dim` on this context's adapter, and its grid; `words` when
+    /// the caller's data allow the words form (see [`Affine::words_form`]).
+    fn pick(&self, ctx: &Context, dim: usize, words: bool) -> (&Kernel, Grid) {
         if dim <= ALONE_MAX_DIM && ctx.adapter_info().device_type == wgpu::DeviceType::Cpu {
-            (&self.per_invocation, Grid::Elements(1))
+            match (&self.per_invocation_words, words) {
+                (Some(kernel), true) => (kernel, Grid::Elements(1)),
+                _ => (&self.per_invocation, Grid::Elements(1)),
+            }
         } else {
             (&self.per_workgroup, Grid::RowsPerGroup(1))
         }
@@ -71,6 +94,9 @@ pub(crate) fn check_eps(eps: f32) -> Result<()> {
 #[derive(Debug, Clone)]
 pub(crate) struct Affine {
     params: GpuTensor,
+    /// What the kernels bind: the buffer of `params`, then (CPU adapters, D % 4 == 0)
+    /// both again as the uniform block of the words forms.
+    extra: Vec<wgpu::Buffer>,
     has_gamma: bool,
     has_beta: bool,
 }
@@ -102,7 +128,17 @@ impl Affine {
         }
         // Uploaded as one row so it stays in one buffer.
         let params = GpuTensor::from_bytes_with(ctx, bytemuck::cast_slice(&both), &[2 * dim], DType::F32, 2 * dim, 1)?;
-        Ok(Affine { params, has_gamma: gamma.is_some(), has_beta: beta.is_some() })
+        let mut extra = vec![params.segments()[0].buffer.clone()];
+        if ctx.adapter_info().device_type == wgpu::DeviceType::Cpu && dim.is_multiple_of(4) && dim <= ALONE_MAX_DIM {
+            let mut block = vec![0u8; WORDS_AFFINE_BYTES];
+            block[..8 * dim].copy_from_slice(bytemuck::cast_slice(&both));
+            extra.push(ctx.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("layer-norm-affine"),
+                contents: &block,
+                usage: wgpu::BufferUsages::UNIFORM,
+            }));
+        }
+        Ok(Affine { params, extra, has_gamma: gamma.is_some(), has_beta: beta.is_some() })
     }
 
     /// The buffer of gamma then beta.
@@ -124,24 +160,29 @@ impl Affine {
         PassParams { dim: dim as u32, arg0: eps.to_bits(), arg1: self.flags(), ..Default::default() }
     }
 
-    /// A LayerNorm kernel's call on rows of `params.dim`, in the form that suits the adapter.
+    /// Whether the kernels' per-invocation words form applies to these rows (the caller
+    /// adds its own conditions: f32 tables, few lookups).
+    pub(crate) fn words_form(&self) -> bool {
+        self.extra.len() == 2
+    }
+
+    /// A LayerNorm kernel's call on rows of `params.dim`, in the form that suits the
+    /// adapter (`words`: the caller's data allow the words form, see [`Self::words_form`]).
     pub(crate) fn norm_call<'a>(
         &'a self,
         ctx: &Context,
         kernel: &'a NormKernel,
         constants: &'a [(&'static str, f64)],
         params: PassParams,
+        words: bool,
     ) -> Call<'a> {
-        let (kernel, grid) = kernel.pick(ctx, params.dim as usize);
+        let (kernel, grid) = kernel.pick(ctx, params.dim as usize, words && self.words_form());
         Call { grid, ..self.call(kernel, constants, params) }
     }
 
     /// A call of `kernel` that binds gamma and beta: a workgroup per row unless changed.
     pub(crate) fn call<'a>(&'a self, kernel: &'a Kernel, constants: &'a [(&'static str, f64)], params: PassParams) -> Call<'a> {
-        Call {
-            extra: std::slice::from_ref(&self.params.segments()[0].buffer),
-            ..Call::new(kernel, constants, Grid::RowsPerGroup(1), params)
-        }
+        Call { extra: &self.extra, ..Call::new(kernel, constants, Grid::RowsPerGroup(1), params) }
     }
 }
 
@@ -216,9 +257,10 @@ impl LayerNorm {
         }
         // Input and output are segmented alike, so each dispatch pairs one of each.
         let per = GpuTensor::rows_per_segment(ctx, self.dim, DType::F32)?;
-        let out = GpuTensor::zeros_with(ctx, x.shape(), DType::F32, self.dim, per)?;
+        // Every row is written whole.
+        let out = GpuTensor::for_overwrite_with(ctx, x.shape(), DType::F32, self.dim, per)?;
         let constants = [("ROW_THREADS", row_threads(self.dim) as f64)];
-        let call = self.affine.norm_call(ctx, &LAYER_NORM, &constants, self.affine.params(self.dim, self.eps));
+        let call = self.affine.norm_call(ctx, &LAYER_NORM, &constants, self.affine.params(self.dim, self.eps), true);
         ctx.scoped(|| {
             let mut encoder = ctx.encoder();
             let x = x.resegment(ctx, &mut encoder, per)?;
@@ -252,6 +294,6 @@ pub(crate) fn normalize_in_place(
     affine: &Affine,
 ) {
     let constants = [("ROW_THREADS", row_threads(dim) as f64)];
-    let call = affine.norm_call(ctx, &NORMALIZE_IN_PLACE, &constants, affine.params(dim, eps));
+    let call = affine.norm_call(ctx, &NORMALIZE_IN_PLACE, &constants, affine.params(dim, eps), false);
     RowPlan { input: None, aux: None, out: Some(out), table: None, status: None }.record(ctx, encoder, &call, None);
 }

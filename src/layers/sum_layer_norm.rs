@@ -12,7 +12,7 @@ use crate::gpu::plan::{rows_per_segment, Call, Grid, PassParams, RowPlan};
 use crate::gpu::table::{TableAccess, TableSlice};
 use crate::gpu::tensor::{DType, GpuTensor, Segment};
 use crate::layers::indices::Indices;
-use crate::layers::layer_norm::{check_eps, normalize_in_place, row_threads, Affine, ACCUMULATE, LOOKUP_SUM_LAYER_NORM};
+use crate::layers::layer_norm::{check_eps, normalize_in_place, row_threads, Affine, ACCUMULATE, LOOKUP_SUM_LAYER_NORM, WORDS_MAX_TABLES};
 use crate::layers::table::table_format;
 
 /// Names of the index arguments in errors.
@@ -184,18 +184,34 @@ impl EmbeddingSumLayerNorm {
         let k_count = self.num_tables();
         let n = rows.len() / k_count;
         // Output and index segments pair up: both hold `per` rows.
-        let per = rows_per_segment(ctx, &[(self.dim, DType::F32), (k_count, DType::I32)])?;
-        let idx = GpuTensor::from_bytes_with(ctx, bytemuck::cast_slice(rows), &[n, k_count], DType::I32, k_count, per)?;
-        let out = GpuTensor::zeros_with(ctx, out_shape, DType::F32, self.dim, per)?;
-        let access = TableAccess::rows(&self.table);
+        let format = table_format(self.table.dtype())?;
+        let fused = self.table.segments().len() == 1;
+        // The words form (CPU adapters) takes each row's indices as one vec4 word: padded to 4.
+        let words = fused && format == 0.0 && k_count <= WORDS_MAX_TABLES && self.affine.words_form();
+        let stride = if words { WORDS_MAX_TABLES } else { k_count };
+        let per = rows_per_segment(ctx, &[(self.dim, DType::F32), (stride, DType::I32)])?;
+        let idx = if words {
+            let padded: Vec<i32> = rows.chunks(k_count).flat_map(|r| (0..stride).map(|k| r.get(k).copied().unwrap_or(0))).collect();
+            GpuTensor::from_bytes_with(ctx, bytemuck::cast_slice(&padded), &[n, stride], DType::I32, stride, per)?
+        } else {
+            GpuTensor::from_bytes_with(ctx, bytemuck::cast_slice(rows), &[n, k_count], DType::I32, k_count, per)?
+        };
+        // The fused kernels write every row whole; the split path adds into zeros.
+        let out = if fused {
+            GpuTensor::for_overwrite_with(ctx, out_shape, DType::F32, self.dim, per)?
+        } else {
+            GpuTensor::zeros_with(ctx, out_shape, DType::F32, self.dim, per)?
+        };
+        let access = if words { TableAccess::rows_or_texture(ctx, &self.table) } else { TableAccess::rows(&self.table) };
         let params = PassParams { arg2: k_count as u32, ..self.affine.params(self.dim, self.eps) };
         let plan = RowPlan { input: Some(&idx), aux: None, out: Some(&out), table: Some(&access), status: None };
-        let format = table_format(self.table.dtype())?;
         ctx.scoped(|| {
             let mut encoder = ctx.encoder();
-            if self.table.segments().len() == 1 {
-                let constants = [("TABLE_FORMAT", format), ("ROW_THREADS", row_threads(self.dim) as f64)];
-                plan.record(ctx, &mut encoder, &self.affine.norm_call(ctx, &LOOKUP_SUM_LAYER_NORM, &constants, params), None);
+            if fused {
+                let textured = access.texture().is_some() as u32 as f64;
+                let constants = [("TABLE_FORMAT", format), ("ROW_THREADS", row_threads(self.dim) as f64), ("TABLE_TEXTURE", textured)];
+                let call = self.affine.norm_call(ctx, &LOOKUP_SUM_LAYER_NORM, &constants, params, words);
+                plan.record(ctx, &mut encoder, &call, None);
             } else {
                 // Table split over several bindings: add table k's rows slice by slice, in
                 // k order, then normalise in place.
