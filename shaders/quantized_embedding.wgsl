@@ -59,20 +59,33 @@ fn words_per_sweep() -> u32 {
     return select(4u, 2u, SCHEME == 2u);
 }
 
+// The constants (common/codes.wgsl's layout) as a uniform block: lanes looking codes up
+// at once load its words without the per-lane emulation of a storage load.
+@group(0) @binding(13) var<uniform> consts_block: array<vec4<u32>, 144>; // CONSTS_WORDS / 4
+
+fn const_word(i: u32) -> u32 {
+    return consts_block[i / 4u][i % 4u];
+}
+
 // The scale of the word whose first element is table element e: its row's, or its block's.
 fn word_scale(e: u32) -> f32 {
     let g = e / params.group;
     if (SCHEME != 2u) { return bitcast<f32>(scales[g]); }
     let q = (scales[g / 4u] >> (8u * (g & 3u))) & 0xffu;
     let absmax2 = scales2[e / (params.group * 256u)];
-    return rounded(bitcast<f32>(consts[C_MAP + q]) * absmax2) + bitcast<f32>(consts[C_OFFSET]);
+    return rounded_by(bitcast<f32>(const_word(C_MAP + q)) * absmax2, const_word(C_ZERO)) + bitcast<f32>(const_word(C_OFFSET));
+}
+
+// As common/codes.wgsl's `rounded`, with the zero word given.
+fn rounded_by(x: f32, zero: u32) -> f32 {
+    return bitcast<f32>(bitcast<u32>(x) | zero);
 }
 
 // The 4-bit code values, loaded once per invocation.
 var<private> t4: array<f32, 16>;
 
 fn load_t4() {
-    for (var c = 0u; c < 16u; c++) { t4[c] = bitcast<f32>(consts[C_T4 + c]); }
+    for (var c = 0u; c < 16u; c++) { t4[c] = bitcast<f32>(const_word(C_T4 + c)); }
 }
 
 // t4[c] for four codes, by a select tree (no per-lane memory loads; written out, as
@@ -104,25 +117,29 @@ fn word_codes(w: vec4<u32>, j: u32) -> vec4<f32> {
     if (SCHEME == 2u) {
         let x = w[j / 2u] >> (16u * (j & 1u));
         let c = (vec4<u32>(x) >> vec4<u32>(4u, 0u, 12u, 8u)) & vec4<u32>(15u);
-        return t4_values(c);
+        return bitcast<vec4<f32>>(vec4<u32>(const_word(C_T4 + c.x), const_word(C_T4 + c.y), const_word(C_T4 + c.z), const_word(C_T4 + c.w)));
     }
     let x = w[j];
     if (SCHEME == 1u) {
         return vec4<f32>(vec4<i32>(i32(x << 24u), i32(x << 16u), i32(x << 8u), i32(x)) >> vec4<u32>(24u));
     }
     let c = (vec4<u32>(x) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xffu);
-    return vec4<f32>(bitcast<f32>(consts[C_MAP + c.x]), bitcast<f32>(consts[C_MAP + c.y]),
-                     bitcast<f32>(consts[C_MAP + c.z]), bitcast<f32>(consts[C_MAP + c.w]));
+    return bitcast<vec4<f32>>(vec4<u32>(const_word(C_MAP + c.x), const_word(C_MAP + c.y), const_word(C_MAP + c.z), const_word(C_MAP + c.w)));
 }
 
 // Adds word c0 + k * LANES of table row `row` (when k < words_per_sweep() and the row
 // has it), times `weight`, to its output vec4s acc[vpw * k ..]. Called once per k with
 // a constant k, not from a loop (lavapipe caps an invocation's loop iterations).
-fn accumulate_codes(acc: ptr<function, array<vec4<f32>, 16>>, k: u32, c0: u32, row: u32, in_words: u32, weight: f32) {
+fn accumulate_codes(acc: ptr<function, array<vec4<f32>, 16>>, scale: ptr<function, vec2<u32>>, k: u32, c0: u32, row: u32,
+                    in_words: u32, weight: f32) {
     let c = c0 + k * LANES;
     if (k >= words_per_sweep() || c >= in_words) { return; }
     let w = table_word((row - params.first0) * in_words + c);
-    let s = word_scale(row * params.dim + c * codes_per_word());
+    // The row's words share a scale while they are in one block: fetched once then.
+    let e = row * params.dim + c * codes_per_word();
+    let block = e / params.group;
+    if ((*scale).x != block) { *scale = vec2<u32>(block, bitcast<u32>(word_scale(e))); }
+    let s = bitcast<f32>((*scale).y);
     let a = select(4u * k, 8u * k, SCHEME == 2u);
     (*acc)[a] = reduce4((*acc)[a], word_codes(w, 0u) * s * weight);
     (*acc)[a + 1u] = reduce4((*acc)[a + 1u], word_codes(w, 1u) * s * weight);
@@ -164,10 +181,11 @@ fn bag_words(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
             n += 1u;
             if (!slice_holds_row(row)) { continue; }
             let weight = bag_weight(entry);
-            accumulate_codes(&acc, 0u, c0, row, in_words, weight);
-            accumulate_codes(&acc, 1u, c0, row, in_words, weight);
-            accumulate_codes(&acc, 2u, c0, row, in_words, weight);
-            accumulate_codes(&acc, 3u, c0, row, in_words, weight);
+            var scale = vec2<u32>(0xffffffffu, 0u); // (block, its scale's bits)
+            accumulate_codes(&acc, &scale, 0u, c0, row, in_words, weight);
+            accumulate_codes(&acc, &scale, 1u, c0, row, in_words, weight);
+            accumulate_codes(&acc, &scale, 2u, c0, row, in_words, weight);
+            accumulate_codes(&acc, &scale, 3u, c0, row, in_words, weight);
         }
         for (var i = 0u; i < 16u; i++) {
             let c = c0 + (i / vpw) * LANES;

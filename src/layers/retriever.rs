@@ -88,6 +88,8 @@ impl Metric {
 
 /// The table a [`Retriever`] scores.
 #[derive(Debug, Clone)]
+// One per retriever, made once: a box would only add an indirection to every match.
+#[allow(clippy::large_enum_variant)]
 pub enum RetrievalTable {
     /// F32, F16 or BF16 `[N, D]`.
     Dense(GpuTensor),

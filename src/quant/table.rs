@@ -102,6 +102,9 @@ pub struct QuantizedTable {
     scales2: Option<GpuTensor>,
     /// Code map, 4-bit table and the nested statistics' offset.
     pub(crate) consts: wgpu::Buffer,
+    /// The same as a uniform block, for kernels whose lanes look codes up at once:
+    /// CPU adapters load a uniform block's words without per-lane emulation.
+    pub(crate) consts_uniform: wgpu::Buffer,
 }
 
 impl QuantizedTable {
@@ -196,7 +199,19 @@ impl QuantizedTable {
             }
         };
         let (codes, scales, scales2) = q;
-        Ok(Self { scheme, blocksize, num_embeddings: v, embedding_dim: d, codes, scales, scales2, consts })
+        // Copied after the build, which wrote the nested statistics' offset into `consts`.
+        let consts_uniform = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("quantization-constants-uniform"),
+            size: consts.size(),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        ctx.scoped(|| {
+            let mut encoder = ctx.encoder();
+            encoder.copy_buffer_to_buffer(&consts, 0, &consts_uniform, 0, consts.size());
+            ctx.submit(encoder)
+        })?;
+        Ok(Self { scheme, blocksize, num_embeddings: v, embedding_dim: d, codes, scales, scales2, consts, consts_uniform })
     }
 
     /// The scheme.
@@ -221,7 +236,11 @@ impl QuantizedTable {
 
     /// Bytes the quantized table occupies on the GPU (codes, scales, constants).
     pub fn gpu_bytes(&self) -> u64 {
-        self.codes.gpu_bytes() + self.scales.gpu_bytes() + self.scales2.as_ref().map_or(0, |s| s.gpu_bytes()) + self.consts.size()
+        self.codes.gpu_bytes()
+            + self.scales.gpu_bytes()
+            + self.scales2.as_ref().map_or(0, |s| s.gpu_bytes())
+            + self.consts.size()
+            + self.consts_uniform.size()
     }
 
     /// Bytes the same table takes as f32.
