@@ -4,6 +4,9 @@
 // common/table.wgsl, common/bag.wgsl, common/bag_scalar.wgsl, then this file.
 
 @group(0) @binding(7) var<storage, read> weights: array<f32>;
+// The same index entries as `indices`, four a load (tensor buffers are whole 16-byte
+// words): bag_vec4 reads them so, as CPU adapters emulate each load lane by lane.
+@group(0) @binding(2) var<storage, read> indices4: array<vec4<i32>>;
 
 fn bag_row(entry: u32, pos: u32, report: bool) -> u32 {
     return checked_row(indices[entry], pos, report);
@@ -40,7 +43,7 @@ override LANES: u32 = 16u; // values: 1, 2, 4, 8, 16, 32, 64
 // (and its checks) is read once per CHUNK words rather than once per word. GPUs spread
 // a row over lanes (4); CPU adapters give an invocation a whole row or more of it (16),
 // where each lane's index load is emulated and costs as much as several rows of texels.
-override CHUNK: u32 = 4u; // values: 4, 16
+override CHUNK: u32 = 4u; // values: 1, 2, 4, 8, 16
 const MAX_CHUNK: u32 = 16u;
 
 // Adds word c0 + k * LANES of the table row at `base` (when k < CHUNK and the row has
@@ -87,9 +90,11 @@ fn bag_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             }
         }
         var n = 0u;
+        var entries = vec4<i32>(0);
         for (var pos = lo; pos < hi; pos++) {
             let entry = pos - params.index_first;
-            let row = bag_row(entry, pos, c0 == 0u);
+            if (pos == lo || (entry & 3u) == 0u) { entries = indices4[entry / 4u]; }
+            let row = checked_row(entries[entry & 3u], pos, c0 == 0u);
             if (row == BAD_ROW || row == params.padding_idx) { continue; }
             n += 1u;
             if (!slice_holds_row(row)) { continue; }

@@ -86,8 +86,9 @@ const _: () = {
     assert_send_sync::<GpuTensor>();
 };
 
-/// Smallest buffer we create: zero-sized bindings are invalid.
-const MIN_BUFFER: u64 = 16;
+/// Tensor buffers are whole 16-byte words (and never empty: zero-sized bindings are
+/// invalid), so kernels may read any tensor as `array<vec4<...>>` up to its last element.
+const BUFFER_ALIGN: u64 = 16;
 
 /// Elements, rows and bytes of a tensor of `shape` with rows of `row_len`, refusing
 /// shapes whose sizes overflow, rows that do not tile the shape, and tensors over the
@@ -206,7 +207,7 @@ impl GpuTensor {
         let rb = row_bytes(row_len, dtype) as usize;
         Self::build(ctx, shape, dtype, row_len, rows, rows_per_segment, |first, n| {
             let chunk = &bytes[first as usize * rb..(first + n) as usize * rb];
-            let size = chunk.len().next_multiple_of(4).max(MIN_BUFFER as usize);
+            let size = chunk.len().next_multiple_of(BUFFER_ALIGN as usize).max(BUFFER_ALIGN as usize);
             if let Some(buffer) = ctx.pool.take(size as u64) {
                 ctx.queue.write_buffer(&buffer, 0, chunk);
                 if size > chunk.len() {
@@ -349,12 +350,28 @@ impl GpuTensor {
 
     /// Zero-filled tensor with a chosen number of rows per segment.
     pub(crate) fn zeros_with(ctx: &Context, shape: &[usize], dtype: DType, row_len: usize, rows_per_segment: u64) -> Result<GpuTensor> {
+        Self::allocate(ctx, shape, dtype, row_len, rows_per_segment, true)
+    }
+
+    /// An output whose every element the caller's kernels write before anything reads
+    /// it: a buffer taken from the pool is not cleared first (new ones still read zero).
+    pub(crate) fn for_overwrite_with(
+        ctx: &Context,
+        shape: &[usize],
+        dtype: DType,
+        row_len: usize,
+        rows_per_segment: u64,
+    ) -> Result<GpuTensor> {
+        Self::allocate(ctx, shape, dtype, row_len, rows_per_segment, false)
+    }
+
+    fn allocate(ctx: &Context, shape: &[usize], dtype: DType, row_len: usize, rows_per_segment: u64, zeroed: bool) -> Result<GpuTensor> {
         ctx.check_alive()?;
         let (_, rows, _) = checked_layout(ctx, shape, dtype, row_len)?;
         let row_len = row_len.max(1);
         let rb = row_bytes(row_len, dtype);
         Self::build(ctx, shape, dtype, row_len, rows, rows_per_segment, |_, n| {
-            let size = (n * rb).next_multiple_of(4).max(MIN_BUFFER);
+            let size = (n * rb).next_multiple_of(BUFFER_ALIGN).max(BUFFER_ALIGN);
             if size > ctx.limits().max_buffer_size {
                 return Err(Error::OutOfMemory(format!(
                     "shape {shape:?} needs a buffer of {size} bytes, over the device's max_buffer_size of {}",
@@ -364,7 +381,9 @@ impl GpuTensor {
             // A reused buffer holds its last tensor's values: zeroed before the next
             // submission's commands, as wgpu zeroes new ones.
             if let Some(buffer) = ctx.pool.take(size) {
-                ctx.queue.write_buffer(&buffer, 0, &vec![0; size as usize]);
+                if zeroed {
+                    ctx.queue.write_buffer(&buffer, 0, &vec![0; size as usize]);
+                }
                 return Ok(buffer);
             }
             ctx.pool.note_created();

@@ -25,10 +25,12 @@ const BAG_VEC4: Kernel = Kernel::new(&FAMILY, "bag_vec4", BAG_BINDINGS);
 
 /// Table words one `bag_vec4` invocation accumulates per sweep (`CHUNK` in the shader):
 /// on CPU adapters enough to amortise each lane's emulated index load (measured with
-/// `examples/bench.rs`), on GPUs few, leaving the row to the lanes.
-fn bag_chunk(ctx: &Context) -> u32 {
+/// `examples/bench.rs`), but no more than a row has, so that narrow rows (D = 4: one
+/// word) carry no per-index checks of words they lack; on GPUs few, leaving the row to
+/// the lanes.
+fn bag_chunk(ctx: &Context, row_words: usize) -> u32 {
     if ctx.adapter_info().device_type == wgpu::DeviceType::Cpu {
-        16
+        (row_words.next_power_of_two() as u32).clamp(1, 16)
     } else {
         4
     }
@@ -358,7 +360,11 @@ pub(crate) fn record_bags(
 ) -> Result<()> {
     let d = out.row_len();
     let format = table_format(table.dtype())?;
-    let chunk = bag_chunk(ctx);
+    let row_words = match table.dtype() {
+        DType::F32 => d.div_ceil(4),
+        _ => d.div_ceil(8),
+    };
+    let chunk = bag_chunk(ctx, row_words);
     let lanes = vec4_lanes(ctx, table.dtype(), d, Some(chunk));
     // With a texture copy, the vectorised kernel reads every row from it in one pass.
     let access = match lanes {
