@@ -39,7 +39,18 @@ const BAG: Kernel = Kernel::new(&FAMILY, "bag", &[PARAMS, TABLE, INPUT, OUT, OFF
 const BAG_WORDS: Kernel = Kernel::new(
     &FAMILY,
     "bag_words",
-    &[PARAMS, TABLE, INPUT, OUT, TEXTURE, OFFSETS, COUNTS, CONSTS, (10, Slot::Read, Role::Extra(1)), (11, Slot::Read, Role::Extra(2))],
+    &[
+        PARAMS,
+        TABLE,
+        INPUT,
+        OUT,
+        TEXTURE,
+        OFFSETS,
+        COUNTS,
+        (13, Slot::Uniform, Role::Extra(0)),
+        (10, Slot::Read, Role::Extra(1)),
+        (11, Slot::Read, Role::Extra(2)),
+    ],
 );
 
 /// The codes plane seen as a dense table of byte rows, for `bag_words`: when rows are
@@ -221,7 +232,7 @@ impl QuantizedEmbeddingBag {
                 let constants =
                     [scheme, ("TABLE_FORMAT", 0.0), ("TABLE_TEXTURE", access.texture().is_some() as u32 as f64), ("LANES", lanes as f64)];
                 let scales2 = t.scales2().unwrap_or(t.scales());
-                let extra = [t.consts.clone(), t.scales().segments()[0].buffer.clone(), scales2.segments()[0].buffer.clone()];
+                let extra = [t.consts_uniform.clone(), t.scales().segments()[0].buffer.clone(), scales2.segments()[0].buffer.clone()];
                 let grid = Grid::RowsPerGroup((WORKGROUP_SIZE / lanes) as u64);
                 record(&access, &Call { extra: &extra, ..Call::new(&BAG_WORDS, &constants, grid, params) })?;
             }
