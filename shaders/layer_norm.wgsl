@@ -162,24 +162,45 @@ fn normalize_row_words(source: u32, row: u32) {
     if (source == FROM_LOOKUPS) { ids = input4[row]; }
     let first = row_word(source, ids, row, 0u);
     let pivot = first.x;
-    var mean = vec4<f32>(0.0);
-    var m2 = vec4<f32>(0.0);
     // x's first KEPT_WORDS words stay in registers for the output pass (an emulated
     // storage load each); table words are fetched again (a texel fetch is cheaper).
     let keep = source == FROM_X;
     var kept: array<vec4<f32>, KEPT_WORDS>;
-    for (var w = 0u; w < words; w++) {
-        var x = first - pivot;
-        if (w > 0u) { x = row_word(source, ids, row, w) - pivot; }
-        if (keep && w < KEPT_WORDS) { kept[w] = x; }
-        let delta = x - mean;
-        mean += delta * (1.0 / f32(w + 1u));
-        m2 += delta * (x - mean);
+    var row_mean: f32;
+    var row_m2: f32;
+    if (keep && words <= KEPT_WORDS) {
+        // The whole row kept: the mean, then the squared deviations from it (two
+        // passes over registers, no division per word).
+        var sum = vec4<f32>(0.0);
+        for (var w = 0u; w < words; w++) {
+            var x = first - pivot;
+            if (w > 0u) { x = row_word(source, ids, row, w) - pivot; }
+            kept[w] = x;
+            sum += x;
+        }
+        row_mean = ((sum.x + sum.y) + (sum.z + sum.w)) / f32(params.dim);
+        var m2 = vec4<f32>(0.0);
+        for (var w = 0u; w < words; w++) {
+            let d = kept[w] - row_mean;
+            m2 += d * d;
+        }
+        row_m2 = (m2.x + m2.y) + (m2.z + m2.w);
+    } else {
+        var mean = vec4<f32>(0.0);
+        var m2 = vec4<f32>(0.0);
+        for (var w = 0u; w < words; w++) {
+            var x = first - pivot;
+            if (w > 0u) { x = row_word(source, ids, row, w) - pivot; }
+            if (keep && w < KEPT_WORDS) { kept[w] = x; }
+            let delta = x - mean;
+            mean += delta * (1.0 / f32(w + 1u));
+            m2 += delta * (x - mean);
+        }
+        // Four streams of `words` values each.
+        row_mean = 0.25 * ((mean.x + mean.y) + (mean.z + mean.w));
+        let spread = mean - row_mean;
+        row_m2 = (m2.x + m2.y) + (m2.z + m2.w) + f32(words) * dot(spread, spread);
     }
-    // Four streams of `words` values each.
-    let row_mean = 0.25 * ((mean.x + mean.y) + (mean.z + mean.w));
-    let spread = mean - row_mean;
-    let row_m2 = (m2.x + m2.y) + (m2.z + m2.w) + f32(words) * dot(spread, spread);
     let rstd = 1.0 / sqrt(max(row_m2 / f32(params.dim), 0.0) + bitcast<f32>(params.arg0));
     for (var w = 0u; w < words; w++) {
         var x: vec4<f32>;
