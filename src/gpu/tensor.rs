@@ -90,6 +90,9 @@ const _: () = {
 /// invalid), so kernels may read any tensor as `array<vec4<...>>` up to its last element.
 const BUFFER_ALIGN: u64 = 16;
 
+/// Largest reused buffer cleared from the host for a zero-filled tensor (see `allocate`).
+const MAX_HOST_ZEROED: u64 = 256 << 10;
+
 /// Elements, rows and bytes of a tensor of `shape` with rows of `row_len`, refusing
 /// shapes whose sizes overflow, rows that do not tile the shape, and tensors over the
 /// context's budget — all before anything is allocated.
@@ -378,9 +381,11 @@ impl GpuTensor {
                     ctx.limits().max_buffer_size
                 )));
             }
-            // A reused buffer holds its last tensor's values: zeroed before the next
-            // submission's commands, as wgpu zeroes new ones.
-            if let Some(buffer) = ctx.pool.take(size) {
+            // A reused buffer holds its last tensor's values: zeroed from the host before
+            // the next submission's commands. Past a few hundred KiB that write costs
+            // more than a new buffer, which wgpu zeroes on the GPU.
+            let reuse = !zeroed || size <= MAX_HOST_ZEROED;
+            if let Some(buffer) = reuse.then(|| ctx.pool.take(size)).flatten() {
                 if zeroed {
                     ctx.queue.write_buffer(&buffer, 0, &vec![0; size as usize]);
                 }

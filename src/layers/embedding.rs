@@ -71,7 +71,8 @@ impl Embedding {
     fn run(&self, ctx: &Context, indices: &GpuTensor, shape: &[usize], host_rows: Option<&[i32]>) -> Result<GpuTensor> {
         let t = &self.table;
         let per = self.batch_rows(ctx)?;
-        let out = GpuTensor::zeros_with(ctx, shape, DType::F32, t.embedding_dim, per)?;
+        // Every element is written: the table's row, or 0 by the pass that reports a bad index.
+        let out = GpuTensor::for_overwrite_with(ctx, shape, DType::F32, t.embedding_dim, per)?;
         let status = Status::new(ctx);
         ctx.scoped(|| {
             let mut encoder = ctx.encoder();
