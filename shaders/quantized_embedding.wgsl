@@ -45,9 +45,9 @@ fn bag(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 // scales each fit one binding (src/layers/quantized.rs): the codes plane is read as a
 // dense table of byte rows (common/table.wgsl: a texture copy on CPU adapters, vec4
 // loads elsewhere), 16 int8 or 32 4-bit codes a word. LANES invocations share one bag
-// (as embedding_bag.wgsl's bag_vec4); each takes WORDS words of every row per sweep
+// (as embedding_bag.wgsl's bag_vec4); each takes words_per_sweep() words of every row per sweep
 // over the bag's indices, so an index is read once per 64 values, and dequantizes
-// them in registers with the word's scale fetched once (blocks hold whole words).
+// them in registers, a block's scale fetched once per index (blocks hold whole words).
 // Values and sums are those of `bag`, bit for bit: same products, same order.
 override LANES: u32 = 16u; // values: 1, 2, 4, 8, 16, 32, 64
 
@@ -79,35 +79,6 @@ fn word_scale(e: u32) -> f32 {
 // As common/codes.wgsl's `rounded`, with the zero word given.
 fn rounded_by(x: f32, zero: u32) -> f32 {
     return bitcast<f32>(bitcast<u32>(x) | zero);
-}
-
-// The 4-bit code values, loaded once per invocation.
-var<private> t4: array<f32, 16>;
-
-fn load_t4() {
-    for (var c = 0u; c < 16u; c++) { t4[c] = bitcast<f32>(const_word(C_T4 + c)); }
-}
-
-// t4[c] for four codes, by a select tree (no per-lane memory loads; written out, as
-// lavapipe counts the iterations of every loop against one cap per invocation).
-fn t4_values(c: vec4<u32>) -> vec4<f32> {
-    let b0 = (c & vec4<u32>(1u)) != vec4<u32>(0u);
-    let b1 = (c & vec4<u32>(2u)) != vec4<u32>(0u);
-    let b2 = (c & vec4<u32>(4u)) != vec4<u32>(0u);
-    let b3 = (c & vec4<u32>(8u)) != vec4<u32>(0u);
-    let v0 = select(vec4<f32>(t4[0]), vec4<f32>(t4[1]), b0);
-    let v1 = select(vec4<f32>(t4[2]), vec4<f32>(t4[3]), b0);
-    let v2 = select(vec4<f32>(t4[4]), vec4<f32>(t4[5]), b0);
-    let v3 = select(vec4<f32>(t4[6]), vec4<f32>(t4[7]), b0);
-    let v4 = select(vec4<f32>(t4[8]), vec4<f32>(t4[9]), b0);
-    let v5 = select(vec4<f32>(t4[10]), vec4<f32>(t4[11]), b0);
-    let v6 = select(vec4<f32>(t4[12]), vec4<f32>(t4[13]), b0);
-    let v7 = select(vec4<f32>(t4[14]), vec4<f32>(t4[15]), b0);
-    let w0 = select(v0, v1, b1);
-    let w1 = select(v2, v3, b1);
-    let w2 = select(v4, v5, b1);
-    let w3 = select(v6, v7, b1);
-    return select(select(w0, w1, b2), select(w2, w3, b2), b3);
 }
 
 // Values 4j .. 4j + 3 of a word (j < 4 for int8, j < 8 for 4-bit), before scaling.
@@ -159,7 +130,6 @@ fn bag_words(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let b = group_index(wid, nwg) * (WG_SIZE / LANES) + lid.x / LANES;
     let lane = lid.x % LANES;
     if (b >= params.rows) { return; }
-    if (SCHEME == 2u) { load_t4(); }
     let vpw = codes_per_word() / 4u;
     let in_words = params.dim / codes_per_word();
     let dst = b * (params.dim / 4u);
