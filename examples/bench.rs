@@ -49,9 +49,10 @@ struct Args {
     /// Override the grid's bag sizes.
     #[arg(long, value_delimiter = ',')]
     bags: Option<Vec<usize>>,
-    /// Only the copy, lookup and bag kernels (skip the whole-layer rows).
-    #[arg(long)]
-    kernels_only: bool,
+    /// Which parts to run (comma-separated): kernels (lookups and bags), layers (whole
+    /// layers through the public API), optimizers, topk, small (per-call latency).
+    #[arg(long, value_delimiter = ',', default_value = "kernels,layers,optimizers,topk,small")]
+    sections: Vec<String>,
     /// Largest table to build, in MiB (bigger grid points are skipped).
     #[arg(long, default_value_t = 1024)]
     max_table_mib: usize,
@@ -509,7 +510,8 @@ fn main() {
         eprintln!("copy reading a texture: {:.2} GB/s GPU", copy_bytes / t / 1e9);
     }
 
-    for &rows in &rows_grid {
+    let run = |section: &str| args.sections.iter().any(|s| s == section);
+    for &rows in rows_grid.iter().filter(|_| run("kernels")) {
         for &dim in &dims {
             if rows * dim * 4 > args.max_table_mib << 20 {
                 eprintln!("skip rows={rows} dim={dim}: table over --max-table-mib");
@@ -565,7 +567,7 @@ fn main() {
     // Other layers through their public API (wall clock, index upload included), on the
     // largest table of the grid, uniform indices, D >= 64.
     let rows = *rows_grid.last().unwrap();
-    for &dim in dims.iter().filter(|&&d| (64..=256).contains(&d) && !args.kernels_only) {
+    for &dim in dims.iter().filter(|&&d| (64..=256).contains(&d) && run("layers")) {
         if rows * dim * 4 > args.max_table_mib << 20 {
             continue;
         }
@@ -663,7 +665,7 @@ fn main() {
     // Optimizer steps on a 1 M x 64 table with 4 096 touched rows (sparse gradients where
     // the optimizer takes them, else a dense [V, D] gradient). Bytes: the elements a step
     // reads and writes (table, gradient, states); the rows column holds the touched rows.
-    if !args.kernels_only && (OPT_ROWS * OPT_DIM * 4) <= args.max_table_mib << 20 {
+    if run("optimizers") && (OPT_ROWS * OPT_DIM * 4) <= args.max_table_mib << 20 {
         for (name, kind, sparse) in optimizer_kinds() {
             match time_optimizer(&ctx, &timer, args.reps.min(5), &copy, kind, sparse) {
                 Ok((bytes, gpu_s, copy_s)) => {
@@ -691,7 +693,7 @@ fn main() {
     // Top-k retrieval: Q queries against a 100 000 x 128 table, f32 and int8 (row-wise),
     // and a 1 M x 128 int8 table; GB/s = table bytes / time (the table is read once per
     // batch of queries), beside a CPU baseline on f32 (all threads, partial selection).
-    if !args.kernels_only {
+    if run("topk") {
         let dim = 128;
         let mut rng = Rng(77);
         for (rows, grid) in [
@@ -743,7 +745,7 @@ fn main() {
         }
     }
 
-    let small = small_calls(&ctx, &timer, &rec, (args.reps * 5).max(30)).expect("small calls");
+    let small = if run("small") { small_calls(&ctx, &timer, &rec, (args.reps * 5).max(30)).expect("small calls") } else { Vec::new() };
 
     // A device error makes timings meaningless: fail rather than write them.
     if let Some(e) = ctx.take_uncaptured_error() {
@@ -830,14 +832,15 @@ fn main() {
         };
         writeln!(md, "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {cpu} | {speedup} |", p.kernel, p.rows, p.dim, g, c, g / c).unwrap();
     }
-    let floor = small[0].1;
-    md.push_str(
-        "\nSmall calls: wall time of one call through the public API with its read-back to the host (median), against \
+    if let Some(&(_, floor)) = small.first() {
+        md.push_str(
+            "\nSmall calls: wall time of one call through the public API with its read-back to the host (median), against \
          the floor, one dispatch of a one-word copy plus its read-back on the same adapter.\n\n\
          | call | µs | × floor |\n|---|---|---|\n",
-    );
-    for (name, s) in &small {
-        writeln!(md, "| {name} | {:.0} | {:.2} |", s * 1e6, s / floor).unwrap();
+        );
+        for (name, s) in &small {
+            writeln!(md, "| {name} | {:.0} | {:.2} |", s * 1e6, s / floor).unwrap();
+        }
     }
     if !qbag_rows_per_s.is_empty() {
         md.push_str(

@@ -143,11 +143,20 @@ fn normalize_row_alone(source: u32, row: u32) {
 @group(0) @binding(12) var<uniform> ln_affine_words: array<vec4<f32>, 4096>;
 // Words of a row an invocation keeps between its two passes (rows up to 256 wide are read once).
 const KEPT_WORDS: u32 = 64u;
+// The words form's row length in vec4 words (dim / 4), fixed per pipeline: loops of a
+// known count unroll, so `kept` stays in registers rather than in per-lane scratch memory.
+// 0: read dim from the pass parameters.
+override ROW_WORDS: u32 = 0u; // values: 0, 16
+
+fn row_words() -> u32 {
+    if (ROW_WORDS != 0u) { return ROW_WORDS; }
+    return params.dim / 4u;
+}
 
 // Word w of row `row` before normalisation: of x, or of the sum of the lookups of the
 // table rows `ids` (the first K of them).
 fn row_word(source: u32, ids: vec4<u32>, row: u32, w: u32) -> vec4<f32> {
-    let words = params.dim / 4u;
+    let words = row_words();
     if (source == FROM_X) { return bitcast<vec4<f32>>(input4[row * words + w]); }
     var v = vec4<f32>(0.0);
     for (var k = 0u; k < params.arg2; k++) {
@@ -157,7 +166,7 @@ fn row_word(source: u32, ids: vec4<u32>, row: u32, w: u32) -> vec4<f32> {
 }
 
 fn normalize_row_words(source: u32, row: u32) {
-    let words = params.dim / 4u;
+    let words = row_words();
     var ids = vec4<u32>(0u);
     if (source == FROM_LOOKUPS) { ids = input4[row]; }
     let first = row_word(source, ids, row, 0u);

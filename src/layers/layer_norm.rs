@@ -77,8 +77,15 @@ impl NormKernel {
     }
 }
 
+/// The pipeline constants of a LayerNorm kernel over rows of `dim`.
+pub(crate) fn norm_constants(dim: usize) -> [(&'static str, f64); 2] {
+    // The words form's row length is fixed per pipeline so that its loops unroll.
+    let words = if dim.is_multiple_of(4) && dim <= ALONE_MAX_DIM { dim / 4 } else { 0 };
+    [("ROW_THREADS", row_threads(dim) as f64), ("ROW_WORDS", words as f64)]
+}
+
 /// Invocations per row: enough to cover short rows without idling most of them.
-pub(crate) fn row_threads(dim: usize) -> u32 {
+fn row_threads(dim: usize) -> u32 {
     (dim.div_ceil(4).next_power_of_two() as u32).clamp(32, 256)
 }
 
@@ -259,7 +266,7 @@ impl LayerNorm {
         let per = GpuTensor::rows_per_segment(ctx, self.dim, DType::F32)?;
         // Every row is written whole.
         let out = GpuTensor::for_overwrite_with(ctx, x.shape(), DType::F32, self.dim, per)?;
-        let constants = [("ROW_THREADS", row_threads(self.dim) as f64)];
+        let constants = norm_constants(self.dim);
         let call = self.affine.norm_call(ctx, &LAYER_NORM, &constants, self.affine.params(self.dim, self.eps), true);
         ctx.scoped(|| {
             let mut encoder = ctx.encoder();
@@ -293,7 +300,7 @@ pub(crate) fn normalize_in_place(
     eps: f32,
     affine: &Affine,
 ) {
-    let constants = [("ROW_THREADS", row_threads(dim) as f64)];
+    let constants = norm_constants(dim);
     let call = affine.norm_call(ctx, &NORMALIZE_IN_PLACE, &constants, affine.params(dim, eps), false);
     RowPlan { input: None, aux: None, out: Some(out), table: None, status: None }.record(ctx, encoder, &call, None);
 }

@@ -12,7 +12,9 @@ use crate::gpu::plan::{rows_per_segment, Call, Grid, PassParams, RowPlan};
 use crate::gpu::table::{TableAccess, TableSlice};
 use crate::gpu::tensor::{DType, GpuTensor, Segment};
 use crate::layers::indices::Indices;
-use crate::layers::layer_norm::{check_eps, normalize_in_place, row_threads, Affine, ACCUMULATE, LOOKUP_SUM_LAYER_NORM, WORDS_MAX_TABLES};
+use crate::layers::layer_norm::{
+    check_eps, norm_constants, normalize_in_place, Affine, ACCUMULATE, LOOKUP_SUM_LAYER_NORM, WORDS_MAX_TABLES,
+};
 use crate::layers::table::table_format;
 
 /// Names of the index arguments in errors.
@@ -209,7 +211,8 @@ impl EmbeddingSumLayerNorm {
             let mut encoder = ctx.encoder();
             if fused {
                 let textured = access.texture().is_some() as u32 as f64;
-                let constants = [("TABLE_FORMAT", format), ("ROW_THREADS", row_threads(self.dim) as f64), ("TABLE_TEXTURE", textured)];
+                let [threads, row_words] = norm_constants(self.dim);
+                let constants = [("TABLE_FORMAT", format), threads, row_words, ("TABLE_TEXTURE", textured)];
                 let call = self.affine.norm_call(ctx, &LOOKUP_SUM_LAYER_NORM, &constants, params, words);
                 plan.record(ctx, &mut encoder, &call, None);
             } else {
