@@ -191,6 +191,47 @@ fn time_layer(
     Ok((median(times), median(copies)))
 }
 
+/// One call of a layer's public API, its output left on the GPU.
+type LayerWork<'a> = dyn FnMut() -> wgpu_embed::Result<GpuTensor> + 'a;
+
+/// [`time_layer`] for several layers timed in turn within each repetition (after one
+/// copy kernel run): their medians, each with the copy's.
+fn time_layers_in_turn(
+    ctx: &Context,
+    timer: &GpuTimer,
+    reps: usize,
+    copy: &Work,
+    works: &mut [Box<LayerWork<'_>>],
+) -> Vec<wgpu_embed::Result<(f64, f64)>> {
+    let mut times: Vec<wgpu_embed::Result<Vec<f64>>> = works.iter().map(|_| Ok(Vec::new())).collect();
+    let mut copies = Vec::new();
+    for i in 0..=reps {
+        let copy_s = match timer.time(ctx, |e| copy(ctx, e)) {
+            Ok((gpu, wall)) => gpu.unwrap_or(wall),
+            Err(e) => return works.iter().map(|_| Err(e.clone())).collect(),
+        };
+        for (work, t) in works.iter_mut().zip(times.iter_mut()) {
+            let Ok(list) = t else { continue };
+            let start = std::time::Instant::now();
+            match work().and_then(|out| ctx.wait_idle().map(|_| out)) {
+                Ok(out) => {
+                    let elapsed = start.elapsed().as_secs_f64();
+                    drop(out);
+                    if i > 0 {
+                        list.push(elapsed);
+                    }
+                }
+                Err(e) => *t = Err(e),
+            }
+        }
+        if i > 0 {
+            copies.push(copy_s);
+        }
+    }
+    let copy_s = median(copies);
+    times.into_iter().map(|t| t.map(|list| (median(list), copy_s))).collect()
+}
+
 /// One call of the small-call latency rows, its output read back.
 type SmallCall<'a> = dyn FnMut() -> wgpu_embed::Result<Vec<f32>> + 'a;
 
@@ -627,8 +668,12 @@ fn main() {
             })
         });
         layer("bag_sum_backward", bag, ((bags * bag + rows) * dim * 4) as f64, r);
-        // Quantized bags beside the f32 bag, through the same API path on the same bags.
+        // Quantized bags beside the f32 bag, through the same API path (bags of 20,
+        // uniform indices, each table's bags moving the byte budget). Timed in turn
+        // within each repetition, so that their ratios compare runs made under the same
+        // conditions even when the machine's load drifts.
         let bag = 20;
+        let mut qbags = Vec::new();
         for scheme in [None, Some(Scheme::Int8Rowwise), Some(Scheme::Int8Blockwise), Some(Scheme::Nf4)] {
             let name = scheme.map_or("f32", |s| s.name());
             let r = match scheme {
@@ -643,22 +688,31 @@ fn main() {
                     let bags = ((budget / (row_bytes * bag as f64 + 4.0 * dim as f64)) as usize).max(1);
                     let qidx = indices(bags * bag, rows, Dist::Uniform, 9);
                     let offs: Vec<i32> = (0..bags as i32).map(|b| b * bag as i32).collect();
-                    let (qs, os) = ([qidx.len()], [bags]);
-                    let bytes = bags as f64 * (row_bytes * bag as f64 + 4.0 * dim as f64);
-                    let r = time_layer(&ctx, &timer, args.reps, &copy, || {
-                        let (input, offsets) = (Indices::i32(&qidx, &qs), Some(Indices::i32(&offs, &os)));
-                        match &l {
-                            Ok(q) => q.forward(&ctx, input, offsets, None),
-                            Err(f) => f.forward(&ctx, input, offsets, None),
-                        }
-                    });
-                    if let Ok((gpu_s, _)) = r {
-                        qbag_rows_per_s.push((name, dim, (bags * bag) as f64 / gpu_s));
-                    }
-                    layer(&format!("qbag_sum_{name}"), bag, bytes, r);
+                    qbags.push((name, l, row_bytes, bags, qidx, offs));
                 }
                 Err(e) => eprintln!("quantized {name} D={dim}: skipped: {e}"),
             }
+        }
+        let mut works: Vec<Box<LayerWork<'_>>> = Vec::new();
+        for (_, l, _, bags, qidx, offs) in &qbags {
+            let (qs, os) = ([qidx.len()], [*bags]);
+            let ctx = &ctx;
+            works.push(Box::new(move || {
+                let (input, offsets) = (Indices::i32(qidx, &qs), Some(Indices::i32(offs, &os)));
+                match l {
+                    Ok(q) => q.forward(ctx, input, offsets, None),
+                    Err(f) => f.forward(ctx, input, offsets, None),
+                }
+            }));
+        }
+        let timed = time_layers_in_turn(&ctx, &timer, args.reps, &copy, &mut works);
+        drop(works);
+        for ((name, _, row_bytes, bags, _, _), r) in qbags.iter().zip(timed) {
+            if let Ok((gpu_s, _)) = r {
+                qbag_rows_per_s.push((name, dim, (bags * bag) as f64 / gpu_s));
+            }
+            let bytes = *bags as f64 * (row_bytes * bag as f64 + 4.0 * dim as f64);
+            layer(&format!("qbag_sum_{name}"), bag, bytes, r);
         }
     }
 

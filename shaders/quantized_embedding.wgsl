@@ -45,9 +45,10 @@ fn bag(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 // scales each fit one binding (src/layers/quantized.rs): the codes plane is read as a
 // dense table of byte rows (common/table.wgsl: a texture copy on CPU adapters, vec4
 // loads elsewhere), 16 int8 or 32 4-bit codes a word. LANES invocations share one bag
-// (as embedding_bag.wgsl's bag_vec4); each takes words_per_sweep() words of every row per sweep
-// over the bag's indices, so an index is read once per 64 values, and dequantizes
-// them in registers, a block's scale fetched once per index (blocks hold whole words).
+// (as embedding_bag.wgsl's bag_vec4); each takes words_per_sweep() adjacent words of
+// every row per sweep over the bag's indices, so an index is read once per 64 values,
+// and dequantizes them in registers. Adjacent words mostly share a block (64 values:
+// exactly one word sweep), whose scale is then fetched once per index.
 // Values and sums are those of `bag`, bit for bit: same products, same order.
 override LANES: u32 = 16u; // values: 1, 2, 4, 8, 16, 32, 64
 
@@ -98,12 +99,12 @@ fn word_codes(w: vec4<u32>, j: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(vec4<u32>(const_word(C_MAP + c.x), const_word(C_MAP + c.y), const_word(C_MAP + c.z), const_word(C_MAP + c.w)));
 }
 
-// Adds word c0 + k * LANES of table row `row` (when k < words_per_sweep() and the row
+// Adds word c0 + k of table row `row` (when k < words_per_sweep() and the row
 // has it), times `weight`, to its output vec4s acc[vpw * k ..]. Called once per k with
 // a constant k, not from a loop (lavapipe caps an invocation's loop iterations).
 fn accumulate_codes(acc: ptr<function, array<vec4<f32>, 16>>, scale: ptr<function, vec2<u32>>, k: u32, c0: u32, row: u32,
                     in_words: u32, weight: f32) {
-    let c = c0 + k * LANES;
+    let c = c0 + k;
     if (k >= words_per_sweep() || c >= in_words) { return; }
     let w = table_word((row - params.first0) * in_words + c);
     // The row's words share a scale while they are in one block: fetched once then.
@@ -136,11 +137,11 @@ fn bag_words(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let lo = max(offsets[b], params.index_first);
     let hi = min(offsets[b + 1u], params.index_first + params.index_count);
     let init = vec4<f32>(bag_identity());
-    for (var c0 = lane; c0 < in_words; c0 += words_per_sweep() * LANES) {
-        // acc[vpw * k + j] is output vec4 j of word c0 + k * LANES.
+    for (var c0 = lane * words_per_sweep(); c0 < in_words; c0 += words_per_sweep() * LANES) {
+        // acc[vpw * k + j] is output vec4 j of word c0 + k.
         var acc: array<vec4<f32>, 16>;
         for (var i = 0u; i < 16u; i++) {
-            let c = c0 + (i / vpw) * LANES;
+            let c = c0 + i / vpw;
             if (!has_flag(FLAG_FIRST_PASS) && c < in_words) { acc[i] = out4[dst + c * vpw + i % vpw]; } else { acc[i] = init; }
         }
         var n = 0u;
@@ -158,7 +159,7 @@ fn bag_words(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
             accumulate_codes(&acc, &scale, 3u, c0, row, in_words, weight);
         }
         for (var i = 0u; i < 16u; i++) {
-            let c = c0 + (i / vpw) * LANES;
+            let c = c0 + i / vpw;
             if (c < in_words) { out4[dst + c * vpw + i % vpw] = finish4(acc[i], n); }
         }
         if (c0 == 0u) { count_bag(b, n); }

@@ -225,10 +225,9 @@ impl QuantizedEmbeddingBag {
                 let four_bit = t.scheme().four_bit().is_some();
                 let words = d / if four_bit { 32 } else { 16 };
                 let per_sweep = if four_bit { 2 } else { 4 };
-                // As the dense bags: on CPU adapters an invocation takes a whole sweep of
-                // words (amortising its emulated index loads), on GPUs a word per lane.
-                let lanes = if ctx.adapter_info().device_type == wgpu::DeviceType::Cpu { words.div_ceil(per_sweep) } else { words };
-                let lanes = (lanes.next_power_of_two() as u32).min(WORKGROUP_SIZE);
+                // An invocation takes a sweep of adjacent words: 64 values, one block's
+                // scale fetched once per index, and its index loads amortised.
+                let lanes = (words.div_ceil(per_sweep).next_power_of_two() as u32).min(WORKGROUP_SIZE);
                 let constants =
                     [scheme, ("TABLE_FORMAT", 0.0), ("TABLE_TEXTURE", access.texture().is_some() as u32 as f64), ("LANES", lanes as f64)];
                 let scales2 = t.scales2().unwrap_or(t.scales());
