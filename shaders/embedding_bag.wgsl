@@ -7,6 +7,8 @@
 // The same index entries as `indices`, four a load (tensor buffers are whole 16-byte
 // words): bag_vec4 reads them so, as CPU adapters emulate each load lane by lane.
 @group(0) @binding(2) var<storage, read> indices4: array<vec4<i32>>;
+// The bags' offsets likewise (src/gpu/plan.rs pads them to whole words).
+@group(0) @binding(5) var<storage, read> offsets4: array<vec4<u32>>;
 
 fn bag_row(entry: u32, pos: u32, report: bool) -> u32 {
     return checked_row(indices[entry], pos, report);
@@ -62,66 +64,91 @@ fn accumulate_word(acc: ptr<function, array<vec4<f32>, 32>>, k: u32, c0: u32, ba
     }
 }
 
+// Consecutive bags one invocation group reduces in turn: 1, or (small bags of narrow
+// rows on CPU adapters) 16, so that a bag's end offset is the next one's start, and
+// their index entries, adjacent, share vec4 loads.
+override BAGS: u32 = 1u; // values: 1, 16
+
 @compute @workgroup_size(WG_SIZE)
 fn bag_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_id) lid: vec3<u32>) {
-    let b = group_index(wid, nwg) * (WG_SIZE / LANES) + lid.x / LANES;
+    let first_bag = (group_index(wid, nwg) * (WG_SIZE / LANES) + lid.x / LANES) * BAGS;
     let lane = lid.x % LANES;
-    if (b >= params.rows) { return; }
+    if (first_bag >= params.rows) { return; }
     let out_words = params.dim / 4u;
     let half = TABLE_FORMAT != 0u;
     let in_words = select(out_words, out_words / 2u, half);
-    let dst = b * out_words;
-    let lo = max(offsets[b], params.index_first);
-    let hi = min(offsets[b + 1u], params.index_first + params.index_count);
     let init = vec4<f32>(bag_identity());
     // Table word c holds output word c (f32) or output words 2c and 2c + 1 (halves);
     // this invocation's words are c0 + k * LANES for k < CHUNK.
     let per_word = select(1u, 2u, half);
+    let index_end = params.index_first + params.index_count;
+    // The vec4 of offsets last loaded, and its position (bag / 4).
+    var bounds = offsets4[first_bag / 4u];
+    var bounds_at = first_bag / 4u;
+    var end = bounds[first_bag & 3u];
+    // The vec4 of index entries last loaded, and its position (entry / 4).
+    var entries = vec4<i32>(0);
+    var entries_at = 0xffffffffu;
 
-    for (var c0 = lane; c0 < in_words; c0 += CHUNK * LANES) {
-        var acc: array<vec4<f32>, 32>; // 2 * MAX_CHUNK output words; 2 * CHUNK are used
-        for (var k = 0u; k < 2u * CHUNK; k++) {
-            let o = dst + per_word * (c0 + (k / per_word) * LANES) + k % per_word;
-            if (!has_flag(FLAG_FIRST_PASS) && k < per_word * CHUNK && c0 + (k / per_word) * LANES < in_words) {
-                acc[k] = out4[o];
-            } else {
-                acc[k] = init;
+    for (var j = 0u; j < BAGS; j++) {
+        let b = first_bag + j;
+        if (b >= params.rows) { return; }
+        let dst = b * out_words;
+        let start = end;
+        if ((b + 1u) / 4u != bounds_at) {
+            bounds_at = (b + 1u) / 4u;
+            bounds = offsets4[bounds_at];
+        }
+        end = bounds[(b + 1u) & 3u];
+        let lo = max(start, params.index_first);
+        let hi = min(end, index_end);
+        for (var c0 = lane; c0 < in_words; c0 += CHUNK * LANES) {
+            var acc: array<vec4<f32>, 32>; // 2 * MAX_CHUNK output words; 2 * CHUNK are used
+            for (var k = 0u; k < 2u * CHUNK; k++) {
+                let o = dst + per_word * (c0 + (k / per_word) * LANES) + k % per_word;
+                if (!has_flag(FLAG_FIRST_PASS) && k < per_word * CHUNK && c0 + (k / per_word) * LANES < in_words) {
+                    acc[k] = out4[o];
+                } else {
+                    acc[k] = init;
+                }
             }
+            var n = 0u;
+            for (var pos = lo; pos < hi; pos++) {
+                let entry = pos - params.index_first;
+                if (entry / 4u != entries_at) {
+                    entries_at = entry / 4u;
+                    entries = indices4[entries_at];
+                }
+                let row = checked_row(entries[entry & 3u], pos, c0 == 0u);
+                if (row == BAD_ROW || row == params.padding_idx) { continue; }
+                n += 1u;
+                if (!slice_holds_row(row)) { continue; }
+                let scale = bag_weight(entry);
+                let base = (row - params.first0) * in_words;
+                // k = 0 .. MAX_CHUNK - 1, one call each (see accumulate_word).
+                accumulate_word(&acc, 0u, c0, base, in_words, scale);
+                accumulate_word(&acc, 1u, c0, base, in_words, scale);
+                accumulate_word(&acc, 2u, c0, base, in_words, scale);
+                accumulate_word(&acc, 3u, c0, base, in_words, scale);
+                accumulate_word(&acc, 4u, c0, base, in_words, scale);
+                accumulate_word(&acc, 5u, c0, base, in_words, scale);
+                accumulate_word(&acc, 6u, c0, base, in_words, scale);
+                accumulate_word(&acc, 7u, c0, base, in_words, scale);
+                accumulate_word(&acc, 8u, c0, base, in_words, scale);
+                accumulate_word(&acc, 9u, c0, base, in_words, scale);
+                accumulate_word(&acc, 10u, c0, base, in_words, scale);
+                accumulate_word(&acc, 11u, c0, base, in_words, scale);
+                accumulate_word(&acc, 12u, c0, base, in_words, scale);
+                accumulate_word(&acc, 13u, c0, base, in_words, scale);
+                accumulate_word(&acc, 14u, c0, base, in_words, scale);
+                accumulate_word(&acc, 15u, c0, base, in_words, scale);
+            }
+            for (var k = 0u; k < per_word * CHUNK; k++) {
+                let c = c0 + (k / per_word) * LANES;
+                if (c < in_words) { out4[dst + per_word * c + k % per_word] = finish4(acc[k], n); }
+            }
+            if (c0 == 0u) { count_bag(b, n); }
         }
-        var n = 0u;
-        var entries = vec4<i32>(0);
-        for (var pos = lo; pos < hi; pos++) {
-            let entry = pos - params.index_first;
-            if (pos == lo || (entry & 3u) == 0u) { entries = indices4[entry / 4u]; }
-            let row = checked_row(entries[entry & 3u], pos, c0 == 0u);
-            if (row == BAD_ROW || row == params.padding_idx) { continue; }
-            n += 1u;
-            if (!slice_holds_row(row)) { continue; }
-            let scale = bag_weight(entry);
-            let base = (row - params.first0) * in_words;
-            // k = 0 .. MAX_CHUNK - 1, one call each (see accumulate_word).
-            accumulate_word(&acc, 0u, c0, base, in_words, scale);
-            accumulate_word(&acc, 1u, c0, base, in_words, scale);
-            accumulate_word(&acc, 2u, c0, base, in_words, scale);
-            accumulate_word(&acc, 3u, c0, base, in_words, scale);
-            accumulate_word(&acc, 4u, c0, base, in_words, scale);
-            accumulate_word(&acc, 5u, c0, base, in_words, scale);
-            accumulate_word(&acc, 6u, c0, base, in_words, scale);
-            accumulate_word(&acc, 7u, c0, base, in_words, scale);
-            accumulate_word(&acc, 8u, c0, base, in_words, scale);
-            accumulate_word(&acc, 9u, c0, base, in_words, scale);
-            accumulate_word(&acc, 10u, c0, base, in_words, scale);
-            accumulate_word(&acc, 11u, c0, base, in_words, scale);
-            accumulate_word(&acc, 12u, c0, base, in_words, scale);
-            accumulate_word(&acc, 13u, c0, base, in_words, scale);
-            accumulate_word(&acc, 14u, c0, base, in_words, scale);
-            accumulate_word(&acc, 15u, c0, base, in_words, scale);
-        }
-        for (var k = 0u; k < per_word * CHUNK; k++) {
-            let c = c0 + (k / per_word) * LANES;
-            if (c < in_words) { out4[dst + per_word * c + k % per_word] = finish4(acc[k], n); }
-        }
-        if (c0 == 0u) { count_bag(b, n); }
     }
 }

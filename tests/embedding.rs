@@ -111,6 +111,49 @@ fn embedding_bag_random_shapes_match_reference() {
     }
 }
 
+/// Many small bags (0 to 4 indices, one long one among them) of narrow rows, which CPU
+/// adapters reduce several to an invocation: every mode, weights, padding, and output
+/// and index segments that end part-way through an invocation's bags (4 KiB bindings).
+#[test]
+fn small_bags_of_narrow_rows_match_reference() {
+    for max_binding in [None, Some(4096)] {
+        let ctx = context(max_binding);
+        let mut rng = Rng(0x5eed_0003);
+        for (trial, d) in [4usize, 8, 16, 32, 64, 4, 16, 12].into_iter().enumerate() {
+            let v = 50 + rng.below(300) as usize;
+            let bags = 1 + rng.below(700) as usize;
+            let mut bounds = vec![0usize];
+            for b in 0..bags {
+                let size = if b == bags / 2 { 300 } else { rng.below(5) as usize };
+                bounds.push(bounds[b] + size);
+            }
+            let n = bounds[bags];
+            let mode = ["sum", "mean", "max"][trial % 3];
+            let table = rng.vec_f32(v * d);
+            let idx: Vec<i64> = (0..n).map(|_| rng.below(v as u64) as i64).collect();
+            let padding = (trial % 2 == 0).then_some(3);
+            let weights = (mode == "sum" && trial % 2 == 1).then(|| rng.vec_f32(n));
+            let offsets: Vec<i64> = bounds[..bags].iter().map(|&b| b as i64).collect();
+            let layer = EmbeddingBag::from_pretrained(&ctx, &table, v, d, BagMode::parse(mode).unwrap())
+                .unwrap()
+                .with_padding_idx(padding)
+                .unwrap();
+            let w_shape = [n];
+            let out = layer
+                .forward(
+                    &ctx,
+                    Indices::i64(&idx, &[n]),
+                    Some(Indices::i64(&offsets, &[bags])),
+                    weights.as_deref().map(|w| (w, &w_shape[..])),
+                )
+                .unwrap();
+            let want = common::bag(&table, d, &idx, &bounds, mode, padding, weights.as_deref());
+            let what = format!("trial {trial} {mode} V={v} D={d} n={n} bags={bags} max_binding={max_binding:?}");
+            assert_close(&out.to_vec_f32(&ctx).unwrap(), &want, 1e-5, 1e-4, &what);
+        }
+    }
+}
+
 /// A table larger than lavapipe's real 128 MiB storage binding (not a simulated
 /// limit): 300 000 x 128 f32 = 146 MiB, so rows past ~262 000 live in a second buffer.
 #[test]

@@ -457,7 +457,8 @@ impl BagPlan<'_> {
     /// offsets, fit one binding.
     pub fn bags_per_segment(ctx: &Context, dim: usize) -> crate::Result<u64> {
         let per = GpuTensor::rows_per_segment(ctx, dim, crate::DType::F32)?;
-        Ok(per.min(ctx.max_binding_size() / 4 - 1))
+        // bags + 1 offsets, padded to whole words (at most 3 more).
+        Ok(per.min(ctx.max_binding_size() / 4 - 4))
     }
 
     /// The zeroed `[bags, dim]` f32 output, segmented as `record` expects.
@@ -472,9 +473,12 @@ impl BagPlan<'_> {
         for out_seg in self.out.segments() {
             let b0 = out_seg.first_row as usize;
             let seg_bounds = &self.bounds[b0..=b0 + out_seg.rows as usize];
+            // Whole 16-byte words, so kernels may read them four at a time.
+            let mut padded = seg_bounds.to_vec();
+            padded.resize(seg_bounds.len().next_multiple_of(4), seg_bounds[seg_bounds.len() - 1]);
             let offsets = ctx.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("offsets"),
-                contents: bytemuck::cast_slice(seg_bounds),
+                contents: bytemuck::cast_slice(&padded),
                 usage: wgpu::BufferUsages::STORAGE,
             });
             let (span_lo, span_hi) = (seg_bounds[0] as u64, seg_bounds[seg_bounds.len() - 1] as u64);
