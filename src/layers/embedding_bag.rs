@@ -395,6 +395,7 @@ pub(crate) fn record_bags(
         ("CHUNK", chunk as f64),
         ("TABLE_TEXTURE", textured),
         ("BAGS", bags as f64),
+        ("ONE_WORD_ROWS", (lanes == Some(1) && chunk == 1 && row_words == 1 && format == 0.0) as u32 as f64),
     ];
     let call = match lanes {
         Some(lanes) => Call::new(&BAG_VEC4, &constants, Grid::RowsPerGroup((WORKGROUP_SIZE / lanes * bags) as u64), spec.params(d)),
