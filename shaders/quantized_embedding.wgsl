@@ -60,12 +60,24 @@ fn words_per_sweep() -> u32 {
     return select(4u, 2u, SCHEME == 2u);
 }
 
-// The constants (common/codes.wgsl's layout) as a uniform block: lanes looking codes up
-// at once load its words without the per-lane emulation of a storage load.
-@group(0) @binding(13) var<uniform> consts_block: array<vec4<u32>, 144>; // CONSTS_WORDS / 4
+// The constants as a uniform block (src/quant/table.rs, uniform_constants): lanes
+// looking codes up at once load its words without the per-lane emulation of a storage
+// load. First the code values one to a vec4 (the 8-bit map's 256, then the 16 4-bit
+// ones), read with no component to pick; then common/codes.wgsl's words as they are.
+const SPREAD_T4: u32 = 256u;
+const SPREAD_WORDS: u32 = 272u;
+@group(0) @binding(13) var<uniform> consts_block: array<vec4<u32>, 416>; // SPREAD_WORDS + CONSTS_WORDS / 4
 
 fn const_word(i: u32) -> u32 {
-    return consts_block[i / 4u][i % 4u];
+    return consts_block[SPREAD_WORDS + i / 4u][i % 4u];
+}
+
+// The 8-bit map's value of `code`, and the 4-bit table's, as bits.
+fn map_value(code: u32) -> u32 {
+    return consts_block[code].x;
+}
+fn t4_value(code: u32) -> u32 {
+    return consts_block[SPREAD_T4 + code].x;
 }
 
 // The scale of the word whose first element is table element e: its row's, or its block's.
@@ -74,7 +86,7 @@ fn word_scale(e: u32) -> f32 {
     if (SCHEME != 2u) { return bitcast<f32>(scales[g]); }
     let q = (scales[g / 4u] >> (8u * (g & 3u))) & 0xffu;
     let absmax2 = scales2[e / (params.group * 256u)];
-    return rounded_by(bitcast<f32>(const_word(C_MAP + q)) * absmax2, const_word(C_ZERO)) + bitcast<f32>(const_word(C_OFFSET));
+    return rounded_by(bitcast<f32>(map_value(q)) * absmax2, const_word(C_ZERO)) + bitcast<f32>(const_word(C_OFFSET));
 }
 
 // As common/codes.wgsl's `rounded`, with the zero word given.
@@ -89,14 +101,14 @@ fn word_codes(w: vec4<u32>, j: u32) -> vec4<f32> {
     if (SCHEME == 2u) {
         let x = w[j / 2u] >> (16u * (j & 1u));
         let c = (vec4<u32>(x) >> vec4<u32>(4u, 0u, 12u, 8u)) & vec4<u32>(15u);
-        return bitcast<vec4<f32>>(vec4<u32>(const_word(C_T4 + c.x), const_word(C_T4 + c.y), const_word(C_T4 + c.z), const_word(C_T4 + c.w)));
+        return bitcast<vec4<f32>>(vec4<u32>(t4_value(c.x), t4_value(c.y), t4_value(c.z), t4_value(c.w)));
     }
     let x = w[j];
     if (SCHEME == 1u) {
         return vec4<f32>(vec4<i32>(i32(x << 24u), i32(x << 16u), i32(x << 8u), i32(x)) >> vec4<u32>(24u));
     }
     let c = (vec4<u32>(x) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xffu);
-    return bitcast<vec4<f32>>(vec4<u32>(const_word(C_MAP + c.x), const_word(C_MAP + c.y), const_word(C_MAP + c.z), const_word(C_MAP + c.w)));
+    return bitcast<vec4<f32>>(vec4<u32>(map_value(c.x), map_value(c.y), map_value(c.z), map_value(c.w)));
 }
 
 // Adds word c0 + k of table row `row` (when k < words_per_sweep() and the row

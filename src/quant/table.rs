@@ -12,6 +12,8 @@
 //!   `Params4bit` stores it (compress_statistics): `absmax - mean(absmax)` quantized with
 //!   the dynamic map in blocks of 256, plus the mean.
 
+use wgpu::util::DeviceExt;
+
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
 use crate::gpu::table::{check_table, Plane, TableAccess};
@@ -19,7 +21,7 @@ use crate::gpu::tensor::{DType, GpuTensor};
 use crate::quant::blockwise::{
     blockwise_codes, check_blocksize, Step, MAX_ELEMENTS, PRE_F16, PRE_NONE, PRE_OFFSET, SCHEME_4BIT, SCHEME_MAP, SCHEME_ROWWISE,
 };
-use crate::quant::codes::{constants, constants_buffer, CodeMap, FourBit};
+use crate::quant::codes::{constants, constants_buffer, CodeMap, FourBit, C_T4};
 
 /// Absmax blocks per second-level absmax in nested 4-bit statistics (bitsandbytes' 256).
 const NESTED_BLOCKSIZE: u64 = 256;
@@ -107,6 +109,33 @@ pub struct QuantizedTable {
     pub(crate) consts_uniform: wgpu::Buffer,
 }
 
+/// Code values spread one to a 16-byte word at the head of the uniform constants: the
+/// 256 of the 8-bit map, then the 16 of the 4-bit codes.
+const SPREAD_WORDS: usize = 256 + 16;
+
+/// The constants as the `bag_words` kernel's uniform block (shaders/quantized_embedding.wgsl):
+/// the code values spread one to a vec4, so that lanes looking codes up at once load a
+/// word each with no component to pick, then the constants' words as they are, copied
+/// from `consts` after the build wrote the nested statistics' offset there.
+fn uniform_constants(ctx: &Context, host: &[u32], consts: &wgpu::Buffer) -> Result<wgpu::Buffer> {
+    let mut block = vec![0u32; SPREAD_WORDS * 4];
+    for (i, &v) in host[..256].iter().chain(&host[C_T4..C_T4 + 16]).enumerate() {
+        block[4 * i] = v;
+    }
+    block.extend_from_slice(host);
+    let uniform = ctx.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("quantization-constants-uniform"),
+        contents: bytemuck::cast_slice(&block),
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+    });
+    ctx.scoped(|| {
+        let mut encoder = ctx.encoder();
+        encoder.copy_buffer_to_buffer(consts, 0, &uniform, (SPREAD_WORDS * 16) as u64, consts.size());
+        ctx.submit(encoder)
+    })?;
+    Ok(uniform)
+}
+
 impl QuantizedTable {
     /// Quantizes a row-major `[num_embeddings, embedding_dim]` f32 table on the GPU.
     /// `blocksize` is for block-wise and 4-bit schemes (`None`: bitsandbytes' default);
@@ -161,7 +190,8 @@ impl QuantizedTable {
 
     fn build(ctx: &Context, table: &GpuTensor, v: usize, d: usize, scheme: Scheme, blocksize: usize) -> Result<Self> {
         let numel = (v * d) as u64;
-        let consts = constants_buffer(ctx, &constants(&CodeMap::Dynamic.values(), scheme.four_bit()));
+        let host_consts = constants(&CodeMap::Dynamic.values(), scheme.four_bit());
+        let consts = constants_buffer(ctx, &host_consts);
         let q = match scheme {
             Scheme::Int8Blockwise => {
                 let (codes, scales) = blockwise_codes(ctx, table, numel, blocksize as u64, &consts)?;
@@ -199,18 +229,7 @@ impl QuantizedTable {
             }
         };
         let (codes, scales, scales2) = q;
-        // Copied after the build, which wrote the nested statistics' offset into `consts`.
-        let consts_uniform = ctx.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some("quantization-constants-uniform"),
-            size: consts.size(),
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        ctx.scoped(|| {
-            let mut encoder = ctx.encoder();
-            encoder.copy_buffer_to_buffer(&consts, 0, &consts_uniform, 0, consts.size());
-            ctx.submit(encoder)
-        })?;
+        let consts_uniform = uniform_constants(ctx, &host_consts, &consts)?;
         Ok(Self { scheme, blocksize, num_embeddings: v, embedding_dim: d, codes, scales, scales2, consts, consts_uniform })
     }
 
