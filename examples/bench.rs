@@ -898,8 +898,9 @@ fn main() {
     }
     if !qbag_rows_per_s.is_empty() {
         md.push_str(
-            "\nBags over quantized tables beside the f32 bag: the same bags (size 20, uniform indices) through the same API \
-             path (index upload included), table rows reduced per second, and the ratio to the f32 bag's.\n\n\
+            "\nBags over quantized tables beside the f32 bag: bags of 20 uniform indices through the same API path (index \
+             upload included), timed in turn within each repetition; table rows reduced per second, and the ratio to the \
+             f32 bag's.\n\n\
              | table | D | rows/s | × f32 bag |\n|---|---|---|---|\n",
         );
         for &(name, dim, rate) in &qbag_rows_per_s {
