@@ -10,6 +10,23 @@
 // The bags' offsets likewise (src/gpu/plan.rs pads them to whole words).
 @group(0) @binding(5) var<storage, read> offsets4: array<vec4<u32>>;
 
+// Offset i and index entry e from the vec4 last loaded (`word`, at `at` = i / 4),
+// loading the next one when they lie past it.
+fn cached_offset(i: u32, word: ptr<function, vec4<u32>>, at: ptr<function, u32>) -> u32 {
+    if (i / 4u != *at) {
+        *at = i / 4u;
+        *word = offsets4[*at];
+    }
+    return (*word)[i & 3u];
+}
+fn cached_entry(e: u32, word: ptr<function, vec4<i32>>, at: ptr<function, u32>) -> i32 {
+    if (e / 4u != *at) {
+        *at = e / 4u;
+        *word = indices4[*at];
+    }
+    return (*word)[e & 3u];
+}
+
 fn bag_row(entry: u32, pos: u32, report: bool) -> u32 {
     return checked_row(indices[entry], pos, report);
 }
@@ -85,13 +102,12 @@ fn bag_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     // this invocation's words are c0 + k * LANES for k < CHUNK.
     let per_word = select(1u, 2u, half);
     let index_end = params.index_first + params.index_count;
-    // The vec4 of offsets last loaded, and its position (bag / 4).
-    var bounds = offsets4[first_bag / 4u];
-    var bounds_at = first_bag / 4u;
-    var end = bounds[first_bag & 3u];
-    // The vec4 of index entries last loaded, and its position (entry / 4).
+    // The vec4s of offsets and of index entries last loaded, and their positions.
+    var bounds = vec4<u32>(0u);
+    var bounds_at = 0xffffffffu;
     var entries = vec4<i32>(0);
     var entries_at = 0xffffffffu;
+    var end = cached_offset(first_bag, &bounds, &bounds_at);
 
     if (ONE_WORD_ROWS) {
         // f32 rows of one word (D = 4) with a whole bag per invocation: no sweep over
@@ -100,21 +116,13 @@ fn bag_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             let b = first_bag + j;
             if (b >= params.rows) { return; }
             let start = end;
-            if ((b + 1u) / 4u != bounds_at) {
-                bounds_at = (b + 1u) / 4u;
-                bounds = offsets4[bounds_at];
-            }
-            end = bounds[(b + 1u) & 3u];
+            end = cached_offset(b + 1u, &bounds, &bounds_at);
             var acc = init;
             if (!has_flag(FLAG_FIRST_PASS)) { acc = out4[b]; }
             var n = 0u;
             for (var pos = max(start, params.index_first); pos < min(end, index_end); pos++) {
                 let entry = pos - params.index_first;
-                if (entry / 4u != entries_at) {
-                    entries_at = entry / 4u;
-                    entries = indices4[entries_at];
-                }
-                let row = checked_row(entries[entry & 3u], pos, true);
+                let row = checked_row(cached_entry(entry, &entries, &entries_at), pos, true);
                 if (row == BAD_ROW || row == params.padding_idx) { continue; }
                 n += 1u;
                 if (slice_holds_row(row)) {
@@ -131,11 +139,7 @@ fn bag_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         if (b >= params.rows) { return; }
         let dst = b * out_words;
         let start = end;
-        if ((b + 1u) / 4u != bounds_at) {
-            bounds_at = (b + 1u) / 4u;
-            bounds = offsets4[bounds_at];
-        }
-        end = bounds[(b + 1u) & 3u];
+        end = cached_offset(b + 1u, &bounds, &bounds_at);
         let lo = max(start, params.index_first);
         let hi = min(end, index_end);
         for (var c0 = lane; c0 < in_words; c0 += CHUNK * LANES) {
@@ -151,11 +155,7 @@ fn bag_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             var n = 0u;
             for (var pos = lo; pos < hi; pos++) {
                 let entry = pos - params.index_first;
-                if (entry / 4u != entries_at) {
-                    entries_at = entry / 4u;
-                    entries = indices4[entries_at];
-                }
-                let row = checked_row(entries[entry & 3u], pos, c0 == 0u);
+                let row = checked_row(cached_entry(entry, &entries, &entries_at), pos, c0 == 0u);
                 if (row == BAD_ROW || row == params.padding_idx) { continue; }
                 n += 1u;
                 if (!slice_holds_row(row)) { continue; }
