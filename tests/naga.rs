@@ -382,8 +382,8 @@ fn translate_all(
 struct Validators {
     spirv_val: bool,
     glslang: bool,
-    /// Hashes of outputs already checked: overrides an entry point does not use give
-    /// identical outputs, which need no second run of the validator.
+    /// Hashes of outputs already checked: an override left at its default and set to
+    /// that same value give identical outputs, which need no second run of the validator.
     seen: std::cell::RefCell<std::collections::HashSet<u64>>,
     /// GLSL outputs waiting for `check_glsl`, with what they were made from: one
     /// glslangValidator run checks many files (its start-up, ~0.1 s, dominated the test).
