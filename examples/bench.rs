@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use plotters::prelude::*;
 use wgpu_embed::bench::{bag_tensors, lookup_tensors, GpuTimer, Recorder};
+use wgpu_embed::Recording;
 use wgpu_embed::{
     BagMode, Context, ContextOptions, Embedding, EmbeddingBag, EmbeddingSumLayerNorm, GpuTensor, GradOptions, Gradient, HostTable, Indices,
     LayerNorm, Metric, Optimizer, OptimizerKind, QuantizedEmbeddingBag, QuantizedTable, Retriever, Scheme, StableEmbedding, TableReads,
@@ -136,7 +137,7 @@ impl Point {
 }
 
 /// Kernels recorded into an encoder on a context.
-type Work<'a> = dyn Fn(&Context, &mut wgpu::CommandEncoder) -> wgpu_embed::Result<()> + 'a;
+type Work<'a> = dyn Fn(&Context, &mut Recording<'_>) -> wgpu_embed::Result<()> + 'a;
 
 /// Median GPU seconds of `reps` runs of `work` after a warm-up (timestamps, else wall
 /// clock), and the median wall-clock seconds. With `copy`, each run is paired with a run
@@ -147,7 +148,7 @@ fn time_gpu(
     timer: &GpuTimer,
     reps: usize,
     copy: Option<&Work>,
-    work: impl Fn(&Context, &mut wgpu::CommandEncoder) -> wgpu_embed::Result<()>,
+    work: impl Fn(&Context, &mut Recording<'_>) -> wgpu_embed::Result<()>,
 ) -> (f64, f64, f64) {
     let (mut times, mut walls, mut copies) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..=reps {
@@ -412,7 +413,7 @@ fn time_gpu_buffer_reads(
     timer: &GpuTimer,
     reps: usize,
     copy: &Work,
-    work: impl Fn(&Context, &mut wgpu::CommandEncoder) -> wgpu_embed::Result<()>,
+    work: impl Fn(&Context, &mut Recording<'_>) -> wgpu_embed::Result<()>,
 ) -> (f64, f64, f64) {
     ctx.set_table_reads(TableReads::Buffer).expect("buffer reads");
     let times = time_gpu(ctx, timer, reps, Some(copy), work);
@@ -501,12 +502,12 @@ fn main() {
     let words = (budget as usize / 8).next_multiple_of(4);
     let src = GpuTensor::from_f32(&ctx, &vec![1.0f32; words], &[words / 4, 4]).expect("copy source");
     let dst = GpuTensor::zeros(&ctx, &[words / 4, 4], wgpu_embed::DType::F32, 4).expect("copy destination");
-    let copy = |ctx: &Context, e: &mut wgpu::CommandEncoder| rec.copy(ctx, e, &src, &dst);
+    let copy = |ctx: &Context, e: &mut Recording<'_>| rec.copy(ctx, e, &src, &dst);
     let (copy_s, copy_wall_s, _) = time_gpu(&ctx, &timer, args.reps, None, copy);
     // The same copy reading a texture copy of the source: on CPU adapters a texel fetch is
     // cheaper than a buffer load, so this shows how far the plain copy is from the memory.
     let texture_copy_s = texture_reads.then(|| {
-        let copy_texture = |ctx: &Context, e: &mut wgpu::CommandEncoder| rec.copy_from_texture(ctx, e, &src, &dst);
+        let copy_texture = |ctx: &Context, e: &mut Recording<'_>| rec.copy_from_texture(ctx, e, &src, &dst);
         time_gpu(&ctx, &timer, args.reps, None, copy_texture).0
     });
     let host_src = vec![1.0f32; words];
@@ -566,7 +567,7 @@ fn main() {
                 let n = ((budget / (8.0 * dim as f64)) as usize).max(1);
                 let idx_host = indices(n, rows, dist, 42 + dim as u64);
                 let (idx, out) = lookup_tensors(&ctx, &idx_host, dim).expect("lookup tensors");
-                let lookup = |ctx: &Context, e: &mut wgpu::CommandEncoder| rec.lookup(ctx, e, &table, &idx, &out);
+                let lookup = |ctx: &Context, e: &mut Recording<'_>| rec.lookup(ctx, e, &table, &idx, &out);
                 let (gpu_s, wall_s, copy_s) = time_gpu(&ctx, &timer, args.reps, Some(&copy), lookup);
                 let mut host_out = vec![0.0f32; n * dim];
                 let cpu_s = time_cpu(args.reps, || cpu_bags(&host_table, dim, &idx_host, 1, None, &mut host_out, threads));
@@ -587,7 +588,7 @@ fn main() {
                     let bytes = (bags * dim * 4 * (bag + 1)) as f64;
                     let mut host_out = vec![0.0f32; bags * dim];
                     for mode in [BagMode::Sum, BagMode::Mean, BagMode::Max] {
-                        let bags = |ctx: &Context, e: &mut wgpu::CommandEncoder| rec.bags(ctx, e, &table, &idx, &bounds, &out, mode);
+                        let bags = |ctx: &Context, e: &mut Recording<'_>| rec.bags(ctx, e, &table, &idx, &bounds, &out, mode);
                         let (gpu_s, wall_s, copy_s) = time_gpu(&ctx, &timer, args.reps, Some(&copy), bags);
                         let cpu_s = time_cpu(args.reps, || cpu_bags(&host_table, dim, &idx_host, bag, Some(mode), &mut host_out, threads));
                         let kernel = format!("bag_{}", mode.name());

@@ -8,6 +8,7 @@ use crate::gpu::context::Context;
 use crate::gpu::kernel::binding::PARAMS;
 use crate::gpu::kernel::{Kernel, Role, Slot};
 use crate::gpu::plan::BagPlan;
+use crate::gpu::recording::Recording;
 use crate::gpu::status::Status;
 use crate::gpu::table::table_texture;
 use crate::gpu::tensor::{DType, GpuTensor};
@@ -40,7 +41,7 @@ impl Recorder {
     }
 
     /// A plain vec4 copy of `src` into `dst` (same segmentation, word counts multiple of 4).
-    pub fn copy(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, src: &GpuTensor, dst: &GpuTensor) -> Result<()> {
+    pub fn copy(&self, ctx: &Context, encoder: &mut Recording<'_>, src: &GpuTensor, dst: &GpuTensor) -> Result<()> {
         for (s, d) in src.segments().iter().zip(dst.segments()) {
             let bytes = s.rows * (src.row_len() * src.dtype().size()) as u64;
             if !bytes.is_multiple_of(16) {
@@ -54,8 +55,8 @@ impl Recorder {
 
     /// The same copy reading `src`'s texture copy (made on first use), on contexts that
     /// read tables from textures.
-    pub fn copy_from_texture(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, src: &GpuTensor, dst: &GpuTensor) -> Result<()> {
-        let tex = table_texture(ctx, src).ok_or_else(|| Error::arg("src", "this context reads no texture copies"))?;
+    pub fn copy_from_texture(&self, ctx: &Context, encoder: &mut Recording<'_>, src: &GpuTensor, dst: &GpuTensor) -> Result<()> {
+        let tex = table_texture(encoder, src).ok_or_else(|| Error::arg("src", "this context reads no texture copies"))?;
         let words_per_row = (src.row_len() * src.dtype().size() / 16) as u64;
         for d in dst.segments() {
             let count = d.rows * words_per_row;
@@ -72,14 +73,7 @@ impl Recorder {
     }
 
     /// `Embedding` lookup of GPU indices (segmented as [`lookup_output`] is) into `out`.
-    pub fn lookup(
-        &self,
-        ctx: &Context,
-        encoder: &mut wgpu::CommandEncoder,
-        table: &GpuTensor,
-        idx: &GpuTensor,
-        out: &GpuTensor,
-    ) -> Result<()> {
+    pub fn lookup(&self, ctx: &Context, encoder: &mut Recording<'_>, table: &GpuTensor, idx: &GpuTensor, out: &GpuTensor) -> Result<()> {
         record_lookup(ctx, encoder, table, idx, out, &self.status, None)
     }
 
@@ -88,7 +82,7 @@ impl Recorder {
     pub fn bags(
         &self,
         ctx: &Context,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Recording<'_>,
         table: &GpuTensor,
         idx: &GpuTensor,
         bounds: &[u32],
@@ -150,7 +144,7 @@ impl GpuTimer {
 
     /// Records `work` into one command buffer, runs it and returns (GPU seconds by
     /// timestamps if available, wall-clock seconds around submit + wait).
-    pub fn time(&self, ctx: &Context, work: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>) -> Result<(Option<f64>, f64)> {
+    pub fn time(&self, ctx: &Context, work: impl FnOnce(&mut Recording<'_>) -> Result<()>) -> Result<(Option<f64>, f64)> {
         let mut encoder = ctx.encoder();
         if let Some((set, _, _)) = &self.queries {
             // Empty passes whose start / end timestamps bracket the work.

@@ -35,6 +35,7 @@ pub use checkpoint::{Checkpoint, HostTable};
 pub use error::{Error, Result};
 pub use gpu::context::{Context, ContextOptions, TableReads};
 pub use gpu::pool::MemoryStats;
+pub use gpu::recording::{ExecutionStats, Outputs, ReadId, Recording, Submitted};
 pub use gpu::tensor::{DType, GpuTensor, TensorWriter};
 pub use layers::axial::AxialPositionEmbedding;
 pub use layers::embedding::Embedding;
@@ -68,6 +69,6 @@ pub static SHADERS: &[&gpu::kernel::ShaderFamily] = &[
     &layers::retriever::FAMILY,
     &quant::blockwise::FAMILY,
     &gpu::plan::FINALIZE_FAMILY,
-    &gpu::index_check::FAMILY,
+    &gpu::recording::FAMILY,
     &gpu::COPY_FAMILY,
 ];

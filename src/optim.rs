@@ -9,6 +9,7 @@ use crate::gpu::context::Context;
 use crate::gpu::kernel::binding::{INPUT, OUT, PARAMS};
 use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{Call, Grid, PassParams, UpdatePlan};
+use crate::gpu::recording::Recording;
 use crate::gpu::table::refresh_table_texture;
 use crate::gpu::tensor::{DType, GpuTensor};
 use crate::layers::embedding::Embedding;
@@ -275,28 +276,61 @@ impl Optimizer {
     /// One step: updates `table` in place (and its texture copy, if it has one) from
     /// `grad`, dense or sparse (coalesced: distinct rows), refusing what torch.optim
     /// refuses (sparse gradients with momentum or weight decay, dense ones for SparseAdam).
+    /// A sparse gradient's rows are bounds-checked in the same submission; natively the
+    /// call waits for that check (in the browser a bad row is reported by the next
+    /// awaited submission), and a bad row writes nothing.
+    ///
+    /// # Errors
+    /// The refusals above, a gradient of another table's shape, or a sparse row outside
+    /// the table ([`Error::IndexOutOfRange`] naming `grad.indices`).
     pub fn step(&mut self, ctx: &Context, table: &GpuTensor, grad: &Gradient) -> Result<()> {
+        if let OptimizerKind::Adam8bit { .. } = self.kind {
+            return self.step_dense_8bit(ctx, table, grad);
+        }
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Gradient::Sparse { .. } = grad {
+            return pollster::block_on(ctx.run_checked(|run| self.record_step(run, table, grad)));
+        }
+        ctx.run_now(|run| self.record_step(run, table, grad))
+    }
+
+    fn step_dense_8bit(&mut self, ctx: &Context, table: &GpuTensor, grad: &Gradient) -> Result<()> {
+        self.check_table(table)?;
+        self.check(matches!(grad, Gradient::Sparse { .. }))?;
+        let OptimizerKind::Adam8bit { blocksize, .. } = self.kind else { unreachable!("8-bit Adam only") };
+        let Gradient::Dense(g) = grad else { unreachable!("checked: 8-bit Adam takes dense gradients") };
+        let t = self.steps + 1;
+        let hyper = ctx.uniform(&self.hyper(t));
+        self.step_8bit(ctx, table, g, &hyper, blocksize)?;
+        self.steps = t;
+        Ok(())
+    }
+
+    /// [`Optimizer::step`] recorded into `run`, without waiting (8-bit Adam, which
+    /// re-quantizes its states in passes of its own, is not recorded). The step count
+    /// advances when it is recorded.
+    ///
+    /// # Errors
+    /// As [`Optimizer::step`], at once; a bad sparse row from the submission's
+    /// [`Submitted::finish`](crate::Submitted::finish).
+    pub fn record_step(&mut self, run: &mut Recording<'_>, table: &GpuTensor, grad: &Gradient) -> Result<()> {
+        let ctx = run.context();
         self.check_table(table)?;
         let (v, d) = (table.shape()[0], table.shape()[1]);
         let sparse = matches!(grad, Gradient::Sparse { .. });
         self.check(sparse)?;
-        #[cfg(not(target_arch = "wasm32"))]
+        if let OptimizerKind::Adam8bit { .. } = self.kind {
+            return Err(Error::Unsupported("8-bit Adam steps are not recorded: call `step`".into()));
+        }
         if let Gradient::Sparse { indices, .. } = grad {
-            crate::gpu::index_check::check_gpu_indices(ctx, "grad.indices", indices, v as u64)?;
+            run.check_indices("grad.indices", indices, v as u64)?;
         }
         let t = self.steps + 1;
         let hyper = ctx.uniform(&self.hyper(t));
-        if let OptimizerKind::Adam8bit { blocksize, .. } = self.kind {
-            let Gradient::Dense(g) = grad else { unreachable!("checked: 8-bit Adam takes dense gradients") };
-            self.step_8bit(ctx, table, g, &hyper, blocksize)?;
-            self.steps = t;
-            return Ok(());
-        }
         let params = PassParams { dim: d as u32, mode: code(&self.kind), ..Default::default() };
         let states = [self.states.first().map(|(_, s)| s), self.states.get(1).map(|(_, s)| s)];
-        ctx.scoped(|| {
-            let mut encoder = ctx.encoder();
-            match grad {
+        run.scoped(|run| {
+            run.guarded(|encoder| match grad {
                 Gradient::Dense(g) => {
                     if g.shape() != [v, d] || g.dtype() != DType::F32 {
                         return Err(Error::arg(
@@ -306,10 +340,11 @@ impl Optimizer {
                     }
                     // The gradient's rows in segments like the table's.
                     let per = table.segments().iter().map(|s| s.rows).max().unwrap_or(1).max(1);
-                    let g = g.resegment(ctx, &mut encoder, per)?;
+                    let g = g.resegment(ctx, encoder, per)?;
                     let call =
                         Call { extra: std::slice::from_ref(&hyper), ..Call::new(&DENSE_STEP, &[], Grid::Elements(d as u64), params) };
-                    UpdatePlan { target: table, states, source: &g }.record_dense(ctx, &mut encoder, &call);
+                    UpdatePlan { target: table, states, source: &g }.record_dense(ctx, encoder, &call);
+                    Ok(())
                 }
                 Gradient::Sparse { indices, values, num_embeddings } => {
                     if *num_embeddings != v || values.row_len() != d || values.dtype() != DType::F32 {
@@ -323,7 +358,7 @@ impl Optimizer {
                     }
                     // Rows outside the table are never written (no table segment holds
                     // them); natively they are reported before anything runs.
-                    let rows = indices.resegment(ctx, &mut encoder, indices.numel().max(1) as u64)?;
+                    let rows = indices.resegment(ctx, encoder, indices.numel().max(1) as u64)?;
                     let extra = [hyper.clone(), rows.segments()[0].buffer.clone()];
                     let row_at_once = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
                     let constants = [("ROW_AT_ONCE", row_at_once as u32 as f64)];
@@ -333,11 +368,12 @@ impl Optimizer {
                         _ => (&SPARSE_STEP, &constants[..], Grid::Elements(d as u64)),
                     };
                     let call = Call { extra: &extra, ..Call::new(kernel, constants, grid, params) };
-                    UpdatePlan { target: table, states, source: values }.record_sparse(ctx, &mut encoder, &call);
+                    UpdatePlan { target: table, states, source: values }.record_sparse(ctx, encoder, &call);
+                    Ok(())
                 }
-            }
-            refresh_table_texture(&mut encoder, table);
-            ctx.submit(encoder)
+            })?;
+            refresh_table_texture(run, table);
+            Ok(())
         })?;
         self.steps = t;
         Ok(())
@@ -423,7 +459,7 @@ impl Optimizer {
             let grad = layer.backward_async(ctx, indices, grad_out, options).await?;
             return self.step(ctx, table, &grad);
         }
-        self.fused(ctx, table, |step| layer.fused_step(ctx, indices, grad_out, step))
+        ctx.run_now(|run| self.record_fused(run, table, |run, step| layer.record_fused_step(run, indices, grad_out, step)))
     }
 
     /// [`Optimizer::step_embedding`] for an `EmbeddingBag` (sum or mean): returns the
@@ -460,12 +496,70 @@ impl Optimizer {
             self.step(ctx, table, &grads.weight)?;
             return Ok(grads.per_sample_weights);
         }
-        self.fused(ctx, table, |step| layer.fused_step(ctx, input, offsets, per_sample_weights, grad_out, step))
+        ctx.run_now(|run| {
+            self.record_fused(run, table, |run, step| layer.record_fused_step(run, input, offsets, per_sample_weights, grad_out, step))
+        })
     }
 
-    /// Runs `backward` with this optimizer's fused step on `table`, then counts the step
-    /// and refreshes the table's texture copy.
-    fn fused<T>(&mut self, ctx: &Context, table: &GpuTensor, backward: impl FnOnce(&FusedStep<'_>) -> Result<T>) -> Result<T> {
+    /// [`Optimizer::step_embedding`] recorded into `run`, without waiting: the fused
+    /// backward and step (the output gradient must be one binding, its rows a multiple
+    /// of 4 wide). The step count advances when it is recorded.
+    ///
+    /// # Errors
+    /// The refusals of [`Optimizer::step_embedding`], or [`Error::Unsupported`] for an
+    /// output gradient only the unfused path takes (it reads back its row count).
+    pub fn record_step_embedding(
+        &mut self,
+        run: &mut Recording<'_>,
+        layer: &Embedding,
+        indices: Indices<'_>,
+        grad_out: &GpuTensor,
+    ) -> Result<()> {
+        self.check_fusable(layer.weight(), grad_out)?;
+        self.record_fused(run, layer.weight(), |run, step| layer.record_fused_step(run, indices, grad_out, step))
+    }
+
+    /// [`Optimizer::record_step_embedding`] for indices already on the GPU (a flat I32
+    /// tensor of any shape, e.g. a [`Retriever`](crate::Retriever)'s top-k rows). They
+    /// are bounds-checked in the same submission and the step is guarded by the check:
+    /// with a bad index the table and the states are left as they were and the
+    /// submission's [`Submitted::finish`](crate::Submitted::finish) reports it. No wait.
+    ///
+    /// # Errors
+    /// As [`Optimizer::record_step_embedding`], at once; a bad index when awaited.
+    pub fn record_step_embedding_gpu(
+        &mut self,
+        run: &mut Recording<'_>,
+        layer: &Embedding,
+        indices: &GpuTensor,
+        grad_out: &GpuTensor,
+    ) -> Result<()> {
+        self.check_fusable(layer.weight(), grad_out)?;
+        self.record_fused(run, layer.weight(), |run, step| layer.record_fused_step_gpu(run, indices, grad_out, step))
+    }
+
+    fn check_fusable(&self, table: &GpuTensor, grad_out: &GpuTensor) -> Result<()> {
+        self.check_table(table)?;
+        self.check(true)?;
+        if !fusable(grad_out) {
+            return Err(Error::Unsupported(format!(
+                "a recorded step fuses the backward: an output gradient of shape {:?} in {} bindings takes `step_embedding`",
+                grad_out.shape(),
+                grad_out.segments().len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records `backward` with this optimizer's fused step on `table`, then the refresh
+    /// of the table's texture copy, and counts the step.
+    fn record_fused<T>(
+        &mut self,
+        run: &mut Recording<'_>,
+        table: &GpuTensor,
+        backward: impl FnOnce(&mut Recording<'_>, &FusedStep<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let ctx = run.context();
         let t = self.steps + 1;
         let hyper = ctx.uniform(&self.hyper(t));
         let kernel = match self.kind {
@@ -480,12 +574,8 @@ impl Optimizer {
             per_row: matches!(self.kind, OptimizerKind::RowwiseAdagrad { .. }),
             extra: std::slice::from_ref(&hyper),
         };
-        let out = backward(&step)?;
-        ctx.scoped(|| {
-            let mut encoder = ctx.encoder();
-            refresh_table_texture(&mut encoder, table);
-            ctx.submit(encoder)
-        })?;
+        let out = backward(run, &step)?;
+        refresh_table_texture(run, table);
         self.steps = t;
         Ok(out)
     }

@@ -2,6 +2,7 @@
 //! bind-group layouts and compute pipelines shared by every layer.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
@@ -9,6 +10,7 @@ use wgpu::util::DeviceExt;
 use crate::error::{Error, Result};
 use crate::gpu::kernel::{Kernel, Slot};
 use crate::gpu::pool::{BufferPool, MemoryStats, DEFAULT_POOL_BYTES};
+use crate::gpu::recording::{ExecutionStats, PendingChecks, Recording};
 
 /// How to pick and configure the device.
 #[derive(Debug, Clone, Default)]
@@ -103,6 +105,11 @@ pub struct Context {
     /// Bound to the slots a kernel variant does not read (a table buffer or texture).
     placeholders: std::sync::OnceLock<(wgpu::Buffer, wgpu::TextureView)>,
     lost: Arc<Mutex<Option<String>>>,
+    pub(crate) stats: Counters,
+    /// Bounds checks of submissions dropped unawaited (see `Submitted`).
+    pub(crate) pending_checks: PendingChecks,
+    /// The first scope error of a submission dropped unawaited.
+    pub(crate) pending_errors: Mutex<Option<Error>>,
     /// The first device error that no error scope caught (kept for diagnostics; wgpu's
     /// default handler would panic instead).
     uncaptured: Arc<Mutex<Option<String>>>,
@@ -238,6 +245,9 @@ impl Context {
             pool: BufferPool::new(DEFAULT_POOL_BYTES),
             placeholders: std::sync::OnceLock::new(),
             lost,
+            stats: Counters::default(),
+            pending_checks: PendingChecks::default(),
+            pending_errors: Mutex::new(None),
             uncaptured,
         }
         .with_auto_table_reads()
@@ -456,6 +466,7 @@ impl Context {
         let (_, layout) = self.layout(kernel);
         let mut all: Vec<(&str, f64)> = vec![("WG_SIZE", WORKGROUP_SIZE as f64)];
         all.extend(constants.iter().copied());
+        self.stats.pipelines_created.fetch_add(1, Ordering::Relaxed);
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(kernel.entry),
             layout: Some(&layout),
@@ -481,29 +492,29 @@ impl Context {
     /// workgroups over y (and z) past the per-dimension limit.
     pub(crate) fn dispatch(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        run: &mut Recording<'_>,
         kernel: &Kernel,
         constants: &[(&'static str, f64)],
         bindings: &[wgpu::BindingResource<'_>],
         invocations: u64,
     ) {
-        self.dispatch_groups(encoder, kernel, constants, bindings, invocations.div_ceil(WORKGROUP_SIZE as u64));
+        run.dispatch_groups(kernel, constants, bindings, invocations.div_ceil(WORKGROUP_SIZE as u64));
     }
 
     /// Like [`Context::dispatch`], counted in workgroups (for kernels with a workgroup per item).
     pub(crate) fn dispatch_groups(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        run: &mut Recording<'_>,
         kernel: &Kernel,
         constants: &[(&'static str, f64)],
         bindings: &[wgpu::BindingResource<'_>],
         groups: u64,
     ) {
-        if groups == 0 {
-            return;
-        }
-        debug_assert_eq!(bindings.len(), kernel.bindings.len());
-        let pipeline = self.pipeline(kernel, constants);
+        run.dispatch_groups(kernel, constants, bindings, groups);
+    }
+
+    /// The bind group of `kernel` over `bindings` (in the kernel's binding order).
+    pub(crate) fn bind_group(&self, kernel: &Kernel, bindings: &[wgpu::BindingResource<'_>]) -> wgpu::BindGroup {
         let (bgl, _) = self.layout(kernel);
         let entries: Vec<_> = kernel
             .bindings
@@ -511,26 +522,93 @@ impl Context {
             .zip(bindings)
             .map(|(&(binding, _, _), r)| wgpu::BindGroupEntry { binding, resource: r.clone() })
             .collect();
-        let bind_group =
-            self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(kernel.entry), layout: &bgl, entries: &entries });
-        let [x, y, z] = workgroup_grid(groups, self.limits.max_compute_workgroups_per_dimension);
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel.entry), timestamp_writes: None });
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(x, y, z);
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(kernel.entry), layout: &bgl, entries: &entries })
     }
 
-    /// A new command encoder.
-    pub(crate) fn encoder(&self) -> wgpu::CommandEncoder {
-        self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-embed") })
+    /// A new recording: the commands of any number of calls, submitted once (see
+    /// [`Recording`]).
+    ///
+    /// ```
+    /// # use wgpu_embed::{Context, Embedding, Indices};
+    /// # let ctx = Context::new()?;
+    /// let table: Vec<f32> = (0..10 * 4).map(|i| i as f32).collect();
+    /// let emb = Embedding::from_pretrained(&ctx, &table, 10, 4)?;
+    /// let mut run = ctx.record();
+    /// let rows = emb.record(&mut run, Indices::i64(&[1, 9], &[2]))?;
+    /// let again = emb.record_gpu(&mut run, &ctx_indices(&ctx)?)?; // GPU-resident, checked in the same submission
+    /// let (a, b) = (run.read(&rows), run.read(&again));
+    /// let out = run.submit()?.wait()?;
+    /// assert_eq!(out.f32(a)[4..], [36.0, 37.0, 38.0, 39.0]);
+    /// assert_eq!(out.f32(b)[..4], [8.0, 9.0, 10.0, 11.0]);
+    /// # fn ctx_indices(ctx: &Context) -> wgpu_embed::Result<wgpu_embed::GpuTensor> {
+    /// #     wgpu_embed::GpuTensor::from_i32(ctx, &[2], &[1])
+    /// # }
+    /// # Ok::<(), wgpu_embed::Error>(())
+    /// ```
+    pub fn record(&self) -> Recording<'_> {
+        Recording::new(self)
     }
 
-    /// Submits `encoder`, catching validation and out-of-memory errors of the submission.
-    pub(crate) fn submit(&self, encoder: wgpu::CommandEncoder) -> Result<()> {
-        self.check_alive()?;
-        self.queue.submit([encoder.finish()]);
-        self.pool.submitted();
+    /// A one-call path: `f` recorded and submitted at once, without waiting.
+    pub(crate) fn run_now<T>(&self, f: impl FnOnce(&mut Recording<'_>) -> Result<T>) -> Result<T> {
+        let mut run = self.record();
+        let out = f(&mut run)?;
+        run.submit_now()?;
+        Ok(out)
+    }
+
+    /// A one-call path whose deferred errors (bad GPU-resident indices) the caller must
+    /// see: `f` recorded, submitted and awaited (one read-back of the status words).
+    pub(crate) async fn run_checked<T>(&self, f: impl FnOnce(&mut Recording<'_>) -> Result<T>) -> Result<T> {
+        let mut run = self.record();
+        let out = f(&mut run)?;
+        run.submit()?.finish().await?;
+        Ok(out)
+    }
+
+    /// A recording for the library's one-call paths.
+    pub(crate) fn encoder(&self) -> Recording<'_> {
+        Recording::new(self)
+    }
+
+    /// Submits a one-call path's recording, catching validation and out-of-memory errors
+    /// of the submission.
+    pub(crate) fn submit(&self, run: Recording<'_>) -> Result<()> {
+        run.submit_now()
+    }
+
+    /// Submissions, blocking waits, pipelines created and read-backs so far.
+    pub fn stats(&self) -> ExecutionStats {
+        let c = &self.stats;
+        ExecutionStats {
+            submissions: c.submissions.load(Ordering::Relaxed),
+            waits: c.waits.load(Ordering::Relaxed),
+            pipelines_created: c.pipelines_created.load(Ordering::Relaxed),
+            readbacks: c.readbacks.load(Ordering::Relaxed),
+            bytes_read_back: c.bytes_read_back.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Blocks until the submitted work has finished (counted in [`Context::stats`]);
+    /// in the browser mappings resolve by themselves.
+    pub(crate) fn wait_for_gpu(&self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            self.stats.waits.fetch_add(1, Ordering::Relaxed);
+            self.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| self.check_alive().err().unwrap_or(Error::Device(e.to_string())))?;
+        }
         Ok(())
+    }
+
+    /// The bounds-check reports of submissions dropped without being awaited (see
+    /// [`crate::Submitted`]), read back now.
+    ///
+    /// # Errors
+    /// The first bad index they found, as [`Error::IndexOutOfRange`].
+    pub async fn deferred_errors(&self) -> Result<()> {
+        self.record().submit()?.finish().await.map(|_| ())
     }
 
     /// Runs `f` inside validation and out-of-memory error scopes and reports what they caught.
@@ -570,10 +648,19 @@ impl Context {
 
     /// Blocks until all submitted work has finished (native); no-op in the browser.
     pub fn wait_idle(&self) -> Result<()> {
-        #[cfg(not(target_arch = "wasm32"))]
-        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Device(e.to_string()))?;
+        self.wait_for_gpu()?;
         self.check_alive()
     }
+}
+
+/// The context's counters behind [`Context::stats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub submissions: AtomicU64,
+    pub waits: AtomicU64,
+    pub pipelines_created: AtomicU64,
+    pub readbacks: AtomicU64,
+    pub bytes_read_back: AtomicU64,
 }
 
 /// A storage buffer of `n` u32 words (at least 16 bytes: empty bindings are invalid).

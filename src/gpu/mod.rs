@@ -4,10 +4,10 @@
 //! dispatch plans every layer runs through, and the report of bad GPU-resident indices.
 
 pub mod context;
-pub(crate) mod index_check;
 pub mod kernel;
 pub(crate) mod plan;
 pub(crate) mod pool;
+pub mod recording;
 pub(crate) mod sort;
 pub(crate) mod status;
 pub(crate) mod table;

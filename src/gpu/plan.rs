@@ -16,6 +16,7 @@ use wgpu::util::DeviceExt;
 
 use crate::gpu::context::{Context, WORKGROUP_SIZE};
 use crate::gpu::kernel::{binding, common, Kernel, Role, ShaderFamily};
+use crate::gpu::recording::Recording;
 use crate::gpu::status::Status;
 use crate::gpu::table::{TableAccess, TableSlice};
 use crate::gpu::tensor::{GpuTensor, Segment};
@@ -158,7 +159,7 @@ impl<'r> PassResources<'r> {
     }
 }
 
-fn record<'r>(ctx: &'r Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>, r: &PassResources<'r>, rows: u64) {
+fn record<'r>(ctx: &'r Context, encoder: &mut Recording<'_>, call: &Call<'_>, r: &PassResources<'r>, rows: u64) {
     // Roles a pass does not fill get the context's placeholder buffer.
     fn or_placeholder<'b>(b: Option<&'b wgpu::Buffer>, placeholder: &'b wgpu::Buffer) -> wgpu::BindingResource<'b> {
         b.unwrap_or(placeholder).as_entire_binding()
@@ -192,7 +193,7 @@ fn record<'r>(ctx: &'r Context, encoder: &mut wgpu::CommandEncoder, call: &Call<
 /// given, an input and an output segment, over `items` (the rows of the call's grid).
 pub fn record_flat(
     ctx: &Context,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut Recording<'_>,
     call: &Call<'_>,
     input: Option<&Segment>,
     out: Option<&Segment>,
@@ -214,19 +215,19 @@ pub struct SlicePlan<'a> {
 }
 
 impl SlicePlan<'_> {
-    pub fn record(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>, items: u64) {
+    pub fn record(&self, ctx: &Context, encoder: &mut Recording<'_>, call: &Call<'_>, items: u64) {
         self.record_each(ctx, encoder, call, |_| items);
     }
 
     /// Like [`SlicePlan::record`], each pass over the table rows its slice touches (rows
     /// of `units_per_row` units: 1 for row slices, D for element slices), from row
     /// `lo / units_per_row`.
-    pub fn record_rows(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>, units_per_row: u64) {
+    pub fn record_rows(&self, ctx: &Context, encoder: &mut Recording<'_>, call: &Call<'_>, units_per_row: u64) {
         let u = units_per_row.max(1);
         self.record_each(ctx, encoder, call, |slice| slice.hi.div_ceil(u) - slice.lo / u);
     }
 
-    fn record_each(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>, items: impl Fn(&TableSlice<'_>) -> u64) {
+    fn record_each(&self, ctx: &Context, encoder: &mut Recording<'_>, call: &Call<'_>, items: impl Fn(&TableSlice<'_>) -> u64) {
         for (t, slice) in self.table.slices().iter().enumerate() {
             let mut p = call.params.with_slice(slice);
             p.flags |= flag(t == 0, FIRST_PASS);
@@ -266,7 +267,7 @@ impl GroupPlan<'_> {
     }
 
     /// Records `call` (the chunk sums) once per source segment, over the whole chunks.
-    pub fn record_chunks(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>) {
+    pub fn record_chunks(&self, ctx: &Context, encoder: &mut Recording<'_>, call: &Call<'_>) {
         for (s, seg) in self.source.segments().iter().enumerate() {
             let params = ctx.uniform(&self.source_params(call, seg));
             let aux = self.aux.map(|a| &a.segments()[s]);
@@ -282,7 +283,7 @@ impl GroupPlan<'_> {
     pub fn record_groups(
         &self,
         ctx: &Context,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Recording<'_>,
         call: &Call<'_>,
         out: &GpuTensor,
         beside_out: [Option<&GpuTensor>; 2],
@@ -333,7 +334,7 @@ impl UpdatePlan<'_> {
     fn pass(
         &self,
         ctx: &Context,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Recording<'_>,
         call: &Call<'_>,
         stand_ins: &[Option<Segment>; 2],
         s: usize,
@@ -356,7 +357,7 @@ impl UpdatePlan<'_> {
     }
 
     /// Dense updates: one pass per target segment (the source segmented alike).
-    pub fn record_dense(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>) {
+    pub fn record_dense(&self, ctx: &Context, encoder: &mut Recording<'_>, call: &Call<'_>) {
         let stand_ins = stand_ins(ctx, self.states);
         for t in 0..self.target.segments().len() {
             self.pass(ctx, encoder, call, &stand_ins, t, t, self.target.segments()[t].rows);
@@ -364,7 +365,7 @@ impl UpdatePlan<'_> {
     }
 
     /// Sparse updates: every source segment against every target segment.
-    pub fn record_sparse(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>) {
+    pub fn record_sparse(&self, ctx: &Context, encoder: &mut Recording<'_>, call: &Call<'_>) {
         let stand_ins = stand_ins(ctx, self.states);
         for s in 0..self.source.segments().len() {
             for t in 0..self.target.segments().len() {
@@ -394,7 +395,7 @@ impl RowPlan<'_> {
     /// given an input segment and the slices, says which slices its rows refer to
     /// (e.g. from host indices); the others get no dispatch. The first slice's pass
     /// reports bad indices.
-    pub fn record(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>, used: Option<&UsedSlices<'_>>) {
+    pub fn record(&self, ctx: &Context, encoder: &mut Recording<'_>, call: &Call<'_>, used: Option<&UsedSlices<'_>>) {
         let slices = self.table.map(|t| t.slices()).unwrap_or_default();
         // Without a table, one pass per segment that binds no slice.
         let passes: Vec<Option<(usize, &TableSlice<'_>)>> =
@@ -468,7 +469,7 @@ impl BagPlan<'_> {
 
     /// Records `call` for every output segment over the index segments its bags span
     /// and every table slice, then the finalize pass where there were several.
-    pub fn record(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, call: &Call<'_>) {
+    pub fn record(&self, ctx: &Context, encoder: &mut Recording<'_>, call: &Call<'_>) {
         let slices = self.table.slices();
         for out_seg in self.out.segments() {
             let b0 = out_seg.first_row as usize;

@@ -46,6 +46,9 @@ pub(crate) struct BufferPool {
     pooled: AtomicU64,
     created: AtomicU64,
     reused: AtomicU64,
+    /// Recordings open now: buffers returned while one is open are held until it is
+    /// submitted (its commands may still read them after a `write_buffer` would run).
+    recordings: AtomicU64,
 }
 
 /// A tensor buffer's tie to its pool: when the last segment sharing it drops, the buffer
@@ -95,6 +98,7 @@ impl BufferPool {
             pooled: AtomicU64::new(0),
             created: AtomicU64::new(0),
             reused: AtomicU64::new(0),
+            recordings: AtomicU64::new(0),
         })
     }
 
@@ -124,8 +128,20 @@ impl BufferPool {
         }
     }
 
-    /// Called after each submission: what was held back may be reused now.
+    pub(crate) fn recording_opened(&self) {
+        self.recordings.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn recording_closed(&self) {
+        self.recordings.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Called after each submission: what was held back may be reused now, unless a
+    /// recording is still open.
     pub(crate) fn submitted(&self) {
+        if self.recordings.load(Ordering::Relaxed) > 0 {
+            return;
+        }
         let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()));
         if held.is_empty() {
             return;

@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::gpu::context::{words, Context};
 use crate::gpu::kernel::{binding, common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{record_flat, Call, Grid, PassParams, FIRST_PASS};
+use crate::gpu::recording::Recording;
 
 pub static FAMILY: ShaderFamily =
     ShaderFamily { name: "sort", parts: &[common::GRID, common::PASS, include_str!("../../shaders/sort.wgsl")] };
@@ -49,7 +50,7 @@ fn pass(kernel: &'static Kernel, extra: &[wgpu::Buffer], params: PassParams) -> 
     (Call::new(kernel, &[], Grid::Elements(1), params), extra.to_vec())
 }
 
-fn run(ctx: &Context, encoder: &mut wgpu::CommandEncoder, kernel: &'static Kernel, extra: &[wgpu::Buffer], params: PassParams, items: u64) {
+fn run(ctx: &Context, encoder: &mut Recording<'_>, kernel: &'static Kernel, extra: &[wgpu::Buffer], params: PassParams, items: u64) {
     let (call, extra) = pass(kernel, extra, params);
     record_flat(ctx, encoder, &Call { extra: &extra, ..call }, None, None, items);
 }
@@ -58,7 +59,7 @@ fn run(ctx: &Context, encoder: &mut wgpu::CommandEncoder, kernel: &'static Kerne
 /// and values, in new buffers.
 pub(crate) fn record_sort(
     ctx: &Context,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut Recording<'_>,
     keys: &wgpu::Buffer,
     values: &wgpu::Buffer,
     n: u64,
@@ -79,7 +80,7 @@ pub(crate) fn record_sort(
 
 /// The exclusive prefix sums of `input[..n]`, in a new buffer of `n` words (give an
 /// input with a trailing 0 to get the total as the last sum).
-pub(crate) fn record_exclusive_scan(ctx: &Context, encoder: &mut wgpu::CommandEncoder, input: &wgpu::Buffer, n: u64) -> wgpu::Buffer {
+pub(crate) fn record_exclusive_scan(ctx: &Context, encoder: &mut Recording<'_>, input: &wgpu::Buffer, n: u64) -> wgpu::Buffer {
     let out = words(ctx, "scan", n);
     let chunks = n.div_ceil(SCAN_CHUNK);
     let params = PassParams { rows: n as u32, arg0: SCAN_CHUNK as u32, ..Default::default() };

@@ -1,7 +1,7 @@
 //! Where kernels report out-of-range indices that only the GPU saw.
 
 use crate::gpu::context::Context;
-#[cfg(not(target_arch = "wasm32"))] // the read-back of the report blocks
+#[cfg(test)] // the kernel-level tests read the report back
 use crate::{
     error::{Error, Result},
     gpu::tensor::{DType, GpuTensor},
@@ -29,7 +29,7 @@ impl Status {
 
     /// Reads the report back; a bad index becomes [`Error::IndexOutOfRange`] naming
     /// its position and value.
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(test)]
     pub(crate) async fn check_async(&self, ctx: &Context, name: &'static str, idx: &GpuTensor, num_rows: u64) -> Result<()> {
         let t = GpuTensor::from_buffer(self.buffer.clone(), &[4], DType::U32);
         let words: Vec<u32> = bytemuck::pod_collect_to_vec(&t.read_bytes(ctx).await?);
@@ -49,7 +49,7 @@ impl Status {
 }
 
 /// The one value at `position` of a flat I32 tensor (only that word is read back).
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(test)]
 async fn read_index(ctx: &Context, idx: &GpuTensor, position: u64) -> Result<i64> {
     let Some(seg) = idx.segment_of(position) else {
         return Ok(-1);

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
+use crate::gpu::recording::Recording;
 use crate::gpu::tensor::{GpuTensor, Segment};
 use crate::gpu::texture::{self, TableTexture};
 
@@ -74,8 +75,23 @@ impl<'a> TableAccess<'a> {
 
     /// A dense table read from its texture copy where the context reads tables from
     /// textures and the table suits one (see [`table_texture`]), else from its buffers.
-    pub fn rows_or_texture(ctx: &Context, table: &'a GpuTensor) -> Self {
-        TableAccess { texture: table_texture(ctx, table), ..Self::rows(table) }
+    pub fn rows_or_texture(run: &mut Recording<'_>, table: &'a GpuTensor) -> Self {
+        TableAccess { texture: table_texture(run, table), ..Self::rows(table) }
+    }
+
+    /// [`TableAccess::rows_or_texture`] outside a recording: a texture copy made now is
+    /// submitted at once.
+    pub fn rows_or_texture_now(ctx: &Context, table: &'a GpuTensor) -> Result<Self> {
+        if table.texture.lock().unwrap_or_else(|p| p.into_inner()).is_some() || !ctx.reads_tables_from_textures() {
+            let mut run = ctx.encoder();
+            let access = Self::rows_or_texture(&mut run, table);
+            drop(run); // recorded nothing: the copy exists, or none will be made
+            return Ok(access);
+        }
+        let mut run = ctx.encoder();
+        let access = Self::rows_or_texture(&mut run, table);
+        run.submit_now()?;
+        Ok(access)
     }
 
     /// A table of `units` units held by `planes` (e.g. a quantized table's elements).
@@ -121,8 +137,10 @@ impl<'a> TableAccess<'a> {
 /// The texture copy that lookups of `table` read, when this context reads tables from
 /// textures and the table suits one (rows of whole vec4 words, within the device's
 /// texture limits and the context's memory budget); `None`: read the buffers.
-/// Made on first use, its copy submitted at once so that any later submission sees it.
-pub(crate) fn table_texture(ctx: &Context, table: &GpuTensor) -> Option<Arc<TableTexture>> {
+/// Made on first use, its copy recorded into `run` (before the kernels that read it,
+/// after those that wrote the table).
+pub(crate) fn table_texture(run: &mut Recording<'_>, table: &GpuTensor) -> Option<Arc<TableTexture>> {
+    let ctx = run.context();
     if !ctx.reads_tables_from_textures() {
         return None;
     }
@@ -135,21 +153,21 @@ pub(crate) fn table_texture(ctx: &Context, table: &GpuTensor) -> Option<Arc<Tabl
         return Some(t.clone());
     }
     let t = Arc::new(texture::make(ctx, table.rows() * (row_bytes / 16))?);
-    let mut encoder = ctx.encoder();
-    record_texture_copy(&mut encoder, &t, table);
-    ctx.queue().submit([encoder.finish()]);
+    record_texture_copy(run, &t, table);
     *slot = Some(t.clone());
+    drop(slot);
+    run.filled_texture(table.texture.clone());
     Some(t)
 }
 
-fn record_texture_copy(encoder: &mut wgpu::CommandEncoder, texture: &TableTexture, table: &GpuTensor) {
+fn record_texture_copy(encoder: &mut Recording<'_>, texture: &TableTexture, table: &GpuTensor) {
     let words = (table.row_len() * table.dtype().size() / 16) as u64;
     texture.record_copy(encoder, words, table.segments().iter().map(|s| (&s.buffer, s.first_row, s.rows)));
 }
 
 /// After `table`'s buffers were rewritten in `encoder` (max-norm renormalisation),
 /// records the copy that brings its texture copy, if it has one, up to date.
-pub(crate) fn refresh_table_texture(encoder: &mut wgpu::CommandEncoder, table: &GpuTensor) {
+pub(crate) fn refresh_table_texture(encoder: &mut Recording<'_>, table: &GpuTensor) {
     if let Some(t) = table.texture.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
         record_texture_copy(encoder, t, table);
     }

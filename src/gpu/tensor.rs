@@ -12,6 +12,7 @@ use wgpu::util::DeviceExt;
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
 use crate::gpu::pool::Lease;
+use crate::gpu::recording::Recording;
 use crate::gpu::texture::TableTexture;
 
 /// Element type of a GPU tensor.
@@ -481,7 +482,7 @@ impl GpuTensor {
     pub(crate) fn relayout(
         &self,
         ctx: &Context,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Recording<'_>,
         shape: &[usize],
         row_len: usize,
         rows_per_segment: u64,
@@ -507,7 +508,7 @@ impl GpuTensor {
 
     /// A copy of rows `lo .. hi` as a tensor of its own (rows per segment as this one's
     /// widest segment), recorded into `encoder`.
-    pub(crate) fn copy_rows(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, lo: u64, hi: u64) -> Result<GpuTensor> {
+    pub(crate) fn copy_rows(&self, ctx: &Context, encoder: &mut Recording<'_>, lo: u64, hi: u64) -> Result<GpuTensor> {
         let mut shape = self.shape.clone();
         shape[0] = (hi - lo) as usize * self.row_len / shape[1..].iter().product::<usize>().max(1);
         let per = self.segments.iter().map(|s| s.rows).max().unwrap_or(1).max(1);
@@ -533,7 +534,7 @@ impl GpuTensor {
 
     /// A copy on the GPU with `rows_per_segment` rows per buffer (GPU-side copies only).
     /// The copies are recorded into `encoder`, to run before the kernels that read them.
-    pub(crate) fn resegment(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, rows_per_segment: u64) -> Result<GpuTensor> {
+    pub(crate) fn resegment(&self, ctx: &Context, encoder: &mut Recording<'_>, rows_per_segment: u64) -> Result<GpuTensor> {
         if self.segments.iter().all(|s| s.rows <= rows_per_segment)
             && self.segments.iter().rev().skip(1).all(|s| s.rows == rows_per_segment)
         {
@@ -609,6 +610,21 @@ impl GpuTensor {
             }),
             _ => None,
         }
+    }
+
+    /// The same buffers seen with rows of one element, shape kept (e.g. a `[Q, k]` top-k
+    /// index tensor read as the flat index list lookups take).
+    pub(crate) fn flat_rows(&self) -> GpuTensor {
+        if self.row_len == 1 {
+            return self.clone();
+        }
+        let len = self.row_len as u64;
+        let segments = self
+            .segments
+            .iter()
+            .map(|s| Segment { buffer: s.buffer.clone(), first_row: s.first_row * len, rows: s.rows * len, lease: s.lease.clone() })
+            .collect();
+        GpuTensor { shape: self.shape.clone(), dtype: self.dtype, row_len: 1, segments: Arc::new(segments), texture: Arc::default() }
     }
 
     /// Wraps one existing buffer as a flat tensor (rows of one element).

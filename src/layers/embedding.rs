@@ -6,6 +6,7 @@ use crate::gpu::context::{Context, WORKGROUP_SIZE};
 use crate::gpu::kernel::binding::{INPUT, OUT, PARAMS, STATUS, TABLE, TEXTURE};
 use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{Call, Grid, PassParams, RowPlan, UsedSlices};
+use crate::gpu::recording::Recording;
 use crate::gpu::status::Status;
 use crate::gpu::table::{refresh_table_texture, table_texture, TableAccess, TableSlice};
 use crate::gpu::tensor::{DType, GpuTensor, Segment};
@@ -46,20 +47,52 @@ impl Embedding {
     );
 
     /// Looks up host indices of any shape; the result has shape `[*indices, D]`.
+    ///
+    /// # Errors
+    /// [`Error::IndexOutOfRange`](crate::Error::IndexOutOfRange) for an index outside
+    /// `[0, num_embeddings)`, before any GPU work.
     pub fn forward(&self, ctx: &Context, indices: Indices<'_>) -> Result<GpuTensor> {
-        let rows = indices.to_rows("indices", self.table.num_embeddings as u64)?;
-        let idx = upload_rows(ctx, &rows, self.batch_rows(ctx)?)?;
-        self.run(ctx, &idx, &out_shape(indices.shape, self.table.embedding_dim), Some(&rows))
+        ctx.run_now(|run| self.record(run, indices))
     }
 
-    /// Looks up indices that already live on the GPU (an i32 tensor). A check kernel
-    /// bounds-checks them first: the first bad one is reported as
-    /// [`Error::IndexOutOfRange`](crate::Error::IndexOutOfRange) and nothing (not the
-    /// max-norm table) is written.
+    /// [`Embedding::forward`] recorded into `run`: the output is usable by later calls
+    /// of the recording at once.
+    ///
+    /// # Errors
+    /// As [`Embedding::forward`].
+    pub fn record(&self, run: &mut Recording<'_>, indices: Indices<'_>) -> Result<GpuTensor> {
+        let ctx = run.context();
+        let rows = indices.to_rows("indices", self.table.num_embeddings as u64)?;
+        let idx = upload_rows(ctx, &rows, self.batch_rows(ctx)?)?;
+        self.record_rows(run, &idx, &out_shape(indices.shape, self.table.embedding_dim), Some(&rows))
+    }
+
+    /// Looks up indices that already live on the GPU (an i32 tensor of any shape; the
+    /// result has shape `[*indices, D]`). A check kernel bounds-checks them in the same
+    /// submission, before the max-norm rewrite: the first bad one is reported and
+    /// nothing (not the max-norm table) is written. Blocks until the check is read
+    /// (native only; [`Embedding::record_gpu`] does not block).
+    ///
+    /// # Errors
+    /// [`Error::IndexOutOfRange`](crate::Error::IndexOutOfRange) with the first bad
+    /// position and its value; [`Error::InvalidArgument`](crate::Error::InvalidArgument)
+    /// for a tensor that is not I32.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn forward_gpu(&self, ctx: &Context, indices: &GpuTensor) -> Result<GpuTensor> {
-        crate::gpu::index_check::check_gpu_indices(ctx, "indices", indices, self.table.num_embeddings as u64)?;
-        // The lookup kernel still refuses to read out of range (its status goes unread).
-        self.run(ctx, indices, &out_shape(indices.shape(), self.table.embedding_dim), None)
+        pollster::block_on(ctx.run_checked(|run| self.record_gpu(run, indices)))
+    }
+
+    /// [`Embedding::forward_gpu`] recorded into `run`, without waiting: a bad index
+    /// comes back from the submission's [`Submitted::finish`](crate::Submitted::finish),
+    /// its rows read as zeros and the max-norm rewrite is skipped.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a tensor that is not
+    /// a flat I32 one, at once.
+    pub fn record_gpu(&self, run: &mut Recording<'_>, indices: &GpuTensor) -> Result<GpuTensor> {
+        let indices = &indices.flat_rows();
+        run.check_indices("indices", indices, self.table.num_embeddings as u64)?;
+        self.record_rows(run, indices, &out_shape(indices.shape(), self.table.embedding_dim), None)
     }
 
     /// Indices per output segment: an output segment of that many rows fits one binding.
@@ -68,21 +101,20 @@ impl Embedding {
     }
 
     /// `host_rows`: the indices as checked on the host, when they came from the host.
-    fn run(&self, ctx: &Context, indices: &GpuTensor, shape: &[usize], host_rows: Option<&[i32]>) -> Result<GpuTensor> {
+    fn record_rows(&self, run: &mut Recording<'_>, indices: &GpuTensor, shape: &[usize], host_rows: Option<&[i32]>) -> Result<GpuTensor> {
+        let ctx = run.context();
         let t = &self.table;
         let per = self.batch_rows(ctx)?;
         // Every element is written: the table's row, or 0 by the pass that reports a bad index.
         let out = GpuTensor::for_overwrite_with(ctx, shape, DType::F32, t.embedding_dim, per)?;
         let status = Status::new(ctx);
-        ctx.scoped(|| {
-            let mut encoder = ctx.encoder();
+        run.scoped(|run| {
             // Index segments pair with output segments.
-            let idx = &indices.resegment(ctx, &mut encoder, per)?;
+            let idx = &indices.resegment(ctx, run, per)?;
             if let Some(mn) = t.max_norm {
-                renormalize(ctx, &mut encoder, &t.weight, idx, mn)?;
+                run.guarded(|run| renormalize(ctx, run, &t.weight, idx, mn))?;
             }
-            record_lookup(ctx, &mut encoder, &t.weight, idx, &out, &status, host_rows)?;
-            ctx.submit(encoder)
+            record_lookup(ctx, run, &t.weight, idx, &out, &status, host_rows)
         })?;
         // Host indices were checked before upload and GPU-resident ones by the check
         // kernel, so the lookup's own status report is not read.
@@ -104,7 +136,7 @@ pub(crate) fn out_shape(index_shape: &[usize], dim: usize) -> Vec<usize> {
 /// table segments.
 pub(crate) fn record_lookup(
     ctx: &Context,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut Recording<'_>,
     table: &GpuTensor,
     idx: &GpuTensor,
     out: &GpuTensor,
@@ -116,7 +148,7 @@ pub(crate) fn record_lookup(
     let lanes = vec4_lanes(ctx, table.dtype(), d, None);
     // With a texture copy, the vectorised kernel reads every row from it in one pass.
     let access = match lanes {
-        Some(_) => TableAccess::rows_or_texture(ctx, table),
+        Some(_) => TableAccess::rows_or_texture(encoder, table),
         None => TableAccess::rows(table),
     };
     let params = PassParams { dim: d as u32, num_embeddings: v as u32, ..Default::default() };
@@ -141,19 +173,13 @@ pub(crate) fn record_lookup(
 
 /// Records `embedding_renorm_`: every row referenced by `idx` whose norm exceeds
 /// `max_norm` is scaled by `max_norm / (norm + 1e-7)`, once per row.
-pub(crate) fn renormalize(
-    ctx: &Context,
-    encoder: &mut wgpu::CommandEncoder,
-    table: &GpuTensor,
-    idx: &GpuTensor,
-    mn: MaxNorm,
-) -> Result<()> {
+pub(crate) fn renormalize(ctx: &Context, encoder: &mut Recording<'_>, table: &GpuTensor, idx: &GpuTensor, mn: MaxNorm) -> Result<()> {
     let (v, d) = table_shape(table)?;
     check_renormalizable(table)?;
     // A texture copy that lookups will read is made (and its copy submitted) now, before
     // this encoder's rewrite; the rewrite is then copied over at the end.
     if vec4_lanes(ctx, table.dtype(), d, None).is_some() {
-        table_texture(ctx, table);
+        table_texture(encoder, table);
     }
     let access = TableAccess::rows(table);
     // One bit per row of each slice: each referenced row is scaled once.

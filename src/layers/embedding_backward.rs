@@ -15,6 +15,7 @@ use crate::gpu::context::{upload, words};
 use crate::gpu::kernel::binding::{INPUT, OUT, PARAMS, TABLE};
 use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{record_flat, BagPlan, Call, Grid, GroupPlan, PassParams, SlicePlan, HAS_WEIGHTS, MODE_MEAN, NO_PADDING};
+use crate::gpu::recording::Recording;
 use crate::gpu::sort::{check_list_len, record_exclusive_scan, record_sort};
 use crate::gpu::table::TableAccess;
 use crate::gpu::tensor::{DType, GpuTensor, Segment};
@@ -105,7 +106,7 @@ impl<T: bytemuck::Pod> Flat<'_, T> {
 
     /// One buffer holding the list: an upload, or the tensor's own (a one-segment copy
     /// recorded into `encoder` when it has several).
-    fn buffer(&self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, label: &str) -> Result<wgpu::Buffer> {
+    fn buffer(&self, ctx: &Context, encoder: &mut Recording<'_>, label: &str) -> Result<wgpu::Buffer> {
         match self {
             Flat::Host(v) => Ok(upload(ctx, label, v)),
             Flat::Gpu(t) => Ok(t.resegment(ctx, encoder, self.len().max(1))?.segments()[0].buffer.clone()),
@@ -176,7 +177,7 @@ pub(crate) struct FusedStep<'a> {
 #[allow(clippy::too_many_arguments)]
 fn record_runs(
     ctx: &Context,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut Recording<'_>,
     plan: &GroupPlan<'_>,
     reduce: &Call<'_>,
     runs: &Runs,
@@ -226,7 +227,7 @@ impl PreparedRuns<'_> {
 /// max bags (`[B, D]` U32).
 fn prepare_runs<'a>(
     ctx: &Context,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut Recording<'_>,
     s: &Scatter<'_>,
     grad: &'a GpuTensor,
     argmax: Option<&'a GpuTensor>,
@@ -345,7 +346,9 @@ pub(crate) async fn table_gradient(ctx: &Context, s: &Scatter<'_>, grad: &GpuTen
 
 /// Applies `step` to the table that `s.rows` index with their gradient from `grad`
 /// (one source segment), without writing the gradient anywhere.
-pub(crate) fn fused_table_step(ctx: &Context, s: &Scatter<'_>, grad: &GpuTensor, step: &FusedStep<'_>) -> Result<()> {
+/// Only the step itself is guarded: on a bad GPU-resident index it writes nothing.
+pub(crate) fn record_fused_table_step(run: &mut Recording<'_>, s: &Scatter<'_>, grad: &GpuTensor, step: &FusedStep<'_>) -> Result<()> {
+    let ctx = run.context();
     if grad.segments().len() != 1 {
         return Err(Error::Unsupported(format!(
             "a fused step reads the output gradient from one binding; one of shape {:?} spans {}",
@@ -353,15 +356,14 @@ pub(crate) fn fused_table_step(ctx: &Context, s: &Scatter<'_>, grad: &GpuTensor,
             grad.segments().len()
         )));
     }
-    ctx.scoped(|| {
-        let mut encoder = ctx.encoder();
-        let prepared = prepare_runs(ctx, &mut encoder, s, grad, None)?;
+    run.scoped(|run| {
+        let prepared = prepare_runs(ctx, run, s, grad, None)?;
         let grid = Grid::Elements(if step.per_row { 1 } else { prepared.blocks });
         // Table rows, not slots: the runs' own rows are updated.
         let params = PassParams { mode: step.mode, flags: 0, ..prepared.params };
         let call = Call { extra: step.extra, ..Call::new(step.kernel, &prepared.constants, grid, params) };
-        record_runs(ctx, &mut encoder, &prepared.plan, &call, &prepared.runs, &prepared.sums, step.table, step.states);
-        ctx.submit(encoder)
+        run.guarded(|run| record_runs(ctx, run, &prepared.plan, &call, &prepared.runs, &prepared.sums, step.table, step.states));
+        Ok(())
     })
 }
 
@@ -395,6 +397,9 @@ fn whole_bag_grad<'a>(ctx: &Context, grad: &'a GpuTensor, what: &str) -> Result<
         ))),
     }
 }
+
+/// The gradient options of fused steps.
+const SPARSE: GradOptions = GradOptions { sparse: true, scale_grad_by_freq: false };
 
 /// PyTorch's refusal: `scale_grad_by_freq` with a sparse gradient.
 fn check_embedding_options(options: GradOptions) -> Result<()> {
@@ -439,9 +444,33 @@ impl Embedding {
 
     /// Backward and `step` in one: the table rows `indices` read are updated from their
     /// gradient, which is never written out (the optimizer's fused sparse step).
-    pub(crate) fn fused_step(&self, ctx: &Context, indices: Indices<'_>, grad_out: &GpuTensor, step: &FusedStep<'_>) -> Result<()> {
+    pub(crate) fn record_fused_step(
+        &self,
+        run: &mut Recording<'_>,
+        indices: Indices<'_>,
+        grad_out: &GpuTensor,
+        step: &FusedStep<'_>,
+    ) -> Result<()> {
         let rows = self.checked_rows(indices, grad_out)?;
-        fused_table_step(ctx, &self.scatter(Flat::Host(&rows), GradOptions { sparse: true, scale_grad_by_freq: false }), grad_out, step)
+        record_fused_table_step(run, &self.scatter(Flat::Host(&rows), SPARSE), grad_out, step)
+    }
+
+    /// [`Embedding::record_fused_step`] for indices already on the GPU: bounds-checked
+    /// in the same recording, the step guarded by the check.
+    pub(crate) fn record_fused_step_gpu(
+        &self,
+        run: &mut Recording<'_>,
+        indices: &GpuTensor,
+        grad_out: &GpuTensor,
+        step: &FusedStep<'_>,
+    ) -> Result<()> {
+        let indices = &indices.flat_rows();
+        let mut shape = indices.shape().to_vec();
+        shape.push(self.embedding_dim());
+        check_grad(grad_out, &shape)?;
+        check_list_len(run.context(), "indices", indices.numel() as u64, 8)?;
+        run.check_indices("indices", indices, self.num_embeddings() as u64)?;
+        record_fused_table_step(run, &self.scatter(Flat::Gpu(indices), SPARSE), grad_out, step)
     }
 
     /// [`Embedding::backward`] for indices already on the GPU (a flat I32 tensor of any
@@ -454,7 +483,7 @@ impl Embedding {
         shape.push(self.embedding_dim());
         check_grad(grad_out, &shape)?;
         check_list_len(ctx, "indices", indices.numel() as u64, 8)?;
-        crate::gpu::index_check::check_gpu_indices(ctx, "indices", indices, self.num_embeddings() as u64)?;
+        pollster::block_on(ctx.run_checked(|run| run.check_indices("indices", indices, self.num_embeddings() as u64)))?;
         pollster::block_on(table_gradient(ctx, &self.scatter(Flat::Gpu(indices), options), grad_out, None))
     }
 
@@ -507,21 +536,20 @@ impl EmbeddingBag {
     /// gradient, which is never written out (the optimizer's fused sparse step).
     /// Returns the gradient of the per-sample weights, if given (from the table before
     /// the step).
-    pub(crate) fn fused_step(
+    pub(crate) fn record_fused_step(
         &self,
-        ctx: &Context,
+        run: &mut Recording<'_>,
         input: Indices<'_>,
         offsets: Option<Indices<'_>>,
         per_sample_weights: PerSampleWeights<'_>,
         grad_out: &GpuTensor,
         step: &FusedStep<'_>,
     ) -> Result<Option<GpuTensor>> {
-        let options = GradOptions { sparse: true, scale_grad_by_freq: false };
-        let bags = self.checked_bags(input, offsets, per_sample_weights, options)?;
+        let bags = self.checked_bags(input, offsets, per_sample_weights, SPARSE)?;
         let weights = host_weights(&bags, per_sample_weights);
         let rows = Flat::Host(&bags.rows);
-        let (_, sample_grads) = self.bag_side_grads(ctx, rows, &bags.bounds, weights, grad_out)?;
-        fused_table_step(ctx, &self.scatter(rows, &bags.bounds, weights, options), grad_out, step)?;
+        let (_, sample_grads) = self.bag_side_grads(run, rows, &bags.bounds, weights, grad_out)?;
+        record_fused_table_step(run, &self.scatter(rows, &bags.bounds, weights, SPARSE), grad_out, step)?;
         Ok(sample_grads)
     }
 
@@ -542,7 +570,7 @@ impl EmbeddingBag {
         self.check_options(options)?;
         let bounds = plan_gpu_bounds(input, offsets, per_sample_weights, self.mode(), self.include_last_offset())?;
         check_list_len(ctx, "input", input.numel() as u64, 8)?;
-        crate::gpu::index_check::check_gpu_indices(ctx, "input", input, self.num_embeddings() as u64)?;
+        pollster::block_on(ctx.run_checked(|run| run.check_indices("input", input, self.num_embeddings() as u64)))?;
         let weights = per_sample_weights.map(|w| (Flat::Gpu(w), w.shape()));
         pollster::block_on(self.bag_grads(ctx, Flat::Gpu(input), &bounds, weights, grad_out, options))
     }
@@ -581,7 +609,7 @@ impl EmbeddingBag {
         grad_out: &GpuTensor,
         options: GradOptions,
     ) -> Result<BagGradients> {
-        let (argmax, sample_grads) = self.bag_side_grads(ctx, rows, bounds, weights, grad_out)?;
+        let (argmax, sample_grads) = ctx.run_now(|run| self.bag_side_grads(run, rows, bounds, weights, grad_out))?;
         let weight = table_gradient(ctx, &self.scatter(rows, bounds, weights, options), grad_out, argmax.as_ref()).await?;
         Ok(BagGradients { weight, per_sample_weights: sample_grads })
     }
@@ -608,12 +636,13 @@ impl EmbeddingBag {
     /// per-sample weights (`[B, D]` `grad_out` checked).
     fn bag_side_grads(
         &self,
-        ctx: &Context,
+        run: &mut Recording<'_>,
         rows: Flat<'_, i32>,
         bounds: &[u32],
         weights: Option<(Flat<'_, f32>, &[usize])>,
         grad_out: &GpuTensor,
     ) -> Result<(Option<GpuTensor>, Option<GpuTensor>)> {
+        let ctx = run.context();
         let mode = self.mode();
         let (v, d) = (self.num_embeddings(), self.embedding_dim());
         let b = bounds.len() - 1;
@@ -629,9 +658,8 @@ impl EmbeddingBag {
         let needs_whole = mode == BagMode::Max || weights.is_some();
         let whole =
             if needs_whole { Some(whole_bag_grad(ctx, grad_out, "embedding_bag backward (max, per_sample_weights)")?) } else { None };
-        ctx.scoped(|| {
-            let mut encoder = ctx.encoder();
-            let idx = rows.buffer(ctx, &mut encoder, "indices")?;
+        run.scoped(|encoder| {
+            let idx = rows.buffer(ctx, encoder, "indices")?;
             let idx = flat_segment(&idx, n);
             let bounds = upload(ctx, "bag-bounds", bounds);
             let constants = [("TABLE_FORMAT", format)];
@@ -639,7 +667,7 @@ impl EmbeddingBag {
                 let (values, positions) = (words(ctx, "argmax-values", (b * d) as u64), words(ctx, "argmax", (b * d) as u64));
                 let extra = [bounds.clone(), values, positions.clone()];
                 let call = Call { extra: &extra, ..Call::new(&BAG_ARGMAX, &constants, Grid::Elements(d as u64), params) };
-                SlicePlan { table: &access, input: Some(&idx), out: None }.record(ctx, &mut encoder, &call, b as u64);
+                SlicePlan { table: &access, input: Some(&idx), out: None }.record(ctx, encoder, &call, b as u64);
                 // Read beside the gradient's one segment, element for element.
                 Some(GpuTensor::from_buffer(positions, &[b * d], DType::U32))
             } else {
@@ -650,12 +678,11 @@ impl EmbeddingBag {
                 let extra = [bounds, grad.buffer.clone()];
                 let p = PassParams { index_count: n as u32, arg0: active_end, arg3: b as u32, ..params };
                 let call = Call { extra: &extra, ..Call::new(&SAMPLE_WEIGHT_GRADS, &constants, Grid::Elements(1), p) };
-                SlicePlan { table: &access, input: Some(&idx), out: Some(&out.segments()[0]) }.record(ctx, &mut encoder, &call, n);
+                SlicePlan { table: &access, input: Some(&idx), out: Some(&out.segments()[0]) }.record(ctx, encoder, &call, n);
                 Some(out)
             } else {
                 None
             };
-            ctx.submit(encoder)?;
             Ok((argmax, sample_grads))
         })
     }

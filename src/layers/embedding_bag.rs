@@ -7,6 +7,7 @@ use crate::gpu::context::{Context, WORKGROUP_SIZE};
 use crate::gpu::kernel::binding::{COUNTS, INPUT, OFFSETS, OUT, PARAMS, STATUS, TABLE, TEXTURE};
 use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{BagPlan, Call, Grid, PassParams, MODE_MAX, MODE_MEAN, MODE_SUM, NO_PADDING};
+use crate::gpu::recording::Recording;
 use crate::gpu::status::Status;
 use crate::gpu::table::TableAccess;
 use crate::gpu::tensor::{DType, GpuTensor};
@@ -295,15 +296,41 @@ impl EmbeddingBag {
 
     /// Uploads bags checked on the host and reduces them.
     fn reduce(&self, ctx: &Context, bags: HostBags) -> Result<GpuTensor> {
+        ctx.run_now(|run| self.record_host_bags(run, &bags))
+    }
+
+    fn record_host_bags(&self, run: &mut Recording<'_>, bags: &HostBags) -> Result<GpuTensor> {
+        let ctx = run.context();
         let idx = GpuTensor::flat(ctx, &bags.rows, DType::I32)?;
         let weights = bags.weights.as_deref().map(|w| GpuTensor::flat(ctx, w, DType::F32)).transpose()?;
-        self.run(ctx, &idx, weights.as_ref(), &bags.bounds)
+        self.record_bounds(run, &idx, weights.as_ref(), &bags.bounds)
+    }
+
+    /// [`EmbeddingBag::forward`] recorded into `run`: the `[B, D]` output is usable by
+    /// later calls of the recording at once.
+    ///
+    /// # Errors
+    /// As [`EmbeddingBag::forward`]: PyTorch's refusals of the arguments, before any GPU work.
+    pub fn record(
+        &self,
+        run: &mut Recording<'_>,
+        input: Indices<'_>,
+        offsets: Option<Indices<'_>>,
+        per_sample_weights: PerSampleWeights<'_>,
+    ) -> Result<GpuTensor> {
+        let bags = plan_bags(input, offsets, per_sample_weights, self.mode, self.include_last_offset, self.num_embeddings())?;
+        self.record_host_bags(run, &bags)
     }
 
     /// Like [`EmbeddingBag::forward`] with `input` (1-D with `offsets`, or 2-D) and
     /// `per_sample_weights` (F32, same shape) already on the GPU, as I32. A check kernel
-    /// bounds-checks the indices before anything runs: the first bad one is reported as
-    /// [`Error::IndexOutOfRange`] and nothing (not the max-norm table) is written.
+    /// bounds-checks the indices in the same submission: the first bad one is reported
+    /// as [`Error::IndexOutOfRange`] and nothing (not the max-norm table) is written.
+    /// Blocks until the check is read (native only; [`EmbeddingBag::record_gpu`] does not).
+    ///
+    /// # Errors
+    /// PyTorch's refusals of the arguments; a bad index as above.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn forward_gpu(
         &self,
         ctx: &Context,
@@ -311,29 +338,49 @@ impl EmbeddingBag {
         offsets: Option<Indices<'_>>,
         per_sample_weights: Option<&GpuTensor>,
     ) -> Result<GpuTensor> {
-        let bounds = plan_gpu_bounds(input, offsets, per_sample_weights, self.mode, self.include_last_offset)?;
-        crate::gpu::index_check::check_gpu_indices(ctx, "input", input, self.table.num_embeddings as u64)?;
-        self.run(ctx, input, per_sample_weights, &bounds)
+        pollster::block_on(ctx.run_checked(|run| self.record_gpu(run, input, offsets, per_sample_weights)))
     }
 
-    /// Records and submits the reduction of checked indices over `bounds`.
-    fn run(&self, ctx: &Context, indices: &GpuTensor, weights: Option<&GpuTensor>, bounds: &[u32]) -> Result<GpuTensor> {
+    /// [`EmbeddingBag::forward_gpu`] recorded into `run`, without waiting: a bad index
+    /// comes back from the submission's [`Submitted::finish`](crate::Submitted::finish).
+    ///
+    /// # Errors
+    /// PyTorch's refusals of the arguments, at once.
+    pub fn record_gpu(
+        &self,
+        run: &mut Recording<'_>,
+        input: &GpuTensor,
+        offsets: Option<Indices<'_>>,
+        per_sample_weights: Option<&GpuTensor>,
+    ) -> Result<GpuTensor> {
+        let bounds = plan_gpu_bounds(input, offsets, per_sample_weights, self.mode, self.include_last_offset)?;
+        run.check_indices("input", input, self.table.num_embeddings as u64)?;
+        self.record_bounds(run, input, per_sample_weights, &bounds)
+    }
+
+    /// Records the reduction of checked indices over `bounds`.
+    fn record_bounds(
+        &self,
+        run: &mut Recording<'_>,
+        indices: &GpuTensor,
+        weights: Option<&GpuTensor>,
+        bounds: &[u32],
+    ) -> Result<GpuTensor> {
+        let ctx = run.context();
         let t = &self.table;
         let out = BagPlan::output(ctx, bounds.len() - 1, t.embedding_dim)?;
         let status = Status::new(ctx);
         // Indices and weights in segments alike, as flat host lists are.
         let per = GpuTensor::rows_per_segment(ctx, 1, DType::I32)?;
-        ctx.scoped(|| {
-            let mut encoder = ctx.encoder();
-            let idx = &indices.resegment(ctx, &mut encoder, per)?;
-            let weights = weights.map(|w| w.resegment(ctx, &mut encoder, per)).transpose()?;
+        run.scoped(|run| {
+            let idx = &indices.resegment(ctx, run, per)?;
+            let weights = weights.map(|w| w.resegment(ctx, run, per)).transpose()?;
             let weights = weights.as_ref();
             if let Some(mn) = t.max_norm {
-                renormalize(ctx, &mut encoder, &t.weight, idx, mn)?;
+                run.guarded(|run| renormalize(ctx, run, &t.weight, idx, mn))?;
             }
             let spec = BagSpec { mode: self.mode, padding_idx: t.padding_idx, num_embeddings: t.num_embeddings };
-            record_bags(ctx, &mut encoder, &t.weight, idx, weights, bounds, &out, &status, spec)?;
-            ctx.submit(encoder)
+            record_bags(ctx, run, &t.weight, idx, weights, bounds, &out, &status, spec)
         })?;
         Ok(out)
     }
@@ -365,7 +412,7 @@ impl BagSpec {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn record_bags(
     ctx: &Context,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut Recording<'_>,
     table: &GpuTensor,
     idx: &GpuTensor,
     weights: Option<&GpuTensor>,
@@ -384,7 +431,7 @@ pub(crate) fn record_bags(
     let lanes = vec4_lanes(ctx, table.dtype(), d, Some(chunk));
     // With a texture copy, the vectorised kernel reads every row from it in one pass.
     let access = match lanes {
-        Some(_) => TableAccess::rows_or_texture(ctx, table),
+        Some(_) => TableAccess::rows_or_texture(encoder, table),
         None => TableAccess::rows(table),
     };
     let textured = access.texture().is_some() as u32 as f64;

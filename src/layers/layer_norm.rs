@@ -11,6 +11,7 @@ use crate::gpu::context::Context;
 use crate::gpu::kernel::binding::{INPUT, OUT, PARAMS, TABLE, TEXTURE};
 use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{Call, Grid, PassParams, RowPlan};
+use crate::gpu::recording::Recording;
 use crate::gpu::tensor::{DType, GpuTensor};
 
 pub static FAMILY: ShaderFamily =
@@ -292,14 +293,7 @@ impl LayerNorm {
 }
 
 /// Records `out = LayerNorm(out)` over every segment of `out` (rows of `dim`).
-pub(crate) fn normalize_in_place(
-    ctx: &Context,
-    encoder: &mut wgpu::CommandEncoder,
-    out: &GpuTensor,
-    dim: usize,
-    eps: f32,
-    affine: &Affine,
-) {
+pub(crate) fn normalize_in_place(ctx: &Context, encoder: &mut Recording<'_>, out: &GpuTensor, dim: usize, eps: f32, affine: &Affine) {
     let constants = norm_constants(dim);
     let call = affine.norm_call(ctx, &NORMALIZE_IN_PLACE, &constants, affine.params(dim, eps), false);
     RowPlan { input: None, aux: None, out: Some(out), table: None, status: None }.record(ctx, encoder, &call, None);

@@ -10,6 +10,7 @@ use crate::gpu::context::Context;
 use crate::gpu::kernel::binding::{INPUT, OUT, PARAMS};
 use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{record_flat, rows_per_segment, Call, Grid, PassParams, RowPlan};
+use crate::gpu::recording::Recording;
 use crate::gpu::table::TableAccess;
 use crate::gpu::tensor::{DType, GpuTensor};
 use crate::layers::embedding_backward::{check_grad, table_gradient, Flat, GradOptions, Gradient, Scatter, Sources};
@@ -60,7 +61,7 @@ fn backward_rows_per_segment(ctx: &Context, dim: usize, k: usize) -> Result<u64>
 /// `dim`, segmented by `per`): returns grad_x and `[2 dim]` (grad_gamma, grad_beta).
 fn record_backward(
     ctx: &Context,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut Recording<'_>,
     x: &GpuTensor,
     grad: &GpuTensor,
     affine: &Affine,
@@ -104,7 +105,7 @@ fn record_backward(
 }
 
 /// gamma and beta out of the flat `[2 dim]`, as the layer has them.
-fn split_affine(ctx: &Context, encoder: &mut wgpu::CommandEncoder, both: &GpuTensor, affine: &Affine) -> Result<[Option<GpuTensor>; 2]> {
+fn split_affine(ctx: &Context, encoder: &mut Recording<'_>, both: &GpuTensor, affine: &Affine) -> Result<[Option<GpuTensor>; 2]> {
     let dim = both.numel() / 2;
     let (has_gamma, has_beta) = affine.has();
     let mut rows = |lo: usize| -> Result<GpuTensor> { both.copy_rows(ctx, encoder, lo as u64, (lo + dim) as u64)?.reshape(&[dim]) };

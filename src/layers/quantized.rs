@@ -8,6 +8,7 @@ use crate::gpu::context::WORKGROUP_SIZE;
 use crate::gpu::kernel::binding::{COUNTS, INPUT, OFFSETS, OUT, PARAMS, TABLE, TEXTURE};
 use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{BagPlan, Call, Grid, PassParams, RowPlan};
+use crate::gpu::recording::Recording;
 use crate::gpu::table::TableAccess;
 use crate::gpu::tensor::{DType, GpuTensor};
 use crate::layers::embedding::out_shape;
@@ -103,18 +104,37 @@ impl QuantizedEmbedding {
     }
 
     /// Looks up host indices of any shape; the result (f32) has shape `[*indices, D]`.
+    ///
+    /// # Errors
+    /// An index outside the table, before any GPU work.
     pub fn forward(&self, ctx: &Context, indices: Indices<'_>) -> Result<GpuTensor> {
         let rows = indices.to_rows("indices", self.table.num_embeddings() as u64)?;
         let idx = upload_rows(ctx, &rows, self.batch_rows(ctx)?)?;
-        self.run(ctx, &idx, indices.shape)
+        ctx.run_now(|run| self.record_rows(run, &idx, indices.shape))
     }
 
     /// Looks up indices already on the GPU (a flat-rowed I32 tensor of any shape). A check
-    /// kernel bounds-checks them first: the first bad one is reported as
-    /// [`Error::IndexOutOfRange`](crate::Error::IndexOutOfRange) and nothing is looked up.
+    /// kernel bounds-checks them in the same submission: the first bad one is reported
+    /// and its rows read as zeros. Blocks until the check is read (native only;
+    /// [`QuantizedEmbedding::record_gpu`] does not block).
+    ///
+    /// # Errors
+    /// [`Error::IndexOutOfRange`](crate::Error::IndexOutOfRange) with the first bad
+    /// position and its value.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn forward_gpu(&self, ctx: &Context, indices: &GpuTensor) -> Result<GpuTensor> {
-        crate::gpu::index_check::check_gpu_indices(ctx, "indices", indices, self.table.num_embeddings() as u64)?;
-        self.run(ctx, indices, indices.shape())
+        pollster::block_on(ctx.run_checked(|run| self.record_gpu(run, indices)))
+    }
+
+    /// [`QuantizedEmbedding::forward_gpu`] recorded into `run`, without waiting.
+    ///
+    /// # Errors
+    /// A tensor that is not a flat I32 one, at once; a bad index from the submission's
+    /// [`Submitted::finish`](crate::Submitted::finish).
+    pub fn record_gpu(&self, run: &mut Recording<'_>, indices: &GpuTensor) -> Result<GpuTensor> {
+        let indices = &indices.flat_rows();
+        run.check_indices("indices", indices, self.table.num_embeddings() as u64)?;
+        self.record_rows(run, indices, indices.shape())
     }
 
     fn batch_rows(&self, ctx: &Context) -> Result<u64> {
@@ -122,7 +142,8 @@ impl QuantizedEmbedding {
     }
 
     /// Looks up checked indices.
-    fn run(&self, ctx: &Context, indices: &GpuTensor, index_shape: &[usize]) -> Result<GpuTensor> {
+    fn record_rows(&self, run: &mut Recording<'_>, indices: &GpuTensor, index_shape: &[usize]) -> Result<GpuTensor> {
+        let ctx = run.context();
         let t = &self.table;
         let d = t.embedding_dim();
         let per = self.batch_rows(ctx)?;
@@ -131,17 +152,11 @@ impl QuantizedEmbedding {
         let scheme = [("SCHEME", t.scheme().kernel_scheme() as f64)];
         let call =
             Call { extra: std::slice::from_ref(&t.consts), ..Call::new(&LOOKUP, &scheme, Grid::Elements(d as u64), table_params(t, 1)) };
-        ctx.scoped(|| {
-            let mut encoder = ctx.encoder();
+        run.scoped(|encoder| {
             // Index segments pair with output segments.
-            let idx = indices.resegment(ctx, &mut encoder, per)?;
-            RowPlan { input: Some(&idx), aux: None, out: Some(&out), table: Some(&access), status: None }.record(
-                ctx,
-                &mut encoder,
-                &call,
-                None,
-            );
-            ctx.submit(encoder)
+            let idx = indices.resegment(ctx, encoder, per)?;
+            RowPlan { input: Some(&idx), aux: None, out: Some(&out), table: Some(&access), status: None }.record(ctx, encoder, &call, None);
+            Ok(())
         })?;
         Ok(out)
     }
@@ -221,7 +236,7 @@ impl QuantizedEmbeddingBag {
         };
         match &self.code_rows {
             Some(rows) => {
-                let access = TableAccess::rows_or_texture(ctx, rows);
+                let access = TableAccess::rows_or_texture_now(ctx, rows)?;
                 let four_bit = t.scheme().four_bit().is_some();
                 let words = d / if four_bit { 32 } else { 16 };
                 let per_sweep = if four_bit { 2 } else { 4 };

@@ -8,6 +8,7 @@ use crate::gpu::context::{upload, words, Context};
 use crate::gpu::kernel::binding::{OUT, PARAMS, TABLE, TEXTURE};
 use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{record_flat, Call, Grid, PassParams, SlicePlan};
+use crate::gpu::recording::Recording;
 use crate::gpu::sort::record_exclusive_scan;
 use crate::gpu::sort::{check_list_len, record_sort};
 use crate::gpu::table::TableAccess;
@@ -171,7 +172,21 @@ impl Retriever {
 
     /// The best `k` rows for queries already on the GPU (F32 `[Q, D]`), for example an
     /// `EmbeddingBag` mean: nothing is read back.
+    ///
+    /// # Errors
+    /// Queries of another shape or type, `k` over the table's rows, or a table whose one
+    /// query's scores do not fit a binding, before any GPU work.
     pub fn search_gpu(&self, ctx: &Context, queries: &GpuTensor, k: usize) -> Result<TopK> {
+        ctx.run_now(|run| self.record(run, queries, k))
+    }
+
+    /// [`Retriever::search_gpu`] recorded into `run`: the top-k tensors are usable by
+    /// later calls of the recording (e.g. an `Embedding` lookup of the rows) at once.
+    ///
+    /// # Errors
+    /// As [`Retriever::search_gpu`].
+    pub fn record(&self, run: &mut Recording<'_>, queries: &GpuTensor, k: usize) -> Result<TopK> {
+        let ctx = run.context();
         let d = self.dim;
         if queries.dtype() != DType::F32 || queries.shape().len() != 2 || queries.shape()[1] != d {
             return Err(Error::arg(
@@ -201,14 +216,13 @@ impl Retriever {
         if q == 0 || k == 0 {
             return Ok(TopK { scores, indices });
         }
-        ctx.scoped(|| {
-            let mut encoder = ctx.encoder();
-            let queries = queries.resegment(ctx, &mut encoder, batch)?;
+        run.scoped(|run| {
+            let queries = queries.resegment(ctx, run, batch)?;
             for (b, seg) in queries.segments().iter().enumerate() {
                 let out = [&scores.segments()[b], &indices.segments()[b]];
-                self.record_batch(ctx, &mut encoder, seg, k, out)?;
+                self.record_batch(ctx, run, seg, k, out)?;
             }
-            ctx.submit(encoder)
+            Ok(())
         })?;
         Ok(TopK { scores, indices })
     }
@@ -222,14 +236,7 @@ impl Retriever {
 
     /// Records the search of one batch of queries (`queries`: its rows) into the output
     /// segments `out` (scores, indices) holding the same rows.
-    fn record_batch(
-        &self,
-        ctx: &Context,
-        encoder: &mut wgpu::CommandEncoder,
-        queries: &Segment,
-        k: usize,
-        out: [&Segment; 2],
-    ) -> Result<()> {
+    fn record_batch(&self, ctx: &Context, encoder: &mut Recording<'_>, queries: &Segment, k: usize, out: [&Segment; 2]) -> Result<()> {
         let (qb, n, d) = (queries.rows, self.rows as u64, self.dim as u64);
         let base = PassParams {
             dim: d as u32,
@@ -260,7 +267,7 @@ impl Retriever {
                 let per_word = if table.dtype() == DType::F32 { 4 } else { 8 };
                 let whole_words = self.dim.is_multiple_of(per_word);
                 // Texture copies (CPU adapters) hold rows of whole words only.
-                let access = if whole_words { TableAccess::rows_or_texture(ctx, table) } else { TableAccess::rows(table) };
+                let access = if whole_words { TableAccess::rows_or_texture(encoder, table) } else { TableAccess::rows(table) };
                 let constants =
                     vec![("TABLE_FORMAT", table_format(table.dtype())?), ("TABLE_TEXTURE", access.texture().is_some() as u32 as f64)];
                 (if whole_words { &SCORE_DENSE_WORDS } else { &SCORE_DENSE }, access, constants, 1)
@@ -269,7 +276,7 @@ impl Retriever {
                 let scheme = ("SCHEME", t.scheme().kernel_scheme() as f64);
                 match &self.int8_rows {
                     Some(rows) => {
-                        let access = TableAccess::rows_or_texture(ctx, rows);
+                        let access = TableAccess::rows_or_texture(encoder, rows);
                         let constants = vec![scheme, ("TABLE_FORMAT", 0.0), ("TABLE_TEXTURE", access.texture().is_some() as u32 as f64)];
                         (&SCORE_INT8_WORDS, access, constants, 1)
                     }

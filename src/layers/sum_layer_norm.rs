@@ -9,6 +9,7 @@ use crate::checkpoint::{Checkpoint, HostTable};
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
 use crate::gpu::plan::{rows_per_segment, Call, Grid, PassParams, RowPlan};
+use crate::gpu::recording::Recording;
 use crate::gpu::table::{TableAccess, TableSlice};
 use crate::gpu::tensor::{DType, GpuTensor, Segment};
 use crate::layers::indices::Indices;
@@ -134,10 +135,23 @@ impl EmbeddingSumLayerNorm {
     /// `LayerNorm(Σ_k table_k[indices[k]])`. The index tensors broadcast against each
     /// other as PyTorch's `+` does (e.g. position ids `[1, S]` with input ids `[B, S]`);
     /// the result has shape `[*broadcast shape, dim]`.
+    ///
+    /// # Errors
+    /// A wrong number of index tensors, shapes that do not broadcast, or an index outside
+    /// its table ([`Error::IndexOutOfRange`] naming it), before any GPU work.
     pub fn forward(&self, ctx: &Context, indices: &[Indices<'_>]) -> Result<GpuTensor> {
+        ctx.run_now(|run| self.record(run, indices))
+    }
+
+    /// [`EmbeddingSumLayerNorm::forward`] recorded into `run`: the output is usable by
+    /// later calls of the recording at once.
+    ///
+    /// # Errors
+    /// As [`EmbeddingSumLayerNorm::forward`].
+    pub fn record(&self, run: &mut Recording<'_>, indices: &[Indices<'_>]) -> Result<GpuTensor> {
         let (rows, mut out_shape) = self.interleave(indices)?;
         out_shape.push(self.dim);
-        self.run(ctx, &rows, &out_shape)
+        self.record_rows(run, &rows, &out_shape)
     }
 
     /// The K index tensors checked, broadcast and interleaved (`rows[p * K + k]`, offset
@@ -182,7 +196,8 @@ impl EmbeddingSumLayerNorm {
         Ok((rows, shape))
     }
 
-    fn run(&self, ctx: &Context, rows: &[i32], out_shape: &[usize]) -> Result<GpuTensor> {
+    fn record_rows(&self, run: &mut Recording<'_>, rows: &[i32], out_shape: &[usize]) -> Result<GpuTensor> {
+        let ctx = run.context();
         let k_count = self.num_tables();
         let n = rows.len() / k_count;
         // Output and index segments pair up: both hold `per` rows.
@@ -204,17 +219,16 @@ impl EmbeddingSumLayerNorm {
         } else {
             GpuTensor::zeros_with(ctx, out_shape, DType::F32, self.dim, per)?
         };
-        let access = if words { TableAccess::rows_or_texture(ctx, &self.table) } else { TableAccess::rows(&self.table) };
+        let access = if words { TableAccess::rows_or_texture(run, &self.table) } else { TableAccess::rows(&self.table) };
         let params = PassParams { arg2: k_count as u32, ..self.affine.params(self.dim, self.eps) };
         let plan = RowPlan { input: Some(&idx), aux: None, out: Some(&out), table: Some(&access), status: None };
-        ctx.scoped(|| {
-            let mut encoder = ctx.encoder();
+        run.scoped(|encoder| {
             if fused {
                 let textured = access.texture().is_some() as u32 as f64;
                 let [threads, row_words] = norm_constants(self.dim);
                 let constants = [("TABLE_FORMAT", format), threads, row_words, ("TABLE_TEXTURE", textured)];
                 let call = self.affine.norm_call(ctx, &LOOKUP_SUM_LAYER_NORM, &constants, params, words);
-                plan.record(ctx, &mut encoder, &call, None);
+                plan.record(ctx, encoder, &call, None);
             } else {
                 // Table split over several bindings: add table k's rows slice by slice, in
                 // k order, then normalise in place.
@@ -226,11 +240,11 @@ impl EmbeddingSumLayerNorm {
                         ..self.affine.call(&ACCUMULATE, &constants, PassParams { arg3: k as u32, ..params })
                     };
                     let of_table_k = |_: &Segment, slices: &[TableSlice<'_>]| slices.iter().map(|s| s.lo < hi && s.hi > lo).collect();
-                    plan.record(ctx, &mut encoder, &call, Some(&of_table_k));
+                    plan.record(ctx, encoder, &call, Some(&of_table_k));
                 }
-                normalize_in_place(ctx, &mut encoder, &out, self.dim, self.eps, &self.affine);
+                normalize_in_place(ctx, encoder, &out, self.dim, self.eps, &self.affine);
             }
-            ctx.submit(encoder)
+            Ok(())
         })?;
         Ok(out)
     }

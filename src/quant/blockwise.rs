@@ -11,6 +11,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
 use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
+use crate::gpu::recording::Recording;
 use crate::gpu::table::{Plane, TableAccess};
 use crate::gpu::tensor::{DType, GpuTensor};
 use crate::quant::codes::{constants, constants_buffer, CodeMap};
@@ -207,7 +208,7 @@ pub(crate) struct Step<'a> {
 
 impl Step<'_> {
     /// Records `record`'s kernels into one encoder and submits it, inside error scopes.
-    pub fn submit(&self, record: impl FnOnce(&Self, &mut wgpu::CommandEncoder)) -> Result<()> {
+    pub fn submit(&self, record: impl FnOnce(&Self, &mut Recording<'_>)) -> Result<()> {
         self.ctx.scoped(|| {
             let mut encoder = self.ctx.encoder();
             record(self, &mut encoder);
@@ -229,7 +230,7 @@ impl Step<'_> {
     }
 
     /// absmax of every group of `input` (after `pre`) into `out` (F32, one per group, zeroed).
-    pub fn absmax(&self, encoder: &mut wgpu::CommandEncoder, input: &GpuTensor, out: &GpuTensor, pre: u32) {
+    pub fn absmax(&self, encoder: &mut Recording<'_>, input: &GpuTensor, out: &GpuTensor, pre: u32) {
         let planes = [Plane::new(input, input.row_len() as u64), Plane::new(out, self.group)];
         let dummy = self.ctx.placeholder_buffer();
         for piece in TableAccess::planes(self.numel, planes.to_vec()).slices() {
@@ -256,7 +257,7 @@ impl Step<'_> {
     #[allow(clippy::too_many_arguments)]
     pub fn encode(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Recording<'_>,
         input: &GpuTensor,
         scales: &GpuTensor,
         codes: &GpuTensor,
@@ -285,7 +286,7 @@ impl Step<'_> {
     }
 
     /// Row-wise scales become absmax / 127; a 4-bit partial last block's absmax is floored.
-    pub fn finish_scales(&self, encoder: &mut wgpu::CommandEncoder, scales: &GpuTensor, scheme: u32) {
+    pub fn finish_scales(&self, encoder: &mut Recording<'_>, scales: &GpuTensor, scheme: u32) {
         let (d1, d2) = (self.ctx.placeholder_buffer(), unused(self.ctx));
         for seg in scales.segments() {
             let params = QuantParams { scale_first: seg.first_row as u32, count: seg.rows as u32, ..self.params(0, 0) };
@@ -307,7 +308,7 @@ impl Step<'_> {
     }
 
     /// The mean of `values` (F32, flat) into the constants' offset slot.
-    pub fn mean(&self, encoder: &mut wgpu::CommandEncoder, values: &GpuTensor) {
+    pub fn mean(&self, encoder: &mut Recording<'_>, values: &GpuTensor) {
         let n = values.numel() as u64;
         let total: u64 = values.segments().iter().map(|s| s.rows.div_ceil(SUM_CHUNK)).sum();
         let partials = self.ctx.device().create_buffer(&wgpu::BufferDescriptor {
