@@ -51,8 +51,9 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     bags: Option<Vec<usize>>,
     /// Which parts to run (comma-separated): kernels (lookups and bags), layers (whole
-    /// layers through the public API), optimizers, topk, small (per-call latency).
-    #[arg(long, value_delimiter = ',', default_value = "kernels,layers,optimizers,topk,small")]
+    /// layers through the public API), optimizers, topk, small (per-call latency),
+    /// pipelines (recorded pipelines of calls against the floor).
+    #[arg(long, value_delimiter = ',', default_value = "kernels,layers,optimizers,topk,small,pipelines")]
     sections: Vec<String>,
     /// Largest table to build, in MiB (bigger grid points are skipped).
     #[arg(long, default_value_t = 1024)]
@@ -279,6 +280,113 @@ fn small_calls(ctx: &Context, timer: &GpuTimer, rec: &Recorder, reps: usize) -> 
         out.push((*name, median(times)));
     }
     Ok(out)
+}
+
+/// One row of the pipelines section: per call, submissions and blocking waits (from
+/// the context's counters) and the median wall time, beside the floor.
+struct PipelineRow {
+    name: &'static str,
+    submissions: f64,
+    waits: f64,
+    wall_s: f64,
+}
+
+/// Whole pipelines as users run them, recorded (one submission) and one call at a time:
+/// 16 tokens through the BERT block (all-MiniLM-L6-v2's shapes), their masked mean, and
+/// the top 10 of a 2 518 × 384 int8 row-wise index (the search demo's shape); and a
+/// training step (16-token lookup in a 30 522 × 384 table, fused SparseAdam step). The
+/// floor is one dispatch of a one-word copy plus its read-back, timed here too.
+fn pipelines(ctx: &Context, timer: &GpuTimer, rec: &Recorder, reps: usize) -> wgpu_embed::Result<(f64, Vec<PipelineRow>)> {
+    let (vocab, dim, tokens, docs) = (30_522, 384, 16, 2_518);
+    let word: Vec<f32> = (0..vocab * dim).map(|i| ((i as f32) * 0.618).fract() - 0.5).collect();
+    let (pos, typ) = (word[..512 * dim].to_vec(), word[..2 * dim].to_vec());
+    let tables = [HostTable::f32(&word, vocab, dim)?, HostTable::f32(&pos, 512, dim)?, HostTable::f32(&typ, 2, dim)?];
+    let block = EmbeddingSumLayerNorm::new(ctx, &tables, None, None, 1e-12)?;
+    let index: Vec<f32> = (0..docs * dim).map(|i| ((i as f32) * 0.377).fract() - 0.5).collect();
+    let retriever =
+        Retriever::quantized(QuantizedTable::from_pretrained(ctx, &index, docs, dim, Scheme::Int8Rowwise, None)?, Metric::Cosine);
+    let ids: Vec<i32> = (0..tokens as i32).map(|i| 101 + 97 * i).collect();
+    let (positions, types): (Vec<i32>, Vec<i32>) = ((0..tokens as i32).collect(), vec![0; tokens]);
+    let kept: Vec<i32> = (0..13).collect();
+    let (shape, token_shape) = ([1, tokens], [tokens]);
+    let idx = || [Indices::i32(&ids, &shape), Indices::i32(&positions, &shape), Indices::i32(&types, &shape)];
+    let bag_args = || (Indices::i32(&kept, &[13]), Some(Indices::i32(&[0], &[1])));
+    let emb = Embedding::from_pretrained(ctx, &word, vocab, dim)?;
+    let mut opt = Optimizer::new(ctx, OptimizerKind::SparseAdam { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8 }, emb.weight())?;
+    let grad = GpuTensor::from_f32(ctx, &word[..tokens * dim], &[tokens, dim])?;
+    let (src, dst) = (GpuTensor::from_f32(ctx, &[1.0; 4], &[1, 4])?, GpuTensor::zeros(ctx, &[1, 4], wgpu_embed::DType::F32, 4)?);
+
+    type Call<'a> = Box<dyn FnMut(&mut Optimizer) -> wgpu_embed::Result<()> + 'a>;
+    let mut calls: Vec<(&'static str, Call<'_>)> = vec![
+        (
+            "floor",
+            Box::new(|_| {
+                timer.time(ctx, |e| rec.copy(ctx, e, &src, &dst))?;
+                dst.to_vec_f32(ctx).map(drop)
+            }),
+        ),
+        (
+            "pipeline_embed_pool_search",
+            Box::new(|_| {
+                let mut run = ctx.record();
+                let hidden = block.record(&mut run, &idx())?.reshape(&[tokens, dim])?;
+                let (input, offsets) = bag_args();
+                let pooled = EmbeddingBag::from_tensor(hidden, BagMode::Mean)?.record(&mut run, input, offsets, None)?;
+                let top = retriever.record(&mut run, &pooled, 10)?;
+                let (rows, scores) = (run.read(&top.indices), run.read(&top.scores));
+                let out = run.submit()?.wait()?;
+                std::hint::black_box((out.bytes(rows), out.bytes(scores)));
+                Ok(())
+            }),
+        ),
+        (
+            "pipeline_embed_pool_search_one_call_each",
+            Box::new(|_| {
+                let hidden = block.forward(ctx, &idx())?.reshape(&[tokens, dim])?;
+                let (input, offsets) = bag_args();
+                let pooled = EmbeddingBag::from_tensor(hidden, BagMode::Mean)?.forward(ctx, input, offsets, None)?;
+                let top = retriever.search_gpu(ctx, &pooled, 10)?;
+                std::hint::black_box((top.indices.to_bytes(ctx)?, top.scores.to_bytes(ctx)?));
+                Ok(())
+            }),
+        ),
+        (
+            "pipeline_train_step",
+            Box::new(|opt| {
+                let mut run = ctx.record();
+                let idx = Indices::i32(&ids, &token_shape);
+                std::hint::black_box(emb.record(&mut run, idx)?);
+                opt.record_step_embedding(&mut run, &emb, idx, &grad)?;
+                drop(run.submit()?);
+                Ok(())
+            }),
+        ),
+    ];
+    let mut rows = Vec::new();
+    let mut floor = f64::NAN;
+    for (name, call) in calls.iter_mut() {
+        call(&mut opt)?; // warm-up: pipelines, texture copies
+        ctx.wait_idle()?;
+        let (mut times, mut submissions, mut waits) = (Vec::with_capacity(reps), 0u64, 0u64);
+        for _ in 0..reps {
+            let before = ctx.stats();
+            let t = std::time::Instant::now();
+            call(&mut opt)?;
+            let after = ctx.stats();
+            // The training step does not wait; its time is until the GPU finished it.
+            ctx.wait_idle()?;
+            times.push(t.elapsed().as_secs_f64());
+            submissions += after.submissions - before.submissions;
+            waits += after.waits - before.waits;
+        }
+        let wall_s = median(times);
+        if *name == "floor" {
+            floor = wall_s;
+            continue;
+        }
+        rows.push(PipelineRow { name, submissions: submissions as f64 / reps as f64, waits: waits as f64 / reps as f64, wall_s });
+    }
+    Ok((floor, rows))
 }
 
 const OPT_ROWS: usize = 1_000_000;
@@ -801,6 +909,8 @@ fn main() {
     }
 
     let small = if run("small") { small_calls(&ctx, &timer, &rec, (args.reps * 5).max(30)).expect("small calls") } else { Vec::new() };
+    let (pipeline_floor, pipeline_rows) =
+        if run("pipelines") { pipelines(&ctx, &timer, &rec, (args.reps * 5).max(30)).expect("pipelines") } else { (f64::NAN, Vec::new()) };
 
     // A device error makes timings meaningless: fail rather than write them.
     if let Some(e) = ctx.take_uncaptured_error() {
@@ -808,7 +918,7 @@ fn main() {
     }
     std::fs::create_dir_all(&args.out).expect("output folder");
     let mut csv =
-        String::from("kernel,rows,dim,bag,dist,bytes,gpu_ms,wall_ms,gpu_gbps,copy_gbps,ratio_to_copy,cpu_ms,cpu_gbps,gpu_speedup_vs_cpu\n");
+        String::from("kernel,rows,dim,bag,dist,bytes,gpu_ms,wall_ms,gpu_gbps,copy_gbps,ratio_to_copy,cpu_ms,cpu_gbps,gpu_speedup_vs_cpu,submissions,waits,wall_us,floor_us\n");
     for p in &points {
         let g = p.bytes / p.gpu_s / 1e9;
         let paired_copy_gbps = copy_bytes / p.copy_s / 1e9;
@@ -832,6 +942,9 @@ fn main() {
             p.cpu_s / p.gpu_s
         )
         .unwrap();
+    }
+    for r in &pipeline_rows {
+        writeln!(csv, "{},,,,,,,,,,,,,,{},{},{:.1},{:.1}", r.name, r.submissions, r.waits, r.wall_s * 1e6, pipeline_floor * 1e6).unwrap();
     }
     std::fs::write(args.out.join("results.csv"), csv).expect("write results.csv");
 
@@ -895,6 +1008,21 @@ fn main() {
         );
         for (name, s) in &small {
             writeln!(md, "| {name} | {:.0} | {:.2} |", s * 1e6, s / floor).unwrap();
+        }
+    }
+    if !pipeline_rows.is_empty() {
+        writeln!(
+            md,
+            "\nPipelines: one call of each (median wall time until the GPU finished; reads included), submissions and \
+             blocking waits per call from the context's counters, against the floor ({:.0} µs: one dispatch of a one-word \
+             copy plus its read-back, same adapter, same run).\n\n\
+             | pipeline | submissions | waits | µs | × floor |\n|---|---|---|---|---|",
+            pipeline_floor * 1e6
+        )
+        .unwrap();
+        for r in &pipeline_rows {
+            writeln!(md, "| {} | {} | {} | {:.0} | {:.2} |", r.name, r.submissions, r.waits, r.wall_s * 1e6, r.wall_s / pipeline_floor)
+                .unwrap();
         }
     }
     if !qbag_rows_per_s.is_empty() {

@@ -5,9 +5,11 @@
 //! Adam (dense gradients, block-wise 8-bit states). Both must bring the held-out error
 //! down to the generator's own noise.
 //!
-//! The loss kernel is written here, in WGSL, and run on the library's context: the way
-//! to add a kernel of your own between the library's layers (the tensors stay on the
-//! GPU; `Segment::buffer` hands out their buffers).
+//! The loss kernel is written here, in WGSL, and recorded between the library's layers
+//! (the tensors stay on the GPU; `Segment::buffer` hands out their buffers). With
+//! `Embedding` + `SparseAdam` a whole training step — two lookups, the loss kernel and
+//! two fused backward + SparseAdam steps — is one recording: one submission, and one
+//! read-back of the squared errors for the loss curve.
 //!
 //! ```sh
 //! cargo run --release --example train            # writes examples/train-results/loss.svg
@@ -18,7 +20,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use wgpu::util::DeviceExt;
-use wgpu_embed::{Context, DType, Embedding, GpuTensor, GradOptions, Gradient, Indices, Optimizer, OptimizerKind, StableEmbedding};
+use wgpu_embed::{Context, DType, Embedding, GpuTensor, Gradient, Indices, Optimizer, OptimizerKind, Recording, StableEmbedding};
 
 const USERS: usize = 1000;
 const ITEMS: usize = 500;
@@ -120,6 +122,23 @@ impl LossKernel {
 
     /// Squared errors (read back, for the loss curve) and the gradients of the rows.
     fn run(&self, ctx: &Context, users: &GpuTensor, items: &GpuTensor, ratings: &[f32], scale: f32) -> (Vec<f32>, GpuTensor, GpuTensor) {
+        let mut run = ctx.record();
+        let (squared, grad_users, grad_items) = self.record(&mut run, users, items, ratings, scale);
+        let read = run.read(&squared);
+        let out = run.submit().and_then(|s| s.wait()).expect("loss");
+        (out.f32(read), grad_users, grad_items)
+    }
+
+    /// Records the kernel into `run`: the squared errors and the gradients of the rows.
+    fn record(
+        &self,
+        run: &mut Recording<'_>,
+        users: &GpuTensor,
+        items: &GpuTensor,
+        ratings: &[f32],
+        scale: f32,
+    ) -> (GpuTensor, GpuTensor, GpuTensor) {
+        let ctx = run.context();
         let n = ratings.len();
         let device = ctx.device();
         let dims = [n as u32, DIM as u32, scale.to_bits(), (1.0 / n as f32).to_bits()];
@@ -143,15 +162,12 @@ impl LossKernel {
             layout: &self.pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        let mut encoder = device.create_command_encoder(&Default::default());
-        {
-            let mut pass = encoder.begin_compute_pass(&Default::default());
-            pass.set_pipeline(&self.pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(n.div_ceil(64) as u32, 1, 1);
-        }
-        ctx.queue().submit([encoder.finish()]);
-        (squared.to_vec_f32(ctx).expect("errors"), grad_users, grad_items)
+        let mut pass = run.encoder().begin_compute_pass(&Default::default());
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(n.div_ceil(64) as u32, 1, 1);
+        drop(pass);
+        (squared, grad_users, grad_items)
     }
 }
 
@@ -198,16 +214,37 @@ impl Tables {
         }
     }
 
-    /// Backward through both tables and one optimizer step each.
-    fn step(&mut self, ctx: &Context, u: &[i32], i: &[i32], grad_u: &GpuTensor, grad_i: &GpuTensor) -> wgpu_embed::Result<()> {
+    /// One training step on a batch; the squared errors of its predictions. Plain
+    /// tables: one recording (lookups, loss, fused backward + SparseAdam steps).
+    fn train_step(&mut self, ctx: &Context, kernel: &LossKernel, u: &[i32], i: &[i32], r: &[f32]) -> wgpu_embed::Result<Vec<f32>> {
+        let scale = self.scale();
         let (su, si) = ([u.len()], [i.len()]);
         let (iu, ii) = (Indices::i32(u, &su), Indices::i32(i, &si));
         match self {
             Tables::Plain { users, items, opt_users, opt_items } => {
-                let sparse = GradOptions { sparse: true, ..Default::default() };
-                opt_users.step(ctx, users.weight(), &users.backward(ctx, iu, grad_u, sparse)?)?;
-                opt_items.step(ctx, items.weight(), &items.backward(ctx, ii, grad_i, sparse)?)?;
+                let mut run = ctx.record();
+                let (eu, ei) = (users.record(&mut run, iu)?, items.record(&mut run, ii)?);
+                let (squared, grad_u, grad_i) = kernel.record(&mut run, &eu, &ei, r, scale);
+                let read = run.read(&squared);
+                opt_users.record_step_embedding(&mut run, users, iu, &grad_u)?;
+                opt_items.record_step_embedding(&mut run, items, ii, &grad_i)?;
+                Ok(run.submit()?.wait()?.f32(read))
             }
+            Tables::Stable { .. } => {
+                let (eu, ei) = self.forward(ctx, u, i)?;
+                let (squared, grad_u, grad_i) = kernel.run(ctx, &eu, &ei, r, scale);
+                self.step(ctx, u, i, &grad_u, &grad_i)?;
+                Ok(squared)
+            }
+        }
+    }
+
+    /// Backward through both tables and one 8-bit Adam step each (StableEmbedding).
+    fn step(&mut self, ctx: &Context, u: &[i32], i: &[i32], grad_u: &GpuTensor, grad_i: &GpuTensor) -> wgpu_embed::Result<()> {
+        let (su, si) = ([u.len()], [i.len()]);
+        let (iu, ii) = (Indices::i32(u, &su), Indices::i32(i, &si));
+        match self {
+            Tables::Plain { .. } => unreachable!("plain tables train through recorded steps"),
             Tables::Stable { users, items, opt_users, opt_items } => {
                 let gu = users.backward(ctx, iu, grad_u)?.tables.remove(0);
                 let gi = items.backward(ctx, ii, grad_i)?.tables.remove(0);
@@ -250,10 +287,8 @@ fn train(ctx: &Context, kernel: &LossKernel, data: &Data, mut tables: Tables, na
             let u: Vec<i32> = batch.iter().map(|&k| data.train[k].0).collect();
             let i: Vec<i32> = batch.iter().map(|&k| data.train[k].1).collect();
             let r: Vec<f32> = batch.iter().map(|&k| data.train[k].2).collect();
-            let (eu, ei) = tables.forward(ctx, &u, &i).expect("forward");
-            let (squared, grad_u, grad_i) = kernel.run(ctx, &eu, &ei, &r, tables.scale());
+            let squared = tables.train_step(ctx, kernel, &u, &i, &r).expect("step");
             train_sum += squared.iter().map(|&x| x as f64).sum::<f64>();
-            tables.step(ctx, &u, &i, &grad_u, &grad_i).expect("step");
         }
         let train_rmse = (train_sum / data.train.len() as f64).sqrt();
         let held_out = rmse(ctx, kernel, &tables, &data.held_out);

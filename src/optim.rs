@@ -10,7 +10,7 @@ use crate::gpu::kernel::binding::{INPUT, OUT, PARAMS};
 use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{Call, Grid, PassParams, UpdatePlan};
 use crate::gpu::recording::Recording;
-use crate::gpu::table::refresh_table_texture;
+use crate::gpu::table::mark_stepped;
 use crate::gpu::tensor::{DType, GpuTensor};
 use crate::layers::embedding::Embedding;
 use crate::layers::embedding_backward::{FusedStep, GradOptions, Gradient};
@@ -372,7 +372,7 @@ impl Optimizer {
                     Ok(())
                 }
             })?;
-            refresh_table_texture(run, table);
+            mark_stepped(table);
             Ok(())
         })?;
         self.steps = t;
@@ -402,7 +402,7 @@ impl Optimizer {
                 let grid = Grid::Blocks { width: d as u64, block: blocksize as u64 };
                 let call = Call { extra: &extra, ..Call::new(&ADAM8BIT_STEP, &[], grid, params) };
                 UpdatePlan { target: table, states: [Some(&c1), Some(&c2)], source: &g }.record_dense(ctx, &mut encoder, &call);
-                refresh_table_texture(&mut encoder, table);
+                mark_stepped(table);
                 ctx.submit(encoder)
             });
         }
@@ -417,7 +417,7 @@ impl Optimizer {
             let g = g.resegment(ctx, &mut encoder, per)?;
             let call = Call { extra: std::slice::from_ref(hyper), ..Call::new(&DENSE_STEP, &[], Grid::Elements(d as u64), params) };
             UpdatePlan { target: table, states: [Some(&s1), Some(&s2)], source: &g }.record_dense(ctx, &mut encoder, &call);
-            refresh_table_texture(&mut encoder, table);
+            mark_stepped(table);
             ctx.submit(encoder)?;
             Ok((s1, s2))
         })?;
@@ -575,7 +575,7 @@ impl Optimizer {
             extra: std::slice::from_ref(&hyper),
         };
         let out = backward(run, &step)?;
-        refresh_table_texture(run, table);
+        mark_stepped(table);
         self.steps = t;
         Ok(out)
     }

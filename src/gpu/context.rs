@@ -559,6 +559,7 @@ impl Context {
 
     /// A one-call path whose deferred errors (bad GPU-resident indices) the caller must
     /// see: `f` recorded, submitted and awaited (one read-back of the status words).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))] // the web crate records and awaits itself
     pub(crate) async fn run_checked<T>(&self, f: impl FnOnce(&mut Recording<'_>) -> Result<T>) -> Result<T> {
         let mut run = self.record();
         let out = f(&mut run)?;

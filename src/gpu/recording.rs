@@ -363,12 +363,13 @@ impl<'c> Recording<'c> {
     /// Bounds checks it holds go to the context's pending reports, read by the next
     /// awaited submission.
     pub(crate) fn submit_now(self) -> Result<()> {
-        #[cfg_attr(target_arch = "wasm32", allow(unused_mut))]
-        let mut done = self.submit()?;
         #[cfg(not(target_arch = "wasm32"))]
-        if let Some(e) = done.scope_error_now() {
+        if let Some(e) = self.submit()?.scope_error_now() {
             return Err(e);
         }
+        // In the browser the scopes are promises: the web crate awaits scopes of its own.
+        #[cfg(target_arch = "wasm32")]
+        drop(self.submit()?);
         Ok(())
     }
 }

@@ -141,7 +141,7 @@ impl<'a> TableAccess<'a> {
 /// after those that wrote the table).
 pub(crate) fn table_texture(run: &mut Recording<'_>, table: &GpuTensor) -> Option<Arc<TableTexture>> {
     let ctx = run.context();
-    if !ctx.reads_tables_from_textures() {
+    if !ctx.reads_tables_from_textures() || table.stepped.load(std::sync::atomic::Ordering::Relaxed) {
         return None;
     }
     let row_bytes = (table.row_len() * table.dtype().size()) as u64;
@@ -163,6 +163,13 @@ pub(crate) fn table_texture(run: &mut Recording<'_>, table: &GpuTensor) -> Optio
 fn record_texture_copy(encoder: &mut Recording<'_>, texture: &TableTexture, table: &GpuTensor) {
     let words = (table.row_len() * table.dtype().size() / 16) as u64;
     texture.record_copy(encoder, words, table.segments().iter().map(|s| (&s.buffer, s.first_row, s.rows)));
+}
+
+/// From now on `table` is rewritten in place by optimizer steps: its texture copy, if
+/// any, is dropped and lookups read its buffers.
+pub(crate) fn mark_stepped(table: &GpuTensor) {
+    table.stepped.store(true, std::sync::atomic::Ordering::Relaxed);
+    *table.texture.lock().unwrap_or_else(|p| p.into_inner()) = None;
 }
 
 /// After `table`'s buffers were rewritten in `encoder` (max-norm renormalisation),

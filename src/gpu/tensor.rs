@@ -78,6 +78,9 @@ pub struct GpuTensor {
     /// The texture copy lookups read on some devices (see `table.rs`), made on
     /// first use and shared by clones, as the buffers are.
     pub(crate) texture: Arc<std::sync::Mutex<Option<Arc<TableTexture>>>>,
+    /// Set once an optimizer rewrites the table in place: lookups then read its buffers,
+    /// since keeping a texture copy current would copy the whole table every step.
+    pub(crate) stepped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 // Tensors move between threads with their context (see `context.rs`).
@@ -311,7 +314,14 @@ impl GpuTensor {
             }
             Ok(segments)
         })?;
-        Ok(GpuTensor { shape: shape.to_vec(), dtype, row_len, segments: Arc::new(segments), texture: Arc::default() })
+        Ok(GpuTensor {
+            shape: shape.to_vec(),
+            dtype,
+            row_len,
+            segments: Arc::new(segments),
+            texture: Arc::default(),
+            stepped: Arc::default(),
+        })
     }
 
     /// Uploads `values` as a 1-D tensor whose every element is a row of its own, so that
@@ -427,30 +437,11 @@ impl GpuTensor {
             ctx.submit(encoder)?;
             Ok(staging)
         })?;
-        let mut receivers = Vec::new();
-        for (buf, _) in &staging {
-            let (tx, rx) = futures::channel::oneshot::channel();
-            buf.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-                let _ = tx.send(r);
-            });
-            receivers.push(rx);
-        }
-        #[cfg(not(target_arch = "wasm32"))]
-        ctx.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| ctx.check_alive().err().unwrap_or(Error::Device(e.to_string())))?;
+        let buffers: Vec<&wgpu::Buffer> = staging.iter().map(|(b, _)| b).collect();
+        let mapped = crate::gpu::recording::map_all(ctx, &buffers).await?;
         let mut out = Vec::with_capacity(self.numel() * self.dtype.size());
-        for ((buf, bytes), rx) in staging.iter().zip(receivers) {
-            match rx.await {
-                Ok(Ok(())) => {}
-                // A lost device fails every mapping; say so rather than "readback failed".
-                Ok(Err(e)) => return Err(ctx.check_alive().err().unwrap_or_else(|| Error::Device(format!("readback failed: {e}")))),
-                Err(_) => return Err(ctx.check_alive().err().unwrap_or_else(|| Error::Device("readback cancelled".into()))),
-            }
-            let view = buf.slice(..).get_mapped_range().map_err(|e| Error::Device(format!("readback: {e}")))?;
-            out.extend_from_slice(&view[..*bytes as usize]);
-            drop(view);
-            buf.unmap();
+        for (bytes, (_, len)) in mapped.iter().zip(&staging) {
+            out.extend_from_slice(&bytes[..*len as usize]);
         }
         out.truncate(self.numel() * self.dtype.size());
         Ok(out)
@@ -607,6 +598,7 @@ impl GpuTensor {
                     lease: seg.lease.clone(),
                 }]),
                 texture: Arc::default(),
+                stepped: self.stepped.clone(),
             }),
             _ => None,
         }
@@ -624,7 +616,14 @@ impl GpuTensor {
             .iter()
             .map(|s| Segment { buffer: s.buffer.clone(), first_row: s.first_row * len, rows: s.rows * len, lease: s.lease.clone() })
             .collect();
-        GpuTensor { shape: self.shape.clone(), dtype: self.dtype, row_len: 1, segments: Arc::new(segments), texture: Arc::default() }
+        GpuTensor {
+            shape: self.shape.clone(),
+            dtype: self.dtype,
+            row_len: 1,
+            segments: Arc::new(segments),
+            texture: Arc::default(),
+            stepped: self.stepped.clone(),
+        }
     }
 
     /// Wraps one existing buffer as a flat tensor (rows of one element).
@@ -636,6 +635,7 @@ impl GpuTensor {
             row_len: 1,
             segments: Arc::new(vec![Segment { buffer, first_row: 0, rows, lease: None }]),
             texture: Arc::default(),
+            stepped: Arc::default(),
         }
     }
 }

@@ -228,7 +228,7 @@ fn blockwise_options(options: &JsValue) -> Result<(usize, lib::CodeMap), JsValue
     Ok((blocksize, code))
 }
 
-fn array_arg(v: &JsValue, name: &'static str) -> Result<Vec<JsValue>, JsValue> {
+pub(crate) fn array_arg(v: &JsValue, name: &'static str) -> Result<Vec<JsValue>, JsValue> {
     v.dyn_ref::<js_sys::Array>().map(|a| a.iter().collect()).ok_or_else(|| js_error(lib::Error::arg(name, "expected an array")))
 }
 

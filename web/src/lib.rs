@@ -17,6 +17,7 @@ mod args;
 mod backward;
 mod layers;
 mod optim;
+mod recording;
 mod retrieval;
 mod safetensors_file;
 mod streamed;

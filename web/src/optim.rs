@@ -14,7 +14,7 @@ use crate::{gpu_call, js_error, BagArgs, Embedding, EmbeddingBag, Gpu, Tensor};
 #[wasm_bindgen]
 pub struct Optimizer {
     ctx: Rc<lib::Context>,
-    inner: RefCell<lib::Optimizer>,
+    pub(crate) inner: RefCell<lib::Optimizer>,
 }
 
 #[wasm_bindgen]
@@ -61,13 +61,18 @@ impl Optimizer {
     }
 
     /// One step from a sparse gradient: distinct `indices` (I32 on the GPU, as a sparse
-    /// `backward` returns them) and their `values` (`[nnz, D]`).
+    /// `backward` returns them) and their `values` (`[nnz, D]`). The rows are
+    /// bounds-checked in the same submission: a bad one rejects with its position and
+    /// value, and nothing is written.
     #[wasm_bindgen(js_name = stepSparse)]
     pub async fn step_sparse(&self, table: &Tensor, indices: &Tensor, values: &Tensor) -> Result<(), JsValue> {
         let t = table.gpu()?.clone();
         let num_embeddings = t.shape().first().copied().unwrap_or(0);
         let grad = lib::Gradient::Sparse { indices: indices.gpu()?.clone(), values: values.gpu()?.clone(), num_embeddings };
-        gpu_call(&self.ctx, || self.inner.borrow_mut().step(&self.ctx, &t, &grad)).await
+        let mut run = self.ctx.record();
+        self.inner.borrow_mut().record_step(&mut run, &t, &grad).map_err(js_error)?;
+        run.submit().map_err(js_error)?.finish().await.map_err(js_error)?;
+        Ok(())
     }
 
     /// Backward of `layer` (an `Embedding` over this optimizer's table) and this step in

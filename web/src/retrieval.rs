@@ -12,8 +12,8 @@ use crate::{gpu_call, js_error, Gpu, Tensor};
 /// Scores queries against a table's rows (`gpu.retriever(table, shape, options)`).
 #[wasm_bindgen]
 pub struct Retriever {
-    ctx: Rc<lib::Context>,
-    inner: lib::Retriever,
+    pub(crate) ctx: Rc<lib::Context>,
+    pub(crate) inner: lib::Retriever,
 }
 
 #[wasm_bindgen]
@@ -122,7 +122,7 @@ impl Retriever {
         self.inner.num_rows()
     }
 
-    fn result(&self, top: lib::TopK) -> Result<JsValue, JsValue> {
+    pub(crate) fn result(&self, top: lib::TopK) -> Result<JsValue, JsValue> {
         let o = js_sys::Object::new();
         js_sys::Reflect::set(&o, &"scores".into(), &Tensor::new(self.ctx.clone(), top.scores).into())?;
         js_sys::Reflect::set(&o, &"indices".into(), &Tensor::new(self.ctx.clone(), top.indices).into())?;

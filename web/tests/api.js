@@ -252,6 +252,97 @@ test("one training step: sparse backward, then SGD changes exactly the rows pres
   weight.release();
 });
 
+const bytesOf = (u8) => Array.from(u8).join(",");
+const diff = (a, b) => Object.fromEntries(Object.keys(b).map((k) => [k, b[k] - a[k]]));
+
+test("recorded: BERT block -> masked-mean bag -> top-k is one submission and one read-back", async () => {
+  const [v, p, d, n] = [200, 32, 16, 500];
+  const [word, pos, typ] = [table(v, d), table(p, d).map((x) => x / 3), table(2, d).map((x) => -x)];
+  const gamma = Float32Array.from({ length: d }, (_, i) => 1 + i / 10), beta = Float32Array.from({ length: d }, (_, i) => i / 20);
+  const block = await gpu.embeddingSumLayerNorm([word, pos, typ], [[v, d], [p, d], [2, d]], { gamma, beta });
+  const ids = Int32Array.from({ length: 16 }, (_, i) => (i * 37) % v), positions = Int32Array.from({ length: 16 }, (_, i) => i);
+  const types = Int32Array.from({ length: 16 }, (_, i) => (i >= 10 ? 1 : 0)), kept = Int32Array.from({ length: 13 }, (_, i) => i);
+  const retriever = await gpu.tensorRetriever(await gpu.tensor(table(n, d), [n, d]), { metric: "cosine", scheme: "int8_rowwise" });
+  // One call at a time.
+  const hidden = await block.forward([ids, positions, types], [16]);
+  const pooled = await gpu.embeddingBag(hidden, { mode: "mean" }).forward(kept, [0]);
+  const want = await retriever.searchTensor(pooled, 10);
+  const [wantRows, wantScores] = [await want.indices.toUint8Array(), await want.scores.toUint8Array()];
+  // Recorded.
+  const before = gpu.stats();
+  const run = gpu.record();
+  const h = run.embeddingSumLayerNorm(block, [ids, positions, types], [16]);
+  const p2 = run.bag(gpu.embeddingBag(h, { mode: "mean" }), kept, [0]);
+  const top = run.search(retriever, p2, 10);
+  run.read(top.indices);
+  run.read(top.scores);
+  const [rows, scores] = await run.submit();
+  const cost = diff(before, gpu.stats());
+  assert(cost.submissions === 1 && cost.readbacks === 1 && cost.waits === 0, `cost ${JSON.stringify(cost)}`);
+  assert(cost.bytesReadBack === 80, `read back ${cost.bytesReadBack} bytes, expected the 10 rows and scores`);
+  assert(bytesOf(rows) === bytesOf(wantRows), "top-k rows");
+  assert(bytesOf(scores) === bytesOf(wantScores), "top-k scores");
+});
+
+test("recorded: a lookup and a fused step from GPU-resident top-k rows, one submission; a bad index changes nothing", async () => {
+  const [v, d] = [120, 8];
+  const t = table(v, d);
+  const emb = gpu.embedding(await gpu.tensor(t, [v, d]));
+  const retriever = await gpu.tensorRetriever(emb.weight, { metric: "dot" });
+  const opt = gpu.optimizer(emb.weight, { optimizer: "sparse_adam", lr: 0.01 });
+  const query = await gpu.tensor(Float32Array.from({ length: d }, (_, i) => Math.cos(i)), [1, d]);
+  const grad = await gpu.tensor(Float32Array.from({ length: 4 * d }, (_, i) => Math.sin(i)), [1, 4, d]);
+  const before = gpu.stats();
+  const run = gpu.record();
+  const top = run.search(retriever, query, 4);
+  const rows = run.lookupTensor(emb, top.indices);
+  run.read(top.indices);
+  run.read(rows);
+  run.stepEmbeddingTensor(opt, emb, top.indices, grad);
+  const [idsBytes, rowBytes] = await run.submit();
+  const cost = diff(before, gpu.stats());
+  assert(cost.submissions === 1 && cost.readbacks === 1 && cost.waits === 0, `cost ${JSON.stringify(cost)}`);
+  const ids = Array.from(new Int32Array(idsBytes.buffer));
+  assertClose(new Float32Array(rowBytes.buffer), lookupRef(t, d, ids), "rows looked up before the step", 0);
+  const after = await emb.weight.toFloat32Array();
+  for (let r = 0; r < v; r++) {
+    const changed = rowOf(after, d, r).some((x, c) => x !== t[r * d + c]);
+    assert(changed === ids.includes(r), `row ${r} changed: ${changed}`);
+  }
+  // A bad index among GPU-resident ones: rejected with its position and value, nothing written.
+  const bad = await gpu.indexTensor(Int32Array.from([5, 9, 500, 7]), [1, 4]);
+  const run2 = gpu.record();
+  run2.lookupTensor(emb, bad);
+  run2.stepEmbeddingTensor(opt, emb, bad, grad);
+  await assertThrows(() => run2.submit(), /position 2.*500|500.*position 2/, "bad GPU-resident index");
+  assertClose(await emb.weight.toFloat32Array(), after, "table after the refused step", 0);
+  // The device goes on: the next recording works.
+  const run3 = gpu.record();
+  run3.read(run3.lookup(emb, [1]));
+  assertClose(new Float32Array((await run3.submit())[0].buffer), rowOf(after, d, 1), "after the refusal", 0);
+});
+
+test("recorded: a training step (lookup, fused step) is one submission and no wait", async () => {
+  const [v, d] = [300, 16];
+  const t = table(v, d);
+  const ids = Int32Array.from({ length: 16 }, (_, i) => (i * 11) % v);
+  const grad = await gpu.tensor(Float32Array.from({ length: 16 * d }, (_, i) => Math.sin(i / 3)), [16, d]);
+  const one = gpu.embedding(await gpu.tensor(t, [v, d]));
+  const optOne = gpu.optimizer(one.weight, { optimizer: "sparse_adam", lr: 0.01 });
+  await one.forward(ids);
+  await optOne.stepEmbedding(one, ids, grad, [16]);
+  const emb = gpu.embedding(await gpu.tensor(t, [v, d]));
+  const opt = gpu.optimizer(emb.weight, { optimizer: "sparse_adam", lr: 0.01 });
+  const before = gpu.stats();
+  const run = gpu.record();
+  run.lookup(emb, ids);
+  run.stepEmbedding(opt, emb, ids, grad, [16]);
+  await run.submit();
+  const cost = diff(before, gpu.stats());
+  assert(cost.submissions === 1 && cost.waits === 0 && cost.readbacks === 0, `cost ${JSON.stringify(cost)}`);
+  assertClose(await emb.weight.toFloat32Array(), await one.weight.toFloat32Array(), "recorded step = one-call step", 0);
+});
+
 async function main() {
   await init();
   gpu = await Gpu.create();
