@@ -13,6 +13,7 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use wgpu_embed::Block;
 
 use clap::Parser;
 use plotters::prelude::*;
@@ -256,15 +257,15 @@ fn small_calls(ctx: &Context, timer: &GpuTimer, rec: &Recorder, reps: usize) -> 
             "floor: one-word copy dispatch + read-back",
             Box::new(|| {
                 timer.time(ctx, |e| rec.copy(ctx, e, &src, &dst))?;
-                dst.to_vec_f32(ctx)
+                dst.read_f32(ctx).block()
             }),
         ),
-        ("Embedding, 1 index, D = 384", Box::new(|| lookup.forward(ctx, Indices::i32(&ids[..1], &[1]))?.to_vec_f32(ctx))),
+        ("Embedding, 1 index, D = 384", Box::new(|| lookup.forward(ctx, Indices::i32(&ids[..1], &[1]))?.read_f32(ctx).block())),
         (
             "BERT embedding block, 16 tokens, D = 384",
             Box::new(|| {
                 let idx = [Indices::i32(&ids, &shape), Indices::i32(&positions, &shape), Indices::i32(&types, &shape)];
-                block.forward(ctx, &idx)?.to_vec_f32(ctx)
+                block.forward(ctx, &idx)?.read_f32(ctx).block()
             }),
         ),
     ];
@@ -322,7 +323,7 @@ fn pipelines(ctx: &Context, timer: &GpuTimer, rec: &Recorder, reps: usize) -> wg
             "floor",
             Box::new(|_| {
                 timer.time(ctx, |e| rec.copy(ctx, e, &src, &dst))?;
-                dst.to_vec_f32(ctx).map(drop)
+                dst.read_f32(ctx).block().map(drop)
             }),
         ),
         (
@@ -334,7 +335,7 @@ fn pipelines(ctx: &Context, timer: &GpuTimer, rec: &Recorder, reps: usize) -> wg
                 let pooled = EmbeddingBag::from_tensor(hidden, BagMode::Mean)?.record(&mut run, input, offsets, None)?;
                 let top = retriever.record(&mut run, &pooled, 10)?;
                 let (rows, scores) = (run.read(&top.indices), run.read(&top.scores));
-                let out = run.submit()?.wait()?;
+                let out = run.submit()?.finish().block()?;
                 std::hint::black_box((out.bytes(rows), out.bytes(scores)));
                 Ok(())
             }),
@@ -346,7 +347,7 @@ fn pipelines(ctx: &Context, timer: &GpuTimer, rec: &Recorder, reps: usize) -> wg
                 let (input, offsets) = bag_args();
                 let pooled = EmbeddingBag::from_tensor(hidden, BagMode::Mean)?.forward(ctx, input, offsets, None)?;
                 let top = retriever.search_gpu(ctx, &pooled, 10)?;
-                std::hint::black_box((top.indices.to_bytes(ctx)?, top.scores.to_bytes(ctx)?));
+                std::hint::black_box((top.indices.read_bytes(ctx).block()?, top.scores.read_bytes(ctx).block()?));
                 Ok(())
             }),
         ),
@@ -434,7 +435,7 @@ fn time_optimizer(
         let g = GpuTensor::from_f32(ctx, &vec![0.01; OPT_ROWS * OPT_DIM], &[OPT_ROWS, OPT_DIM])?;
         (Gradient::Dense(g), (OPT_ROWS * OPT_DIM * 4) as f64 * 3.0 + 2.0 * states as f64)
     };
-    let (gpu_s, copy_s) = time_layer(ctx, timer, reps, copy, || opt.step(ctx, &table, &grad).map(|_| table.clone()))?;
+    let (gpu_s, copy_s) = time_layer(ctx, timer, reps, copy, || opt.step(ctx, &table, &grad).block().map(|_| table.clone()))?;
     Ok((bytes, gpu_s, copy_s))
 }
 
@@ -462,10 +463,10 @@ fn time_train_step(
     let (gpu_s, copy_s) = time_layer(ctx, timer, reps, copy, || {
         let batch = Indices::i32(&ids, &shape);
         if fused {
-            opt.step_embedding(ctx, &emb, batch, &grad_out)?;
+            opt.step_embedding(ctx, &emb, batch, &grad_out).block()?;
         } else {
-            let grad = emb.backward(ctx, batch, &grad_out, GradOptions { sparse: true, scale_grad_by_freq: false })?;
-            opt.step(ctx, emb.weight(), &grad)?;
+            let grad = emb.backward(ctx, batch, &grad_out, GradOptions { sparse: true, scale_grad_by_freq: false }).block()?;
+            opt.step(ctx, emb.weight(), &grad).block()?;
         }
         Ok(emb.weight().clone())
     })?;
@@ -584,8 +585,9 @@ fn main() {
     std::env::set_var("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()));
     let args = Args::parse();
     let table_reads = args.table_reads;
-    let mut ctx =
-        Context::new_with(ContextOptions { adapter_name: args.adapter.clone(), table_reads, ..Default::default() }).expect("a GPU adapter");
+    let mut ctx = Context::with_options(ContextOptions { adapter_name: args.adapter.clone(), table_reads, ..Default::default() })
+        .block()
+        .expect("a GPU adapter");
     let texture_reads = ctx.reads_tables_from_textures();
     let info = ctx.adapter_info().clone();
     let timer = GpuTimer::new(&ctx);
@@ -760,7 +762,9 @@ fn main() {
         let m = n.min(rows);
         let bytes = ((m + rows) * dim * 4) as f64;
         let r = Embedding::from_pretrained(&ctx, &host_table, rows, dim).and_then(|l| {
-            time_layer(&ctx, &timer, args.reps, &copy, || dense(l.backward(&ctx, Indices::i32(&idx[..m], &[m]), &grad, Default::default())))
+            time_layer(&ctx, &timer, args.reps, &copy, || {
+                dense(l.backward(&ctx, Indices::i32(&idx[..m], &[m]), &grad, Default::default()).block())
+            })
         });
         layer("embedding_backward", 1, bytes, r);
         let bag = 20;
@@ -772,7 +776,9 @@ fn main() {
             time_layer(&ctx, &timer, args.reps, &copy, || {
                 let input = Indices::i32(&idx[..bags * bag], &input_shape);
                 dense(
-                    l.backward(&ctx, input, Some(Indices::i32(&offs, &offs_shape)), None, &bag_grad, Default::default()).map(|g| g.weight),
+                    l.backward(&ctx, input, Some(Indices::i32(&offs, &offs_shape)), None, &bag_grad, Default::default())
+                        .block()
+                        .map(|g| g.weight),
                 )
             })
         });

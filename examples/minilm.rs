@@ -10,6 +10,7 @@
 //! ```
 
 use std::path::PathBuf;
+use wgpu_embed::Block;
 
 use wgpu_embed::{Checkpoint, Context, EmbeddingSumLayerNorm, Indices};
 
@@ -26,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .into());
     }
 
-    let ctx = Context::new()?;
+    let ctx = Context::new().block()?;
     let info = ctx.adapter_info();
     println!("adapter: {} ({:?})", info.name, info.backend);
 
@@ -54,7 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     println!("token ids: {ids:?}");
 
     let out = block.forward(&ctx, &[Indices::i64(&ids, &shape), Indices::i64(&positions, &shape), Indices::i64(&token_types, &shape)])?;
-    let values = out.to_vec_f32(&ctx)?;
+    let values = out.read_f32(&ctx).block()?;
     let d = block.embedding_dim();
     println!("output shape: {:?}", out.shape());
     for (t, row) in values.chunks(d).enumerate() {

@@ -16,6 +16,7 @@
 //! ```
 
 use std::path::Path;
+use wgpu_embed::Block;
 
 use plotters::prelude::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -125,7 +126,7 @@ impl LossKernel {
         let mut run = ctx.record();
         let (squared, grad_users, grad_items) = self.record(&mut run, users, items, ratings, scale);
         let read = run.read(&squared);
-        let out = run.submit().and_then(|s| s.wait()).expect("loss");
+        let out = run.submit().and_then(|s| s.finish().block()).expect("loss");
         (out.f32(read), grad_users, grad_items)
     }
 
@@ -228,7 +229,7 @@ impl Tables {
                 let read = run.read(&squared);
                 opt_users.record_step_embedding(&mut run, users, iu, &grad_u)?;
                 opt_items.record_step_embedding(&mut run, items, ii, &grad_i)?;
-                Ok(run.submit()?.wait()?.f32(read))
+                Ok(run.submit()?.finish().block()?.f32(read))
             }
             Tables::Stable { .. } => {
                 let (eu, ei) = self.forward(ctx, u, i)?;
@@ -248,8 +249,8 @@ impl Tables {
             Tables::Stable { users, items, opt_users, opt_items } => {
                 let gu = users.backward(ctx, iu, grad_u)?.tables.remove(0);
                 let gi = items.backward(ctx, ii, grad_i)?.tables.remove(0);
-                opt_users.step(ctx, users.weight(), &Gradient::Dense(gu))?;
-                opt_items.step(ctx, items.weight(), &Gradient::Dense(gi))?;
+                opt_users.step(ctx, users.weight(), &Gradient::Dense(gu)).block()?;
+                opt_items.step(ctx, items.weight(), &Gradient::Dense(gi)).block()?;
             }
         }
         Ok(())
@@ -327,7 +328,7 @@ fn plot(path: &Path, runs: &[(&str, Curve)], floor: f64) -> Result<(), Box<dyn s
 }
 
 fn main() {
-    let ctx = Context::new().expect("a GPU adapter (or lavapipe)");
+    let ctx = Context::new().block().expect("a GPU adapter (or lavapipe)");
     println!("adapter: {} ({:?})", ctx.adapter_info().name, ctx.adapter_info().backend);
     let data = generate(42);
     // The generator's noise (three uniforms in [-1, 1], variance 1 in all, times NOISE):

@@ -4,12 +4,12 @@
 //! shaders through wgpu on any GPU (Vulkan, Metal, DX12, GL) and in the browser.
 //!
 //! ```no_run
-//! use wgpu_embed::{Context, Embedding, Indices};
-//! let ctx = Context::new()?;
+//! use wgpu_embed::{Block, Context, Embedding, Indices};
+//! let ctx = Context::new().block()?;
 //! let table: Vec<f32> = (0..10 * 4).map(|i| i as f32).collect();
 //! let emb = Embedding::from_pretrained(&ctx, &table, 10, 4)?;
 //! let out = emb.forward(&ctx, Indices::i64(&[1, 2, 9], &[3]))?;
-//! assert_eq!(out.to_vec_f32(&ctx)?[..4], [4.0, 5.0, 6.0, 7.0]);
+//! assert_eq!(out.read_f32(&ctx).block()?[..4], [4.0, 5.0, 6.0, 7.0]);
 //! # Ok::<(), wgpu_embed::Error>(())
 //! ```
 //!
@@ -21,6 +21,7 @@
 #[cfg(feature = "bench")]
 #[doc(hidden)]
 pub mod bench;
+pub mod block;
 pub mod checkpoint;
 #[cfg(all(feature = "cli", not(target_arch = "wasm32")))]
 pub mod cli;
@@ -31,6 +32,8 @@ pub mod layers;
 pub mod optim;
 pub mod quant;
 
+#[cfg(not(target_arch = "wasm32"))]
+pub use block::Block;
 pub use checkpoint::{Checkpoint, HostTable};
 pub use error::{Error, Result};
 pub use gpu::context::{Context, ContextOptions, TableReads};

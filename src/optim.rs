@@ -277,19 +277,17 @@ impl Optimizer {
     /// `grad`, dense or sparse (coalesced: distinct rows), refusing what torch.optim
     /// refuses (sparse gradients with momentum or weight decay, dense ones for SparseAdam).
     /// A sparse gradient's rows are bounds-checked in the same submission; natively the
-    /// call waits for that check (in the browser a bad row is reported by the next
-    /// awaited submission), and a bad row writes nothing.
+    /// call resolves once that check is read, and a bad row writes nothing.
     ///
     /// # Errors
     /// The refusals above, a gradient of another table's shape, or a sparse row outside
     /// the table ([`Error::IndexOutOfRange`] naming `grad.indices`).
-    pub fn step(&mut self, ctx: &Context, table: &GpuTensor, grad: &Gradient) -> Result<()> {
+    pub async fn step(&mut self, ctx: &Context, table: &GpuTensor, grad: &Gradient) -> Result<()> {
         if let OptimizerKind::Adam8bit { .. } = self.kind {
             return self.step_dense_8bit(ctx, table, grad);
         }
-        #[cfg(not(target_arch = "wasm32"))]
         if let Gradient::Sparse { .. } = grad {
-            return pollster::block_on(ctx.run_checked(|run| self.record_step(run, table, grad)));
+            return ctx.run_checked(|run| self.record_step(run, table, grad)).await;
         }
         ctx.run_now(|run| self.record_step(run, table, grad))
     }
@@ -437,48 +435,29 @@ impl Optimizer {
     /// [`Embedding::backward`] sums it, and the row updated at once, so no gradient is
     /// ever written (FBGEMM's fused backward + optimizer). Gives what `backward`
     /// (sparse) then [`Optimizer::step`] give, bit for bit. An output gradient over
-    /// several bindings, or rows of D not a multiple of 4, take that unfused path.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn step_embedding(&mut self, ctx: &Context, layer: &Embedding, indices: Indices<'_>, grad_out: &GpuTensor) -> Result<()> {
-        pollster::block_on(self.step_embedding_async(ctx, layer, indices, grad_out))
-    }
-
-    /// [`Optimizer::step_embedding`] without blocking (the unfused path awaits its row count).
-    pub async fn step_embedding_async(
-        &mut self,
-        ctx: &Context,
-        layer: &Embedding,
-        indices: Indices<'_>,
-        grad_out: &GpuTensor,
-    ) -> Result<()> {
+    /// several bindings, or rows of D not a multiple of 4, take that unfused path (it
+    /// awaits the gradient's row count); the fused one resolves at once.
+    ///
+    /// # Errors
+    /// What [`Embedding::backward`] and [`Optimizer::step`] refuse, before any GPU work.
+    pub async fn step_embedding(&mut self, ctx: &Context, layer: &Embedding, indices: Indices<'_>, grad_out: &GpuTensor) -> Result<()> {
         let table = layer.weight();
         self.check_table(table)?;
         self.check(true)?;
         if !fusable(grad_out) {
             let options = GradOptions { sparse: true, scale_grad_by_freq: false };
-            let grad = layer.backward_async(ctx, indices, grad_out, options).await?;
-            return self.step(ctx, table, &grad);
+            let grad = layer.backward(ctx, indices, grad_out, options).await?;
+            return self.step(ctx, table, &grad).await;
         }
         ctx.run_now(|run| self.record_fused(run, table, |run, step| layer.record_fused_step(run, indices, grad_out, step)))
     }
 
     /// [`Optimizer::step_embedding`] for an `EmbeddingBag` (sum or mean): returns the
     /// gradient of `per_sample_weights`, if given, as `backward` does.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn step_embedding_bag(
-        &mut self,
-        ctx: &Context,
-        layer: &EmbeddingBag,
-        input: Indices<'_>,
-        offsets: Option<Indices<'_>>,
-        per_sample_weights: PerSampleWeights<'_>,
-        grad_out: &GpuTensor,
-    ) -> Result<Option<GpuTensor>> {
-        pollster::block_on(self.step_embedding_bag_async(ctx, layer, input, offsets, per_sample_weights, grad_out))
-    }
-
-    /// [`Optimizer::step_embedding_bag`] without blocking.
-    pub async fn step_embedding_bag_async(
+    ///
+    /// # Errors
+    /// What [`EmbeddingBag::backward`] and [`Optimizer::step`] refuse, before any GPU work.
+    pub async fn step_embedding_bag(
         &mut self,
         ctx: &Context,
         layer: &EmbeddingBag,
@@ -492,8 +471,8 @@ impl Optimizer {
         self.check(true)?;
         if !fusable(grad_out) {
             let options = GradOptions { sparse: true, scale_grad_by_freq: false };
-            let grads = layer.backward_async(ctx, input, offsets, per_sample_weights, grad_out, options).await?;
-            self.step(ctx, table, &grads.weight)?;
+            let grads = layer.backward(ctx, input, offsets, per_sample_weights, grad_out, options).await?;
+            self.step(ctx, table, &grads.weight).await?;
             return Ok(grads.per_sample_weights);
         }
         ctx.run_now(|run| {

@@ -5,6 +5,7 @@
 mod common;
 
 use common::{context, Rng};
+use wgpu_embed::Block;
 use wgpu_embed::{BagMode, Context, Embedding, EmbeddingBag, GpuTensor, GradOptions, Gradient, Indices};
 
 /// Σ over positions of grad rows into table rows (f64), `factor(p)` each, skipping `skip`.
@@ -35,7 +36,7 @@ fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
 
 fn dense(ctx: &Context, g: &Gradient) -> Vec<f32> {
     match g {
-        Gradient::Dense(t) => t.to_vec_f32(ctx).unwrap(),
+        Gradient::Dense(t) => t.read_f32(ctx).block().unwrap(),
         Gradient::Sparse { .. } => panic!("expected a dense gradient"),
     }
 }
@@ -56,7 +57,7 @@ fn embedding_backward_is_bitwise_deterministic_and_right() {
     // Many repeats (about 67 per row) and some long runs.
     let rows: Vec<i64> = (0..20_000).map(|_| rng.below(v as u64) as i64).collect();
     let (emb, g, grad) = embedding_case(&ctx, v, d, &rows, 11);
-    let run = || dense(&ctx, &emb.backward(&ctx, Indices::i64(&rows, &[rows.len()]), &g, GradOptions::default()).unwrap());
+    let run = || dense(&ctx, &emb.backward(&ctx, Indices::i64(&rows, &[rows.len()]), &g, GradOptions::default()).block().unwrap());
     let first = run();
     let second = run();
     assert!(first.iter().zip(&second).all(|(a, b)| a.to_bits() == b.to_bits()), "two runs differ");
@@ -76,7 +77,7 @@ fn a_hot_row_and_gradients_over_several_bindings() {
         assert!(max_binding.is_none() || g.segments().len() > 1, "the gradient should span several bindings");
         for scale in [false, true] {
             let opts = GradOptions { scale_grad_by_freq: scale, sparse: false };
-            let got = dense(&ctx, &emb.backward(&ctx, Indices::i64(&rows, &[rows.len()]), &g, opts).unwrap());
+            let got = dense(&ctx, &emb.backward(&ctx, Indices::i64(&rows, &[rows.len()]), &g, opts).block().unwrap());
             let mut counts = vec![0f64; v];
             rows.iter().for_each(|&r| counts[r as usize] += 1.0);
             let want = scatter_reference(v, d, &rows, |p| p, |p| if scale { 1.0 / counts[rows[p] as usize] } else { 1.0 }, &grad);
@@ -95,17 +96,18 @@ fn sparse_gradient_is_the_dense_one_coalesced() {
     let emb = emb.with_padding_idx(Some(rows[0])).unwrap();
     let shape = [rows.len()];
     let idx = Indices::i64(&rows, &shape);
-    let full = dense(&ctx, &emb.backward(&ctx, idx, &g, GradOptions::default()).unwrap());
-    let Gradient::Sparse { indices, values, .. } = emb.backward(&ctx, idx, &g, GradOptions { sparse: true, ..Default::default() }).unwrap()
+    let full = dense(&ctx, &emb.backward(&ctx, idx, &g, GradOptions::default()).block().unwrap());
+    let Gradient::Sparse { indices, values, .. } =
+        emb.backward(&ctx, idx, &g, GradOptions { sparse: true, ..Default::default() }).block().unwrap()
     else {
         panic!("expected a sparse gradient");
     };
-    let got_rows: Vec<i32> = bytemuck::pod_collect_to_vec(&indices.to_bytes(&ctx).unwrap());
+    let got_rows: Vec<i32> = bytemuck::pod_collect_to_vec(&indices.read_bytes(&ctx).block().unwrap());
     let mut want_rows: Vec<i32> = rows.iter().filter(|&&r| r != rows[0]).map(|&r| r as i32).collect();
     want_rows.sort_unstable();
     want_rows.dedup();
     assert_eq!(got_rows, want_rows);
-    let vals = values.to_vec_f32(&ctx).unwrap();
+    let vals = values.read_f32(&ctx).block().unwrap();
     for (k, &r) in got_rows.iter().enumerate() {
         assert_eq!(&vals[k * d..(k + 1) * d], &full[r as usize * d..(r as usize + 1) * d], "row {r}: sparse and dense sums differ");
     }
@@ -131,6 +133,7 @@ fn bag_backward_past_65535_bags() {
     let g = GpuTensor::from_f32(&ctx, &grad, &[bags, d]).unwrap();
     let got = bag
         .backward(&ctx, Indices::i64(&rows, &[rows.len()]), Some(Indices::i64(&offsets, &[bags])), None, &g, GradOptions::default())
+        .block()
         .unwrap();
     let bag_of: Vec<usize> = (0..rows.len()).map(|p| offsets.partition_point(|&o| o <= p as i64) - 1).collect();
     let size = |b: usize| (offsets.get(b + 1).copied().unwrap_or(rows.len() as i64) - offsets[b]) as f64;
@@ -150,13 +153,13 @@ fn gpu_resident_indices_give_the_same_gradients_and_bad_ones_are_reported() {
     let g2 = g.reshape(&[30, 30, d]).unwrap();
     for sparse in [false, true] {
         let opts = GradOptions { sparse, ..Default::default() };
-        let host = emb.backward(&ctx, Indices::i64(&rows, &[30, 30]), &g2, opts).unwrap();
-        let gpu = emb.backward_gpu(&ctx, &on_gpu, &g2, opts).unwrap();
+        let host = emb.backward(&ctx, Indices::i64(&rows, &[30, 30]), &g2, opts).block().unwrap();
+        let gpu = emb.backward_gpu(&ctx, &on_gpu, &g2, opts).block().unwrap();
         match (host, gpu) {
-            (Gradient::Dense(a), Gradient::Dense(b)) => assert_eq!(a.to_vec_f32(&ctx).unwrap(), b.to_vec_f32(&ctx).unwrap()),
+            (Gradient::Dense(a), Gradient::Dense(b)) => assert_eq!(a.read_f32(&ctx).block().unwrap(), b.read_f32(&ctx).block().unwrap()),
             (Gradient::Sparse { indices: ai, values: av, .. }, Gradient::Sparse { indices: bi, values: bv, .. }) => {
-                assert_eq!(ai.to_bytes(&ctx).unwrap(), bi.to_bytes(&ctx).unwrap());
-                assert_eq!(av.to_vec_f32(&ctx).unwrap(), bv.to_vec_f32(&ctx).unwrap());
+                assert_eq!(ai.read_bytes(&ctx).block().unwrap(), bi.read_bytes(&ctx).block().unwrap());
+                assert_eq!(av.read_f32(&ctx).block().unwrap(), bv.read_f32(&ctx).block().unwrap());
             }
             _ => panic!("sparse {sparse}: different kinds of gradient"),
         }
@@ -167,18 +170,18 @@ fn gpu_resident_indices_give_the_same_gradients_and_bad_ones_are_reported() {
     let bag_grad = GpuTensor::from_f32(&ctx, &rng.vec_f32(90 * d), &[90, d]).unwrap();
     let w_gpu = GpuTensor::flat(&ctx, &weights, wgpu_embed::DType::F32).unwrap();
     let flat_gpu = on_gpu.reshape(&[rows.len()]).unwrap();
-    let table: Vec<f32> = emb.weight().to_vec_f32(&ctx).unwrap();
+    let table: Vec<f32> = emb.weight().read_f32(&ctx).block().unwrap();
     let weights_shape = [rows.len()];
     for (mode, psw) in [(BagMode::Sum, true), (BagMode::Mean, false), (BagMode::Max, false)] {
         let bag = EmbeddingBag::from_pretrained(&ctx, &table, v, d, mode).unwrap();
         let offs = Some(Indices::i64(&offsets, &[90]));
         let host_w = psw.then_some((&weights[..], &weights_shape[..]));
-        let host = bag.backward(&ctx, Indices::i64(&rows, &[rows.len()]), offs, host_w, &bag_grad, GradOptions::default()).unwrap();
-        let gpu = bag.backward_gpu(&ctx, &flat_gpu, offs, psw.then_some(&w_gpu), &bag_grad, GradOptions::default()).unwrap();
+        let host = bag.backward(&ctx, Indices::i64(&rows, &[rows.len()]), offs, host_w, &bag_grad, GradOptions::default()).block().unwrap();
+        let gpu = bag.backward_gpu(&ctx, &flat_gpu, offs, psw.then_some(&w_gpu), &bag_grad, GradOptions::default()).block().unwrap();
         assert_eq!(dense(&ctx, &host.weight), dense(&ctx, &gpu.weight), "{mode:?}");
         assert_eq!(
-            host.per_sample_weights.map(|t| t.to_vec_f32(&ctx).unwrap()),
-            gpu.per_sample_weights.map(|t| t.to_vec_f32(&ctx).unwrap()),
+            host.per_sample_weights.map(|t| t.read_f32(&ctx).block().unwrap()),
+            gpu.per_sample_weights.map(|t| t.read_f32(&ctx).block().unwrap()),
             "{mode:?}"
         );
     }
@@ -186,8 +189,8 @@ fn gpu_resident_indices_give_the_same_gradients_and_bad_ones_are_reported() {
     let mut bad = rows32.clone();
     bad[417] = v as i32 + 3;
     let bad_gpu = GpuTensor::from_i32(&ctx, &bad, &[30, 30]).unwrap();
-    match emb.backward_gpu(&ctx, &bad_gpu, &g2, GradOptions::default()) {
+    match emb.backward_gpu(&ctx, &bad_gpu, &g2, GradOptions::default()).block() {
         Err(wgpu_embed::Error::IndexOutOfRange { name: "indices", position: 417, value, .. }) => assert_eq!(value, v as i64 + 3),
-        other => panic!("expected IndexOutOfRange at 417, got {other:?}"),
+        other => panic!("expected IndexOutOfRange at 417, got {other:?}.block()"),
     }
 }

@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
+use wgpu_embed::Block;
 
 use wgpu_embed::conformance::cases::CaseFile;
 use wgpu_embed::conformance::runner::{run_case, run_cases};
@@ -100,7 +101,7 @@ fn embedding_bad_inputs() {
     expect_arg(Embedding::from_tensor(ints), "weight", &["I32"]);
     // kind 11: GPU-resident indices of the wrong dtype
     let f = GpuTensor::from_f32(&ctx, &[1.0, 2.0], &[2]).unwrap();
-    expect_arg(emb.forward_gpu(&ctx, &f), "indices", &["F32"]);
+    expect_arg(emb.forward_gpu(&ctx, &f).block(), "indices", &["F32"]);
 }
 
 #[test]
@@ -117,22 +118,22 @@ fn embedding_gpu_resident_out_of_range_indices_are_reported_not_read() {
         (vec![0, i32::MIN, 200], 1, i32::MIN as i64),
     ] {
         let idx = GpuTensor::from_i32(&ctx, &values, &[values.len()]).unwrap();
-        expect_oob(emb.forward_gpu(&ctx, &idx), "indices", position, value);
+        expect_oob(emb.forward_gpu(&ctx, &idx).block(), "indices", position, value);
     }
     // Many indices over several segments: the first bad position is the one reported.
     let mut many: Vec<i32> = (0..5000).map(|i| i % v as i32).collect();
     many[4321] = 1000;
     many[4999] = -1;
     let idx = GpuTensor::from_i32(&ctx, &many, &[50, 100]).unwrap();
-    expect_oob(emb.forward_gpu(&ctx, &idx), "indices", 4321, 1000);
+    expect_oob(emb.forward_gpu(&ctx, &idx).block(), "indices", 4321, 1000);
     // The same layer and context still answer good calls correctly.
     many[4321] = 7;
     many[4999] = 0;
     let idx = GpuTensor::from_i32(&ctx, &many, &[50, 100]).unwrap();
-    let out = emb.forward_gpu(&ctx, &idx).unwrap();
+    let out = emb.forward_gpu(&ctx, &idx).block().unwrap();
     assert_eq!(out.shape(), &[50, 100, d]);
     let want = common::lookup(&w, d, &many.iter().map(|&i| i as i64).collect::<Vec<_>>());
-    assert_eq!(out.to_vec_f32(&ctx).unwrap(), want);
+    assert_eq!(out.read_f32(&ctx).block().unwrap(), want);
 }
 
 #[test]
@@ -143,20 +144,20 @@ fn max_norm_call_with_one_bad_index_leaves_the_table_unchanged() {
     let w: Vec<f32> = (0..v * d).map(|i| 3.0 + i as f32).collect(); // every row's norm > 1
     let emb = Embedding::from_pretrained(&ctx, &w, v, d).unwrap().with_max_norm(Some(1.0), 2.0).unwrap();
     expect_oob(emb.forward(&ctx, Indices::i64(&[0, 1, 2, 20], &[4])), "indices", 3, 20);
-    assert_eq!(emb.weight().to_vec_f32(&ctx).unwrap(), w, "host indices: table changed");
+    assert_eq!(emb.weight().read_f32(&ctx).block().unwrap(), w, "host indices: table changed");
     let idx = GpuTensor::from_i32(&ctx, &[4, 5, -2, 6], &[4]).unwrap();
-    expect_oob(emb.forward_gpu(&ctx, &idx), "indices", 2, -2);
-    assert_eq!(emb.weight().to_vec_f32(&ctx).unwrap(), w, "GPU indices: table changed");
+    expect_oob(emb.forward_gpu(&ctx, &idx).block(), "indices", 2, -2);
+    assert_eq!(emb.weight().read_f32(&ctx).block().unwrap(), w, "GPU indices: table changed");
 
     let bag = EmbeddingBag::from_pretrained(&ctx, &w, v, d, BagMode::Sum).unwrap().with_max_norm(Some(1.0), 2.0).unwrap();
     expect_oob(bag.forward(&ctx, Indices::i64(&[0, 1, 99], &[3]), Some(Indices::i64(&[0], &[1])), None), "input", 2, 99);
     let idx = GpuTensor::from_i32(&ctx, &[0, 1, 99], &[3]).unwrap();
-    expect_oob(bag.forward_gpu(&ctx, &idx, Some(Indices::i64(&[0], &[1])), None), "input", 2, 99);
-    assert_eq!(bag.weight().to_vec_f32(&ctx).unwrap(), w, "bag: table changed");
+    expect_oob(bag.forward_gpu(&ctx, &idx, Some(Indices::i64(&[0], &[1])), None).block(), "input", 2, 99);
+    assert_eq!(bag.weight().read_f32(&ctx).block().unwrap(), w, "bag: table changed");
 
     // And a good call does renormalise, so the checks above could fail.
     emb.forward(&ctx, Indices::i64(&[0], &[1])).unwrap();
-    assert_ne!(emb.weight().to_vec_f32(&ctx).unwrap(), w);
+    assert_ne!(emb.weight().read_f32(&ctx).block().unwrap(), w);
 }
 
 // ---------------------------------------------------------------- EmbeddingBag
@@ -197,15 +198,15 @@ fn embedding_bag_bad_inputs() {
     expect_arg(BagMode::parse("median"), "mode", &["\"median\""]);
     // kind 26: GPU-resident bag input out of range (reported, not read)
     let gpu = GpuTensor::from_i32(&ctx, &[1, 2, 3, 12], &[4]).unwrap();
-    expect_oob(bag.forward_gpu(&ctx, &gpu, Some(Indices::i64(&[0, 2], &[2])), None), "input", 3, 12);
+    expect_oob(bag.forward_gpu(&ctx, &gpu, Some(Indices::i64(&[0, 2], &[2])), None).block(), "input", 3, 12);
     let gpu2 = GpuTensor::from_i32(&ctx, &[1, -2, 3, 4], &[2, 2]).unwrap();
-    expect_oob(bag.forward_gpu(&ctx, &gpu2, None, None), "input", 1, -2);
+    expect_oob(bag.forward_gpu(&ctx, &gpu2, None, None).block(), "input", 1, -2);
     // kind 27: GPU-resident per_sample_weights of the wrong dtype
     let gpu = GpuTensor::from_i32(&ctx, &[1, 2, 3, 4], &[4]).unwrap();
     let iw = GpuTensor::from_i32(&ctx, &[1, 1, 1, 1], &[4]).unwrap();
-    expect_arg(bag.forward_gpu(&ctx, &gpu, Some(Indices::i64(&[0], &[1])), Some(&iw)), "per_sample_weights", &["I32"]);
+    expect_arg(bag.forward_gpu(&ctx, &gpu, Some(Indices::i64(&[0], &[1])), Some(&iw)).block(), "per_sample_weights", &["I32"]);
     // The GPU path checks offsets like the host path.
-    expect_arg(bag.forward_gpu(&ctx, &gpu, Some(Indices::i64(&[0, 9], &[2])), None), "offsets", &["of 9"]);
+    expect_arg(bag.forward_gpu(&ctx, &gpu, Some(Indices::i64(&[0, 9], &[2])), None).block(), "offsets", &["of 9"]);
 }
 
 #[test]
@@ -224,16 +225,16 @@ fn embedding_bag_forward_gpu_matches_the_host_path() {
     for mode in ["sum", "mean", "max"] {
         let bag = EmbeddingBag::from_pretrained(&ctx, &w, v, d, BagMode::parse(mode).unwrap()).unwrap();
         let weights = (mode == "sum").then_some(&gpu_w);
-        let got = bag.forward_gpu(&ctx, &gpu_idx, Some(Indices::i64(&offsets, &[offsets.len()])), weights).unwrap();
+        let got = bag.forward_gpu(&ctx, &gpu_idx, Some(Indices::i64(&offsets, &[offsets.len()])), weights).block().unwrap();
         let want = common::bag(&w, d, &idx, &bounds, mode, None, (mode == "sum").then_some(&psw[..]));
-        common::assert_close(&got.to_vec_f32(&ctx).unwrap(), &want, 1e-4, 1e-5, mode);
+        common::assert_close(&got.read_f32(&ctx).block().unwrap(), &want, 1e-4, 1e-5, mode);
     }
     // 2-D GPU input, no offsets.
     let bag = EmbeddingBag::from_pretrained(&ctx, &w, v, d, BagMode::Mean).unwrap();
     let two_d = gpu_idx.reshape(&[70, 10]).unwrap();
-    let got = bag.forward_gpu(&ctx, &two_d, None, None).unwrap();
+    let got = bag.forward_gpu(&ctx, &two_d, None, None).block().unwrap();
     let bounds: Vec<usize> = (0..=70).map(|b| b * 10).collect();
-    common::assert_close(&got.to_vec_f32(&ctx).unwrap(), &common::bag(&w, d, &idx, &bounds, "mean", None, None), 1e-4, 1e-5, "2-D");
+    common::assert_close(&got.read_f32(&ctx).block().unwrap(), &common::bag(&w, d, &idx, &bounds, "mean", None, None), 1e-4, 1e-5, "2-D");
 }
 
 // ---------------------------------------------------------------- tensors and context
@@ -254,17 +255,17 @@ fn tensor_and_context_bad_inputs() {
     expect_variant(t.reshape(&[usize::MAX, 3]), "ShapeMismatch", &["[2, 3]"]);
     // kind 32: reading an I32 tensor as f32
     let i = GpuTensor::from_i32(&ctx, &[1, 2], &[2]).unwrap();
-    expect_arg(i.to_vec_f32(&ctx), "tensor", &["I32"]);
+    expect_arg(i.read_f32(&ctx).block(), "tensor", &["I32"]);
     // kind 33: a row wider than one storage binding
     let small = common::context(Some(1024));
     expect_arg(Embedding::from_pretrained(&small, &vec![0.0; 2 * 300], 2, 300), "shape", &["300", "1200 bytes", "1024"]);
     // kind 34: no adapter of that name
-    match Context::new_with(ContextOptions { adapter_name: Some("no-such-gpu-xyz".into()), ..Default::default() }) {
+    match Context::with_options(ContextOptions { adapter_name: Some("no-such-gpu-xyz".into()), ..Default::default() }).block() {
         Err(e @ Error::NoAdapter(_)) => assert!(e.to_string().contains("no-such-gpu-xyz"), "{e}"),
-        other => panic!("expected NoAdapter, got {other:?}"),
+        other => panic!("expected NoAdapter, got {other:?}.block()"),
     }
     // kind 35: a tensor over the context's memory budget
-    let budget = Context::new_with(ContextOptions { max_tensor_bytes: Some(1000), ..Default::default() }).unwrap();
+    let budget = Context::with_options(ContextOptions { max_tensor_bytes: Some(1000), ..Default::default() }).block().unwrap();
     expect_variant(GpuTensor::from_f32(&budget, &[0.0; 251], &[251]), "OutOfMemory", &["1004 bytes", "1000"]);
     // kind 59: an unknown table read path
     expect_arg(TableReads::parse("sideways"), "table_reads", &["sideways"]);
@@ -353,7 +354,7 @@ fn quantized_layers_bad_inputs() {
     let q = QuantizedTable::from_pretrained(&ctx, &w, 16, 8, Scheme::Int8Rowwise, None).map(QuantizedEmbedding::new).unwrap();
     expect_oob(q.forward(&ctx, Indices::i64(&[0, 16], &[2])), "indices", 1, 16);
     let gpu = GpuTensor::from_i32(&ctx, &[3, 2, -9], &[3]).unwrap();
-    expect_oob(q.forward_gpu(&ctx, &gpu), "indices", 2, -9);
+    expect_oob(q.forward_gpu(&ctx, &gpu).block(), "indices", 2, -9);
     // kind 57: quantized bags: bad offsets, index out of range, weights with max, padding_idx
     let qb =
         QuantizedTable::from_pretrained(&ctx, &w, 16, 8, Scheme::Nf4, None).map(|t| QuantizedEmbeddingBag::new(t, BagMode::Max)).unwrap();

@@ -6,6 +6,7 @@
 
 mod common;
 
+use wgpu_embed::Block;
 use wgpu_embed::{BagMode, Context, ContextOptions, DType, Embedding, EmbeddingBag, Error, GpuTensor, Indices};
 
 fn table(v: usize, d: usize) -> Vec<f32> {
@@ -27,7 +28,7 @@ fn destroyed_device_fails_every_later_call_with_device_lost() {
     let emb = Embedding::from_pretrained(&ctx, &w, v, d).unwrap();
     let bag = EmbeddingBag::from_pretrained(&ctx, &w, v, d, BagMode::Sum).unwrap();
     let out = emb.forward(&ctx, Indices::i64(&[1, 9], &[2])).unwrap();
-    assert_eq!(out.to_vec_f32(&ctx).unwrap(), common::lookup(&w, d, &[1, 9]));
+    assert_eq!(out.read_f32(&ctx).block().unwrap(), common::lookup(&w, d, &[1, 9]));
 
     ctx.device().destroy();
 
@@ -37,7 +38,7 @@ fn destroyed_device_fails_every_later_call_with_device_lost() {
     assert_lost(Embedding::from_pretrained(&ctx, &w, v, d), "Embedding::from_pretrained");
     assert_lost(GpuTensor::from_f32(&ctx, &[1.0, 2.0], &[2]), "GpuTensor::from_f32");
     assert_lost(GpuTensor::zeros(&ctx, &[4], DType::F32, 1), "GpuTensor::zeros");
-    assert_lost(out.to_vec_f32(&ctx), "read back an earlier result");
+    assert_lost(out.read_f32(&ctx).block(), "read back an earlier result");
     let idx = GpuTensor::from_i32(&ctx, &[1], &[1]);
     assert_lost(idx, "GpuTensor::from_i32");
     assert_lost(ctx.wait_idle(), "wait_idle");
@@ -56,7 +57,7 @@ fn device_destroyed_with_work_in_flight_reports_device_lost_at_the_next_wait() {
     // wgpu reports the loss once the queue has drained (as WebGPU does); reading the
     // result waits for that, so it fails with DeviceLost rather than hanging or
     // returning stale data, and so does every call after it.
-    assert_lost(pending.to_vec_f32(&ctx), "read back a result in flight");
+    assert_lost(pending.read_f32(&ctx).block(), "read back a result in flight");
     assert_lost(emb.forward(&ctx, Indices::i64(&[1], &[1])), "Embedding::forward after");
     assert_lost(ctx.check_alive(), "check_alive after");
 }
@@ -75,7 +76,7 @@ fn context_destroy_is_clearly_dead_and_a_new_context_works() {
                    // A fresh context is independent of the dead one.
     let fresh = common::context(None);
     let emb = Embedding::from_pretrained(&fresh, &w, 6, 3).unwrap();
-    let out = emb.forward(&fresh, Indices::i32(&[5, 0], &[2])).unwrap().to_vec_f32(&fresh).unwrap();
+    let out = emb.forward(&fresh, Indices::i32(&[5, 0], &[2])).unwrap().read_f32(&fresh).block().unwrap();
     assert_eq!(out, common::lookup(&w, 3, &[5, 0]));
 }
 
@@ -97,7 +98,7 @@ fn validation_error_in_scope_is_an_error_and_the_context_stays_usable() {
     }
     let w = table(8, 2);
     let emb = Embedding::from_pretrained(&ctx, &w, 8, 2).unwrap();
-    let out = emb.forward(&ctx, Indices::i64(&[7, 0, 3], &[3])).unwrap().to_vec_f32(&ctx).unwrap();
+    let out = emb.forward(&ctx, Indices::i64(&[7, 0, 3], &[3])).unwrap().read_f32(&ctx).block().unwrap();
     assert_eq!(out, common::lookup(&w, 2, &[7, 0, 3]));
 }
 
@@ -116,12 +117,12 @@ fn uncaptured_device_error_is_recorded_not_a_panic() {
     assert_eq!(ctx.take_uncaptured_error(), None, "reported once");
     let w = table(5, 3);
     let out = Embedding::from_pretrained(&ctx, &w, 5, 3).unwrap().forward(&ctx, Indices::i64(&[4], &[1])).unwrap();
-    assert_eq!(out.to_vec_f32(&ctx).unwrap(), common::lookup(&w, 3, &[4]));
+    assert_eq!(out.read_f32(&ctx).block().unwrap(), common::lookup(&w, 3, &[4]));
 }
 
 #[test]
 fn tensors_over_the_memory_budget_are_refused_before_allocating() {
-    let ctx = Context::new_with(ContextOptions { max_tensor_bytes: Some(64 * 1024), ..Default::default() }).unwrap();
+    let ctx = Context::with_options(ContextOptions { max_tensor_bytes: Some(64 * 1024), ..Default::default() }).block().unwrap();
     // A 128 KiB table: over the budget.
     let (v, d) = (1024, 32);
     let w = table(v, d);
@@ -138,6 +139,6 @@ fn tensors_over_the_memory_budget_are_refused_before_allocating() {
         Err(Error::OutOfMemory(msg)) => assert!(msg.contains("[1024, 32]"), "{msg}"),
         other => panic!("expected Error::OutOfMemory, got {other:?}"),
     }
-    let out = emb.forward(&ctx, Indices::i64(&[255, 1], &[2])).unwrap().to_vec_f32(&ctx).unwrap();
+    let out = emb.forward(&ctx, Indices::i64(&[255, 1], &[2])).unwrap().read_f32(&ctx).block().unwrap();
     assert_eq!(out, common::lookup(&w, 32, &[255, 1]));
 }

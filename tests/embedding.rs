@@ -4,6 +4,7 @@
 mod common;
 
 use common::{assert_close, context, Rng};
+use wgpu_embed::Block;
 use wgpu_embed::{BagMode, Embedding, EmbeddingBag, Indices};
 
 fn random_bounds(rng: &mut Rng, n: usize, bags: usize) -> Vec<usize> {
@@ -45,8 +46,8 @@ fn embedding_random_shapes_match_reference() {
                 common::renorm(&mut want_table, d, &idx, m, p);
             }
             let what = format!("trial {trial} V={v} D={d} n={n} max_binding={max_binding:?}");
-            assert_close(&out.to_vec_f32(&ctx).unwrap(), &common::lookup(&want_table, d, &idx), 1e-6, 1e-5, &what);
-            assert_close(&layer.weight().to_vec_f32(&ctx).unwrap(), &want_table, 1e-6, 1e-5, &what);
+            assert_close(&out.read_f32(&ctx).block().unwrap(), &common::lookup(&want_table, d, &idx), 1e-6, 1e-5, &what);
+            assert_close(&layer.weight().read_f32(&ctx).block().unwrap(), &want_table, 1e-6, 1e-5, &what);
         }
     }
 }
@@ -64,7 +65,7 @@ fn lookup_over_thousands_of_table_segments_dispatches_only_the_used_ones() {
     let layer = Embedding::from_pretrained(&ctx, &table, v, d).unwrap();
     assert!(layer.weight().segments().len() >= 10_000, "{} table segments", layer.weight().segments().len());
     let out = layer.forward(&ctx, Indices::i64(&idx, &[n])).unwrap();
-    assert_close(&out.to_vec_f32(&ctx).unwrap(), &common::lookup(&table, d, &idx), 0.0, 0.0, "1 KiB bindings");
+    assert_close(&out.read_f32(&ctx).block().unwrap(), &common::lookup(&table, d, &idx), 0.0, 0.0, "1 KiB bindings");
 }
 
 #[test]
@@ -106,7 +107,7 @@ fn embedding_bag_random_shapes_match_reference() {
             assert_eq!(out.shape(), &[bags, d]);
             let want = common::bag(&table, d, &idx, &bounds, mode, padding, weights.as_deref());
             let what = format!("trial {trial} {mode} V={v} D={d} n={n} bags={bags} max_binding={max_binding:?}");
-            assert_close(&out.to_vec_f32(&ctx).unwrap(), &want, 1e-5, 1e-4, &what);
+            assert_close(&out.read_f32(&ctx).block().unwrap(), &want, 1e-5, 1e-4, &what);
         }
     }
 }
@@ -149,7 +150,7 @@ fn small_bags_of_narrow_rows_match_reference() {
                 .unwrap();
             let want = common::bag(&table, d, &idx, &bounds, mode, padding, weights.as_deref());
             let what = format!("trial {trial} {mode} V={v} D={d} n={n} bags={bags} max_binding={max_binding:?}");
-            assert_close(&out.to_vec_f32(&ctx).unwrap(), &want, 1e-5, 1e-4, &what);
+            assert_close(&out.read_f32(&ctx).block().unwrap(), &want, 1e-5, 1e-4, &what);
         }
     }
 }
@@ -168,14 +169,14 @@ fn table_larger_than_the_binding_limit() {
     let emb = Embedding::from_pretrained(&ctx, &table, v, d).unwrap();
     assert!(emb.weight().segments().len() >= 2, "table should span several buffers");
     let out = emb.forward(&ctx, Indices::i64(&idx, &[idx.len()])).unwrap();
-    assert_eq!(out.to_vec_f32(&ctx).unwrap(), common::lookup(&table, d, &idx));
+    assert_eq!(out.read_f32(&ctx).block().unwrap(), common::lookup(&table, d, &idx));
 
     let bag = EmbeddingBag::from_tensor(emb.weight().clone(), BagMode::Sum).unwrap();
     let bounds: Vec<usize> = (0..=idx.len() / 7).map(|b| (b * 7).min(idx.len())).chain([idx.len()]).collect();
     let offsets: Vec<i64> = bounds[..bounds.len() - 1].iter().map(|&b| b as i64).collect();
     let out = bag.forward(&ctx, Indices::i64(&idx, &[idx.len()]), Some(Indices::i64(&offsets, &[offsets.len()])), None).unwrap();
     let want = common::bag(&table, d, &idx, &bounds, "sum", None, None);
-    assert_close(&out.to_vec_f32(&ctx).unwrap(), &want, 1e-3, 1e-5, "bags over a split table");
+    assert_close(&out.read_f32(&ctx).block().unwrap(), &want, 1e-3, 1e-5, "bags over a split table");
 }
 
 /// 70 000 bags of 64 columns: 70 000 workgroups of 64 invocations, past the
@@ -191,12 +192,12 @@ fn more_than_65535_bags() {
     let out = layer.forward(&ctx, Indices::i64(&idx, &[bags, 3]), None, None).unwrap();
     let bounds: Vec<usize> = (0..=bags).map(|b| b * 3).collect();
     let want = common::bag(&table, d, &idx, &bounds, "mean", None, None);
-    assert_close(&out.to_vec_f32(&ctx).unwrap(), &want, 1e-6, 1e-5, "70 000 bags");
+    assert_close(&out.read_f32(&ctx).block().unwrap(), &want, 1e-6, 1e-5, "70 000 bags");
 
     // And a lookup of 70 000 x 64 elements, likewise spread.
     let emb = Embedding::from_pretrained(&ctx, &table, v, d).unwrap();
     let idx: Vec<i32> = (0..bags).map(|i| (i * 7 % v) as i32).collect();
-    let out = emb.forward(&ctx, Indices::i32(&idx, &[bags])).unwrap().to_vec_f32(&ctx).unwrap();
+    let out = emb.forward(&ctx, Indices::i32(&idx, &[bags])).unwrap().read_f32(&ctx).block().unwrap();
     let idx64: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
     assert_eq!(out, common::lookup(&table, d, &idx64));
 }
@@ -213,7 +214,7 @@ fn one_long_bag() {
         let layer = EmbeddingBag::from_pretrained(&ctx, &table, v, d, BagMode::parse(mode).unwrap()).unwrap();
         let out = layer.forward(&ctx, Indices::i64(&idx, &[idx.len()]), Some(Indices::i64(&[0], &[1])), None).unwrap();
         let want = common::bag(&table, d, &idx, &[0, idx.len()], mode, None, None);
-        assert_close(&out.to_vec_f32(&ctx).unwrap(), &want, 2e-3, 1e-4, mode);
+        assert_close(&out.read_f32(&ctx).block().unwrap(), &want, 2e-3, 1e-4, mode);
     }
 }
 
@@ -225,7 +226,7 @@ fn refusals_name_argument_and_value() {
     let emb = Embedding::from_pretrained(&ctx, &table, 10, 4).unwrap().with_max_norm(Some(1.0), 2.0).unwrap();
     let err = emb.forward(&ctx, Indices::i64(&[1, 10], &[2])).unwrap_err();
     assert!(matches!(err, wgpu_embed::Error::IndexOutOfRange { value: 10, position: 1, .. }), "{err}");
-    assert_eq!(emb.weight().to_vec_f32(&ctx).unwrap(), table, "nothing renormalised before the refusal");
+    assert_eq!(emb.weight().read_f32(&ctx).block().unwrap(), table, "nothing renormalised before the refusal");
     let err = Embedding::from_pretrained(&ctx, &table, 10, 4).unwrap().with_padding_idx(Some(10)).unwrap_err();
     assert!(err.to_string().contains("padding_idx") && err.to_string().contains("10"), "{err}");
 

@@ -10,6 +10,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
+use wgpu_embed::Block;
 
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -430,7 +431,7 @@ proptest! {
         let result = if gpu {
             let i32s: Vec<i32> = raw.iter().map(|&i| i as i32).collect();
             let t = wgpu_embed::GpuTensor::from_bytes(ctx, bytemuck::cast_slice(&i32s), &shape, wgpu_embed::DType::I32, 1).unwrap();
-            layer.forward_gpu(ctx, &t)
+            layer.forward_gpu(ctx, &t).block()
         } else {
             layer.forward(ctx, Indices::i64(&raw, &shape))
         };
@@ -439,12 +440,12 @@ proptest! {
                 prop_assert_eq!(position, p as u64);
                 prop_assert_eq!(value, raw[p]);
                 // No partial write: the table is as it was.
-                prop_assert_eq!(layer.weight().to_vec_f32(ctx).unwrap(), w);
+                prop_assert_eq!(layer.weight().read_f32(ctx).block().unwrap(), w);
             }
             (None, Ok(out)) => {
                 let mut table = w.clone();
                 if let Some(m) = max_norm { common::renorm(&mut table, d, &raw, m, 2.0); }
-                common::assert_close(&out.to_vec_f32(ctx).unwrap(), &common::lookup(&table, d, &raw), 1e-5, 1e-5, "lookup");
+                common::assert_close(&out.read_f32(ctx).block().unwrap(), &common::lookup(&table, d, &raw), 1e-5, 1e-5, "lookup");
             }
             (bad, r) => prop_assert!(false, "bad index at {:?}, got {:?}", bad, r.map(|t| t.shape().to_vec())),
         }
@@ -488,7 +489,7 @@ proptest! {
             let i32s: Vec<i32> = raw.iter().map(|&i| i as i32).collect();
             let t = wgpu_embed::GpuTensor::from_bytes(ctx, bytemuck::cast_slice(&i32s), &shape, wgpu_embed::DType::I32, 1).unwrap();
             let wt = wgpu_embed::GpuTensor::from_bytes(ctx, bytemuck::cast_slice(&weights), &shape, wgpu_embed::DType::F32, 1).unwrap();
-            layer.forward_gpu(ctx, &t, off, psw.then_some(&wt))
+            layer.forward_gpu(ctx, &t, off, psw.then_some(&wt)).block()
         } else {
             layer.forward(ctx, Indices::i64(&raw, &shape), off, psw.then_some((&weights[..], &shape[..])))
         };
@@ -510,7 +511,7 @@ proptest! {
                 let pad = padding.map(|p| if p < 0 { p + v as i64 } else { p });
                 let mode_name = mode.name();
                 let want = common::bag(&w, d, &raw, &bounds, mode_name, pad, psw.then_some(&weights[..]));
-                common::assert_close(&out.to_vec_f32(ctx).unwrap(), &want, 1e-5, 1e-5, mode_name);
+                common::assert_close(&out.read_f32(ctx).block().unwrap(), &want, 1e-5, 1e-5, mode_name);
             }
             (why, r) => prop_assert!(false, "expected refusal {:?}, got {:?}", why, r.map(|t| t.shape().to_vec())),
         }

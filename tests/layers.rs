@@ -5,6 +5,7 @@ mod common;
 
 use common::Rng;
 use half::{bf16, f16};
+use wgpu_embed::Block;
 use wgpu_embed::{AxialPositionEmbedding, Context, DType, EmbeddingSumLayerNorm, Error, HostTable, Indices, LayerNorm, StableEmbedding};
 
 /// `F.layer_norm` over rows of `dim`, in f64.
@@ -54,7 +55,7 @@ fn layer_norm_random_shapes_and_affine_variants() {
         let shape = [rows, dim];
         let got = layer.forward(&ctx, &x, &shape).unwrap();
         assert_eq!(got.shape(), &shape);
-        close(&got.to_vec_f32(&ctx).unwrap(), &layer_norm_ref(&x, dim, g, b, eps), 1e-5, 1e-4, &format!("dim {dim}"));
+        close(&got.read_f32(&ctx).block().unwrap(), &layer_norm_ref(&x, dim, g, b, eps), 1e-5, 1e-4, &format!("dim {dim}"));
     }
 }
 
@@ -69,7 +70,7 @@ fn layer_norm_many_rows_over_split_bindings() {
     let out = layer.forward(&ctx, &x, &[a, b, dim]).unwrap();
     assert!(out.segments().len() > 1);
     assert_eq!(out.shape(), &[a, b, dim]);
-    close(&out.to_vec_f32(&ctx).unwrap(), &layer_norm_ref(&x, dim, None, None, 1e-5), 1e-5, 1e-4, "many rows");
+    close(&out.read_f32(&ctx).block().unwrap(), &layer_norm_ref(&x, dim, None, None, 1e-5), 1e-5, 1e-4, "many rows");
 }
 
 #[test]
@@ -83,7 +84,7 @@ fn layer_norm_large_mean_small_spread_is_stable() {
         let rows = 4;
         let x: Vec<f32> = (0..rows * dim).map(|_| 1000.0 + 0.01 * rng.f32()).collect();
         let layer = LayerNorm::new(&ctx, dim, 1e-5, false).unwrap();
-        let got = layer.forward(&ctx, &x, &[rows, dim]).unwrap().to_vec_f32(&ctx).unwrap();
+        let got = layer.forward(&ctx, &x, &[rows, dim]).unwrap().read_f32(&ctx).block().unwrap();
         let want = layer_norm_ref(&x, dim, None, None, 1e-5);
         close(&got, &want, 1e-2, 0.0, &format!("1000 + noise, dim {dim}"));
         for (r, row) in got.chunks(dim).enumerate() {
@@ -112,7 +113,7 @@ fn stable_embedding_init_and_forward() {
     let (v, d) = (50, 24);
     let layer = StableEmbedding::new(&ctx, v, d, Some(-1), 42).unwrap();
     assert_eq!(layer.padding_idx(), Some(49));
-    let weight = layer.weight().to_vec_f32(&ctx).unwrap();
+    let weight = layer.weight().read_f32(&ctx).block().unwrap();
     let bound = (6.0f32 / (v + d) as f32).sqrt();
     assert!(weight.iter().all(|w| w.abs() <= bound));
     assert!(weight[49 * d..].iter().all(|&w| w == 0.0), "padding row zeroed");
@@ -123,7 +124,7 @@ fn stable_embedding_init_and_forward() {
     let out = layer.forward(&ctx, Indices::i64(&idx, &[2, 3])).unwrap();
     assert_eq!(out.shape(), &[2, 3, d]);
     let want = layer_norm_ref(&common::lookup(&weight, d, &idx), d, Some(&vec![1.0; d]), Some(&vec![0.0; d]), 1e-5);
-    close(&out.to_vec_f32(&ctx).unwrap(), &want, 1e-5, 1e-4, "stable init forward");
+    close(&out.read_f32(&ctx).block().unwrap(), &want, 1e-5, 1e-4, "stable init forward");
     let e = layer.forward(&ctx, Indices::i64(&[1, 50], &[2])).unwrap_err();
     assert!(matches!(e, Error::IndexOutOfRange { name: "indices", position: 1, value: 50, .. }), "{e}");
 }
@@ -151,7 +152,7 @@ fn stable_embedding_pretrained_f32_f16_bf16_and_split() {
             assert_eq!(layer.table_dtype(), *dtype);
             let out = layer.forward(&ctx, Indices::i64(&idx, &[idx.len()])).unwrap();
             let want = layer_norm_ref(&common::lookup(held, d, &idx), d, Some(&gamma), Some(&beta), 1e-5);
-            close(&out.to_vec_f32(&ctx).unwrap(), &want, 1e-5, 1e-4, &format!("{dtype:?} limit {limit:?}"));
+            close(&out.read_f32(&ctx).block().unwrap(), &want, 1e-5, 1e-4, &format!("{dtype:?} limit {limit:?}"));
         }
     }
 }
@@ -193,7 +194,7 @@ fn embedding_sum_random_tables_formats_and_limits() {
             let indices: Vec<Indices> = idx.iter().map(|v| Indices::i64(v, &shape)).collect();
             let out = block.forward(&ctx, &indices).unwrap();
             assert_eq!(out.shape(), &[n, d]);
-            close(&out.to_vec_f32(&ctx).unwrap(), &want, 1e-5, 1e-4, &format!("case {case} (K {k}, D {d}) limit {limit:?}"));
+            close(&out.read_f32(&ctx).block().unwrap(), &want, 1e-5, 1e-4, &format!("case {case} (K {k}, D {d}) limit {limit:?}"));
         }
     }
 }
@@ -240,7 +241,7 @@ fn axial_positions_random_shapes_and_split_weights() {
             let layer = AxialPositionEmbedding::from_pretrained(&ctx, &w0, &w1, [n1, n2], [d1, d2]).unwrap();
             let out = layer.forward(&ctx, Indices::i64(&pos, &[12, 10])).unwrap();
             assert_eq!(out.shape(), &[12, 10, d1 + d2]);
-            assert_eq!(out.to_vec_f32(&ctx).unwrap(), axial_ref(&w0, &w1, n2, d1, d2, &pos), "{n1}x{n2} limit {limit:?}");
+            assert_eq!(out.read_f32(&ctx).block().unwrap(), axial_ref(&w0, &w1, n2, d1, d2, &pos), "{n1}x{n2} limit {limit:?}");
         }
     }
 }

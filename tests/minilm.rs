@@ -4,6 +4,7 @@
 mod common;
 
 use std::path::PathBuf;
+use wgpu_embed::Block;
 
 use half::{bf16, f16};
 use wgpu_embed::{Checkpoint, EmbeddingSumLayerNorm, Error, HostTable, Indices};
@@ -128,7 +129,7 @@ fn real_minilm_block_matches_reference() {
     let shape = [1, s];
     let out = block.forward(&ctx, &[Indices::i64(&ids, &shape), Indices::i64(&positions, &shape), Indices::i64(&types, &shape)]).unwrap();
     assert_eq!(out.shape(), &[1, s, 384]);
-    let got = out.to_vec_f32(&ctx).unwrap();
+    let got = out.read_f32(&ctx).block().unwrap();
     let want = reference(&t, &ids, &positions, &types);
     let err = max_abs_diff(&got, &want);
     assert!(err <= 1e-5, "max |err| {err}");
@@ -159,7 +160,7 @@ fn batch_with_broadcast_positions_and_split_table() {
         let out =
             block.forward(&ctx, &[Indices::i64(&ids, &[2, s]), Indices::i64(&positions, &[1, s]), Indices::i64(&types, &[2, s])]).unwrap();
         assert_eq!(out.shape(), &[2, s, 384]);
-        let err = max_abs_diff(&out.to_vec_f32(&ctx).unwrap(), &want);
+        let err = max_abs_diff(&out.read_f32(&ctx).block().unwrap(), &want);
         assert!(err <= 1e-5, "limit {limit:?}: max |err| {err}");
     }
 }
@@ -201,7 +202,7 @@ fn real_tables_in_f16_and_bf16_stay_packed() {
         assert_eq!(block.table().gpu_bytes() as usize, (t.word.len() + t.position.len() + t.token_type.len()) * 2);
         let out =
             block.forward(&ctx, &[Indices::i64(&ids, &shape), Indices::i64(&positions, &shape), Indices::i64(&types, &shape)]).unwrap();
-        let err = max_abs_diff(&out.to_vec_f32(&ctx).unwrap(), &reference(&rounded, &ids, &positions, &types));
+        let err = max_abs_diff(&out.read_f32(&ctx).block().unwrap(), &reference(&rounded, &ids, &positions, &types));
         assert!(err <= 1e-5, "{format}: max |err| {err}");
     }
 }
@@ -237,5 +238,5 @@ fn uploads_report_progress() {
     assert_eq!(calls.last(), Some(&(total, total)));
     assert!(calls.len() >= 7, "{} progress calls", calls.len());
     assert!(calls.windows(2).all(|w| w[0].0 < w[1].0 && w[1].1 == total), "progress must grow: {calls:?}");
-    assert_eq!(t.to_bytes(&ctx).unwrap(), ck.table(&name).unwrap().bytes());
+    assert_eq!(t.read_bytes(&ctx).block().unwrap(), ck.table(&name).unwrap().bytes());
 }

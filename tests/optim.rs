@@ -5,6 +5,7 @@
 mod common;
 
 use common::{context, Rng};
+use wgpu_embed::Block;
 use wgpu_embed::{BagMode, Embedding, EmbeddingBag, GpuTensor, GradOptions, Gradient, Indices, Optimizer, OptimizerKind};
 
 /// The optimizers that take sparse gradients, with every state they keep in use.
@@ -47,15 +48,15 @@ fn fused_embedding_steps_equal_backward_then_step() {
                 for _ in 0..2 {
                     let indices = Indices::i64(&rows, &shape);
                     if fused {
-                        opt.step_embedding(&ctx, &emb, indices, &grad_out).unwrap();
+                        opt.step_embedding(&ctx, &emb, indices, &grad_out).block().unwrap();
                     } else {
-                        let g = emb.backward(&ctx, indices, &grad_out, GradOptions { sparse: true, ..Default::default() }).unwrap();
-                        opt.step(&ctx, emb.weight(), &g).unwrap();
+                        let g = emb.backward(&ctx, indices, &grad_out, GradOptions { sparse: true, ..Default::default() }).block().unwrap();
+                        opt.step(&ctx, emb.weight(), &g).block().unwrap();
                     }
                 }
-                let mut values = emb.weight().to_vec_f32(&ctx).unwrap();
+                let mut values = emb.weight().read_f32(&ctx).block().unwrap();
                 for name in opt.state_names() {
-                    values.extend(opt.state(name).unwrap().to_vec_f32(&ctx).unwrap());
+                    values.extend(opt.state(name).unwrap().read_f32(&ctx).block().unwrap());
                 }
                 results.push(values);
             }
@@ -91,14 +92,15 @@ fn fused_bag_steps_equal_backward_then_step() {
                 let psw = with_weights.then_some((&sample_weights[..], &psw_shape[..]));
                 let (inp, off) = (Indices::i64(&input, &inp_shape), Some(Indices::i64(&offsets, &off_shape)));
                 let psw_grad = if fused {
-                    opt.step_embedding_bag(&ctx, &bag, inp, off, psw, &grad_out).unwrap()
+                    opt.step_embedding_bag(&ctx, &bag, inp, off, psw, &grad_out).block().unwrap()
                 } else {
-                    let g = bag.backward(&ctx, inp, off, psw, &grad_out, GradOptions { sparse: true, ..Default::default() }).unwrap();
-                    opt.step(&ctx, bag.weight(), &g.weight).unwrap();
+                    let g =
+                        bag.backward(&ctx, inp, off, psw, &grad_out, GradOptions { sparse: true, ..Default::default() }).block().unwrap();
+                    opt.step(&ctx, bag.weight(), &g.weight).block().unwrap();
                     g.per_sample_weights
                 };
-                weight_grads.push(psw_grad.map(|g| g.to_vec_f32(&ctx).unwrap()));
-                results.push(bag.weight().to_vec_f32(&ctx).unwrap());
+                weight_grads.push(psw_grad.map(|g| g.read_f32(&ctx).block().unwrap()));
+                results.push(bag.weight().read_f32(&ctx).block().unwrap());
             }
             assert!(same_bits(&results[0], &results[1]), "{mode:?}, {kind:?}: fused and unfused steps differ");
             assert!(results[0] != weight, "{kind:?}: the table did not change");
@@ -118,23 +120,23 @@ fn fused_steps_refuse_what_sparse_steps_refuse() {
     let ids = [1i64, 2];
     let adam = OptimizerKind::Adam { lr: 0.1, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, decoupled: false };
     let mut opt = Optimizer::new(&ctx, adam, emb.weight()).unwrap();
-    let err = opt.step_embedding(&ctx, &emb, Indices::i64(&ids, &[2]), &grad).unwrap_err().to_string();
+    let err = opt.step_embedding(&ctx, &emb, Indices::i64(&ids, &[2]), &grad).block().unwrap_err().to_string();
     assert!(err.contains("Adam does not support sparse gradients"), "{err}");
     let other = Embedding::from_pretrained(&ctx, &[0.5; 48], 12, 4).unwrap();
     let sgd = OptimizerKind::Sgd { lr: 0.1, momentum: 0.0, dampening: 0.0, nesterov: false, weight_decay: 0.0 };
     let mut opt = Optimizer::new(&ctx, sgd, other.weight()).unwrap();
-    let err = opt.step_embedding(&ctx, &emb, Indices::i64(&ids, &[2]), &grad).unwrap_err().to_string();
+    let err = opt.step_embedding(&ctx, &emb, Indices::i64(&ids, &[2]), &grad).block().unwrap_err().to_string();
     assert!(err.contains("[12, 4]") && err.contains("[10, 4]"), "{err}");
     let bad = [1i64, 10];
     let mut opt = Optimizer::new(&ctx, sgd, emb.weight()).unwrap();
-    let err = opt.step_embedding(&ctx, &emb, Indices::i64(&bad, &[2]), &grad).unwrap_err().to_string();
+    let err = opt.step_embedding(&ctx, &emb, Indices::i64(&bad, &[2]), &grad).block().unwrap_err().to_string();
     assert!(err.contains("index out of range") && err.contains("10"), "{err}");
     assert_eq!(opt.steps(), 0);
     let bag = EmbeddingBag::from_pretrained(&ctx, &[0.5; 40], 10, 4, BagMode::Max).unwrap();
     let bag_grad = GpuTensor::from_f32(&ctx, &[1.0; 4], &[1, 4]).unwrap();
-    let err = opt.step_embedding_bag(&ctx, &bag, Indices::i64(&ids, &[1, 2]), None, None, &bag_grad).unwrap_err().to_string();
+    let err = opt.step_embedding_bag(&ctx, &bag, Indices::i64(&ids, &[1, 2]), None, None, &bag_grad).block().unwrap_err().to_string();
     assert!(err.contains("max mode does not support sparse"), "{err}");
-    assert_eq!(emb.weight().to_vec_f32(&ctx).unwrap(), vec![0.5; 40], "a refused step wrote the table");
+    assert_eq!(emb.weight().read_f32(&ctx).block().unwrap(), vec![0.5; 40], "a refused step wrote the table");
 }
 
 #[test]
@@ -159,10 +161,11 @@ fn sparse_steps_equal_dense_steps_on_a_split_table() {
             for _ in 0..2 {
                 let g = emb
                     .backward(&ctx, Indices::i64(&rows, &[rows.len()]), &grad_out, GradOptions { sparse, ..Default::default() })
+                    .block()
                     .unwrap();
-                opt.step(&ctx, emb.weight(), &g).unwrap();
+                opt.step(&ctx, emb.weight(), &g).block().unwrap();
             }
-            results.push(emb.weight().to_vec_f32(&ctx).unwrap());
+            results.push(emb.weight().read_f32(&ctx).block().unwrap());
         }
         assert!(results[0].iter().zip(&results[1]).all(|(a, b)| a.to_bits() == b.to_bits()), "{kind:?}: sparse and dense steps differ");
         assert!(results[0] != weight, "{kind:?}: the table did not change");
@@ -177,18 +180,18 @@ fn lookups_read_the_updated_table() {
     let emb = Embedding::from_pretrained(&ctx, &rng.vec_f32(v * d), v, d).unwrap();
     let ids = [3i64, 7, 3];
     // The first lookup makes the texture copy CPU adapters read.
-    emb.forward(&ctx, Indices::i64(&ids, &[3])).unwrap().to_vec_f32(&ctx).unwrap();
+    emb.forward(&ctx, Indices::i64(&ids, &[3])).unwrap().read_f32(&ctx).block().unwrap();
     let grad = GpuTensor::from_f32(&ctx, &rng.vec_f32(3 * d), &[3, d]).unwrap();
-    let g = emb.backward(&ctx, Indices::i64(&ids, &[3]), &grad, GradOptions::default()).unwrap();
+    let g = emb.backward(&ctx, Indices::i64(&ids, &[3]), &grad, GradOptions::default()).block().unwrap();
     let mut opt = Optimizer::new(
         &ctx,
         OptimizerKind::Adam { lr: 0.1, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, decoupled: false },
         emb.weight(),
     )
     .unwrap();
-    opt.step(&ctx, emb.weight(), &g).unwrap();
-    let table = emb.weight().to_vec_f32(&ctx).unwrap();
-    let out = emb.forward(&ctx, Indices::i64(&ids, &[3])).unwrap().to_vec_f32(&ctx).unwrap();
+    opt.step(&ctx, emb.weight(), &g).block().unwrap();
+    let table = emb.weight().read_f32(&ctx).block().unwrap();
+    let out = emb.forward(&ctx, Indices::i64(&ids, &[3])).unwrap().read_f32(&ctx).block().unwrap();
     for (k, &i) in ids.iter().enumerate() {
         assert_eq!(&out[k * d..(k + 1) * d], &table[i as usize * d..(i as usize + 1) * d], "row {i} after the step");
     }
@@ -215,9 +218,9 @@ fn one_kernel_8bit_adam_equals_three_passes() {
         assert_eq!(opt.state("state1").unwrap().segments().len(), code_segments, "binding {binding}: not the path meant");
         for g in &grads {
             let g = GpuTensor::from_f32(&ctx, g, &[v, d]).unwrap();
-            opt.step(&ctx, emb.weight(), &Gradient::Dense(g)).unwrap();
+            opt.step(&ctx, emb.weight(), &Gradient::Dense(g)).block().unwrap();
         }
-        let mut bytes: Vec<u8> = bytemuck::cast_slice(&emb.weight().to_vec_f32(&ctx).unwrap()).to_vec();
+        let mut bytes: Vec<u8> = bytemuck::cast_slice(&emb.weight().read_f32(&ctx).block().unwrap()).to_vec();
         for name in ["state1", "absmax1", "state2", "absmax2"] {
             bytes.extend(pollster::block_on(opt.state(name).unwrap().read_bytes(&ctx)).unwrap());
         }

@@ -4,6 +4,7 @@
 
 mod common;
 
+use wgpu_embed::Block;
 use wgpu_embed::{BagMode, ContextOptions, Embedding, EmbeddingBag, GpuTensor, Indices};
 
 /// Resident memory of this process, from /proc/self/statm (pages of 4 KiB).
@@ -25,8 +26,9 @@ fn ten_thousand_calls_keep_memory_flat() {
     // One lookup of 3 indices and one mean bag of them, read back and checked each time.
     let call = |i: usize| {
         let ids = [(i % v) as i32, ((i * 7 + 1) % v) as i32, ((i * 13 + 2) % v) as i32];
-        let rows = emb.forward(&ctx, Indices::i32(&ids, &[3])).unwrap().to_vec_f32(&ctx).unwrap();
-        let mean = bag.forward(&ctx, Indices::i32(&ids, &[3]), Some(Indices::i32(&[0], &[1])), None).unwrap().to_vec_f32(&ctx).unwrap();
+        let rows = emb.forward(&ctx, Indices::i32(&ids, &[3])).unwrap().read_f32(&ctx).block().unwrap();
+        let mean =
+            bag.forward(&ctx, Indices::i32(&ids, &[3]), Some(Indices::i32(&[0], &[1])), None).unwrap().read_f32(&ctx).block().unwrap();
         for (k, &id) in ids.iter().enumerate() {
             assert_eq!(rows[k * d..(k + 1) * d], table[id as usize * d..(id as usize + 1) * d], "call {i}: row {k}");
         }
@@ -57,28 +59,28 @@ fn ten_thousand_calls_keep_memory_flat() {
 fn a_reused_buffer_reads_as_a_new_one() {
     let ctx = common::context(None);
     let ones = GpuTensor::from_f32(&ctx, &[1.0; 24], &[4, 6]).unwrap();
-    assert_eq!(ones.to_vec_f32(&ctx).unwrap(), vec![1.0; 24]);
+    assert_eq!(ones.read_f32(&ctx).block().unwrap(), vec![1.0; 24]);
     drop(ones);
     // Held back until the next submission (an encoder might still use it), then offered.
-    GpuTensor::from_f32(&ctx, &[2.0; 3], &[3]).unwrap().to_vec_f32(&ctx).unwrap();
+    GpuTensor::from_f32(&ctx, &[2.0; 3], &[3]).unwrap().read_f32(&ctx).block().unwrap();
     let reused = ctx.memory().buffers_reused;
     let zeros = GpuTensor::zeros(&ctx, &[4, 6], wgpu_embed::DType::F32, 6).unwrap();
     assert_eq!(ctx.memory().buffers_reused, reused + 1, "the zeros took the dropped buffer");
-    assert_eq!(zeros.to_vec_f32(&ctx).unwrap(), vec![0.0; 24]);
+    assert_eq!(zeros.read_f32(&ctx).block().unwrap(), vec![0.0; 24]);
     // An upload shorter than its buffer (16-byte minimum) pads with zeros again.
     drop(zeros);
-    GpuTensor::from_f32(&ctx, &[2.0; 3], &[3]).unwrap().to_vec_f32(&ctx).unwrap();
+    GpuTensor::from_f32(&ctx, &[2.0; 3], &[3]).unwrap().read_f32(&ctx).block().unwrap();
     let bytes = GpuTensor::from_bytes(&ctx, &[5, 6, 7], &[3], wgpu_embed::DType::U8, 1).unwrap();
-    assert_eq!(bytes.to_bytes(&ctx).unwrap(), vec![5, 6, 7]);
+    assert_eq!(bytes.read_bytes(&ctx).block().unwrap(), vec![5, 6, 7]);
 }
 
 #[test]
 fn a_pool_of_zero_bytes_reuses_nothing() {
     std::env::set_var("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()));
-    let ctx = wgpu_embed::Context::new_with(ContextOptions { pool_bytes: Some(0), ..Default::default() }).unwrap();
+    let ctx = wgpu_embed::Context::with_options(ContextOptions { pool_bytes: Some(0), ..Default::default() }).block().unwrap();
     for _ in 0..3 {
         let t = GpuTensor::from_f32(&ctx, &[3.0; 8], &[8]).unwrap();
-        assert_eq!(t.to_vec_f32(&ctx).unwrap(), vec![3.0; 8]);
+        assert_eq!(t.read_f32(&ctx).block().unwrap(), vec![3.0; 8]);
     }
     let m = ctx.memory();
     assert_eq!((m.buffers_reused, m.pooled_bytes, m.live_bytes), (0, 0, 0), "{m:?}");

@@ -5,6 +5,7 @@
 //! `F.embedding` / `embedding_renorm_` and `F.embedding_bag`.
 
 use std::sync::OnceLock;
+use wgpu_embed::Block;
 
 use proptest::prelude::*;
 use wgpu_embed::{BagMode, Context, ContextOptions, Embedding, EmbeddingBag, Indices};
@@ -17,7 +18,7 @@ fn context(small_binding: bool) -> &'static Context {
     static SMALL: OnceLock<Context> = OnceLock::new();
     let make = |max_binding_size| {
         std::env::set_var("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()));
-        Context::new_with(ContextOptions { max_binding_size, ..Default::default() }).expect("a GPU adapter (lavapipe on CI)")
+        Context::with_options(ContextOptions { max_binding_size, ..Default::default() }).block().expect("a GPU adapter (lavapipe on CI)")
     };
     if small_binding {
         SMALL.get_or_init(|| make(Some(SMALL_BINDING)))
@@ -260,8 +261,8 @@ proptest! {
         let mut shape = c.shape.clone();
         shape.push(c.d);
         prop_assert_eq!(out.shape(), &shape[..]);
-        assert_close(&out.to_vec_f32(ctx).unwrap(), &want, "out")?;
-        assert_close(&layer.weight().to_vec_f32(ctx).unwrap(), &want_table, "weight")?;
+        assert_close(&out.read_f32(ctx).block().unwrap(), &want, "out")?;
+        assert_close(&layer.weight().read_f32(ctx).block().unwrap(), &want_table, "weight")?;
     }
 
     #[test]
@@ -298,7 +299,7 @@ proptest! {
         let pad = c.padding.map(|p| if p < 0 { (p + c.v as i64) as usize } else { p as usize });
         let want = bag_reference(&want_table, c.d, &c.rows, &bounds, c.mode, pad, c.weights.then_some(&weights[..]));
         prop_assert_eq!(out.shape(), &[c.sizes.len(), c.d][..]);
-        assert_close(&out.to_vec_f32(ctx).unwrap(), &want, "out")?;
-        assert_close(&layer.weight().to_vec_f32(ctx).unwrap(), &want_table, "weight")?;
+        assert_close(&out.read_f32(ctx).block().unwrap(), &want, "out")?;
+        assert_close(&layer.weight().read_f32(ctx).block().unwrap(), &want_table, "weight")?;
     }
 }

@@ -5,6 +5,7 @@
 mod common;
 
 use common::{assert_close, Rng};
+use wgpu_embed::Block;
 use wgpu_embed::{
     dequantize_blockwise, quantize_blockwise, BagMode, CodeMap, DType, Error, FourBit, GpuTensor, Indices, QuantizedEmbedding,
     QuantizedEmbeddingBag, QuantizedTable, Scheme,
@@ -126,7 +127,7 @@ fn four_bit_vocabulary_takes_a_seventh_of_f32_and_looks_up_the_reference() {
     assert_eq!(out.shape(), &[16, 32, d]);
     let reference = table_ref(&w, d, Scheme::Nf4, 64);
     let want = common::lookup(&reference, d, &idx);
-    assert_close(&out.to_vec_f32(&ctx).unwrap(), &want, 0.0, 0.0, "nf4 30000x256");
+    assert_close(&out.read_f32(&ctx).block().unwrap(), &want, 0.0, 0.0, "nf4 30000x256");
 }
 
 #[test]
@@ -142,13 +143,13 @@ fn quantize_blockwise_matches_bitsandbytes_over_split_bindings() {
             let t = GpuTensor::from_bytes(&ctx, bytemuck::cast_slice(&x), &[n], DType::F32, 1).unwrap();
             let q = quantize_blockwise(&ctx, &t, blocksize, map).unwrap();
             let (codes, absmax) = quantize_ref(&x, blocksize, &map.values());
-            assert_eq!(q.absmax.to_vec_f32(&ctx).unwrap(), absmax, "absmax n={n} bs={blocksize}");
-            let got = q.codes.to_bytes(&ctx).unwrap();
+            assert_eq!(q.absmax.read_f32(&ctx).block().unwrap(), absmax, "absmax n={n} bs={blocksize}");
+            let got = q.codes.read_bytes(&ctx).block().unwrap();
             let misses = got.iter().zip(&codes).filter(|(a, b)| a != b).count();
             assert_eq!(misses, 0, "codes n={n} bs={blocksize} {map:?} binding {max_binding:?}");
             assert!(got[..blocksize.min(n)].iter().all(|&c| c == 0), "zero block gives code 0");
             let back = dequantize_blockwise(&ctx, &q.codes, &q.absmax, blocksize, map).unwrap();
-            assert_eq!(back.to_vec_f32(&ctx).unwrap(), dequantize_ref(&codes, &absmax, blocksize, &map.values()));
+            assert_eq!(back.read_f32(&ctx).block().unwrap(), dequantize_ref(&codes, &absmax, blocksize, &map.values()));
         }
     }
 }
@@ -171,13 +172,13 @@ fn every_scheme_looks_up_and_bags_like_its_reference_across_bindings() {
             let table = QuantizedTable::from_pretrained(&ctx, &w, v, d, scheme, (bs > 0).then_some(bs)).unwrap();
             let what = format!("{scheme:?} binding {max_binding:?}");
             let out = QuantizedEmbedding::new(table.clone()).forward(&ctx, Indices::i64(&idx, &[idx.len()])).unwrap();
-            assert_close(&out.to_vec_f32(&ctx).unwrap(), &common::lookup(&reference, d, &idx), 0.0, 0.0, &format!("lookup {what}"));
+            assert_close(&out.read_f32(&ctx).block().unwrap(), &common::lookup(&reference, d, &idx), 0.0, 0.0, &format!("lookup {what}"));
             for mode in [BagMode::Sum, BagMode::Mean, BagMode::Max] {
                 let bag = QuantizedEmbeddingBag::new(table.clone(), mode).with_padding_idx(Some(idx[7])).unwrap();
                 let out =
                     bag.forward(&ctx, Indices::i64(&idx, &[idx.len()]), Some(Indices::i64(&offsets, &[offsets.len()])), None).unwrap();
                 let want = common::bag(&reference, d, &idx, &bounds, mode.name(), Some(idx[7]), None);
-                assert_close(&out.to_vec_f32(&ctx).unwrap(), &want, 1e-5, 1e-5, &format!("bag {} {what}", mode.name()));
+                assert_close(&out.read_f32(&ctx).block().unwrap(), &want, 1e-5, 1e-5, &format!("bag {} {what}", mode.name()));
             }
             let bag = QuantizedEmbeddingBag::new(table, BagMode::Sum).with_include_last_offset(true);
             let out = bag
@@ -189,7 +190,7 @@ fn every_scheme_looks_up_and_bags_like_its_reference_across_bindings() {
                 )
                 .unwrap();
             let want = common::bag(&reference, d, &idx, &bounds[..bounds.len() - 1], "sum", None, Some(&weights));
-            assert_close(&out.to_vec_f32(&ctx).unwrap(), &want, 1e-5, 1e-5, &format!("weighted bag {what}"));
+            assert_close(&out.read_f32(&ctx).block().unwrap(), &want, 1e-5, 1e-5, &format!("weighted bag {what}"));
         }
     }
 }
@@ -206,7 +207,7 @@ fn table_from_a_gpu_tensor_split_by_rows_equals_the_host_built_one() {
     for scheme in [Scheme::Int8Blockwise, Scheme::Nf4] {
         let table = QuantizedTable::from_tensor(&ctx, &t, scheme, Some(64)).unwrap();
         let out = QuantizedEmbedding::new(table).forward(&ctx, Indices::i64(&idx, &[v])).unwrap();
-        assert_close(&out.to_vec_f32(&ctx).unwrap(), &table_ref(&w, d, scheme, 64), 0.0, 0.0, &format!("{scheme:?}"));
+        assert_close(&out.read_f32(&ctx).block().unwrap(), &table_ref(&w, d, scheme, 64), 0.0, 0.0, &format!("{scheme:?}"));
     }
 }
 
@@ -241,7 +242,7 @@ fn empty_and_tiny_shapes() {
     let empty = GpuTensor::from_bytes(&ctx, &[], &[0], DType::F32, 1).unwrap();
     let q = quantize_blockwise(&ctx, &empty, 64, CodeMap::Dynamic).unwrap();
     assert_eq!((q.codes.numel(), q.absmax.numel()), (0, 0));
-    assert!(dequantize_blockwise(&ctx, &q.codes, &q.absmax, 64, CodeMap::Dynamic).unwrap().to_vec_f32(&ctx).unwrap().is_empty());
+    assert!(dequantize_blockwise(&ctx, &q.codes, &q.absmax, 64, CodeMap::Dynamic).unwrap().read_f32(&ctx).block().unwrap().is_empty());
     for scheme in [Scheme::Int8Blockwise, Scheme::Int8Rowwise, Scheme::Nf4, Scheme::Fp4] {
         let none = QuantizedTable::from_pretrained(&ctx, &[], 0, 5, scheme, None).map(QuantizedEmbedding::new).unwrap();
         assert_eq!(none.forward(&ctx, Indices::i64(&[], &[0])).unwrap().shape(), &[0, 5]);
@@ -251,10 +252,10 @@ fn empty_and_tiny_shapes() {
         let idx = [2i64, 0, 1, 2];
         let out = QuantizedEmbedding::new(table.clone()).forward(&ctx, Indices::i64(&idx, &[4])).unwrap();
         let reference = table_ref(&w, 7, scheme, scheme.default_blocksize());
-        assert_close(&out.to_vec_f32(&ctx).unwrap(), &common::lookup(&reference, 7, &idx), 0.0, 0.0, &format!("{scheme:?} 3x7"));
+        assert_close(&out.read_f32(&ctx).block().unwrap(), &common::lookup(&reference, 7, &idx), 0.0, 0.0, &format!("{scheme:?} 3x7"));
         let bags = QuantizedEmbeddingBag::new(table, BagMode::Max);
         let out = bags.forward(&ctx, Indices::i64(&[], &[0]), Some(Indices::i64(&[0, 0], &[2])), None).unwrap();
-        assert_eq!(out.to_vec_f32(&ctx).unwrap(), vec![0.0; 14], "empty bags give zeros");
+        assert_eq!(out.read_f32(&ctx).block().unwrap(), vec![0.0; 14], "empty bags give zeros");
     }
 }
 
@@ -267,12 +268,12 @@ fn gpu_resident_indices_are_checked_then_looked_up() {
     let layer = QuantizedTable::from_pretrained(&ctx, &w, v, d, Scheme::Fp4, Some(64)).map(QuantizedEmbedding::new).unwrap();
     let idx: Vec<i32> = (0..100).map(|_| rng.below(v as u64) as i32).collect();
     let gpu = GpuTensor::from_i32(&ctx, &idx, &[10, 10]).unwrap();
-    let out = layer.forward_gpu(&ctx, &gpu).unwrap();
+    let out = layer.forward_gpu(&ctx, &gpu).block().unwrap();
     assert_eq!(out.shape(), &[10, 10, d]);
     let idx64: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
     let want = common::lookup(&table_ref(&w, d, Scheme::Fp4, 64), d, &idx64);
-    assert_close(&out.to_vec_f32(&ctx).unwrap(), &want, 0.0, 0.0, "fp4 gpu indices");
+    assert_close(&out.read_f32(&ctx).block().unwrap(), &want, 0.0, 0.0, "fp4 gpu indices");
     let bad = GpuTensor::from_i32(&ctx, &[3, -1, 2], &[3]).unwrap();
-    let e = layer.forward_gpu(&ctx, &bad).unwrap_err();
+    let e = layer.forward_gpu(&ctx, &bad).block().unwrap_err();
     assert!(matches!(e, Error::IndexOutOfRange { value: -1, position: 1, .. }), "{e}");
 }

@@ -4,6 +4,7 @@
 
 mod common;
 
+use wgpu_embed::Block as _;
 use wgpu_embed::{
     BagMode, Context, Embedding, EmbeddingBag, EmbeddingSumLayerNorm, Error, GpuTensor, HostTable, Indices, Metric, Optimizer,
     OptimizerKind, QuantizedTable, Retriever, Scheme,
@@ -61,7 +62,7 @@ fn embed_pool_and_search_is_one_submission_and_one_readback() {
     let bag = EmbeddingBag::from_tensor(hidden, BagMode::Mean).unwrap();
     let pooled = bag.forward(&ctx, Indices::i64(&b.kept, &[b.kept.len()]), Some(Indices::i64(&offsets, &[1])), None).unwrap();
     let want = retriever.search_gpu(&ctx, &pooled, 10).unwrap();
-    let (want_rows, want_scores) = (want.indices.to_bytes(&ctx).unwrap(), want.scores.to_bytes(&ctx).unwrap());
+    let (want_rows, want_scores) = (want.indices.read_bytes(&ctx).block().unwrap(), want.scores.read_bytes(&ctx).block().unwrap());
 
     let before = ctx.stats();
     let mut run = ctx.record();
@@ -70,7 +71,7 @@ fn embed_pool_and_search_is_one_submission_and_one_readback() {
     let pooled = bag.record(&mut run, Indices::i64(&b.kept, &[b.kept.len()]), Some(Indices::i64(&offsets, &[1])), None).unwrap();
     let top = retriever.record(&mut run, &pooled, 10).unwrap();
     let (rows, scores) = (run.read(&top.indices), run.read(&top.scores));
-    let out = run.submit().unwrap().wait().unwrap();
+    let out = run.submit().unwrap().finish().block().unwrap();
     let after = ctx.stats();
 
     assert_eq!(after.submissions - before.submissions, 1, "{before:?} -> {after:?}");
@@ -141,10 +142,10 @@ fn a_training_step_is_one_submission_and_no_wait() {
     let emb_a = Embedding::from_pretrained(&ctx, &table, v, D).unwrap();
     let mut opt_a = Optimizer::new(&ctx, sparse_adam(), emb_a.weight()).unwrap();
     for _ in 0..2 {
-        let out = emb_a.forward(&ctx, idx()).unwrap().to_vec_f32(&ctx).unwrap();
+        let out = emb_a.forward(&ctx, idx()).unwrap().read_f32(&ctx).block().unwrap();
         let grad: Vec<f32> = out.iter().zip(&target).map(|(o, t)| o - t).collect();
         let grad = GpuTensor::from_f32(&ctx, &grad, &[TOKENS, D]).unwrap();
-        opt_a.step_embedding(&ctx, &emb_a, idx(), &grad).unwrap();
+        opt_a.step_embedding(&ctx, &emb_a, idx(), &grad).block().unwrap();
     }
 
     // Recorded: lookup, the user's loss kernel, fused backward + step: one submission.
@@ -166,7 +167,7 @@ fn a_training_step_is_one_submission_and_no_wait() {
     }
     assert_eq!(opt_b.steps(), 2);
     assert_eq!(ctx.take_uncaptured_error(), None);
-    let (a, b) = (emb_a.weight().to_vec_f32(&ctx).unwrap(), emb_b.weight().to_vec_f32(&ctx).unwrap());
+    let (a, b) = (emb_a.weight().read_f32(&ctx).block().unwrap(), emb_b.weight().read_f32(&ctx).block().unwrap());
     let differ: Vec<usize> = (0..a.len()).filter(|&i| a[i].to_bits() != b[i].to_bits()).collect();
     assert!(
         differ.is_empty(),
@@ -175,7 +176,7 @@ fn a_training_step_is_one_submission_and_no_wait() {
         differ.first(),
         differ.first().map(|&i| (a[i], b[i], table[i]))
     );
-    assert_ne!(emb_b.weight().to_vec_f32(&ctx).unwrap(), table, "the steps changed the table");
+    assert_ne!(emb_b.weight().read_f32(&ctx).block().unwrap(), table, "the steps changed the table");
 }
 
 #[test]
@@ -199,7 +200,7 @@ fn retrieved_rows_feed_a_lookup_and_a_fused_step_without_readback() {
         opt.record_step_embedding_gpu(&mut run, &emb, &top.indices, &grad).unwrap();
         let done = run.submit().unwrap();
         assert_eq!(ctx.stats().waits, before.waits, "nothing waited before the kernels ran");
-        let out = done.wait().unwrap();
+        let out = done.finish().block().unwrap();
         assert_eq!(ctx.stats().submissions - before.submissions, 1);
 
         // The lookup gave the retrieved rows of the table as it was before the step.
@@ -207,7 +208,7 @@ fn retrieved_rows_feed_a_lookup_and_a_fused_step_without_readback() {
         let want: Vec<f32> = ids.iter().flat_map(|&r| table[r as usize * D..(r as usize + 1) * D].to_vec()).collect();
         assert_eq!(out.f32(row_values), want, "binding limit {max_binding:?}");
         // The step changed those rows, and only those.
-        let stepped = emb.weight().to_vec_f32(&ctx).unwrap();
+        let stepped = emb.weight().read_f32(&ctx).block().unwrap();
         for r in 0..v {
             let changed = stepped[r * D..(r + 1) * D] != table[r * D..(r + 1) * D];
             assert_eq!(changed, ids.contains(&(r as i32)), "row {r}");
@@ -238,7 +239,7 @@ fn a_bad_gpu_resident_index_is_reported_when_awaited_and_writes_nothing() {
         opt.record_step_embedding_gpu(&mut run, &emb, &ids, &grad).unwrap();
         let done = run.submit().unwrap();
         assert_eq!(ctx.stats().waits, waits, "recording and submitting did not wait");
-        match done.wait() {
+        match done.finish().block() {
             Err(Error::IndexOutOfRange { name, position, value, num_embeddings }) => {
                 assert_eq!((name, position, value, num_embeddings), ("indices", 37, 5_000, v as u64), "{max_binding:?}")
             }
@@ -246,9 +247,9 @@ fn a_bad_gpu_resident_index_is_reported_when_awaited_and_writes_nothing() {
         }
         let _ = read;
         // Neither the max-norm rewrite nor the step wrote a row.
-        assert_eq!(emb.weight().to_vec_f32(&ctx).unwrap(), table, "binding limit {max_binding:?}");
+        assert_eq!(emb.weight().read_f32(&ctx).block().unwrap(), table, "binding limit {max_binding:?}");
         for name in opt.state_names() {
-            let state = opt.state(name).unwrap().to_vec_f32(&ctx).unwrap();
+            let state = opt.state(name).unwrap().read_f32(&ctx).block().unwrap();
             assert!(state.iter().all(|&x| x == 0.0), "state {name} untouched");
         }
 

@@ -5,6 +5,7 @@
 mod common;
 
 use common::{context_reading, Rng};
+use wgpu_embed::Block;
 use wgpu_embed::{
     BagMode, Context, EmbeddingBag, GpuTensor, Indices, Metric, QuantizedEmbedding, QuantizedTable, Retriever, Scheme, TableReads, TopK,
 };
@@ -41,8 +42,8 @@ const TOLERANCE: f64 = 1e-5;
 fn check(ctx: &Context, top: &TopK, table: &[f32], queries: &[f32], d: usize, k: usize, metric: Metric) {
     let q = queries.len() / d;
     assert_eq!(top.scores.shape(), [q, k]);
-    let scores = top.scores.to_vec_f32(ctx).unwrap();
-    let rows: Vec<i32> = bytemuck::pod_collect_to_vec(&top.indices.to_bytes(ctx).unwrap());
+    let scores = top.scores.read_f32(ctx).block().unwrap();
+    let rows: Vec<i32> = bytemuck::pod_collect_to_vec(&top.indices.read_bytes(ctx).block().unwrap());
     let want = reference_scores(table, queries, d, k, metric);
     for (qi, want) in want.iter().enumerate() {
         let got = &scores[qi * k..(qi + 1) * k];
@@ -107,9 +108,9 @@ fn equal_scores_come_in_row_order() {
     }
     let retriever = Retriever::new(GpuTensor::from_f32(&ctx, &table, &[n, d]).unwrap(), Metric::Dot).unwrap();
     let top = retriever.search(&ctx, &[1.0; 4], 6).unwrap();
-    let rows: Vec<i32> = bytemuck::pod_collect_to_vec(&top.indices.to_bytes(&ctx).unwrap());
+    let rows: Vec<i32> = bytemuck::pod_collect_to_vec(&top.indices.read_bytes(&ctx).block().unwrap());
     assert_eq!(rows, [3, 500, 0, 1, 2, 4]);
-    assert_eq!(top.scores.to_vec_f32(&ctx).unwrap(), [2.0, 2.0, 1.0, 1.0, 1.0, 1.0]);
+    assert_eq!(top.scores.read_f32(&ctx).block().unwrap(), [2.0, 2.0, 1.0, 1.0, 1.0, 1.0]);
 }
 
 #[test]
@@ -134,7 +135,7 @@ fn quantized_tables_scored_from_their_codes_across_planes() {
             // The table as the kernels see it: every row looked up.
             let all: Vec<i64> = (0..n as i64).collect();
             let dequantized =
-                QuantizedEmbedding::new(qt.clone()).forward(&ctx, Indices::i64(&all, &[n])).unwrap().to_vec_f32(&ctx).unwrap();
+                QuantizedEmbedding::new(qt.clone()).forward(&ctx, Indices::i64(&all, &[n])).unwrap().read_f32(&ctx).block().unwrap();
             let top = Retriever::quantized(qt, Metric::Dot).search(&ctx, &queries, 50).unwrap();
             check(&ctx, &top, &dequantized, &queries, d, 50, Metric::Dot);
         }
@@ -154,9 +155,9 @@ fn queries_already_on_the_gpu() {
     let queries = bag.forward(&ctx, Indices::i64(&ids, &[3, 4]), None, None).unwrap();
     let retriever = Retriever::new(GpuTensor::from_f32(&ctx, &corpus, &[n, d]).unwrap(), Metric::Cosine).unwrap();
     let on_gpu = retriever.search_gpu(&ctx, &queries, 10).unwrap();
-    let host_queries = queries.to_vec_f32(&ctx).unwrap();
+    let host_queries = queries.read_f32(&ctx).block().unwrap();
     let from_host = retriever.search(&ctx, &host_queries, 10).unwrap();
-    assert_eq!(on_gpu.indices.to_bytes(&ctx).unwrap(), from_host.indices.to_bytes(&ctx).unwrap());
+    assert_eq!(on_gpu.indices.read_bytes(&ctx).block().unwrap(), from_host.indices.read_bytes(&ctx).block().unwrap());
     check(&ctx, &on_gpu, &corpus, &host_queries, d, 10, Metric::Cosine);
 }
 
@@ -211,7 +212,8 @@ fn query_blocks_and_column_chunks() {
         let queries = rng.vec_f32(q * d);
         let qt = QuantizedTable::from_pretrained(&ctx, &weight, n, d, Scheme::Int8Rowwise, None).unwrap();
         let all: Vec<i64> = (0..n as i64).collect();
-        let dequantized = QuantizedEmbedding::new(qt.clone()).forward(&ctx, Indices::i64(&all, &[n])).unwrap().to_vec_f32(&ctx).unwrap();
+        let dequantized =
+            QuantizedEmbedding::new(qt.clone()).forward(&ctx, Indices::i64(&all, &[n])).unwrap().read_f32(&ctx).block().unwrap();
         let top = Retriever::quantized(qt, Metric::Cosine).search(&ctx, &queries, k).unwrap();
         check(&ctx, &top, &dequantized, &queries, d, k, Metric::Cosine);
     }

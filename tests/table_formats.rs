@@ -4,6 +4,7 @@
 mod common;
 
 use half::{bf16, f16};
+use wgpu_embed::Block;
 use wgpu_embed::{BagMode, Context, Embedding, EmbeddingBag, GpuTensor, Indices, TableReads};
 
 /// A table in each packed format, with the f32 values it actually holds.
@@ -71,14 +72,14 @@ fn packed_tables_look_up_and_reduce_like_their_f32_values() {
                 let emb = Embedding::from_tensor(tensor.clone()).unwrap();
                 let out = emb.forward(&ctx, Indices::i64(&idx, &[idx.len()])).unwrap();
                 let want: Vec<f32> = idx.iter().flat_map(|&i| values[i as usize * dim..][..dim].to_vec()).collect();
-                assert_close(&out.to_vec_f32(&ctx).unwrap(), &want, &format!("lookup {what}"));
+                assert_close(&out.read_f32(&ctx).block().unwrap(), &want, &format!("lookup {what}"));
 
                 for mode in [BagMode::Sum, BagMode::Mean, BagMode::Max] {
                     let bag = EmbeddingBag::from_tensor(tensor.clone(), mode).unwrap();
                     let out =
                         bag.forward(&ctx, Indices::i64(&idx, &[idx.len()]), Some(Indices::i64(&offsets, &[offsets.len()])), None).unwrap();
                     let want = bag_reference(&values, dim, &idx, &bounds, mode, None);
-                    assert_close(&out.to_vec_f32(&ctx).unwrap(), &want, &format!("bag {mode:?} {what}"));
+                    assert_close(&out.read_f32(&ctx).block().unwrap(), &want, &format!("bag {mode:?} {what}"));
                 }
                 let bag = EmbeddingBag::from_tensor(tensor.clone(), BagMode::Sum).unwrap();
                 let out = bag
@@ -90,7 +91,7 @@ fn packed_tables_look_up_and_reduce_like_their_f32_values() {
                     )
                     .unwrap();
                 let want = bag_reference(&values, dim, &idx, &bounds, BagMode::Sum, Some(&weights));
-                assert_close(&out.to_vec_f32(&ctx).unwrap(), &want, &format!("weighted bag {what}"));
+                assert_close(&out.read_f32(&ctx).block().unwrap(), &want, &format!("weighted bag {what}"));
             }
         }
     }
@@ -126,7 +127,7 @@ fn long_bags_and_lookups_on_both_read_paths() {
                 for (name, table, values) in tables(&ctx, rows, dim, 11) {
                     let what = format!("{reads:?} reads, limit {limit:?}, {name} {rows}x{dim}");
                     let emb = Embedding::from_tensor(table.clone()).unwrap();
-                    let got = emb.forward(&ctx, Indices::i64(&idx[..500], &[500])).unwrap().to_vec_f32(&ctx).unwrap();
+                    let got = emb.forward(&ctx, Indices::i64(&idx[..500], &[500])).unwrap().read_f32(&ctx).block().unwrap();
                     let want = common::lookup(&values, dim, &idx[..500]);
                     let bad = got.iter().zip(&want).position(|(g, w)| g != w);
                     assert!(
@@ -140,7 +141,7 @@ fn long_bags_and_lookups_on_both_read_paths() {
                         let out = bag
                             .forward(&ctx, Indices::i64(&idx, &[idx.len()]), Some(Indices::i64(&offsets, &[offsets.len()])), None)
                             .unwrap();
-                        let got = out.to_vec_f32(&ctx).unwrap();
+                        let got = out.read_f32(&ctx).block().unwrap();
                         if mode == BagMode::Max {
                             let want = bag_reference(&values, dim, &idx, &bounds, mode, None);
                             let bad = got.iter().zip(&want).position(|(g, w)| g != w);
@@ -197,7 +198,7 @@ fn tensor_writer_fills_segments_from_pieces_of_any_size() {
         assert_eq!(w.progress(), (data.len() as u64, data.len() as u64));
         let t = w.finish().unwrap();
         assert!(t.segments().len() > 1, "{dtype:?}: one segment");
-        assert_eq!(t.to_bytes(&ctx).unwrap(), data, "{dtype:?}");
+        assert_eq!(t.read_bytes(&ctx).block().unwrap(), data, "{dtype:?}");
     }
     // Too many bytes, or too few, are refused.
     let mut w = GpuTensor::writer(&ctx, &[2, 2], wgpu_embed::DType::F32, 2).unwrap();

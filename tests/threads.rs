@@ -4,6 +4,7 @@
 mod common;
 
 use common::Rng;
+use wgpu_embed::Block;
 use wgpu_embed::{BagMode, Context, Embedding, EmbeddingBag, Error, GpuTensor, Indices};
 
 // Compile-time: the types a server shares between threads are Send + Sync.
@@ -32,12 +33,12 @@ fn worker(ctx: &Context, shared: &Embedding, shared_table: &[f32], seed: u64) {
         let n = 1 + rng.below(300) as usize;
         let idx: Vec<i64> = (0..n).map(|_| rng.below(v as u64) as i64).collect();
 
-        let out = emb.forward(ctx, Indices::i64(&idx, &[n])).unwrap().to_vec_f32(ctx).unwrap();
+        let out = emb.forward(ctx, Indices::i64(&idx, &[n])).unwrap().read_f32(ctx).block().unwrap();
         assert_eq!(out, common::lookup(&table, d, &idx), "thread {seed} round {round}: host indices");
 
         let gpu_idx: Vec<i32> = idx.iter().map(|&i| i as i32).collect();
         let t = GpuTensor::from_i32(ctx, &gpu_idx, &[n]).unwrap();
-        let out = emb.forward_gpu(ctx, &t).unwrap().to_vec_f32(ctx).unwrap();
+        let out = emb.forward_gpu(ctx, &t).block().unwrap().read_f32(ctx).block().unwrap();
         assert_eq!(out, common::lookup(&table, d, &idx), "thread {seed} round {round}: GPU indices");
 
         let mut offsets = vec![0i64];
@@ -49,19 +50,19 @@ fn worker(ctx: &Context, shared: &Embedding, shared_table: &[f32], seed: u64) {
         offsets.pop();
         let out = bag.forward(ctx, Indices::i64(&idx, &[n]), Some(Indices::i64(&offsets, &[offsets.len()])), None).unwrap();
         let want = common::bag(&table, d, &idx, &bounds, "mean", None, None);
-        common::assert_close(&out.to_vec_f32(ctx).unwrap(), &want, 1e-5, 1e-5, &format!("thread {seed} round {round}: bags"));
+        common::assert_close(&out.read_f32(ctx).block().unwrap(), &want, 1e-5, 1e-5, &format!("thread {seed} round {round}: bags"));
 
         // The layer all threads share.
         let sidx: Vec<i64> = (0..7).map(|_| rng.below(shared.num_embeddings() as u64) as i64).collect();
-        let out = shared.forward(ctx, Indices::i64(&sidx, &[7])).unwrap().to_vec_f32(ctx).unwrap();
+        let out = shared.forward(ctx, Indices::i64(&sidx, &[7])).unwrap().read_f32(ctx).block().unwrap();
         assert_eq!(out, common::lookup(shared_table, sd, &sidx), "thread {seed} round {round}: shared layer");
 
         if seed % 2 == 1 {
             // A refused call (GPU-resident index out of range) in the middle of the others.
             let bad = GpuTensor::from_i32(ctx, &[0, v as i32 + round as i32], &[2]).unwrap();
-            match emb.forward_gpu(ctx, &bad) {
+            match emb.forward_gpu(ctx, &bad).block() {
                 Err(Error::IndexOutOfRange { position: 1, value, .. }) => assert_eq!(value, v as i64 + round as i64),
-                other => panic!("thread {seed}: expected IndexOutOfRange, got {other:?}"),
+                other => panic!("thread {seed}: expected IndexOutOfRange, got {other:?}.block()"),
             }
         }
     }
@@ -100,7 +101,7 @@ fn max_norm_layer_shared_by_threads_renormalizes_each_row_once() {
         for idx in &per_thread {
             let (ctx, emb, table) = (&ctx, &emb, &table);
             s.spawn(move || {
-                let out = emb.forward(ctx, Indices::i64(idx, &[idx.len()])).unwrap().to_vec_f32(ctx).unwrap();
+                let out = emb.forward(ctx, Indices::i64(idx, &[idx.len()])).unwrap().read_f32(ctx).block().unwrap();
                 // Whatever order the calls ran in, each referenced row is scaled once.
                 let mut want_table = table.clone();
                 common::renorm(&mut want_table, d, idx, 1.5, 2.0);
@@ -111,7 +112,7 @@ fn max_norm_layer_shared_by_threads_renormalizes_each_row_once() {
     let all: Vec<i64> = per_thread.concat();
     let mut want = table.clone();
     common::renorm(&mut want, d, &all, 1.5, 2.0);
-    common::assert_close(&emb.weight().to_vec_f32(&ctx).unwrap(), &want, 1e-5, 1e-5, "table after all threads");
+    common::assert_close(&emb.weight().read_f32(&ctx).block().unwrap(), &want, 1e-5, 1e-5, "table after all threads");
 }
 
 #[test]
@@ -144,7 +145,7 @@ fn every_layer_gives_the_same_answer_from_many_threads_as_from_one() {
     let small: Vec<i64> = idx.iter().map(|i| i % 8).collect();
 
     let run_all = || -> Vec<Vec<f32>> {
-        let read = |t: GpuTensor| t.to_vec_f32(&ctx).unwrap();
+        let read = |t: GpuTensor| t.read_f32(&ctx).block().unwrap();
         vec![
             read(ln.forward(&ctx, &w[..40 * d], &[40, d]).unwrap()),
             read(se.forward(&ctx, Indices::i64(&idx, &[40])).unwrap()),

@@ -13,6 +13,7 @@
 
 use std::io::BufRead;
 use std::path::PathBuf;
+use wgpu_embed::Block;
 
 use wgpu_embed::{BagMode, Checkpoint, Context, EmbeddingBag, GpuTensor, Indices, Metric, QuantizedTable, Retriever, Scheme};
 
@@ -46,7 +47,7 @@ fn main() -> Result<(), BoxError> {
     if !dir.join("model.safetensors").exists() {
         return Err(format!("{} has no model.safetensors: run `bash .ci/setup` or set MINILM_DIR", dir.display()).into());
     }
-    let ctx = Context::new()?;
+    let ctx = Context::new().block()?;
     println!("adapter: {} ({:?})", ctx.adapter_info().name, ctx.adapter_info().backend);
 
     let checkpoint = Checkpoint::open(dir.join("model.safetensors"))?;
@@ -74,8 +75,8 @@ fn main() -> Result<(), BoxError> {
     let search = |query: &str| -> Result<(), BoxError> {
         let t = std::time::Instant::now();
         let top = retriever.search_gpu(&ctx, &embed(&ctx, &words, &tokenizer, &[query])?, HITS)?;
-        let scores = top.scores.to_vec_f32(&ctx)?;
-        let rows: Vec<i32> = bytemuck::pod_collect_to_vec(&top.indices.to_bytes(&ctx)?);
+        let scores = top.scores.read_f32(&ctx).block()?;
+        let rows: Vec<i32> = bytemuck::pod_collect_to_vec(&top.indices.read_bytes(&ctx).block()?);
         println!("\nquery: {query:?} ({:.1} ms)", t.elapsed().as_secs_f64() * 1e3);
         for (score, &row) in scores.iter().zip(&rows) {
             let (name, sentence) = corpus[row as usize];

@@ -3,6 +3,7 @@
 
 mod check;
 
+use crate::Block;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -111,7 +112,7 @@ pub fn main() -> ExitCode {
 fn run_cases_cmd(cases: &PathBuf, out: &PathBuf, report: &PathBuf, device: &DeviceArgs) -> Result<ExitCode, String> {
     let bytes = std::fs::read(cases).map_err(|e| format!("cannot read {}: {e}", cases.display()))?;
     let file = CaseFile::parse(&bytes).map_err(|e| format!("{}: {e}", cases.display()))?;
-    let ctx = Context::new_with(device.options()).map_err(|e| e.to_string())?;
+    let ctx = Context::with_options(device.options()).block().map_err(|e| e.to_string())?;
     let info = ctx.adapter_info();
     let reads = if ctx.reads_tables_from_textures() { "texture copies" } else { "buffers" };
     eprintln!("adapter: {} ({:?}); binding limit {} bytes; tables read from {reads}", info.name, info.backend, ctx.max_binding_size());

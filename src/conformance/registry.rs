@@ -5,6 +5,7 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 use crate::{
+    block::Block,
     conformance::cases::{CaseInputs, HostTensor},
     error::{Error, Result},
     gpu::context::Context,
@@ -265,7 +266,7 @@ mod runs {
         let mut outputs = Vec::new();
         for (name, t) in named {
             if let Some(t) = t {
-                outputs.push((name.to_string(), HostTensor::f32(t.to_vec_f32(ctx)?, t.shape().to_vec())));
+                outputs.push((name.to_string(), HostTensor::f32(t.read_f32(ctx).block()?, t.shape().to_vec())));
             }
         }
         Ok(outputs)
@@ -420,7 +421,7 @@ mod runs {
         match g {
             Gradient::Dense(w) => f32_outputs(ctx, &[("grad_weight", Some(w))]),
             Gradient::Sparse { indices, values, .. } => {
-                let rows: Vec<i32> = bytemuck::pod_collect_to_vec(&indices.to_bytes(ctx)?);
+                let rows: Vec<i32> = bytemuck::pod_collect_to_vec(&indices.read_bytes(ctx).block()?);
                 let mut out =
                     vec![("grad_indices".to_string(), HostTensor::i64(rows.iter().map(|&r| r as i64).collect(), vec![rows.len()]))];
                 out.extend(f32_outputs(ctx, &[("grad_values", Some(values))])?);
@@ -438,7 +439,7 @@ mod runs {
         let d = *grad.shape().last().unwrap_or(&0);
         // The table's values do not enter the gradient: a zero table of the right shape.
         let layer = Embedding::from_tensor(GpuTensor::zeros(ctx, &[v, d], DType::F32, d)?)?.with_padding_idx(p.opt_i64("padding_idx")?)?;
-        gradient_outputs(ctx, &layer.backward(ctx, indices, &grad, grad_options(inputs)?)?)
+        gradient_outputs(ctx, &layer.backward(ctx, indices, &grad, grad_options(inputs)?).block()?)
     }
 
     pub(super) fn embedding_bag_backward(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
@@ -450,7 +451,7 @@ mod runs {
             .with_padding_idx(p.opt_i64("padding_idx")?)?
             .with_include_last_offset(p.bool_or("include_last_offset", false)?);
         let grad = gpu_f32(ctx, inputs, "grad_out")?;
-        let g = layer.backward(ctx, input, offsets, psw, &grad, grad_options(inputs)?)?;
+        let g = layer.backward(ctx, input, offsets, psw, &grad, grad_options(inputs)?).block()?;
         let mut out = gradient_outputs(ctx, &g.weight)?;
         out.extend(f32_outputs(ctx, &[("grad_per_sample_weights", g.per_sample_weights.as_ref())])?);
         Ok(out)
@@ -467,8 +468,8 @@ mod runs {
         for name in opt.state_names() {
             let Some(t) = opt.state(name) else { continue };
             outputs.push(match t.dtype() {
-                DType::U8 => (name.to_string(), HostTensor::u8(t.to_bytes(ctx)?, t.shape().to_vec())),
-                _ => (name.to_string(), HostTensor::f32(t.to_vec_f32(ctx)?, t.shape().to_vec())),
+                DType::U8 => (name.to_string(), HostTensor::u8(t.read_bytes(ctx).block()?, t.shape().to_vec())),
+                _ => (name.to_string(), HostTensor::f32(t.read_f32(ctx).block()?, t.shape().to_vec())),
             });
         }
         Ok(outputs)
@@ -488,7 +489,7 @@ mod runs {
         let values = grads.as_f32("grads")?;
         for t in 0..steps {
             let g = GpuTensor::from_f32(ctx, &values[t * v * d..(t + 1) * v * d], &[v, d])?;
-            opt.step(ctx, &table, &crate::layers::embedding_backward::Gradient::Dense(g))?;
+            opt.step(ctx, &table, &crate::layers::embedding_backward::Gradient::Dense(g)).block()?;
         }
         optimizer_outputs(ctx, &table, &opt)
     }
@@ -516,7 +517,7 @@ mod runs {
                 values: GpuTensor::from_f32(ctx, &all_values[t * n * d..(t + 1) * n * d], &[n, d])?,
                 num_embeddings: v,
             };
-            opt.step(ctx, &table, &grad)?;
+            opt.step(ctx, &table, &grad).block()?;
         }
         optimizer_outputs(ctx, &table, &opt)
     }
@@ -554,7 +555,7 @@ mod runs {
         };
         let top = retriever.search(ctx, queries.as_f32("queries")?, k)?;
         debug_assert_eq!(top.scores.shape(), [q, k]);
-        let rows: Vec<i32> = bytemuck::pod_collect_to_vec(&top.indices.to_bytes(ctx)?);
+        let rows: Vec<i32> = bytemuck::pod_collect_to_vec(&top.indices.read_bytes(ctx).block()?);
         let mut out = f32_outputs(ctx, &[("scores", Some(&top.scores))])?;
         out.push(("indices".to_string(), HostTensor::i64(rows.iter().map(|&r| r as i64).collect(), vec![q, k])));
         Ok(out)
@@ -583,8 +584,8 @@ mod runs {
         let t = GpuTensor::flat(ctx, values, DType::F32)?;
         let q = crate::quant::blockwise::quantize_blockwise(ctx, &t, blocksize, code)?;
         Ok(vec![
-            ("codes".to_string(), HostTensor::u8(q.codes.to_bytes(ctx)?, vec![values.len()])),
-            ("absmax".to_string(), HostTensor::f32(q.absmax.to_vec_f32(ctx)?, q.absmax.shape().to_vec())),
+            ("codes".to_string(), HostTensor::u8(q.codes.read_bytes(ctx).block()?, vec![values.len()])),
+            ("absmax".to_string(), HostTensor::f32(q.absmax.read_f32(ctx).block()?, q.absmax.shape().to_vec())),
         ])
     }
 

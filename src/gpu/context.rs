@@ -110,6 +110,9 @@ pub struct Context {
     pub(crate) pending_checks: PendingChecks,
     /// The first scope error of a submission dropped unawaited.
     pub(crate) pending_errors: Mutex<Option<Error>>,
+    /// In the browser: the error scopes of submissions dropped unawaited.
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) pending_scopes: crate::gpu::recording::PendingScopes,
     /// The first device error that no error scope caught (kept for diagnostics; wgpu's
     /// default handler would panic instead).
     uncaptured: Arc<Mutex<Option<String>>>,
@@ -133,16 +136,13 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    /// Creates a context on the default adapter (blocking; native only).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn new() -> Result<Self> {
-        pollster::block_on(Self::with_options(ContextOptions::default()))
-    }
-
-    /// Creates a context with options (blocking; native only).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn new_with(options: ContextOptions) -> Result<Self> {
-        pollster::block_on(Self::with_options(options))
+    /// Creates a context on the default adapter (natively: `Context::new().block()`,
+    /// see [`crate::Block`]).
+    ///
+    /// # Errors
+    /// [`Error::NoAdapter`] when no adapter or device could be had.
+    pub async fn new() -> Result<Self> {
+        Self::with_options(ContextOptions::default()).await
     }
 
     /// Lists the adapters of the given backends (`None`: `WGPU_BACKEND` or all).
@@ -248,6 +248,8 @@ impl Context {
             stats: Counters::default(),
             pending_checks: PendingChecks::default(),
             pending_errors: Mutex::new(None),
+            #[cfg(target_arch = "wasm32")]
+            pending_scopes: Default::default(),
             uncaptured,
         }
         .with_auto_table_reads()
@@ -529,15 +531,15 @@ impl Context {
     /// [`Recording`]).
     ///
     /// ```
-    /// # use wgpu_embed::{Context, Embedding, Indices};
-    /// # let ctx = Context::new()?;
+    /// # use wgpu_embed::{Block, Context, Embedding, Indices};
+    /// # let ctx = Context::new().block()?;
     /// let table: Vec<f32> = (0..10 * 4).map(|i| i as f32).collect();
     /// let emb = Embedding::from_pretrained(&ctx, &table, 10, 4)?;
     /// let mut run = ctx.record();
     /// let rows = emb.record(&mut run, Indices::i64(&[1, 9], &[2]))?;
     /// let again = emb.record_gpu(&mut run, &ctx_indices(&ctx)?)?; // GPU-resident, checked in the same submission
     /// let (a, b) = (run.read(&rows), run.read(&again));
-    /// let out = run.submit()?.wait()?;
+    /// let out = run.submit()?.finish().block()?;
     /// assert_eq!(out.f32(a)[4..], [36.0, 37.0, 38.0, 39.0]);
     /// assert_eq!(out.f32(b)[..4], [8.0, 9.0, 10.0, 11.0]);
     /// # fn ctx_indices(ctx: &Context) -> wgpu_embed::Result<wgpu_embed::GpuTensor> {
@@ -603,13 +605,16 @@ impl Context {
         Ok(())
     }
 
-    /// The bounds-check reports of submissions dropped without being awaited (see
-    /// [`crate::Submitted`]), read back now.
+    /// What submissions dropped without being awaited found (see [`crate::Submitted`]):
+    /// their bounds-check reports, read back now (one read-back, if there are any), and
+    /// their validation and out-of-memory errors (in the browser, the one-call methods'
+    /// too: their scopes are promises that this awaits).
     ///
     /// # Errors
-    /// The first bad index they found, as [`Error::IndexOutOfRange`].
+    /// The first bad index they found, as [`Error::IndexOutOfRange`], or the first
+    /// device error.
     pub async fn deferred_errors(&self) -> Result<()> {
-        self.record().submit()?.finish().await.map(|_| ())
+        crate::gpu::recording::Submitted::nothing(self).finish().await.map(|_| ())
     }
 
     /// Runs `f` inside validation and out-of-memory error scopes and reports what they caught.

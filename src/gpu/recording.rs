@@ -401,12 +401,12 @@ impl Drop for Recording<'_> {
 }
 
 /// A submitted recording: await [`Submitted::finish`] for its reads and its deferred
-/// errors (blocking natively: [`Submitted::wait`]).
+/// errors (natively `finish().block()`, see [`crate::Block`]).
 ///
 /// Dropped without either, its bounds-check reports go to the context and come back
 /// from the next awaited submission (see [`Context::take_deferred_error`]), so a
 /// training loop can submit step after step without a wait and still hear of a bad index.
-#[must_use = "await `finish` (or `wait`) for the reads and the deferred errors"]
+#[must_use = "await `finish` for the reads and the deferred errors"]
 pub struct Submitted<'c> {
     ctx: &'c Context,
     reads: Vec<(wgpu::Buffer, u64)>,
@@ -447,7 +447,16 @@ impl Outputs {
 /// Checks left unread by dropped submissions: reported by the next awaited one.
 pub(crate) type PendingChecks = Mutex<Vec<(&'static str, u64, wgpu::Buffer)>>;
 
-impl Submitted<'_> {
+/// Error scopes of dropped submissions (browsers: promises), awaited by the next one.
+#[cfg(target_arch = "wasm32")]
+pub(crate) type PendingScopes = Mutex<Vec<(ScopeResult, ScopeResult)>>;
+
+impl<'c> Submitted<'c> {
+    /// A submission of nothing: awaiting it reports what earlier ones left pending.
+    pub(crate) fn nothing(ctx: &'c Context) -> Self {
+        Submitted { ctx, reads: Vec::new(), checks: Vec::new(), scopes: Vec::new(), finished: false }
+    }
+
     /// A validation or out-of-memory error that a scope of this submission caught.
     #[cfg(not(target_arch = "wasm32"))]
     fn scope_error_now(&mut self) -> Option<Error> {
@@ -470,7 +479,12 @@ impl Submitted<'_> {
         if let Some(e) = ctx.pending_errors.lock().unwrap_or_else(|p| p.into_inner()).take() {
             return Err(e);
         }
-        for (v, o) in std::mem::take(&mut self.scopes) {
+        #[cfg(target_arch = "wasm32")]
+        let mut scopes = std::mem::take(&mut *ctx.pending_scopes.lock().unwrap_or_else(|p| p.into_inner()));
+        #[cfg(not(target_arch = "wasm32"))]
+        let mut scopes = Vec::new();
+        scopes.append(&mut self.scopes);
+        for (v, o) in scopes {
             #[cfg(target_arch = "wasm32")]
             let (v, o) = (v.await, o.await);
             if let Some(e) = scope_error(v, o) {
@@ -497,15 +511,6 @@ impl Submitted<'_> {
         let bytes = reads.iter().zip(&self.reads).map(|(b, (_, len))| b[..*len as usize].to_vec()).collect();
         Ok(Outputs { bytes })
     }
-
-    /// [`Submitted::finish`], blocking (native only).
-    ///
-    /// # Errors
-    /// As [`Submitted::finish`].
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn wait(self) -> Result<Outputs> {
-        pollster::block_on(self.finish())
-    }
 }
 
 impl Drop for Submitted<'_> {
@@ -521,6 +526,9 @@ impl Drop for Submitted<'_> {
         if let Some(e) = self.scope_error_now() {
             self.ctx.pending_errors.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
         }
+        // In the browser they are promises: the next await resolves them.
+        #[cfg(target_arch = "wasm32")]
+        self.ctx.pending_scopes.lock().unwrap_or_else(|p| p.into_inner()).append(&mut self.scopes);
     }
 }
 

@@ -100,10 +100,11 @@ pub(crate) fn record_exclusive_scan(ctx: &Context, encoder: &mut Recording<'_>, 
 mod tests {
     use super::*;
     use crate::gpu::tensor::{DType, GpuTensor};
+    use crate::Block;
 
     fn read(ctx: &Context, b: &wgpu::Buffer, n: usize) -> Vec<u32> {
         let t = GpuTensor::from_buffer(b.clone(), &[n], DType::U32);
-        bytemuck::pod_collect_to_vec(&t.to_bytes(ctx).unwrap())
+        bytemuck::pod_collect_to_vec(&t.read_bytes(ctx).block().unwrap())
     }
 
     fn upload(ctx: &Context, v: &[u32]) -> wgpu::Buffer {
@@ -112,7 +113,7 @@ mod tests {
 
     #[test]
     fn sort_is_stable_and_matches_the_host() {
-        let ctx = Context::new().expect("a GPU adapter (lavapipe on CI)");
+        let ctx = Context::new().block().expect("a GPU adapter (lavapipe on CI)");
         for n in [1usize, 7, 8, 9, 100, 1000, 5003] {
             // Many equal keys, so stability shows.
             let keys: Vec<u32> = (0..n as u32).map(|i| (i.wrapping_mul(2654435761) >> 7) % 37).collect();
@@ -130,7 +131,7 @@ mod tests {
 
     #[test]
     fn exclusive_scan_matches_the_host() {
-        let ctx = Context::new().expect("a GPU adapter (lavapipe on CI)");
+        let ctx = Context::new().block().expect("a GPU adapter (lavapipe on CI)");
         for n in [1usize, 255, 256, 257, 70_000] {
             let input: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
             let b = upload(&ctx, &input);

@@ -455,18 +455,6 @@ impl GpuTensor {
         Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(ctx).await?))
     }
 
-    /// Reads an f32 tensor back, blocking (native only).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn to_vec_f32(&self, ctx: &Context) -> Result<Vec<f32>> {
-        pollster::block_on(self.read_f32(ctx))
-    }
-
-    /// Reads the raw bytes back, blocking (native only).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn to_bytes(&self, ctx: &Context) -> Result<Vec<u8>> {
-        pollster::block_on(self.read_bytes(ctx))
-    }
-
     /// A copy of the same elements, in order, as `shape` with rows of `row_len` elements,
     /// `rows_per_segment` rows per buffer (e.g. a flat list laid out like a table),
     /// recorded into `encoder`.

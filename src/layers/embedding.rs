@@ -70,16 +70,15 @@ impl Embedding {
     /// Looks up indices that already live on the GPU (an i32 tensor of any shape; the
     /// result has shape `[*indices, D]`). A check kernel bounds-checks them in the same
     /// submission, before the max-norm rewrite: the first bad one is reported and
-    /// nothing (not the max-norm table) is written. Blocks until the check is read
-    /// (native only; [`Embedding::record_gpu`] does not block).
+    /// nothing (not the max-norm table) is written. Resolves once the check is read
+    /// ([`Embedding::record_gpu`] does not wait).
     ///
     /// # Errors
     /// [`Error::IndexOutOfRange`](crate::Error::IndexOutOfRange) with the first bad
     /// position and its value; [`Error::InvalidArgument`](crate::Error::InvalidArgument)
     /// for a tensor that is not I32.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn forward_gpu(&self, ctx: &Context, indices: &GpuTensor) -> Result<GpuTensor> {
-        pollster::block_on(ctx.run_checked(|run| self.record_gpu(run, indices)))
+    pub async fn forward_gpu(&self, ctx: &Context, indices: &GpuTensor) -> Result<GpuTensor> {
+        ctx.run_checked(|run| self.record_gpu(run, indices)).await
     }
 
     /// [`Embedding::forward_gpu`] recorded into `run`, without waiting: a bad index

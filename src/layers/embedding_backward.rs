@@ -20,9 +20,7 @@ use crate::gpu::sort::{check_list_len, record_exclusive_scan, record_sort};
 use crate::gpu::table::TableAccess;
 use crate::gpu::tensor::{DType, GpuTensor, Segment};
 use crate::layers::embedding::Embedding;
-#[cfg(not(target_arch = "wasm32"))] // GPU-resident indices: their check reads back
-use crate::layers::embedding_bag::plan_gpu_bounds;
-use crate::layers::embedding_bag::{plan_bags, BagMode, EmbeddingBag, HostBags, PerSampleWeights};
+use crate::layers::embedding_bag::{plan_bags, plan_gpu_bounds, BagMode, EmbeddingBag, HostBags, PerSampleWeights};
 use crate::layers::indices::Indices;
 use crate::layers::table::table_format;
 
@@ -92,7 +90,6 @@ pub struct BagGradients {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Flat<'a, T> {
     Host(&'a [T]),
-    #[cfg_attr(target_arch = "wasm32", allow(dead_code))] // GPU-resident indices are native only
     Gpu(&'a GpuTensor),
 }
 
@@ -414,20 +411,13 @@ impl Embedding {
     /// PyTorch's autograd gives it: `padding_idx` rows get none; with
     /// `scale_grad_by_freq` each row's gradient is divided by how often it occurs in
     /// `indices`; `sparse` returns it coalesced. `grad_out` has shape `[*indices, D]`.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn backward(&self, ctx: &Context, indices: Indices<'_>, grad_out: &GpuTensor, options: GradOptions) -> Result<Gradient> {
-        pollster::block_on(self.backward_async(ctx, indices, grad_out, options))
-    }
-
-    /// [`Embedding::backward`] without blocking (a sparse gradient awaits its row count;
-    /// what browsers call).
-    pub async fn backward_async(
-        &self,
-        ctx: &Context,
-        indices: Indices<'_>,
-        grad_out: &GpuTensor,
-        options: GradOptions,
-    ) -> Result<Gradient> {
+    /// A sparse gradient awaits its row count (one read-back); a dense one resolves at
+    /// once.
+    ///
+    /// # Errors
+    /// An index outside the table, a `grad_out` of another shape, or PyTorch's refusal of
+    /// `scale_grad_by_freq` with `sparse`, before any GPU work.
+    pub async fn backward(&self, ctx: &Context, indices: Indices<'_>, grad_out: &GpuTensor, options: GradOptions) -> Result<Gradient> {
         check_embedding_options(options)?;
         let rows = self.checked_rows(indices, grad_out)?;
         table_gradient(ctx, &self.scatter(Flat::Host(&rows), options), grad_out, None).await
@@ -475,16 +465,15 @@ impl Embedding {
 
     /// [`Embedding::backward`] for indices already on the GPU (a flat I32 tensor of any
     /// shape). A check kernel bounds-checks them first: the first bad one is reported as
-    /// [`Error::IndexOutOfRange`] and nothing runs (native only: the check reads back).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn backward_gpu(&self, ctx: &Context, indices: &GpuTensor, grad_out: &GpuTensor, options: GradOptions) -> Result<Gradient> {
+    /// [`Error::IndexOutOfRange`] and nothing runs (one read-back of the check).
+    pub async fn backward_gpu(&self, ctx: &Context, indices: &GpuTensor, grad_out: &GpuTensor, options: GradOptions) -> Result<Gradient> {
         check_embedding_options(options)?;
         let mut shape = indices.shape().to_vec();
         shape.push(self.embedding_dim());
         check_grad(grad_out, &shape)?;
         check_list_len(ctx, "indices", indices.numel() as u64, 8)?;
-        pollster::block_on(ctx.run_checked(|run| run.check_indices("indices", indices, self.num_embeddings() as u64)))?;
-        pollster::block_on(table_gradient(ctx, &self.scatter(Flat::Gpu(indices), options), grad_out, None))
+        ctx.run_checked(|run| run.check_indices("indices", indices, self.num_embeddings() as u64)).await?;
+        table_gradient(ctx, &self.scatter(Flat::Gpu(indices), options), grad_out, None).await
     }
 
     fn scatter<'a>(&self, rows: Flat<'a, i32>, options: GradOptions) -> Scatter<'a> {
@@ -505,21 +494,10 @@ impl EmbeddingBag {
     /// PyTorch's autograd gives them. Max sends each column's gradient to the row the
     /// forward chose (recomputed here from the table); PyTorch's refusals (sparse or
     /// `scale_grad_by_freq` with max) come back as errors.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn backward(
-        &self,
-        ctx: &Context,
-        input: Indices<'_>,
-        offsets: Option<Indices<'_>>,
-        per_sample_weights: PerSampleWeights<'_>,
-        grad_out: &GpuTensor,
-        options: GradOptions,
-    ) -> Result<BagGradients> {
-        pollster::block_on(self.backward_async(ctx, input, offsets, per_sample_weights, grad_out, options))
-    }
-
-    /// [`EmbeddingBag::backward`] without blocking (what browsers call).
-    pub async fn backward_async(
+    ///
+    /// # Errors
+    /// PyTorch's refusals of the arguments, before any GPU work.
+    pub async fn backward(
         &self,
         ctx: &Context,
         input: Indices<'_>,
@@ -556,9 +534,8 @@ impl EmbeddingBag {
     /// [`EmbeddingBag::backward`] with `input` (1-D with `offsets`, or 2-D) and
     /// `per_sample_weights` (F32, same shape) already on the GPU, as I32. A check kernel
     /// bounds-checks the indices first: the first bad one is reported as
-    /// [`Error::IndexOutOfRange`] and nothing runs (native only: the check reads back).
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn backward_gpu(
+    /// [`Error::IndexOutOfRange`] and nothing runs (one read-back of the check).
+    pub async fn backward_gpu(
         &self,
         ctx: &Context,
         input: &GpuTensor,
@@ -570,9 +547,9 @@ impl EmbeddingBag {
         self.check_options(options)?;
         let bounds = plan_gpu_bounds(input, offsets, per_sample_weights, self.mode(), self.include_last_offset())?;
         check_list_len(ctx, "input", input.numel() as u64, 8)?;
-        pollster::block_on(ctx.run_checked(|run| run.check_indices("input", input, self.num_embeddings() as u64)))?;
+        ctx.run_checked(|run| run.check_indices("input", input, self.num_embeddings() as u64)).await?;
         let weights = per_sample_weights.map(|w| (Flat::Gpu(w), w.shape()));
-        pollster::block_on(self.bag_grads(ctx, Flat::Gpu(input), &bounds, weights, grad_out, options))
+        self.bag_grads(ctx, Flat::Gpu(input), &bounds, weights, grad_out, options).await
     }
 
     /// Host bags of checked arguments (PyTorch's refusals first).

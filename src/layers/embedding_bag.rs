@@ -326,19 +326,18 @@ impl EmbeddingBag {
     /// `per_sample_weights` (F32, same shape) already on the GPU, as I32. A check kernel
     /// bounds-checks the indices in the same submission: the first bad one is reported
     /// as [`Error::IndexOutOfRange`] and nothing (not the max-norm table) is written.
-    /// Blocks until the check is read (native only; [`EmbeddingBag::record_gpu`] does not).
+    /// Resolves once the check is read ([`EmbeddingBag::record_gpu`] does not wait).
     ///
     /// # Errors
     /// PyTorch's refusals of the arguments; a bad index as above.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn forward_gpu(
+    pub async fn forward_gpu(
         &self,
         ctx: &Context,
         input: &GpuTensor,
         offsets: Option<Indices<'_>>,
         per_sample_weights: Option<&GpuTensor>,
     ) -> Result<GpuTensor> {
-        pollster::block_on(ctx.run_checked(|run| self.record_gpu(run, input, offsets, per_sample_weights)))
+        ctx.run_checked(|run| self.record_gpu(run, input, offsets, per_sample_weights)).await
     }
 
     /// [`EmbeddingBag::forward_gpu`] recorded into `run`, without waiting: a bad index

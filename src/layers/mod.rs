@@ -27,9 +27,10 @@ mod tests {
     use crate::gpu::tensor::{DType, GpuTensor};
     use crate::layers::embedding::record_lookup;
     use crate::layers::embedding_bag::{record_bags, BagMode, BagSpec};
+    use crate::Block;
 
     fn context() -> Context {
-        Context::new().expect("a GPU adapter (lavapipe on CI)")
+        Context::new().block().expect("a GPU adapter (lavapipe on CI)")
     }
 
     /// A table whose every value is >= 100, so a zero cannot come from it.
@@ -52,7 +53,7 @@ mod tests {
             let mut encoder = ctx.encoder();
             record_lookup(&ctx, &mut encoder, &t, &idx, &out, &status, None).unwrap();
             ctx.submit(encoder).unwrap();
-            let got = out.to_vec_f32(&ctx).unwrap();
+            let got = out.read_f32(&ctx).block().unwrap();
             for (pos, &i) in idx_values.iter().enumerate() {
                 let row = &got[pos * d..(pos + 1) * d];
                 if (0..10).contains(&i) {
@@ -83,7 +84,7 @@ mod tests {
             let mut encoder = ctx.encoder();
             record_bags(&ctx, &mut encoder, &t, &idx, None, &bounds, &out, &status, spec).unwrap();
             ctx.submit(encoder).unwrap();
-            let got = out.to_vec_f32(&ctx).unwrap();
+            let got = out.read_f32(&ctx).block().unwrap();
             let row = |r: usize, c: usize| w[r * d + c];
             for c in 0..d {
                 assert_eq!(got[c], row(3, c) + row(4, c), "d={d} bag 0 col {c}");

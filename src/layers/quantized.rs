@@ -115,15 +115,14 @@ impl QuantizedEmbedding {
 
     /// Looks up indices already on the GPU (a flat-rowed I32 tensor of any shape). A check
     /// kernel bounds-checks them in the same submission: the first bad one is reported
-    /// and its rows read as zeros. Blocks until the check is read (native only;
-    /// [`QuantizedEmbedding::record_gpu`] does not block).
+    /// and its rows read as zeros. Resolves once the check is read
+    /// ([`QuantizedEmbedding::record_gpu`] does not wait).
     ///
     /// # Errors
     /// [`Error::IndexOutOfRange`](crate::Error::IndexOutOfRange) with the first bad
     /// position and its value.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn forward_gpu(&self, ctx: &Context, indices: &GpuTensor) -> Result<GpuTensor> {
-        pollster::block_on(ctx.run_checked(|run| self.record_gpu(run, indices)))
+    pub async fn forward_gpu(&self, ctx: &Context, indices: &GpuTensor) -> Result<GpuTensor> {
+        ctx.run_checked(|run| self.record_gpu(run, indices)).await
     }
 
     /// [`QuantizedEmbedding::forward_gpu`] recorded into `run`, without waiting.

@@ -1,18 +1,21 @@
 //! CPU references for the tests (the library itself never computes on the CPU).
 #![allow(dead_code)]
 
+use wgpu_embed::Block;
 use wgpu_embed::{Context, ContextOptions, TableReads};
 
 /// A context on the default adapter, optionally with a smaller binding limit.
 pub fn context(max_binding_size: Option<u64>) -> Context {
     std::env::set_var("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()));
-    Context::new_with(ContextOptions { max_binding_size, ..Default::default() }).expect("a GPU adapter (lavapipe on CI)")
+    Context::with_options(ContextOptions { max_binding_size, ..Default::default() }).block().expect("a GPU adapter (lavapipe on CI)")
 }
 
 /// Like [`context`], reading lookup tables from buffers or from texture copies.
 pub fn context_reading(max_binding_size: Option<u64>, table_reads: TableReads) -> Context {
     std::env::set_var("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()));
-    Context::new_with(ContextOptions { max_binding_size, table_reads, ..Default::default() }).expect("a GPU adapter (lavapipe on CI)")
+    Context::with_options(ContextOptions { max_binding_size, table_reads, ..Default::default() })
+        .block()
+        .expect("a GPU adapter (lavapipe on CI)")
 }
 
 /// A small deterministic generator (xorshift), so failures reproduce.

@@ -43,6 +43,8 @@ fn gradient(g: lib::Gradient) -> Vec<(&'static str, Option<lib::GpuTensor>)> {
 pub(crate) async fn checked<T>(ctx: &lib::Context, result: lib::Result<T>) -> Result<T, JsValue> {
     let value = result.map_err(js_error)?;
     ctx.check_alive().map_err(js_error)?;
+    // The library's own scopes (the recordings of one-call methods), awaited here.
+    ctx.deferred_errors().await.map_err(js_error)?;
     if let Some(e) = ctx.take_uncaptured_error() {
         return Err(js_error(lib::Error::Device(e)));
     }
@@ -67,7 +69,22 @@ impl Embedding {
     ) -> Result<JsValue, JsValue> {
         let (values, shape) = indices_and_shape(&indices, &shape, "indices")?;
         let (g, opts) = (gpu_tensor(grad_out)?, grad_options(&options)?);
-        let r = self.layer.backward_async(&self.ctx, values.as_indices(&shape), &g, opts).await;
+        let r = self.layer.backward(&self.ctx, values.as_indices(&shape), &g, opts).await;
+        object(&self.ctx, gradient(checked(&self.ctx, r).await?))
+    }
+
+    /// [`Embedding::backward`] for indices already on the GPU (an I32 tensor of any
+    /// shape; `gradOut` is `[...indices.shape, D]`): bounds-checked in the same
+    /// submission as a bad one is reported, before the gradient is made.
+    #[wasm_bindgen(js_name = backwardTensor)]
+    pub async fn backward_tensor(
+        &self,
+        indices: &Tensor,
+        grad_out: &Tensor,
+        #[wasm_bindgen(unchecked_param_type = "{ scaleGradByFreq?: boolean, sparse?: boolean } | undefined")] options: JsValue,
+    ) -> Result<JsValue, JsValue> {
+        let (idx, g, opts) = (gpu_tensor(indices)?, gpu_tensor(grad_out)?, grad_options(&options)?);
+        let r = self.layer.backward_gpu(&self.ctx, &idx, &g, opts).await;
         object(&self.ctx, gradient(checked(&self.ctx, r).await?))
     }
 }
@@ -90,7 +107,7 @@ impl EmbeddingBag {
     ) -> Result<JsValue, JsValue> {
         let a = BagArgs::read(&input, &offsets, &per_sample_weights, &input_shape, &per_sample_weights_shape)?;
         let (g, opts) = (gpu_tensor(grad_out)?, grad_options(&options)?);
-        let r = self.layer.backward_async(&self.ctx, a.input(), a.offsets(), a.weights(), &g, opts).await;
+        let r = self.layer.backward(&self.ctx, a.input(), a.offsets(), a.weights(), &g, opts).await;
         let grads = checked(&self.ctx, r).await?;
         let mut named = gradient(grads.weight);
         named.push(("perSampleWeights", grads.per_sample_weights));

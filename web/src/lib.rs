@@ -130,6 +130,12 @@ pub(crate) async fn gpu_call<T>(ctx: &lib::Context, f: impl FnOnce() -> lib::Res
     let validation = validation.pop();
     let oom = oom.pop();
     let (v, o) = (validation.await, oom.await);
+    // The library's own scopes (the recordings of one-call methods), awaited here.
+    if let Err(e) = ctx.deferred_errors().await {
+        if result.is_ok() {
+            return Err(js_error(e));
+        }
+    }
     ctx.check_alive().map_err(js_error)?;
     if let Some(e) = o {
         return Err(js_error(lib::Error::OutOfMemory(e.to_string())));
@@ -391,6 +397,17 @@ impl Embedding {
         let (values, shape) = indices_and_shape(&indices, &shape, "indices")?;
         let out = gpu_call(&self.ctx, || self.layer.forward(&self.ctx, values.as_indices(&shape))).await?;
         Ok(Tensor::new(self.ctx.clone(), out))
+    }
+
+    /// Looks up indices already on the GPU (an I32 tensor of any shape, e.g. a
+    /// retriever's top-k `indices` or another library's output), bounds-checked in the
+    /// same submission: a bad one rejects with its position and value, and nothing (not
+    /// the `maxNorm` table) is written.
+    #[wasm_bindgen(js_name = forwardTensor)]
+    pub async fn forward_tensor(&self, indices: &Tensor) -> Result<Tensor, JsValue> {
+        let idx = indices.gpu()?.clone();
+        let r = self.layer.forward_gpu(&self.ctx, &idx).await;
+        Ok(Tensor::new(self.ctx.clone(), backward::checked(&self.ctx, r).await?))
     }
 
     /// The table (after any in-place renormalisation by `maxNorm`).

@@ -55,9 +55,12 @@ impl Gpu {
 impl Optimizer {
     /// One step from a dense gradient (`[V, D]`, e.g. `backward(...).weight`); the table
     /// changes in place.
+    #[allow(clippy::await_holding_refcell_ref)] // as step_embedding
     pub async fn step(&self, table: &Tensor, grad: &Tensor) -> Result<(), JsValue> {
         let (t, g) = (table.gpu()?.clone(), grad.gpu()?.clone());
-        gpu_call(&self.ctx, || self.inner.borrow_mut().step(&self.ctx, &t, &lib::Gradient::Dense(g))).await
+        let mut opt = self.busy_or_mut()?;
+        let r = opt.step(&self.ctx, &t, &lib::Gradient::Dense(g)).await;
+        checked(&self.ctx, r).await
     }
 
     /// One step from a sparse gradient: distinct `indices` (I32 on the GPU, as a sparse
@@ -93,7 +96,7 @@ impl Optimizer {
         let (values, shape) = indices_and_shape(&indices, &shape, "indices")?;
         let g = grad_out.gpu()?.clone();
         let mut opt = self.busy_or_mut()?;
-        let r = opt.step_embedding_async(&self.ctx, &layer.layer, values.as_indices(&shape), &g).await;
+        let r = opt.step_embedding(&self.ctx, &layer.layer, values.as_indices(&shape), &g).await;
         checked(&self.ctx, r).await
     }
 
@@ -115,7 +118,7 @@ impl Optimizer {
         let a = BagArgs::read(&input, &offsets, &per_sample_weights, &input_shape, &per_sample_weights_shape)?;
         let g = grad_out.gpu()?.clone();
         let mut opt = self.busy_or_mut()?;
-        let r = opt.step_embedding_bag_async(&self.ctx, &layer.layer, a.input(), a.offsets(), a.weights(), &g).await;
+        let r = opt.step_embedding_bag(&self.ctx, &layer.layer, a.input(), a.offsets(), a.weights(), &g).await;
         let grads = checked(&self.ctx, r).await?;
         Ok(grads.map_or(JsValue::UNDEFINED, |t| Tensor::new(self.ctx.clone(), t).into()))
     }

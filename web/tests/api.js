@@ -316,6 +316,15 @@ test("recorded: a lookup and a fused step from GPU-resident top-k rows, one subm
   run2.stepEmbeddingTensor(opt, emb, bad, grad);
   await assertThrows(() => run2.submit(), /position 2.*500|500.*position 2/, "bad GPU-resident index");
   assertClose(await emb.weight.toFloat32Array(), after, "table after the refused step", 0);
+  // The one-call forms of GPU-resident indices: a lookup and a backward.
+  const good = await gpu.indexTensor(Int32Array.from([4, 0, 4]), [3]);
+  assertClose(await (await emb.forwardTensor(good)).toFloat32Array(), lookupRef(after, d, [4, 0, 4]), "forwardTensor", 0);
+  await assertThrows(() => emb.forwardTensor(bad), /position 2.*500|500.*position 2/, "forwardTensor with a bad index");
+  const g3 = await gpu.tensor(Float32Array.from({ length: 3 * d }, (_, i) => i), [3, d]);
+  const sparse = await emb.backwardTensor(good, g3, { sparse: true });
+  assert(Array.from(new Int32Array((await sparse.indices.toUint8Array()).buffer)).join() === "0,4", "backwardTensor rows");
+  const bad3 = await gpu.indexTensor(Int32Array.from([1, 700, 2]), [3]);
+  await assertThrows(() => emb.backwardTensor(bad3, g3), /position 1.*700|700.*position 1/, "backwardTensor with a bad index");
   // The device goes on: the next recording works.
   const run3 = gpu.record();
   run3.read(run3.lookup(emb, [1]));

@@ -62,7 +62,7 @@ fn main() -> wgpu_embed::Result<()> {
     let sizes: Vec<usize> = arg("--n", "16,4096").split(',').map(|s| s.parse().expect("--n: numbers")).collect();
 
     // Ours and burn's, both on Vulkan (the same adapter where there is one Vulkan device).
-    let ctx = Context::new_with(ContextOptions { backends: Some(wgpu::Backends::VULKAN), ..Default::default() })?;
+    let ctx = Context::with_options(ContextOptions { backends: Some(wgpu::Backends::VULKAN), ..Default::default() })?;
     let device: Device = Device::wgpu_options().graphics_api(WgpuBackend::Vulkan).init().expect("burn's wgpu device on Vulkan");
     let info = ctx.adapter_info();
     let adapter = format!("{} ({:?})", info.name, info.backend);
@@ -104,11 +104,11 @@ fn main() -> wgpu_embed::Result<()> {
         let shape = [n];
         let burn_ids = || Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, n]), &device);
 
-        let ours_lookup = || ours_emb.forward(&ctx, Indices::i32(&ids, &shape)).and_then(|t| t.to_vec_f32(&ctx)).expect("lookup");
+        let ours_lookup = || ours_emb.forward(&ctx, Indices::i32(&ids, &shape)).and_then(|t| t.read_f32(&ctx).block()).expect("lookup");
         let burn_lookup = || burn_floats(burn_emb.forward(burn_ids()));
-        let ours_q = || ours_q8.forward(&ctx, Indices::i32(&ids, &shape)).and_then(|t| t.to_vec_f32(&ctx)).expect("quantized lookup");
+        let ours_q = || ours_q8.forward(&ctx, Indices::i32(&ids, &shape)).and_then(|t| t.read_f32(&ctx).block()).expect("quantized lookup");
         let burn_q = || burn_floats(burn_q8.clone().select(0, burn_ids().reshape([n])).dequantize());
-        let ours_norm = || ours_ln.forward(&ctx, &x, &[n, DIM]).and_then(|t| t.to_vec_f32(&ctx)).expect("layer norm");
+        let ours_norm = || ours_ln.forward(&ctx, &x, &[n, DIM]).and_then(|t| t.read_f32(&ctx).block()).expect("layer norm");
         let burn_norm = || burn_floats(burn_ln.forward(Tensor::<2>::from_data(TensorData::new(x.clone(), [n, DIM]), &device)));
 
         type Call<'a> = Box<dyn FnMut() -> Vec<f32> + 'a>;
