@@ -158,16 +158,21 @@ impl<'c> Recording<'c> {
     /// `f` returns come back at once.
     pub(crate) fn scoped<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         self.ctx.check_alive()?;
+        self.capture(f)
+    }
+
+    /// Runs `f` inside a validation and an out-of-memory scope and keeps their results.
+    fn capture<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
         let oom = self.ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let result = f(self);
+        let out = f(self);
         let v = validation.pop();
         let o = oom.pop();
         #[cfg(not(target_arch = "wasm32"))]
         self.scopes.push((futures::executor::block_on(v), futures::executor::block_on(o)));
         #[cfg(target_arch = "wasm32")]
         self.scopes.push((Box::pin(v), Box::pin(o)));
-        result
+        out
     }
 
     /// Records `f` with every dispatch guarded: if a bounds check recorded earlier in
@@ -341,15 +346,7 @@ impl<'c> Recording<'c> {
         }
         self.pass = None;
         let encoder = self.encoder.take().expect("submitted once");
-        let oom = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let validation = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        ctx.queue.submit([encoder.finish()]);
-        let v = validation.pop();
-        let o = oom.pop();
-        #[cfg(not(target_arch = "wasm32"))]
-        self.scopes.push((futures::executor::block_on(v), futures::executor::block_on(o)));
-        #[cfg(target_arch = "wasm32")]
-        self.scopes.push((Box::pin(v), Box::pin(o)));
+        self.capture(|_| ctx.queue.submit([encoder.finish()]));
         ctx.stats.submissions.fetch_add(1, Ordering::Relaxed);
         self.textures.clear();
         ctx.pool.recording_closed();

@@ -339,19 +339,8 @@ pub struct QuantizedEmbeddingBag {
     pub(crate) layer: lib::QuantizedEmbeddingBag,
 }
 
+crate::bag_forward!(QuantizedEmbeddingBag, "As `EmbeddingBag.forward`.");
+
 #[wasm_bindgen]
 impl QuantizedEmbeddingBag {
-    /// As `EmbeddingBag.forward`.
-    pub async fn forward(
-        &self,
-        #[wasm_bindgen(unchecked_param_type = "IndexArray")] input: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "IndexArray | null | undefined")] offsets: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "Float32Array | null | undefined")] per_sample_weights: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] input_shape: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] per_sample_weights_shape: JsValue,
-    ) -> Result<Tensor, JsValue> {
-        let a = crate::BagArgs::read(&input, &offsets, &per_sample_weights, &input_shape, &per_sample_weights_shape)?;
-        let out = gpu_call(&self.ctx, || self.layer.forward(&self.ctx, a.input(), a.offsets(), a.weights())).await?;
-        Ok(Tensor::new(self.ctx.clone(), out))
-    }
 }

@@ -434,23 +434,40 @@ pub struct EmbeddingBag {
     pub(crate) layer: lib::EmbeddingBag,
 }
 
+/// The JS `forward` of a bag layer (`EmbeddingBag`, `QuantizedEmbeddingBag`), in an
+/// `impl` block of its own.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! bag_forward {
+    ($layer:ident, $doc:literal) => {
+        #[wasm_bindgen]
+        impl $layer {
+            #[doc = $doc]
+            pub async fn forward(
+                &self,
+                #[wasm_bindgen(unchecked_param_type = "IndexArray")] input: JsValue,
+                #[wasm_bindgen(unchecked_param_type = "IndexArray | null | undefined")] offsets: JsValue,
+                #[wasm_bindgen(unchecked_param_type = "Float32Array | null | undefined")] per_sample_weights: JsValue,
+                #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] input_shape: JsValue,
+                #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] per_sample_weights_shape: JsValue,
+            ) -> Result<$crate::Tensor, JsValue> {
+                let a = $crate::BagArgs::read(&input, &offsets, &per_sample_weights, &input_shape, &per_sample_weights_shape)?;
+                let out = $crate::gpu_call(&self.ctx, || self.layer.forward(&self.ctx, a.input(), a.offsets(), a.weights())).await?;
+                Ok($crate::Tensor::new(self.ctx.clone(), out))
+            }
+        }
+    };
+}
+
+bag_forward!(
+    EmbeddingBag,
+    "Reduces bags: 1-D `input` with `offsets` (bag starts), or 2-D `input` of `inputShape` `[B, N]` without. \
+     `perSampleWeights` (mode \"sum\" only) has the shape of `input` (or `perSampleWeightsShape`). Returns a \
+     `[B, D]` tensor on the GPU."
+);
+
 #[wasm_bindgen]
 impl EmbeddingBag {
-    /// Reduces bags: 1-D `input` with `offsets` (bag starts), or 2-D `input` of
-    /// `inputShape` `[B, N]` without. `perSampleWeights` (mode "sum" only) has the
-    /// shape of `input` (or `perSampleWeightsShape`). Returns a `[B, D]` tensor on the GPU.
-    pub async fn forward(
-        &self,
-        #[wasm_bindgen(unchecked_param_type = "IndexArray")] input: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "IndexArray | null | undefined")] offsets: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "Float32Array | null | undefined")] per_sample_weights: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] input_shape: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] per_sample_weights_shape: JsValue,
-    ) -> Result<Tensor, JsValue> {
-        let a = BagArgs::read(&input, &offsets, &per_sample_weights, &input_shape, &per_sample_weights_shape)?;
-        let out = gpu_call(&self.ctx, || self.layer.forward(&self.ctx, a.input(), a.offsets(), a.weights())).await?;
-        Ok(Tensor::new(self.ctx.clone(), out))
-    }
 
     /// The table (after any in-place renormalisation by `maxNorm`).
     #[wasm_bindgen(getter)]

@@ -108,17 +108,26 @@ impl Recording {
         Ok(self.tensor(out))
     }
 
-    /// `bag.forward(input, offsets, perSampleWeights, inputShape, perSampleWeightsShape)`, recorded.
+    /// `bag.forward(input, offsets, ...)`, recorded; the rest of `forward`'s arguments,
+    /// when needed, as `{ perSampleWeights, inputShape, perSampleWeightsShape }`.
     pub fn bag(
         &self,
         layer: &EmbeddingBag,
         #[wasm_bindgen(unchecked_param_type = "IndexArray")] input: JsValue,
         #[wasm_bindgen(unchecked_param_type = "IndexArray | null | undefined")] offsets: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "Float32Array | null | undefined")] per_sample_weights: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] input_shape: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] per_sample_weights_shape: JsValue,
+        #[wasm_bindgen(
+            unchecked_param_type = "{ perSampleWeights?: Float32Array, inputShape?: number[], perSampleWeightsShape?: number[] } | undefined"
+        )]
+        more: JsValue,
     ) -> Result<Tensor, JsValue> {
-        let a = BagArgs::read(&input, &offsets, &per_sample_weights, &input_shape, &per_sample_weights_shape)?;
+        let field = |key: &str| -> Result<JsValue, JsValue> {
+            if more.is_undefined() || more.is_null() {
+                return Ok(JsValue::UNDEFINED);
+            }
+            js_sys::Reflect::get(&more, &key.into())
+        };
+        let (psw, input_shape, psw_shape) = (field("perSampleWeights")?, field("inputShape")?, field("perSampleWeightsShape")?);
+        let a = BagArgs::read(&input, &offsets, &psw, &input_shape, &psw_shape)?;
         let out = self.with(|run| layer.layer.record(run, a.input(), a.offsets(), a.weights()))?;
         Ok(self.tensor(out))
     }
