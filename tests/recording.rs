@@ -262,3 +262,28 @@ fn a_bad_gpu_resident_index_is_reported_when_awaited_and_writes_nothing() {
         pollster::block_on(ctx.deferred_errors()).unwrap();
     }
 }
+
+#[test]
+fn prepared_pipelines_make_the_first_call_create_none() {
+    let ctx = common::context(None);
+    let mut rng = common::Rng(0x9a1e);
+    let b = bert_block(&ctx, &mut rng);
+    let retriever = search_index(&ctx, &mut rng, 700);
+    let search = |run: &mut wgpu_embed::Recording<'_>| -> wgpu_embed::Result<wgpu_embed::TopK> {
+        let hidden = b.block.record(run, &b.indices())?.reshape(&[TOKENS, D])?;
+        let bag = EmbeddingBag::from_tensor(hidden, BagMode::Mean)?;
+        let pooled = bag.record(run, Indices::i64(&b.kept, &[b.kept.len()]), Some(Indices::i64(&[0], &[1])), None)?;
+        retriever.record(run, &pooled, 10)
+    };
+    let before = ctx.stats();
+    ctx.prepare(|run| search(run).map(drop)).unwrap();
+    let prepared = ctx.stats();
+    assert!(prepared.pipelines_created > before.pipelines_created, "prepare made the pipelines");
+    assert_eq!(prepared.submissions, before.submissions, "prepare ran nothing");
+    let mut run = ctx.record();
+    let top = search(&mut run).unwrap();
+    let rows = run.read(&top.indices);
+    let out = run.submit().unwrap().finish().block().unwrap();
+    assert_eq!(ctx.stats().pipelines_created, prepared.pipelines_created, "the first real call found every pipeline");
+    assert_eq!(out.i32(rows).len(), 10);
+}

@@ -569,6 +569,30 @@ impl Context {
         Ok(out)
     }
 
+    /// Makes the pipelines that `f`'s calls use, ahead of the first real call: `f` is
+    /// recorded (on inputs of the shapes the real calls will have, e.g. a dummy query)
+    /// and the recording discarded, so nothing runs and no table changes; the pipelines
+    /// stay in the context's cache. Call it from another thread to keep the calling one
+    /// free (the context is `Send + Sync`).
+    ///
+    /// ```
+    /// # use wgpu_embed::{Block, Context, Embedding, Indices};
+    /// # let ctx = Context::new().block()?;
+    /// let emb = Embedding::from_pretrained(&ctx, &[0.0; 8 * 4], 8, 4)?;
+    /// ctx.prepare(|run| emb.record(run, Indices::i64(&[0], &[1])).map(drop))?;
+    /// let made = ctx.stats().pipelines_created;
+    /// emb.forward(&ctx, Indices::i64(&[3, 1], &[2]))?;
+    /// assert_eq!(ctx.stats().pipelines_created, made, "the call found its pipelines ready");
+    /// # Ok::<(), wgpu_embed::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// What `f` returns.
+    pub fn prepare(&self, f: impl FnOnce(&mut Recording<'_>) -> Result<()>) -> Result<()> {
+        let mut run = self.record();
+        f(&mut run)
+    }
+
     /// A recording for the library's one-call paths.
     pub(crate) fn encoder(&self) -> Recording<'_> {
         Recording::new(self)
