@@ -321,6 +321,11 @@ impl<'c> Recording<'c> {
         self.textures.push(slot);
     }
 
+    /// Whether this recording made a texture copy of a table.
+    pub(crate) fn filled_textures(&self) -> bool {
+        !self.textures.is_empty()
+    }
+
     /// Hands the commands to the queue as one command buffer. Deferred errors and the
     /// reads come from the returned [`Submitted`].
     ///

@@ -82,15 +82,12 @@ impl<'a> TableAccess<'a> {
     /// [`TableAccess::rows_or_texture`] outside a recording: a texture copy made now is
     /// submitted at once.
     pub fn rows_or_texture_now(ctx: &Context, table: &'a GpuTensor) -> Result<Self> {
-        if table.texture.lock().unwrap_or_else(|p| p.into_inner()).is_some() || !ctx.reads_tables_from_textures() {
-            let mut run = ctx.encoder();
-            let access = Self::rows_or_texture(&mut run, table);
-            drop(run); // recorded nothing: the copy exists, or none will be made
-            return Ok(access);
-        }
         let mut run = ctx.encoder();
         let access = Self::rows_or_texture(&mut run, table);
-        run.submit_now()?;
+        // Submitted only when it recorded a copy (otherwise it holds nothing).
+        if run.filled_textures() {
+            run.submit_now()?;
+        }
         Ok(access)
     }
 
