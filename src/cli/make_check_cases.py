@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Builds check_cases.safetensors, the built-in cases of `wgpu-embed check`.
 
-    python3 src/cli/make_check_cases.py ../shared/conformance/public.safetensors ../shared/conformance/training.safetensors
+    python3 src/cli/make_check_cases.py [CASE_FILE...]
 
-Copies the small cases of the public conformance files (refusals included),
+(default: the repository's reference cases, tests/reference/*.safetensors). Copies the small cases of the case files (refusals included),
 and the smallest case of every op whatever its size, with their expected values, so the binary carries them and a user
 needs no files. Needs numpy and safetensors.
 """
@@ -14,7 +14,7 @@ import sys
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-MAX_CASE_BYTES = 64 * 1024  # inputs + expected outputs of one case
+MAX_CASE_BYTES = 16 * 1024  # inputs + expected outputs of one case
 
 
 def main(sources):
@@ -46,4 +46,5 @@ def main(sources):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["../shared/conformance/public.safetensors", "../shared/conformance/training.safetensors"])
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "reference")
+    main(sys.argv[1:] or [os.path.join(root, "forward.safetensors"), os.path.join(root, "training.safetensors")])

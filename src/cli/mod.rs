@@ -1,5 +1,5 @@
-//! The `wgpu-embed` command (the `cli` feature): `run-cases`, `check` and
-//! `supported-ops`.
+//! The `wgpu-embed` command (the `cli` feature): `run-cases`, `judge`,
+//! `check` and `supported-ops`.
 
 mod check;
 
@@ -9,9 +9,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::conformance::cases::{outputs_to_safetensors, CaseFile};
+use crate::conformance::cases::{outputs_to_safetensors, CaseFile, HostTensor};
+use crate::conformance::judge::judge;
 use crate::conformance::registry::supported_ops;
 use crate::conformance::runner::run_cases_with;
+use crate::conformance::runner::Report;
 use crate::{Context, ContextOptions, TableReads};
 
 #[derive(Parser)]
@@ -63,6 +65,10 @@ enum Command {
         #[command(flatten)]
         device: DeviceArgs,
     },
+    /// Judge the outputs and report of `run-cases` against the case file's expected
+    /// values, by FORMAT.md's rules (those of check.py). Prints each failing case and
+    /// `N passed, M failed`; exit status 1 when any case fails.
+    Judge { cases: PathBuf, out: PathBuf, report: PathBuf },
     /// Print the conformance ops this build runs, comma-separated (for check.py --ops).
     SupportedOps,
     /// List the adapters and run the built-in conformance cases on each: a pass/fail
@@ -102,6 +108,13 @@ pub fn main() -> ExitCode {
             split_binding,
             verbose,
         }),
+        Command::Judge { cases, out, report } => match judge_cmd(&cases, &out, &report) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("wgpu-embed: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::SupportedOps => {
             println!("{}", supported_ops().join(","));
             ExitCode::SUCCESS
@@ -109,9 +122,33 @@ pub fn main() -> ExitCode {
     }
 }
 
+fn read_case_file(path: &PathBuf) -> Result<CaseFile, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    CaseFile::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn judge_cmd(cases: &PathBuf, out: &PathBuf, report: &PathBuf) -> Result<ExitCode, String> {
+    let file = read_case_file(cases)?;
+    let outputs = read_case_file_tensors(out)?;
+    let text = std::fs::read_to_string(report).map_err(|e| format!("cannot read {}: {e}", report.display()))?;
+    let rep: Report = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", report.display()))?;
+    let failures = judge(&file, &outputs, &rep);
+    for f in &failures {
+        println!("FAIL {f}");
+    }
+    println!("{} passed, {} failed", file.cases.len() - failures.len(), failures.len());
+    Ok(if failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The tensors of a safetensors file written by `run-cases --out` (no case list).
+fn read_case_file_tensors(path: &PathBuf) -> Result<Vec<(String, HostTensor)>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let tensors = CaseFile::parse_tensors(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(tensors.into_iter().collect())
+}
+
 fn run_cases_cmd(cases: &PathBuf, out: &PathBuf, report: &PathBuf, device: &DeviceArgs) -> Result<ExitCode, String> {
-    let bytes = std::fs::read(cases).map_err(|e| format!("cannot read {}: {e}", cases.display()))?;
-    let file = CaseFile::parse(&bytes).map_err(|e| format!("{}: {e}", cases.display()))?;
+    let file = read_case_file(cases)?;
     let ctx = Context::with_options(device.options()).block().map_err(|e| e.to_string())?;
     let info = ctx.adapter_info();
     let reads = if ctx.reads_tables_from_textures() { "texture copies" } else { "buffers" };

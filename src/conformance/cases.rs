@@ -127,7 +127,6 @@ pub struct CaseFile {
 impl CaseFile {
     /// Parses the bytes of a case file. Malformed files give [`Error::Format`].
     pub fn parse(bytes: &[u8]) -> Result<Self> {
-        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| Error::Format(format!("not a safetensors file: {e}")))?;
         let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| Error::Format(format!("bad header: {e}")))?;
         let cases_json = meta
             .metadata()
@@ -135,6 +134,13 @@ impl CaseFile {
             .and_then(|m| m.get("cases"))
             .ok_or_else(|| Error::Format("no \"cases\" entry in the file's __metadata__".into()))?;
         let cases: Vec<Case> = serde_json::from_str(cases_json).map_err(|e| Error::Format(format!("cases JSON: {e}")))?;
+        Ok(CaseFile { cases, tensors: Self::parse_tensors(bytes)? })
+    }
+
+    /// The tensors of a safetensors file, by name (dtypes F32, F16 and BF16 as f32, I64,
+    /// I32, U8; others left out). Malformed files give [`Error::Format`].
+    pub fn parse_tensors(bytes: &[u8]) -> Result<HashMap<String, HostTensor>> {
+        let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| Error::Format(format!("not a safetensors file: {e}")))?;
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
             let shape = view.shape().to_vec();
@@ -155,7 +161,7 @@ impl CaseFile {
             };
             tensors.insert(name, HostTensor { data, shape });
         }
-        Ok(CaseFile { cases, tensors })
+        Ok(tensors)
     }
 
     /// The expected output `name` of case `id`, as stored in public case files.

@@ -3,6 +3,8 @@
 
 pub mod cases;
 pub mod exact;
+#[cfg(not(target_arch = "wasm32"))] // reads the runner's report
+pub mod judge;
 pub mod registry;
 #[cfg(not(target_arch = "wasm32"))] // blocking read-backs: the CLI's, not the browser's
 pub mod runner;

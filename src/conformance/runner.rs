@@ -3,14 +3,14 @@
 
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::conformance::cases::{Case, CaseFile, CaseInputs, HostTensor};
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
 
 /// What one case produced.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CaseReport {
     pub id: String,
     pub status: String,
@@ -19,14 +19,14 @@ pub struct CaseReport {
 }
 
 /// The report written next to the outputs.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub adapter: AdapterReport,
     pub cases: Vec<CaseReport>,
 }
 
 /// Which adapter ran the cases.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AdapterReport {
     pub name: String,
     pub backend: String,

@@ -20,7 +20,7 @@ async function main() {
   const gpu = await Gpu.create(options);
   const adapter = gpu.adapterInfo();
   log(`adapter: ${adapter.name || "(unnamed)"} (${adapter.backend}), max binding ${adapter.maxBindingSize} bytes`);
-  const response = await fetch(params.get("cases") ?? "/shared/conformance/public.safetensors");
+  const response = await fetch(params.get("cases") ?? "/reference/forward.safetensors");
   if (!response.ok) throw new Error(`cannot fetch the case file: HTTP ${response.status}`);
   const file = new SafetensorsFile(new Uint8Array(await response.arrayBuffer()));
   const ops = new Set(supportedOps());

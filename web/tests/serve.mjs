@@ -1,6 +1,7 @@
 // A tiny static server for the demo and the browser tests, on 127.0.0.1 only.
-// Serves web/ at / and the conformance files (../shared beside the repository, or
-// $WGPU_EMBED_SHARED) at /shared/; for the search demo, the repository's examples/ at
+// Serves web/ at / and the repository's reference cases (tests/reference) at
+// /reference/; the shared conformance suite (../shared beside the repository, or
+// $WGPU_EMBED_SHARED) at /shared/ when it is there; for the search demo, the repository's examples/ at
 // /examples/ and the models .ci/setup fetched (target/models) at /models/; files the
 // tests write (target/web-artifacts) at /artifacts/; onnxruntime-web's dist/ (an npm
 // devDependency, for the interop test) at /ort/.
@@ -14,6 +15,7 @@ import { fileURLToPath } from "node:url";
 const webDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 export const sharedDir = path.resolve(process.env.WGPU_EMBED_SHARED ?? path.join(webDir, "..", "..", "shared"));
 const roots = [
+  ["/reference/", path.resolve(webDir, "..", "tests", "reference")],
   ["/shared/", sharedDir],
   ["/examples/", path.resolve(webDir, "..", "examples")],
   ["/models/", path.resolve(webDir, "..", "target", "models")],
@@ -71,5 +73,5 @@ export function startServer(port = 0) {
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const server = await startServer(Number(process.argv[2] ?? 8000));
   const { port } = server.address();
-  console.log(`serving ${webDir} at http://127.0.0.1:${port}/ (conformance files from ${sharedDir} at /shared/)`);
+  console.log(`serving ${webDir} at http://127.0.0.1:${port}/ (reference cases at /reference/, the shared suite from ${sharedDir} at /shared/)`);
 }
