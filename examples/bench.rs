@@ -795,7 +795,7 @@ fn main() {
                 None => EmbeddingBag::from_pretrained(&ctx, &host_table, rows, dim, BagMode::Sum).map(|l| (Err(l), (dim * 4) as f64)),
                 Some(scheme) => QuantizedTable::from_pretrained(&ctx, &host_table, rows, dim, scheme, None).map(|t| {
                     let row_bytes = t.gpu_bytes() as f64 / rows as f64;
-                    (Ok(QuantizedEmbeddingBag::new(t, BagMode::Sum)), row_bytes)
+                    (Ok(QuantizedEmbeddingBag::from_table(t, BagMode::Sum)), row_bytes)
                 }),
             };
             match r {

@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 use wgpu_embed::Block;
+use wgpu_embed::EmbeddingOptions;
 
 use wgpu_embed::{
     AxialPositionEmbedding, BagMode, Context, Embedding, EmbeddingBag, EmbeddingSumLayerNorm, GpuTensor, GradOptions, HostTable, Indices,
@@ -71,7 +72,7 @@ fn main() -> Result<(), wgpu_embed::Error> {
     show("out", out.shape(), &out.read_f32(&ctx).block()?);
 
     println!("\nStableEmbedding (bitsandbytes): xavier-uniform table, lookup + LayerNorm in one kernel");
-    let stable = StableEmbedding::new(&ctx, 1000, 8, Some(0), 7)?;
+    let stable = StableEmbedding::new(&ctx, 1000, 8, EmbeddingOptions::default().padding_idx(0).seed(7))?;
     let out = stable.forward(&ctx, Indices::i64(&[0, 1, 999], &[3]))?;
     show("out (row 0 is the zeroed padding row, so LayerNorm gives beta = 0)", out.shape(), &out.read_f32(&ctx).block()?);
 
@@ -101,14 +102,14 @@ fn main() -> Result<(), wgpu_embed::Error> {
     for scheme in [Scheme::Int8Blockwise, Scheme::Int8Rowwise, Scheme::Nf4, Scheme::Fp4] {
         let q = QuantizedTable::from_pretrained(&ctx, &big, qv, qd, scheme, None)?;
         let (gpu, f32_bytes) = (q.gpu_bytes(), q.f32_bytes());
-        let lookup = QuantizedEmbedding::new(q).forward(&ctx, Indices::i64(&[42], &[1]))?.read_f32(&ctx).block()?;
+        let lookup = QuantizedEmbedding::from_table(q).forward(&ctx, Indices::i64(&[42], &[1]))?.read_f32(&ctx).block()?;
         let worst = lookup.iter().zip(&big[42 * qd..43 * qd]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         println!(
             "  {:<14} {:>7} bytes on the GPU ({:.3} of f32's {}); row 42 [{:.4} {:.4} {:.4} …] vs f32 [{:.4} {:.4} {:.4} …], max |error| {worst:.4}",
             scheme.name(), gpu, gpu as f64 / f32_bytes as f64, f32_bytes, lookup[0], lookup[1], lookup[2], big[42 * qd], big[42 * qd + 1], big[42 * qd + 2]
         );
     }
-    let qbag = QuantizedEmbeddingBag::new(QuantizedTable::from_pretrained(&ctx, &big, qv, qd, Scheme::Nf4, None)?, BagMode::Mean);
+    let qbag = QuantizedEmbeddingBag::from_table(QuantizedTable::from_pretrained(&ctx, &big, qv, qd, Scheme::Nf4, None)?, BagMode::Mean);
     let out = qbag.forward(&ctx, Indices::i64(&[1, 2, 3, 4999], &[4]), Some(Indices::i64(&[0, 3], &[2])), None)?;
     show("NF4 bag mean of [1, 2, 3] [4999]", out.shape(), &out.read_f32(&ctx).block()?);
 

@@ -17,6 +17,7 @@
 
 use std::path::Path;
 use wgpu_embed::Block;
+use wgpu_embed::EmbeddingOptions;
 
 use plotters::prelude::*;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -190,8 +191,8 @@ impl Tables {
     }
 
     fn stable(ctx: &Context, seed: u64) -> wgpu_embed::Result<Self> {
-        let users = Box::new(StableEmbedding::new(ctx, USERS, DIM, None, seed)?);
-        let items = Box::new(StableEmbedding::new(ctx, ITEMS, DIM, None, seed + 1)?);
+        let users = Box::new(StableEmbedding::new(ctx, USERS, DIM, EmbeddingOptions::default().seed(seed))?);
+        let items = Box::new(StableEmbedding::new(ctx, ITEMS, DIM, EmbeddingOptions::default().seed(seed + 1))?);
         let adam = OptimizerKind::Adam8bit { lr: 0.02, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, blocksize: 256 };
         let (opt_users, opt_items) = (Optimizer::new(ctx, adam, users.weight())?, Optimizer::new(ctx, adam, items.weight())?);
         Ok(Tables::Stable { users, items, opt_users, opt_items })

@@ -29,6 +29,7 @@ pub mod conformance;
 pub mod error;
 pub mod gpu;
 pub mod layers;
+mod names;
 pub mod optim;
 pub mod quant;
 
@@ -51,7 +52,7 @@ pub use layers::quantized::{QuantizedEmbedding, QuantizedEmbeddingBag};
 pub use layers::retriever::{Metric, RetrievalTable, Retriever, TopK};
 pub use layers::stable_embedding::{StableEmbedding, STABLE_EMBEDDING_EPS};
 pub use layers::sum_layer_norm::EmbeddingSumLayerNorm;
-pub use layers::table::MaxNorm;
+pub use layers::table::{EmbeddingOptions, MaxNorm};
 pub use optim::{Optimizer, OptimizerKind};
 pub use quant::blockwise::{dequantize_blockwise, quantize_blockwise, Blockwise};
 pub use quant::codes::{CodeMap, FourBit};
@@ -68,6 +69,7 @@ pub static SHADERS: &[&gpu::kernel::ShaderFamily] = &[
     &layers::layer_norm::FAMILY,
     &layers::layer_norm_backward::FAMILY,
     &layers::axial::FAMILY,
+    &layers::init::FAMILY,
     &layers::quantized::FAMILY,
     &layers::retriever::FAMILY,
     &quant::blockwise::FAMILY,

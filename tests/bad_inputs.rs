@@ -2,11 +2,13 @@
 //! and the value, before any GPU work: no panic, no clamp, no partial write. Each
 //! `// kind N` marks one kind of bad input.
 
+use std::str::FromStr;
 mod common;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
 use wgpu_embed::Block;
+use wgpu_embed::EmbeddingOptions;
 
 use wgpu_embed::conformance::cases::CaseFile;
 use wgpu_embed::conformance::runner::{run_case, run_cases};
@@ -195,7 +197,7 @@ fn embedding_bag_bad_inputs() {
     expect_oob(bag.forward(&ctx, Indices::i32(&[1, 2, 10], &[3]), Some(Indices::i64(&[0], &[1])), None), "input", 2, 10);
     expect_oob(bag.forward(&ctx, Indices::i64(&[-4, 2], &[1, 2]), None, None), "input", 0, -4);
     // kind 25: unknown mode name
-    expect_arg(BagMode::parse("median"), "mode", &["\"median\""]);
+    expect_arg(BagMode::from_str("median"), "mode", &["\"median\""]);
     // kind 26: GPU-resident bag input out of range (reported, not read)
     let gpu = GpuTensor::from_i32(&ctx, &[1, 2, 3, 12], &[4]).unwrap();
     expect_oob(bag.forward_gpu(&ctx, &gpu, Some(Indices::i64(&[0, 2], &[2])), None).block(), "input", 3, 12);
@@ -223,7 +225,7 @@ fn embedding_bag_forward_gpu_matches_the_host_path() {
     let mut bounds: Vec<usize> = offsets.iter().map(|&o| o as usize).collect();
     bounds.push(700);
     for mode in ["sum", "mean", "max"] {
-        let bag = EmbeddingBag::from_pretrained(&ctx, &w, v, d, BagMode::parse(mode).unwrap()).unwrap();
+        let bag = EmbeddingBag::from_pretrained(&ctx, &w, v, d, BagMode::from_str(mode).unwrap()).unwrap();
         let weights = (mode == "sum").then_some(&gpu_w);
         let got = bag.forward_gpu(&ctx, &gpu_idx, Some(Indices::i64(&offsets, &[offsets.len()])), weights).block().unwrap();
         let want = common::bag(&w, d, &idx, &bounds, mode, None, (mode == "sum").then_some(&psw[..]));
@@ -268,7 +270,7 @@ fn tensor_and_context_bad_inputs() {
     let budget = Context::with_options(ContextOptions { max_tensor_bytes: Some(1000), ..Default::default() }).block().unwrap();
     expect_variant(GpuTensor::from_f32(&budget, &[0.0; 251], &[251]), "OutOfMemory", &["1004 bytes", "1000"]);
     // kind 59: an unknown table read path
-    expect_arg(TableReads::parse("sideways"), "table_reads", &["sideways"]);
+    expect_arg(TableReads::from_str("sideways"), "table_reads", &["sideways"]);
 }
 
 // ---------------------------------------------------------------- other layers
@@ -292,7 +294,7 @@ fn other_layers_bad_inputs() {
     let w = table(6, 4);
     let se = StableEmbedding::from_pretrained(&ctx, HostTable::f32(&w, 6, 4).unwrap(), None, None, None, 1e-5).unwrap();
     expect_oob(se.forward(&ctx, Indices::i64(&[0, 6], &[2])), "indices", 1, 6);
-    expect_arg(StableEmbedding::new(&ctx, 6, 4, Some(6), 0), "padding_idx", &["6"]);
+    expect_arg(StableEmbedding::new(&ctx, 6, 4, EmbeddingOptions::default().padding_idx(6)), "padding_idx", &["6"]);
     expect_arg(HostTable::f32(&w[..23], 6, 4), "weight", &["6 x 4", "96 bytes", "92 bytes"]);
 
     // kind 38: BERT block: wrong number of index tensors, mismatched widths, shapes that do not broadcast, index out of range
@@ -339,25 +341,30 @@ fn quantized_layers_bad_inputs() {
     let ctx = ctx();
     let w = table(16, 8);
     // kind 53: unknown scheme or code map
-    expect_arg(Scheme::parse("int3"), "scheme", &["\"int3\""]);
-    expect_arg(CodeMap::parse("cubic"), "code", &["\"cubic\""]);
+    expect_arg(Scheme::from_str("int3"), "scheme", &["\"int3\""]);
+    expect_arg(CodeMap::from_str("cubic"), "code", &["\"cubic\""]);
     // kind 54: a block size bitsandbytes does not have
     expect_arg(QuantizedTable::from_pretrained(&ctx, &w, 16, 8, Scheme::Int8Blockwise, Some(100)), "blocksize", &["100"]);
-    expect_arg(QuantizedTable::from_pretrained(&ctx, &w, 16, 8, Scheme::Nf4, Some(32)).map(QuantizedEmbedding::new), "blocksize", &["32"]);
+    expect_arg(
+        QuantizedTable::from_pretrained(&ctx, &w, 16, 8, Scheme::Nf4, Some(32)).map(QuantizedEmbedding::from_table),
+        "blocksize",
+        &["32"],
+    );
     // kind 55: a table with the wrong number of values
     expect_arg(
-        QuantizedTable::from_pretrained(&ctx, &w[..127], 16, 8, Scheme::Fp4, None).map(QuantizedEmbedding::new),
+        QuantizedTable::from_pretrained(&ctx, &w[..127], 16, 8, Scheme::Fp4, None).map(QuantizedEmbedding::from_table),
         "weight",
         &["128", "127"],
     );
     // kind 56: quantized lookup out of range
-    let q = QuantizedTable::from_pretrained(&ctx, &w, 16, 8, Scheme::Int8Rowwise, None).map(QuantizedEmbedding::new).unwrap();
+    let q = QuantizedTable::from_pretrained(&ctx, &w, 16, 8, Scheme::Int8Rowwise, None).map(QuantizedEmbedding::from_table).unwrap();
     expect_oob(q.forward(&ctx, Indices::i64(&[0, 16], &[2])), "indices", 1, 16);
     let gpu = GpuTensor::from_i32(&ctx, &[3, 2, -9], &[3]).unwrap();
     expect_oob(q.forward_gpu(&ctx, &gpu).block(), "indices", 2, -9);
     // kind 57: quantized bags: bad offsets, index out of range, weights with max, padding_idx
-    let qb =
-        QuantizedTable::from_pretrained(&ctx, &w, 16, 8, Scheme::Nf4, None).map(|t| QuantizedEmbeddingBag::new(t, BagMode::Max)).unwrap();
+    let qb = QuantizedTable::from_pretrained(&ctx, &w, 16, 8, Scheme::Nf4, None)
+        .map(|t| QuantizedEmbeddingBag::from_table(t, BagMode::Max))
+        .unwrap();
     let input = Indices::i64(&[1, 2], &[2]);
     expect_arg(qb.forward(&ctx, input, Some(Indices::i64(&[1], &[1])), None), "offsets", &["got 1"]);
     expect_oob(qb.forward(&ctx, Indices::i64(&[1, -2], &[2]), Some(Indices::i64(&[0], &[1])), None), "input", 1, -2);

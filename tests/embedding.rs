@@ -1,6 +1,7 @@
 //! Embedding and EmbeddingBag against the CPU reference: random shapes and
 //! parameters, tables split over bindings, and dispatches past 65 535 workgroups.
 
+use std::str::FromStr;
 mod common;
 
 use common::{assert_close, context, Rng};
@@ -90,7 +91,7 @@ fn embedding_bag_random_shapes_match_reference() {
             } else {
                 bounds[..bounds.len() - 1].iter().map(|&b| b as i64).collect()
             };
-            let layer = EmbeddingBag::from_pretrained(&ctx, &table, v, d, BagMode::parse(mode).unwrap())
+            let layer = EmbeddingBag::from_pretrained(&ctx, &table, v, d, BagMode::from_str(mode).unwrap())
                 .unwrap()
                 .with_padding_idx(padding)
                 .unwrap()
@@ -135,7 +136,7 @@ fn small_bags_of_narrow_rows_match_reference() {
             let padding = (trial % 2 == 0).then_some(3);
             let weights = (mode == "sum" && trial % 2 == 1).then(|| rng.vec_f32(n));
             let offsets: Vec<i64> = bounds[..bags].iter().map(|&b| b as i64).collect();
-            let layer = EmbeddingBag::from_pretrained(&ctx, &table, v, d, BagMode::parse(mode).unwrap())
+            let layer = EmbeddingBag::from_pretrained(&ctx, &table, v, d, BagMode::from_str(mode).unwrap())
                 .unwrap()
                 .with_padding_idx(padding)
                 .unwrap();
@@ -211,7 +212,7 @@ fn one_long_bag() {
     let table = rng.vec_f32(v * d);
     let idx: Vec<i64> = (0..20_000).map(|_| rng.below(v as u64) as i64).collect();
     for mode in ["sum", "mean", "max"] {
-        let layer = EmbeddingBag::from_pretrained(&ctx, &table, v, d, BagMode::parse(mode).unwrap()).unwrap();
+        let layer = EmbeddingBag::from_pretrained(&ctx, &table, v, d, BagMode::from_str(mode).unwrap()).unwrap();
         let out = layer.forward(&ctx, Indices::i64(&idx, &[idx.len()]), Some(Indices::i64(&[0], &[1])), None).unwrap();
         let want = common::bag(&table, d, &idx, &[0, idx.len()], mode, None, None);
         assert_close(&out.read_f32(&ctx).block().unwrap(), &want, 2e-3, 1e-4, mode);

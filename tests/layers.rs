@@ -6,6 +6,7 @@ mod common;
 use common::Rng;
 use half::{bf16, f16};
 use wgpu_embed::Block;
+use wgpu_embed::EmbeddingOptions;
 use wgpu_embed::{AxialPositionEmbedding, Context, DType, EmbeddingSumLayerNorm, Error, HostTable, Indices, LayerNorm, StableEmbedding};
 
 /// `F.layer_norm` over rows of `dim`, in f64.
@@ -111,7 +112,7 @@ fn layer_norm_refuses_bad_input_before_gpu_work() {
 fn stable_embedding_init_and_forward() {
     let ctx = common::context(None);
     let (v, d) = (50, 24);
-    let layer = StableEmbedding::new(&ctx, v, d, Some(-1), 42).unwrap();
+    let layer = StableEmbedding::new(&ctx, v, d, EmbeddingOptions::default().padding_idx(-1).seed(42)).unwrap();
     assert_eq!(layer.padding_idx(), Some(49));
     let weight = layer.weight().read_f32(&ctx).block().unwrap();
     let bound = (6.0f32 / (v + d) as f32).sqrt();

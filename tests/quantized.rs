@@ -2,6 +2,7 @@
 //! written from bitsandbytes 0.50's CPU semantics (lookup-bin rounding for 8-bit
 //! codes, bucketize for 4-bit, fp16 cast for row-wise, nested 4-bit statistics).
 
+use std::str::FromStr;
 mod common;
 
 use common::{assert_close, Rng};
@@ -118,7 +119,7 @@ fn four_bit_vocabulary_takes_a_seventh_of_f32_and_looks_up_the_reference() {
     let (v, d) = (30_000, 256);
     let mut rng = Rng(0x5eed_4b17);
     let w = normalish(&mut rng, v * d);
-    let layer = QuantizedTable::from_pretrained(&ctx, &w, v, d, Scheme::Nf4, Some(64)).map(QuantizedEmbedding::new).unwrap();
+    let layer = QuantizedTable::from_pretrained(&ctx, &w, v, d, Scheme::Nf4, Some(64)).map(QuantizedEmbedding::from_table).unwrap();
     let (bytes, f32_bytes) = (layer.gpu_bytes(), layer.table().f32_bytes());
     assert_eq!(f32_bytes, 30_000 * 256 * 4);
     assert!(bytes * 7 <= f32_bytes, "{bytes} bytes on the GPU for {f32_bytes} bytes of f32");
@@ -171,16 +172,16 @@ fn every_scheme_looks_up_and_bags_like_its_reference_across_bindings() {
             let reference = table_ref(&w, d, scheme, bs);
             let table = QuantizedTable::from_pretrained(&ctx, &w, v, d, scheme, (bs > 0).then_some(bs)).unwrap();
             let what = format!("{scheme:?} binding {max_binding:?}");
-            let out = QuantizedEmbedding::new(table.clone()).forward(&ctx, Indices::i64(&idx, &[idx.len()])).unwrap();
+            let out = QuantizedEmbedding::from_table(table.clone()).forward(&ctx, Indices::i64(&idx, &[idx.len()])).unwrap();
             assert_close(&out.read_f32(&ctx).block().unwrap(), &common::lookup(&reference, d, &idx), 0.0, 0.0, &format!("lookup {what}"));
             for mode in [BagMode::Sum, BagMode::Mean, BagMode::Max] {
-                let bag = QuantizedEmbeddingBag::new(table.clone(), mode).with_padding_idx(Some(idx[7])).unwrap();
+                let bag = QuantizedEmbeddingBag::from_table(table.clone(), mode).with_padding_idx(Some(idx[7])).unwrap();
                 let out =
                     bag.forward(&ctx, Indices::i64(&idx, &[idx.len()]), Some(Indices::i64(&offsets, &[offsets.len()])), None).unwrap();
                 let want = common::bag(&reference, d, &idx, &bounds, mode.name(), Some(idx[7]), None);
                 assert_close(&out.read_f32(&ctx).block().unwrap(), &want, 1e-5, 1e-5, &format!("bag {} {what}", mode.name()));
             }
-            let bag = QuantizedEmbeddingBag::new(table, BagMode::Sum).with_include_last_offset(true);
+            let bag = QuantizedEmbeddingBag::from_table(table, BagMode::Sum).with_include_last_offset(true);
             let out = bag
                 .forward(
                     &ctx,
@@ -206,7 +207,7 @@ fn table_from_a_gpu_tensor_split_by_rows_equals_the_host_built_one() {
     let idx: Vec<i64> = (0..v as i64).collect();
     for scheme in [Scheme::Int8Blockwise, Scheme::Nf4] {
         let table = QuantizedTable::from_tensor(&ctx, &t, scheme, Some(64)).unwrap();
-        let out = QuantizedEmbedding::new(table).forward(&ctx, Indices::i64(&idx, &[v])).unwrap();
+        let out = QuantizedEmbedding::from_table(table).forward(&ctx, Indices::i64(&idx, &[v])).unwrap();
         assert_close(&out.read_f32(&ctx).block().unwrap(), &table_ref(&w, d, scheme, 64), 0.0, 0.0, &format!("{scheme:?}"));
     }
 }
@@ -215,23 +216,23 @@ fn table_from_a_gpu_tensor_split_by_rows_equals_the_host_built_one() {
 fn bad_inputs_are_refused_by_name_and_value() {
     let ctx = common::context(None);
     let w = vec![0.5f32; 8 * 64];
-    let e = QuantizedTable::from_pretrained(&ctx, &w, 8, 64, Scheme::Nf4, Some(100)).map(QuantizedEmbedding::new).unwrap_err();
+    let e = QuantizedTable::from_pretrained(&ctx, &w, 8, 64, Scheme::Nf4, Some(100)).map(QuantizedEmbedding::from_table).unwrap_err();
     assert!(
         matches!(e, Error::InvalidArgument { name: "blocksize", .. }) && e.to_string().contains("blocksize 100 is not supported"),
         "{e}"
     );
-    let e = Scheme::parse("int3").unwrap_err();
+    let e = Scheme::from_str("int3").unwrap_err();
     assert!(e.to_string().contains("int3"), "{e}");
-    let e = CodeMap::parse("cubic").unwrap_err();
+    let e = CodeMap::from_str("cubic").unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { name: "code", .. }), "{e}");
-    let layer = QuantizedTable::from_pretrained(&ctx, &w, 8, 64, Scheme::Int8Rowwise, None).map(QuantizedEmbedding::new).unwrap();
+    let layer = QuantizedTable::from_pretrained(&ctx, &w, 8, 64, Scheme::Int8Rowwise, None).map(QuantizedEmbedding::from_table).unwrap();
     let e = layer.forward(&ctx, Indices::i64(&[1, 8], &[2])).unwrap_err();
     assert!(matches!(e, Error::IndexOutOfRange { value: 8, position: 1, .. }), "{e}");
     let codes = GpuTensor::from_bytes(&ctx, &[0u8; 100], &[100], DType::U8, 1).unwrap();
     let absmax = GpuTensor::from_f32(&ctx, &[1.0; 3], &[3]).unwrap();
     let e = dequantize_blockwise(&ctx, &codes, &absmax, 64, CodeMap::Dynamic).unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { name: "absmax", .. }) && e.to_string().contains("expected 2 values"), "{e}");
-    let bag = QuantizedEmbeddingBag::new(layer.table().clone(), BagMode::Max);
+    let bag = QuantizedEmbeddingBag::from_table(layer.table().clone(), BagMode::Max);
     let e = bag.forward(&ctx, Indices::i64(&[1, 2], &[2]), Some(Indices::i64(&[1], &[1])), None).unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { name: "offsets", .. }), "{e}");
 }
@@ -244,16 +245,16 @@ fn empty_and_tiny_shapes() {
     assert_eq!((q.codes.numel(), q.absmax.numel()), (0, 0));
     assert!(dequantize_blockwise(&ctx, &q.codes, &q.absmax, 64, CodeMap::Dynamic).unwrap().read_f32(&ctx).block().unwrap().is_empty());
     for scheme in [Scheme::Int8Blockwise, Scheme::Int8Rowwise, Scheme::Nf4, Scheme::Fp4] {
-        let none = QuantizedTable::from_pretrained(&ctx, &[], 0, 5, scheme, None).map(QuantizedEmbedding::new).unwrap();
+        let none = QuantizedTable::from_pretrained(&ctx, &[], 0, 5, scheme, None).map(QuantizedEmbedding::from_table).unwrap();
         assert_eq!(none.forward(&ctx, Indices::i64(&[], &[0])).unwrap().shape(), &[0, 5]);
         // 21 elements: one partial block, an odd number of nibbles.
         let w: Vec<f32> = (0..21).map(|i| (i as f32 - 10.0) / 3.0).collect();
         let table = QuantizedTable::from_pretrained(&ctx, &w, 3, 7, scheme, None).unwrap();
         let idx = [2i64, 0, 1, 2];
-        let out = QuantizedEmbedding::new(table.clone()).forward(&ctx, Indices::i64(&idx, &[4])).unwrap();
+        let out = QuantizedEmbedding::from_table(table.clone()).forward(&ctx, Indices::i64(&idx, &[4])).unwrap();
         let reference = table_ref(&w, 7, scheme, scheme.default_blocksize());
         assert_close(&out.read_f32(&ctx).block().unwrap(), &common::lookup(&reference, 7, &idx), 0.0, 0.0, &format!("{scheme:?} 3x7"));
-        let bags = QuantizedEmbeddingBag::new(table, BagMode::Max);
+        let bags = QuantizedEmbeddingBag::from_table(table, BagMode::Max);
         let out = bags.forward(&ctx, Indices::i64(&[], &[0]), Some(Indices::i64(&[0, 0], &[2])), None).unwrap();
         assert_eq!(out.read_f32(&ctx).block().unwrap(), vec![0.0; 14], "empty bags give zeros");
     }
@@ -265,7 +266,7 @@ fn gpu_resident_indices_are_checked_then_looked_up() {
     let mut rng = Rng(5);
     let (v, d) = (40, 24);
     let w = normalish(&mut rng, v * d);
-    let layer = QuantizedTable::from_pretrained(&ctx, &w, v, d, Scheme::Fp4, Some(64)).map(QuantizedEmbedding::new).unwrap();
+    let layer = QuantizedTable::from_pretrained(&ctx, &w, v, d, Scheme::Fp4, Some(64)).map(QuantizedEmbedding::from_table).unwrap();
     let idx: Vec<i32> = (0..100).map(|_| rng.below(v as u64) as i32).collect();
     let gpu = GpuTensor::from_i32(&ctx, &idx, &[10, 10]).unwrap();
     let out = layer.forward_gpu(&ctx, &gpu).block().unwrap();

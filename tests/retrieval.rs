@@ -135,7 +135,7 @@ fn quantized_tables_scored_from_their_codes_across_planes() {
             // The table as the kernels see it: every row looked up.
             let all: Vec<i64> = (0..n as i64).collect();
             let dequantized =
-                QuantizedEmbedding::new(qt.clone()).forward(&ctx, Indices::i64(&all, &[n])).unwrap().read_f32(&ctx).block().unwrap();
+                QuantizedEmbedding::from_table(qt.clone()).forward(&ctx, Indices::i64(&all, &[n])).unwrap().read_f32(&ctx).block().unwrap();
             let top = Retriever::quantized(qt, Metric::Dot).search(&ctx, &queries, 50).unwrap();
             check(&ctx, &top, &dequantized, &queries, d, 50, Metric::Dot);
         }
@@ -213,7 +213,7 @@ fn query_blocks_and_column_chunks() {
         let qt = QuantizedTable::from_pretrained(&ctx, &weight, n, d, Scheme::Int8Rowwise, None).unwrap();
         let all: Vec<i64> = (0..n as i64).collect();
         let dequantized =
-            QuantizedEmbedding::new(qt.clone()).forward(&ctx, Indices::i64(&all, &[n])).unwrap().read_f32(&ctx).block().unwrap();
+            QuantizedEmbedding::from_table(qt.clone()).forward(&ctx, Indices::i64(&all, &[n])).unwrap().read_f32(&ctx).block().unwrap();
         let top = Retriever::quantized(qt, Metric::Cosine).search(&ctx, &queries, k).unwrap();
         check(&ctx, &top, &dequantized, &queries, d, k, Metric::Cosine);
     }

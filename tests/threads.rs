@@ -138,9 +138,9 @@ fn every_layer_gives_the_same_answer_from_many_threads_as_from_one() {
     )
     .unwrap();
     let axial = AxialPositionEmbedding::from_pretrained(&ctx, &w[..8 * d], &w[..12 * 4], [8, 12], [d, 4]).unwrap();
-    let q = QuantizedTable::from_pretrained(&ctx, &w, v, d, Scheme::Nf4, Some(64)).map(QuantizedEmbedding::new).unwrap();
+    let q = QuantizedTable::from_pretrained(&ctx, &w, v, d, Scheme::Nf4, Some(64)).map(QuantizedEmbedding::from_table).unwrap();
     let qb = QuantizedTable::from_pretrained(&ctx, &w, v, d, Scheme::Int8Blockwise, Some(64))
-        .map(|t| QuantizedEmbeddingBag::new(t, BagMode::Mean))
+        .map(|t| QuantizedEmbeddingBag::from_table(t, BagMode::Mean))
         .unwrap();
     let small: Vec<i64> = idx.iter().map(|i| i % 8).collect();
 

@@ -14,6 +14,8 @@ use crate::{
     layers::embedding_bag::{BagMode, EmbeddingBag, PerSampleWeights},
     layers::indices::Indices,
 };
+#[cfg(not(target_arch = "wasm32"))]
+use std::str::FromStr;
 
 /// Named outputs of one case.
 #[cfg(not(target_arch = "wasm32"))]
@@ -251,7 +253,7 @@ mod runs {
         let p = inputs.params();
         let (w, v, d) = table(inputs, "weight")?;
         let (input, offsets, psw) = bag_inputs(inputs)?;
-        let mode = BagMode::parse(p.opt_str("mode")?.unwrap_or("mean"))?;
+        let mode = BagMode::from_str(p.opt_str("mode")?.unwrap_or("mean"))?;
         let (mn, norm_type) = max_norm(inputs)?;
         let layer = EmbeddingBag::from_pretrained(ctx, w, v, d, mode)?
             .with_padding_idx(p.opt_i64("padding_idx")?)?
@@ -446,7 +448,7 @@ mod runs {
         let p = inputs.params();
         let (w, v, d) = table(inputs, "weight")?;
         let (input, offsets, psw) = bag_inputs(inputs)?;
-        let mode = BagMode::parse(p.opt_str("mode")?.unwrap_or("mean"))?;
+        let mode = BagMode::from_str(p.opt_str("mode")?.unwrap_or("mean"))?;
         let layer = EmbeddingBag::from_pretrained(ctx, w, v, d, mode)?
             .with_padding_idx(p.opt_i64("padding_idx")?)?
             .with_include_last_offset(p.bool_or("include_last_offset", false)?);
@@ -540,7 +542,7 @@ mod runs {
         };
         let k = p.opt_i64("k")?.ok_or_else(|| Error::arg("k", "the case gives no k"))?;
         let k = usize::try_from(k).map_err(|_| Error::arg("k", format!("k = {k} is negative")))?;
-        let metric = Metric::parse(p.opt_str("metric")?.unwrap_or("dot"))?;
+        let metric = Metric::from_str(p.opt_str("metric")?.unwrap_or("dot"))?;
         let retriever = match p.opt_str("scheme")?.unwrap_or("f32") {
             "f32" => Retriever::new(GpuTensor::from_f32(ctx, w, &[n, d])?, metric)?,
             "f16" => {
@@ -548,7 +550,7 @@ mod runs {
                 Retriever::new(GpuTensor::from_f16(ctx, &halves, &[n, d])?, metric)?
             }
             scheme => {
-                let scheme = crate::quant::table::Scheme::parse(scheme)?;
+                let scheme = crate::quant::table::Scheme::from_str(scheme)?;
                 let t = crate::quant::table::QuantizedTable::from_pretrained(ctx, w, n, d, scheme, blocksize_param(inputs, None)?)?;
                 Retriever::quantized(t, metric)
             }
@@ -571,7 +573,7 @@ mod runs {
     }
 
     pub(super) fn code_map(inputs: &CaseInputs<'_>) -> Result<crate::quant::codes::CodeMap> {
-        crate::quant::codes::CodeMap::parse(inputs.params().opt_str("code")?.unwrap_or("dynamic"))
+        crate::quant::codes::CodeMap::from_str(inputs.params().opt_str("code")?.unwrap_or("dynamic"))
     }
 
     pub(super) fn quantize_blockwise(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
@@ -601,20 +603,20 @@ mod runs {
 
     pub(super) fn quantized_embedding(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
         let (w, v, d) = table(inputs, "weight")?;
-        let scheme = crate::quant::table::Scheme::parse(inputs.params().opt_str("scheme")?.unwrap_or("int8_blockwise"))?;
+        let scheme = crate::quant::table::Scheme::from_str(inputs.params().opt_str("scheme")?.unwrap_or("int8_blockwise"))?;
         let layer = crate::quant::table::QuantizedTable::from_pretrained(ctx, w, v, d, scheme, blocksize_param(inputs, None)?)
-            .map(crate::layers::quantized::QuantizedEmbedding::new)?;
+            .map(crate::layers::quantized::QuantizedEmbedding::from_table)?;
         f32_output(ctx, &layer.forward(ctx, inputs.require("indices")?.as_indices("indices")?)?)
     }
 
     pub(super) fn quantized_embedding_bag(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
         let p = inputs.params();
         let (w, v, d) = table(inputs, "weight")?;
-        let scheme = crate::quant::table::Scheme::parse(p.opt_str("scheme")?.unwrap_or("int8_blockwise"))?;
-        let mode = BagMode::parse(p.opt_str("mode")?.unwrap_or("mean"))?;
+        let scheme = crate::quant::table::Scheme::from_str(p.opt_str("scheme")?.unwrap_or("int8_blockwise"))?;
+        let mode = BagMode::from_str(p.opt_str("mode")?.unwrap_or("mean"))?;
         let (input, offsets, psw) = bag_inputs(inputs)?;
         let layer = crate::quant::table::QuantizedTable::from_pretrained(ctx, w, v, d, scheme, blocksize_param(inputs, None)?)
-            .map(|t| crate::layers::quantized::QuantizedEmbeddingBag::new(t, mode))?
+            .map(|t| crate::layers::quantized::QuantizedEmbeddingBag::from_table(t, mode))?
             .with_padding_idx(p.opt_i64("padding_idx")?)?
             .with_include_last_offset(p.bool_or("include_last_offset", false)?);
         f32_output(ctx, &layer.forward(ctx, input, offsets, psw)?)

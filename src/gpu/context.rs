@@ -2,6 +2,7 @@
 //! bind-group layouts and compute pipelines shared by every layer.
 
 use std::collections::HashMap;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -57,25 +58,8 @@ pub enum TableReads {
     Texture,
 }
 
-/// So command-line parsers (clap) take `--table-reads buffer` directly.
-impl std::str::FromStr for TableReads {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Self::parse(s)
-    }
-}
-
-impl TableReads {
-    /// `buffer`, `texture` or `auto`.
-    pub fn parse(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "auto" => Ok(Self::Auto),
-            "buffer" => Ok(Self::Buffer),
-            "texture" => Ok(Self::Texture),
-            other => Err(Error::arg("table_reads", format!("expected auto, buffer or texture, got {other:?}"))),
-        }
-    }
-}
+// `FromStr` lets command-line parsers (clap) take `--table-reads buffer` directly.
+crate::names::spelled_enum!(TableReads, "table_reads", { Auto => "auto", Buffer => "buffer", Texture => "texture" });
 
 /// A kernel's bind-group layout and the pipeline layout made of it.
 type Layouts = (wgpu::BindGroupLayout, wgpu::PipelineLayout);
@@ -265,7 +249,7 @@ impl Context {
     pub fn set_table_reads(&mut self, reads: TableReads) -> Result<()> {
         let reads = match reads {
             TableReads::Auto => match std::env::var("WGPU_EMBED_TABLE_READS") {
-                Ok(v) => TableReads::parse(&v)?,
+                Ok(v) => TableReads::from_str(&v)?,
                 Err(_) => TableReads::Auto,
             },
             r => r,

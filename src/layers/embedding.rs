@@ -11,7 +11,10 @@ use crate::gpu::status::Status;
 use crate::gpu::table::{refresh_table_texture, table_texture, TableAccess, TableSlice};
 use crate::gpu::tensor::{DType, GpuTensor, Segment};
 use crate::layers::indices::{upload_rows, Indices};
-use crate::layers::table::{check_renormalizable, dense_table_methods, table_format, table_shape, vec4_lanes, DenseTable, MaxNorm};
+use crate::layers::init::Draw;
+use crate::layers::table::{
+    check_renormalizable, dense_table_methods, table_format, table_shape, vec4_lanes, DenseTable, EmbeddingOptions, MaxNorm,
+};
 
 pub static FAMILY: ShaderFamily =
     ShaderFamily { name: "embedding", parts: &[common::GRID, common::PASS, common::TABLE, include_str!("../../shaders/embedding.wgsl")] };
@@ -30,6 +33,30 @@ pub struct Embedding {
 }
 
 impl Embedding {
+    /// A fresh `[num_embeddings, embedding_dim]` table as `torch.nn.Embedding(num_embeddings,
+    /// embedding_dim, padding_idx, max_norm, norm_type)` makes it: every element drawn
+    /// from N(0, 1) on the GPU (seeded by `options.seed`), the padding row zeroed.
+    ///
+    /// ```
+    /// use wgpu_embed::{Block, Context, Embedding, EmbeddingOptions, Indices};
+    /// let ctx = Context::new().block()?;
+    /// let emb = Embedding::new(&ctx, 1000, 16, EmbeddingOptions::default().padding_idx(0))?;
+    /// let out = emb.forward(&ctx, Indices::i64(&[0, 5], &[2]))?; // [2, 16]
+    /// let rows = out.read_f32(&ctx).block()?;
+    /// assert!(rows[..16].iter().all(|&x| x == 0.0)); // the padding row
+    /// # Ok::<(), wgpu_embed::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for `embedding_dim` 0,
+    /// a `padding_idx` outside `[-num_embeddings, num_embeddings)`, or a `max_norm` or
+    /// `norm_type` that is not positive; an allocation error when the table does not fit
+    /// the device.
+    pub fn new(ctx: &Context, num_embeddings: usize, embedding_dim: usize, options: EmbeddingOptions) -> Result<Self> {
+        let draw = Draw::Normal { mean: 0.0, std: 1.0 };
+        Ok(Self { table: DenseTable::fresh(ctx, num_embeddings, embedding_dim, draw, &options)? })
+    }
+
     /// Builds the layer from a row-major `[num_embeddings, embedding_dim]` table, like
     /// `nn.Embedding.from_pretrained(weight, freeze=True)`.
     pub fn from_pretrained(ctx: &Context, weight: &[f32], num_embeddings: usize, embedding_dim: usize) -> Result<Self> {

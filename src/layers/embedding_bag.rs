@@ -13,7 +13,8 @@ use crate::gpu::table::TableAccess;
 use crate::gpu::tensor::{DType, GpuTensor};
 use crate::layers::embedding::renormalize;
 use crate::layers::indices::Indices;
-use crate::layers::table::{dense_table_methods, table_format, vec4_lanes, DenseTable};
+use crate::layers::init::Draw;
+use crate::layers::table::{dense_table_methods, table_format, vec4_lanes, DenseTable, EmbeddingOptions};
 
 pub static FAMILY: ShaderFamily = ShaderFamily {
     name: "embedding_bag",
@@ -64,26 +65,9 @@ pub enum BagMode {
     Max,
 }
 
+crate::names::spelled_enum!(BagMode, "mode", { Sum => "sum", Mean => "mean", Max => "max" });
+
 impl BagMode {
-    /// Parses PyTorch's mode names.
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "sum" => Ok(BagMode::Sum),
-            "mean" => Ok(BagMode::Mean),
-            "max" => Ok(BagMode::Max),
-            _ => Err(Error::arg("mode", format!("expected 'sum', 'mean' or 'max', got {s:?}"))),
-        }
-    }
-
-    /// PyTorch's name of the mode.
-    pub fn name(self) -> &'static str {
-        match self {
-            BagMode::Sum => "sum",
-            BagMode::Mean => "mean",
-            BagMode::Max => "max",
-        }
-    }
-
     pub(crate) fn code(self) -> u32 {
         match self {
             BagMode::Sum => MODE_SUM,
@@ -263,6 +247,27 @@ pub struct EmbeddingBag {
 }
 
 impl EmbeddingBag {
+    /// A fresh `[num_embeddings, embedding_dim]` table as `torch.nn.EmbeddingBag(
+    /// num_embeddings, embedding_dim, mode=mode, padding_idx=..., max_norm=...)` makes it:
+    /// N(0, 1) drawn on the GPU (seeded by `options.seed`), the padding row zeroed.
+    /// `include_last_offset` is set with [`EmbeddingBag::with_include_last_offset`].
+    ///
+    /// ```
+    /// use wgpu_embed::{BagMode, Block, Context, EmbeddingBag, EmbeddingOptions, Indices};
+    /// let ctx = Context::new().block()?;
+    /// let bag = EmbeddingBag::new(&ctx, 100, 8, BagMode::Mean, EmbeddingOptions::default().seed(1))?;
+    /// let out = bag.forward(&ctx, Indices::i64(&[1, 2, 3, 4], &[4]), Some(Indices::i64(&[0, 2], &[2])), None)?;
+    /// assert_eq!(out.shape(), &[2, 8]);
+    /// # Ok::<(), wgpu_embed::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Embedding::new`](crate::Embedding::new).
+    pub fn new(ctx: &Context, num_embeddings: usize, embedding_dim: usize, mode: BagMode, options: EmbeddingOptions) -> Result<Self> {
+        let draw = Draw::Normal { mean: 0.0, std: 1.0 };
+        Ok(Self { table: DenseTable::fresh(ctx, num_embeddings, embedding_dim, draw, &options)?, mode, include_last_offset: false })
+    }
+
     /// Builds the layer from a row-major `[num_embeddings, embedding_dim]` table.
     pub fn from_pretrained(ctx: &Context, weight: &[f32], num_embeddings: usize, embedding_dim: usize, mode: BagMode) -> Result<Self> {
         Ok(Self { table: DenseTable::from_host(ctx, weight, num_embeddings, embedding_dim)?, mode, include_last_offset: false })

@@ -7,6 +7,7 @@ pub mod embedding;
 pub mod embedding_backward;
 pub mod embedding_bag;
 pub mod indices;
+pub(crate) mod init;
 pub mod layer_norm;
 pub mod layer_norm_backward;
 pub mod quantized;

@@ -2,7 +2,7 @@
 //! quantized table (`quant/table.rs`), dequantizing each element in the kernel.
 //! Shader family: `quantized_embedding.wgsl`.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::context::Context;
 use crate::gpu::context::WORKGROUP_SIZE;
 use crate::gpu::kernel::binding::{COUNTS, INPUT, OFFSETS, OUT, PARAMS, TABLE, TEXTURE};
@@ -14,7 +14,9 @@ use crate::gpu::tensor::{DType, GpuTensor};
 use crate::layers::embedding::out_shape;
 use crate::layers::embedding_bag::{bag_forward, plan_bags, BagMode, BagSpec, HostBags, PerSampleWeights};
 use crate::layers::indices::{normalize_padding_idx, upload_rows, Indices};
-use crate::quant::table::QuantizedTable;
+use crate::layers::init::{random_table, Draw};
+use crate::layers::table::EmbeddingOptions;
+use crate::quant::table::{QuantizedTable, Scheme};
 
 pub static FAMILY: ShaderFamily = ShaderFamily {
     name: "quantized_embedding",
@@ -89,8 +91,30 @@ pub struct QuantizedEmbedding {
 
 impl QuantizedEmbedding {
     /// Looks up in a table quantized before.
-    pub fn new(table: QuantizedTable) -> Self {
+    pub fn from_table(table: QuantizedTable) -> Self {
         Self { table }
+    }
+
+    /// A fresh layer as `bnb.nn.Embedding8bit(num_embeddings, embedding_dim)` (scheme
+    /// `int8_rowwise`) or `Embedding4bit(..., quant_type="nf4" | "fp4")` makes it: an
+    /// N(0, 1) table drawn on the GPU (seeded by `options.seed`), then quantized there
+    /// with the scheme's default block size.
+    ///
+    /// ```
+    /// use wgpu_embed::{Block, Context, EmbeddingOptions, Indices, QuantizedEmbedding, Scheme};
+    /// let ctx = Context::new().block()?;
+    /// let emb = QuantizedEmbedding::new(&ctx, 1000, 64, Scheme::Nf4, EmbeddingOptions::default())?;
+    /// let out = emb.forward(&ctx, Indices::i64(&[3, 999], &[2]))?;
+    /// assert_eq!(out.shape(), &[2, 64]);
+    /// # Ok::<(), wgpu_embed::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`](crate::Error::Unsupported) for `padding_idx` or `max_norm`
+    /// (bitsandbytes' quantized embeddings take neither); as
+    /// [`QuantizedTable::from_tensor`] for the table's shape.
+    pub fn new(ctx: &Context, num_embeddings: usize, embedding_dim: usize, scheme: Scheme, options: EmbeddingOptions) -> Result<Self> {
+        Ok(Self::from_table(fresh_quantized(ctx, num_embeddings, embedding_dim, scheme, &options)?))
     }
 
     /// The quantized table.
@@ -175,8 +199,24 @@ pub struct QuantizedEmbeddingBag {
 
 impl QuantizedEmbeddingBag {
     /// Reduces bags over a table quantized before.
-    pub fn new(table: QuantizedTable, mode: BagMode) -> Self {
+    pub fn from_table(table: QuantizedTable, mode: BagMode) -> Self {
         Self { code_rows: code_rows(&table), table, mode, padding_idx: None, include_last_offset: false }
+    }
+
+    /// A fresh layer: an N(0, 1) table drawn on the GPU (seeded by `options.seed`),
+    /// quantized there with `scheme`'s default block size, reduced with `mode`.
+    ///
+    /// # Errors
+    /// As [`QuantizedEmbedding::new`].
+    pub fn new(
+        ctx: &Context,
+        num_embeddings: usize,
+        embedding_dim: usize,
+        scheme: Scheme,
+        mode: BagMode,
+        options: EmbeddingOptions,
+    ) -> Result<Self> {
+        Ok(Self::from_table(fresh_quantized(ctx, num_embeddings, embedding_dim, scheme, &options)?, mode))
     }
 
     /// Rows equal to `padding_idx` are left out of sums, means (and their counts) and maxima.
@@ -258,4 +298,26 @@ impl QuantizedEmbeddingBag {
         }
         Ok(out)
     }
+}
+
+/// An N(0, 1) table drawn and quantized on the GPU (the fresh quantized layers).
+fn fresh_quantized(
+    ctx: &Context,
+    num_embeddings: usize,
+    embedding_dim: usize,
+    scheme: Scheme,
+    options: &EmbeddingOptions,
+) -> Result<QuantizedTable> {
+    if let Some(p) = options.padding_idx {
+        return Err(Error::Unsupported(format!(
+            "a quantized embedding with padding_idx={p}: bitsandbytes' quantized embeddings take no padding_idx"
+        )));
+    }
+    if let Some(m) = options.max_norm {
+        return Err(Error::Unsupported(format!("a quantized embedding with max_norm={m}: its rows cannot be renormalised in place")));
+    }
+    let table = random_table(ctx, num_embeddings, embedding_dim, Draw::Normal { mean: 0.0, std: 1.0 }, None, options.seed)?;
+    let quantized = QuantizedTable::from_tensor(ctx, &table, scheme, None);
+    table.release();
+    quantized
 }

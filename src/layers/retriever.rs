@@ -69,16 +69,9 @@ pub enum Metric {
     Cosine,
 }
 
-impl Metric {
-    /// `dot` or `cosine`.
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "dot" => Ok(Metric::Dot),
-            "cosine" => Ok(Metric::Cosine),
-            other => Err(Error::arg("metric", format!("expected \"dot\" or \"cosine\", got {other:?}"))),
-        }
-    }
+crate::names::spelled_enum!(Metric, "metric", { Dot => "dot", Cosine => "cosine" });
 
+impl Metric {
     fn code(self) -> u32 {
         match self {
             Metric::Dot => 0,

@@ -6,7 +6,9 @@ use crate::error::{Error, Result};
 use crate::gpu::context::Context;
 use crate::gpu::tensor::{DType, GpuTensor};
 use crate::layers::indices::{normalize_padding_idx, Indices};
+use crate::layers::init::{random_table, Draw};
 use crate::layers::sum_layer_norm::EmbeddingSumLayerNorm;
+use crate::layers::table::EmbeddingOptions;
 
 /// LayerNorm's eps in bitsandbytes' StableEmbedding (`torch.nn.LayerNorm`'s default).
 pub const STABLE_EMBEDDING_EPS: f32 = 1e-5;
@@ -21,26 +23,35 @@ pub struct StableEmbedding {
 }
 
 impl StableEmbedding {
-    /// A freshly initialised layer as bitsandbytes makes it: the table drawn from
-    /// xavier-uniform (`bound = sqrt(6 / (num_embeddings + embedding_dim))`) with the
-    /// padding row zeroed, gamma = 1, beta = 0. The draw is deterministic in `seed`
-    /// (it is not torch's generator). Initialisation is done on the host.
-    pub fn new(ctx: &Context, num_embeddings: usize, embedding_dim: usize, padding_idx: Option<i64>, seed: u64) -> Result<Self> {
-        if embedding_dim == 0 {
-            return Err(Error::arg("embedding_dim", "expected a positive embedding_dim, got 0"));
+    /// A fresh layer as `bnb.nn.StableEmbedding(num_embeddings, embedding_dim,
+    /// padding_idx)` makes it: the table drawn from xavier-uniform (`bound = sqrt(6 /
+    /// (num_embeddings + embedding_dim))`) on the GPU, seeded by `options.seed`, with the
+    /// padding row zeroed; gamma = 1, beta = 0.
+    ///
+    /// ```
+    /// use wgpu_embed::{Block, Context, EmbeddingOptions, Indices, StableEmbedding};
+    /// let ctx = Context::new().block()?;
+    /// let layer = StableEmbedding::new(&ctx, 1000, 32, EmbeddingOptions::default().seed(3))?;
+    /// let out = layer.forward(&ctx, Indices::i64(&[4, 8], &[2]))?.read_f32(&ctx).block()?;
+    /// let mean = out[..32].iter().sum::<f32>() / 32.0;
+    /// assert!(mean.abs() < 1e-5); // each row comes out normalised
+    /// # Ok::<(), wgpu_embed::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for `embedding_dim` 0 or a `padding_idx` outside the
+    /// table; [`Error::Unsupported`] for `max_norm` (this layer does not renormalise).
+    pub fn new(ctx: &Context, num_embeddings: usize, embedding_dim: usize, options: EmbeddingOptions) -> Result<Self> {
+        if let Some(max_norm) = options.max_norm {
+            return Err(Error::Unsupported(format!("StableEmbedding with max_norm={max_norm}: this layer does not renormalise rows")));
         }
-        let padding = normalize_padding_idx(padding_idx, num_embeddings)?;
-        let weight = xavier_uniform(num_embeddings, embedding_dim, padding, seed);
+        let draw = Draw::xavier_uniform(num_embeddings, embedding_dim);
+        let padding = normalize_padding_idx(options.padding_idx, num_embeddings)?;
+        let weight = random_table(ctx, num_embeddings, embedding_dim, draw, padding, options.seed)?;
         let gamma = vec![1.0f32; embedding_dim];
         let beta = vec![0.0f32; embedding_dim];
-        Self::from_pretrained(
-            ctx,
-            HostTable::f32(&weight, num_embeddings, embedding_dim)?,
-            padding_idx,
-            Some(&gamma),
-            Some(&beta),
-            STABLE_EMBEDDING_EPS,
-        )
+        let block = EmbeddingSumLayerNorm::from_tensor(ctx, weight, Some(&gamma), Some(&beta), STABLE_EMBEDDING_EPS)?;
+        Ok(StableEmbedding { block, num_embeddings, embedding_dim, padding_idx: padding })
     }
 
     /// A layer over a trained table (F32, or F16/BF16 kept packed) and LayerNorm
@@ -100,26 +111,4 @@ impl StableEmbedding {
             other => other,
         })
     }
-}
-
-/// xavier_uniform_ on a `[rows, dim]` table (fan_in = dim, fan_out = rows), padding row zeroed.
-fn xavier_uniform(rows: usize, dim: usize, padding: Option<u32>, seed: u64) -> Vec<f32> {
-    let bound = (6.0 / (rows + dim) as f64).sqrt();
-    let mut state = seed;
-    let mut weight: Vec<f32> = (0..rows * dim)
-        .map(|_| {
-            // splitmix64: a well-mixed, reproducible stream.
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            let unit = (z >> 11) as f64 / (1u64 << 53) as f64;
-            ((unit * 2.0 - 1.0) * bound) as f32
-        })
-        .collect();
-    if let Some(p) = padding {
-        weight[p as usize * dim..(p as usize + 1) * dim].fill(0.0);
-    }
-    weight
 }

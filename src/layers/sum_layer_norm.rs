@@ -78,6 +78,20 @@ impl EmbeddingSumLayerNorm {
         Ok(EmbeddingSumLayerNorm { table, first_rows, table_rows: tables.iter().map(|t| t.rows()).collect(), dim, eps, affine })
     }
 
+    /// The block over one table already on the GPU (`[V, D]`: K = 1, as
+    /// `StableEmbedding` uses it).
+    pub(crate) fn from_tensor(ctx: &Context, table: GpuTensor, gamma: Option<&[f32]>, beta: Option<&[f32]>, eps: f32) -> Result<Self> {
+        let [rows, dim] = table.shape()[..] else {
+            return Err(Error::arg("weight", format!("expected a [num_embeddings, embedding_dim] table, got shape {:?}", table.shape())));
+        };
+        check_eps(eps)?;
+        if rows as u64 >= i32::MAX as u64 {
+            return Err(Error::arg("weight", format!("{rows} rows is more than i32 indices can address")));
+        }
+        let affine = Affine::new(ctx, gamma, beta, dim)?;
+        Ok(EmbeddingSumLayerNorm { table, first_rows: vec![0], table_rows: vec![rows], dim, eps, affine })
+    }
+
     /// BERT's embedding block from a Hugging Face checkpoint: `{prefix}.word_embeddings.weight`,
     /// `{prefix}.position_embeddings.weight`, `{prefix}.token_type_embeddings.weight` and
     /// `{prefix}.LayerNorm.weight` / `.bias` (prefix `"embeddings"` for `BertModel`,

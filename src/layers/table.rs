@@ -7,6 +7,64 @@ use crate::gpu::context::{Context, WORKGROUP_SIZE};
 use crate::gpu::table::check_table;
 use crate::gpu::tensor::{DType, GpuTensor};
 use crate::layers::indices::normalize_padding_idx;
+use crate::layers::init::{random_table, Draw};
+
+/// The keyword arguments of `torch.nn.Embedding(num_embeddings, embedding_dim, ...)`
+/// that [`Embedding::new`](crate::Embedding::new) and the other fresh-table constructors
+/// take, and the seed of the table's draw. Built from `EmbeddingOptions::default()` with
+/// its setters:
+///
+/// ```
+/// use wgpu_embed::EmbeddingOptions;
+/// let options = EmbeddingOptions::default().padding_idx(0).max_norm(1.0).seed(7);
+/// assert_eq!(options.padding_idx, Some(0));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct EmbeddingOptions {
+    /// The row left out of gradients and bags, zeroed at initialisation; negative
+    /// values count from the end. Default `None`.
+    pub padding_idx: Option<i64>,
+    /// Rows looked up are renormalised in place to this norm at most. Default `None`.
+    pub max_norm: Option<f32>,
+    /// The p of the p-norm `max_norm` uses. Default 2.
+    pub norm_type: f32,
+    /// Seed of the initial draw (a counter-based generator: the same table on every
+    /// device; not `torch.manual_seed`'s). Default 0.
+    pub seed: u64,
+}
+
+impl Default for EmbeddingOptions {
+    fn default() -> Self {
+        EmbeddingOptions { padding_idx: None, max_norm: None, norm_type: 2.0, seed: 0 }
+    }
+}
+
+impl EmbeddingOptions {
+    /// Sets `padding_idx`.
+    pub fn padding_idx(mut self, padding_idx: i64) -> Self {
+        self.padding_idx = Some(padding_idx);
+        self
+    }
+
+    /// Sets `max_norm`.
+    pub fn max_norm(mut self, max_norm: f32) -> Self {
+        self.max_norm = Some(max_norm);
+        self
+    }
+
+    /// Sets `norm_type`.
+    pub fn norm_type(mut self, norm_type: f32) -> Self {
+        self.norm_type = norm_type;
+        self
+    }
+
+    /// Sets the seed of the initial draw.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+}
 
 /// A dense table on the GPU and the settings `Embedding` and `EmbeddingBag` share.
 #[derive(Debug, Clone)]
@@ -23,6 +81,19 @@ impl DenseTable {
     pub fn from_host(ctx: &Context, weight: &[f32], num_embeddings: usize, embedding_dim: usize) -> Result<Self> {
         check_table(weight.len(), num_embeddings, embedding_dim)?;
         Self::new(GpuTensor::from_f32(ctx, weight, &[num_embeddings, embedding_dim])?)
+    }
+
+    /// A fresh `[num_embeddings, embedding_dim]` table drawn on the GPU from `draw`, with
+    /// `options`' padding row zeroed and its max-norm settings.
+    pub fn fresh(ctx: &Context, num_embeddings: usize, embedding_dim: usize, draw: Draw, options: &EmbeddingOptions) -> Result<Self> {
+        if embedding_dim == 0 {
+            return Err(Error::arg("embedding_dim", "expected a positive embedding_dim, got 0"));
+        }
+        let padding = normalize_padding_idx(options.padding_idx, num_embeddings)?;
+        let mut table = Self::new(random_table(ctx, num_embeddings, embedding_dim, draw, padding, options.seed)?)?;
+        table.padding_idx = padding;
+        table.set_max_norm(options.max_norm, options.norm_type)?;
+        Ok(table)
     }
 
     /// A `[V, D]` table already on the GPU (F32, F16 or BF16).

@@ -4,7 +4,6 @@
 
 use wgpu::util::DeviceExt;
 
-use crate::error::{Error, Result};
 use crate::gpu::context::Context;
 
 /// Words of the constants buffer (see the layout in `quantize.wgsl`).
@@ -29,17 +28,9 @@ pub enum CodeMap {
     DynamicUnsigned,
 }
 
-impl CodeMap {
-    /// Parses `"dynamic"` or `"linear"`.
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "dynamic" => Ok(CodeMap::Dynamic),
-            "linear" => Ok(CodeMap::Linear),
-            "dynamic_unsigned" => Ok(CodeMap::DynamicUnsigned),
-            _ => Err(Error::arg("code", format!("expected 'dynamic', 'dynamic_unsigned' or 'linear', got {s:?}"))),
-        }
-    }
+crate::names::spelled_enum!(CodeMap, "code", { Dynamic => "dynamic", Linear => "linear", DynamicUnsigned => "dynamic_unsigned" });
 
+impl CodeMap {
     /// The 256 code values, sorted ascending.
     pub fn values(self) -> [f32; 256] {
         match self {

@@ -39,28 +39,9 @@ pub enum Scheme {
     Fp4,
 }
 
+crate::names::spelled_enum!(Scheme, "scheme", { Int8Blockwise => "int8_blockwise", Int8Rowwise => "int8_rowwise", Nf4 => "nf4", Fp4 => "fp4" });
+
 impl Scheme {
-    /// Parses `int8_blockwise`, `int8_rowwise`, `nf4` or `fp4`.
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "int8_blockwise" => Ok(Scheme::Int8Blockwise),
-            "int8_rowwise" => Ok(Scheme::Int8Rowwise),
-            "nf4" => Ok(Scheme::Nf4),
-            "fp4" => Ok(Scheme::Fp4),
-            _ => Err(Error::arg("scheme", format!("expected 'int8_blockwise', 'int8_rowwise', 'nf4' or 'fp4', got {s:?}"))),
-        }
-    }
-
-    /// The scheme's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Scheme::Int8Blockwise => "int8_blockwise",
-            Scheme::Int8Rowwise => "int8_rowwise",
-            Scheme::Nf4 => "nf4",
-            Scheme::Fp4 => "fp4",
-        }
-    }
-
     /// bitsandbytes' default block size: 4096 for `quantize_blockwise`, 64 for 4-bit;
     /// row-wise has no blocks (0).
     pub fn default_blocksize(self) -> usize {

@@ -2,6 +2,7 @@
 //! BERT embedding block (sum of lookups, then LayerNorm), axial position embeddings,
 //! quantized tables (int8 block-wise / row-wise, NF4, FP4) and block-wise quantization.
 
+use std::str::FromStr;
 use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
@@ -143,7 +144,7 @@ impl Gpu {
         #[wasm_bindgen(unchecked_param_type = "{ scheme?: string, blocksize?: number } | undefined")] options: JsValue,
     ) -> Result<QuantizedEmbedding, JsValue> {
         let table = self.quantized_table(weight, &options).await?;
-        Ok(QuantizedEmbedding { ctx: self.ctx.clone(), layer: lib::QuantizedEmbedding::new(table) })
+        Ok(QuantizedEmbedding { ctx: self.ctx.clone(), layer: lib::QuantizedEmbedding::from_table(table) })
     }
 
     /// An embedding bag over a quantized copy of `weight`. Options as `quantizedEmbedding`
@@ -157,11 +158,11 @@ impl Gpu {
         )]
         options: JsValue,
     ) -> Result<QuantizedEmbeddingBag, JsValue> {
-        let mode = lib::BagMode::parse(opt_str(&options, "mode")?.as_deref().unwrap_or("mean")).map_err(js_error)?;
+        let mode = lib::BagMode::from_str(opt_str(&options, "mode")?.as_deref().unwrap_or("mean")).map_err(js_error)?;
         let padding_idx = opt_i64(&options, "paddingIdx")?;
         let include_last_offset = opt_bool(&options, "includeLastOffset")?.unwrap_or(false);
         let table = self.quantized_table(weight, &options).await?;
-        let layer = lib::QuantizedEmbeddingBag::new(table, mode)
+        let layer = lib::QuantizedEmbeddingBag::from_table(table, mode)
             .with_padding_idx(padding_idx)
             .map_err(js_error)?
             .with_include_last_offset(include_last_offset);
@@ -213,7 +214,7 @@ impl Gpu {
 
 impl Gpu {
     async fn quantized_table(&self, weight: &Tensor, options: &JsValue) -> Result<lib::QuantizedTable, JsValue> {
-        let scheme = lib::Scheme::parse(opt_str(options, "scheme")?.as_deref().unwrap_or("int8_blockwise")).map_err(js_error)?;
+        let scheme = lib::Scheme::from_str(opt_str(options, "scheme")?.as_deref().unwrap_or("int8_blockwise")).map_err(js_error)?;
         let blocksize = blocksize(options)?;
         let w = weight.gpu()?.clone();
         gpu_call(&self.ctx, || lib::QuantizedTable::from_tensor(&self.ctx, &w, scheme, blocksize)).await
@@ -223,7 +224,7 @@ impl Gpu {
 /// `{blocksize = 4096, code = "dynamic"}` of the block-wise (de)quantization.
 fn blockwise_options(options: &JsValue) -> Result<(usize, lib::CodeMap), JsValue> {
     let blocksize = blocksize(options)?.unwrap_or(4096);
-    let code = lib::CodeMap::parse(opt_str(options, "code")?.as_deref().unwrap_or("dynamic")).map_err(js_error)?;
+    let code = lib::CodeMap::from_str(opt_str(options, "code")?.as_deref().unwrap_or("dynamic")).map_err(js_error)?;
     lib::quant::blockwise::check_blocksize(blocksize).map_err(js_error)?;
     Ok((blocksize, code))
 }

@@ -7,6 +7,7 @@
 //! exceptions carrying the library's message (an `Error` whose `message` names the
 //! argument and the value); nothing here panics on user input.
 
+use std::str::FromStr;
 use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
@@ -266,7 +267,7 @@ impl Gpu {
         #[wasm_bindgen(unchecked_param_type = "EmbeddingBagOptions | undefined")] options: JsValue,
     ) -> Result<EmbeddingBag, JsValue> {
         let (padding_idx, max_norm, norm_type) = common_options(&options)?;
-        let mode = lib::BagMode::parse(opt_str(&options, "mode")?.as_deref().unwrap_or("mean")).map_err(js_error)?;
+        let mode = lib::BagMode::from_str(opt_str(&options, "mode")?.as_deref().unwrap_or("mean")).map_err(js_error)?;
         let include_last_offset = opt_bool(&options, "includeLastOffset")?.unwrap_or(false);
         let layer = lib::EmbeddingBag::from_tensor(weight.gpu()?.clone(), mode)
             .and_then(|l| l.with_padding_idx(padding_idx))

@@ -1,6 +1,7 @@
 //! Top-k retrieval for JavaScript: a table (dense or quantized) that queries are
 //! scored against on the GPU, the best `k` rows of each kept.
 
+use std::str::FromStr;
 use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
@@ -36,7 +37,7 @@ impl Gpu {
         if values.len() != n * d {
             return Err(js_error(lib::Error::arg("table", format!("{} values for a [{n}, {d}] table", values.len()))));
         }
-        let metric = lib::Metric::parse(opt_str(&options, "metric")?.as_deref().unwrap_or("dot")).map_err(js_error)?;
+        let metric = lib::Metric::from_str(opt_str(&options, "metric")?.as_deref().unwrap_or("dot")).map_err(js_error)?;
         let scheme = opt_str(&options, "scheme")?.unwrap_or_else(|| "f32".into());
         let blocksize = blocksize(&options)?;
         let ctx = self.ctx.clone();
@@ -51,7 +52,7 @@ impl Gpu {
                 lib::Retriever::new(lib::GpuTensor::from_bf16(&ctx, &halves, &[n, d])?, metric)
             }
             other => {
-                let scheme = lib::Scheme::parse(other)?;
+                let scheme = lib::Scheme::from_str(other)?;
                 let table = lib::QuantizedTable::from_pretrained(&ctx, &values, n, d, scheme, blocksize)?;
                 Ok(lib::Retriever::quantized(table, metric))
             }
@@ -72,14 +73,14 @@ impl Gpu {
         table: &Tensor,
         #[wasm_bindgen(unchecked_param_type = "RetrieverOptions | undefined")] options: JsValue,
     ) -> Result<Retriever, JsValue> {
-        let metric = lib::Metric::parse(opt_str(&options, "metric")?.as_deref().unwrap_or("dot")).map_err(js_error)?;
+        let metric = lib::Metric::from_str(opt_str(&options, "metric")?.as_deref().unwrap_or("dot")).map_err(js_error)?;
         let scheme = opt_str(&options, "scheme")?.unwrap_or_else(|| "f32".into());
         let blocksize = blocksize(&options)?;
         let (t, ctx) = (table.gpu()?.clone(), self.ctx.clone());
         let inner = gpu_call(&ctx, || match scheme.as_str() {
             "f32" => lib::Retriever::new(t.clone(), metric),
             other => {
-                let table = lib::QuantizedTable::from_tensor(&ctx, &t, lib::Scheme::parse(other)?, blocksize)?;
+                let table = lib::QuantizedTable::from_tensor(&ctx, &t, lib::Scheme::from_str(other)?, blocksize)?;
                 Ok(lib::Retriever::quantized(table, metric))
             }
         })

@@ -80,7 +80,7 @@ fn main() -> wgpu_embed::Result<()> {
     let beta: Vec<f32> = (0..DIM).map(|_| uniform() * 0.1).collect();
 
     let ours_emb = Embedding::from_pretrained(&ctx, &table, ROWS, DIM)?;
-    let ours_q8 = QuantizedEmbedding::new(QuantizedTable::from_tensor(&ctx, ours_emb.weight(), Scheme::Int8Rowwise, None)?);
+    let ours_q8 = QuantizedEmbedding::from_table(QuantizedTable::from_tensor(&ctx, ours_emb.weight(), Scheme::Int8Rowwise, None)?);
     let ours_ln = LayerNorm::from_params(&ctx, DIM, 1e-5, Some(&gamma), Some(&beta))?;
 
     let weight = Tensor::<2>::from_data(TensorData::new(table.clone(), [ROWS, DIM]), &device);
