@@ -143,14 +143,33 @@ impl Checkpoint {
             safetensors::Dtype::F32 => DType::F32,
             safetensors::Dtype::F16 => DType::F16,
             safetensors::Dtype::BF16 => DType::BF16,
+            safetensors::Dtype::U8 => DType::U8,
             other => {
-                return Err(Error::arg("dtype", format!("tensor {name:?} in {} is {other:?}; expected F32, F16 or BF16", self.source)))
+                return Err(Error::arg("dtype", format!("tensor {name:?} in {} is {other:?}; expected F32, F16, BF16 or U8", self.source)))
             }
         };
         let shape = view.shape().to_vec();
         // Borrow the data from our own bytes (the view borrows them too).
         let start = view.data().as_ptr() as usize - self.bytes.as_ptr() as usize;
         Ok((dtype, shape, &self.bytes[start..start + view.data().len()]))
+    }
+
+    /// The tensor `name` as stored: its dtype (F32, F16, BF16 or U8), shape and bytes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the file has no such tensor (naming similar ones)
+    /// or holds it in another dtype.
+    pub fn raw(&self, name: &str) -> Result<(DType, Vec<usize>, &[u8])> {
+        self.view(name)
+    }
+
+    /// The file's `__metadata__` (string keys and values; empty when it has none).
+    pub fn metadata(&self) -> std::collections::BTreeMap<String, String> {
+        safetensors::SafeTensors::read_metadata(&self.bytes)
+            .ok()
+            .and_then(|(_, m)| m.metadata().clone())
+            .map(|m| m.into_iter().collect())
+            .unwrap_or_default()
     }
 
     /// The 2-D table `name`, kept in its stored format (F32, F16 or BF16).

@@ -32,6 +32,7 @@ pub mod layers;
 mod names;
 pub mod optim;
 pub mod quant;
+pub mod save;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use block::Block;
@@ -57,6 +58,7 @@ pub use optim::{Optimizer, OptimizerKind};
 pub use quant::blockwise::{dequantize_blockwise, quantize_blockwise, Blockwise};
 pub use quant::codes::{CodeMap, FourBit};
 pub use quant::table::{QuantizedTable, Scheme};
+pub use save::StateDict;
 
 /// Every shader family, as the runtime composes it (common helpers, then the family's
 /// own file), for tools that validate them.

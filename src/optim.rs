@@ -273,6 +273,16 @@ impl Optimizer {
         self.steps
     }
 
+    /// The optimizer and its hyper-parameters.
+    pub fn kind(&self) -> &OptimizerKind {
+        &self.kind
+    }
+
+    /// Sets the step count (a resumed optimizer's).
+    pub(crate) fn set_steps(&mut self, steps: u64) {
+        self.steps = steps;
+    }
+
     /// One step: updates `table` in place (and its texture copy, if it has one) from
     /// `grad`, dense or sparse (coalesced: distinct rows), refusing what torch.optim
     /// refuses (sparse gradients with momentum or weight decay, dense ones for SparseAdam).

@@ -356,6 +356,35 @@ impl GpuTensor {
         Self::from_bytes(ctx, bytemuck::cast_slice(data), shape, DType::I32, 1)
     }
 
+    /// Replaces the tensor's contents with `bytes` (all its elements, in order), keeping
+    /// its buffers and segments: the write reaches the queue before any later submission.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when `bytes` is not the tensor's size.
+    pub(crate) fn overwrite(&self, ctx: &Context, bytes: &[u8]) -> Result<()> {
+        let want = self.numel() as u64 * self.dtype.size() as u64;
+        if bytes.len() as u64 != want {
+            return Err(Error::ShapeMismatch(format!(
+                "{} bytes for a tensor of {want} bytes ({:?} {:?})",
+                bytes.len(),
+                self.dtype,
+                self.shape
+            )));
+        }
+        let rb = row_bytes(self.row_len, self.dtype) as usize;
+        for seg in self.segments.iter() {
+            let chunk = &bytes[seg.first_row as usize * rb..(seg.first_row + seg.rows) as usize * rb];
+            if chunk.len().is_multiple_of(BUFFER_ALIGN as usize) {
+                ctx.queue.write_buffer(&seg.buffer, 0, chunk);
+            } else {
+                let mut padded = chunk.to_vec();
+                padded.resize(chunk.len().next_multiple_of(BUFFER_ALIGN as usize), 0);
+                ctx.queue.write_buffer(&seg.buffer, 0, &padded);
+            }
+        }
+        Ok(())
+    }
+
     /// Zero-filled tensor on the GPU.
     pub fn zeros(ctx: &Context, shape: &[usize], dtype: DType, row_len: usize) -> Result<GpuTensor> {
         let per = Self::rows_per_segment(ctx, row_len, dtype)?;

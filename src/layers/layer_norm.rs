@@ -110,6 +110,11 @@ pub(crate) struct Affine {
 }
 
 impl Affine {
+    /// `[2 * dim]` F32: gamma, then beta (zeros where absent).
+    pub(crate) fn values(&self) -> &GpuTensor {
+        &self.params
+    }
+
     pub(crate) fn new(ctx: &Context, gamma: Option<&[f32]>, beta: Option<&[f32]>, dim: usize) -> Result<Self> {
         for (name, v) in [("gamma", gamma), ("beta", beta)] {
             if let Some(v) = v {

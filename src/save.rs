@@ -1,0 +1,248 @@
+//! Tables go back out: layers, tensors and an optimizer's state written to safetensors,
+//! named as PyTorch's `state_dict()` names them, read from the GPU in one submission;
+//! and an optimizer resumed from what was saved, bit for bit.
+//!
+//! ```
+//! use wgpu_embed::{Block, Checkpoint, Context, Embedding, EmbeddingOptions, Optimizer, OptimizerKind, StateDict};
+//! let ctx = Context::new().block()?;
+//! let emb = Embedding::new(&ctx, 100, 8, EmbeddingOptions::default())?;
+//! let kind = OptimizerKind::SparseAdam { lr: 0.01, betas: (0.9, 0.999), eps: 1e-8 };
+//! let opt = Optimizer::new(&ctx, kind, emb.weight())?;
+//! let bytes = StateDict::new().embedding("", &emb).optimizer("optimizer.", &opt).to_bytes(&ctx).block()?;
+//! // ... later, or in another process:
+//! let saved = Checkpoint::from_bytes(bytes)?;
+//! let emb = Embedding::from_tensor(saved.upload_table(&ctx, "weight", &mut |_, _| {})?)?;
+//! let mut opt = Optimizer::new(&ctx, kind, emb.weight())?;
+//! opt.load_state(&ctx, &saved, "optimizer.")?;
+//! # Ok::<(), wgpu_embed::Error>(())
+//! ```
+//!
+//! Names: an `Embedding` / `EmbeddingBag` is `{prefix}weight` (what
+//! `torch.nn.Embedding.load_state_dict` takes); a `StableEmbedding` adds
+//! `{prefix}norm.weight` and `{prefix}norm.bias` (bitsandbytes' names); an optimizer's
+//! state is `{prefix}state.0.{name}` with torch.optim's / bitsandbytes' state names
+//! (`exp_avg`, `exp_avg_sq`, `sum`, `momentum_buffer`, `state1`, `absmax1`, ...) and its
+//! step count as the F32 scalar `{prefix}state.0.step`, as torch keeps it; its
+//! hyper-parameters are in the metadata under `{prefix}param_groups` (JSON).
+
+use std::collections::BTreeMap;
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::gpu::context::Context;
+use crate::gpu::tensor::{DType, GpuTensor};
+use crate::layers::embedding::Embedding;
+use crate::layers::embedding_bag::EmbeddingBag;
+use crate::layers::stable_embedding::StableEmbedding;
+use crate::optim::{Optimizer, OptimizerKind};
+
+/// Where one saved tensor's bytes come from.
+#[derive(Debug, Clone)]
+enum Source<'a> {
+    /// A GPU tensor, or the byte range `range` of one, saved with `shape`.
+    Gpu { tensor: &'a GpuTensor, range: Option<std::ops::Range<usize>>, shape: Vec<usize> },
+    /// Host bytes (the step count).
+    Host { dtype: DType, bytes: Vec<u8>, shape: Vec<usize> },
+}
+
+/// A set of named tensors to save, built with its methods and written with
+/// [`StateDict::to_bytes`] (one submission, one read-back for all of them).
+#[derive(Debug, Clone, Default)]
+pub struct StateDict<'a> {
+    entries: Vec<(String, Source<'a>)>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl<'a> StateDict<'a> {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `tensor` (any shape and dtype) as `name`.
+    pub fn tensor(mut self, name: impl Into<String>, tensor: &'a GpuTensor) -> Self {
+        self.entries.push((name.into(), Source::Gpu { tensor, range: None, shape: tensor.shape().to_vec() }));
+        self
+    }
+
+    /// Adds a metadata entry (kept in the file's `__metadata__`).
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Adds an `Embedding`'s table as `{prefix}weight`.
+    pub fn embedding(self, prefix: &str, layer: &'a Embedding) -> Self {
+        self.tensor(format!("{prefix}weight"), layer.weight())
+    }
+
+    /// Adds an `EmbeddingBag`'s table as `{prefix}weight`.
+    pub fn embedding_bag(self, prefix: &str, layer: &'a EmbeddingBag) -> Self {
+        self.tensor(format!("{prefix}weight"), layer.weight())
+    }
+
+    /// Adds a `StableEmbedding`'s table and LayerNorm parameters as `{prefix}weight`,
+    /// `{prefix}norm.weight` and `{prefix}norm.bias`.
+    pub fn stable_embedding(mut self, prefix: &str, layer: &'a StableEmbedding) -> Self {
+        let d = layer.embedding_dim();
+        let params = layer.block().affine().values();
+        self.entries.push((format!("{prefix}norm.weight"), Source::Gpu { tensor: params, range: Some(0..4 * d), shape: vec![d] }));
+        self.entries.push((format!("{prefix}norm.bias"), Source::Gpu { tensor: params, range: Some(4 * d..8 * d), shape: vec![d] }));
+        self.tensor(format!("{prefix}weight"), layer.weight())
+    }
+
+    /// Adds an optimizer's state as `{prefix}state.0.{name}`, its step count as
+    /// `{prefix}state.0.step` and its hyper-parameters as metadata
+    /// `{prefix}param_groups`.
+    pub fn optimizer(mut self, prefix: &str, optimizer: &'a Optimizer) -> Self {
+        for name in optimizer.state_names() {
+            if let Some(t) = optimizer.state(name) {
+                self = self.tensor(format!("{prefix}state.0.{name}"), t);
+            }
+        }
+        let step = (optimizer.steps() as f32).to_le_bytes().to_vec();
+        self.entries.push((format!("{prefix}state.0.step"), Source::Host { dtype: DType::F32, bytes: step, shape: vec![] }));
+        self.metadata.insert(format!("{prefix}param_groups"), param_groups(optimizer.kind()));
+        self
+    }
+
+    /// The safetensors bytes of every tensor added, read back in one submission.
+    ///
+    /// # Errors
+    /// A device error while reading back; [`Error::InvalidArgument`] for a name given
+    /// twice.
+    pub async fn to_bytes(&self, ctx: &Context) -> Result<Vec<u8>> {
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some((name, _)) = self.entries.iter().find(|(n, _)| !seen.insert(n.as_str())) {
+            return Err(Error::arg("name", format!("{name:?} is given twice")));
+        }
+        let mut run = ctx.record();
+        let mut reads = Vec::new();
+        for (_, source) in &self.entries {
+            reads.push(match source {
+                Source::Gpu { tensor, .. } => Some(run.read(tensor)),
+                Source::Host { .. } => None,
+            });
+        }
+        let outputs = run.submit()?.finish().await?;
+        let mut data: Vec<(String, DType, Vec<usize>, Vec<u8>)> = Vec::new();
+        for ((name, source), id) in self.entries.iter().zip(reads) {
+            match (source, id) {
+                (Source::Gpu { tensor, range, shape }, Some(id)) => {
+                    let bytes = outputs.bytes(id);
+                    let bytes = range.clone().map_or(bytes, |r| &bytes[r]);
+                    data.push((name.clone(), tensor.dtype(), shape.clone(), bytes.to_vec()));
+                }
+                (Source::Host { dtype, bytes, shape }, _) => data.push((name.clone(), *dtype, shape.clone(), bytes.clone())),
+                (Source::Gpu { .. }, None) => unreachable!("every GPU entry was read"),
+            }
+        }
+        let views = data
+            .iter()
+            .map(|(name, dtype, shape, bytes)| {
+                safetensors::tensor::TensorView::new(safetensors_dtype(*dtype)?, shape.clone(), bytes)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| Error::Format(format!("tensor {name}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let metadata = (!self.metadata.is_empty()).then(|| self.metadata.clone().into_iter().collect());
+        safetensors::serialize(views, metadata).map_err(|e| Error::Format(e.to_string()))
+    }
+
+    /// Writes [`StateDict::to_bytes`] to `path`.
+    ///
+    /// # Errors
+    /// As [`StateDict::to_bytes`], and [`Error::Format`] when the file cannot be written.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub async fn save(&self, ctx: &Context, path: impl AsRef<std::path::Path>) -> Result<()> {
+        let bytes = self.to_bytes(ctx).await?;
+        let path = path.as_ref();
+        std::fs::write(path, bytes).map_err(|e| Error::Format(format!("cannot write {}: {e}", path.display())))
+    }
+}
+
+fn safetensors_dtype(dtype: DType) -> Result<safetensors::Dtype> {
+    Ok(match dtype {
+        DType::F32 => safetensors::Dtype::F32,
+        DType::F16 => safetensors::Dtype::F16,
+        DType::BF16 => safetensors::Dtype::BF16,
+        DType::U8 => safetensors::Dtype::U8,
+        DType::I32 => safetensors::Dtype::I32,
+        DType::U32 => safetensors::Dtype::U32,
+    })
+}
+
+/// torch.optim's `param_groups[0]` of `kind`, as JSON (names as torch gives them).
+fn param_groups(kind: &OptimizerKind) -> String {
+    use serde_json::json;
+    let group = match *kind {
+        OptimizerKind::Sgd { lr, momentum, dampening, nesterov, weight_decay } => {
+            json!({"optimizer": "sgd", "lr": lr, "momentum": momentum, "dampening": dampening, "nesterov": nesterov, "weight_decay": weight_decay})
+        }
+        OptimizerKind::Adam { lr, betas, eps, weight_decay, decoupled } => {
+            json!({"optimizer": if decoupled { "adamw" } else { "adam" }, "lr": lr, "betas": [betas.0, betas.1], "eps": eps, "weight_decay": weight_decay})
+        }
+        OptimizerKind::Adagrad { lr, lr_decay, eps, weight_decay, initial_accumulator_value } => json!({
+            "optimizer": "adagrad", "lr": lr, "lr_decay": lr_decay, "eps": eps, "weight_decay": weight_decay,
+            "initial_accumulator_value": initial_accumulator_value
+        }),
+        OptimizerKind::SparseAdam { lr, betas, eps } => {
+            json!({"optimizer": "sparse_adam", "lr": lr, "betas": [betas.0, betas.1], "eps": eps})
+        }
+        OptimizerKind::RowwiseAdagrad { lr, eps, weight_decay } => {
+            json!({"optimizer": "rowwise_adagrad", "lr": lr, "eps": eps, "weight_decay": weight_decay})
+        }
+        OptimizerKind::Adam8bit { lr, betas, eps, weight_decay, blocksize } => json!({
+            "optimizer": "adam8bit_blockwise", "lr": lr, "betas": [betas.0, betas.1], "eps": eps, "weight_decay": weight_decay,
+            "blocksize": blocksize
+        }),
+    };
+    json!([group]).to_string()
+}
+
+impl Optimizer {
+    /// Restores the state [`StateDict::optimizer`] saved under `prefix` into this
+    /// optimizer (made with the same kind, for a table of the same shape): every state
+    /// tensor and the step count, so the next step is the one the saved optimizer
+    /// would have taken.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when a state is missing or the saved hyper-parameters
+    /// differ from this optimizer's; [`Error::ShapeMismatch`] for a state of another
+    /// shape or dtype.
+    pub fn load_state(&mut self, ctx: &Context, saved: &Checkpoint, prefix: &str) -> Result<()> {
+        let key = format!("{prefix}param_groups");
+        if let Some(groups) = saved.metadata().get(&key) {
+            let want = param_groups(self.kind());
+            if *groups != want {
+                return Err(Error::arg("optimizer", format!("the file's {key} is {groups}, this optimizer's {want}")));
+            }
+        }
+        let mut states = Vec::new();
+        for name in self.state_names() {
+            let (dtype, shape, bytes) = saved.raw(&format!("{prefix}state.0.{name}"))?;
+            let t = self.state(name).expect("a name of state_names");
+            if dtype != t.dtype() || shape != t.shape() {
+                return Err(Error::ShapeMismatch(format!(
+                    "saved state {name} is {dtype:?} {shape:?}; this optimizer's is {:?} {:?}",
+                    t.dtype(),
+                    t.shape()
+                )));
+            }
+            states.push((t.clone(), bytes));
+        }
+        let (dtype, shape, bytes) = saved.raw(&format!("{prefix}state.0.step"))?;
+        if dtype != DType::F32 || !shape.is_empty() {
+            return Err(Error::ShapeMismatch(format!("saved step is {dtype:?} {shape:?}; expected an F32 scalar")));
+        }
+        let step = f32::from_le_bytes(bytes.try_into().map_err(|_| Error::Format("a 4-byte step".into()))?);
+        if !(step >= 0.0 && step.fract() == 0.0) {
+            return Err(Error::arg("step", format!("expected a whole number of steps, got {step}")));
+        }
+        for (t, bytes) in states {
+            t.overwrite(ctx, bytes)?;
+        }
+        self.set_steps(step as u64);
+        Ok(())
+    }
+}

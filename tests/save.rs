@@ -1,0 +1,118 @@
+//! Tables go back out: train 3 steps, save, load, 3 more steps is 6 steps straight, bit
+//! for bit (Embedding + SparseAdam through fused recorded steps; StableEmbedding +
+//! 8-bit Adam through backward and step), and the file holds PyTorch's names.
+
+mod common;
+
+use wgpu_embed::{
+    Block, Checkpoint, Context, Embedding, EmbeddingOptions, GpuTensor, Gradient, Indices, Optimizer, OptimizerKind, StableEmbedding,
+    StateDict,
+};
+
+const V: usize = 300;
+const D: usize = 16;
+
+/// Step `t`'s batch: indices (with repeats) and the output gradient.
+fn batch(t: usize) -> (Vec<i64>, Vec<f32>) {
+    let mut rng = common::Rng(100 + t as u64);
+    let idx: Vec<i64> = (0..40).map(|_| rng.below(V as u64) as i64).collect();
+    (idx, rng.vec_f32(40 * D))
+}
+
+fn sparse_adam() -> OptimizerKind {
+    OptimizerKind::SparseAdam { lr: 0.05, betas: (0.9, 0.999), eps: 1e-8 }
+}
+
+fn train_embedding(ctx: &Context, emb: &Embedding, opt: &mut Optimizer, steps: std::ops::Range<usize>) {
+    for t in steps {
+        let (idx, g) = batch(t);
+        let grad_out = GpuTensor::from_f32(ctx, &g, &[idx.len(), D]).unwrap();
+        opt.step_embedding(ctx, emb, Indices::i64(&idx, &[idx.len()]), &grad_out).block().unwrap();
+    }
+}
+
+fn read_states(ctx: &Context, opt: &Optimizer) -> Vec<Vec<u8>> {
+    opt.state_names().iter().map(|n| opt.state(n).unwrap().read_bytes(ctx).block().unwrap()).collect()
+}
+
+#[test]
+fn embedding_with_sparse_adam_resumes_bit_for_bit() {
+    for max_binding in [None, Some(8 << 10)] {
+        let ctx = common::context(max_binding);
+        let start = Embedding::new(&ctx, V, D, EmbeddingOptions::default().seed(11)).unwrap();
+        let initial = start.weight().read_f32(&ctx).block().unwrap();
+        // Six steps straight.
+        let straight = Embedding::from_pretrained(&ctx, &initial, V, D).unwrap();
+        let mut opt = Optimizer::new(&ctx, sparse_adam(), straight.weight()).unwrap();
+        train_embedding(&ctx, &straight, &mut opt, 0..6);
+        // Three, saved, loaded into fresh objects, three more.
+        let first = Embedding::from_pretrained(&ctx, &initial, V, D).unwrap();
+        let mut first_opt = Optimizer::new(&ctx, sparse_adam(), first.weight()).unwrap();
+        train_embedding(&ctx, &first, &mut first_opt, 0..3);
+        let bytes = StateDict::new().embedding("", &first).optimizer("optimizer.", &first_opt).to_bytes(&ctx).block().unwrap();
+        drop((first, first_opt));
+        let saved = Checkpoint::from_bytes(bytes).unwrap();
+        assert_eq!(saved.names(), ["optimizer.state.0.exp_avg", "optimizer.state.0.exp_avg_sq", "optimizer.state.0.step", "weight"]);
+        assert!(saved.metadata()["optimizer.param_groups"].contains("\"sparse_adam\""));
+        let resumed = Embedding::from_tensor(saved.upload_table(&ctx, "weight", &mut |_, _| {}).unwrap()).unwrap();
+        let mut resumed_opt = Optimizer::new(&ctx, sparse_adam(), resumed.weight()).unwrap();
+        resumed_opt.load_state(&ctx, &saved, "optimizer.").unwrap();
+        assert_eq!(resumed_opt.steps(), 3);
+        train_embedding(&ctx, &resumed, &mut resumed_opt, 3..6);
+        assert_eq!(resumed_opt.steps(), 6);
+        let (a, b) = (straight.weight().read_bytes(&ctx).block().unwrap(), resumed.weight().read_bytes(&ctx).block().unwrap());
+        assert!(a == b, "binding {max_binding:?}: the resumed table differs from six steps straight");
+        assert_eq!(read_states(&ctx, &opt), read_states(&ctx, &resumed_opt), "binding {max_binding:?}: states differ");
+        // Training moved the table, so the comparison could fail.
+        assert_ne!(a, bytemuck::cast_slice::<f32, u8>(&initial));
+    }
+}
+
+fn adam8bit() -> OptimizerKind {
+    OptimizerKind::Adam8bit { lr: 0.02, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01, blocksize: 256 }
+}
+
+fn train_stable(ctx: &Context, layer: &StableEmbedding, opt: &mut Optimizer, steps: std::ops::Range<usize>) {
+    for t in steps {
+        let (idx, g) = batch(t);
+        let grad_out = GpuTensor::from_f32(ctx, &g, &[idx.len(), D]).unwrap();
+        let grad = layer.backward(ctx, Indices::i64(&idx, &[idx.len()]), &grad_out).unwrap().tables.remove(0);
+        opt.step(ctx, layer.weight(), &Gradient::Dense(grad)).block().unwrap();
+    }
+}
+
+fn stable_from(ctx: &Context, saved: &Checkpoint) -> StableEmbedding {
+    let (gamma, beta) = (saved.vector("norm.weight", D).unwrap(), saved.vector("norm.bias", D).unwrap());
+    StableEmbedding::from_pretrained(ctx, saved.table("weight").unwrap(), None, Some(&gamma), Some(&beta), 1e-5).unwrap()
+}
+
+#[test]
+fn stable_embedding_with_8bit_adam_resumes_bit_for_bit() {
+    let ctx = common::context(None);
+    let start = StableEmbedding::new(&ctx, V, D, EmbeddingOptions::default().seed(4)).unwrap();
+    let initial = Checkpoint::from_bytes(StateDict::new().stable_embedding("", &start).to_bytes(&ctx).block().unwrap()).unwrap();
+    assert_eq!(initial.names(), ["norm.bias", "norm.weight", "weight"]);
+    assert_eq!(initial.vector("norm.weight", D).unwrap(), vec![1.0; D]);
+    let straight = stable_from(&ctx, &initial);
+    let mut opt = Optimizer::new(&ctx, adam8bit(), straight.weight()).unwrap();
+    train_stable(&ctx, &straight, &mut opt, 0..6);
+    let first = stable_from(&ctx, &initial);
+    let mut first_opt = Optimizer::new(&ctx, adam8bit(), first.weight()).unwrap();
+    train_stable(&ctx, &first, &mut first_opt, 0..3);
+    let bytes = StateDict::new().stable_embedding("", &first).optimizer("optim.", &first_opt).to_bytes(&ctx).block().unwrap();
+    let saved = Checkpoint::from_bytes(bytes).unwrap();
+    for name in ["state1", "state2", "absmax1", "absmax2", "step"] {
+        assert!(saved.names().contains(&format!("optim.state.0.{name}")), "no {name}: {:?}", saved.names());
+    }
+    let resumed = stable_from(&ctx, &saved);
+    let mut resumed_opt = Optimizer::new(&ctx, adam8bit(), resumed.weight()).unwrap();
+    resumed_opt.load_state(&ctx, &saved, "optim.").unwrap();
+    train_stable(&ctx, &resumed, &mut resumed_opt, 3..6);
+    let (a, b) = (straight.weight().read_bytes(&ctx).block().unwrap(), resumed.weight().read_bytes(&ctx).block().unwrap());
+    assert!(a == b, "the resumed table differs from six steps straight");
+    assert_eq!(read_states(&ctx, &opt), read_states(&ctx, &resumed_opt));
+    // Another optimizer's state is refused, naming what differs.
+    let mut other = Optimizer::new(&ctx, sparse_adam(), resumed.weight()).unwrap();
+    let e = other.load_state(&ctx, &saved, "optim.").unwrap_err().to_string();
+    assert!(e.contains("optim.param_groups") && e.contains("adam8bit_blockwise"), "{e}");
+}
