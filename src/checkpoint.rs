@@ -144,8 +144,12 @@ impl Checkpoint {
             safetensors::Dtype::F16 => DType::F16,
             safetensors::Dtype::BF16 => DType::BF16,
             safetensors::Dtype::U8 => DType::U8,
+            safetensors::Dtype::I32 => DType::I32,
             other => {
-                return Err(Error::arg("dtype", format!("tensor {name:?} in {} is {other:?}; expected F32, F16, BF16 or U8", self.source)))
+                return Err(Error::arg(
+                    "dtype",
+                    format!("tensor {name:?} in {} is {other:?}; expected F32, F16, BF16, U8 or I32", self.source),
+                ))
             }
         };
         let shape = view.shape().to_vec();
@@ -154,7 +158,7 @@ impl Checkpoint {
         Ok((dtype, shape, &self.bytes[start..start + view.data().len()]))
     }
 
-    /// The tensor `name` as stored: its dtype (F32, F16, BF16 or U8), shape and bytes.
+    /// The tensor `name` as stored: its dtype (F32, F16, BF16, U8 or I32), shape and bytes.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] when the file has no such tensor (naming similar ones)

@@ -116,3 +116,47 @@ fn stable_embedding_with_8bit_adam_resumes_bit_for_bit() {
     let e = other.load_state(&ctx, &saved, "optim.").unwrap_err().to_string();
     assert!(e.contains("optim.param_groups") && e.contains("adam8bit_blockwise"), "{e}");
 }
+
+/// The saved file PyTorch was given (`tests/reference/saved_sparse_adam.safetensors`:
+/// a table after 3 SparseAdam steps) and what PyTorch made of it
+/// (`tests/reference/interop.safetensors`, written by `make_cases.py`): it loaded the
+/// table with `torch.nn.Embedding.load_state_dict(strict=True)` and the state with
+/// `torch.optim.SparseAdam.load_state_dict`, then took one more step. Resumed here, the
+/// same step gives PyTorch's table. `WGPU_EMBED_WRITE_REFERENCE=1` rewrites the saved
+/// file (then rerun make_cases.py).
+#[test]
+fn a_saved_table_and_optimizer_resume_in_pytorch() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference");
+    let ctx = common::context(None);
+    if std::env::var_os("WGPU_EMBED_WRITE_REFERENCE").is_some() {
+        let initial: Vec<f32> = (0..V * D).map(|i| ((i as f32) * 0.37).sin()).collect();
+        let emb = Embedding::from_pretrained(&ctx, &initial, V, D).unwrap();
+        let mut opt = Optimizer::new(&ctx, sparse_adam(), emb.weight()).unwrap();
+        train_embedding(&ctx, &emb, &mut opt, 0..3);
+        StateDict::new()
+            .embedding("", &emb)
+            .optimizer("optimizer.", &opt)
+            .save(&ctx, dir.join("saved_sparse_adam.safetensors"))
+            .block()
+            .unwrap();
+    }
+    let saved = Checkpoint::open(dir.join("saved_sparse_adam.safetensors")).unwrap();
+    let torch = Checkpoint::open(dir.join("interop.safetensors")).unwrap();
+    let checked = torch.metadata().get("checked").cloned().unwrap_or_default();
+    assert!(checked.contains("torch.nn.Embedding.load_state_dict") && checked.contains("SparseAdam.load_state_dict"), "{checked}");
+    let emb = Embedding::from_tensor(saved.upload_table(&ctx, "weight", &mut |_, _| {}).unwrap()).unwrap();
+    let mut opt = Optimizer::new(&ctx, sparse_adam(), emb.weight()).unwrap();
+    opt.load_state(&ctx, &saved, "optimizer.").unwrap();
+    let (_, _, rows) = torch.raw("step/grad_rows").unwrap();
+    let rows: Vec<i32> = bytemuck::pod_collect_to_vec(rows);
+    let values: Vec<f32> = bytemuck::pod_collect_to_vec(torch.table_with_dim("step/grad_values", Some(rows.len()), D).unwrap().bytes());
+    let grad = Gradient::Sparse {
+        indices: GpuTensor::from_i32(&ctx, &rows, &[rows.len()]).unwrap(),
+        values: GpuTensor::from_f32(&ctx, &values, &[rows.len(), D]).unwrap(),
+        num_embeddings: V,
+    };
+    opt.step(&ctx, emb.weight(), &grad).block().unwrap();
+    let want = torch.table("step/weight").unwrap();
+    let want: Vec<f32> = bytemuck::pod_collect_to_vec(want.bytes());
+    common::assert_close(&emb.weight().read_f32(&ctx).block().unwrap(), &want, 1e-6, 1e-5, "one step after resuming, against PyTorch's");
+}

@@ -714,6 +714,53 @@ def topk_cases(f):
     add("err_topk_dim_mismatch", 3, "dot", "f32", None, 10, 4, 2, error=True)
 
 
+def interop_checks():
+    """What PyTorch makes of a file this library saved (tests/save.rs writes
+    `saved_sparse_adam.safetensors`): the table goes into `torch.nn.Embedding` by
+    `load_state_dict(strict=True)`, the optimizer state into `torch.optim.SparseAdam` by
+    its `load_state_dict`, and one more step is taken there. The gradient and PyTorch's
+    table after the step go into `interop.safetensors`, which tests/save.rs resumes and
+    compares against, so CI checks this without torch."""
+    from safetensors import safe_open
+
+    saved_path = os.path.join(HERE, "saved_sparse_adam.safetensors")
+    if not os.path.exists(saved_path):
+        print(f"{os.path.relpath(saved_path)} is missing: run `WGPU_EMBED_WRITE_REFERENCE=1 cargo test --release --test save` first")
+        return
+    with safe_open(saved_path, "pt") as f:
+        saved = {k: f.get_tensor(k) for k in f.keys()}
+        meta = f.metadata()
+    v, d = saved["weight"].shape
+    emb = torch.nn.Embedding(v, d, sparse=True)
+    emb.load_state_dict({"weight": saved["weight"]}, strict=True)
+    group = json.loads(meta["optimizer.param_groups"])[0]
+    assert group.pop("optimizer") == "sparse_adam", group
+    opt = torch.optim.SparseAdam(emb.parameters(), lr=group["lr"], betas=tuple(group["betas"]), eps=group["eps"])
+    state = {k.split(".")[-1]: t.clone() for k, t in saved.items() if k.startswith("optimizer.state.0.")}
+    saved_step = int(state["step"])
+    full = opt.state_dict()
+    full["state"] = {0: state}
+    opt.load_state_dict(full)
+    assert int(opt.state[emb.weight]["step"]) == saved_step, "the step count"
+    rng = np.random.default_rng(7)
+    rows = np.sort(rng.choice(v, size=25, replace=False)).astype(np.int32)
+    values = rng.standard_normal((len(rows), d)).astype(np.float32)
+    emb.weight.grad = torch.sparse_coo_tensor(torch.from_numpy(rows.astype(np.int64))[None, :], torch.from_numpy(values), (v, d))
+    opt.step()
+    checked = (
+        f"torch {torch.__version__}: torch.nn.Embedding.load_state_dict(strict=True) took `weight` [{v}, {d}]; "
+        f"torch.optim.SparseAdam.load_state_dict took state.0.step={saved_step}, exp_avg, exp_avg_sq; "
+        "one step on step/grad_rows, step/grad_values gave step/weight"
+    )
+    out = os.path.join(HERE, "interop.safetensors")
+    save_file(
+        {"step/grad_rows": rows, "step/grad_values": values, "step/weight": emb.weight.detach().numpy()},
+        out,
+        metadata={"checked": checked, "generator": "tests/reference/make_cases.py", "versions": json.dumps(VERSIONS)},
+    )
+    print(f"{os.path.relpath(out)}: {checked}")
+
+
 def main():
     forward = CaseFile(seed=20261207)
     for make in [embedding_cases, bag_cases, layer_norm_cases, stable_cases, bert_cases, axial_cases, quantize_cases, quantized_cases]:
@@ -724,7 +771,9 @@ def main():
         make(training)
     training.save(os.path.join(HERE, "training.safetensors"), "backward passes, optimizer steps and top-k retrieval")
     total = sum(os.path.getsize(os.path.join(HERE, n)) for n in ["forward.safetensors", "training.safetensors"])
-    assert total <= 12_000_000, f"the committed cases are {total} bytes; keep them under 12 MB"
+    interop_checks()
+    total += sum(os.path.getsize(os.path.join(HERE, n)) for n in ["saved_sparse_adam.safetensors", "interop.safetensors"] if os.path.exists(os.path.join(HERE, n)))
+    assert total <= 12_000_000, f"the committed reference files are {total} bytes; keep them under 12 MB"
     print(f"{total} bytes in all; {json.dumps(VERSIONS)}")
 
 
