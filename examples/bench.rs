@@ -465,7 +465,7 @@ fn time_train_step(
         if fused {
             opt.step_embedding(ctx, &emb, batch, &grad_out).block()?;
         } else {
-            let grad = emb.backward(ctx, batch, &grad_out, GradOptions { sparse: true, scale_grad_by_freq: false }).block()?;
+            let grad = emb.backward(ctx, batch, &grad_out, GradOptions::default().sparse(true)).block()?;
             opt.step(ctx, emb.weight(), &grad).block()?;
         }
         Ok(emb.weight().clone())
@@ -585,9 +585,9 @@ fn main() {
     std::env::set_var("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()));
     let args = Args::parse();
     let table_reads = args.table_reads;
-    let mut ctx = Context::with_options(ContextOptions { adapter_name: args.adapter.clone(), table_reads, ..Default::default() })
-        .block()
-        .expect("a GPU adapter");
+    let mut options = ContextOptions::default().table_reads(table_reads);
+    options.adapter_name = args.adapter.clone();
+    let mut ctx = Context::with_options(options).block().expect("a GPU adapter");
     let texture_reads = ctx.reads_tables_from_textures();
     let info = ctx.adapter_info().clone();
     let timer = GpuTimer::new(&ctx);

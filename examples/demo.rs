@@ -123,8 +123,7 @@ fn main() -> Result<(), wgpu_embed::Error> {
         trained.weight().shape(),
         &trained.weight().read_f32(&ctx).block()?,
     );
-    let sparse =
-        trained.backward(&ctx, Indices::i64(&[2, 5, 2], &[3]), &grad_out, GradOptions { sparse: true, ..Default::default() }).block()?;
+    let sparse = trained.backward(&ctx, Indices::i64(&[2, 5, 2], &[3]), &grad_out, GradOptions::default().sparse(true)).block()?;
     if let wgpu_embed::Gradient::Sparse { values, .. } = &sparse {
         show("its sparse gradient (rows 2, 5; row 2 read twice)", values.shape(), &values.read_f32(&ctx).block()?);
     }

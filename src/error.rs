@@ -8,14 +8,29 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in a call, found before any GPU work where possible.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// An argument has a value the layer cannot accept.
     #[error("invalid argument `{name}`: {message}")]
-    InvalidArgument { name: &'static str, message: String },
+    InvalidArgument {
+        /// The argument, as PyTorch names it.
+        name: &'static str,
+        /// What is wrong with its value (which it quotes).
+        message: String,
+    },
 
     /// An index lies outside the table (`index out of range in self`, as PyTorch says).
     #[error("index out of range in self: `{name}` holds {value} at position {position}, expected a value in [0, {num_embeddings})")]
-    IndexOutOfRange { name: &'static str, position: u64, value: i64, num_embeddings: u64 },
+    IndexOutOfRange {
+        /// The index argument (`indices`, `input`, `grad.indices`, ...).
+        name: &'static str,
+        /// The flat position of the first bad index.
+        position: u64,
+        /// Its value.
+        value: i64,
+        /// Rows in the table (the valid range is `[0, num_embeddings)`).
+        num_embeddings: u64,
+    },
 
     /// Shapes of two arguments do not agree.
     #[error("shape mismatch: {0}")]

@@ -25,6 +25,8 @@ pub mod block;
 pub mod checkpoint;
 #[cfg(all(feature = "cli", not(target_arch = "wasm32")))]
 pub mod cli;
+#[cfg(feature = "conformance")]
+#[doc(hidden)] // the CLI's, the test pages' and the tests': not a stable API
 pub mod conformance;
 pub mod error;
 pub mod gpu;
@@ -39,6 +41,8 @@ pub use block::Block;
 pub use checkpoint::{Checkpoint, HostTable};
 pub use error::{Error, Result};
 pub use gpu::context::{Context, ContextOptions, TableReads};
+#[doc(hidden)]
+pub use gpu::kernel::ShaderFamily;
 pub use gpu::pool::MemoryStats;
 pub use gpu::recording::{ExecutionStats, Outputs, ReadId, Recording, Submitted};
 pub use gpu::tensor::{DType, GpuTensor, TensorWriter};
@@ -61,8 +65,9 @@ pub use quant::table::{QuantizedTable, Scheme};
 pub use save::StateDict;
 
 /// Every shader family, as the runtime composes it (common helpers, then the family's
-/// own file), for tools that validate them.
-pub static SHADERS: &[&gpu::kernel::ShaderFamily] = &[
+/// own file), for tools that validate them (tests/naga.rs). Not a stable API.
+#[doc(hidden)]
+pub static SHADERS: &[&ShaderFamily] = &[
     &layers::embedding::FAMILY,
     &layers::embedding_bag::FAMILY,
     &layers::embedding_backward::FAMILY,

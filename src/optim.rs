@@ -19,7 +19,7 @@ use crate::layers::indices::Indices;
 use crate::quant::blockwise::{check_blocksize, dequantize_blockwise, quantize_blockwise};
 use crate::quant::codes::{constants, constants_buffer, CodeMap};
 
-pub static FAMILY: ShaderFamily = ShaderFamily {
+pub(crate) static FAMILY: ShaderFamily = ShaderFamily {
     name: "optimizer",
     parts: &[common::GRID, common::PASS, common::RUNS, common::CODES, common::ENCODE, include_str!("../shaders/optimizer.wgsl")],
 };
@@ -72,48 +72,76 @@ const FUSED_ROWWISE_STEP: Kernel = Kernel::new(
 /// floats: the bias corrections are computed in f64, the kernels take f32).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum OptimizerKind {
+    /// `torch.optim.SGD`.
     Sgd {
+        /// Learning rate.
         lr: f64,
+        /// Momentum factor (0: none).
         momentum: f64,
+        /// Dampening of the momentum.
         dampening: f64,
+        /// Nesterov momentum.
         nesterov: bool,
+        /// Weight decay (L2 penalty; decoupled for AdamW and 8-bit Adam).
         weight_decay: f64,
     },
     /// Adam, or AdamW with `decoupled` weight decay.
     Adam {
+        /// Learning rate.
         lr: f64,
+        /// Coefficients of the running averages of the gradient and its square.
         betas: (f64, f64),
+        /// Added to the denominator for numerical stability.
         eps: f64,
+        /// Weight decay (L2 penalty; decoupled for AdamW and 8-bit Adam).
         weight_decay: f64,
+        /// AdamW: weight decay applied to the weights, not the gradient.
         decoupled: bool,
     },
+    /// `torch.optim.Adagrad`.
     Adagrad {
+        /// Learning rate.
         lr: f64,
+        /// Learning-rate decay.
         lr_decay: f64,
+        /// Added to the denominator for numerical stability.
         eps: f64,
+        /// Weight decay (L2 penalty; decoupled for AdamW and 8-bit Adam).
         weight_decay: f64,
+        /// Starting value of the accumulator.
         initial_accumulator_value: f64,
     },
     /// `torch.optim.SparseAdam`: only the rows of each (sparse) gradient change.
     SparseAdam {
+        /// Learning rate.
         lr: f64,
+        /// Coefficients of the running averages of the gradient and its square.
         betas: (f64, f64),
+        /// Added to the denominator for numerical stability.
         eps: f64,
     },
     /// FBGEMM's EXACT_ROWWISE_ADAGRAD: one accumulator per row (sparse gradients).
     RowwiseAdagrad {
+        /// Learning rate.
         lr: f64,
+        /// Added to the denominator for numerical stability.
         eps: f64,
+        /// Weight decay (L2 penalty; decoupled for AdamW and 8-bit Adam).
         weight_decay: f64,
     },
     /// bitsandbytes' 8-bit Adam with block-wise states (`bnb.optim.Adam8bit`): `state1` in
     /// the signed dynamic map, `state2` in the unsigned one, an absmax per `blocksize`
     /// elements; decoupled weight decay, as bitsandbytes applies it.
     Adam8bit {
+        /// Learning rate.
         lr: f64,
+        /// Coefficients of the running averages of the gradient and its square.
         betas: (f64, f64),
+        /// Added to the denominator for numerical stability.
         eps: f64,
+        /// Weight decay (L2 penalty; decoupled for AdamW and 8-bit Adam).
         weight_decay: f64,
+        /// Elements per absmax block of the 8-bit states.
         blocksize: usize,
     },
 }

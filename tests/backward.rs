@@ -76,7 +76,7 @@ fn a_hot_row_and_gradients_over_several_bindings() {
         let (emb, g, grad) = embedding_case(&ctx, v, d, &rows, 5);
         assert!(max_binding.is_none() || g.segments().len() > 1, "the gradient should span several bindings");
         for scale in [false, true] {
-            let opts = GradOptions { scale_grad_by_freq: scale, sparse: false };
+            let opts = GradOptions::default().scale_grad_by_freq(scale);
             let got = dense(&ctx, &emb.backward(&ctx, Indices::i64(&rows, &[rows.len()]), &g, opts).block().unwrap());
             let mut counts = vec![0f64; v];
             rows.iter().for_each(|&r| counts[r as usize] += 1.0);
@@ -97,9 +97,7 @@ fn sparse_gradient_is_the_dense_one_coalesced() {
     let shape = [rows.len()];
     let idx = Indices::i64(&rows, &shape);
     let full = dense(&ctx, &emb.backward(&ctx, idx, &g, GradOptions::default()).block().unwrap());
-    let Gradient::Sparse { indices, values, .. } =
-        emb.backward(&ctx, idx, &g, GradOptions { sparse: true, ..Default::default() }).block().unwrap()
-    else {
+    let Gradient::Sparse { indices, values, .. } = emb.backward(&ctx, idx, &g, GradOptions::default().sparse(true)).block().unwrap() else {
         panic!("expected a sparse gradient");
     };
     let got_rows: Vec<i32> = bytemuck::pod_collect_to_vec(&indices.read_bytes(&ctx).block().unwrap());
@@ -152,7 +150,7 @@ fn gpu_resident_indices_give_the_same_gradients_and_bad_ones_are_reported() {
     let on_gpu = GpuTensor::from_i32(&ctx, &rows32, &[30, 30]).unwrap();
     let g2 = g.reshape(&[30, 30, d]).unwrap();
     for sparse in [false, true] {
-        let opts = GradOptions { sparse, ..Default::default() };
+        let opts = GradOptions::default().sparse(sparse);
         let host = emb.backward(&ctx, Indices::i64(&rows, &[30, 30]), &g2, opts).block().unwrap();
         let gpu = emb.backward_gpu(&ctx, &on_gpu, &g2, opts).block().unwrap();
         match (host, gpu) {

@@ -262,12 +262,12 @@ fn tensor_and_context_bad_inputs() {
     let small = common::context(Some(1024));
     expect_arg(Embedding::from_pretrained(&small, &vec![0.0; 2 * 300], 2, 300), "shape", &["300", "1200 bytes", "1024"]);
     // kind 34: no adapter of that name
-    match Context::with_options(ContextOptions { adapter_name: Some("no-such-gpu-xyz".into()), ..Default::default() }).block() {
+    match Context::with_options(ContextOptions::default().adapter_name("no-such-gpu-xyz")).block() {
         Err(e @ Error::NoAdapter(_)) => assert!(e.to_string().contains("no-such-gpu-xyz"), "{e}"),
         other => panic!("expected NoAdapter, got {other:?}.block()"),
     }
     // kind 35: a tensor over the context's memory budget
-    let budget = Context::with_options(ContextOptions { max_tensor_bytes: Some(1000), ..Default::default() }).block().unwrap();
+    let budget = Context::with_options(ContextOptions::default().max_tensor_bytes(1000)).block().unwrap();
     expect_variant(GpuTensor::from_f32(&budget, &[0.0; 251], &[251]), "OutOfMemory", &["1004 bytes", "1000"]);
     // kind 59: an unknown table read path
     expect_arg(TableReads::from_str("sideways"), "table_reads", &["sideways"]);

@@ -122,7 +122,7 @@ fn uncaptured_device_error_is_recorded_not_a_panic() {
 
 #[test]
 fn tensors_over_the_memory_budget_are_refused_before_allocating() {
-    let ctx = Context::with_options(ContextOptions { max_tensor_bytes: Some(64 * 1024), ..Default::default() }).block().unwrap();
+    let ctx = Context::with_options(ContextOptions::default().max_tensor_bytes(64 * 1024)).block().unwrap();
     // A 128 KiB table: over the budget.
     let (v, d) = (1024, 32);
     let w = table(v, d);

@@ -50,7 +50,7 @@ fn fused_embedding_steps_equal_backward_then_step() {
                     if fused {
                         opt.step_embedding(&ctx, &emb, indices, &grad_out).block().unwrap();
                     } else {
-                        let g = emb.backward(&ctx, indices, &grad_out, GradOptions { sparse: true, ..Default::default() }).block().unwrap();
+                        let g = emb.backward(&ctx, indices, &grad_out, GradOptions::default().sparse(true)).block().unwrap();
                         opt.step(&ctx, emb.weight(), &g).block().unwrap();
                     }
                 }
@@ -94,8 +94,7 @@ fn fused_bag_steps_equal_backward_then_step() {
                 let psw_grad = if fused {
                     opt.step_embedding_bag(&ctx, &bag, inp, off, psw, &grad_out).block().unwrap()
                 } else {
-                    let g =
-                        bag.backward(&ctx, inp, off, psw, &grad_out, GradOptions { sparse: true, ..Default::default() }).block().unwrap();
+                    let g = bag.backward(&ctx, inp, off, psw, &grad_out, GradOptions::default().sparse(true)).block().unwrap();
                     opt.step(&ctx, bag.weight(), &g.weight).block().unwrap();
                     g.per_sample_weights
                 };
@@ -160,7 +159,7 @@ fn sparse_steps_equal_dense_steps_on_a_split_table() {
             let mut opt = Optimizer::new(&ctx, kind, emb.weight()).unwrap();
             for _ in 0..2 {
                 let g = emb
-                    .backward(&ctx, Indices::i64(&rows, &[rows.len()]), &grad_out, GradOptions { sparse, ..Default::default() })
+                    .backward(&ctx, Indices::i64(&rows, &[rows.len()]), &grad_out, GradOptions::default().sparse(sparse))
                     .block()
                     .unwrap();
                 opt.step(&ctx, emb.weight(), &g).block().unwrap();

@@ -127,6 +127,7 @@ pub struct CaseFile {
 impl CaseFile {
     /// Parses the bytes of a case file. Malformed files give [`Error::Format`].
     pub fn parse(bytes: &[u8]) -> Result<Self> {
+        let tensors = Self::parse_tensors(bytes)?;
         let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| Error::Format(format!("bad header: {e}")))?;
         let cases_json = meta
             .metadata()
@@ -134,7 +135,7 @@ impl CaseFile {
             .and_then(|m| m.get("cases"))
             .ok_or_else(|| Error::Format("no \"cases\" entry in the file's __metadata__".into()))?;
         let cases: Vec<Case> = serde_json::from_str(cases_json).map_err(|e| Error::Format(format!("cases JSON: {e}")))?;
-        Ok(CaseFile { cases, tensors: Self::parse_tensors(bytes)? })
+        Ok(CaseFile { cases, tensors })
     }
 
     /// The tensors of a safetensors file, by name (dtypes F32, F16 and BF16 as f32, I64,

@@ -13,8 +13,15 @@ use crate::gpu::kernel::{Kernel, Slot};
 use crate::gpu::pool::{BufferPool, MemoryStats, DEFAULT_POOL_BYTES};
 use crate::gpu::recording::{ExecutionStats, PendingChecks, Recording};
 
-/// How to pick and configure the device.
+/// How to pick and configure the device: `ContextOptions::default()` and its setters.
+///
+/// ```
+/// use wgpu_embed::ContextOptions;
+/// let options = ContextOptions::default().max_binding_size(1 << 20).pool_bytes(0);
+/// assert_eq!(options.max_binding_size, Some(1 << 20));
+/// ```
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ContextOptions {
     /// Backends to look at; `None` honours `WGPU_BACKEND`, else all.
     pub backends: Option<wgpu::Backends>,
@@ -36,6 +43,50 @@ pub struct ContextOptions {
     /// Idle bytes of tensor buffers kept for reuse by later calls (`None`: 64 MiB; 0
     /// turns reuse off). See [`Context::memory`].
     pub pool_bytes: Option<u64>,
+}
+
+impl ContextOptions {
+    /// Sets `backends`.
+    pub fn backends(mut self, backends: impl Into<Option<wgpu::Backends>>) -> Self {
+        self.backends = backends.into();
+        self
+    }
+
+    /// Sets `adapter_name`.
+    pub fn adapter_name(mut self, adapter_name: impl Into<String>) -> Self {
+        self.adapter_name = Some(adapter_name.into());
+        self
+    }
+
+    /// Sets `max_binding_size`.
+    pub fn max_binding_size(mut self, bytes: impl Into<Option<u64>>) -> Self {
+        self.max_binding_size = bytes.into();
+        self
+    }
+
+    /// Sets `request_shader_f16`.
+    pub fn request_shader_f16(mut self, request: bool) -> Self {
+        self.request_shader_f16 = request;
+        self
+    }
+
+    /// Sets `max_tensor_bytes`.
+    pub fn max_tensor_bytes(mut self, bytes: impl Into<Option<u64>>) -> Self {
+        self.max_tensor_bytes = bytes.into();
+        self
+    }
+
+    /// Sets `table_reads`.
+    pub fn table_reads(mut self, table_reads: TableReads) -> Self {
+        self.table_reads = table_reads;
+        self
+    }
+
+    /// Sets `pool_bytes`.
+    pub fn pool_bytes(mut self, bytes: impl Into<Option<u64>>) -> Self {
+        self.pool_bytes = bytes.into();
+        self
+    }
 }
 
 /// Where `Embedding` / `EmbeddingBag` read their table rows from.

@@ -11,6 +11,8 @@
 pub struct ShaderFamily {
     /// The family's name (its own file's stem), also the pipeline cache key.
     pub name: &'static str,
+    /// The WGSL sources composed into the family's module, in order (common helpers,
+    /// then the family's own file).
     pub parts: &'static [&'static str],
 }
 

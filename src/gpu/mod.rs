@@ -4,7 +4,7 @@
 //! dispatch plans every layer runs through, and the report of bad GPU-resident indices.
 
 pub mod context;
-pub mod kernel;
+pub(crate) mod kernel;
 pub(crate) mod plan;
 pub(crate) mod pool;
 pub mod recording;
@@ -15,5 +15,5 @@ pub mod tensor;
 pub(crate) mod texture;
 
 /// The reference copy kernel the benchmark measures every kernel against.
-pub static COPY_FAMILY: kernel::ShaderFamily =
+pub(crate) static COPY_FAMILY: kernel::ShaderFamily =
     kernel::ShaderFamily { name: "copy", parts: &[kernel::common::GRID, include_str!("../../shaders/copy.wgsl")] };

@@ -433,7 +433,7 @@ impl RowPlan<'_> {
 
 /// The `bag_finalize` family: after accumulating passes, means divide by the bag
 /// sizes and empty maxima become 0.
-pub static FINALIZE_FAMILY: ShaderFamily = ShaderFamily {
+pub(crate) static FINALIZE_FAMILY: ShaderFamily = ShaderFamily {
     name: "bag_finalize",
     parts: &[common::GRID, common::PASS, common::BAG, include_str!("../../shaders/bag_finalize.wgsl")],
 };

@@ -28,7 +28,7 @@ use crate::gpu::texture::TableTexture;
 
 /// The bounds check of GPU-resident indices, the report of the first bad one and the
 /// gate of guarded dispatches (`shaders/index_check.wgsl`).
-pub static FAMILY: ShaderFamily =
+pub(crate) static FAMILY: ShaderFamily =
     ShaderFamily { name: "index_check", parts: &[common::GRID, common::PASS, include_str!("../../shaders/index_check.wgsl")] };
 
 const GUARD: (u32, Slot, Role) = (9, Slot::ReadWrite, Role::Extra(0));
@@ -406,7 +406,7 @@ impl Drop for Recording<'_> {
 /// errors (natively `finish().block()`, see [`crate::Block`]).
 ///
 /// Dropped without either, its bounds-check reports go to the context and come back
-/// from the next awaited submission (see [`Context::take_deferred_error`]), so a
+/// from the next awaited submission (see [`Context::deferred_errors`]), so a
 /// training loop can submit step after step without a wait and still hear of a bad index.
 #[must_use = "await `finish` for the reads and the deferred errors"]
 pub struct Submitted<'c> {

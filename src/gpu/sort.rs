@@ -9,7 +9,7 @@ use crate::gpu::kernel::{binding, common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{record_flat, Call, Grid, PassParams, FIRST_PASS};
 use crate::gpu::recording::Recording;
 
-pub static FAMILY: ShaderFamily =
+pub(crate) static FAMILY: ShaderFamily =
     ShaderFamily { name: "sort", parts: &[common::GRID, common::PASS, include_str!("../../shaders/sort.wgsl")] };
 
 const KEYS_IN: (u32, Slot, Role) = (10, Slot::Read, Role::Extra(0));

@@ -18,8 +18,11 @@ use crate::gpu::texture::TableTexture;
 /// Element type of a GPU tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// 32-bit floats.
     F32,
+    /// 32-bit signed integers (indices).
     I32,
+    /// 32-bit unsigned integers.
     U32,
     /// Bytes, packed four to a 32-bit word.
     U8,
@@ -44,7 +47,9 @@ impl DType {
 #[derive(Debug, Clone)]
 pub struct Segment {
     pub(crate) buffer: wgpu::Buffer,
+    /// The tensor's row this segment's buffer starts with.
     pub first_row: u64,
+    /// Rows held.
     pub rows: u64,
     /// Hands the buffer back to the context's pool when the last segment sharing it
     /// goes; `None` for buffers wrapped for one call.

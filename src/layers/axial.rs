@@ -12,11 +12,13 @@ use crate::gpu::tensor::{DType, GpuTensor};
 use crate::layers::embedding::out_shape;
 use crate::layers::indices::{upload_rows, Indices};
 
-pub static FAMILY: ShaderFamily =
+pub(crate) static FAMILY: ShaderFamily =
     ShaderFamily { name: "axial", parts: &[common::GRID, common::PASS, common::TABLE, include_str!("../../shaders/axial.wgsl")] };
 
 const AXIAL_PART: Kernel = Kernel::new(&FAMILY, "axial_part", &[PARAMS, TABLE, INPUT, OUT]);
 
+/// transformers' `AxialPositionEmbeddings` (Reformer): position `p` is
+/// `weight0[p / n2] ++ weight1[p % n2]` for `axial_pos_shape = [n1, n2]`.
 #[derive(Debug, Clone)]
 pub struct AxialPositionEmbedding {
     weights: [GpuTensor; 2],

@@ -16,7 +16,7 @@ use crate::layers::table::{
     check_renormalizable, dense_table_methods, table_format, table_shape, vec4_lanes, DenseTable, EmbeddingOptions, MaxNorm,
 };
 
-pub static FAMILY: ShaderFamily =
+pub(crate) static FAMILY: ShaderFamily =
     ShaderFamily { name: "embedding", parts: &[common::GRID, common::PASS, common::TABLE, include_str!("../../shaders/embedding.wgsl")] };
 
 const LOOKUP_BINDINGS: &[(u32, Slot, Role)] = &[PARAMS, TABLE, INPUT, OUT, TEXTURE, STATUS];

@@ -24,7 +24,7 @@ use crate::layers::embedding_bag::{plan_bags, plan_gpu_bounds, BagMode, Embeddin
 use crate::layers::indices::Indices;
 use crate::layers::table::table_format;
 
-pub static FAMILY: ShaderFamily = ShaderFamily {
+pub(crate) static FAMILY: ShaderFamily = ShaderFamily {
     name: "embedding_backward",
     parts: &[common::GRID, common::PASS, common::TABLE, common::BAG, common::RUNS, include_str!("../../shaders/embedding_backward.wgsl")],
 };
@@ -59,6 +59,7 @@ const FLAG_SPARSE: u32 = 128;
 const MODE_POSITIONS: u32 = 3;
 
 /// A table's gradient, on the GPU.
+/// The gradient of a table: dense, or sparse as PyTorch's `sparse=True` gives it.
 #[derive(Debug, Clone)]
 pub enum Gradient {
     /// `[num_embeddings, embedding_dim]`.
@@ -66,11 +67,20 @@ pub enum Gradient {
     /// Coalesced, as `torch.sparse_coo_tensor(...).coalesce()`: `indices` (I32 `[nnz]`)
     /// are the distinct rows that received a gradient, ascending (never `padding_idx`);
     /// `values` (`[nnz, embedding_dim]`) their summed gradients.
-    Sparse { indices: GpuTensor, values: GpuTensor, num_embeddings: usize },
+    Sparse {
+        /// I32 `[nnz]`: the rows, distinct and ascending.
+        indices: GpuTensor,
+        /// `[nnz, embedding_dim]`: their gradients.
+        values: GpuTensor,
+        /// Rows of the table the gradient is for.
+        num_embeddings: usize,
+    },
 }
 
-/// The backward arguments of `nn.Embedding` / `nn.EmbeddingBag`.
+/// The backward arguments of `nn.Embedding` / `nn.EmbeddingBag`:
+/// `GradOptions::default()` and its setters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GradOptions {
     /// Divide each row's gradient by how often the row occurs in the batch.
     pub scale_grad_by_freq: bool,
@@ -78,9 +88,24 @@ pub struct GradOptions {
     pub sparse: bool,
 }
 
+impl GradOptions {
+    /// Sets `scale_grad_by_freq`.
+    pub fn scale_grad_by_freq(mut self, scale: bool) -> Self {
+        self.scale_grad_by_freq = scale;
+        self
+    }
+
+    /// Sets `sparse`.
+    pub fn sparse(mut self, sparse: bool) -> Self {
+        self.sparse = sparse;
+        self
+    }
+}
+
 /// The gradients of an `EmbeddingBag` backward.
 #[derive(Debug, Clone)]
 pub struct BagGradients {
+    /// The table's gradient.
     pub weight: Gradient,
     /// With per-sample weights: their gradient, shaped like the input.
     pub per_sample_weights: Option<GpuTensor>,

@@ -16,7 +16,7 @@ use crate::layers::indices::Indices;
 use crate::layers::init::Draw;
 use crate::layers::table::{dense_table_methods, table_format, vec4_lanes, DenseTable, EmbeddingOptions};
 
-pub static FAMILY: ShaderFamily = ShaderFamily {
+pub(crate) static FAMILY: ShaderFamily = ShaderFamily {
     name: "embedding_bag",
     parts: &[common::GRID, common::PASS, common::TABLE, common::BAG, common::BAG_SCALAR, include_str!("../../shaders/embedding_bag.wgsl")],
 };
@@ -60,8 +60,11 @@ pub type PerSampleWeights<'a> = Option<(&'a [f32], &'a [usize])>;
 /// How a bag's rows are reduced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BagMode {
+    /// `mode="sum"`: the (weighted) sum of the bag's rows.
     Sum,
+    /// `mode="mean"`: their mean (empty bags give zeros).
     Mean,
+    /// `mode="max"`: their element-wise maximum (empty bags give zeros).
     Max,
 }
 

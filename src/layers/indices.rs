@@ -7,7 +7,9 @@ use crate::gpu::tensor::{DType, GpuTensor};
 /// Index values borrowed from the caller.
 #[derive(Debug, Clone, Copy)]
 pub enum IndexData<'a> {
+    /// `torch.int32` values.
     I32(&'a [i32]),
+    /// `torch.int64` values.
     I64(&'a [i64]),
 }
 
@@ -42,7 +44,9 @@ impl IndexData<'_> {
 /// An index tensor: values and shape, as `torch.LongTensor` / `IntTensor`.
 #[derive(Debug, Clone, Copy)]
 pub struct Indices<'a> {
+    /// The values, row-major.
     pub data: IndexData<'a>,
+    /// The shape (its product is the number of values).
     pub shape: &'a [usize],
 }
 

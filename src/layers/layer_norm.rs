@@ -14,7 +14,7 @@ use crate::gpu::plan::{Call, Grid, PassParams, RowPlan};
 use crate::gpu::recording::Recording;
 use crate::gpu::tensor::{DType, GpuTensor};
 
-pub static FAMILY: ShaderFamily =
+pub(crate) static FAMILY: ShaderFamily =
     ShaderFamily { name: "layer_norm", parts: &[common::GRID, common::PASS, common::TABLE, include_str!("../../shaders/layer_norm.wgsl")] };
 
 /// Every LayerNorm kernel's bindings: the plan's table, input and output, and gamma

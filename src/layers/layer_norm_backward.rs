@@ -20,7 +20,7 @@ use crate::layers::stable_embedding::StableEmbedding;
 use crate::layers::sum_layer_norm::EmbeddingSumLayerNorm;
 use crate::layers::table::table_format;
 
-pub static FAMILY: ShaderFamily = ShaderFamily {
+pub(crate) static FAMILY: ShaderFamily = ShaderFamily {
     name: "layer_norm_backward",
     parts: &[common::GRID, common::PASS, include_str!("../../shaders/layer_norm_backward.wgsl")],
 };
@@ -37,8 +37,9 @@ const COLUMN_SUMS: Kernel = Kernel::new(&FAMILY, "column_sums", &[PARAMS, OUT, (
 pub struct LayerNormGrads {
     /// Shaped like the input.
     pub x: GpuTensor,
-    /// `[dim]` each, when the layer has them.
+    /// `[dim]`, when the layer has gamma.
     pub gamma: Option<GpuTensor>,
+    /// `[dim]`, when the layer has beta.
     pub beta: Option<GpuTensor>,
 }
 
@@ -47,7 +48,9 @@ pub struct LayerNormGrads {
 pub struct SumLayerNormGrads {
     /// Dense, one per table (`[rows_k, dim]`).
     pub tables: Vec<GpuTensor>,
+    /// `[dim]`, when the block has gamma.
     pub gamma: Option<GpuTensor>,
+    /// `[dim]`, when the block has beta.
     pub beta: Option<GpuTensor>,
 }
 

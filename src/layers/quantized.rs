@@ -18,7 +18,7 @@ use crate::layers::init::{random_table, Draw};
 use crate::layers::table::EmbeddingOptions;
 use crate::quant::table::{QuantizedTable, Scheme};
 
-pub static FAMILY: ShaderFamily = ShaderFamily {
+pub(crate) static FAMILY: ShaderFamily = ShaderFamily {
     name: "quantized_embedding",
     parts: &[
         common::GRID,
@@ -110,7 +110,7 @@ impl QuantizedEmbedding {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Unsupported`](crate::Error::Unsupported) for `padding_idx` or `max_norm`
+    /// [`Error::Unsupported`] for `padding_idx` or `max_norm`
     /// (bitsandbytes' quantized embeddings take neither); as
     /// [`QuantizedTable::from_tensor`] for the table's shape.
     pub fn new(ctx: &Context, num_embeddings: usize, embedding_dim: usize, scheme: Scheme, options: EmbeddingOptions) -> Result<Self> {
@@ -143,7 +143,7 @@ impl QuantizedEmbedding {
     /// ([`QuantizedEmbedding::record_gpu`] does not wait).
     ///
     /// # Errors
-    /// [`Error::IndexOutOfRange`](crate::Error::IndexOutOfRange) with the first bad
+    /// [`Error::IndexOutOfRange`] with the first bad
     /// position and its value.
     pub async fn forward_gpu(&self, ctx: &Context, indices: &GpuTensor) -> Result<GpuTensor> {
         ctx.run_checked(|run| self.record_gpu(run, indices)).await

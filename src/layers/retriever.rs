@@ -16,7 +16,7 @@ use crate::gpu::tensor::{DType, GpuTensor, Segment};
 use crate::layers::table::{table_format, table_shape};
 use crate::quant::table::{QuantizedTable, Scheme};
 
-pub static FAMILY: ShaderFamily = ShaderFamily {
+pub(crate) static FAMILY: ShaderFamily = ShaderFamily {
     name: "retrieval",
     parts: &[
         common::GRID,
@@ -95,7 +95,9 @@ pub enum RetrievalTable {
 /// `indices` I32 `[Q, k]` (equal scores in row order).
 #[derive(Debug, Clone)]
 pub struct TopK {
+    /// F32 `[Q, k]`, descending per query.
     pub scores: GpuTensor,
+    /// I32 `[Q, k]`: the rows of those scores.
     pub indices: GpuTensor,
 }
 

@@ -96,6 +96,7 @@ impl StableEmbedding {
         &self.block
     }
 
+    /// The table's element type as stored (F32, F16 or BF16).
     pub fn table_dtype(&self) -> DType {
         self.block.table_dtype()
     }

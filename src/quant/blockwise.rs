@@ -16,7 +16,7 @@ use crate::gpu::table::{Plane, TableAccess};
 use crate::gpu::tensor::{DType, GpuTensor};
 use crate::quant::codes::{constants, constants_buffer, CodeMap};
 
-pub static FAMILY: ShaderFamily =
+pub(crate) static FAMILY: ShaderFamily =
     ShaderFamily { name: "quantize", parts: &[common::GRID, common::CODES, common::ENCODE, include_str!("../../shaders/quantize.wgsl")] };
 
 /// The block-wise kernels bind their buffers themselves (binding `i` is the `i`-th
@@ -79,7 +79,9 @@ pub struct Blockwise {
     pub codes: GpuTensor,
     /// One absmax per block, F32, `[ceil(numel / blocksize)]`.
     pub absmax: GpuTensor,
+    /// Elements per block.
     pub blocksize: usize,
+    /// The code map the codes index.
     pub code: CodeMap,
 }
 

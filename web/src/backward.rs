@@ -12,10 +12,9 @@ use crate::{gpu_call, js_error, BagArgs, Embedding, EmbeddingBag, Tensor};
 
 /// `{ scaleGradByFreq?, sparse? }`.
 fn grad_options(options: &JsValue) -> Result<lib::GradOptions, JsValue> {
-    Ok(lib::GradOptions {
-        scale_grad_by_freq: opt_bool(options, "scaleGradByFreq")?.unwrap_or(false),
-        sparse: opt_bool(options, "sparse")?.unwrap_or(false),
-    })
+    Ok(lib::GradOptions::default()
+        .scale_grad_by_freq(opt_bool(options, "scaleGradByFreq")?.unwrap_or(false))
+        .sparse(opt_bool(options, "sparse")?.unwrap_or(false)))
 }
 
 /// An object of named tensors (absent ones left out).

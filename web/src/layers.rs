@@ -2,8 +2,8 @@
 //! BERT embedding block (sum of lookups, then LayerNorm), axial position embeddings,
 //! quantized tables (int8 block-wise / row-wise, NF4, FP4) and block-wise quantization.
 
-use std::str::FromStr;
 use std::rc::Rc;
+use std::str::FromStr;
 
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -343,5 +343,4 @@ pub struct QuantizedEmbeddingBag {
 crate::bag_forward!(QuantizedEmbeddingBag, "As `EmbeddingBag.forward`.");
 
 #[wasm_bindgen]
-impl QuantizedEmbeddingBag {
-}
+impl QuantizedEmbeddingBag {}

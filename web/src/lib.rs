@@ -7,8 +7,8 @@
 //! exceptions carrying the library's message (an `Error` whose `message` names the
 //! argument and the value); nothing here panics on user input.
 
-use std::str::FromStr;
 use std::rc::Rc;
+use std::str::FromStr;
 
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -171,7 +171,7 @@ impl Gpu {
                 return Err(js_error(lib::Error::arg("maxBindingSize", format!("expected a whole number of bytes >= 256, got {m}"))))
             }
         };
-        let options = lib::ContextOptions { backends: Some(wgpu::Backends::BROWSER_WEBGPU), max_binding_size, ..Default::default() };
+        let options = lib::ContextOptions::default().backends(wgpu::Backends::BROWSER_WEBGPU).max_binding_size(max_binding_size);
         let ctx = lib::Context::with_options(options).await.map_err(js_error)?;
         // Errors outside our scopes (there should be none) are logged, never a panic.
         ctx.device()
@@ -469,7 +469,6 @@ bag_forward!(
 
 #[wasm_bindgen]
 impl EmbeddingBag {
-
     /// The table (after any in-place renormalisation by `maxNorm`).
     #[wasm_bindgen(getter)]
     pub fn weight(&self) -> Tensor {

@@ -1,8 +1,8 @@
 //! Top-k retrieval for JavaScript: a table (dense or quantized) that queries are
 //! scored against on the GPU, the best `k` rows of each kept.
 
-use std::str::FromStr;
 use std::rc::Rc;
+use std::str::FromStr;
 
 use wasm_bindgen::prelude::*;
 use wgpu_embed as lib;

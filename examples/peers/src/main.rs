@@ -62,7 +62,7 @@ fn main() -> wgpu_embed::Result<()> {
     let sizes: Vec<usize> = arg("--n", "16,4096").split(',').map(|s| s.parse().expect("--n: numbers")).collect();
 
     // Ours and burn's, both on Vulkan (the same adapter where there is one Vulkan device).
-    let ctx = Context::with_options(ContextOptions { backends: Some(wgpu::Backends::VULKAN), ..Default::default() }).block()?;
+    let ctx = Context::with_options(ContextOptions::default().backends(wgpu::Backends::VULKAN)).block()?;
     let device: Device = Device::wgpu_options().graphics_api(WgpuBackend::Vulkan).init().expect("burn's wgpu device on Vulkan");
     let info = ctx.adapter_info();
     let adapter = format!("{} ({:?})", info.name, info.backend);
