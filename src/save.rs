@@ -38,30 +38,31 @@ use crate::optim::{Optimizer, OptimizerKind};
 
 /// Where one saved tensor's bytes come from.
 #[derive(Debug, Clone)]
-enum Source<'a> {
+enum Source {
     /// A GPU tensor, or the byte range `range` of one, saved with `shape`.
-    Gpu { tensor: &'a GpuTensor, range: Option<std::ops::Range<usize>>, shape: Vec<usize> },
+    Gpu { tensor: GpuTensor, range: Option<std::ops::Range<usize>>, shape: Vec<usize> },
     /// Host bytes (the step count).
     Host { dtype: DType, bytes: Vec<u8>, shape: Vec<usize> },
 }
 
-/// A set of named tensors to save, built with its methods and written with
-/// [`StateDict::to_bytes`] (one submission, one read-back for all of them).
+/// A set of named tensors to save (sharing the GPU tensors, not copying them), built
+/// with its methods and written with [`StateDict::to_bytes`] (one submission, one
+/// read-back for all of them).
 #[derive(Debug, Clone, Default)]
-pub struct StateDict<'a> {
-    entries: Vec<(String, Source<'a>)>,
+pub struct StateDict {
+    entries: Vec<(String, Source)>,
     metadata: BTreeMap<String, String>,
 }
 
-impl<'a> StateDict<'a> {
+impl StateDict {
     /// An empty set.
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Adds `tensor` (any shape and dtype) as `name`.
-    pub fn tensor(mut self, name: impl Into<String>, tensor: &'a GpuTensor) -> Self {
-        self.entries.push((name.into(), Source::Gpu { tensor, range: None, shape: tensor.shape().to_vec() }));
+    pub fn tensor(mut self, name: impl Into<String>, tensor: &GpuTensor) -> Self {
+        self.entries.push((name.into(), Source::Gpu { tensor: tensor.clone(), range: None, shape: tensor.shape().to_vec() }));
         self
     }
 
@@ -72,29 +73,30 @@ impl<'a> StateDict<'a> {
     }
 
     /// Adds an `Embedding`'s table as `{prefix}weight`.
-    pub fn embedding(self, prefix: &str, layer: &'a Embedding) -> Self {
+    pub fn embedding(self, prefix: &str, layer: &Embedding) -> Self {
         self.tensor(format!("{prefix}weight"), layer.weight())
     }
 
     /// Adds an `EmbeddingBag`'s table as `{prefix}weight`.
-    pub fn embedding_bag(self, prefix: &str, layer: &'a EmbeddingBag) -> Self {
+    pub fn embedding_bag(self, prefix: &str, layer: &EmbeddingBag) -> Self {
         self.tensor(format!("{prefix}weight"), layer.weight())
     }
 
     /// Adds a `StableEmbedding`'s table and LayerNorm parameters as `{prefix}weight`,
     /// `{prefix}norm.weight` and `{prefix}norm.bias`.
-    pub fn stable_embedding(mut self, prefix: &str, layer: &'a StableEmbedding) -> Self {
+    pub fn stable_embedding(mut self, prefix: &str, layer: &StableEmbedding) -> Self {
         let d = layer.embedding_dim();
         let params = layer.block().affine().values();
-        self.entries.push((format!("{prefix}norm.weight"), Source::Gpu { tensor: params, range: Some(0..4 * d), shape: vec![d] }));
-        self.entries.push((format!("{prefix}norm.bias"), Source::Gpu { tensor: params, range: Some(4 * d..8 * d), shape: vec![d] }));
+        self.entries.push((format!("{prefix}norm.weight"), Source::Gpu { tensor: params.clone(), range: Some(0..4 * d), shape: vec![d] }));
+        self.entries
+            .push((format!("{prefix}norm.bias"), Source::Gpu { tensor: params.clone(), range: Some(4 * d..8 * d), shape: vec![d] }));
         self.tensor(format!("{prefix}weight"), layer.weight())
     }
 
     /// Adds an optimizer's state as `{prefix}state.0.{name}`, its step count as
     /// `{prefix}state.0.step` and its hyper-parameters as metadata
     /// `{prefix}param_groups`.
-    pub fn optimizer(mut self, prefix: &str, optimizer: &'a Optimizer) -> Self {
+    pub fn optimizer(mut self, prefix: &str, optimizer: &Optimizer) -> Self {
         for name in optimizer.state_names() {
             if let Some(t) = optimizer.state(name) {
                 self = self.tensor(format!("{prefix}state.0.{name}"), t);

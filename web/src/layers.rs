@@ -316,16 +316,29 @@ pub struct EmbeddingSumLayerNorm {
 
 #[wasm_bindgen]
 impl EmbeddingSumLayerNorm {
-    /// One index array per table, all of `shape`.
+    /// One index array per table: all of `shape`, or each of its own shape when `shape`
+    /// is a list of shapes (they broadcast, e.g. positions `[1, S]` with ids `[B, S]`).
     pub async fn forward(
         &self,
         #[wasm_bindgen(unchecked_param_type = "IndexArray[]")] indices: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] shape: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "number[] | number[][] | undefined")] shape: JsValue,
     ) -> Result<Tensor, JsValue> {
         let lists = array_arg(&indices, "indices")?.iter().map(|v| index_list(v, "indices")).collect::<Result<Vec<_>, _>>()?;
-        let shape = shape_arg(&shape, "shape")?.unwrap_or_else(|| vec![lists.first().map_or(0, |l| l.len())]);
+        let per_table = js_sys::Array::is_array(&shape) && js_sys::Array::is_array(&js_sys::Array::from(&shape).get(0));
+        let shapes: Vec<Vec<usize>> = if per_table {
+            js_sys::Array::from(&shape).iter().map(|s| shape_arg(&s, "shape").map(|s| s.unwrap_or_default())).collect::<Result<_, _>>()?
+        } else {
+            let one = shape_arg(&shape, "shape")?.unwrap_or_else(|| vec![lists.first().map_or(0, |l| l.len())]);
+            vec![one; lists.len()]
+        };
+        if shapes.len() != lists.len() {
+            return Err(js_error(lib::Error::arg(
+                "shape",
+                format!("expected {} shapes (one per index array), got {}", lists.len(), shapes.len()),
+            )));
+        }
         let out = gpu_call(&self.ctx, || {
-            let idx: Vec<lib::Indices<'_>> = lists.iter().map(|l| l.as_indices(&shape)).collect();
+            let idx: Vec<lib::Indices<'_>> = lists.iter().zip(&shapes).map(|(l, s)| l.as_indices(s)).collect();
             self.layer.forward(&self.ctx, &idx)
         })
         .await?;

@@ -21,6 +21,7 @@ mod optim;
 mod recording;
 mod retrieval;
 mod safetensors_file;
+mod save;
 mod streamed;
 
 pub use layers::*;

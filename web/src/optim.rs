@@ -13,7 +13,7 @@ use crate::{gpu_call, js_error, BagArgs, Embedding, EmbeddingBag, Gpu, Tensor};
 /// An optimizer over one table (`gpu.optimizer(table, options)`).
 #[wasm_bindgen]
 pub struct Optimizer {
-    ctx: Rc<lib::Context>,
+    pub(crate) ctx: Rc<lib::Context>,
     pub(crate) inner: RefCell<lib::Optimizer>,
 }
 

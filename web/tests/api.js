@@ -352,6 +352,39 @@ test("recorded: a training step (lookup, fused step) is one submission and no wa
   assertClose(await emb.weight.toFloat32Array(), await one.weight.toFloat32Array(), "recorded step = one-call step", 0);
 });
 
+test("saved: 3 steps, saved to a Blob, loaded, 3 more steps = 6 steps straight, bit for bit", async () => {
+  const [v, d] = [120, 8];
+  const t = table(v, d);
+  const options = { optimizer: "sparse_adam", lr: 0.05 };
+  const batch = (step) => Int32Array.from({ length: 12 }, (_, i) => (i * 7 + step * 13) % v);
+  const gradOf = (step) => gpu.tensor(Float32Array.from({ length: 12 * d }, (_, i) => Math.sin(i + step)), [12, d]);
+  const train = async (emb, opt, from, to) => {
+    for (let step = from; step < to; step++) await opt.stepEmbedding(emb, batch(step), await gradOf(step), [12]);
+  };
+  const straight = gpu.embedding(await gpu.tensor(t, [v, d]));
+  const straightOpt = gpu.optimizer(straight.weight, options);
+  await train(straight, straightOpt, 0, 6);
+  const first = gpu.embedding(await gpu.tensor(t, [v, d]));
+  const firstOpt = gpu.optimizer(first.weight, options);
+  await train(first, firstOpt, 0, 3);
+  const saving = gpu.stateDict();
+  saving.tensor("weight", first.weight);
+  saving.optimizer("optimizer.", firstOpt);
+  const blob = new Blob([await saving.toBytes()]);
+  // Loaded back from the Blob: the table through loadSafetensors, the state through loadState.
+  const loaded = await gpu.loadSafetensors(new Response(blob));
+  assert(Object.keys(loaded).includes("weight"), `tensors ${Object.keys(loaded)}`);
+  const resumed = gpu.embedding(loaded.weight);
+  const resumedOpt = gpu.optimizer(resumed.weight, options);
+  resumedOpt.loadState(new Uint8Array(await blob.arrayBuffer()), "optimizer.");
+  await train(resumed, resumedOpt, 3, 6);
+  const [a, b] = [await straight.weight.toFloat32Array(), await resumed.weight.toFloat32Array()];
+  assert(a.every((x, i) => Object.is(x, b[i])), "the resumed table differs from six steps straight");
+  assert(a.some((x, i) => x !== t[i]), "the table did not change");
+  const bytes = new Uint8Array(await blob.arrayBuffer());
+  await assertThrows(() => gpu.optimizer(resumed.weight, { optimizer: "adagrad", lr: 0.1 }).loadState(bytes, "optimizer."), /param_groups/, "another optimizer's state");
+});
+
 async function main() {
   await init();
   gpu = await Gpu.create();

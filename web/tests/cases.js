@@ -83,14 +83,15 @@ async function otherOp(gpu, file, c, keep) {
       return { out: await read(keep(await layer.forward(file.indices(inputs.indices), shapeOf("indices")))) };
     }
     case "embedding_sum_layer_norm": {
-      const tables = [], shapes = [], indices = [];
+      const tables = [], shapes = [], indices = [], indexShapes = [];
       for (let k = 0; inputs[`weight${k}`] && inputs[`indices${k}`]; k++) {
         tables.push(file.float32(inputs[`weight${k}`]));
         shapes.push(shapeOf(`weight${k}`));
         indices.push(file.indices(inputs[`indices${k}`]));
+        indexShapes.push(shapeOf(`indices${k}`));
       }
       const block = keep(await gpu.embeddingSumLayerNorm(tables, shapes, { ...affine, eps: p.eps ?? 1e-12 }));
-      return { out: await read(keep(await block.forward(indices, shapeOf("indices0")))) };
+      return { out: await read(keep(await block.forward(indices, indexShapes))) };
     }
     case "embedding_backward": {
       const gshape = shapeOf("grad_out");
