@@ -30,11 +30,18 @@ pub mod cli;
 pub mod conformance;
 pub mod error;
 pub mod gpu;
+#[doc = include_str!("guide/layers.md")]
+pub mod guide {}
 pub mod layers;
 mod names;
 pub mod optim;
 pub mod quant;
 pub mod save;
+
+// The README's Rust quick start, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeQuickStart;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use block::Block;

@@ -94,7 +94,7 @@ impl ContextOptions {
 /// On CPU adapters (lavapipe, llvmpipe, SwiftShader) every storage-buffer load is
 /// emulated one SIMD lane at a time, with a bounds check per component, while a texel
 /// fetch is one gather for all lanes: rows read from a texture copy of the table
-/// (`rgba32uint`, rows packed end to end) run 2–3x faster there (see the README's
+/// (`rgba32uint`, rows packed end to end) run 2–3x faster there (see examples/bench-results/README.md's
 /// benchmarks). On GPUs, coalesced buffer loads are the fast path and need no copy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum TableReads {

@@ -102,6 +102,21 @@ try {
     await page.close();
   }
 
+  // The README's JavaScript quick start, run as it is written: tests/quickstart.js holds
+  // the README's block line for line (checked here), the page runs it.
+  {
+    const readme = fs.readFileSync(path.join(webDir, "..", "README.md"), "utf8");
+    const block = readme.match(/```js\n([\s\S]*?)```/)?.[1] ?? "";
+    const source = fs.readFileSync(path.join(webDir, "tests", "quickstart.js"), "utf8");
+    const missing = block.split("\n").filter((line) => line.trim() && !source.includes(line));
+    if (!block) fail("quickstart: README.md has no ```js block");
+    for (const line of missing) fail(`quickstart: tests/quickstart.js lacks the README's line ${JSON.stringify(line)}`);
+    const { page, result } = await runPage("quickstart", "/tests/quickstart.html", "quickstartResult");
+    if (!result?.ok) fail(`quickstart: ${result?.error ?? JSON.stringify(result)}`);
+    else console.log(`  the README's quick start gave ${JSON.stringify(result.values)}`);
+    await page.close();
+  }
+
   // 3. The JS API itself: values, errors as exceptions, tensors kept and released.
   {
     const { page, result } = await runPage("api", "/tests/api.html", "testResult");
