@@ -17,7 +17,6 @@ fn context(small_binding: bool) -> &'static Context {
     static DEVICE: OnceLock<Context> = OnceLock::new();
     static SMALL: OnceLock<Context> = OnceLock::new();
     let make = |max_binding_size| {
-        std::env::set_var("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()));
         Context::with_options(ContextOptions::default().max_binding_size(max_binding_size)).block().expect("a GPU adapter (lavapipe on CI)")
     };
     if small_binding {

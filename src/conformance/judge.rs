@@ -36,7 +36,7 @@ pub fn judge_case(file: &CaseFile, case: &Case, report: &CaseReport, outputs: &O
         let Some(got) = outputs.get(format!("{}/{name}", case.id).as_str()) else {
             return Some(format!("output {name} missing"));
         };
-        if let Some(problem) = compare(case, want, got, exact.as_deref()) {
+        if let Some(problem) = compare(case, op(&case.op).map(|o| o.tolerance), want, got, exact.as_deref()) {
             return Some(format!("{name}: {problem}"));
         }
     }

@@ -36,18 +36,7 @@ pub enum InputKind {
     Codes,
 }
 
-/// How an op's outputs are compared with the reference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tolerance {
-    /// Every value within the case's `atol + rtol * |expected|`.
-    Values,
-    /// The same, except that up to 1 in 1000 values may miss: a value on a rounding
-    /// boundary may take the neighbouring code.
-    Codes,
-    /// Top-k results: scores by value; the rows of a query distinct, and free to differ
-    /// from the reference's where scores tie (`check.py` also recomputes each score).
-    Ranking,
-}
+pub use crate::conformance::cases::Tolerance;
 
 /// One op of the registry.
 pub struct Op {

@@ -29,6 +29,20 @@ pub struct AxialPositionEmbedding {
 impl AxialPositionEmbedding {
     /// From the two trained weights: `weight0` holds `n1 × d1` values (transformers
     /// stores it as `[n1, 1, d1]`), `weight1` holds `n2 × d2` (`[1, n2, d2]`).
+    ///
+    /// ```
+    /// use wgpu_embed::{AxialPositionEmbedding, Block, Context, Indices};
+    /// let ctx = Context::new().block()?;
+    /// // axial_pos_shape [2, 3]: position p is weight0[p / 3] ++ weight1[p % 3].
+    /// let axial = AxialPositionEmbedding::from_pretrained(&ctx, &[10.0, 20.0], &[1.0, 2.0, 3.0], [2, 3], [1, 1])?;
+    /// let out = axial.forward(&ctx, Indices::i64(&[0, 4], &[2]))?.read_f32(&ctx).block()?;
+    /// assert_eq!(out, [10.0, 1.0, 20.0, 2.0]);
+    /// # Ok::<(), wgpu_embed::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an empty axis or
+    /// weights of the wrong length.
     pub fn from_pretrained(
         ctx: &Context,
         weight0: &[f32],

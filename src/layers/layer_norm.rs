@@ -208,7 +208,20 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    /// A fresh layer as PyTorch initialises it: with `elementwise_affine`, gamma = 1 and beta = 0.
+    /// A fresh layer as `torch.nn.LayerNorm(dim, eps, elementwise_affine)` initialises
+    /// it: with `elementwise_affine`, gamma = 1 and beta = 0.
+    ///
+    /// ```
+    /// use wgpu_embed::{Block, Context, LayerNorm};
+    /// let ctx = Context::new().block()?;
+    /// let ln = LayerNorm::new(&ctx, 4, 1e-5, true)?;
+    /// let out = ln.forward(&ctx, &[1.0, 2.0, 3.0, 4.0], &[1, 4])?.read_f32(&ctx).block()?;
+    /// assert!((out[0] + 1.3416).abs() < 1e-3 && (out[3] - 1.3416).abs() < 1e-3);
+    /// # Ok::<(), wgpu_embed::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for `dim` 0 or an `eps` that is not positive and finite.
     pub fn new(ctx: &Context, dim: usize, eps: f32, elementwise_affine: bool) -> Result<Self> {
         if elementwise_affine {
             let ones = vec![1.0f32; dim];

@@ -206,6 +206,15 @@ impl QuantizedEmbeddingBag {
     /// A fresh layer: an N(0, 1) table drawn on the GPU (seeded by `options.seed`),
     /// quantized there with `scheme`'s default block size, reduced with `mode`.
     ///
+    /// ```
+    /// use wgpu_embed::{BagMode, Context, Block, EmbeddingOptions, Indices, QuantizedEmbeddingBag, Scheme};
+    /// let ctx = Context::new().block()?;
+    /// let bag = QuantizedEmbeddingBag::new(&ctx, 500, 64, Scheme::Int8Rowwise, BagMode::Sum, EmbeddingOptions::default())?;
+    /// let out = bag.forward(&ctx, Indices::i64(&[1, 2, 3], &[3]), Some(Indices::i64(&[0, 1], &[2])), None)?;
+    /// assert_eq!(out.shape(), &[2, 64]);
+    /// # Ok::<(), wgpu_embed::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`QuantizedEmbedding::new`].
     pub fn new(

@@ -113,7 +113,22 @@ pub struct Retriever {
 }
 
 impl Retriever {
-    /// A retriever over a dense `[N, D]` table (F32, F16 or BF16).
+    /// A retriever over a dense `[N, D]` table (F32, F16 or BF16): REALM's
+    /// `topk(queries @ table.T)`.
+    ///
+    /// ```
+    /// use wgpu_embed::{Block, Context, GpuTensor, Metric, Retriever};
+    /// let ctx = Context::new().block()?;
+    /// let table = GpuTensor::from_f32(&ctx, &[1.0, 0.0, 0.0, 1.0, 0.7, 0.7], &[3, 2])?;
+    /// let top = Retriever::new(table, Metric::Dot)?.search(&ctx, &[0.0, 2.0], 2)?;
+    /// let rows: Vec<i32> = bytemuck::pod_collect_to_vec(&top.indices.read_bytes(&ctx).block()?);
+    /// assert_eq!(rows, [1, 2]); // scores 2.0, 1.4
+    /// # Ok::<(), wgpu_embed::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a table that is not
+    /// a 2-D float table.
     pub fn new(table: GpuTensor, metric: Metric) -> Result<Self> {
         let (rows, dim) = table_shape(&table)?;
         table_format(table.dtype())?;

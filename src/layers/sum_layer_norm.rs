@@ -40,7 +40,24 @@ pub struct EmbeddingSumLayerNorm {
 impl EmbeddingSumLayerNorm {
     /// Builds the block from K tables of the same width (any of F32, F16, BF16; mixed
     /// formats are widened to f32, else the format is kept packed) and LayerNorm's
-    /// parameters (either may be `None`).
+    /// parameters (either may be `None`): transformers' `BertEmbeddings` with K = 3
+    /// (word, position, token type).
+    ///
+    /// ```
+    /// use wgpu_embed::{Block, Context, EmbeddingSumLayerNorm, HostTable, Indices};
+    /// let ctx = Context::new().block()?;
+    /// let (word, pos) = (vec![0.5f32; 100 * 8], vec![0.25f32; 16 * 8]);
+    /// let tables = [HostTable::f32(&word, 100, 8)?, HostTable::f32(&pos, 16, 8)?];
+    /// let block = EmbeddingSumLayerNorm::new(&ctx, &tables, None, None, 1e-12)?;
+    /// // ids [1, 3] and positions [1, 3] (positions may broadcast: [1, S] with ids [B, S]).
+    /// let out = block.forward(&ctx, &[Indices::i64(&[7, 8, 9], &[1, 3]), Indices::i64(&[0, 1, 2], &[1, 3])])?;
+    /// assert_eq!(out.shape(), &[1, 3, 8]);
+    /// # Ok::<(), wgpu_embed::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] for tables of different widths; [`Error::InvalidArgument`]
+    /// for no tables, a bad `eps`, or gamma / beta of the wrong length.
     pub fn new(ctx: &Context, tables: &[HostTable<'_>], gamma: Option<&[f32]>, beta: Option<&[f32]>, eps: f32) -> Result<Self> {
         let Some(first) = tables.first() else {
             return Err(Error::arg("tables", "expected at least one table, got none"));

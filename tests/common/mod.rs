@@ -6,13 +6,11 @@ use wgpu_embed::{Context, ContextOptions, TableReads};
 
 /// A context on the default adapter, optionally with a smaller binding limit.
 pub fn context(max_binding_size: Option<u64>) -> Context {
-    std::env::set_var("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()));
     Context::with_options(ContextOptions::default().max_binding_size(max_binding_size)).block().expect("a GPU adapter (lavapipe on CI)")
 }
 
 /// Like [`context`], reading lookup tables from buffers or from texture copies.
 pub fn context_reading(max_binding_size: Option<u64>, table_reads: TableReads) -> Context {
-    std::env::set_var("XDG_RUNTIME_DIR", std::env::var("XDG_RUNTIME_DIR").unwrap_or_else(|_| "/tmp".into()));
     Context::with_options(ContextOptions::default().max_binding_size(max_binding_size).table_reads(table_reads))
         .block()
         .expect("a GPU adapter (lavapipe on CI)")
