@@ -132,7 +132,12 @@ impl Checkpoint {
         names
     }
 
-    fn view(&self, name: &str) -> Result<(DType, Vec<usize>, &[u8])> {
+    /// The tensor `name` as stored: its dtype (F32, F16, BF16, U8 or I32), shape and bytes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the file has no such tensor (naming similar ones)
+    /// or holds it in another dtype.
+    pub fn raw(&self, name: &str) -> Result<(DType, Vec<usize>, &[u8])> {
         let st = self.tensors();
         let view = st.tensor(name).map_err(|_| {
             let names = self.names();
@@ -158,15 +163,6 @@ impl Checkpoint {
         Ok((dtype, shape, &self.bytes[start..start + view.data().len()]))
     }
 
-    /// The tensor `name` as stored: its dtype (F32, F16, BF16, U8 or I32), shape and bytes.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] when the file has no such tensor (naming similar ones)
-    /// or holds it in another dtype.
-    pub fn raw(&self, name: &str) -> Result<(DType, Vec<usize>, &[u8])> {
-        self.view(name)
-    }
-
     /// The file's `__metadata__` (string keys and values; empty when it has none).
     pub fn metadata(&self) -> std::collections::BTreeMap<String, String> {
         safetensors::SafeTensors::read_metadata(&self.bytes)
@@ -178,7 +174,7 @@ impl Checkpoint {
 
     /// The 2-D table `name`, kept in its stored format (F32, F16 or BF16).
     pub fn table(&self, name: &str) -> Result<HostTable<'_>> {
-        let (dtype, shape, data) = self.view(name)?;
+        let (dtype, shape, data) = self.raw(name)?;
         match shape[..] {
             [rows, dim] => HostTable::from_bytes(dtype, data, rows, dim),
             _ => Err(Error::ShapeMismatch(format!(
@@ -212,7 +208,7 @@ impl Checkpoint {
 
     /// The 1-D tensor `name` of `len` values (e.g. LayerNorm's weight or bias), as f32.
     pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
-        let (dtype, shape, data) = self.view(name)?;
+        let (dtype, shape, data) = self.raw(name)?;
         if shape[..] != [len] {
             return Err(Error::ShapeMismatch(format!("tensor {name:?} in {} has shape {shape:?}; expected [{len}]", self.source)));
         }

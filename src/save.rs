@@ -39,8 +39,9 @@ use crate::optim::{Optimizer, OptimizerKind};
 /// Where one saved tensor's bytes come from.
 #[derive(Debug, Clone)]
 enum Source {
-    /// A GPU tensor, or the byte range `range` of one, saved with `shape`.
-    Gpu { tensor: GpuTensor, range: Option<std::ops::Range<usize>>, shape: Vec<usize> },
+    /// Tensor `tensor` of the set's GPU tensors, or the byte range `range` of it, saved
+    /// with `shape` (two entries may share a tensor: it is read back once).
+    Gpu { tensor: usize, range: Option<std::ops::Range<usize>>, shape: Vec<usize> },
     /// Host bytes (the step count).
     Host { dtype: DType, bytes: Vec<u8>, shape: Vec<usize> },
 }
@@ -50,6 +51,7 @@ enum Source {
 /// read-back for all of them).
 #[derive(Debug, Clone, Default)]
 pub struct StateDict {
+    tensors: Vec<GpuTensor>,
     entries: Vec<(String, Source)>,
     metadata: BTreeMap<String, String>,
 }
@@ -62,8 +64,14 @@ impl StateDict {
 
     /// Adds `tensor` (any shape and dtype) as `name`.
     pub fn tensor(mut self, name: impl Into<String>, tensor: &GpuTensor) -> Self {
-        self.entries.push((name.into(), Source::Gpu { tensor: tensor.clone(), range: None, shape: tensor.shape().to_vec() }));
+        let index = self.gpu_tensor(tensor);
+        self.entries.push((name.into(), Source::Gpu { tensor: index, range: None, shape: tensor.shape().to_vec() }));
         self
+    }
+
+    fn gpu_tensor(&mut self, tensor: &GpuTensor) -> usize {
+        self.tensors.push(tensor.clone());
+        self.tensors.len() - 1
     }
 
     /// Adds a metadata entry (kept in the file's `__metadata__`).
@@ -86,10 +94,10 @@ impl StateDict {
     /// `{prefix}norm.weight` and `{prefix}norm.bias`.
     pub fn stable_embedding(mut self, prefix: &str, layer: &StableEmbedding) -> Self {
         let d = layer.embedding_dim();
-        let params = layer.block().affine().values();
-        self.entries.push((format!("{prefix}norm.weight"), Source::Gpu { tensor: params.clone(), range: Some(0..4 * d), shape: vec![d] }));
-        self.entries
-            .push((format!("{prefix}norm.bias"), Source::Gpu { tensor: params.clone(), range: Some(4 * d..8 * d), shape: vec![d] }));
+        // gamma and beta share one [2 * d] tensor: read once, saved as two.
+        let params = self.gpu_tensor(layer.block().affine().values());
+        self.entries.push((format!("{prefix}norm.weight"), Source::Gpu { tensor: params, range: Some(0..4 * d), shape: vec![d] }));
+        self.entries.push((format!("{prefix}norm.bias"), Source::Gpu { tensor: params, range: Some(4 * d..8 * d), shape: vec![d] }));
         self.tensor(format!("{prefix}weight"), layer.weight())
     }
 
@@ -119,24 +127,17 @@ impl StateDict {
             return Err(Error::arg("name", format!("{name:?} is given twice")));
         }
         let mut run = ctx.record();
-        let mut reads = Vec::new();
-        for (_, source) in &self.entries {
-            reads.push(match source {
-                Source::Gpu { tensor, .. } => Some(run.read(tensor)),
-                Source::Host { .. } => None,
-            });
-        }
+        let reads: Vec<_> = self.tensors.iter().map(|t| run.read(t)).collect();
         let outputs = run.submit()?.finish().await?;
         let mut data: Vec<(String, DType, Vec<usize>, Vec<u8>)> = Vec::new();
-        for ((name, source), id) in self.entries.iter().zip(reads) {
-            match (source, id) {
-                (Source::Gpu { tensor, range, shape }, Some(id)) => {
-                    let bytes = outputs.bytes(id);
+        for (name, source) in &self.entries {
+            match source {
+                Source::Gpu { tensor, range, shape } => {
+                    let bytes = outputs.bytes(reads[*tensor]);
                     let bytes = range.clone().map_or(bytes, |r| &bytes[r]);
-                    data.push((name.clone(), tensor.dtype(), shape.clone(), bytes.to_vec()));
+                    data.push((name.clone(), self.tensors[*tensor].dtype(), shape.clone(), bytes.to_vec()));
                 }
-                (Source::Host { dtype, bytes, shape }, _) => data.push((name.clone(), *dtype, shape.clone(), bytes.clone())),
-                (Source::Gpu { .. }, None) => unreachable!("every GPU entry was read"),
+                Source::Host { dtype, bytes, shape } => data.push((name.clone(), *dtype, shape.clone(), bytes.clone())),
             }
         }
         let views = data

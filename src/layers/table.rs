@@ -86,9 +86,6 @@ impl DenseTable {
     /// A fresh `[num_embeddings, embedding_dim]` table drawn on the GPU from `draw`, with
     /// `options`' padding row zeroed and its max-norm settings.
     pub fn fresh(ctx: &Context, num_embeddings: usize, embedding_dim: usize, draw: Draw, options: &EmbeddingOptions) -> Result<Self> {
-        if embedding_dim == 0 {
-            return Err(Error::arg("embedding_dim", "expected a positive embedding_dim, got 0"));
-        }
         let padding = normalize_padding_idx(options.padding_idx, num_embeddings)?;
         let mut table = Self::new(random_table(ctx, num_embeddings, embedding_dim, draw, padding, options.seed)?)?;
         table.padding_idx = padding;
