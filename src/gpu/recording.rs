@@ -322,6 +322,11 @@ impl<'c> Recording<'c> {
     }
 
     /// Whether this recording made a texture copy of a table.
+    /// Whether this recording holds the copy that fills the texture in `slot`.
+    pub(crate) fn fills_texture(&self, slot: &Arc<Mutex<Option<Arc<TableTexture>>>>) -> bool {
+        self.textures.iter().any(|s| Arc::ptr_eq(s, slot))
+    }
+
     pub(crate) fn filled_textures(&self) -> bool {
         !self.textures.is_empty()
     }
@@ -353,7 +358,11 @@ impl<'c> Recording<'c> {
         let encoder = self.encoder.take().expect("submitted once");
         self.capture(|_| ctx.queue.submit([encoder.finish()]));
         ctx.stats.submissions.fetch_add(1, Ordering::Relaxed);
-        self.textures.clear();
+        for slot in self.textures.drain(..) {
+            if let Some(t) = slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                t.mark_filled();
+            }
+        }
         ctx.pool.recording_closed();
         ctx.pool.submitted();
         let checks = std::mem::take(&mut self.checks).into_iter().zip(status_reads).map(|(c, s)| (c.name, c.limit, s)).collect();

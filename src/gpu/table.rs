@@ -147,7 +147,9 @@ pub(crate) fn table_texture(run: &mut Recording<'_>, table: &GpuTensor) -> Optio
     }
     let mut slot = table.texture.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(t) = slot.as_ref() {
-        return Some(t.clone());
+        // Another thread's recording may hold the copy that fills it, not yet submitted:
+        // until it is, this recording reads the buffers.
+        return (t.is_filled() || run.fills_texture(&table.texture)).then(|| t.clone());
     }
     let t = Arc::new(texture::make(ctx, table.rows() * (row_bytes / 16))?);
     record_texture_copy(run, &t, table);

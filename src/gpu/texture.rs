@@ -22,9 +22,22 @@ pub(crate) struct TableTexture {
     pub width_shift: u32,
     /// log2 of the rows per layer H (31 when there is one layer).
     pub layer_shift: u32,
+    /// Set once the submission holding the copy that fills it is on the queue: only then
+    /// may other recordings read it (theirs are submitted after it).
+    filled: std::sync::atomic::AtomicBool,
 }
 
 impl TableTexture {
+    /// Whether the copy that fills it has been submitted.
+    pub(crate) fn is_filled(&self) -> bool {
+        self.filled.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Called once the submission holding its filling copy is on the queue.
+    pub(crate) fn mark_filled(&self) {
+        self.filled.store(true, std::sync::atomic::Ordering::Release);
+    }
+
     pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
         wgpu::BindingResource::TextureView(&self.view)
     }
@@ -99,7 +112,7 @@ pub(crate) fn make(ctx: &Context, texels: u64) -> Option<TableTexture> {
         return None;
     }
     let (texture, view) = word_texture(ctx.device(), "table-texture", width, height, layers as u32);
-    Some(TableTexture { texture, view, width_shift: width.trailing_zeros(), layer_shift })
+    Some(TableTexture { texture, view, width_shift: width.trailing_zeros(), layer_shift, filled: false.into() })
 }
 
 impl TableTexture {
