@@ -235,13 +235,22 @@ fn time_layers_in_turn(
     times.into_iter().map(|t| t.map(|list| (median(list), copy_s))).collect()
 }
 
+/// The floor of the latency rows: one dispatch of a one-word copy and its read-back,
+/// recorded and submitted together as the pipelines are, then awaited.
+fn floor_once(ctx: &Context, rec: &Recorder, src: &GpuTensor, dst: &GpuTensor) -> wgpu_embed::Result<Vec<f32>> {
+    let mut run = ctx.record();
+    rec.copy(ctx, &mut run, src, dst)?;
+    let read = run.read(dst);
+    Ok(run.submit()?.finish().block()?.f32(read))
+}
+
 /// One call of the small-call latency rows, its output read back.
 type SmallCall<'a> = dyn FnMut() -> wgpu_embed::Result<Vec<f32>> + 'a;
 
 /// Per-call latency, read-back included, of what a browser user runs: a 16-token
 /// sentence through the BERT block (all-MiniLM-L6-v2's shapes) and a 1-index lookup,
 /// after the floor (one tiny dispatch plus read-back). Medians of `reps` calls.
-fn small_calls(ctx: &Context, timer: &GpuTimer, rec: &Recorder, reps: usize) -> wgpu_embed::Result<Vec<(&'static str, f64)>> {
+fn small_calls(ctx: &Context, rec: &Recorder, reps: usize) -> wgpu_embed::Result<Vec<(&'static str, f64)>> {
     let (vocab, dim, tokens) = (30_522, 384, 16);
     let word: Vec<f32> = (0..vocab * dim).map(|i| ((i as f32) * 0.618).fract() - 0.5).collect();
     let (pos, typ) = (word[..512 * dim].to_vec(), word[..2 * dim].to_vec());
@@ -253,13 +262,7 @@ fn small_calls(ctx: &Context, timer: &GpuTimer, rec: &Recorder, reps: usize) -> 
     let shape = [1, tokens];
     let (src, dst) = (GpuTensor::from_f32(ctx, &[1.0; 4], &[1, 4])?, GpuTensor::zeros(ctx, &[1, 4], wgpu_embed::DType::F32, 4)?);
     let mut calls: Vec<(&'static str, Box<SmallCall<'_>>)> = vec![
-        (
-            "floor: one-word copy dispatch + read-back",
-            Box::new(|| {
-                timer.time(ctx, |e| rec.copy(ctx, e, &src, &dst))?;
-                dst.read_f32(ctx).block()
-            }),
-        ),
+        ("floor: one-word copy dispatch + read-back", Box::new(|| floor_once(ctx, rec, &src, &dst))),
         ("Embedding, 1 index, D = 384", Box::new(|| lookup.forward(ctx, Indices::i32(&ids[..1], &[1]))?.read_f32(ctx).block())),
         (
             "BERT embedding block, 16 tokens, D = 384",
@@ -289,6 +292,7 @@ struct PipelineRow {
     name: &'static str,
     submissions: f64,
     waits: f64,
+    dispatches: f64,
     wall_s: f64,
 }
 
@@ -297,7 +301,7 @@ struct PipelineRow {
 /// the top 10 of a 2 518 × 384 int8 row-wise index (the search demo's shape); and a
 /// training step (16-token lookup in a 30 522 × 384 table, fused SparseAdam step). The
 /// floor is one dispatch of a one-word copy plus its read-back, timed here too.
-fn pipelines(ctx: &Context, timer: &GpuTimer, rec: &Recorder, reps: usize) -> wgpu_embed::Result<(f64, Vec<PipelineRow>)> {
+fn pipelines(ctx: &Context, rec: &Recorder, reps: usize) -> wgpu_embed::Result<(f64, Vec<PipelineRow>)> {
     let (vocab, dim, tokens, docs) = (30_522, 384, 16, 2_518);
     let word: Vec<f32> = (0..vocab * dim).map(|i| ((i as f32) * 0.618).fract() - 0.5).collect();
     let (pos, typ) = (word[..512 * dim].to_vec(), word[..2 * dim].to_vec());
@@ -319,13 +323,7 @@ fn pipelines(ctx: &Context, timer: &GpuTimer, rec: &Recorder, reps: usize) -> wg
 
     type Call<'a> = Box<dyn FnMut(&mut Optimizer) -> wgpu_embed::Result<()> + 'a>;
     let mut calls: Vec<(&'static str, Call<'_>)> = vec![
-        (
-            "floor",
-            Box::new(|_| {
-                timer.time(ctx, |e| rec.copy(ctx, e, &src, &dst))?;
-                dst.read_f32(ctx).block().map(drop)
-            }),
-        ),
+        ("floor", Box::new(|_| floor_once(ctx, rec, &src, &dst).map(drop))),
         (
             "pipeline_embed_pool_search",
             Box::new(|_| {
@@ -368,7 +366,7 @@ fn pipelines(ctx: &Context, timer: &GpuTimer, rec: &Recorder, reps: usize) -> wg
     for (name, call) in calls.iter_mut() {
         call(&mut opt)?; // warm-up: pipelines, texture copies
         ctx.wait_idle()?;
-        let (mut times, mut submissions, mut waits) = (Vec::with_capacity(reps), 0u64, 0u64);
+        let (mut times, mut submissions, mut waits, mut dispatches) = (Vec::with_capacity(reps), 0u64, 0u64, 0u64);
         for _ in 0..reps {
             let before = ctx.stats();
             let t = std::time::Instant::now();
@@ -379,13 +377,20 @@ fn pipelines(ctx: &Context, timer: &GpuTimer, rec: &Recorder, reps: usize) -> wg
             times.push(t.elapsed().as_secs_f64());
             submissions += after.submissions - before.submissions;
             waits += after.waits - before.waits;
+            dispatches += after.dispatches - before.dispatches;
         }
         let wall_s = median(times);
         if *name == "floor" {
             floor = wall_s;
             continue;
         }
-        rows.push(PipelineRow { name, submissions: submissions as f64 / reps as f64, waits: waits as f64 / reps as f64, wall_s });
+        rows.push(PipelineRow {
+            name,
+            submissions: submissions as f64 / reps as f64,
+            waits: waits as f64 / reps as f64,
+            dispatches: dispatches as f64 / reps as f64,
+            wall_s,
+        });
     }
     Ok((floor, rows))
 }
@@ -914,9 +919,9 @@ fn main() {
         }
     }
 
-    let small = if run("small") { small_calls(&ctx, &timer, &rec, (args.reps * 5).max(30)).expect("small calls") } else { Vec::new() };
+    let small = if run("small") { small_calls(&ctx, &rec, (args.reps * 5).max(30)).expect("small calls") } else { Vec::new() };
     let (pipeline_floor, pipeline_rows) =
-        if run("pipelines") { pipelines(&ctx, &timer, &rec, (args.reps * 5).max(30)).expect("pipelines") } else { (f64::NAN, Vec::new()) };
+        if run("pipelines") { pipelines(&ctx, &rec, (args.reps * 5).max(30)).expect("pipelines") } else { (f64::NAN, Vec::new()) };
 
     // A device error makes timings meaningless: fail rather than write them.
     if let Some(e) = ctx.take_uncaptured_error() {
@@ -924,7 +929,7 @@ fn main() {
     }
     std::fs::create_dir_all(&args.out).expect("output folder");
     let mut csv =
-        String::from("kernel,rows,dim,bag,dist,bytes,gpu_ms,wall_ms,gpu_gbps,copy_gbps,ratio_to_copy,cpu_ms,cpu_gbps,gpu_speedup_vs_cpu,submissions,waits,wall_us,floor_us\n");
+        String::from("kernel,rows,dim,bag,dist,bytes,gpu_ms,wall_ms,gpu_gbps,copy_gbps,ratio_to_copy,cpu_ms,cpu_gbps,gpu_speedup_vs_cpu,submissions,waits,wall_us,floor_us,dispatches\n");
     for p in &points {
         let g = p.bytes / p.gpu_s / 1e9;
         let paired_copy_gbps = copy_bytes / p.copy_s / 1e9;
@@ -950,7 +955,17 @@ fn main() {
         .unwrap();
     }
     for r in &pipeline_rows {
-        writeln!(csv, "{},,,,,,,,,,,,,,{},{},{:.1},{:.1}", r.name, r.submissions, r.waits, r.wall_s * 1e6, pipeline_floor * 1e6).unwrap();
+        writeln!(
+            csv,
+            "{},,,,,,,,,,,,,,{},{},{:.1},{:.1},{}",
+            r.name,
+            r.submissions,
+            r.waits,
+            r.wall_s * 1e6,
+            pipeline_floor * 1e6,
+            r.dispatches
+        )
+        .unwrap();
     }
     std::fs::write(args.out.join("results.csv"), csv).expect("write results.csv");
 
@@ -1019,16 +1034,16 @@ fn main() {
     if !pipeline_rows.is_empty() {
         writeln!(
             md,
-            "\nPipelines: one call of each (median wall time until the GPU finished; reads included), submissions and \
-             blocking waits per call from the context's counters, against the floor ({:.0} µs: one dispatch of a one-word \
-             copy plus its read-back, same adapter, same run).\n\n\
-             | pipeline | submissions | waits | µs | × floor |\n|---|---|---|---|---|",
+            "\nPipelines: one call of each (median wall time until the GPU finished; reads included), submissions, \
+             blocking waits and dispatches per call from the context's counters, against the floor ({:.0} µs: one dispatch \
+             of a one-word copy plus its read-back in one submission, same adapter, same run).\n\n\
+             | pipeline | submissions | waits | dispatches | µs | × floor |\n|---|---|---|---|---|---|",
             pipeline_floor * 1e6
         )
         .unwrap();
         for r in &pipeline_rows {
-            writeln!(md, "| {} | {} | {} | {:.0} | {:.2} |", r.name, r.submissions, r.waits, r.wall_s * 1e6, r.wall_s / pipeline_floor)
-                .unwrap();
+            let (us, ratio) = (r.wall_s * 1e6, r.wall_s / pipeline_floor);
+            writeln!(md, "| {} | {} | {} | {} | {us:.0} | {ratio:.2} |", r.name, r.submissions, r.waits, r.dispatches).unwrap();
         }
     }
     if !qbag_rows_per_s.is_empty() {

@@ -434,3 +434,136 @@ fn query_of_entries(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     if (p >= params.arg0 * params.arg2) { return; }
     out_rows[p] = order[p] / params.arg2;
 }
+
+// ---- small selections: one workgroup per query --------------------------------------
+
+// Where the table is small (N ≤ SMALL_N) and k ≤ SMALL_K, one workgroup per query does
+// steps 2-5 in one dispatch: no pass of its own per radix round, scan or sort. Its
+// WG_SIZE lanes each own a contiguous chunk of the query's N keys (written to `keys`
+// by the lane in the first round, read back by the same lane after), so the selected
+// entries come out in row order without a grid-wide scan. Cosine divides by the raw
+// query's norm here (the scores are of the raw query). Pass fields: arg3 = the batch's
+// first row in the output segments; the scores are bound at binding 25.
+const SMALL_K: u32 = 256u;
+
+@group(0) @binding(25) var<storage, read> scores_in: array<f32>;
+
+var<workgroup> small_state: vec2<u32>;
+var<workgroup> small_keys: array<u32, SMALL_K>;
+var<workgroup> small_rows: array<u32, SMALL_K>;
+var<workgroup> lane_sq: array<f32, 64>;
+
+// 1 / max(|query q|, 1e-12) of the raw query (every lane gets it; a fixed-order sum).
+fn small_inv_norm(q: u32, lane: u32) -> f32 {
+    let d = params.dim;
+    var sq = 0.0;
+    for (var c = lane; c < d; c += WG_SIZE) { let x = raw_queries[q * d + c]; sq += x * x; }
+    lane_sq[lane] = sq;
+    workgroupBarrier();
+    for (var stride = WG_SIZE / 2u; stride > 0u; stride /= 2u) {
+        if (lane < stride) { lane_sq[lane] += lane_sq[lane + stride]; }
+        workgroupBarrier();
+    }
+    return 1.0 / max(sqrt(lane_sq[0]), 1e-12);
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn select_small(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_id) lid: vec3<u32>) {
+    let q = group_index(wid, nwg);
+    if (q >= params.arg0) { return; }
+    let lane = lid.x;
+    let n = params.arg1;
+    let k = params.arg2;
+    var inv_q = 1.0;
+    if (params.mode == METRIC_COSINE) { inv_q = small_inv_norm(q, lane); }
+    let chunk = (n + WG_SIZE - 1u) / WG_SIZE;
+    let lo = min(lane * chunk, n);
+    let hi = min(lo + chunk, n);
+    let base = q * n;
+    if (lane == 0u) { small_state = vec2<u32>(0u, k); }
+    for (var round = 0u; round < 4u; round++) {
+        for (var b = lane; b < 256u; b += WG_SIZE) { atomicStore(&histogram[b], 0u); }
+        workgroupBarrier();
+        let prefix = small_state.x;
+        let shift = 24u - 8u * round;
+        let mask = select(0xffffffffu << (32u - 8u * round), 0u, round == 0u);
+        for (var r = lo; r < hi; r++) {
+            var key = 0u;
+            if (round == 0u) {
+                var s = scores_in[base + r];
+                if (params.mode == METRIC_COSINE) { s = (s * inv_q) / max(sqrt(row_sq_in[r]), 1e-12); }
+                key = descending_key(s);
+                keys[base + r] = key;
+            } else {
+                key = keys[base + r];
+            }
+            if ((key & mask) == prefix) { atomicAdd(&histogram[(key >> shift) & 0xffu], 1u); }
+        }
+        workgroupBarrier();
+        if (lane == 0u) {
+            var state = small_state;
+            var below = 0u;
+            for (var b = 0u; b < 256u; b++) {
+                let c = atomicLoad(&histogram[b]);
+                if (below + c >= state.y) {
+                    state = vec2<u32>(state.x | (b << shift), state.y - below);
+                    break;
+                }
+                below += c;
+            }
+            small_state = state;
+        }
+        workgroupBarrier();
+    }
+    // The k-th key and how many keys equal to it are taken (the lowest rows first).
+    let state = small_state;
+    var own = vec2<u32>(0u);
+    for (var r = lo; r < hi; r++) {
+        let key = keys[base + r];
+        own += vec2<u32>(select(0u, 1u, key < state.x), select(0u, 1u, key == state.x));
+    }
+    lane_offsets[lane] = own;
+    workgroupBarrier();
+    if (lane == 0u) {
+        var run = vec2<u32>(0u);
+        for (var l = 0u; l < WG_SIZE; l++) {
+            let c = lane_offsets[l];
+            lane_offsets[l] = run;
+            run += c;
+        }
+    }
+    workgroupBarrier();
+    let below_total = k - state.y;
+    var lt = lane_offsets[lane].x;
+    var eq = lane_offsets[lane].y;
+    for (var r = lo; r < hi; r++) {
+        let key = keys[base + r];
+        var slot = k;
+        if (key < state.x) {
+            slot = lt;
+            lt += 1u;
+        } else if (key == state.x) {
+            if (eq < state.y) { slot = below_total + eq; }
+            eq += 1u;
+        }
+        if (slot < k) {
+            small_keys[slot] = key;
+            small_rows[slot] = r;
+        }
+    }
+    workgroupBarrier();
+    // Sorted by key, equal keys in row order (slots hold each class in row order, the
+    // taken equal keys after every smaller one): each entry's rank is how many precede it.
+    let dst = (params.arg3 + q) * k;
+    for (var i = lane; i < k; i += WG_SIZE) {
+        let key = small_keys[i];
+        var rank = 0u;
+        for (var j = 0u; j < k; j++) {
+            let other = small_keys[j];
+            rank += select(0u, 1u, other < key || (other == key && j < i));
+        }
+        out[dst + rank] = score_of_key(key);
+        out_rows[dst + rank] = small_rows[i];
+    }
+}

@@ -78,6 +78,8 @@ fn embed_pool_and_search_is_one_submission_and_one_readback() {
     assert_eq!(after.readbacks - before.readbacks, 1, "{before:?} -> {after:?}");
     assert_eq!(after.waits - before.waits, 1, "{before:?} -> {after:?}");
     assert_eq!(after.bytes_read_back - before.bytes_read_back, 10 * 8, "the k rows and scores alone");
+    // The block, the bag, the scores and the selection (one workgroup per query).
+    assert_eq!(after.dispatches - before.dispatches, 4, "{before:?} -> {after:?}");
     assert_eq!(out.bytes(rows), &want_rows[..]);
     assert_eq!(out.bytes(scores), &want_scores[..]);
     // Distinct rows of the index, best first.

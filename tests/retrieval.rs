@@ -218,3 +218,41 @@ fn query_blocks_and_column_chunks() {
         check(&ctx, &top, &dequantized, &queries, d, k, Metric::Cosine);
     }
 }
+
+#[test]
+fn small_and_grid_wide_selections_agree() {
+    // k = 256 is selected by one workgroup per query, k = 257 by the grid-wide passes:
+    // the first 256 of the latter are the former, bit for bit, ties and a NaN row
+    // (ranked first, as torch.topk ranks it) included.
+    let ctx = context_reading(None, TableReads::Auto);
+    let (n, d) = (3_000usize, 8usize);
+    let mut rng = Rng(37);
+    let mut table = rng.vec_f32(n * d);
+    let queries = rng.vec_f32(3 * d);
+    // Rows 7, 40, 900 and 2 999 are ten times query 0: its best four, all equal.
+    for r in [7usize, 40, 900, 2_999] {
+        for c in 0..d {
+            table[r * d + c] = 10.0 * queries[c];
+        }
+    }
+    table[123 * d] = f32::NAN;
+    let retriever = Retriever::new(GpuTensor::from_f32(&ctx, &table, &[n, d]).unwrap(), Metric::Dot).unwrap();
+    let (small, grid) = (retriever.search(&ctx, &queries, 256).unwrap(), retriever.search(&ctx, &queries, 257).unwrap());
+    let bits = |t: &GpuTensor| -> Vec<u32> { bytemuck::pod_collect_to_vec(&t.read_bytes(&ctx).block().unwrap()) };
+    let (small_rows, grid_rows, small_scores, grid_scores) =
+        (bits(&small.indices), bits(&grid.indices), bits(&small.scores), bits(&grid.scores));
+    for qi in 0..3 {
+        assert_eq!(small_rows[qi * 256..(qi + 1) * 256], grid_rows[qi * 257..qi * 257 + 256], "query {qi}: rows");
+        assert_eq!(small_scores[qi * 256..(qi + 1) * 256], grid_scores[qi * 257..qi * 257 + 256], "query {qi}: scores");
+        assert_eq!(small_rows[qi * 256], 123, "query {qi}: the NaN row first");
+    }
+    assert_eq!(small_rows[1..5], [7, 40, 900, 2_999], "equal scores in row order");
+    // Without the NaN row, both against the float64 reference, cosine too.
+    table[123 * d] = 0.5;
+    for metric in [Metric::Dot, Metric::Cosine] {
+        let retriever = Retriever::new(GpuTensor::from_f32(&ctx, &table, &[n, d]).unwrap(), metric).unwrap();
+        for k in [1, 10, 256, 257] {
+            check(&ctx, &retriever.search(&ctx, &queries, k).unwrap(), &table, &queries, d, k, metric);
+        }
+    }
+}

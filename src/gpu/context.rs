@@ -639,13 +639,14 @@ impl Context {
         run.submit_now()
     }
 
-    /// Submissions, blocking waits, pipelines created and read-backs so far.
+    /// Submissions, blocking waits, pipelines created, dispatches and read-backs so far.
     pub fn stats(&self) -> ExecutionStats {
         let c = &self.stats;
         ExecutionStats {
             submissions: c.submissions.load(Ordering::Relaxed),
             waits: c.waits.load(Ordering::Relaxed),
             pipelines_created: c.pipelines_created.load(Ordering::Relaxed),
+            dispatches: c.dispatches.load(Ordering::Relaxed),
             readbacks: c.readbacks.load(Ordering::Relaxed),
             bytes_read_back: c.bytes_read_back.load(Ordering::Relaxed),
         }
@@ -724,6 +725,7 @@ pub(crate) struct Counters {
     pub submissions: AtomicU64,
     pub waits: AtomicU64,
     pub pipelines_created: AtomicU64,
+    pub dispatches: AtomicU64,
     pub readbacks: AtomicU64,
     pub bytes_read_back: AtomicU64,
 }

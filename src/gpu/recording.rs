@@ -49,6 +49,9 @@ pub struct ExecutionStats {
     pub waits: u64,
     /// Compute pipelines created (each once per kernel variant, then cached).
     pub pipelines_created: u64,
+    /// Compute dispatches recorded (each waits for the one before it where it reads
+    /// what that one wrote: what small calls pay per kernel).
+    pub dispatches: u64,
     /// Times results were mapped back to the host (each may bring several tensors).
     pub readbacks: u64,
     /// Bytes brought back to the host.
@@ -261,6 +264,7 @@ impl<'c> Recording<'c> {
         let bind_group = ctx.bind_group(kernel, bindings);
         let grid = crate::gpu::context::workgroup_grid(groups, ctx.limits().max_compute_workgroups_per_dimension);
         let indirect = guarded.then(|| self.gate_slot(grid));
+        ctx.stats.dispatches.fetch_add(1, Ordering::Relaxed);
         let pass = self.compute_pass();
         pass.set_pipeline(&pipeline);
         pass.set_bind_group(0, &bind_group, &[]);

@@ -55,6 +55,15 @@ const TILE_COUNTS: Kernel = Kernel::new(&FAMILY, "tile_counts", &[PARAMS, read(1
 const COMPACT_SELECTED: Kernel =
     Kernel::new(&FAMILY, "compact_selected", &[PARAMS, read(15, 0), read(17, 1), read(18, 2), read(19, 3), write(20, 4), write(21, 5)]);
 const QUERY_OF_ENTRIES: Kernel = Kernel::new(&FAMILY, "query_of_entries", &[PARAMS, read(22, 0), write(23, 1)]);
+/// Steps 2-5 in one workgroup per query, for small tables and k (`select_small`).
+const SELECT_SMALL: Kernel =
+    Kernel::new(&FAMILY, "select_small", &[PARAMS, OUT, read(13, 0), read(14, 1), write(15, 2), read(25, 3), write(23, 4)]);
+/// `SMALL_K` of the shader: the most rows `select_small` keeps per query.
+const SMALL_K: usize = 256;
+/// Tables of at most this many rows are selected by `select_small`: one workgroup
+/// reads a query's keys five times, which costs less than the dozen passes of the
+/// grid-wide selection below this size (on GPUs and CPU adapters alike).
+const SMALL_N: u64 = 32_768;
 const WRITE_TOPK: Kernel = Kernel::new(&FAMILY, "write_topk", &[PARAMS, OUT, read(20, 0), read(21, 1), read(22, 2), write(23, 3)]);
 
 /// Keys a selection workgroup covers (`TILE` of the shader).
@@ -257,16 +266,19 @@ impl Retriever {
             arg2: k as u32,
             ..Default::default()
         };
-        // 1. Scores (cosine: from normalised queries, divided by the row norms below).
+        let small = n <= SMALL_N && k <= SMALL_K;
+        let raw_queries = queries.buffer.clone();
+        // 1. Scores (cosine: from normalised queries, divided by the row norms below;
+        // small selections divide by the query norm themselves).
         let queries = match self.metric {
-            Metric::Dot => queries.buffer.clone(),
-            Metric::Cosine => {
+            Metric::Cosine if !small => {
                 let unit = words(ctx, "unit-queries", qb * d);
                 let call =
                     Call { extra: std::slice::from_ref(&queries.buffer), ..Call::new(&NORMALIZE_QUERIES, &[], Grid::Elements(1), base) };
                 record_flat(ctx, encoder, &call, None, Some(&flat(&unit, qb * d)), qb);
                 unit
             }
+            _ => queries.buffer.clone(),
         };
         let scores = words(ctx, "scores", qb * n);
         let row_sq = words(ctx, "row-squares", n);
@@ -322,8 +334,14 @@ impl Retriever {
                 SlicePlan { table: &access, input: None, out: Some(&scores_out) }.record_rows(ctx, encoder, &call, units_per_row);
             }
         }
-        // 2. Keys.
         let keys = words(ctx, "keys", qb * n);
+        if small {
+            let extra = [row_sq, raw_queries, keys, scores, out[1].buffer.clone()];
+            let call = Call { extra: &extra, ..Call::new(&SELECT_SMALL, &[], Grid::RowsPerGroup(1), PassParams { arg3: 0, ..base }) };
+            record_flat(ctx, encoder, &call, None, Some(out[0]), qb);
+            return Ok(());
+        }
+        // 2. Keys.
         let call = Call { extra: &[row_sq, keys.clone()], ..Call::new(&SCORE_KEYS, &[], Grid::Elements(1), base) };
         record_flat(ctx, encoder, &call, None, Some(&scores_out), qb * n);
         // 3. Radix select of the k-th key: (prefix, still needed) per query.

@@ -38,7 +38,7 @@ impl Gpu {
     }
 
     /// What this device has done so far: `{ submissions, waits, pipelinesCreated,
-    /// readbacks, bytesReadBack }` (see the crate's `Context::stats`).
+    /// dispatches, readbacks, bytesReadBack }` (see the crate's `Context::stats`).
     pub fn stats(&self) -> Result<JsValue, JsValue> {
         let s = self.ctx.stats();
         let o = js_sys::Object::new();
@@ -46,6 +46,7 @@ impl Gpu {
             ("submissions", s.submissions),
             ("waits", s.waits),
             ("pipelinesCreated", s.pipelines_created),
+            ("dispatches", s.dispatches),
             ("readbacks", s.readbacks),
             ("bytesReadBack", s.bytes_read_back),
         ] {
