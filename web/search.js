@@ -8,6 +8,7 @@
 // dispatch of a one-word copy plus its read-back on the same device) in
 // window.searchResult (the browser tests screenshot it).
 import init, { Gpu, SafetensorsFile } from "./pkg/wgpu_embed_web.js";
+import { floorMs, median } from "./floor.js";
 
 const $ = (id) => document.getElementById(id);
 const HITS = 5;
@@ -61,40 +62,6 @@ function bags(tokenize, texts) {
   return { ids: Int32Array.from(ids), offsets: Int32Array.from(offsets) };
 }
 
-/** One dispatch of a one-word copy plus its read-back, on `device`: the floor of any call. */
-async function floorMs(device, reps = 9) {
-  const module = device.createShaderModule({
-    code: `@group(0) @binding(0) var<storage, read> src: array<u32>;
-           @group(0) @binding(1) var<storage, read_write> dst: array<u32>;
-           @compute @workgroup_size(1) fn main() { dst[0] = src[0]; }`,
-  });
-  const pipeline = device.createComputePipeline({ layout: "auto", compute: { module, entryPoint: "main" } });
-  const storage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
-  const [src, dst] = [device.createBuffer({ size: 4, usage: storage }), device.createBuffer({ size: 4, usage: storage })];
-  const group = device.createBindGroup({
-    layout: pipeline.getBindGroupLayout(0),
-    entries: [{ binding: 0, resource: { buffer: src } }, { binding: 1, resource: { buffer: dst } }],
-  });
-  const times = [];
-  for (let k = 0; k < reps; k++) {
-    const t = performance.now();
-    const read = device.createBuffer({ size: 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
-    const encoder = device.createCommandEncoder();
-    const pass = encoder.beginComputePass();
-    pass.setPipeline(pipeline);
-    pass.setBindGroup(0, group);
-    pass.dispatchWorkgroups(1);
-    pass.end();
-    encoder.copyBufferToBuffer(dst, 0, read, 0, 4);
-    device.queue.submit([encoder.finish()]);
-    await read.mapAsync(GPUMapMode.READ);
-    read.destroy();
-    times.push(performance.now() - t);
-  }
-  return median(times);
-}
-
-const median = (v) => [...v].sort((a, b) => a - b)[v.length >> 1];
 
 async function fetchOk(url) {
   const r = await fetch(url);
