@@ -47,6 +47,15 @@ const NO_POSITION: u32 = 0xffffffffu;
 // Sort keys of the index positions: the row, or num_embeddings (sorted last, never
 // summed) for padding and for positions past the last bag (include_last_offset).
 // flags_out marks the positions that count (their prefix sums give bag sizes).
+// The sort key of index position p: its row, or num_embeddings for padding, bad
+// indices and positions past the last bag. Host indices were range-checked before
+// upload; the kernel still never lets a bad one through as a row.
+fn position_key(p: u32) -> u32 {
+    let row = table_row(indices[p]);
+    if (row == BAD_ROW || row == params.padding_idx || p >= params.arg0) { return params.num_embeddings; }
+    return row;
+}
+
 @compute @workgroup_size(WG_SIZE)
 fn position_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -54,11 +63,7 @@ fn position_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let n = params.index_count;
     if (p == n) { flags_out[n] = 0u; }
     if (p >= n) { return; }
-    // Host indices were range-checked before upload; the kernel still never lets a
-    // bad one through as a row.
-    let row = table_row(indices[p]);
-    var key = row;
-    if (row == BAD_ROW || row == params.padding_idx || p >= params.arg0) { key = params.num_embeddings; }
+    let key = position_key(p);
     position_keys_out[p] = key;
     positions_out[p] = p;
     flags_out[p] = select(0u, 1u, key < params.num_embeddings);
@@ -75,30 +80,32 @@ fn bag_of(p: u32) -> u32 {
     return lo - 1u;
 }
 
-// entries_out[j]: (source row, factor) of the j-th sorted position.
+// The entry (source row, factor) of index position p, in bag b of `size` counted
+// positions (the bag and size matter to bag modes, the size to means only).
+fn entry_of(p: u32, b: u32, size: u32) -> vec2<u32> {
+    if (params.mode == MODE_POSITIONS) { return vec2<u32>(p / params.arg2, bitcast<u32>(1.0)); }
+    if (params.mode == MODE_MAX) { return vec2<u32>(b, p); }
+    var factor = 1.0;
+    if (params.mode == MODE_MEAN) {
+        factor = 1.0 / f32(max(size, 1u));
+    } else if (has_flag(FLAG_HAS_WEIGHTS)) {
+        factor = sample_weights[p];
+    }
+    return vec2<u32>(b, bitcast<u32>(factor));
+}
+
+// entries_out[j]: the entry of the j-th sorted position.
 @compute @workgroup_size(WG_SIZE)
 fn gather_entries(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_id) lid: vec3<u32>) {
     let j = linear_id(wid, nwg, lid);
     if (j >= params.index_count) { return; }
     let p = sorted_positions[j];
-    if (params.mode == MODE_POSITIONS) {
-        entries_out[j] = vec2<u32>(p / params.arg2, bitcast<u32>(1.0));
-        return;
-    }
-    let b = bag_of(p);
-    var factor = 1.0;
-    if (params.mode == MODE_MAX) {
-        entries_out[j] = vec2<u32>(b, p);
-        return;
-    }
-    if (params.mode == MODE_MEAN) {
-        let size = prefix[bag_bounds[b + 1u]] - prefix[bag_bounds[b]];
-        factor = 1.0 / f32(max(size, 1u));
-    } else if (has_flag(FLAG_HAS_WEIGHTS)) {
-        factor = sample_weights[p];
-    }
-    entries_out[j] = vec2<u32>(b, bitcast<u32>(factor));
+    var b = 0u;
+    var size = 0u;
+    if (params.mode != MODE_POSITIONS) { b = bag_of(p); }
+    if (params.mode == MODE_MEAN) { size = prefix[bag_bounds[b + 1u]] - prefix[bag_bounds[b]]; }
+    entries_out[j] = entry_of(p, b, size);
 }
 
 // Columns col .. col + WIDTH of the gradient entry j contributes (source rows of the
@@ -374,4 +381,105 @@ fn sample_weight_grads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
     var acc = 0.0;
     for (var c = 0u; c < params.dim; c++) { acc += bag_grad[base + c] * table_element(row, c); }
     out[p] = acc;
+}
+
+// ---- short lists: one workgroup ------------------------------------------------------
+
+// Lists of at most SMALL_LIST positions (a training step's batch of tokens) are made
+// ready in one dispatch of one workgroup: what position_keys, the sort (sort.wgsl),
+// gather_entries, run_heads, the scans and compact_runs do in seven. The (key,
+// position) pairs are sorted bitonically in workgroup memory: positions are distinct,
+// so the order is the stable sort's. Writes the sorted keys (binding 13), the entries,
+// the scanned run heads (binding 15; the last is the run count) and the runs.
+const SMALL_LIST: u32 = 1024u;
+
+@group(0) @binding(13) var<storage, read_write> sorted_keys_out: array<u32>;
+@group(0) @binding(15) var<storage, read_write> prefix_out: array<u32>;
+
+var<workgroup> list_keys: array<u32, SMALL_LIST>;
+var<workgroup> list_positions: array<u32, SMALL_LIST>;
+var<workgroup> list_scan: array<u32, 1025>;
+
+@compute @workgroup_size(WG_SIZE)
+fn prepare_short_list(@builtin(local_invocation_id) lid: vec3<u32>) {
+    let n = params.index_count;
+    let v = params.num_embeddings;
+    let lane = lid.x;
+    var width = 1u;
+    while (width < n) { width *= 2u; }
+    for (var i = lane; i < width; i += WG_SIZE) {
+        if (i < n) {
+            list_keys[i] = position_key(i);
+            list_positions[i] = i;
+        } else {
+            list_keys[i] = 0xffffffffu;
+            list_positions[i] = 0xffffffffu;
+        }
+    }
+    workgroupBarrier();
+    for (var k = 2u; k <= width; k *= 2u) {
+        for (var j = k / 2u; j > 0u; j /= 2u) {
+            for (var i = lane; i < width; i += WG_SIZE) {
+                let l = i ^ j;
+                if (l > i) {
+                    let ka = list_keys[i];
+                    let kb = list_keys[l];
+                    let pa = list_positions[i];
+                    let pb = list_positions[l];
+                    let greater = ka > kb || (ka == kb && pa > pb);
+                    if (greater == ((i & k) == 0u)) {
+                        list_keys[i] = kb;
+                        list_keys[l] = ka;
+                        list_positions[i] = pb;
+                        list_positions[l] = pa;
+                    }
+                }
+            }
+            workgroupBarrier();
+        }
+    }
+    // Means: the counted positions before each position (in position order).
+    if (lane == 0u && params.mode == MODE_MEAN) {
+        var run = 0u;
+        for (var p = 0u; p <= n; p++) {
+            list_scan[p] = run;
+            if (p < n && position_key(p) < v) { run += 1u; }
+        }
+    }
+    workgroupBarrier();
+    for (var j = lane; j < n; j += WG_SIZE) {
+        let p = list_positions[j];
+        var b = 0u;
+        var size = 0u;
+        if (params.mode != MODE_POSITIONS) { b = bag_of(p); }
+        if (params.mode == MODE_MEAN) { size = list_scan[bag_bounds[b + 1u]] - list_scan[bag_bounds[b]]; }
+        entries_out[j] = entry_of(p, b, size);
+        sorted_keys_out[j] = list_keys[j];
+    }
+    workgroupBarrier();
+    // The runs: heads of distinct rows (padding's sorted-last key excluded), scanned.
+    if (lane == 0u) {
+        var run = 0u;
+        for (var j = 0u; j <= n; j++) {
+            list_scan[j] = run;
+            prefix_out[j] = run;
+            let key = list_keys[min(j, SMALL_LIST - 1u)];
+            if (j < n && key < v && (j == 0u || list_keys[j - 1u] != key)) { run += 1u; }
+        }
+    }
+    workgroupBarrier();
+    for (var j = lane; j <= n; j += WG_SIZE) {
+        if (j == n) {
+            // Where padding's keys start: the end of the last run.
+            var lo = 0u;
+            var hi = n;
+            while (lo < hi) {
+                let mid = (lo + hi) / 2u;
+                if (list_keys[mid] < v) { lo = mid + 1u; } else { hi = mid; }
+            }
+            runs_out[list_scan[n]] = vec2<u32>(lo, NO_POSITION);
+        } else if (list_scan[j + 1u] != list_scan[j]) {
+            runs_out[list_scan[j]] = vec2<u32>(j, list_keys[j]);
+        }
+    }
 }

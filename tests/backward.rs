@@ -192,3 +192,44 @@ fn gpu_resident_indices_give_the_same_gradients_and_bad_ones_are_reported() {
         other => panic!("expected IndexOutOfRange at 417, got {other:?}.block()"),
     }
 }
+
+#[test]
+fn short_and_long_lists_give_the_same_bits() {
+    // 1 024 positions are made ready by one workgroup, 1 025 by the grid-wide passes:
+    // the 1 025th is padding, which adds nothing, so the gradients agree bit for bit
+    // (hot rows, padding among the positions, means over counted positions, weights).
+    let ctx = context(None);
+    let (v, d, n) = (50usize, 12usize, 1024usize);
+    let mut rng = Rng(41);
+    let mut rows: Vec<i64> = (0..n).map(|_| rng.below(v as u64) as i64).collect();
+    let (emb, _, grad) = embedding_case(&ctx, v, d, &rows, 43);
+    let emb = emb.with_padding_idx(Some(0)).unwrap();
+    let mut long_grad = grad.clone();
+    long_grad.extend(rng.vec_f32(d));
+    let (g_short, g_long) =
+        (GpuTensor::from_f32(&ctx, &grad, &[n, d]).unwrap(), GpuTensor::from_f32(&ctx, &long_grad, &[n + 1, d]).unwrap());
+    let short = dense(&ctx, &emb.backward(&ctx, Indices::i64(&rows, &[n]), &g_short, GradOptions::default()).block().unwrap());
+    let want = scatter_reference(v, d, &rows, |p| p, |p| if rows[p] == 0 { 0.0 } else { 1.0 }, &grad);
+    assert_close(&short, &want, 1e-5, "short list");
+    rows.push(0);
+    let long = dense(&ctx, &emb.backward(&ctx, Indices::i64(&rows, &[n + 1]), &g_long, GradOptions::default()).block().unwrap());
+    assert!(short.iter().zip(&long).all(|(a, b)| a.to_bits() == b.to_bits()), "Embedding: short and long lists differ");
+
+    // Bags: 100 bags over the 1 024 positions; the long list puts padding in the last.
+    let table = rng.vec_f32(v * d);
+    let offsets: Vec<i64> = (0..100).map(|b| (b * n / 100) as i64).collect();
+    let bag_grad = GpuTensor::from_f32(&ctx, &rng.vec_f32(100 * d), &[100, d]).unwrap();
+    let weights = rng.vec_f32(n + 1);
+    for (mode, weighted) in [(BagMode::Mean, false), (BagMode::Sum, true)] {
+        let bag = EmbeddingBag::from_pretrained(&ctx, &table, v, d, mode).unwrap().with_padding_idx(Some(0)).unwrap();
+        let grads = |len: usize| {
+            let shape = [len];
+            let w = weighted.then_some((&weights[..len], &shape[..]));
+            let bags = Some(Indices::i64(&offsets, &[100]));
+            let g = bag.backward(&ctx, Indices::i64(&rows[..len], &shape), bags, w, &bag_grad, GradOptions::default());
+            dense(&ctx, &g.block().unwrap().weight)
+        };
+        let (short, long) = (grads(n), grads(n + 1));
+        assert!(short.iter().zip(&long).all(|(a, b)| a.to_bits() == b.to_bits()), "{mode:?} bags: short and long lists differ");
+    }
+}

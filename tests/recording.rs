@@ -166,6 +166,9 @@ fn a_training_step_is_one_submission_and_no_wait() {
         assert_eq!(after.submissions - before.submissions, 1, "{before:?} -> {after:?}");
         assert_eq!(after.waits - before.waits, 0, "{before:?} -> {after:?}");
         assert_eq!(after.readbacks - before.readbacks, 0, "{before:?} -> {after:?}");
+        // The library's: the lookup, the index list sorted into runs (one workgroup), the
+        // table segments' run ranges, the step (the loss kernel is the test's own).
+        assert_eq!(after.dispatches - before.dispatches, 4, "{before:?} -> {after:?}");
     }
     assert_eq!(opt_b.steps(), 2);
     assert_eq!(ctx.take_uncaptured_error(), None);

@@ -48,6 +48,14 @@ const RUN_ROWS: Kernel = Kernel::new(&FAMILY, "run_rows", &[PARAMS, OUT, read(18
 const REDUCE_RUNS4: Kernel =
     Kernel::new(&FAMILY, "reduce_runs4", &[PARAMS, GRAD, ARGMAX, OUT, read(17, 0), read(16, 1), read(18, 2), read(23, 3)]);
 const SEGMENT_SLOTS: Kernel = Kernel::new(&FAMILY, "segment_slots", &[PARAMS, read(15, 0), read(18, 1), read(19, 2), write(23, 3)]);
+/// Lists of at most this many positions are made ready by one workgroup
+/// (`prepare_short_list`, `SMALL_LIST` of the shader): one dispatch instead of seven.
+const SHORT_LIST: u64 = 1024;
+const PREPARE_SHORT_LIST: Kernel = Kernel::new(
+    &FAMILY,
+    "prepare_short_list",
+    &[PARAMS, INPUT, read(14, 0), read(7, 1), write(13, 2), write(15, 3), write(16, 4), write(18, 5)],
+);
 const RUN_HEADS: Kernel = Kernel::new(&FAMILY, "run_heads", &[PARAMS, read(13, 0), write(12, 1)]);
 const COMPACT_RUNS: Kernel = Kernel::new(&FAMILY, "compact_runs", &[PARAMS, read(13, 0), read(12, 1), read(15, 2), write(18, 3)]);
 const BAG_ARGMAX: Kernel = Kernel::new(&FAMILY, "bag_argmax", &[PARAMS, TABLE, INPUT, read(14, 0), write(20, 1), write(21, 2)]);
@@ -291,30 +299,43 @@ fn prepare_runs<'a>(
     }
     let plan = GroupPlan { source: grad, aux: argmax, entries: n, chunk };
     let idx = s.rows.buffer(ctx, encoder, "indices")?;
-    let (keys, positions, counted) = (words(ctx, "keys", n), words(ctx, "positions", n), words(ctx, "counted", n + 1));
-    let p = PassParams { arg0: active_end, ..base };
-    let call = Call { extra: &[keys.clone(), positions.clone(), counted.clone()], ..Call::new(&POSITION_KEYS, &[], Grid::Elements(1), p) };
-    record_flat(ctx, encoder, &call, Some(&flat_segment(&idx, n)), None, n + 1);
-    let (sorted_keys, sorted_positions) = record_sort(ctx, encoder, &keys, &positions, n);
-    let prefix = if mode == MODE_MEAN { record_exclusive_scan(ctx, encoder, &counted, n + 1) } else { words(ctx, "unused", 1) };
     let bounds = upload(ctx, "bag-bounds", bag_bounds.unwrap_or(&[0]));
     let weights_buffer = weights.unwrap_or(Flat::Host(&[0.0])).buffer(ctx, encoder, "sample-weights")?;
-    let entries = words(ctx, "entries", 2 * n);
-    let p = PassParams { mode, arg2: group, arg3: bags, flags: if weights.is_some() { HAS_WEIGHTS } else { 0 }, ..base };
-    let extra = [sorted_positions, bounds, weights_buffer, prefix, entries.clone()];
-    record_flat(ctx, encoder, &Call { extra: &extra, ..Call::new(&GATHER_ENTRIES, &[], Grid::Elements(1), p) }, None, None, n);
+    let (sorted_keys, entries, runs) = if n <= SHORT_LIST {
+        let (sorted_keys, entries) = (words(ctx, "sorted-keys", n), words(ctx, "entries", 2 * n));
+        let runs = Runs { prefix: words(ctx, "run-heads", n + 1), runs: words(ctx, "runs", 2 * (n + 1)) };
+        let p =
+            PassParams { mode, arg0: active_end, arg2: group, arg3: bags, flags: if weights.is_some() { HAS_WEIGHTS } else { 0 }, ..base };
+        let extra = [bounds, weights_buffer, sorted_keys.clone(), runs.prefix.clone(), entries.clone(), runs.runs.clone()];
+        let call = Call { extra: &extra, ..Call::new(&PREPARE_SHORT_LIST, &[], Grid::RowsPerGroup(n.max(1)), p) };
+        record_flat(ctx, encoder, &call, Some(&flat_segment(&idx, n)), None, n.max(1));
+        (sorted_keys, entries, runs)
+    } else {
+        let (keys, positions, counted) = (words(ctx, "keys", n), words(ctx, "positions", n), words(ctx, "counted", n + 1));
+        let p = PassParams { arg0: active_end, ..base };
+        let call =
+            Call { extra: &[keys.clone(), positions.clone(), counted.clone()], ..Call::new(&POSITION_KEYS, &[], Grid::Elements(1), p) };
+        record_flat(ctx, encoder, &call, Some(&flat_segment(&idx, n)), None, n + 1);
+        let (sorted_keys, sorted_positions) = record_sort(ctx, encoder, &keys, &positions, n);
+        let prefix = if mode == MODE_MEAN { record_exclusive_scan(ctx, encoder, &counted, n + 1) } else { words(ctx, "unused", 1) };
+        let entries = words(ctx, "entries", 2 * n);
+        let p = PassParams { mode, arg2: group, arg3: bags, flags: if weights.is_some() { HAS_WEIGHTS } else { 0 }, ..base };
+        let extra = [sorted_positions, bounds, weights_buffer, prefix, entries.clone()];
+        record_flat(ctx, encoder, &Call { extra: &extra, ..Call::new(&GATHER_ENTRIES, &[], Grid::Elements(1), p) }, None, None, n);
+        // The runs: heads of distinct rows (padding's sorted-last key excluded), scanned.
+        let heads = words(ctx, "heads", n + 1);
+        let extra = [sorted_keys.clone(), heads.clone()];
+        record_flat(ctx, encoder, &Call { extra: &extra, ..Call::new(&RUN_HEADS, &[], Grid::Elements(1), base) }, None, None, n + 1);
+        let prefix = record_exclusive_scan(ctx, encoder, &heads, n + 1);
+        let runs = Runs { prefix: prefix.clone(), runs: words(ctx, "runs", 2 * (n + 1)) };
+        let extra = [sorted_keys.clone(), heads, prefix, runs.runs.clone()];
+        record_flat(ctx, encoder, &Call { extra: &extra, ..Call::new(&COMPACT_RUNS, &[], Grid::Elements(1), base) }, None, None, n + 1);
+        (sorted_keys, entries, runs)
+    };
     let chunk_sums = words(ctx, "chunk-sums", (n / chunk) * d as u64);
-    let extra = [chunk_sums.clone(), entries.clone(), sorted_keys.clone()];
+    let extra = [chunk_sums.clone(), entries.clone(), sorted_keys];
     let p = PassParams { mode, ..base };
     plan.record_chunks(ctx, encoder, &Call { extra: &extra, ..Call::new(&CHUNK_SUMS, &constants, Grid::Elements(column_groups), p) });
-    // The runs: heads of distinct rows (padding's sorted-last key excluded), scanned.
-    let heads = words(ctx, "heads", n + 1);
-    let extra = [sorted_keys.clone(), heads.clone()];
-    record_flat(ctx, encoder, &Call { extra: &extra, ..Call::new(&RUN_HEADS, &[], Grid::Elements(1), base) }, None, None, n + 1);
-    let prefix = record_exclusive_scan(ctx, encoder, &heads, n + 1);
-    let runs = Runs { prefix: prefix.clone(), runs: words(ctx, "runs", 2 * (n + 1)) };
-    let extra = [sorted_keys, heads, prefix, runs.runs.clone()];
-    record_flat(ctx, encoder, &Call { extra: &extra, ..Call::new(&COMPACT_RUNS, &[], Grid::Elements(1), base) }, None, None, n + 1);
     Ok(PreparedRuns {
         plan,
         runs,
