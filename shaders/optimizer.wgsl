@@ -270,7 +270,6 @@ fn fused_rowwise_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
 @group(0) @binding(29) var<storage, read> consts: array<u32>;
 
 // Reductions below assume WG_SIZE is 64, as the context always sets it.
-var<workgroup> block_max: array<vec2<f32>, 64>;
 
 fn decode(word: u32, k: u32, base: u32) -> f32 {
     return bitcast<f32>(consts[base + C_MAP + ((word >> (8u * k)) & 0xffu)]);
@@ -304,15 +303,7 @@ fn adam8bit_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
             }
         }
     }
-    block_max[lid.x] = largest;
-    workgroupBarrier();
-    for (var stride = WG_SIZE / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid.x < stride) {
-            block_max[lid.x] = max(block_max[lid.x], block_max[lid.x + stride]);
-        }
-        workgroupBarrier();
-    }
-    let new_absmax = block_max[0];
+    let new_absmax = workgroup_max(lid.x, largest);
     // 1 / absmax once per block (a long division); an all-zero block keeps code 0.
     let inv = vec2<f32>(div_exact(1.0, new_absmax.x), div_exact(1.0, new_absmax.y));
     for (var e = first + 4u * lid.x; e < end; e += 4u * WG_SIZE) {

@@ -92,16 +92,9 @@ fn absmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             m = max(m, abs(load(e)));
         }
     }
-    partial[lid.x] = m;
-    workgroupBarrier();
-    for (var stride = WG_SIZE / 2u; stride > 0u; stride = stride / 2u) {
-        if (lid.x < stride) {
-            partial[lid.x] = max(partial[lid.x], partial[lid.x + stride]);
-        }
-        workgroupBarrier();
-    }
+    let block_absmax = workgroup_max(lid.x, vec2<f32>(m, 0.0)).x;
     if (lid.x == 0u && start < end) {
-        atomicMax(&scales[g - p.scale_first], bitcast<u32>(partial[0]));
+        atomicMax(&scales[g - p.scale_first], bitcast<u32>(block_absmax));
     }
 }
 

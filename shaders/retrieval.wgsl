@@ -310,17 +310,21 @@ fn radix_pick(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
               @builtin(local_invocation_id) lid: vec3<u32>) {
     let q = linear_id(wid, nwg, lid);
     if (q >= params.arg0) { return; }
-    var state = select_state[q];
+    var counts: array<u32, 256>;
+    for (var b = 0u; b < 256u; b++) { counts[b] = counts_in[q * 256u + b]; }
+    select_state[q] = pick_digit(&counts, select_state[q], round_shift());
+}
+
+// The digit (at `shift`) where the running count of `counts` reaches the keys still
+// needed (state.y): it joins the prefix (state.x), and the keys below it are taken.
+fn pick_digit(counts: ptr<function, array<u32, 256>>, state: vec2<u32>, shift: u32) -> vec2<u32> {
     var below = 0u;
     for (var b = 0u; b < 256u; b++) {
-        let c = counts_in[q * 256u + b];
-        if (below + c >= state.y) {
-            state = vec2<u32>(state.x | (b << round_shift()), state.y - below);
-            break;
-        }
+        let c = (*counts)[b];
+        if (below + c >= state.y) { return vec2<u32>(state.x | (b << shift), state.y - below); }
         below += c;
     }
-    select_state[q] = state;
+    return state;
 }
 
 // ---- compaction ---------------------------------------------------------------------
@@ -363,6 +367,21 @@ fn lane_counts(qt: vec2<u32>, lane: u32) -> vec2<u32> {
 
 var<workgroup> lane_offsets: array<vec2<u32>, 64>;
 
+// Where a key goes among the k selected of its query, walking keys in row order (k:
+// not selected): keys below the threshold (state.x) at their rank among them, then the
+// first state.y keys equal to it. `ranks` counts the keys below and equal so far.
+fn selected_slot(key: u32, state: vec2<u32>, k: u32, ranks: ptr<function, vec2<u32>>) -> u32 {
+    var slot = k;
+    if (key < state.x) {
+        slot = (*ranks).x;
+        (*ranks).x += 1u;
+    } else if (key == state.x) {
+        if ((*ranks).y < state.y) { slot = k - state.y + (*ranks).y; }
+        (*ranks).y += 1u;
+    }
+    return slot;
+}
+
 // Writes the selected keys and rows of each tile in row order: the keys below the
 // threshold at their rank among them, then the first `needed` equal ones after all of
 // those (the scanned tile totals give each tile's start).
@@ -387,21 +406,12 @@ fn compact_selected(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     let first = qt.x * tiles;
     let state = select_state_in[qt.x];
     let k = params.arg2;
-    let below_total = k - state.y;
-    var lt = lt_prefix[t] - lt_prefix[first] + lane_offsets[lid.x].x - own.x;
-    var eq = eq_prefix[t] - eq_prefix[first] + lane_offsets[lid.x].y - own.y;
+    var ranks = vec2<u32>(lt_prefix[t] - lt_prefix[first], eq_prefix[t] - eq_prefix[first]) + lane_offsets[lid.x] - own;
     for (var j = 0u; j < 4u; j++) {
         let n = qt.y * TILE + lid.x * 4u + j;
         if (n < params.arg1) {
             let key = keys_in[qt.x * params.arg1 + n];
-            var slot = k;
-            if (key < state.x) {
-                slot = lt;
-                lt += 1u;
-            } else if (key == state.x) {
-                if (eq < state.y) { slot = below_total + eq; }
-                eq += 1u;
-            }
+            let slot = selected_slot(key, state, k, &ranks);
             if (slot < k) {
                 selected_keys[qt.x * k + slot] = key;
                 selected_rows[qt.x * k + slot] = n;
@@ -502,17 +512,9 @@ fn select_small(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         }
         workgroupBarrier();
         if (lane == 0u) {
-            var state = small_state;
-            var below = 0u;
-            for (var b = 0u; b < 256u; b++) {
-                let c = atomicLoad(&histogram[b]);
-                if (below + c >= state.y) {
-                    state = vec2<u32>(state.x | (b << shift), state.y - below);
-                    break;
-                }
-                below += c;
-            }
-            small_state = state;
+            var counts: array<u32, 256>;
+            for (var b = 0u; b < 256u; b++) { counts[b] = atomicLoad(&histogram[b]); }
+            small_state = pick_digit(&counts, small_state, shift);
         }
         workgroupBarrier();
     }
@@ -534,19 +536,10 @@ fn select_small(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         }
     }
     workgroupBarrier();
-    let below_total = k - state.y;
-    var lt = lane_offsets[lane].x;
-    var eq = lane_offsets[lane].y;
+    var ranks = lane_offsets[lane];
     for (var r = lo; r < hi; r++) {
         let key = keys[base + r];
-        var slot = k;
-        if (key < state.x) {
-            slot = lt;
-            lt += 1u;
-        } else if (key == state.x) {
-            if (eq < state.y) { slot = below_total + eq; }
-            eq += 1u;
-        }
+        let slot = selected_slot(key, state, k, &ranks);
         if (slot < k) {
             small_keys[slot] = key;
             small_rows[slot] = r;

@@ -100,3 +100,17 @@ fn div_exact(a: f32, b: f32) -> f32 {
     return bitcast<f32>(sign | bits);
 }
 
+
+// The largest of every lane's pair over the workgroup (an 8-bit optimizer's two states'
+// block absmax; a quantized block's absmax in .x). Every lane calls it, once per kernel.
+var<workgroup> lane_max: array<vec2<f32>, 64>;
+
+fn workgroup_max(lane: u32, v: vec2<f32>) -> vec2<f32> {
+    lane_max[lane] = v;
+    workgroupBarrier();
+    for (var stride = WG_SIZE / 2u; stride > 0u; stride = stride / 2u) {
+        if (lane < stride) { lane_max[lane] = max(lane_max[lane], lane_max[lane + stride]); }
+        workgroupBarrier();
+    }
+    return lane_max[0];
+}

@@ -239,12 +239,10 @@ pub(crate) fn indices_and_shape(indices: &JsValue, shape: &JsValue, name: &'stat
     Ok((values, shape))
 }
 
-/// `nn.LayerNorm` over the last dimension.
-#[wasm_bindgen]
-pub struct LayerNorm {
-    pub(crate) ctx: Rc<lib::Context>,
-    pub(crate) layer: lib::LayerNorm,
-}
+js_layer!(
+    /// `nn.LayerNorm` over the last dimension.
+    LayerNorm, lib::LayerNorm
+);
 
 #[wasm_bindgen]
 impl LayerNorm {
@@ -269,31 +267,6 @@ impl LayerNorm {
     }
 }
 
-macro_rules! lookup_layer {
-    ($(#[$doc:meta])* $name:ident, $lib:ty) => {
-        $(#[$doc])*
-        #[wasm_bindgen]
-        pub struct $name {
-            pub(crate) ctx: Rc<lib::Context>,
-            pub(crate) layer: $lib,
-        }
-
-        #[wasm_bindgen]
-        impl $name {
-            /// Looks up `indices` (of `shape`, default 1-D); the result stays on the GPU.
-            pub async fn forward(
-                &self,
-                #[wasm_bindgen(unchecked_param_type = "IndexArray")] indices: JsValue,
-                #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] shape: JsValue,
-            ) -> Result<Tensor, JsValue> {
-                let (values, shape) = indices_and_shape(&indices, &shape, "indices")?;
-                let out = gpu_call(&self.ctx, || self.layer.forward(&self.ctx, values.as_indices(&shape))).await?;
-                Ok(Tensor::new(self.ctx.clone(), out))
-            }
-        }
-    };
-}
-
 lookup_layer!(
     /// bitsandbytes' `StableEmbedding`: lookup, then LayerNorm.
     StableEmbedding, lib::StableEmbedding
@@ -307,12 +280,10 @@ lookup_layer!(
     QuantizedEmbedding, lib::QuantizedEmbedding
 );
 
-/// BERT's embedding block: LayerNorm(Σ_k table_k[indices_k]).
-#[wasm_bindgen]
-pub struct EmbeddingSumLayerNorm {
-    pub(crate) ctx: Rc<lib::Context>,
-    pub(crate) layer: lib::EmbeddingSumLayerNorm,
-}
+js_layer!(
+    /// BERT's embedding block: LayerNorm(Σ_k table_k[indices_k]).
+    EmbeddingSumLayerNorm, lib::EmbeddingSumLayerNorm
+);
 
 #[wasm_bindgen]
 impl EmbeddingSumLayerNorm {
@@ -346,12 +317,10 @@ impl EmbeddingSumLayerNorm {
     }
 }
 
-/// An embedding bag over a quantized table.
-#[wasm_bindgen]
-pub struct QuantizedEmbeddingBag {
-    pub(crate) ctx: Rc<lib::Context>,
-    pub(crate) layer: lib::QuantizedEmbeddingBag,
-}
+js_layer!(
+    /// An embedding bag over a quantized table.
+    QuantizedEmbeddingBag, lib::QuantizedEmbeddingBag
+);
 
 crate::bag_forward!(QuantizedEmbeddingBag, "As `EmbeddingBag.forward`.");
 

@@ -14,6 +14,39 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use wgpu_embed as lib;
 
+/// A JS class of a crate layer: the layer and the context it runs on.
+macro_rules! js_layer {
+    ($(#[$doc:meta])* $name:ident, $lib:ty) => {
+        $(#[$doc])*
+        #[wasm_bindgen]
+        pub struct $name {
+            pub(crate) ctx: Rc<lib::Context>,
+            pub(crate) layer: $lib,
+        }
+    };
+}
+
+/// [`js_layer!`] with the `forward(indices, shape)` of a lookup.
+macro_rules! lookup_layer {
+    ($(#[$doc:meta])* $name:ident, $lib:ty) => {
+        js_layer!($(#[$doc])* $name, $lib);
+
+        #[wasm_bindgen]
+        impl $name {
+            /// Looks up `indices` (of `shape`, default 1-D); the result stays on the GPU.
+            pub async fn forward(
+                &self,
+                #[wasm_bindgen(unchecked_param_type = "IndexArray")] indices: JsValue,
+                #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] shape: JsValue,
+            ) -> Result<Tensor, JsValue> {
+                let (values, shape) = indices_and_shape(&indices, &shape, "indices")?;
+                let out = gpu_call(&self.ctx, || self.layer.forward(&self.ctx, values.as_indices(&shape))).await?;
+                Ok(Tensor::new(self.ctx.clone(), out))
+            }
+        }
+    };
+}
+
 mod args;
 mod backward;
 mod layers;
@@ -380,27 +413,14 @@ impl Tensor {
     }
 }
 
-/// `torch.nn.Embedding`'s forward on the GPU.
-#[wasm_bindgen]
-pub struct Embedding {
-    pub(crate) ctx: Rc<lib::Context>,
-    pub(crate) layer: lib::Embedding,
-}
+lookup_layer!(
+    /// `torch.nn.Embedding`'s forward on the GPU (`forward(indices, shape)`: shape
+    /// `[...shape, embeddingDim]`).
+    Embedding, lib::Embedding
+);
 
 #[wasm_bindgen]
 impl Embedding {
-    /// Looks up `indices` (of shape `shape`, default 1-D); the result has shape
-    /// `[...shape, embeddingDim]` and stays on the GPU.
-    pub async fn forward(
-        &self,
-        #[wasm_bindgen(unchecked_param_type = "IndexArray")] indices: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] shape: JsValue,
-    ) -> Result<Tensor, JsValue> {
-        let (values, shape) = indices_and_shape(&indices, &shape, "indices")?;
-        let out = gpu_call(&self.ctx, || self.layer.forward(&self.ctx, values.as_indices(&shape))).await?;
-        Ok(Tensor::new(self.ctx.clone(), out))
-    }
-
     /// Looks up indices already on the GPU (an I32 tensor of any shape, e.g. a
     /// retriever's top-k `indices` or another library's output), bounds-checked in the
     /// same submission: a bad one rejects with its position and value, and nothing (not
@@ -429,12 +449,10 @@ impl Embedding {
     }
 }
 
-/// `torch.nn.EmbeddingBag`'s forward on the GPU.
-#[wasm_bindgen]
-pub struct EmbeddingBag {
-    pub(crate) ctx: Rc<lib::Context>,
-    pub(crate) layer: lib::EmbeddingBag,
-}
+js_layer!(
+    /// `torch.nn.EmbeddingBag`'s forward on the GPU.
+    EmbeddingBag, lib::EmbeddingBag
+);
 
 /// The JS `forward` of a bag layer (`EmbeddingBag`, `QuantizedEmbeddingBag`), in an
 /// `impl` block of its own.
