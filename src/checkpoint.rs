@@ -132,7 +132,8 @@ impl Checkpoint {
         names
     }
 
-    /// The tensor `name` as stored: its dtype (F32, F16, BF16, U8 or I32), shape and bytes.
+    /// The tensor `name` as stored: its dtype (F32, F16, BF16, U8 or I32; I8 bytes come
+    /// as U8), shape and bytes.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] when the file has no such tensor (naming similar ones)
@@ -148,7 +149,8 @@ impl Checkpoint {
             safetensors::Dtype::F32 => DType::F32,
             safetensors::Dtype::F16 => DType::F16,
             safetensors::Dtype::BF16 => DType::BF16,
-            safetensors::Dtype::U8 => DType::U8,
+            // Int8 bytes (bitsandbytes' Int8Params) come back as they are; `stored_dtype` tells.
+            safetensors::Dtype::U8 | safetensors::Dtype::I8 => DType::U8,
             safetensors::Dtype::I32 => DType::I32,
             other => {
                 return Err(Error::arg(
@@ -161,6 +163,12 @@ impl Checkpoint {
         // Borrow the data from our own bytes (the view borrows them too).
         let start = view.data().as_ptr() as usize - self.bytes.as_ptr() as usize;
         Ok((dtype, shape, &self.bytes[start..start + view.data().len()]))
+    }
+
+    /// The safetensors dtype tensor `name` is stored in.
+    pub(crate) fn stored_dtype(&self, name: &str) -> Result<safetensors::Dtype> {
+        self.raw(name)?;
+        Ok(self.tensors().tensor(name).map_err(|e| Error::Format(e.to_string()))?.dtype())
     }
 
     /// The file's `__metadata__` (string keys and values; empty when it has none).

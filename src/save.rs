@@ -35,15 +35,26 @@ use crate::layers::embedding::Embedding;
 use crate::layers::embedding_bag::EmbeddingBag;
 use crate::layers::stable_embedding::StableEmbedding;
 use crate::optim::{Optimizer, OptimizerKind};
+use crate::quant::bitsandbytes::{quant_state_json, quant_state_name};
+use crate::quant::codes::{CodeMap, FourBit, CONSTS_WORDS, C_OFFSET};
+use crate::quant::table::{QuantizedTable, Scheme};
 
 /// Where one saved tensor's bytes come from.
 #[derive(Debug, Clone)]
 enum Source {
     /// Tensor `tensor` of the set's GPU tensors, or the byte range `range` of it, saved
-    /// with `shape` (two entries may share a tensor: it is read back once).
-    Gpu { tensor: usize, range: Option<std::ops::Range<usize>>, shape: Vec<usize> },
+    /// with `shape` (two entries may share a tensor: it is read back once), as its own
+    /// dtype or as `as_dtype` (the same bytes: bitsandbytes' int8 rows).
+    Gpu { tensor: usize, range: Option<std::ops::Range<usize>>, shape: Vec<usize>, as_dtype: Option<safetensors::Dtype> },
     /// Host bytes (the step count).
     Host { dtype: DType, bytes: Vec<u8>, shape: Vec<usize> },
+    /// A 4-bit table's packed `QuantState` JSON, whose nested offset is read from its
+    /// constants (GPU tensor `consts`).
+    QuantState { consts: usize, table: Box<QuantizedTable>, four_bit: FourBit },
+}
+
+fn gpu(tensor: usize, shape: &[usize]) -> Source {
+    Source::Gpu { tensor, range: None, shape: shape.to_vec(), as_dtype: None }
 }
 
 /// A set of named tensors to save (sharing the GPU tensors, not copying them), built
@@ -54,6 +65,8 @@ pub struct StateDict {
     tensors: Vec<GpuTensor>,
     entries: Vec<(String, Source)>,
     metadata: BTreeMap<String, String>,
+    /// What an added item cannot be saved as, returned by `to_bytes`.
+    refusal: Option<Error>,
 }
 
 impl StateDict {
@@ -65,7 +78,7 @@ impl StateDict {
     /// Adds `tensor` (any shape and dtype) as `name`.
     pub fn tensor(mut self, name: impl Into<String>, tensor: &GpuTensor) -> Self {
         let index = self.gpu_tensor(tensor);
-        self.entries.push((name.into(), Source::Gpu { tensor: index, range: None, shape: tensor.shape().to_vec() }));
+        self.entries.push((name.into(), gpu(index, tensor.shape())));
         self
     }
 
@@ -96,8 +109,12 @@ impl StateDict {
         let d = layer.embedding_dim();
         // gamma and beta share one [2 * d] tensor: read once, saved as two.
         let params = self.gpu_tensor(layer.block().affine().values());
-        self.entries.push((format!("{prefix}norm.weight"), Source::Gpu { tensor: params, range: Some(0..4 * d), shape: vec![d] }));
-        self.entries.push((format!("{prefix}norm.bias"), Source::Gpu { tensor: params, range: Some(4 * d..8 * d), shape: vec![d] }));
+        self.entries
+            .push((format!("{prefix}norm.weight"), Source::Gpu { tensor: params, range: Some(0..4 * d), shape: vec![d], as_dtype: None }));
+        self.entries.push((
+            format!("{prefix}norm.bias"),
+            Source::Gpu { tensor: params, range: Some(4 * d..8 * d), shape: vec![d], as_dtype: None },
+        ));
         self.tensor(format!("{prefix}weight"), layer.weight())
     }
 
@@ -116,12 +133,58 @@ impl StateDict {
         self
     }
 
+    /// Adds a quantized table in bitsandbytes' own layout under `prefix` (see
+    /// [`crate::quant::bitsandbytes`]): int8 row-wise as `Int8Params` (`{prefix}weight`
+    /// I8 `[V, D]`, `{prefix}SCB`, `{prefix}weight_format`), NF4 / FP4 as `Params4bit`
+    /// (`{prefix}weight` and its `weight.*` quant state), which bitsandbytes loads with
+    /// `Int8Params(..)` / `Params4bit.from_prequantized(..)` and
+    /// [`QuantizedTable::from_bitsandbytes`] reads back. Int8 block-wise tables have no
+    /// such layout: `to_bytes` then refuses.
+    pub fn quantized_table(mut self, prefix: &str, table: &QuantizedTable) -> Self {
+        let (v, d) = (table.num_embeddings(), table.embedding_dim());
+        match (table.scheme(), table.scheme().four_bit(), table.row_absmax()) {
+            (Scheme::Int8Rowwise, _, Some(absmax)) => {
+                let codes = self.gpu_tensor(table.codes());
+                let codes = Source::Gpu { tensor: codes, range: None, shape: vec![v, d], as_dtype: Some(safetensors::Dtype::I8) };
+                self.entries.push((format!("{prefix}weight"), codes));
+                self = self.tensor(format!("{prefix}SCB"), absmax);
+                self.entries.push((format!("{prefix}weight_format"), Source::Host { dtype: DType::U8, bytes: vec![0], shape: vec![] }));
+            }
+            (_, Some(four_bit), _) => {
+                let numel = v * d;
+                let blocks = numel.div_ceil(table.blocksize());
+                let nested = table.scales2().expect("4-bit tables keep nested statistics");
+                let codes = self.gpu_tensor(table.codes());
+                self.entries.push((format!("{prefix}weight"), gpu(codes, &[numel.div_ceil(2), 1])));
+                let absmax = self.gpu_tensor(table.scales());
+                self.entries.push((format!("{prefix}weight.absmax"), gpu(absmax, &[blocks])));
+                self = self.tensor(format!("{prefix}weight.nested_absmax"), nested);
+                for (key, map) in [("quant_map", four_bit.values().to_vec()), ("nested_quant_map", CodeMap::Dynamic.values().to_vec())] {
+                    let bytes = bytemuck::cast_slice(&map).to_vec();
+                    self.entries.push((format!("{prefix}weight.{key}"), Source::Host { dtype: DType::F32, bytes, shape: vec![map.len()] }));
+                }
+                let consts = self.gpu_tensor(&GpuTensor::from_buffer(table.consts.clone(), &[CONSTS_WORDS], DType::U32));
+                let state = Source::QuantState { consts, table: Box::new(table.clone()), four_bit };
+                self.entries.push((quant_state_name(prefix, four_bit), state));
+            }
+            (scheme, _, _) => {
+                self.refusal.get_or_insert(Error::Unsupported(format!(
+                    "{prefix}: bitsandbytes keeps {scheme} tables in no module's state dict (save int8_rowwise, nf4 or fp4)"
+                )));
+            }
+        }
+        self
+    }
+
     /// The safetensors bytes of every tensor added, read back in one submission.
     ///
     /// # Errors
     /// A device error while reading back; [`Error::InvalidArgument`] for a name given
     /// twice.
     pub async fn to_bytes(&self, ctx: &Context) -> Result<Vec<u8>> {
+        if let Some(refusal) = &self.refusal {
+            return Err(refusal.clone());
+        }
         let mut seen = std::collections::BTreeSet::new();
         if let Some((name, _)) = self.entries.iter().find(|(n, _)| !seen.insert(n.as_str())) {
             return Err(Error::arg("name", format!("{name:?} is given twice")));
@@ -129,21 +192,28 @@ impl StateDict {
         let mut run = ctx.record();
         let reads: Vec<_> = self.tensors.iter().map(|t| run.read(t)).collect();
         let outputs = run.submit()?.finish().await?;
-        let mut data: Vec<(String, DType, Vec<usize>, Vec<u8>)> = Vec::new();
+        let mut data: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
         for (name, source) in &self.entries {
             match source {
-                Source::Gpu { tensor, range, shape } => {
+                Source::Gpu { tensor, range, shape, as_dtype } => {
                     let bytes = outputs.bytes(reads[*tensor]);
                     let bytes = range.clone().map_or(bytes, |r| &bytes[r]);
-                    data.push((name.clone(), self.tensors[*tensor].dtype(), shape.clone(), bytes.to_vec()));
+                    let dtype = as_dtype.unwrap_or(safetensors_dtype(self.tensors[*tensor].dtype()));
+                    data.push((name.clone(), dtype, shape.clone(), bytes.to_vec()));
                 }
-                Source::Host { dtype, bytes, shape } => data.push((name.clone(), *dtype, shape.clone(), bytes.clone())),
+                Source::Host { dtype, bytes, shape } => data.push((name.clone(), safetensors_dtype(*dtype), shape.clone(), bytes.clone())),
+                Source::QuantState { consts, table, four_bit } => {
+                    let word = &outputs.bytes(reads[*consts])[4 * C_OFFSET..4 * C_OFFSET + 4];
+                    let offset = f32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+                    let json = quant_state_json(table, *four_bit, offset);
+                    data.push((name.clone(), safetensors::Dtype::U8, vec![json.len()], json));
+                }
             }
         }
         let views = data
             .iter()
             .map(|(name, dtype, shape, bytes)| {
-                safetensors::tensor::TensorView::new(safetensors_dtype(*dtype)?, shape.clone(), bytes)
+                safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
                     .map(|v| (name.clone(), v))
                     .map_err(|e| Error::Format(format!("tensor {name}: {e}")))
             })
@@ -164,15 +234,15 @@ impl StateDict {
     }
 }
 
-fn safetensors_dtype(dtype: DType) -> Result<safetensors::Dtype> {
-    Ok(match dtype {
+fn safetensors_dtype(dtype: DType) -> safetensors::Dtype {
+    match dtype {
         DType::F32 => safetensors::Dtype::F32,
         DType::F16 => safetensors::Dtype::F16,
         DType::BF16 => safetensors::Dtype::BF16,
         DType::U8 => safetensors::Dtype::U8,
         DType::I32 => safetensors::Dtype::I32,
         DType::U32 => safetensors::Dtype::U32,
-    })
+    }
 }
 
 /// torch.optim's `param_groups[0]` of `kind`, as JSON (names as torch gives them).

@@ -1,12 +1,13 @@
 //! Tables go back out: train 3 steps, save, load, 3 more steps is 6 steps straight, bit
 //! for bit (Embedding + SparseAdam through fused recorded steps; StableEmbedding +
-//! 8-bit Adam through backward and step), and the file holds PyTorch's names.
+//! 8-bit Adam through backward and step), and the file holds PyTorch's names; quantized
+//! tables go out and come in in bitsandbytes' own layouts.
 
 mod common;
 
 use wgpu_embed::{
-    Block, Checkpoint, Context, Embedding, EmbeddingOptions, GpuTensor, Gradient, Indices, Optimizer, OptimizerKind, StableEmbedding,
-    StateDict,
+    Block, Checkpoint, Context, Embedding, EmbeddingOptions, GpuTensor, Gradient, Indices, Optimizer, OptimizerKind, QuantizedEmbedding,
+    QuantizedTable, Scheme, StableEmbedding, StateDict,
 };
 
 const V: usize = 300;
@@ -159,4 +160,86 @@ fn a_saved_table_and_optimizer_resume_in_pytorch() {
     let want = torch.table("step/weight").unwrap();
     let want: Vec<f32> = bytemuck::pod_collect_to_vec(want.bytes());
     common::assert_close(&emb.weight().read_f32(&ctx).block().unwrap(), &want, 1e-6, 1e-5, "one step after resuming, against PyTorch's");
+}
+
+/// Rows `ids` of a quantized table, dequantized by the lookup kernel.
+fn lookup(ctx: &Context, table: QuantizedTable, ids: &[i64]) -> Vec<f32> {
+    QuantizedEmbedding::from_table(table).forward(ctx, Indices::i64(ids, &[ids.len()])).unwrap().read_f32(ctx).block().unwrap()
+}
+
+const QUANTIZED: [(&str, Scheme); 3] = [("int8.", Scheme::Int8Rowwise), ("nf4.", Scheme::Nf4), ("fp4.", Scheme::Fp4)];
+
+/// Tables bitsandbytes quantized (`tests/reference/bnb_tables.safetensors`, written by
+/// `make_cases.py` from `Embedding8bit` / `Embedding4bit` in the layouts
+/// `Linear8bitLt` / `Linear4bit.state_dict()` write): loaded as they are, their rows are
+/// what bitsandbytes' own layers gave.
+#[test]
+fn tables_quantized_by_bitsandbytes_look_up_as_its_layers_do() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference");
+    let ctx = common::context(None);
+    let bnb = Checkpoint::open(dir.join("bnb_tables.safetensors")).unwrap();
+    for (prefix, scheme) in QUANTIZED {
+        let table = QuantizedTable::from_bitsandbytes(&ctx, &bnb, prefix).unwrap();
+        assert_eq!(table.scheme(), scheme);
+        let (_, _, ids) = bnb.raw(&format!("{prefix}ids")).unwrap();
+        let ids: Vec<i64> = bytemuck::pod_collect_to_vec::<u8, i32>(ids).into_iter().map(i64::from).collect();
+        let want: Vec<f32> = bytemuck::pod_collect_to_vec(bnb.raw(&format!("{prefix}expected")).unwrap().2);
+        common::assert_close(&lookup(&ctx, table, &ids), &want, 1e-6, 1e-7, &format!("{prefix} rows against bitsandbytes' layer"));
+    }
+    // Not a bitsandbytes table: named in the error.
+    let err = QuantizedTable::from_bitsandbytes(&ctx, &bnb, "none.").unwrap_err().to_string();
+    assert!(err.contains("none.SCB") && err.contains("Params4bit"), "{err}");
+}
+
+/// A table quantized here, saved in bitsandbytes' layout, loads back to the same bits;
+/// bitsandbytes itself loaded the committed one (`saved_quantized.safetensors`) into its
+/// `Embedding8bit` / `Embedding4bit` (`Int8Params`, `Params4bit.from_prequantized`) and
+/// its rows are in `interop.safetensors`. `WGPU_EMBED_WRITE_REFERENCE=1` rewrites the
+/// saved file (then rerun make_cases.py).
+#[test]
+fn quantized_tables_saved_here_load_into_bitsandbytes() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference");
+    let ctx = common::context(None);
+    let (v, d) = (48usize, 128usize);
+    let weight: Vec<f32> = (0..v * d).map(|i| ((i as f32) * 0.61).sin() * (1.0 + (i / d) as f32 / 8.0)).collect();
+    let ids: Vec<i64> = vec![0, 7, 47, 7, 30, 12];
+    let mut state = StateDict::new();
+    let mut tables = Vec::new();
+    for (prefix, scheme) in QUANTIZED {
+        let table = QuantizedTable::from_pretrained(&ctx, &weight, v, d, scheme, None).unwrap();
+        state = state.quantized_table(prefix, &table);
+        tables.push((prefix, table));
+    }
+    let bytes = state.to_bytes(&ctx).block().unwrap();
+    let back = Checkpoint::from_bytes(bytes.clone()).unwrap();
+    for (prefix, table) in &tables {
+        let again = QuantizedTable::from_bitsandbytes(&ctx, &back, prefix).unwrap();
+        let (a, b) = (lookup(&ctx, table.clone(), &ids), lookup(&ctx, again, &ids));
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{prefix}: saved and loaded rows differ");
+    }
+    if std::env::var_os("WGPU_EMBED_WRITE_REFERENCE").is_some() {
+        std::fs::write(dir.join("saved_quantized.safetensors"), &bytes).unwrap();
+    }
+    // The committed file has this build's layout (its values may differ in a last bit on
+    // other hardware: its rows are checked against bitsandbytes' below).
+    let committed = Checkpoint::open(dir.join("saved_quantized.safetensors")).unwrap();
+    assert_eq!(committed.names(), back.names(), "tests/reference/saved_quantized.safetensors is not what this build saves");
+    for name in back.names() {
+        let ((a, sa, _), (b, sb, _)) = (committed.raw(&name).unwrap(), back.raw(&name).unwrap());
+        assert_eq!((a, sa), (b, sb), "{name}: dtype and shape");
+    }
+    let torch = Checkpoint::open(dir.join("interop.safetensors")).unwrap();
+    let checked = torch.metadata().get("checked").cloned().unwrap_or_default();
+    assert!(checked.contains("Params4bit.from_prequantized") && checked.contains("Int8Params"), "{checked}");
+    for (prefix, table) in tables {
+        let name = prefix.trim_end_matches('.');
+        let (_, _, got_ids) = torch.raw(&format!("quantized/{name}/ids")).unwrap();
+        assert_eq!(bytemuck::pod_collect_to_vec::<u8, i32>(got_ids), ids.iter().map(|&i| i as i32).collect::<Vec<_>>());
+        let want: Vec<f32> = bytemuck::pod_collect_to_vec(torch.raw(&format!("quantized/{name}/out")).unwrap().2);
+        common::assert_close(&lookup(&ctx, table, &ids), &want, 1e-6, 1e-7, &format!("{name}: bitsandbytes' rows of our saved table"));
+    }
+    // Block-wise int8 has no bitsandbytes module layout.
+    let blockwise = QuantizedTable::from_pretrained(&ctx, &weight, v, d, Scheme::Int8Blockwise, None).unwrap();
+    let err = StateDict::new().quantized_table("q.", &blockwise).to_bytes(&ctx).block().unwrap_err().to_string();
+    assert!(err.contains("int8_blockwise"), "{err}");
 }

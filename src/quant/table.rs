@@ -24,7 +24,7 @@ use crate::quant::blockwise::{
 use crate::quant::codes::{constants, constants_buffer, CodeMap, FourBit, C_T4};
 
 /// Absmax blocks per second-level absmax in nested 4-bit statistics (bitsandbytes' 256).
-const NESTED_BLOCKSIZE: u64 = 256;
+pub(crate) const NESTED_BLOCKSIZE: u64 = 256;
 
 /// How a table is quantized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,6 +83,8 @@ pub struct QuantizedTable {
     scales: GpuTensor,
     /// 4-bit only: f32 absmax of each 256 nested codes.
     scales2: Option<GpuTensor>,
+    /// Row-wise only: each row's absmax, before the division by 127 (bitsandbytes' `SCB`).
+    row_absmax: Option<GpuTensor>,
     /// Code map, 4-bit table and the nested statistics' offset.
     pub(crate) consts: wgpu::Buffer,
     /// The same as a uniform block, for kernels whose lanes look codes up at once:
@@ -180,13 +182,29 @@ impl QuantizedTable {
             }
             Scheme::Int8Rowwise => {
                 let scales = GpuTensor::zeros(ctx, &[v], DType::F32, 1)?;
+                let row_absmax = GpuTensor::zeros(ctx, &[v], DType::F32, 1)?;
                 let codes = GpuTensor::zeros(ctx, &[numel as usize], DType::U8, 1)?;
                 Step { ctx, consts: &consts, group: d as u64, numel }.submit(|step, encoder| {
                     step.absmax(encoder, table, &scales, PRE_F16);
+                    for (from, to) in scales.segments().iter().zip(row_absmax.segments()) {
+                        encoder.copy_buffer_to_buffer(&from.buffer, 0, &to.buffer, 0, from.rows * 4);
+                    }
                     step.encode(encoder, table, &scales, &codes, SCHEME_ROWWISE, PRE_F16, 1);
                     step.finish_scales(encoder, &scales, SCHEME_ROWWISE);
                 })?;
-                (codes, scales, None)
+                let consts_uniform = uniform_constants(ctx, &host_consts, &consts)?;
+                return Ok(Self {
+                    scheme,
+                    blocksize,
+                    num_embeddings: v,
+                    embedding_dim: d,
+                    codes,
+                    scales,
+                    scales2: None,
+                    row_absmax: Some(row_absmax),
+                    consts,
+                    consts_uniform,
+                });
             }
             Scheme::Nf4 | Scheme::Fp4 => {
                 let blocks = numel.div_ceil(blocksize as u64);
@@ -211,7 +229,42 @@ impl QuantizedTable {
         };
         let (codes, scales, scales2) = q;
         let consts_uniform = uniform_constants(ctx, &host_consts, &consts)?;
-        Ok(Self { scheme, blocksize, num_embeddings: v, embedding_dim: d, codes, scales, scales2, consts, consts_uniform })
+        Ok(Self {
+            scheme,
+            blocksize,
+            num_embeddings: v,
+            embedding_dim: d,
+            codes,
+            scales,
+            scales2,
+            row_absmax: None,
+            consts,
+            consts_uniform,
+        })
+    }
+
+    /// A table from planes already made (bitsandbytes' own, `quant/bitsandbytes.rs`):
+    /// `host_consts` are the constants with the nested statistics' offset in place.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_parts(
+        ctx: &Context,
+        scheme: Scheme,
+        blocksize: usize,
+        (v, d): (usize, usize),
+        codes: GpuTensor,
+        scales: GpuTensor,
+        scales2: Option<GpuTensor>,
+        row_absmax: Option<GpuTensor>,
+        host_consts: &[u32],
+    ) -> Result<Self> {
+        let consts = constants_buffer(ctx, host_consts);
+        let consts_uniform = uniform_constants(ctx, host_consts, &consts)?;
+        Ok(Self { scheme, blocksize, num_embeddings: v, embedding_dim: d, codes, scales, scales2, row_absmax, consts, consts_uniform })
+    }
+
+    /// Row-wise only: each row's absmax (bitsandbytes' `SCB`).
+    pub(crate) fn row_absmax(&self) -> Option<&GpuTensor> {
+        self.row_absmax.as_ref()
     }
 
     /// The scheme.
@@ -239,6 +292,7 @@ impl QuantizedTable {
         self.codes.gpu_bytes()
             + self.scales.gpu_bytes()
             + self.scales2.as_ref().map_or(0, |s| s.gpu_bytes())
+            + self.row_absmax.as_ref().map_or(0, |s| s.gpu_bytes())
             + self.consts.size()
             + self.consts_uniform.size()
     }

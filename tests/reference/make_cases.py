@@ -752,13 +752,91 @@ def interop_checks():
         f"torch.optim.SparseAdam.load_state_dict took state.0.step={saved_step}, exp_avg, exp_avg_sq; "
         "one step on step/grad_rows, step/grad_values gave step/weight"
     )
+    quantized, quantized_checked = quantized_interop()
+    checked = f"{checked}. {quantized_checked}" if quantized_checked else checked
     out = os.path.join(HERE, "interop.safetensors")
     save_file(
-        {"step/grad_rows": rows, "step/grad_values": values, "step/weight": emb.weight.detach().numpy()},
+        {"step/grad_rows": rows, "step/grad_values": values, "step/weight": emb.weight.detach().numpy(), **quantized},
         out,
         metadata={"checked": checked, "generator": "tests/reference/make_cases.py", "versions": json.dumps(VERSIONS)},
     )
     print(f"{os.path.relpath(out)}: {checked}")
+
+
+def bnb_layer(scheme, weight, blocksize=64):
+    """bitsandbytes' own quantized embedding layer holding `weight`."""
+    v, d = weight.shape
+    if scheme == "int8_rowwise":
+        m = bnb.nn.Embedding8bit(v, d)
+        m.weight = bnb.nn.Int8Params(weight.clone(), requires_grad=False)
+    else:
+        m = bnb.nn.Embedding4bit(v, d, quant_type=scheme)
+        m.weight = bnb.nn.Params4bit(weight.clone(), requires_grad=False, quant_type=scheme, blocksize=blocksize)
+    return m.to("cpu")
+
+
+def bnb_state(prefix, m):
+    """The layer's table as Linear8bitLt / Linear4bit.state_dict() lay the same
+    parameters out (Embedding8bit / Embedding4bit.state_dict() raise NotImplementedError
+    in bitsandbytes 0.50): Int8Params' rows and SCB; Params4bit's codes and its packed
+    QuantState."""
+    if isinstance(m, bnb.nn.Embedding8bit):
+        return {f"{prefix}weight": m.weight.data, f"{prefix}SCB": m.weight.SCB, f"{prefix}weight_format": torch.tensor(0, dtype=torch.uint8)}
+    out = {f"{prefix}weight": m.weight.data}
+    for k, t in m.weight.quant_state.as_dict(packed=True).items():
+        out[f"{prefix}weight.{k}"] = t
+    return out
+
+
+def bnb_tables():
+    """Tables bitsandbytes quantized, in its state-dict layouts, with the rows its own
+    layers give for `ids` (bnb_tables.safetensors): tests/save.rs loads them with
+    QuantizedTable::from_bitsandbytes and looks the same rows up."""
+    gen = torch.Generator().manual_seed(20261209)
+    ids = torch.tensor([0, 5, 63, 17, 17, 40])
+    tensors = {}
+    for prefix, scheme in [("int8.", "int8_rowwise"), ("nf4.", "nf4"), ("fp4.", "fp4")]:
+        m = bnb_layer(scheme, torch.randn(64, 128, generator=gen))
+        tensors.update(bnb_state(prefix, m))
+        tensors[f"{prefix}ids"] = ids.to(torch.int32)
+        tensors[f"{prefix}expected"] = m(ids).detach()
+    out = os.path.join(HERE, "bnb_tables.safetensors")
+    meta = {"generator": "tests/reference/make_cases.py", "versions": json.dumps(VERSIONS),
+            "made_by": "Embedding8bit(Int8Params) and Embedding4bit(Params4bit, blocksize 64, compress_statistics) on CPU; expected = their forward(ids)"}
+    save_file({k: t.contiguous().numpy() for k, t in tensors.items()}, out, metadata=meta)
+    print(f"{os.path.relpath(out)}: {len(tensors)} tensors")
+
+
+def quantized_interop():
+    """What bitsandbytes makes of quantized tables this library saved (tests/save.rs
+    writes saved_quantized.safetensors): Int8Params and Params4bit.from_prequantized
+    take them into Embedding8bit / Embedding4bit, whose forward rows are returned."""
+    from safetensors.torch import load_file
+
+    saved_path = os.path.join(HERE, "saved_quantized.safetensors")
+    if not os.path.exists(saved_path):
+        print(f"{os.path.relpath(saved_path)} is missing: run `WGPU_EMBED_WRITE_REFERENCE=1 cargo test --release --test save` first")
+        return {}, ""
+    saved = load_file(saved_path)
+    ids = torch.tensor([0, 7, 47, 7, 30, 12])
+    out = {}
+    v, d = saved["int8.weight"].shape
+    m8 = bnb.nn.Embedding8bit(v, d)
+    p = bnb.nn.Int8Params(saved["int8.weight"], requires_grad=False, has_fp16_weights=False)
+    p.SCB = saved["int8.SCB"]
+    m8.weight = p
+    out["quantized/int8/ids"], out["quantized/int8/out"] = ids.to(torch.int32), m8(ids).detach()
+    for kind in ["nf4", "fp4"]:
+        stats = {k[len(f"{kind}.weight."):]: t for k, t in saved.items() if k.startswith(f"{kind}.weight.")}
+        m4 = bnb.nn.Embedding4bit(v, d, quant_type=kind)
+        m4.weight = bnb.nn.Params4bit.from_prequantized(data=saved[f"{kind}.weight"], quantized_stats=stats, device="cpu")
+        out[f"quantized/{kind}/ids"], out[f"quantized/{kind}/out"] = ids.to(torch.int32), m4(ids).detach()
+    checked = (
+        f"bitsandbytes {bnb.__version__}: Embedding8bit took Int8Params(int8.weight, has_fp16_weights=False) with int8.SCB; "
+        "Embedding4bit took Params4bit.from_prequantized(nf4.weight / fp4.weight, their weight.* QuantState); "
+        "their forward(ids) gave quantized/*/out"
+    )
+    return {k: t.contiguous().numpy() for k, t in out.items()}, checked
 
 
 def main():
@@ -772,7 +850,9 @@ def main():
     training.save(os.path.join(HERE, "training.safetensors"), "backward passes, optimizer steps and top-k retrieval")
     total = sum(os.path.getsize(os.path.join(HERE, n)) for n in ["forward.safetensors", "training.safetensors"])
     interop_checks()
-    total += sum(os.path.getsize(os.path.join(HERE, n)) for n in ["saved_sparse_adam.safetensors", "interop.safetensors"] if os.path.exists(os.path.join(HERE, n)))
+    bnb_tables()
+    extra = ["saved_sparse_adam.safetensors", "interop.safetensors", "saved_quantized.safetensors", "bnb_tables.safetensors"]
+    total += sum(os.path.getsize(os.path.join(HERE, n)) for n in extra if os.path.exists(os.path.join(HERE, n)))
     assert total <= 12_000_000, f"the committed reference files are {total} bytes; keep them under 12 MB"
     print(f"{total} bytes in all; {json.dumps(VERSIONS)}")
 
