@@ -263,12 +263,34 @@ fn small_calls(ctx: &Context, rec: &Recorder, reps: usize) -> wgpu_embed::Result
     let (src, dst) = (GpuTensor::from_f32(ctx, &[1.0; 4], &[1, 4])?, GpuTensor::zeros(ctx, &[1, 4], wgpu_embed::DType::F32, 4)?);
     let mut calls: Vec<(&'static str, Box<SmallCall<'_>>)> = vec![
         ("floor: one-word copy dispatch + read-back", Box::new(|| floor_once(ctx, rec, &src, &dst))),
-        ("Embedding, 1 index, D = 384", Box::new(|| lookup.forward(ctx, Indices::i32(&ids[..1], &[1]))?.read_f32(ctx).block())),
         (
-            "BERT embedding block, 16 tokens, D = 384",
+            "Embedding, 1 index, D = 384 (forward, then read_f32)",
+            Box::new(|| lookup.forward(ctx, Indices::i32(&ids[..1], &[1]))?.read_f32(ctx).block()),
+        ),
+        (
+            "Embedding, 1 index, D = 384 (recorded with its read: one submission)",
+            Box::new(|| {
+                let mut run = ctx.record();
+                let rows = lookup.record(&mut run, Indices::i32(&ids[..1], &[1]))?;
+                let read = run.read(&rows);
+                Ok(run.submit()?.finish().block()?.f32(read))
+            }),
+        ),
+        (
+            "BERT embedding block, 16 tokens, D = 384 (forward, then read_f32)",
             Box::new(|| {
                 let idx = [Indices::i32(&ids, &shape), Indices::i32(&positions, &shape), Indices::i32(&types, &shape)];
                 block.forward(ctx, &idx)?.read_f32(ctx).block()
+            }),
+        ),
+        (
+            "BERT embedding block, 16 tokens, D = 384 (recorded with its read: one submission)",
+            Box::new(|| {
+                let idx = [Indices::i32(&ids, &shape), Indices::i32(&positions, &shape), Indices::i32(&types, &shape)];
+                let mut run = ctx.record();
+                let hidden = block.record(&mut run, &idx)?;
+                let read = run.read(&hidden);
+                Ok(run.submit()?.finish().block()?.f32(read))
             }),
         ),
     ];
