@@ -65,6 +65,7 @@ pub use layers::retriever::{Metric, RetrievalTable, Retriever, TopK};
 pub use layers::stable_embedding::{StableEmbedding, STABLE_EMBEDDING_EPS};
 pub use layers::sum_layer_norm::EmbeddingSumLayerNorm;
 pub use layers::table::{EmbeddingOptions, MaxNorm};
+pub use layers::table_batched::TableBatchedEmbeddingBags;
 pub use optim::{Optimizer, OptimizerKind};
 pub use quant::blockwise::{dequantize_blockwise, quantize_blockwise, Blockwise};
 pub use quant::codes::{CodeMap, FourBit};
@@ -86,6 +87,7 @@ pub static SHADERS: &[&ShaderFamily] = &[
     &layers::init::FAMILY,
     &layers::quantized::FAMILY,
     &layers::retriever::FAMILY,
+    &layers::table_batched::FAMILY,
     &quant::blockwise::FAMILY,
     &gpu::plan::FINALIZE_FAMILY,
     &gpu::recording::FAMILY,

@@ -32,12 +32,12 @@ fn check(file: CaseFile, max_binding: Option<u64>) {
 /// The committed cases cover every op of the registry, refusals included.
 #[test]
 fn reference_cases_cover_every_op() {
-    let (forward, training) = (load(&reference("forward.safetensors")), load(&reference("training.safetensors")));
+    let files = ["forward.safetensors", "training.safetensors", "tbe.safetensors"].map(|name| load(&reference(name)));
+    let all = || files.iter().flat_map(|f| &f.cases);
     for op in supported_ops() {
-        let cases: Vec<_> = forward.cases.iter().chain(&training.cases).filter(|c| c.op == op).collect();
-        assert!(cases.iter().filter(|c| !c.expect_error).count() >= 1, "no reference case of op {op}");
+        assert!(all().filter(|c| c.op == op && !c.expect_error).count() >= 1, "no reference case of op {op}");
     }
-    let refusals = forward.cases.iter().chain(&training.cases).filter(|c| c.expect_error).count();
+    let refusals = all().filter(|c| c.expect_error).count();
     assert!(refusals >= 25, "{refusals} refusals");
 }
 
@@ -59,6 +59,12 @@ fn reference_training_cases_pass() {
 #[test]
 fn reference_training_cases_pass_with_1mib_bindings() {
     check(load(&reference("training.safetensors")), Some(1 << 20));
+}
+
+#[test]
+fn reference_tbe_cases_pass() {
+    check(load(&reference("tbe.safetensors")), None);
+    check(load(&reference("tbe.safetensors")), Some(1 << 20));
 }
 
 /// The shared suite's file `name`, of the ops this build runs, when `../shared` is there.

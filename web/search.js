@@ -140,11 +140,13 @@ async function main() {
   $("search").onclick = () => search($("query").value).catch((e) => ($("errors").textContent = `⚠ ${e.message ?? e}`));
   $("query").onkeydown = (e) => e.key === "Enter" && $("search").click();
   if (new URLSearchParams(location.search).has("autorun")) {
+    const before = gpu.stats();
     const result = await search($("query").value);
+    const dispatches = gpu.stats().dispatches - before.dispatches;
     const warmMs = [];
     for (let k = 0; k < 5; k++) warmMs.push((await search($("query").value)).ms);
     const floor = await floorMs(gpu.device);
-    const timings = { firstMs: result.ms, warmMs: median(warmMs), floorMs: floor };
+    const timings = { firstMs: result.ms, warmMs: median(warmMs), floorMs: floor, dispatches };
     $("timing").textContent +=
       `; first query ${timings.firstMs.toFixed(1)} ms, warm ${timings.warmMs.toFixed(1)} ms, floor ${floor.toFixed(2)} ms`;
     window.searchResult = { ok: true, corpus: corpus.length, readyMs, ...result, ...timings };

@@ -243,6 +243,18 @@ impl Params<'_> {
         }
     }
 
+    /// A list of pairs of integers (FBGEMM's `embedding_specs`: `[[rows, dim], ...]`).
+    pub fn usize_pairs(&self, key: &'static str) -> Result<Vec<(usize, usize)>> {
+        let pair = |v: &serde_json::Value| match v.as_array().map(|a| a.iter().map(|x| x.as_u64()).collect::<Vec<_>>()).as_deref() {
+            Some([Some(a), Some(b)]) => Ok((*a as usize, *b as usize)),
+            _ => Err(Error::arg(key, format!("expected pairs of non-negative integers, got {v}"))),
+        };
+        match self.0.get(key) {
+            Some(serde_json::Value::Array(a)) => a.iter().map(pair).collect(),
+            other => Err(Error::arg(key, format!("expected a list of pairs, got {}", other.map_or("nothing".into(), |v| v.to_string())))),
+        }
+    }
+
     /// A list of integers, if present.
     pub fn opt_usize_list(&self, key: &'static str) -> Result<Option<Vec<usize>>> {
         match self.0.get(key) {

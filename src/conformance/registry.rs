@@ -166,6 +166,13 @@ pub static OPS: &[Op] = &[
         &["k", "metric", "scheme", "blocksize"],
         Ranking
     ),
+    op!(
+        "tbe_forward",
+        tbe_forward,
+        &[("weights", Vector), ("indices", Idx), ("offsets", Offsets), ("per_sample_weights", Vector)],
+        &["embedding_specs", "feature_table_map", "pooling_mode"],
+        Values
+    ),
     op!("quantize_blockwise", quantize_blockwise, &[("x", Table)], &["blocksize", "code"], Codes),
     op!("dequantize_blockwise", dequantize_blockwise, &[("codes", Codes), ("absmax", Vector)], &["blocksize", "code"], Values),
     op!("quantized_embedding", quantized_embedding, &[("weight", Table), ("indices", Idx)], &["scheme", "blocksize"], Codes),
@@ -202,6 +209,7 @@ use runs::*;
 #[cfg(not(target_arch = "wasm32"))]
 mod runs {
     use super::*;
+    use crate::layers::table_batched::TableBatchedEmbeddingBags;
 
     /// A 2-D f32 table input: values, rows, columns.
     pub(super) fn table<'a>(inputs: &CaseInputs<'a>, role: &'static str) -> Result<(&'a [f32], usize, usize)> {
@@ -270,6 +278,31 @@ mod runs {
     /// An optional 1-D f32 input (LayerNorm's gamma / beta).
     pub(super) fn opt_vector<'a>(inputs: &CaseInputs<'a>, role: &'static str) -> Result<Option<&'a [f32]>> {
         inputs.get(role)?.map(|t| t.as_f32(role)).transpose()
+    }
+
+    /// Table-batched bags (tests/reference/OPS.md): the tables packed in `weights` as
+    /// `embedding_specs` gives their shapes.
+    pub(super) fn tbe_forward(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+        let p = inputs.params();
+        let specs = p.usize_pairs("embedding_specs")?;
+        let map = p.opt_usize_list("feature_table_map")?.ok_or_else(|| Error::arg("feature_table_map", "missing"))?;
+        let mode = BagMode::from_str(p.opt_str("pooling_mode")?.unwrap_or("sum"))?;
+        let weights = inputs.require("weights")?.as_f32("weights")?;
+        let mut tables = Vec::with_capacity(specs.len());
+        let mut start = 0usize;
+        for &(rows, dim) in &specs {
+            let end = rows.checked_mul(dim).and_then(|n| n.checked_add(start)).filter(|&e| e <= weights.len());
+            let end = end
+                .ok_or_else(|| Error::arg("weights", format!("{} values are fewer than embedding_specs {specs:?} need", weights.len())))?;
+            tables.push((&weights[start..end], rows, dim));
+            start = end;
+        }
+        if start != weights.len() {
+            return Err(Error::arg("weights", format!("{} values, but embedding_specs {specs:?} hold {start}", weights.len())));
+        }
+        let layer = TableBatchedEmbeddingBags::from_pretrained(ctx, &tables, &map, mode)?;
+        let (indices, offsets) = (inputs.require("indices")?.as_indices("indices")?, inputs.require("offsets")?.as_indices("offsets")?);
+        f32_output(ctx, &layer.forward(ctx, indices, offsets, opt_vector(inputs, "per_sample_weights")?)?)
     }
 
     pub(super) fn layer_norm(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {

@@ -15,6 +15,7 @@ pub mod retriever;
 pub mod stable_embedding;
 pub mod sum_layer_norm;
 pub mod table;
+pub mod table_batched;
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {

@@ -28,74 +28,14 @@ import bitsandbytes as bnb  # noqa: E402
 import bitsandbytes.functional as bnbf  # noqa: E402
 import transformers  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from casefile import CaseFile  # noqa: E402
 from transformers.models.bert.modeling_bert import BertConfig, BertEmbeddings  # noqa: E402
 from transformers.models.reformer.modeling_reformer import AxialPositionEmbeddings, ReformerConfig  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VERSIONS = {"torch": torch.__version__, "bitsandbytes": bnb.__version__, "transformers": transformers.__version__}
-
-
-class CaseFile:
-    """Cases and their tensors, checked against the intent of each case."""
-
-    def __init__(self, seed):
-        self.cases, self.tensors = [], {}
-        self.rng = np.random.default_rng(seed)
-        torch.manual_seed(seed)
-
-    def randn(self, *shape):
-        return self.rng.standard_normal(shape).astype(np.float32)
-
-    def ints(self, high, *shape, dtype=np.int64, low=0):
-        return self.rng.integers(low, high, size=shape).astype(dtype)
-
-    def add(self, cid, op, params, inputs, compute, atol=1e-5, rtol=1e-5, error=False):
-        """`compute(**torch inputs)` gives {output: tensor}; it raising is a refusal."""
-        assert all(c["id"] != cid for c in self.cases), cid
-        names = {}
-        for role, value in inputs.items():
-            if value is None:
-                continue
-            name = f"{cid}/{role}"
-            self.tensors[name] = np.ascontiguousarray(value)
-            names[role] = name
-        torch_inputs = {r: torch.from_numpy(np.array(v)) for r, v in inputs.items() if v is not None}
-        case = {"id": cid, "op": op, "params": params, "inputs": names}
-        try:
-            outputs = compute(**torch_inputs)
-        except Exception as e:  # the reference's refusal, kept as its message
-            if not error:
-                raise AssertionError(f"{cid}: the reference refused it: {e}") from e
-            case.update(expect_error=True, reference_error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
-            self.cases.append(case)
-            return
-        if error:
-            raise AssertionError(f"{cid}: meant as a refusal, but the reference accepted it")
-        # Names starting with "_" are judge-only expectations (FORMAT.md: a top-k case's
-        # stored table, `_table`), not outputs the runner writes.
-        case.update(expect_error=False, outputs=sorted(n for n in outputs if not n.startswith("_")), atol=atol, rtol=rtol)
-        for name, t in outputs.items():
-            t = t.detach()
-            if t.is_sparse:
-                raise AssertionError(f"{cid}/{name}: sparse output")
-            arr = t.numpy()
-            if arr.dtype == np.float64:
-                arr = arr.astype(np.float32)
-            self.tensors[f"{cid}/expected/{name}"] = np.ascontiguousarray(arr)
-        self.cases.append(case)
-
-    def save(self, path, description):
-        meta = {
-            "cases": json.dumps(self.cases),
-            "format": "wgpu-embed-cases/1",
-            "generator": "tests/reference/make_cases.py",
-            "versions": json.dumps(VERSIONS),
-            "description": description,
-        }
-        save_file(self.tensors, path, metadata=meta)
-        ops = sorted({c["op"] for c in self.cases})
-        refusals = sum(c["expect_error"] for c in self.cases)
-        print(f"{os.path.relpath(path)}: {len(self.cases)} cases ({refusals} refusals), {os.path.getsize(path)} bytes; ops: {', '.join(ops)}")
 
 
 def opt_norm(max_norm, norm_type=2.0):
@@ -840,18 +780,19 @@ def quantized_interop():
 
 
 def main():
-    forward = CaseFile(seed=20261207)
+    forward = CaseFile(seed=20261207, versions=VERSIONS)
     for make in [embedding_cases, bag_cases, layer_norm_cases, stable_cases, bert_cases, axial_cases, quantize_cases, quantized_cases]:
         make(forward)
     forward.save(os.path.join(HERE, "forward.safetensors"), "forward ops: PyTorch, bitsandbytes and transformers layers")
-    training = CaseFile(seed=20261208)
+    training = CaseFile(seed=20261208, versions=VERSIONS)
     for make in [emb_backward_cases, bag_backward_cases, norm_backward_cases, optimizer_cases, topk_cases]:
         make(training)
     training.save(os.path.join(HERE, "training.safetensors"), "backward passes, optimizer steps and top-k retrieval")
     total = sum(os.path.getsize(os.path.join(HERE, n)) for n in ["forward.safetensors", "training.safetensors"])
     interop_checks()
     bnb_tables()
-    extra = ["saved_sparse_adam.safetensors", "interop.safetensors", "saved_quantized.safetensors", "bnb_tables.safetensors"]
+    # tbe.safetensors is make_tbe_cases.py's (fbgemm_gpu's environment), counted here too.
+    extra = ["saved_sparse_adam.safetensors", "interop.safetensors", "saved_quantized.safetensors", "bnb_tables.safetensors", "tbe.safetensors"]
     total += sum(os.path.getsize(os.path.join(HERE, n)) for n in extra if os.path.exists(os.path.join(HERE, n)))
     assert total <= 12_000_000, f"the committed reference files are {total} bytes; keep them under 12 MB"
     print(f"{total} bytes in all; {json.dumps(VERSIONS)}")

@@ -112,6 +112,37 @@ impl Gpu {
         Ok(EmbeddingSumLayerNorm { ctx, layer })
     }
 
+    /// FBGEMM's table-batched embedding bags (see the crate's `TableBatchedEmbeddingBags`):
+    /// `tables` (Float32Arrays, row-major) of `shapes` `[[rows, dim], ...]`, feature f
+    /// reading table `featureTableMap[f]`, options `{ mode: "sum" | "mean" }` (sum).
+    #[wasm_bindgen(js_name = tableBatchedEmbeddingBags)]
+    pub async fn table_batched_embedding_bags(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "Float32Array[]")] tables: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "number[][]")] shapes: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "number[]")] feature_table_map: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "{ mode?: \"sum\" | \"mean\" } | undefined")] options: JsValue,
+    ) -> Result<TableBatchedEmbeddingBags, JsValue> {
+        let (tables, shapes) = (array_arg(&tables, "tables")?, array_arg(&shapes, "shapes")?);
+        if tables.len() != shapes.len() {
+            return Err(js_error(lib::Error::arg("shapes", format!("{} shapes for {} tables", shapes.len(), tables.len()))));
+        }
+        let mut host = Vec::new();
+        for (t, s) in tables.iter().zip(&shapes) {
+            let t = t.dyn_ref::<js_sys::Float32Array>().ok_or_else(|| js_error(lib::Error::arg("tables", "expected Float32Arrays")))?;
+            host.push(table_dims(t, s, "shapes")?);
+        }
+        let map = shape_arg(&feature_table_map, "featureTableMap")?.unwrap_or_default();
+        let mode = lib::BagMode::from_str(opt_str(&options, "mode")?.as_deref().unwrap_or("sum")).map_err(js_error)?;
+        let ctx = self.ctx.clone();
+        let layer = gpu_call(&ctx, || {
+            let tables: Vec<(&[f32], usize, usize)> = host.iter().map(|(w, v, d)| (&w[..], *v, *d)).collect();
+            lib::TableBatchedEmbeddingBags::from_pretrained(&ctx, &tables, &map, mode)
+        })
+        .await?;
+        Ok(TableBatchedEmbeddingBags { ctx, layer })
+    }
+
     /// transformers' `AxialPositionEmbeddings`: position p is `weight0[p / n2] ++ weight1[p % n2]`,
     /// with `weight0` `[n1, d0]` and `weight1` `[n2, d1]` (`axialPosShape = [n1, n2]`, `axialDims = [d0, d1]`).
     #[wasm_bindgen(js_name = axialPositionEmbedding)]
@@ -326,3 +357,34 @@ crate::bag_forward!(QuantizedEmbeddingBag, "As `EmbeddingBag.forward`.");
 
 #[wasm_bindgen]
 impl QuantizedEmbeddingBag {}
+
+js_layer!(
+    /// FBGEMM's table-batched embedding bags: every feature's bags in one dispatch.
+    TableBatchedEmbeddingBags, lib::TableBatchedEmbeddingBags
+);
+
+#[wasm_bindgen]
+impl TableBatchedEmbeddingBags {
+    /// Pools every feature's bags: flat `indices`, `offsets` of F·B + 1 entries
+    /// (feature-major), `perSampleWeights` (one per index, sum only); a `[B, outputDim]`
+    /// tensor on the GPU.
+    pub async fn forward(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "IndexArray")] indices: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "IndexArray")] offsets: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "Float32Array | null | undefined")] per_sample_weights: JsValue,
+    ) -> Result<Tensor, JsValue> {
+        let (indices, offsets) = (index_list(&indices, "indices")?, index_list(&offsets, "offsets")?);
+        let weights = per_sample_weights.dyn_ref::<js_sys::Float32Array>().map(|w| w.to_vec());
+        let (n, o) = ([indices.len()], [offsets.len()]);
+        let out = gpu_call(&self.ctx, || self.layer.forward(&self.ctx, indices.as_indices(&n), offsets.as_indices(&o), weights.as_deref()))
+            .await?;
+        Ok(Tensor::new(self.ctx.clone(), out))
+    }
+
+    /// The output's width: the sum of the features' dims.
+    #[wasm_bindgen(getter, js_name = outputDim)]
+    pub fn output_dim(&self) -> u32 {
+        self.layer.output_dim() as u32
+    }
+}

@@ -93,6 +93,16 @@ async function otherOp(gpu, file, c, keep) {
       const block = keep(await gpu.embeddingSumLayerNorm(tables, shapes, { ...affine, eps: p.eps ?? 1e-12 }));
       return { out: await read(keep(await block.forward(indices, indexShapes))) };
     }
+    case "tbe_forward": {
+      // The packed weights, cut into the tables embedding_specs gives.
+      const weights = file.float32(inputs.weights);
+      const tables = [];
+      let start = 0;
+      for (const [rows, dim] of p.embedding_specs) tables.push(weights.subarray(start, (start += rows * dim)));
+      const tbe = keep(await gpu.tableBatchedEmbeddingBags(tables, p.embedding_specs, p.feature_table_map, { mode: p.pooling_mode }));
+      const psw = inputs.per_sample_weights ? file.float32(inputs.per_sample_weights) : null;
+      return { out: await read(keep(await tbe.forward(file.indices(inputs.indices), file.indices(inputs.offsets), psw))) };
+    }
     case "embedding_backward": {
       const gshape = shapeOf("grad_out");
       const d = gshape[gshape.length - 1] ?? 0;

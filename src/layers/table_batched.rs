@@ -1,0 +1,255 @@
+//! Table-batched embedding bags: FBGEMM's TBE forward (`SplitTableBatchedEmbeddingBagsCodegen`,
+//! pooling SUM or MEAN) over many tables in one dispatch. Shader family:
+//! `table_batched.wgsl`.
+//!
+//! A layer holds T tables of their own rows and dims (any dims), and a
+//! `feature_table_map` from F features to tables (several features may share one). Input
+//! in FBGEMM's layout: one flat `indices` list and `offsets` of length F·B + 1,
+//! feature-major: feature f's bag b is `indices[offsets[f·B + b] .. offsets[f·B + b + 1]]`.
+//! The output is `[B, Σ_f dim_f]`, feature f's columns at the sum of the dims before it.
+//! Unlike FBGEMM's default bounds-check mode, which replaces a bad index by 0, a bad
+//! index or offset is refused with a typed error before anything runs.
+
+use crate::error::{Error, Result};
+use crate::gpu::context::{upload, Context};
+use crate::gpu::kernel::binding::{INPUT, OUT, PARAMS};
+use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
+use crate::gpu::plan::{record_flat, Call, Grid, PassParams, HAS_WEIGHTS, MODE_MEAN, MODE_SUM};
+use crate::gpu::recording::Recording;
+use crate::gpu::tensor::{DType, GpuTensor, Segment};
+use crate::layers::embedding_bag::BagMode;
+use crate::layers::indices::Indices;
+
+pub(crate) static FAMILY: ShaderFamily =
+    ShaderFamily { name: "table_batched", parts: &[common::GRID, common::PASS, include_str!("../../shaders/table_batched.wgsl")] };
+
+const TBE_POOLED: Kernel = Kernel::new(
+    &FAMILY,
+    "tbe_pooled",
+    &[
+        PARAMS,
+        (1, Slot::Read, Role::Extra(0)),
+        INPUT,
+        OUT,
+        (5, Slot::Read, Role::Extra(3)),
+        (7, Slot::Read, Role::Extra(4)),
+        (9, Slot::Read, Role::Extra(1)),
+        (10, Slot::Read, Role::Extra(2)),
+    ],
+);
+
+/// F32 tables, bags of several features over them, pooled by sum or mean, as FBGEMM's
+/// table-batched embedding bags.
+#[derive(Debug, Clone)]
+pub struct TableBatchedEmbeddingBags {
+    /// Every table's rows, one table after another (one binding).
+    tables: GpuTensor,
+    /// (rows, dim) per table.
+    specs: Vec<(usize, usize)>,
+    feature_table_map: Vec<usize>,
+    mode: BagMode,
+    /// Per feature: (first word of its table, dim, rows, first output column).
+    features: wgpu::Buffer,
+    /// The feature of each output column.
+    column_features: wgpu::Buffer,
+    width: usize,
+}
+
+impl TableBatchedEmbeddingBags {
+    /// The layer over `tables` (each row-major `[rows, dim]` f32 values with its
+    /// `(rows, dim)`), feature f reading table `feature_table_map[f]`, bags pooled by
+    /// `mode` (sum or mean: FBGEMM's `PoolingMode.SUM` / `MEAN`).
+    ///
+    /// ```
+    /// use wgpu_embed::{BagMode, Block, Context, Indices, TableBatchedEmbeddingBags};
+    /// let ctx = Context::new().block()?;
+    /// let (a, b): (Vec<f32>, Vec<f32>) = ((0..4 * 2).map(|i| i as f32).collect(), (0..3 * 3).map(|i| 100.0 + i as f32).collect());
+    /// // Features 0 and 2 share table 0 ([4, 2]); feature 1 reads table 1 ([3, 3]).
+    /// let tbe = TableBatchedEmbeddingBags::from_pretrained(&ctx, &[(&a, 4, 2), (&b, 3, 3)], &[0, 1, 0], BagMode::Sum)?;
+    /// // B = 2: feature 0's bags [1, 3], [0]; feature 1's [2], []; feature 2's [], [3].
+    /// let indices = [1i64, 3, 0, 2, 3];
+    /// let offsets = [0i64, 2, 3, 4, 4, 4, 5];
+    /// let out = tbe.forward(&ctx, Indices::i64(&indices, &[5]), Indices::i64(&offsets, &[7]), None)?; // [2, 2 + 3 + 2]
+    /// let rows = out.read_f32(&ctx).block()?;
+    /// assert_eq!(rows[..7], [8.0, 10.0, 106.0, 107.0, 108.0, 0.0, 0.0]);
+    /// assert_eq!(rows[7..], [0.0, 1.0, 0.0, 0.0, 0.0, 6.0, 7.0]);
+    /// # Ok::<(), wgpu_embed::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a table whose values are not `rows · dim`, a dim of
+    /// 0, a feature mapped to no table, a max mode (FBGEMM pools by sum, mean or none),
+    /// and [`Error::Unsupported`] when the tables together or one output row do not fit
+    /// one binding.
+    pub fn from_pretrained(ctx: &Context, tables: &[(&[f32], usize, usize)], feature_table_map: &[usize], mode: BagMode) -> Result<Self> {
+        if mode == BagMode::Max {
+            return Err(Error::arg("mode", "table-batched bags pool by sum or mean (FBGEMM's PoolingMode), not max"));
+        }
+        if tables.is_empty() || feature_table_map.is_empty() {
+            return Err(Error::arg("tables", "expected at least one table and one feature"));
+        }
+        let mut packed = Vec::with_capacity(tables.iter().map(|t| t.0.len()).sum());
+        let mut table_first = Vec::with_capacity(tables.len());
+        for (t, &(values, rows, dim)) in tables.iter().enumerate() {
+            if dim == 0 || rows.checked_mul(dim) != Some(values.len()) {
+                return Err(Error::arg(
+                    "tables",
+                    format!("table {t}: {} values do not make [{rows}, {dim}] (dims must be positive)", values.len()),
+                ));
+            }
+            table_first.push(packed.len());
+            packed.extend_from_slice(values);
+        }
+        let bytes = packed.len() as u64 * 4;
+        if bytes > ctx.max_binding_size() || packed.len() >= u32::MAX as usize {
+            return Err(Error::Unsupported(format!(
+                "table-batched tables of {bytes} bytes in all: one binding holds {} bytes on this device",
+                ctx.max_binding_size()
+            )));
+        }
+        let mut features = Vec::with_capacity(feature_table_map.len());
+        let mut column_features = Vec::new();
+        for (f, &t) in feature_table_map.iter().enumerate() {
+            let Some(&(_, rows, dim)) = tables.get(t) else {
+                return Err(Error::arg(
+                    "feature_table_map",
+                    format!("feature_table_map[{f}] = {t} names no table: there are {} tables", tables.len()),
+                ));
+            };
+            features.push([table_first[t] as u32, dim as u32, rows as u32, column_features.len() as u32]);
+            column_features.extend(std::iter::repeat_n(f as u32, dim));
+        }
+        let width = column_features.len();
+        if width as u64 * 4 > ctx.max_binding_size() {
+            return Err(Error::Unsupported(format!("an output row of {width} columns does not fit one binding")));
+        }
+        Ok(Self {
+            tables: GpuTensor::flat(ctx, &packed, DType::F32)?,
+            specs: tables.iter().map(|&(_, rows, dim)| (rows, dim)).collect(),
+            feature_table_map: feature_table_map.to_vec(),
+            mode,
+            features: upload(ctx, "tbe-features", &features),
+            column_features: upload(ctx, "tbe-column-features", &column_features),
+            width,
+        })
+    }
+
+    /// Number of features (F).
+    pub fn features(&self) -> usize {
+        self.feature_table_map.len()
+    }
+
+    /// `(rows, dim)` of each table.
+    pub fn table_specs(&self) -> &[(usize, usize)] {
+        &self.specs
+    }
+
+    /// The output's width: the sum of the features' dims.
+    pub fn output_dim(&self) -> usize {
+        self.width
+    }
+
+    /// Pools the bags of every feature (see the module's page for the layout): a
+    /// `[B, output_dim]` tensor on the GPU, where `offsets` has F·B + 1 entries.
+    /// `per_sample_weights` (one per index, sum only) scale the rows they go with.
+    ///
+    /// # Errors
+    /// As [`TableBatchedEmbeddingBags::record`].
+    pub fn forward(
+        &self,
+        ctx: &Context,
+        indices: Indices<'_>,
+        offsets: Indices<'_>,
+        per_sample_weights: Option<&[f32]>,
+    ) -> Result<GpuTensor> {
+        ctx.run_now(|run| self.record(run, indices, offsets, per_sample_weights))
+    }
+
+    /// [`TableBatchedEmbeddingBags::forward`] recorded into `run`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] before any GPU work for `offsets` whose length is not
+    /// F·B + 1, that do not start at 0, decrease, or end elsewhere than at the number of
+    /// indices; per-sample weights of another length or with mean pooling (PyTorch
+    /// refuses them, FBGEMM's CPU and GPU kernels disagree on them);
+    /// [`Error::IndexOutOfRange`] naming the position and value of the first index
+    /// outside its feature's table.
+    pub fn record(
+        &self,
+        run: &mut Recording<'_>,
+        indices: Indices<'_>,
+        offsets: Indices<'_>,
+        per_sample_weights: Option<&[f32]>,
+    ) -> Result<GpuTensor> {
+        let ctx = run.context();
+        indices.check_shape("indices")?;
+        offsets.check_shape("offsets")?;
+        let (n, f) = (indices.data.len(), self.features());
+        let bounds = offsets
+            .data
+            .len()
+            .checked_sub(1)
+            .filter(|len| len.is_multiple_of(f))
+            .ok_or_else(|| Error::arg("offsets", format!("expected F·B + 1 entries (F = {f} features), got {}", offsets.data.len())))?;
+        let b = bounds / f;
+        let mut bag_offsets = Vec::with_capacity(bounds + 1);
+        for (i, o) in offsets.data.iter().enumerate() {
+            let prev = bag_offsets.last().copied().unwrap_or(0u32);
+            if (i == 0 && o != 0) || o < prev as i64 || o > n as i64 || (i == bounds && o != n as i64) {
+                return Err(Error::arg(
+                    "offsets",
+                    format!("offsets[{i}] = {o}: offsets start at 0, never decrease and end at the {n} indices"),
+                ));
+            }
+            bag_offsets.push(o as u32);
+        }
+        let mut rows = Vec::with_capacity(n);
+        for bag in 0..bounds {
+            let num_rows = self.specs[self.feature_table_map[bag / b]].0 as u64;
+            for position in bag_offsets[bag] as usize..bag_offsets[bag + 1] as usize {
+                let value = indices.data.get(position);
+                if value < 0 || value as u64 >= num_rows {
+                    return Err(Error::IndexOutOfRange { name: "indices", position: position as u64, value, num_embeddings: num_rows });
+                }
+                rows.push(value as i32);
+            }
+        }
+        if let Some(w) = per_sample_weights {
+            if self.mode != BagMode::Sum {
+                return Err(Error::arg("per_sample_weights", "per_sample_weights are only supported for mode='sum'"));
+            }
+            if w.len() != n {
+                return Err(Error::arg("per_sample_weights", format!("expected one weight per index ({n}), got {}", w.len())));
+            }
+        }
+        let out = GpuTensor::zeros(ctx, &[b, self.width], DType::F32, self.width)?;
+        if out.segments().len() > 1 {
+            return Err(Error::Unsupported(format!("an output of [{b}, {}] does not fit one binding", self.width)));
+        }
+        if b == 0 {
+            return Ok(out);
+        }
+        run.scoped(|run| {
+            let indices = Segment { buffer: upload(ctx, "tbe-indices", &rows), first_row: 0, rows: n as u64, lease: None };
+            let weights = per_sample_weights.map_or_else(|| ctx.placeholder_buffer().clone(), |w| upload(ctx, "tbe-weights", w));
+            let params = PassParams {
+                rows: b as u32,
+                dim: self.width as u32,
+                mode: if self.mode == BagMode::Mean { MODE_MEAN } else { MODE_SUM },
+                flags: if per_sample_weights.is_some() { HAS_WEIGHTS } else { 0 },
+                ..Default::default()
+            };
+            let extra = [
+                self.tables.segments()[0].buffer.clone(),
+                self.features.clone(),
+                self.column_features.clone(),
+                upload(ctx, "tbe-offsets", &bag_offsets),
+                weights,
+            ];
+            let call = Call { extra: &extra, ..Call::new(&TBE_POOLED, &[], Grid::Elements(self.width as u64), params) };
+            record_flat(ctx, run, &call, Some(&indices), Some(&out.segments()[0]), b as u64);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}

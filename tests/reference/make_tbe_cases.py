@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Writes the table-batched embedding cases (tbe.safetensors) from fbgemm_gpu's own CPU
+operators, in an environment of their own (fbgemm-gpu-cpu loads against torch 2.14.1):
+
+    python3 -m venv .venv-fbgemm && .venv-fbgemm/bin/pip install -r tests/reference/requirements-fbgemm.txt
+    .venv-fbgemm/bin/python tests/reference/make_tbe_cases.py
+
+The op `tbe_forward` is documented in tests/reference/OPS.md. Every expected value and
+refusal comes from `SplitTableBatchedEmbeddingBagsCodegen` (CPU, FP32 weights, bounds
+checks FATAL: its default mode replaces a bad index by row 0, this library refuses it),
+except where FBGEMM cannot take the case: dims that are not multiples of 4 (FBGEMM asserts
+on them) come from torch.nn.functional.embedding_bag per feature, and the refusal of
+weighted mean pooling from PyTorch's (FBGEMM's CPU and GPU kernels disagree on it).
+"""
+
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import fbgemm_gpu  # noqa: F401  (registers the operators)
+from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
+from fbgemm_gpu.split_table_batched_embeddings_ops_common import BoundsCheckMode, PoolingMode
+from fbgemm_gpu.split_table_batched_embeddings_ops_training import ComputeDevice, EmbeddingLocation, SplitTableBatchedEmbeddingBagsCodegen
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from casefile import CaseFile  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VERSIONS = {"torch": torch.__version__, "fbgemm_gpu": fbgemm_gpu.__version__}
+MODES = {"sum": PoolingMode.SUM, "mean": PoolingMode.MEAN}
+
+
+def params(specs, feature_table_map, pooling):
+    return {"embedding_specs": [list(s) for s in specs], "feature_table_map": list(feature_table_map), "pooling_mode": pooling}
+
+
+def fbgemm(specs, feature_table_map, pooling):
+    """The forward of FBGEMM's training TBE on CPU, its tables set to `weights` (flat)."""
+
+    def run(weights, indices, offsets, per_sample_weights=None):
+        m = SplitTableBatchedEmbeddingBagsCodegen(
+            embedding_specs=[(rows, dim, EmbeddingLocation.HOST, ComputeDevice.CPU) for rows, dim in specs],
+            feature_table_map=list(feature_table_map),
+            pooling_mode=MODES[pooling],
+            weights_precision=SparseType.FP32,
+            optimizer=EmbOptimType.EXACT_SGD,
+            learning_rate=0.0,
+            bounds_check_mode=BoundsCheckMode.FATAL,
+        )
+        with torch.no_grad():
+            start = 0
+            for table, (rows, dim) in zip(m.split_embedding_weights(), specs):
+                table.copy_(weights[start : start + rows * dim].view(rows, dim))
+                start += rows * dim
+        return {"out": m(indices, offsets, per_sample_weights=per_sample_weights)}
+
+    return run
+
+
+def torch_per_feature(specs, feature_table_map, pooling):
+    """The same semantics from torch.nn.functional.embedding_bag, one call per feature."""
+
+    def run(weights, indices, offsets, per_sample_weights=None):
+        firsts = np.cumsum([0] + [r * d for r, d in specs])
+        nf = len(feature_table_map)
+        b = (len(offsets) - 1) // nf
+        outs = []
+        for f, t in enumerate(feature_table_map):
+            rows, dim = specs[t]
+            table = weights[firsts[t] : firsts[t] + rows * dim].view(rows, dim)
+            lo, hi = int(offsets[f * b]), int(offsets[(f + 1) * b])
+            w = None if per_sample_weights is None else per_sample_weights[lo:hi]
+            outs.append(F.embedding_bag(indices[lo:hi], table, offsets[f * b : (f + 1) * b] - lo, mode=pooling, per_sample_weights=w))
+        return {"out": torch.cat(outs, dim=1)}
+
+    return run
+
+
+def bags(f, nf, b, specs, feature_table_map, mean_len, empty_every=0):
+    """Random bags, feature-major: (indices, offsets) with some empty bags."""
+    idx, offsets = [], [0]
+    for feat in range(nf):
+        rows = specs[feature_table_map[feat]][0]
+        for bag in range(b):
+            n = 0 if empty_every and (feat * b + bag) % empty_every == 0 else int(f.rng.integers(1, 2 * mean_len))
+            idx.extend(f.rng.integers(0, rows, size=n).tolist())
+            offsets.append(len(idx))
+    return np.array(idx, np.int64), np.array(offsets, np.int64)
+
+
+def weights_of(f, specs):
+    return np.concatenate([f.randn(r, d).ravel() for r, d in specs])
+
+
+def tbe_cases(f):
+    specs, ftm = [(50, 8), (30, 16), (100, 4)], [0, 1, 0, 2]
+    for pooling in ["sum", "mean"]:
+        idx, off = bags(f, 4, 6, specs, ftm, 4, empty_every=5)
+        inputs = {"weights": weights_of(f, specs), "indices": idx, "offsets": off}
+        f.add(f"tbe_{pooling}_mixed_dims_shared_table", "tbe_forward", params(specs, ftm, pooling), inputs, fbgemm(specs, ftm, pooling))
+    idx, off = bags(f, 4, 6, specs, ftm, 4, empty_every=7)
+    inputs = {"weights": weights_of(f, specs), "indices": idx, "offsets": off, "per_sample_weights": f.randn(len(idx))}
+    f.add("tbe_sum_per_sample_weights", "tbe_forward", params(specs, ftm, "sum"), inputs, fbgemm(specs, ftm, "sum"))
+    # FBGEMM's bench shape, scaled to the committed files' budget: T = 8 tables of
+    # 256 x 32, B = 64, L ~ 20.
+    big, big_ftm = [(256, 32)] * 8, list(range(8))
+    idx, off = bags(f, 8, 64, big, big_ftm, 20)
+    f.add("tbe_sum_8_tables", "tbe_forward", params(big, big_ftm, "sum"), {"weights": weights_of(f, big), "indices": idx, "offsets": off}, fbgemm(big, big_ftm, "sum"))
+    # Dims that are not multiples of 4: FBGEMM asserts on them; torch per feature.
+    odd, odd_ftm = [(40, 3), (25, 7), (60, 1)], [2, 0, 1, 0]
+    idx, off = bags(f, 4, 5, odd, odd_ftm, 3, empty_every=6)
+    f.add("tbe_sum_odd_dims", "tbe_forward", params(odd, odd_ftm, "sum"), {"weights": weights_of(f, odd), "indices": idx, "offsets": off}, torch_per_feature(odd, odd_ftm, "sum"))
+    # Refusals.
+    small, small_ftm = [(10, 4), (6, 8)], [0, 1]
+    w = weights_of(f, small)
+    bad = {"weights": w, "indices": np.array([1, 10, 2, 3], np.int64), "offsets": np.array([0, 1, 2, 3, 4], np.int64)}
+    f.add("err_tbe_index_too_large", "tbe_forward", params(small, small_ftm, "sum"), bad, fbgemm(small, small_ftm, "sum"), error=True)
+    bad = {"weights": w, "indices": np.array([1, 0, 2, -1], np.int64), "offsets": np.array([0, 1, 2, 3, 4], np.int64)}
+    f.add("err_tbe_index_negative", "tbe_forward", params(small, small_ftm, "sum"), bad, fbgemm(small, small_ftm, "sum"), error=True)
+    bad = {"weights": w, "indices": np.array([1, 0, 2, 3], np.int64), "offsets": np.array([0, 1, 2, 4], np.int64)}
+    f.add("err_tbe_offsets_length", "tbe_forward", params(small, small_ftm, "sum"), bad, fbgemm(small, small_ftm, "sum"), error=True)
+    bad = {"weights": w, "indices": np.array([1, 0, 2, 3], np.int64), "offsets": np.array([0, 2, 1, 3, 4], np.int64)}
+    f.add("err_tbe_offsets_decrease", "tbe_forward", params(small, small_ftm, "sum"), bad, fbgemm(small, small_ftm, "sum"), error=True)
+    psw = {"weights": w, "indices": np.array([1, 0, 2, 3], np.int64), "offsets": np.array([0, 1, 2, 3, 4], np.int64), "per_sample_weights": f.randn(4)}
+    f.add("err_tbe_weighted_mean", "tbe_forward", params(small, small_ftm, "mean"), psw, torch_per_feature(small, small_ftm, "mean"), error=True)
+
+
+def main():
+    f = CaseFile(seed=20261210, versions=VERSIONS, generator="tests/reference/make_tbe_cases.py")
+    tbe_cases(f)
+    f.save(os.path.join(HERE, "tbe.safetensors"), "table-batched embedding bags: fbgemm_gpu's CPU TBE forward")
+
+
+if __name__ == "__main__":
+    main()

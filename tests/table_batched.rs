@@ -1,0 +1,158 @@
+//! Table-batched embedding bags beyond the reference cases: against per-feature
+//! EmbeddingBag calls and a float64 reference, past 65 535 workgroups, one dispatch per
+//! call, and every refusal named before anything runs.
+
+mod common;
+
+use common::{context, Rng};
+use wgpu_embed::{BagMode, Block, Context, EmbeddingBag, Indices, TableBatchedEmbeddingBags};
+
+struct Case {
+    tables: Vec<(Vec<f32>, usize, usize)>,
+    map: Vec<usize>,
+    b: usize,
+    indices: Vec<i64>,
+    offsets: Vec<i64>,
+}
+
+/// Random bags, feature-major, every fourth one empty.
+fn case(rng: &mut Rng, specs: &[(usize, usize)], map: &[usize], b: usize, mean_len: u64) -> Case {
+    let tables = specs.iter().map(|&(r, d)| (rng.vec_f32(r * d), r, d)).collect();
+    let (mut indices, mut offsets) = (Vec::new(), vec![0i64]);
+    for (f, &t) in map.iter().enumerate() {
+        for bag in 0..b {
+            let n = if (f * b + bag) % 4 == 3 { 0 } else { 1 + rng.below(2 * mean_len) };
+            indices.extend((0..n).map(|_| rng.below(specs[t].0 as u64) as i64));
+            offsets.push(indices.len() as i64);
+        }
+    }
+    Case { tables, map: map.to_vec(), b, indices, offsets }
+}
+
+fn layer(ctx: &Context, c: &Case, mode: BagMode) -> TableBatchedEmbeddingBags {
+    let tables: Vec<(&[f32], usize, usize)> = c.tables.iter().map(|(w, r, d)| (&w[..], *r, *d)).collect();
+    TableBatchedEmbeddingBags::from_pretrained(ctx, &tables, &c.map, mode).unwrap()
+}
+
+/// The float64 reference: each feature's bags, its columns at its offset.
+fn reference(c: &Case, mode: BagMode, weights: Option<&[f32]>) -> Vec<f32> {
+    let width: usize = c.map.iter().map(|&t| c.tables[t].2).sum();
+    let mut out = vec![0f32; c.b * width];
+    let mut col = 0;
+    for (f, &t) in c.map.iter().enumerate() {
+        let (w, _, d) = &c.tables[t];
+        for bag in 0..c.b {
+            let (lo, hi) = (c.offsets[f * c.b + bag] as usize, c.offsets[f * c.b + bag + 1] as usize);
+            for j in 0..*d {
+                let mut acc = 0f64;
+                for p in lo..hi {
+                    acc += w[c.indices[p] as usize * d + j] as f64 * weights.map_or(1.0, |w| w[p] as f64);
+                }
+                if mode == BagMode::Mean && hi > lo {
+                    acc /= (hi - lo) as f64;
+                }
+                out[bag * width + col + j] = acc as f32;
+            }
+        }
+        col += d;
+    }
+    out
+}
+
+#[test]
+fn every_feature_pooled_in_one_dispatch_as_separate_bags_would() {
+    let ctx = context(None);
+    let mut rng = Rng(51);
+    // Dims of every kind (1, 3, 8, 33), table 1 shared by features 1 and 3.
+    let specs = [(40, 8), (300, 3), (25, 1), (90, 33)];
+    let c = case(&mut rng, &specs, &[0, 1, 2, 1, 3], 9, 6);
+    let weights = rng.vec_f32(c.indices.len());
+    let (n_idx, n_off) = ([c.indices.len()], [c.offsets.len()]);
+    let (idx, off) = (Indices::i64(&c.indices, &n_idx), Indices::i64(&c.offsets, &n_off));
+    for (mode, w) in [(BagMode::Sum, None), (BagMode::Mean, None), (BagMode::Sum, Some(&weights[..]))] {
+        let tbe = layer(&ctx, &c, mode);
+        let before = ctx.stats();
+        let got = tbe.forward(&ctx, idx, off, w).unwrap();
+        assert_eq!(ctx.stats().dispatches - before.dispatches, 1, "{mode:?}: one dispatch for every feature");
+        assert_eq!(got.shape(), [9, 8 + 3 + 1 + 3 + 33]);
+        let got = got.read_f32(&ctx).block().unwrap();
+        common::assert_close(&got, &reference(&c, mode, w), 1e-5, 1e-5, &format!("{mode:?}, weights {}", w.is_some()));
+        // The same as one EmbeddingBag per feature, side by side.
+        let width = tbe.output_dim();
+        let mut col = 0;
+        for (f, &t) in c.map.iter().enumerate() {
+            let (table, rows, d) = &c.tables[t];
+            let bag = EmbeddingBag::from_pretrained(&ctx, table, *rows, *d, mode).unwrap();
+            let (lo, hi) = (c.offsets[f * c.b] as usize, c.offsets[(f + 1) * c.b] as usize);
+            let offsets: Vec<i64> = c.offsets[f * c.b..(f + 1) * c.b].iter().map(|o| o - lo as i64).collect();
+            let fw = w.map(|w| &w[lo..hi]);
+            let shape = [hi - lo];
+            let psw = fw.map(|w| (w, &shape[..]));
+            let one = bag.forward(&ctx, Indices::i64(&c.indices[lo..hi], &shape), Some(Indices::i64(&offsets, &[c.b])), psw).unwrap();
+            let one = one.read_f32(&ctx).block().unwrap();
+            for r in 0..c.b {
+                let cols = &got[r * width + col..r * width + col + d];
+                common::assert_close(cols, &one[r * d..(r + 1) * d], 1e-6, 1e-6, &format!("{mode:?}: feature {f}, bag {r}"));
+            }
+            col += d;
+        }
+    }
+}
+
+#[test]
+fn outputs_past_65535_workgroups_and_repeated_runs_agree() {
+    let ctx = context(None);
+    let mut rng = Rng(52);
+    // 4 096 bags x 1 200 columns: 76 800 workgroups of 64.
+    let c = case(&mut rng, &[(50, 600), (70, 600)], &[0, 1], 4096, 2);
+    let tbe = layer(&ctx, &c, BagMode::Sum);
+    let (n_idx, n_off) = ([c.indices.len()], [c.offsets.len()]);
+    let run = || {
+        let (idx, off) = (Indices::i64(&c.indices, &n_idx), Indices::i64(&c.offsets, &n_off));
+        tbe.forward(&ctx, idx, off, None).unwrap().read_f32(&ctx).block().unwrap()
+    };
+    let (first, second) = (run(), run());
+    assert!(first.iter().zip(&second).all(|(a, b)| a.to_bits() == b.to_bits()), "two runs differ");
+    common::assert_close(&first, &reference(&c, BagMode::Sum, None), 1e-5, 1e-5, "4 096 bags");
+}
+
+#[test]
+fn bad_input_is_refused_naming_the_argument() {
+    let ctx = context(None);
+    let t0: Vec<f32> = (0..10 * 4).map(|i| i as f32).collect();
+    let t1: Vec<f32> = (0..6 * 2).map(|i| i as f32).collect();
+    let tables = [(&t0[..], 10, 4), (&t1[..], 6, 2)];
+    let err = |r: wgpu_embed::Result<TableBatchedEmbeddingBags>| r.unwrap_err().to_string();
+    let e = err(TableBatchedEmbeddingBags::from_pretrained(&ctx, &tables, &[0, 2], BagMode::Sum));
+    assert!(e.contains("feature_table_map[1] = 2") && e.contains("2 tables"), "{e}");
+    let e = err(TableBatchedEmbeddingBags::from_pretrained(&ctx, &[(&t0[..], 10, 0)], &[0], BagMode::Sum));
+    assert!(e.contains("table 0") && e.contains("[10, 0]"), "{e}");
+    let e = err(TableBatchedEmbeddingBags::from_pretrained(&ctx, &[(&t0[..9], 10, 4)], &[0], BagMode::Sum));
+    assert!(e.contains("9 values"), "{e}");
+    let e = err(TableBatchedEmbeddingBags::from_pretrained(&ctx, &tables, &[0, 1], BagMode::Max));
+    assert!(e.contains("`mode`") && e.contains("max"), "{e}");
+
+    let tbe = TableBatchedEmbeddingBags::from_pretrained(&ctx, &tables, &[0, 1], BagMode::Sum).unwrap();
+    let forward = |idx: &[i64], off: &[i64], w: Option<&[f32]>| {
+        tbe.forward(&ctx, Indices::i64(idx, &[idx.len()]), Indices::i64(off, &[off.len()]), w).map(drop).unwrap_err().to_string()
+    };
+    let idx = [1i64, 2, 3, 5];
+    for (off, what) in [
+        (&[0i64, 1, 2, 4][..], "F·B + 1"),
+        (&[1, 1, 2, 3, 4][..], "offsets[0] = 1"),
+        (&[0, 2, 1, 3, 4][..], "offsets[2] = 1"),
+        (&[0, 1, 2, 3, 3][..], "offsets[4] = 3"),
+        (&[0, 1, 2, 3, 9][..], "offsets[4] = 9"),
+    ] {
+        let e = forward(&idx, off, None);
+        assert!(e.contains("`offsets`") && e.contains(what), "{off:?}: {e}");
+    }
+    // Feature 1 reads table 1 (6 rows): index 7 at position 3 is out of its range.
+    let e = forward(&[1, 2, 3, 7], &[0, 1, 2, 3, 4], None);
+    assert!(e.contains("`indices`") && e.contains("7") && e.contains("position 3") && e.contains("[0, 6)"), "{e}");
+    let e = forward(&idx, &[0, 1, 2, 3, 4], Some(&[1.0; 3]));
+    assert!(e.contains("`per_sample_weights`") && e.contains("(4), got 3"), "{e}");
+    let mean = TableBatchedEmbeddingBags::from_pretrained(&ctx, &tables, &[0, 1], BagMode::Mean).unwrap();
+    let e = mean.forward(&ctx, Indices::i64(&idx, &[4]), Indices::i64(&[0, 1, 2, 3, 4], &[5]), Some(&[1.0; 4])).unwrap_err().to_string();
+    assert!(e.contains("mode='sum'"), "{e}");
+}
