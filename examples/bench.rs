@@ -21,7 +21,8 @@ use wgpu_embed::bench::{bag_tensors, lookup_tensors, GpuTimer, Recorder};
 use wgpu_embed::Recording;
 use wgpu_embed::{
     BagMode, Context, ContextOptions, Embedding, EmbeddingBag, EmbeddingSumLayerNorm, GpuTensor, GradOptions, Gradient, HostTable, Indices,
-    LayerNorm, Metric, Optimizer, OptimizerKind, QuantizedEmbeddingBag, QuantizedTable, Retriever, Scheme, StableEmbedding, TableReads,
+    LayerNorm, Metric, Optimizer, OptimizerKind, QuantizedEmbeddingBag, QuantizedTable, Retriever, Scheme, StableEmbedding,
+    TableBatchedEmbeddingBags, TableReads,
 };
 
 #[derive(Parser)]
@@ -52,9 +53,9 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     bags: Option<Vec<usize>>,
     /// Which parts to run (comma-separated): kernels (lookups and bags), layers (whole
-    /// layers through the public API), optimizers, topk, small (per-call latency),
+    /// layers through the public API), optimizers, tbe (table-batched bags), topk, small (per-call latency),
     /// pipelines (recorded pipelines of calls against the floor).
-    #[arg(long, value_delimiter = ',', default_value = "kernels,layers,optimizers,topk,small,pipelines")]
+    #[arg(long, value_delimiter = ',', default_value = "kernels,layers,optimizers,tbe,topk,small,pipelines")]
     sections: Vec<String>,
     /// Largest table to build, in MiB (bigger grid points are skipped).
     #[arg(long, default_value_t = 1024)]
@@ -881,6 +882,70 @@ fn main() {
                 match time_train_step(&ctx, &timer, args.reps.min(5), &copy, kind, fused) {
                     Ok((bytes, gpu_s, copy_s)) => points.push(Point::layer(label, OPT_ROWS, OPT_DIM, OPT_BATCH, bytes, gpu_s, copy_s)),
                     Err(e) => eprintln!("{label}: skipped: {e}"),
+                }
+            }
+        }
+    }
+
+    // Table-batched bags at FBGEMM's bench shapes (B = 512, T = 26 features, L = 20),
+    // tables scaled to E = 2 000 rows here: one TBE call beside 26 EmbeddingBag calls (each
+    // its own submission, and the 26 recorded as one). Bytes as FBGEMM's TBE bench counts
+    // them: output B * sum(D) + weights read B * sum(D) * L, f32.
+    if run("tbe") {
+        let (b, t, l, e) = (512usize, 26usize, 20usize, 2_000usize);
+        for dim in [64usize, 128] {
+            for dist in [Dist::Uniform, Dist::Zipf] {
+                let mut rng = Rng(dim as u64 * 7 + t as u64);
+                let tables: Vec<Vec<f32>> = (0..t).map(|_| (0..e * dim).map(|_| rng.unit() as f32 - 0.5).collect()).collect();
+                let specs: Vec<(&[f32], usize, usize)> = tables.iter().map(|w| (&w[..], e, dim)).collect();
+                let ids: Vec<Vec<i32>> = (0..t).map(|f| indices(b * l, e, dist, 100 + f as u64)).collect();
+                let flat: Vec<i32> = ids.concat();
+                let offsets: Vec<i32> = (0..=(t * b) as i32).map(|i| i * l as i32).collect();
+                let bag_offsets: Vec<i32> = (0..b as i32).map(|i| i * l as i32).collect();
+                let (flat_shape, off_shape, bag_shape, bag_off_shape) = ([flat.len()], [offsets.len()], [b * l], [b]);
+                let bytes = (b * t * dim * 4 * (1 + l)) as f64;
+                let tbe = TableBatchedEmbeddingBags::from_pretrained(&ctx, &specs, &(0..t).collect::<Vec<_>>(), BagMode::Sum).expect("TBE");
+                let bags: Vec<EmbeddingBag> =
+                    tables.iter().map(|w| EmbeddingBag::from_pretrained(&ctx, w, e, dim, BagMode::Sum).expect("bag")).collect();
+                let mut works: Vec<Box<LayerWork<'_>>> = vec![
+                    Box::new(|| tbe.forward(&ctx, Indices::i32(&flat, &flat_shape), Indices::i32(&offsets, &off_shape), None)),
+                    Box::new(|| {
+                        let mut last = None;
+                        for (bag, ids) in bags.iter().zip(&ids) {
+                            last = Some(bag.forward(
+                                &ctx,
+                                Indices::i32(ids, &bag_shape),
+                                Some(Indices::i32(&bag_offsets, &bag_off_shape)),
+                                None,
+                            )?);
+                        }
+                        Ok(last.expect("26 bags"))
+                    }),
+                    Box::new(|| {
+                        let mut run = ctx.record();
+                        let mut last = None;
+                        for (bag, ids) in bags.iter().zip(&ids) {
+                            last = Some(bag.record(
+                                &mut run,
+                                Indices::i32(ids, &bag_shape),
+                                Some(Indices::i32(&bag_offsets, &bag_off_shape)),
+                                None,
+                            )?);
+                        }
+                        drop(run.submit()?);
+                        Ok(last.expect("26 bags"))
+                    }),
+                ];
+                let names = ["tbe_forward", "tbe_as_26_bag_calls", "tbe_as_26_bags_recorded"];
+                for (name, r) in names.iter().zip(time_layers_in_turn(&ctx, &timer, args.reps, &copy, &mut works)) {
+                    match r {
+                        Ok((gpu_s, copy_s)) => {
+                            let mut p = Point::layer(name.to_string(), e, dim, l, bytes, gpu_s, copy_s);
+                            p.dist = dist.name();
+                            points.push(p);
+                        }
+                        Err(err) => eprintln!("{name} D={dim}: skipped: {err}"),
+                    }
                 }
             }
         }

@@ -43,3 +43,71 @@ fn tbe_pooled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     if (params.mode == MODE_MEAN && end > start) { acc /= f32(end - start); }
     out[e.x] = acc;
 }
+
+// The same over vec4 words, when every feature's dim is a multiple of 4 (as FBGEMM
+// requires): an invocation sums CHUNK consecutive words of one feature's bag, so each
+// index is loaded once per CHUNK words. GPUs take one word per invocation (consecutive
+// invocations read consecutive words of a row); CPU adapters a whole row or more of it,
+// where each lane's index load is emulated. Invocation i of output row b is chunk
+// `chunks[i]` = (feature, its first word); `params.arg0` = chunks per output row,
+// `params.dim` = the output's width in words.
+override CHUNK: u32 = 1u; // values: 1, 2, 4, 8, 16
+@group(0) @binding(1) var<storage, read> tables4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> out_words: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read> chunks: array<vec2<u32>>;
+
+// Adds word w0 + k of the table row at `base` (when k < CHUNK and the feature's row has
+// it) to accumulator k. Called once per k with a constant k, not from a loop: lavapipe
+// ends an invocation's loops after 65 535 iterations in all.
+fn accumulate_chunk(acc: ptr<function, array<vec4<f32>, 16>>, k: u32, w0: u32, words: u32, base: u32, scale: f32) {
+    if (k >= CHUNK || w0 + k >= words) { return; }
+    (*acc)[k] += tables4[base + w0 + k] * scale;
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn tbe_pooled4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_id) lid: vec3<u32>) {
+    let id = linear_id(wid, nwg, lid);
+    let per_row = params.arg0;
+    if (id >= params.rows * per_row) { return; }
+    let b = id / per_row;
+    let chunk = chunks[id - b * per_row];
+    let feature = features[chunk.x];
+    let words = feature.y / 4u;
+    let w0 = chunk.y;
+    let bag = chunk.x * params.rows + b;
+    let start = bag_offsets[bag];
+    let end = bag_offsets[bag + 1u];
+    var acc: array<vec4<f32>, 16>;
+    for (var p = start; p < end; p++) {
+        let index = indices[p];
+        if (index < 0 || u32(index) >= feature.z) { continue; }
+        var scale = 1.0;
+        if (has_flag(FLAG_HAS_WEIGHTS)) { scale = sample_weights[p]; }
+        let base = feature.x / 4u + u32(index) * words;
+        accumulate_chunk(&acc, 0u, w0, words, base, scale);
+        accumulate_chunk(&acc, 1u, w0, words, base, scale);
+        accumulate_chunk(&acc, 2u, w0, words, base, scale);
+        accumulate_chunk(&acc, 3u, w0, words, base, scale);
+        accumulate_chunk(&acc, 4u, w0, words, base, scale);
+        accumulate_chunk(&acc, 5u, w0, words, base, scale);
+        accumulate_chunk(&acc, 6u, w0, words, base, scale);
+        accumulate_chunk(&acc, 7u, w0, words, base, scale);
+        accumulate_chunk(&acc, 8u, w0, words, base, scale);
+        accumulate_chunk(&acc, 9u, w0, words, base, scale);
+        accumulate_chunk(&acc, 10u, w0, words, base, scale);
+        accumulate_chunk(&acc, 11u, w0, words, base, scale);
+        accumulate_chunk(&acc, 12u, w0, words, base, scale);
+        accumulate_chunk(&acc, 13u, w0, words, base, scale);
+        accumulate_chunk(&acc, 14u, w0, words, base, scale);
+        accumulate_chunk(&acc, 15u, w0, words, base, scale);
+    }
+    let dst = b * params.dim + feature.w / 4u + w0;
+    for (var k = 0u; k < CHUNK; k++) {
+        if (w0 + k < words) {
+            var v = acc[k];
+            if (params.mode == MODE_MEAN && end > start) { v /= f32(end - start); }
+            out_words[dst + k] = v;
+        }
+    }
+}

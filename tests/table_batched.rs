@@ -63,19 +63,25 @@ fn reference(c: &Case, mode: BagMode, weights: Option<&[f32]>) -> Vec<f32> {
 fn every_feature_pooled_in_one_dispatch_as_separate_bags_would() {
     let ctx = context(None);
     let mut rng = Rng(51);
-    // Dims of every kind (1, 3, 8, 33), table 1 shared by features 1 and 3.
-    let specs = [(40, 8), (300, 3), (25, 1), (90, 33)];
-    let c = case(&mut rng, &specs, &[0, 1, 2, 1, 3], 9, 6);
+    // Dims of every kind (1, 3, 8, 33: the per-element kernel), and all multiples of 4
+    // (the vec4 one, chunks of up to 16 words); table 1 shared by features 1 and 3.
+    for specs in [[(40, 8), (300, 3), (25, 1), (90, 33)], [(40, 8), (300, 4), (25, 12), (90, 100)]] {
+        pooled_like_separate_bags(&ctx, &mut rng, &specs);
+    }
+}
+
+fn pooled_like_separate_bags(ctx: &Context, rng: &mut Rng, specs: &[(usize, usize)]) {
+    let c = case(rng, specs, &[0, 1, 2, 1, 3], 9, 6);
     let weights = rng.vec_f32(c.indices.len());
     let (n_idx, n_off) = ([c.indices.len()], [c.offsets.len()]);
     let (idx, off) = (Indices::i64(&c.indices, &n_idx), Indices::i64(&c.offsets, &n_off));
     for (mode, w) in [(BagMode::Sum, None), (BagMode::Mean, None), (BagMode::Sum, Some(&weights[..]))] {
-        let tbe = layer(&ctx, &c, mode);
+        let tbe = layer(ctx, &c, mode);
         let before = ctx.stats();
-        let got = tbe.forward(&ctx, idx, off, w).unwrap();
+        let got = tbe.forward(ctx, idx, off, w).unwrap();
         assert_eq!(ctx.stats().dispatches - before.dispatches, 1, "{mode:?}: one dispatch for every feature");
-        assert_eq!(got.shape(), [9, 8 + 3 + 1 + 3 + 33]);
-        let got = got.read_f32(&ctx).block().unwrap();
+        assert_eq!(got.shape(), [9, c.map.iter().map(|&t| specs[t].1).sum::<usize>()]);
+        let got = got.read_f32(ctx).block().unwrap();
         common::assert_close(&got, &reference(&c, mode, w), 1e-5, 1e-5, &format!("{mode:?}, weights {}", w.is_some()));
         // The same as one EmbeddingBag per feature, side by side.
         let width = tbe.output_dim();

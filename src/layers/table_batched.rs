@@ -23,9 +23,21 @@ use crate::layers::indices::Indices;
 pub(crate) static FAMILY: ShaderFamily =
     ShaderFamily { name: "table_batched", parts: &[common::GRID, common::PASS, include_str!("../../shaders/table_batched.wgsl")] };
 
-const TBE_POOLED: Kernel = Kernel::new(
+const POOLED_BINDINGS: &[(u32, Slot, Role)] = &[
+    PARAMS,
+    (1, Slot::Read, Role::Extra(0)),
+    INPUT,
+    OUT,
+    (5, Slot::Read, Role::Extra(3)),
+    (7, Slot::Read, Role::Extra(4)),
+    (9, Slot::Read, Role::Extra(1)),
+    (10, Slot::Read, Role::Extra(2)),
+];
+const TBE_POOLED: Kernel = Kernel::new(&FAMILY, "tbe_pooled", POOLED_BINDINGS);
+/// Every dim a multiple of 4: an invocation per CHUNK vec4 words of a feature's bag.
+const TBE_POOLED4: Kernel = Kernel::new(
     &FAMILY,
-    "tbe_pooled",
+    "tbe_pooled4",
     &[
         PARAMS,
         (1, Slot::Read, Role::Extra(0)),
@@ -34,9 +46,21 @@ const TBE_POOLED: Kernel = Kernel::new(
         (5, Slot::Read, Role::Extra(3)),
         (7, Slot::Read, Role::Extra(4)),
         (9, Slot::Read, Role::Extra(1)),
-        (10, Slot::Read, Role::Extra(2)),
+        (11, Slot::Read, Role::Extra(5)),
     ],
 );
+
+/// Output words one `tbe_pooled4` invocation sums (`CHUNK` in the shader): on CPU
+/// adapters a whole row of the widest feature, up to 16 (each lane's index load is
+/// emulated and costs as much as several words); on GPUs one, leaving a row to
+/// consecutive invocations.
+fn chunk_words(ctx: &Context, widest_words: usize) -> usize {
+    if ctx.adapter_info().device_type == wgpu::DeviceType::Cpu {
+        widest_words.next_power_of_two().clamp(1, 16)
+    } else {
+        1
+    }
+}
 
 /// F32 tables, bags of several features over them, pooled by sum or mean, as FBGEMM's
 /// table-batched embedding bags.
@@ -232,22 +256,40 @@ impl TableBatchedEmbeddingBags {
         run.scoped(|run| {
             let indices = Segment { buffer: upload(ctx, "tbe-indices", &rows), first_row: 0, rows: n as u64, lease: None };
             let weights = per_sample_weights.map_or_else(|| ctx.placeholder_buffer().clone(), |w| upload(ctx, "tbe-weights", w));
-            let params = PassParams {
+            let mut params = PassParams {
                 rows: b as u32,
                 dim: self.width as u32,
                 mode: if self.mode == BagMode::Mean { MODE_MEAN } else { MODE_SUM },
                 flags: if per_sample_weights.is_some() { HAS_WEIGHTS } else { 0 },
                 ..Default::default()
             };
-            let extra = [
+            let mut extra = vec![
                 self.tables.segments()[0].buffer.clone(),
                 self.features.clone(),
                 self.column_features.clone(),
                 upload(ctx, "tbe-offsets", &bag_offsets),
                 weights,
             ];
-            let call = Call { extra: &extra, ..Call::new(&TBE_POOLED, &[], Grid::Elements(self.width as u64), params) };
-            record_flat(ctx, run, &call, Some(&indices), Some(&out.segments()[0]), b as u64);
+            // Rows of whole vec4 words (every dim a multiple of 4, as FBGEMM requires):
+            // chunks of words; else an invocation per output element.
+            if self.specs.iter().all(|&(_, d)| d.is_multiple_of(4)) {
+                let chunk = chunk_words(ctx, self.feature_table_map.iter().map(|&t| self.specs[t].1 / 4).max().unwrap_or(1));
+                let chunks: Vec<[u32; 2]> = self
+                    .feature_table_map
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(f, &t)| (0..self.specs[t].1 / 4).step_by(chunk).map(move |w| [f as u32, w as u32]))
+                    .collect();
+                params.dim = (self.width / 4) as u32;
+                params.arg0 = chunks.len() as u32;
+                extra.push(upload(ctx, "tbe-chunks", &chunks));
+                let constants = [("CHUNK", chunk as f64)];
+                let call = Call { extra: &extra, ..Call::new(&TBE_POOLED4, &constants, Grid::Elements(chunks.len() as u64), params) };
+                record_flat(ctx, run, &call, Some(&indices), Some(&out.segments()[0]), b as u64);
+            } else {
+                let call = Call { extra: &extra, ..Call::new(&TBE_POOLED, &[], Grid::Elements(self.width as u64), params) };
+                record_flat(ctx, run, &call, Some(&indices), Some(&out.segments()[0]), b as u64);
+            }
             Ok(())
         })?;
         Ok(out)
