@@ -88,14 +88,14 @@ fn pooled_like_separate_bags(ctx: &Context, rng: &mut Rng, specs: &[(usize, usiz
         let mut col = 0;
         for (f, &t) in c.map.iter().enumerate() {
             let (table, rows, d) = &c.tables[t];
-            let bag = EmbeddingBag::from_pretrained(&ctx, table, *rows, *d, mode).unwrap();
+            let bag = EmbeddingBag::from_pretrained(ctx, table, *rows, *d, mode).unwrap();
             let (lo, hi) = (c.offsets[f * c.b] as usize, c.offsets[(f + 1) * c.b] as usize);
             let offsets: Vec<i64> = c.offsets[f * c.b..(f + 1) * c.b].iter().map(|o| o - lo as i64).collect();
             let fw = w.map(|w| &w[lo..hi]);
             let shape = [hi - lo];
             let psw = fw.map(|w| (w, &shape[..]));
-            let one = bag.forward(&ctx, Indices::i64(&c.indices[lo..hi], &shape), Some(Indices::i64(&offsets, &[c.b])), psw).unwrap();
-            let one = one.read_f32(&ctx).block().unwrap();
+            let one = bag.forward(ctx, Indices::i64(&c.indices[lo..hi], &shape), Some(Indices::i64(&offsets, &[c.b])), psw).unwrap();
+            let one = one.read_f32(ctx).block().unwrap();
             for r in 0..c.b {
                 let cols = &got[r * width + col..r * width + col + d];
                 common::assert_close(cols, &one[r * d..(r + 1) * d], 1e-6, 1e-6, &format!("{mode:?}: feature {f}, bag {r}"));
