@@ -23,6 +23,9 @@ use crate::layers::indices::Indices;
 pub(crate) static FAMILY: ShaderFamily =
     ShaderFamily { name: "table_batched", parts: &[common::GRID, common::PASS, include_str!("../../shaders/table_batched.wgsl")] };
 
+/// Both kernels' bindings: the packed tables, the indices, the output, the bag offsets,
+/// the per-sample weights, the features, and the columns' features (per-element
+/// kernel) or the output row's chunks (vec4 kernel).
 const POOLED_BINDINGS: &[(u32, Slot, Role)] = &[
     PARAMS,
     (1, Slot::Read, Role::Extra(0)),
@@ -32,23 +35,11 @@ const POOLED_BINDINGS: &[(u32, Slot, Role)] = &[
     (7, Slot::Read, Role::Extra(4)),
     (9, Slot::Read, Role::Extra(1)),
     (10, Slot::Read, Role::Extra(2)),
+    (11, Slot::Read, Role::Extra(5)),
 ];
 const TBE_POOLED: Kernel = Kernel::new(&FAMILY, "tbe_pooled", POOLED_BINDINGS);
 /// Every dim a multiple of 4: an invocation per CHUNK vec4 words of a feature's bag.
-const TBE_POOLED4: Kernel = Kernel::new(
-    &FAMILY,
-    "tbe_pooled4",
-    &[
-        PARAMS,
-        (1, Slot::Read, Role::Extra(0)),
-        INPUT,
-        OUT,
-        (5, Slot::Read, Role::Extra(3)),
-        (7, Slot::Read, Role::Extra(4)),
-        (9, Slot::Read, Role::Extra(1)),
-        (11, Slot::Read, Role::Extra(5)),
-    ],
-);
+const TBE_POOLED4: Kernel = Kernel::new(&FAMILY, "tbe_pooled4", POOLED_BINDINGS);
 
 /// Output words one `tbe_pooled4` invocation sums (`CHUNK` in the shader): on CPU
 /// adapters a whole row of the widest feature, up to 16 (each lane's index load is
@@ -227,6 +218,14 @@ impl TableBatchedEmbeddingBags {
             }
             bag_offsets.push(o as u32);
         }
+        // lavapipe stops an invocation's loops after 65 535 iterations, and an invocation
+        // walks its bag once: longer bags would be cut short there.
+        let longest = bag_offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        if longest >= 65_535 && ctx.adapter_info().device_type == wgpu::DeviceType::Cpu {
+            return Err(Error::Unsupported(format!(
+                "a bag of {longest} indices on a CPU adapter, which ends shader loops at 65 535 iterations"
+            )));
+        }
         let mut rows = Vec::with_capacity(n);
         for bag in 0..bounds {
             let num_rows = self.specs[self.feature_table_map[bag / b]].0 as u64;
@@ -287,6 +286,7 @@ impl TableBatchedEmbeddingBags {
                 let call = Call { extra: &extra, ..Call::new(&TBE_POOLED4, &constants, Grid::Elements(chunks.len() as u64), params) };
                 record_flat(ctx, run, &call, Some(&indices), Some(&out.segments()[0]), b as u64);
             } else {
+                extra.push(ctx.placeholder_buffer().clone());
                 let call = Call { extra: &extra, ..Call::new(&TBE_POOLED, &[], Grid::Elements(self.width as u64), params) };
                 record_flat(ctx, run, &call, Some(&indices), Some(&out.segments()[0]), b as u64);
             }

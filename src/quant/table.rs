@@ -178,7 +178,7 @@ impl QuantizedTable {
         let q = match scheme {
             Scheme::Int8Blockwise => {
                 let (codes, scales) = blockwise_codes(ctx, table, numel, blocksize as u64, &consts)?;
-                (codes, scales, None)
+                (codes, scales, None, None)
             }
             Scheme::Int8Rowwise => {
                 let scales = GpuTensor::zeros(ctx, &[v], DType::F32, 1)?;
@@ -192,19 +192,7 @@ impl QuantizedTable {
                     step.encode(encoder, table, &scales, &codes, SCHEME_ROWWISE, PRE_F16, 1);
                     step.finish_scales(encoder, &scales, SCHEME_ROWWISE);
                 })?;
-                let consts_uniform = uniform_constants(ctx, &host_consts, &consts)?;
-                return Ok(Self {
-                    scheme,
-                    blocksize,
-                    num_embeddings: v,
-                    embedding_dim: d,
-                    codes,
-                    scales,
-                    scales2: None,
-                    row_absmax: Some(row_absmax),
-                    consts,
-                    consts_uniform,
-                });
+                (codes, scales, None, Some(row_absmax))
             }
             Scheme::Nf4 | Scheme::Fp4 => {
                 let blocks = numel.div_ceil(blocksize as u64);
@@ -224,23 +212,12 @@ impl QuantizedTable {
                 });
                 absmax.release();
                 built?;
-                (codes, nested, Some(scales2))
+                (codes, nested, Some(scales2), None)
             }
         };
-        let (codes, scales, scales2) = q;
+        let (codes, scales, scales2, row_absmax) = q;
         let consts_uniform = uniform_constants(ctx, &host_consts, &consts)?;
-        Ok(Self {
-            scheme,
-            blocksize,
-            num_embeddings: v,
-            embedding_dim: d,
-            codes,
-            scales,
-            scales2,
-            row_absmax: None,
-            consts,
-            consts_uniform,
-        })
+        Ok(Self { scheme, blocksize, num_embeddings: v, embedding_dim: d, codes, scales, scales2, row_absmax, consts, consts_uniform })
     }
 
     /// A table from planes already made (bitsandbytes' own, `quant/bitsandbytes.rs`):

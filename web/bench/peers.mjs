@@ -10,8 +10,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { execFileSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import { launchChromium } from "../tests/browser.mjs";
-import { startServer } from "../tests/serve.mjs";
+import { runBenchPage } from "./page.mjs";
 
 const webDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const arg = (name, fallback) => {
@@ -23,19 +22,7 @@ const sizes = arg("n", "16,4096");
 const graphs = path.resolve(webDir, "..", "target", "web-artifacts", "peers");
 execFileSync("python3", [path.join(webDir, "bench", "make_peer_graphs.py"), graphs], { stdio: "inherit" });
 
-const server = await startServer(0);
-const context = await launchChromium();
-let result;
-try {
-  const page = await context.newPage();
-  page.on("console", (m) => console.log(`  ${m.text()}`));
-  await page.goto(`http://127.0.0.1:${server.address().port}/bench/peers.html?reps=${reps}&n=${sizes}`);
-  await page.waitForFunction(() => window.benchResult !== undefined, null, { timeout: 600_000, polling: 500 });
-  result = await page.evaluate(() => window.benchResult);
-} finally {
-  await context.close();
-  server.close();
-}
+const result = await runBenchPage(`/bench/peers.html?reps=${reps}&n=${sizes}`);
 if (!result.ok) {
   console.error(`peer bench failed: ${result.error}`);
   process.exit(1);

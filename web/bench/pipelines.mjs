@@ -8,26 +8,13 @@
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { launchChromium } from "../tests/browser.mjs";
-import { startServer } from "../tests/serve.mjs";
+import { runBenchPage } from "./page.mjs";
 
 const webDir = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const i = process.argv.indexOf("--reps");
 const reps = i > 0 ? process.argv[i + 1] : "15";
 
-const server = await startServer(0);
-const context = await launchChromium();
-let result;
-try {
-  const page = await context.newPage();
-  page.on("console", (m) => console.log(`  ${m.text()}`));
-  await page.goto(`http://127.0.0.1:${server.address().port}/bench/pipelines.html?reps=${reps}`);
-  await page.waitForFunction(() => window.benchResult !== undefined, null, { timeout: 600_000, polling: 500 });
-  result = await page.evaluate(() => window.benchResult);
-} finally {
-  await context.close();
-  server.close();
-}
+const result = await runBenchPage(`/bench/pipelines.html?reps=${reps}`);
 if (!result.ok) {
   console.error(`pipelines bench failed: ${result.error}`);
   process.exit(1);

@@ -39,6 +39,22 @@ fn table_dims(data: &js_sys::Float32Array, shape: &JsValue, name: &'static str) 
     }
 }
 
+/// Float32Array tables with their `[rows, dim]` shapes, copied to the host.
+fn host_tables(tables: &JsValue, shapes: &JsValue) -> Result<Vec<(Vec<f32>, usize, usize)>, JsValue> {
+    let (tables, shapes) = (array_arg(tables, "tables")?, array_arg(shapes, "shapes")?);
+    if tables.len() != shapes.len() {
+        return Err(js_error(lib::Error::arg("shapes", format!("{} shapes for {} tables", shapes.len(), tables.len()))));
+    }
+    tables
+        .iter()
+        .zip(&shapes)
+        .map(|(t, s)| {
+            let t = t.dyn_ref::<js_sys::Float32Array>().ok_or_else(|| js_error(lib::Error::arg("tables", "expected Float32Arrays")))?;
+            table_dims(t, s, "shapes")
+        })
+        .collect()
+}
+
 #[wasm_bindgen]
 impl Gpu {
     /// `nn.LayerNorm(dim, eps)`; options `{eps = 1e-5, gamma?, beta?}` (Float32Arrays of
@@ -92,15 +108,7 @@ impl Gpu {
         #[wasm_bindgen(unchecked_param_type = "number[][]")] shapes: JsValue,
         #[wasm_bindgen(unchecked_param_type = "{ eps?: number, gamma?: Float32Array, beta?: Float32Array } | undefined")] options: JsValue,
     ) -> Result<EmbeddingSumLayerNorm, JsValue> {
-        let (tables, shapes) = (array_arg(&tables, "tables")?, array_arg(&shapes, "shapes")?);
-        if tables.len() != shapes.len() {
-            return Err(js_error(lib::Error::arg("shapes", format!("{} shapes for {} tables", shapes.len(), tables.len()))));
-        }
-        let mut host = Vec::new();
-        for (t, s) in tables.iter().zip(&shapes) {
-            let t = t.dyn_ref::<js_sys::Float32Array>().ok_or_else(|| js_error(lib::Error::arg("tables", "expected Float32Arrays")))?;
-            host.push(table_dims(t, s, "shapes")?);
-        }
+        let host = host_tables(&tables, &shapes)?;
         let eps = opt_f64(&options, "eps")?.unwrap_or(1e-12) as f32;
         let (gamma, beta) = (opt_f32_array(&options, "gamma")?, opt_f32_array(&options, "beta")?);
         let ctx = self.ctx.clone();
@@ -123,15 +131,7 @@ impl Gpu {
         #[wasm_bindgen(unchecked_param_type = "number[]")] feature_table_map: JsValue,
         #[wasm_bindgen(unchecked_param_type = "{ mode?: \"sum\" | \"mean\" } | undefined")] options: JsValue,
     ) -> Result<TableBatchedEmbeddingBags, JsValue> {
-        let (tables, shapes) = (array_arg(&tables, "tables")?, array_arg(&shapes, "shapes")?);
-        if tables.len() != shapes.len() {
-            return Err(js_error(lib::Error::arg("shapes", format!("{} shapes for {} tables", shapes.len(), tables.len()))));
-        }
-        let mut host = Vec::new();
-        for (t, s) in tables.iter().zip(&shapes) {
-            let t = t.dyn_ref::<js_sys::Float32Array>().ok_or_else(|| js_error(lib::Error::arg("tables", "expected Float32Arrays")))?;
-            host.push(table_dims(t, s, "shapes")?);
-        }
+        let host = host_tables(&tables, &shapes)?;
         let map = shape_arg(&feature_table_map, "featureTableMap")?.unwrap_or_default();
         let mode = lib::BagMode::from_str(opt_str(&options, "mode")?.as_deref().unwrap_or("sum")).map_err(js_error)?;
         let ctx = self.ctx.clone();
