@@ -15,6 +15,8 @@
 #    else built here with cargo.
 # 4. Run on Vulkan (WGPU_BACKEND=vulkan), on the adapter whose name contains
 #    $WGPU_EMBED_ADAPTER (default NVIDIA), within 8 minutes (timeout 480 s).
+# 5. PyTorch's layers at the same shapes on the same GPU (examples/gpu-bench-torch.py),
+#    into OUT/torch.csv, when python3's torch sees a CUDA device.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-target/gpu-bench}
@@ -53,3 +55,8 @@ fi
 export WGPU_BACKEND=vulkan
 timeout 480 "$bin" --adapter "${WGPU_EMBED_ADAPTER:-NVIDIA}" --out "$out" "$@"
 echo "gpu-bench: $out/summary.md, $out/results.csv, $out/gbps_vs_dim.svg"
+
+# 5. PyTorch's own layers at the same shapes on the same GPU, when torch sees it.
+if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    timeout 240 python3 examples/gpu-bench-torch.py --device cuda --out "$out/torch.csv"
+fi
