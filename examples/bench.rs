@@ -21,7 +21,7 @@ use wgpu_embed::bench::{bag_tensors, lookup_tensors, GpuTimer, Recorder};
 use wgpu_embed::Recording;
 use wgpu_embed::{
     BagMode, Context, ContextOptions, Embedding, EmbeddingBag, EmbeddingSumLayerNorm, GpuTensor, GradOptions, Gradient, HostTable, Indices,
-    LayerNorm, Metric, Optimizer, OptimizerKind, QuantizedEmbeddingBag, QuantizedTable, Retriever, Scheme, StableEmbedding,
+    LayerNorm, Metric, Optimizer, OptimizerKind, Pooling, QuantizedEmbeddingBag, QuantizedTable, Retriever, Scheme, StableEmbedding,
     TableBatchedEmbeddingBags, TableReads,
 };
 
@@ -904,7 +904,7 @@ fn main() {
                 let bag_offsets: Vec<i32> = (0..b as i32).map(|i| i * l as i32).collect();
                 let (flat_shape, off_shape, bag_shape, bag_off_shape) = ([flat.len()], [offsets.len()], [b * l], [b]);
                 let bytes = (b * t * dim * 4 * (1 + l)) as f64;
-                let tbe = TableBatchedEmbeddingBags::from_pretrained(&ctx, &specs, &(0..t).collect::<Vec<_>>(), BagMode::Sum).expect("TBE");
+                let tbe = TableBatchedEmbeddingBags::from_pretrained(&ctx, &specs, &(0..t).collect::<Vec<_>>(), Pooling::Sum).expect("TBE");
                 let bags: Vec<EmbeddingBag> =
                     tables.iter().map(|w| EmbeddingBag::from_pretrained(&ctx, w, e, dim, BagMode::Sum).expect("bag")).collect();
                 let mut works: Vec<Box<LayerWork<'_>>> = vec![

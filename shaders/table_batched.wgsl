@@ -111,3 +111,36 @@ fn tbe_pooled4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         }
     }
 }
+
+// No pooling (FBGEMM's sequence embeddings): each index's row, in index order, one
+// invocation per output element. Position p's row starts at row_firsts[p] and reads the
+// table of feature position_features[p]. Pass fields: dim = the output's values,
+// index_count = positions, arg0 = the common dim (0 when features differ: the position
+// is then found by binary search over row_firsts).
+@group(0) @binding(10) var<storage, read> position_features: array<u32>;
+@group(0) @binding(11) var<storage, read> row_firsts: array<u32>;
+
+@compute @workgroup_size(WG_SIZE)
+fn tbe_sequence(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_id) lid: vec3<u32>) {
+    let e = linear_id(wid, nwg, lid);
+    if (e >= params.dim) { return; }
+    var p = 0u;
+    if (params.arg0 != 0u) {
+        p = e / params.arg0;
+    } else {
+        var lo = 0u;
+        var hi = params.index_count;
+        while (hi - lo > 1u) {
+            let mid = (lo + hi) / 2u;
+            if (row_firsts[mid] <= e) { lo = mid; } else { hi = mid; }
+        }
+        p = lo;
+    }
+    let feature = features[position_features[p]];
+    let index = indices[p];
+    var v = 0.0;
+    // Indices were range-checked on the host; a bad one is still never read.
+    if (index >= 0 && u32(index) < feature.z) { v = tables[feature.x + u32(index) * feature.y + (e - row_firsts[p])]; }
+    out[e] = v;
+}

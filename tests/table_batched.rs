@@ -5,7 +5,7 @@
 mod common;
 
 use common::{context, Rng};
-use wgpu_embed::{BagMode, Block, Context, EmbeddingBag, Indices, TableBatchedEmbeddingBags};
+use wgpu_embed::{BagMode, Block, Context, EmbeddingBag, Indices, Pooling, TableBatchedEmbeddingBags};
 
 struct Case {
     tables: Vec<(Vec<f32>, usize, usize)>,
@@ -29,13 +29,13 @@ fn case(rng: &mut Rng, specs: &[(usize, usize)], map: &[usize], b: usize, mean_l
     Case { tables, map: map.to_vec(), b, indices, offsets }
 }
 
-fn layer(ctx: &Context, c: &Case, mode: BagMode) -> TableBatchedEmbeddingBags {
+fn layer(ctx: &Context, c: &Case, mode: Pooling) -> TableBatchedEmbeddingBags {
     let tables: Vec<(&[f32], usize, usize)> = c.tables.iter().map(|(w, r, d)| (&w[..], *r, *d)).collect();
     TableBatchedEmbeddingBags::from_pretrained(ctx, &tables, &c.map, mode).unwrap()
 }
 
 /// The float64 reference: each feature's bags, its columns at its offset.
-fn reference(c: &Case, mode: BagMode, weights: Option<&[f32]>) -> Vec<f32> {
+fn reference(c: &Case, mode: Pooling, weights: Option<&[f32]>) -> Vec<f32> {
     let width: usize = c.map.iter().map(|&t| c.tables[t].2).sum();
     let mut out = vec![0f32; c.b * width];
     let mut col = 0;
@@ -48,7 +48,7 @@ fn reference(c: &Case, mode: BagMode, weights: Option<&[f32]>) -> Vec<f32> {
                 for p in lo..hi {
                     acc += w[c.indices[p] as usize * d + j] as f64 * weights.map_or(1.0, |w| w[p] as f64);
                 }
-                if mode == BagMode::Mean && hi > lo {
+                if mode == Pooling::Mean && hi > lo {
                     acc /= (hi - lo) as f64;
                 }
                 out[bag * width + col + j] = acc as f32;
@@ -75,7 +75,7 @@ fn pooled_like_separate_bags(ctx: &Context, rng: &mut Rng, specs: &[(usize, usiz
     let weights = rng.vec_f32(c.indices.len());
     let (n_idx, n_off) = ([c.indices.len()], [c.offsets.len()]);
     let (idx, off) = (Indices::i64(&c.indices, &n_idx), Indices::i64(&c.offsets, &n_off));
-    for (mode, w) in [(BagMode::Sum, None), (BagMode::Mean, None), (BagMode::Sum, Some(&weights[..]))] {
+    for (mode, w) in [(Pooling::Sum, None), (Pooling::Mean, None), (Pooling::Sum, Some(&weights[..]))] {
         let tbe = layer(ctx, &c, mode);
         let before = ctx.stats();
         let got = tbe.forward(ctx, idx, off, w).unwrap();
@@ -88,7 +88,8 @@ fn pooled_like_separate_bags(ctx: &Context, rng: &mut Rng, specs: &[(usize, usiz
         let mut col = 0;
         for (f, &t) in c.map.iter().enumerate() {
             let (table, rows, d) = &c.tables[t];
-            let bag = EmbeddingBag::from_pretrained(ctx, table, *rows, *d, mode).unwrap();
+            let bag_mode = if mode == Pooling::Mean { BagMode::Mean } else { BagMode::Sum };
+            let bag = EmbeddingBag::from_pretrained(ctx, table, *rows, *d, bag_mode).unwrap();
             let (lo, hi) = (c.offsets[f * c.b] as usize, c.offsets[(f + 1) * c.b] as usize);
             let offsets: Vec<i64> = c.offsets[f * c.b..(f + 1) * c.b].iter().map(|o| o - lo as i64).collect();
             let fw = w.map(|w| &w[lo..hi]);
@@ -111,7 +112,7 @@ fn outputs_past_65535_workgroups_and_repeated_runs_agree() {
     let mut rng = Rng(52);
     // 4 096 bags x 1 200 columns: 76 800 workgroups of 64.
     let c = case(&mut rng, &[(50, 600), (70, 600)], &[0, 1], 4096, 2);
-    let tbe = layer(&ctx, &c, BagMode::Sum);
+    let tbe = layer(&ctx, &c, Pooling::Sum);
     let (n_idx, n_off) = ([c.indices.len()], [c.offsets.len()]);
     let run = || {
         let (idx, off) = (Indices::i64(&c.indices, &n_idx), Indices::i64(&c.offsets, &n_off));
@@ -119,7 +120,7 @@ fn outputs_past_65535_workgroups_and_repeated_runs_agree() {
     };
     let (first, second) = (run(), run());
     assert!(first.iter().zip(&second).all(|(a, b)| a.to_bits() == b.to_bits()), "two runs differ");
-    common::assert_close(&first, &reference(&c, BagMode::Sum, None), 1e-5, 1e-5, "4 096 bags");
+    common::assert_close(&first, &reference(&c, Pooling::Sum, None), 1e-5, 1e-5, "4 096 bags");
 }
 
 #[test]
@@ -129,16 +130,14 @@ fn bad_input_is_refused_naming_the_argument() {
     let t1: Vec<f32> = (0..6 * 2).map(|i| i as f32).collect();
     let tables = [(&t0[..], 10, 4), (&t1[..], 6, 2)];
     let err = |r: wgpu_embed::Result<TableBatchedEmbeddingBags>| r.unwrap_err().to_string();
-    let e = err(TableBatchedEmbeddingBags::from_pretrained(&ctx, &tables, &[0, 2], BagMode::Sum));
+    let e = err(TableBatchedEmbeddingBags::from_pretrained(&ctx, &tables, &[0, 2], Pooling::Sum));
     assert!(e.contains("feature_table_map[1] = 2") && e.contains("2 tables"), "{e}");
-    let e = err(TableBatchedEmbeddingBags::from_pretrained(&ctx, &[(&t0[..], 10, 0)], &[0], BagMode::Sum));
+    let e = err(TableBatchedEmbeddingBags::from_pretrained(&ctx, &[(&t0[..], 10, 0)], &[0], Pooling::Sum));
     assert!(e.contains("table 0") && e.contains("[10, 0]"), "{e}");
-    let e = err(TableBatchedEmbeddingBags::from_pretrained(&ctx, &[(&t0[..9], 10, 4)], &[0], BagMode::Sum));
+    let e = err(TableBatchedEmbeddingBags::from_pretrained(&ctx, &[(&t0[..9], 10, 4)], &[0], Pooling::Sum));
     assert!(e.contains("9 values"), "{e}");
-    let e = err(TableBatchedEmbeddingBags::from_pretrained(&ctx, &tables, &[0, 1], BagMode::Max));
-    assert!(e.contains("`mode`") && e.contains("max"), "{e}");
 
-    let tbe = TableBatchedEmbeddingBags::from_pretrained(&ctx, &tables, &[0, 1], BagMode::Sum).unwrap();
+    let tbe = TableBatchedEmbeddingBags::from_pretrained(&ctx, &tables, &[0, 1], Pooling::Sum).unwrap();
     let forward = |idx: &[i64], off: &[i64], w: Option<&[f32]>| {
         tbe.forward(&ctx, Indices::i64(idx, &[idx.len()]), Indices::i64(off, &[off.len()]), w).map(drop).unwrap_err().to_string()
     };
@@ -158,7 +157,45 @@ fn bad_input_is_refused_naming_the_argument() {
     assert!(e.contains("`indices`") && e.contains("7") && e.contains("position 3") && e.contains("[0, 6)"), "{e}");
     let e = forward(&idx, &[0, 1, 2, 3, 4], Some(&[1.0; 3]));
     assert!(e.contains("`per_sample_weights`") && e.contains("(4), got 3"), "{e}");
-    let mean = TableBatchedEmbeddingBags::from_pretrained(&ctx, &tables, &[0, 1], BagMode::Mean).unwrap();
+    let mean = TableBatchedEmbeddingBags::from_pretrained(&ctx, &tables, &[0, 1], Pooling::Mean).unwrap();
     let e = mean.forward(&ctx, Indices::i64(&idx, &[4]), Indices::i64(&[0, 1, 2, 3, 4], &[5]), Some(&[1.0; 4])).unwrap_err().to_string();
     assert!(e.contains("mode='sum'"), "{e}");
+}
+
+#[test]
+fn unpooled_rows_come_in_index_order() {
+    let ctx = context(None);
+    let mut rng = Rng(53);
+    // Equal dims: [N, D], as FBGEMM's sequence embeddings; mixed dims: the rows flat.
+    for specs in [[(30, 8), (20, 8)], [(30, 8), (20, 3)]] {
+        let c = case(&mut rng, &specs, &[1, 0, 1], 5, 3);
+        let tbe = layer(&ctx, &c, Pooling::None);
+        let (n_idx, n_off) = ([c.indices.len()], [c.offsets.len()]);
+        let out = tbe.forward(&ctx, Indices::i64(&c.indices, &n_idx), Indices::i64(&c.offsets, &n_off), None).unwrap();
+        let mut want = Vec::new();
+        for (bag, w) in c.offsets.windows(2).enumerate() {
+            let (table, _, d) = &c.tables[c.map[bag / c.b]];
+            for p in w[0] as usize..w[1] as usize {
+                want.extend_from_slice(&table[c.indices[p] as usize * d..(c.indices[p] as usize + 1) * d]);
+            }
+        }
+        if specs[0].1 == specs[1].1 {
+            assert_eq!(out.shape(), [c.indices.len(), 8]);
+        } else {
+            assert_eq!(out.shape(), [want.len()]);
+        }
+        assert_eq!(out.read_f32(&ctx).block().unwrap(), want, "specs {specs:?}");
+    }
+    // Per-sample weights go with pooling only.
+    let c = case(&mut rng, &[(30, 8)], &[0], 2, 2);
+    let err = layer(&ctx, &c, Pooling::None)
+        .forward(
+            &ctx,
+            Indices::i64(&c.indices, &[c.indices.len()]),
+            Indices::i64(&c.offsets, &[c.offsets.len()]),
+            Some(&vec![1.0; c.indices.len()]),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`per_sample_weights`"), "{err}");
 }

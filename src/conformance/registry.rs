@@ -209,7 +209,7 @@ use runs::*;
 #[cfg(not(target_arch = "wasm32"))]
 mod runs {
     use super::*;
-    use crate::layers::table_batched::TableBatchedEmbeddingBags;
+    use crate::layers::table_batched::{Pooling, TableBatchedEmbeddingBags};
 
     /// A 2-D f32 table input: values, rows, columns.
     pub(super) fn table<'a>(inputs: &CaseInputs<'a>, role: &'static str) -> Result<(&'a [f32], usize, usize)> {
@@ -286,7 +286,7 @@ mod runs {
         let p = inputs.params();
         let specs = p.usize_pairs("embedding_specs")?;
         let map = p.opt_usize_list("feature_table_map")?.ok_or_else(|| Error::arg("feature_table_map", "missing"))?;
-        let mode = BagMode::from_str(p.opt_str("pooling_mode")?.unwrap_or("sum"))?;
+        let mode = Pooling::from_str(p.opt_str("pooling_mode")?.unwrap_or("sum"))?;
         let weights = inputs.require("weights")?.as_f32("weights")?;
         let mut tables = Vec::with_capacity(specs.len());
         let mut start = 0usize;

@@ -1,12 +1,15 @@
 //! Table-batched embedding bags: FBGEMM's TBE forward (`SplitTableBatchedEmbeddingBagsCodegen`,
-//! pooling SUM or MEAN) over many tables in one dispatch. Shader family:
+//! pooling SUM, MEAN or NONE) over many tables in one dispatch. Shader family:
 //! `table_batched.wgsl`.
 //!
 //! A layer holds T tables of their own rows and dims (any dims), and a
 //! `feature_table_map` from F features to tables (several features may share one). Input
 //! in FBGEMM's layout: one flat `indices` list and `offsets` of length F·B + 1,
 //! feature-major: feature f's bag b is `indices[offsets[f·B + b] .. offsets[f·B + b + 1]]`.
-//! The output is `[B, Σ_f dim_f]`, feature f's columns at the sum of the dims before it.
+//! The output is `[B, Σ_f dim_f]`, feature f's columns at the sum of the dims before it;
+//! with [`Pooling::None`] (FBGEMM's sequence embeddings) each index's row, in index order:
+//! `[N, D]` when every feature has dim D, else the rows one after another, flat (unlike
+//! FBGEMM, features of different dims are allowed there too).
 //! Unlike FBGEMM's default bounds-check mode, which replaces a bad index by 0, a bad
 //! index or offset is refused with a typed error before anything runs.
 
@@ -17,7 +20,6 @@ use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{record_flat, Call, Grid, PassParams, HAS_WEIGHTS, MODE_MEAN, MODE_SUM};
 use crate::gpu::recording::Recording;
 use crate::gpu::tensor::{DType, GpuTensor, Segment};
-use crate::layers::embedding_bag::BagMode;
 use crate::layers::indices::Indices;
 
 pub(crate) static FAMILY: ShaderFamily =
@@ -40,6 +42,8 @@ const POOLED_BINDINGS: &[(u32, Slot, Role)] = &[
 const TBE_POOLED: Kernel = Kernel::new(&FAMILY, "tbe_pooled", POOLED_BINDINGS);
 /// Every dim a multiple of 4: an invocation per CHUNK vec4 words of a feature's bag.
 const TBE_POOLED4: Kernel = Kernel::new(&FAMILY, "tbe_pooled4", POOLED_BINDINGS);
+/// No pooling: an invocation per output element (position features at 10, row firsts at 11).
+const TBE_SEQUENCE: Kernel = Kernel::new(&FAMILY, "tbe_sequence", POOLED_BINDINGS);
 
 /// Output words one `tbe_pooled4` invocation sums (`CHUNK` in the shader): on CPU
 /// adapters a whole row of the widest feature, up to 16 (each lane's index load is
@@ -53,8 +57,21 @@ fn chunk_words(ctx: &Context, widest_words: usize) -> usize {
     }
 }
 
-/// F32 tables, bags of several features over them, pooled by sum or mean, as FBGEMM's
-/// table-batched embedding bags.
+/// How a table-batched layer pools each bag (FBGEMM's `PoolingMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pooling {
+    /// The (weighted) sum of the bag's rows.
+    Sum,
+    /// Their mean (an empty bag gives zeros).
+    Mean,
+    /// No pooling: each index's row (FBGEMM's sequence embeddings).
+    None,
+}
+
+crate::names::spelled_enum!(Pooling, "pooling_mode", { Sum => "sum", Mean => "mean", None => "none" });
+
+/// F32 tables, bags of several features over them, pooled by sum or mean (or not at
+/// all), as FBGEMM's table-batched embedding bags.
 #[derive(Debug, Clone)]
 pub struct TableBatchedEmbeddingBags {
     /// Every table's rows, one table after another (one binding).
@@ -62,7 +79,7 @@ pub struct TableBatchedEmbeddingBags {
     /// (rows, dim) per table.
     specs: Vec<(usize, usize)>,
     feature_table_map: Vec<usize>,
-    mode: BagMode,
+    mode: Pooling,
     /// Per feature: (first word of its table, dim, rows, first output column).
     features: wgpu::Buffer,
     /// The feature of each output column.
@@ -73,14 +90,14 @@ pub struct TableBatchedEmbeddingBags {
 impl TableBatchedEmbeddingBags {
     /// The layer over `tables` (each row-major `[rows, dim]` f32 values with its
     /// `(rows, dim)`), feature f reading table `feature_table_map[f]`, bags pooled by
-    /// `mode` (sum or mean: FBGEMM's `PoolingMode.SUM` / `MEAN`).
+    /// `mode` (FBGEMM's `PoolingMode.SUM` / `MEAN` / `NONE`).
     ///
     /// ```
-    /// use wgpu_embed::{BagMode, Block, Context, Indices, TableBatchedEmbeddingBags};
+    /// use wgpu_embed::{Block, Context, Indices, Pooling, TableBatchedEmbeddingBags};
     /// let ctx = Context::new().block()?;
     /// let (a, b): (Vec<f32>, Vec<f32>) = ((0..4 * 2).map(|i| i as f32).collect(), (0..3 * 3).map(|i| 100.0 + i as f32).collect());
     /// // Features 0 and 2 share table 0 ([4, 2]); feature 1 reads table 1 ([3, 3]).
-    /// let tbe = TableBatchedEmbeddingBags::from_pretrained(&ctx, &[(&a, 4, 2), (&b, 3, 3)], &[0, 1, 0], BagMode::Sum)?;
+    /// let tbe = TableBatchedEmbeddingBags::from_pretrained(&ctx, &[(&a, 4, 2), (&b, 3, 3)], &[0, 1, 0], Pooling::Sum)?;
     /// // B = 2: feature 0's bags [1, 3], [0]; feature 1's [2], []; feature 2's [], [3].
     /// let indices = [1i64, 3, 0, 2, 3];
     /// let offsets = [0i64, 2, 3, 4, 4, 4, 5];
@@ -93,13 +110,9 @@ impl TableBatchedEmbeddingBags {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for a table whose values are not `rows · dim`, a dim of
-    /// 0, a feature mapped to no table, a max mode (FBGEMM pools by sum, mean or none),
-    /// and [`Error::Unsupported`] when the tables together or one output row do not fit
+    /// 0, a feature mapped to no table, and [`Error::Unsupported`] when the tables together or one output row do not fit
     /// one binding.
-    pub fn from_pretrained(ctx: &Context, tables: &[(&[f32], usize, usize)], feature_table_map: &[usize], mode: BagMode) -> Result<Self> {
-        if mode == BagMode::Max {
-            return Err(Error::arg("mode", "table-batched bags pool by sum or mean (FBGEMM's PoolingMode), not max"));
-        }
+    pub fn from_pretrained(ctx: &Context, tables: &[(&[f32], usize, usize)], feature_table_map: &[usize], mode: Pooling) -> Result<Self> {
         if tables.is_empty() || feature_table_map.is_empty() {
             return Err(Error::arg("tables", "expected at least one table and one feature"));
         }
@@ -165,8 +178,9 @@ impl TableBatchedEmbeddingBags {
     }
 
     /// Pools the bags of every feature (see the module's page for the layout): a
-    /// `[B, output_dim]` tensor on the GPU, where `offsets` has F·B + 1 entries.
-    /// `per_sample_weights` (one per index, sum only) scale the rows they go with.
+    /// `[B, output_dim]` tensor on the GPU, where `offsets` has F·B + 1 entries (with
+    /// [`Pooling::None`]: each index's row). `per_sample_weights` (one per index, sum
+    /// only) scale the rows they go with.
     ///
     /// # Errors
     /// As [`TableBatchedEmbeddingBags::record`].
@@ -238,12 +252,15 @@ impl TableBatchedEmbeddingBags {
             }
         }
         if let Some(w) = per_sample_weights {
-            if self.mode != BagMode::Sum {
+            if self.mode != Pooling::Sum {
                 return Err(Error::arg("per_sample_weights", "per_sample_weights are only supported for mode='sum'"));
             }
             if w.len() != n {
                 return Err(Error::arg("per_sample_weights", format!("expected one weight per index ({n}), got {}", w.len())));
             }
+        }
+        if self.mode == Pooling::None {
+            return self.record_sequence(run, &rows, &bag_offsets, b);
         }
         let out = GpuTensor::zeros(ctx, &[b, self.width], DType::F32, self.width)?;
         if out.segments().len() > 1 {
@@ -258,7 +275,7 @@ impl TableBatchedEmbeddingBags {
             let mut params = PassParams {
                 rows: b as u32,
                 dim: self.width as u32,
-                mode: if self.mode == BagMode::Mean { MODE_MEAN } else { MODE_SUM },
+                mode: if self.mode == Pooling::Mean { MODE_MEAN } else { MODE_SUM },
                 flags: if per_sample_weights.is_some() { HAS_WEIGHTS } else { 0 },
                 ..Default::default()
             };
@@ -290,6 +307,56 @@ impl TableBatchedEmbeddingBags {
                 let call = Call { extra: &extra, ..Call::new(&TBE_POOLED, &[], Grid::Elements(self.width as u64), params) };
                 record_flat(ctx, run, &call, Some(&indices), Some(&out.segments()[0]), b as u64);
             }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Each index's row (no pooling): position p of bag `f·B + b` reads feature f's
+    /// table; rows go out in index order.
+    fn record_sequence(&self, run: &mut Recording<'_>, rows: &[i32], bag_offsets: &[u32], b: usize) -> Result<GpuTensor> {
+        let ctx = run.context();
+        let dims: Vec<usize> = self.feature_table_map.iter().map(|&t| self.specs[t].1).collect();
+        // Per position: its feature, and its row's first element in the output.
+        let (mut position_features, mut firsts) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len() + 1));
+        let mut total = 0usize;
+        for (bag, w) in bag_offsets.windows(2).enumerate() {
+            for _ in w[0]..w[1] {
+                position_features.push((bag / b) as u32);
+                firsts.push(total as u32);
+                total += dims[bag / b];
+            }
+        }
+        firsts.push(total as u32);
+        let same = dims.iter().all(|&d| d == dims[0]);
+        let shape = if same { vec![rows.len(), dims[0]] } else { vec![total] };
+        let out = GpuTensor::zeros(ctx, &shape, DType::F32, if same { dims[0] } else { 1 })?;
+        if out.segments().len() > 1 || total >= u32::MAX as usize {
+            return Err(Error::Unsupported(format!("an unpooled output of {total} values does not fit one binding")));
+        }
+        if total == 0 {
+            return Ok(out);
+        }
+        run.scoped(|run| {
+            let indices = Segment { buffer: upload(ctx, "tbe-indices", rows), first_row: 0, rows: rows.len() as u64, lease: None };
+            // arg0: the common dim (0: rows of several dims, found by binary search).
+            let params = PassParams {
+                rows: 1,
+                dim: total as u32,
+                index_count: rows.len() as u32,
+                arg0: if same { dims[0] as u32 } else { 0 },
+                ..Default::default()
+            };
+            let extra = [
+                self.tables.segments()[0].buffer.clone(),
+                self.features.clone(),
+                upload(ctx, "tbe-position-features", &position_features),
+                ctx.placeholder_buffer().clone(),
+                ctx.placeholder_buffer().clone(),
+                upload(ctx, "tbe-row-firsts", &firsts),
+            ];
+            let call = Call { extra: &extra, ..Call::new(&TBE_SEQUENCE, &[], Grid::Elements(total as u64), params) };
+            record_flat(ctx, run, &call, Some(&indices), Some(&out.segments()[0]), 1);
             Ok(())
         })?;
         Ok(out)

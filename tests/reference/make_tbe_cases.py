@@ -9,8 +9,10 @@ The op `tbe_forward` is documented in tests/reference/OPS.md. Every expected val
 refusal comes from `SplitTableBatchedEmbeddingBagsCodegen` (CPU, FP32 weights, bounds
 checks FATAL: its default mode replaces a bad index by row 0, this library refuses it),
 except where FBGEMM cannot take the case: dims that are not multiples of 4 (FBGEMM asserts
-on them) come from torch.nn.functional.embedding_bag per feature, and the refusal of
-weighted mean pooling from PyTorch's (FBGEMM's CPU and GPU kernels disagree on it).
+on them) come from torch.nn.functional.embedding_bag per feature, unpooled rows from
+torch.nn.functional.embedding (fbgemm_gpu 1.9.0's CPU operator refuses PoolingMode.NONE),
+and the refusal of weighted mean pooling from PyTorch's (FBGEMM's CPU and GPU kernels
+disagree on it).
 """
 
 import os
@@ -30,7 +32,7 @@ from casefile import CaseFile  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VERSIONS = {"torch": torch.__version__, "fbgemm_gpu": fbgemm_gpu.__version__}
-MODES = {"sum": PoolingMode.SUM, "mean": PoolingMode.MEAN}
+MODES = {"sum": PoolingMode.SUM, "mean": PoolingMode.MEAN, "none": PoolingMode.NONE}
 
 
 def params(specs, feature_table_map, pooling):
@@ -79,6 +81,25 @@ def torch_per_feature(specs, feature_table_map, pooling):
     return run
 
 
+def torch_sequence(specs, feature_table_map, dim):
+    """No pooling: each index's row from torch.nn.functional.embedding, in index order:
+    [N, dim] when every feature has `dim`, else (dim None) the rows flat."""
+
+    def run(weights, indices, offsets):
+        firsts = np.cumsum([0] + [r * d for r, d in specs])
+        b = (len(offsets) - 1) // len(feature_table_map)
+        rows = []
+        for bag in range(len(offsets) - 1):
+            num_rows, width = specs[feature_table_map[bag // b]]
+            t = feature_table_map[bag // b]
+            table = weights[firsts[t] : firsts[t] + num_rows * width].view(num_rows, width)
+            rows.append(F.embedding(indices[int(offsets[bag]) : int(offsets[bag + 1])], table).flatten())
+        flat = torch.cat(rows)
+        return {"out": flat if dim is None else flat.view(-1, dim)}
+
+    return run
+
+
 def bags(f, nf, b, specs, feature_table_map, mean_len, empty_every=0):
     """Random bags, feature-major: (indices, offsets) with some empty bags."""
     idx, offsets = [], [0]
@@ -109,6 +130,15 @@ def tbe_cases(f):
     big, big_ftm = [(256, 32)] * 8, list(range(8))
     idx, off = bags(f, 8, 64, big, big_ftm, 20)
     f.add("tbe_sum_8_tables", "tbe_forward", params(big, big_ftm, "sum"), {"weights": weights_of(f, big), "indices": idx, "offsets": off}, fbgemm(big, big_ftm, "sum"))
+    # No pooling: FBGEMM's sequence embeddings ([N, D], one dim for all), and rows of
+    # several dims flat. From torch: fbgemm_gpu 1.9.0's CPU TBE refuses PoolingMode.NONE
+    # ("Index 3 is out of bounds: 2, range 0 to -50" for any valid input).
+    seq, seq_ftm = [(50, 8), (30, 8)], [0, 1, 0]
+    idx, off = bags(f, 3, 4, seq, seq_ftm, 3, empty_every=5)
+    f.add("tbe_none_sequence", "tbe_forward", params(seq, seq_ftm, "none"), {"weights": weights_of(f, seq), "indices": idx, "offsets": off}, torch_sequence(seq, seq_ftm, 8), 0, 0)
+    mixed, mixed_ftm = [(50, 8), (30, 3)], [0, 1, 0]
+    idx, off = bags(f, 3, 4, mixed, mixed_ftm, 3, empty_every=5)
+    f.add("tbe_none_mixed_dims", "tbe_forward", params(mixed, mixed_ftm, "none"), {"weights": weights_of(f, mixed), "indices": idx, "offsets": off}, torch_sequence(mixed, mixed_ftm, None), 0, 0)
     # Dims that are not multiples of 4: FBGEMM asserts on them; torch per feature.
     odd, odd_ftm = [(40, 3), (25, 7), (60, 1)], [2, 0, 1, 0]
     idx, off = bags(f, 4, 5, odd, odd_ftm, 3, empty_every=6)

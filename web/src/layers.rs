@@ -122,18 +122,18 @@ impl Gpu {
 
     /// FBGEMM's table-batched embedding bags (see the crate's `TableBatchedEmbeddingBags`):
     /// `tables` (Float32Arrays, row-major) of `shapes` `[[rows, dim], ...]`, feature f
-    /// reading table `featureTableMap[f]`, options `{ mode: "sum" | "mean" }` (sum).
+    /// reading table `featureTableMap[f]`, options `{ mode: "sum" | "mean" | "none" }` (sum).
     #[wasm_bindgen(js_name = tableBatchedEmbeddingBags)]
     pub async fn table_batched_embedding_bags(
         &self,
         #[wasm_bindgen(unchecked_param_type = "Float32Array[]")] tables: JsValue,
         #[wasm_bindgen(unchecked_param_type = "number[][]")] shapes: JsValue,
         #[wasm_bindgen(unchecked_param_type = "number[]")] feature_table_map: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "{ mode?: \"sum\" | \"mean\" } | undefined")] options: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "{ mode?: \"sum\" | \"mean\" | \"none\" } | undefined")] options: JsValue,
     ) -> Result<TableBatchedEmbeddingBags, JsValue> {
         let host = host_tables(&tables, &shapes)?;
         let map = shape_arg(&feature_table_map, "featureTableMap")?.unwrap_or_default();
-        let mode = lib::BagMode::from_str(opt_str(&options, "mode")?.as_deref().unwrap_or("sum")).map_err(js_error)?;
+        let mode = lib::Pooling::from_str(opt_str(&options, "mode")?.as_deref().unwrap_or("sum")).map_err(js_error)?;
         let ctx = self.ctx.clone();
         let layer = gpu_call(&ctx, || {
             let tables: Vec<(&[f32], usize, usize)> = host.iter().map(|(w, v, d)| (&w[..], *v, *d)).collect();
