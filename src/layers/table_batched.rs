@@ -82,9 +82,18 @@ pub struct TableBatchedEmbeddingBags {
     mode: Pooling,
     /// Per feature: (first word of its table, dim, rows, first output column).
     features: wgpu::Buffer,
-    /// The feature of each output column.
-    column_features: wgpu::Buffer,
+    /// How an output row is cut into invocations, fixed by the tables (made once).
+    layout: RowLayout,
     width: usize,
+}
+
+/// The pooled kernel an output row runs and what it reads to find each invocation's
+/// feature: the feature of every column (per-element kernel), or every chunk of `chunk`
+/// vec4 words as (feature, first word) (vec4 kernel, every dim a multiple of 4).
+#[derive(Debug, Clone)]
+enum RowLayout {
+    Columns { column_features: wgpu::Buffer },
+    Chunks { chunks: wgpu::Buffer, count: usize, chunk: usize },
 }
 
 impl TableBatchedEmbeddingBags {
@@ -151,13 +160,22 @@ impl TableBatchedEmbeddingBags {
         if width as u64 * 4 > ctx.max_binding_size() {
             return Err(Error::Unsupported(format!("an output row of {width} columns does not fit one binding")));
         }
+        let dims: Vec<usize> = feature_table_map.iter().map(|&t| tables[t].2).collect();
+        let layout = if dims.iter().all(|d| d.is_multiple_of(4)) {
+            let chunk = chunk_words(ctx, dims.iter().map(|d| d / 4).max().unwrap_or(1));
+            let chunks: Vec<[u32; 2]> =
+                dims.iter().enumerate().flat_map(|(f, d)| (0..d / 4).step_by(chunk).map(move |w| [f as u32, w as u32])).collect();
+            RowLayout::Chunks { chunks: upload(ctx, "tbe-chunks", &chunks), count: chunks.len(), chunk }
+        } else {
+            RowLayout::Columns { column_features: upload(ctx, "tbe-column-features", &column_features) }
+        };
         Ok(Self {
             tables: GpuTensor::flat(ctx, &packed, DType::F32)?,
             specs: tables.iter().map(|&(_, rows, dim)| (rows, dim)).collect(),
             feature_table_map: feature_table_map.to_vec(),
             mode,
             features: upload(ctx, "tbe-features", &features),
-            column_features: upload(ctx, "tbe-column-features", &column_features),
+            layout,
             width,
         })
     }
@@ -279,34 +297,25 @@ impl TableBatchedEmbeddingBags {
                 flags: if per_sample_weights.is_some() { HAS_WEIGHTS } else { 0 },
                 ..Default::default()
             };
-            let mut extra = vec![
+            let placeholder = ctx.placeholder_buffer();
+            let (kernel, constants, items, columns, chunks) = match &self.layout {
+                RowLayout::Chunks { chunks, count, chunk } => {
+                    params.dim = (self.width / 4) as u32;
+                    params.arg0 = *count as u32;
+                    (&TBE_POOLED4, vec![("CHUNK", *chunk as f64)], *count, placeholder, chunks)
+                }
+                RowLayout::Columns { column_features } => (&TBE_POOLED, Vec::new(), self.width, column_features, placeholder),
+            };
+            let extra = [
                 self.tables.segments()[0].buffer.clone(),
                 self.features.clone(),
-                self.column_features.clone(),
+                columns.clone(),
                 upload(ctx, "tbe-offsets", &bag_offsets),
                 weights,
+                chunks.clone(),
             ];
-            // Rows of whole vec4 words (every dim a multiple of 4, as FBGEMM requires):
-            // chunks of words; else an invocation per output element.
-            if self.specs.iter().all(|&(_, d)| d.is_multiple_of(4)) {
-                let chunk = chunk_words(ctx, self.feature_table_map.iter().map(|&t| self.specs[t].1 / 4).max().unwrap_or(1));
-                let chunks: Vec<[u32; 2]> = self
-                    .feature_table_map
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(f, &t)| (0..self.specs[t].1 / 4).step_by(chunk).map(move |w| [f as u32, w as u32]))
-                    .collect();
-                params.dim = (self.width / 4) as u32;
-                params.arg0 = chunks.len() as u32;
-                extra.push(upload(ctx, "tbe-chunks", &chunks));
-                let constants = [("CHUNK", chunk as f64)];
-                let call = Call { extra: &extra, ..Call::new(&TBE_POOLED4, &constants, Grid::Elements(chunks.len() as u64), params) };
-                record_flat(ctx, run, &call, Some(&indices), Some(&out.segments()[0]), b as u64);
-            } else {
-                extra.push(ctx.placeholder_buffer().clone());
-                let call = Call { extra: &extra, ..Call::new(&TBE_POOLED, &[], Grid::Elements(self.width as u64), params) };
-                record_flat(ctx, run, &call, Some(&indices), Some(&out.segments()[0]), b as u64);
-            }
+            let call = Call { extra: &extra, ..Call::new(kernel, &constants, Grid::Elements(items as u64), params) };
+            record_flat(ctx, run, &call, Some(&indices), Some(&out.segments()[0]), b as u64);
             Ok(())
         })?;
         Ok(out)

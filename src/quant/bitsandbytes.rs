@@ -94,7 +94,7 @@ impl QuantizedTable {
     /// float32, code maps other than bitsandbytes' NF4 / FP4 and dynamic ones.
     pub fn from_bitsandbytes(ctx: &Context, saved: &Checkpoint, prefix: &str) -> Result<Self> {
         let names = saved.names();
-        if names.iter().any(|n| *n == format!("{prefix}SCB")) {
+        if names.contains(&format!("{prefix}SCB")) {
             return Self::from_int8_params(ctx, saved, prefix);
         }
         for four_bit in [FourBit::Nf4, FourBit::Fp4] {
