@@ -436,7 +436,11 @@ fn optimizer_kinds() -> Vec<(&'static str, OptimizerKind, bool)> {
         ("rowwise_adagrad", OptimizerKind::RowwiseAdagrad { lr: 0.1, eps: 1e-8, weight_decay: 0.0 }, true),
         ("sgd_momentum_dense", OptimizerKind::Sgd { lr: 0.1, momentum: 0.9, dampening: 0.0, nesterov: false, weight_decay: 0.0 }, false),
         ("adam_dense", OptimizerKind::Adam { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, decoupled: false }, false),
-        ("adam8bit_dense", OptimizerKind::Adam8bit { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, blocksize: 256 }, false),
+        (
+            "adam8bit_dense",
+            OptimizerKind::Adam8bit { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, blocksize: 256, min_8bit_size: 4096 },
+            false,
+        ),
     ]
 }
 

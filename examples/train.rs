@@ -193,7 +193,8 @@ impl Tables {
     fn stable(ctx: &Context, seed: u64) -> wgpu_embed::Result<Self> {
         let users = Box::new(StableEmbedding::new(ctx, USERS, DIM, EmbeddingOptions::default().seed(seed))?);
         let items = Box::new(StableEmbedding::new(ctx, ITEMS, DIM, EmbeddingOptions::default().seed(seed + 1))?);
-        let adam = OptimizerKind::Adam8bit { lr: 0.02, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, blocksize: 256 };
+        let adam =
+            OptimizerKind::Adam8bit { lr: 0.02, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, blocksize: 256, min_8bit_size: 4096 };
         let (opt_users, opt_items) = (Optimizer::new(ctx, adam, users.weight())?, Optimizer::new(ctx, adam, items.weight())?);
         Ok(Tables::Stable { users, items, opt_users, opt_items })
     }

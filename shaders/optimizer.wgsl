@@ -13,6 +13,7 @@ const OPT_ADAGRAD: u32 = 2u;
 const OPT_SPARSE_ADAM: u32 = 3u;
 const OPT_ROWWISE_ADAGRAD: u32 = 4u;
 const OPT_ADAM_8BIT: u32 = 5u;  // on the dequantized states (bitsandbytes' operation order)
+const OPT_ADAM_32BIT: u32 = 6u; // bitsandbytes' Adam with f32 states (its operation order)
 
 // hyper[]: the step's scalars (src/optim.rs, Hyper).
 const H_LR: u32 = 0u;
@@ -27,6 +28,12 @@ const H_EPS: u32 = 8u;
 const H_STEP_SIZE: u32 = 9u;      // Adam: lr / (1 - beta1^t); SparseAdam: lr * sqrt(1 - beta2^t) / (1 - beta1^t); Adagrad: clr
 const H_BC2_SQRT: u32 = 10u;      // Adam: sqrt(1 - beta2^t)
 const H_DECOUPLED: u32 = 11u;     // AdamW: 1
+// bitsandbytes' 32-bit Adam reuses slots its update has no use for: 1 - beta1, 1 - beta2
+// and the decay factor 1 - lr * wd, computed in f64 as Python does; H_EPS holds
+// eps * sqrt(1 - beta2^t), H_STEP_SIZE lr * sqrt(1 - beta2^t) / (1 - beta1^t).
+const H_ONE_MINUS_BETA1: u32 = 2u;
+const H_ONE_MINUS_BETA2: u32 = 3u;
+const H_DECAY: u32 = 4u;
 
 @group(0) @binding(2) var<storage, read> grad_values: array<f32>;
 @group(0) @binding(9) var<storage, read_write> state_a: array<f32>;
@@ -79,6 +86,14 @@ fn update(t: u32, g_in: f32) {
             state_a[t] = m;
             state_b[t] = v;
             out[t] = w + -hyper_value(H_STEP_SIZE) * (m / (sqrt(v) + hyper_value(H_EPS)));
+        }
+        case OPT_ADAM_32BIT: {
+            let m = state_a[t] * hyper_value(H_BETA1) + hyper_value(H_ONE_MINUS_BETA1) * g;
+            let v = state_b[t] * hyper_value(H_BETA2) + (hyper_value(H_ONE_MINUS_BETA2) * g) * g;
+            state_a[t] = m;
+            state_b[t] = v;
+            let update = m / (sqrt(v) + hyper_value(H_EPS));
+            out[t] = (w * hyper_value(H_DECAY)) + -hyper_value(H_STEP_SIZE) * update;
         }
         case OPT_ADAM_8BIT: {
             let mv = adam8bit_moments(vec2<f32>(state_a[t], state_b[t]), g);

@@ -66,7 +66,7 @@ pub use layers::stable_embedding::{StableEmbedding, STABLE_EMBEDDING_EPS};
 pub use layers::sum_layer_norm::EmbeddingSumLayerNorm;
 pub use layers::table::{EmbeddingOptions, MaxNorm};
 pub use layers::table_batched::{Pooling, TableBatchedEmbeddingBags};
-pub use optim::{Optimizer, OptimizerKind};
+pub use optim::{Optimizer, OptimizerKind, ParamConfig, TrainableLayer};
 pub use quant::blockwise::{dequantize_blockwise, quantize_blockwise, Blockwise};
 pub use quant::codes::{CodeMap, FourBit};
 pub use quant::table::{QuantizedTable, Scheme};

@@ -1,8 +1,10 @@
 //! Optimizers that update embedding tables in place on the GPU, from dense gradients or
 //! from the sparse (coalesced) ones the backward passes give: torch.optim's SGD
 //! (momentum, Nesterov, weight decay), Adam / AdamW, Adagrad and SparseAdam, and
-//! FBGEMM's row-wise Adagrad, and bitsandbytes' 8-bit block-wise Adam. Their state lives on the GPU beside the table, segmented
-//! like it. Shader family: `optimizer.wgsl`.
+//! FBGEMM's row-wise Adagrad, and bitsandbytes' Adam with 8-bit block-wise or 32-bit
+//! states, with its per-parameter rules (`min_8bit_size`, the `optim_bits = 32` its
+//! embedding layers register, `GlobalOptimManager.override_config`'s keys). Their state
+//! lives on the GPU beside the table, segmented like it. Shader family: `optimizer.wgsl`.
 
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
@@ -16,6 +18,7 @@ use crate::layers::embedding::Embedding;
 use crate::layers::embedding_backward::{FusedStep, GradOptions, Gradient};
 use crate::layers::embedding_bag::{EmbeddingBag, PerSampleWeights};
 use crate::layers::indices::Indices;
+use crate::layers::stable_embedding::StableEmbedding;
 use crate::quant::blockwise::{check_blocksize, dequantize_blockwise, quantize_blockwise};
 use crate::quant::codes::{constants, constants_buffer, CodeMap};
 
@@ -129,9 +132,12 @@ pub enum OptimizerKind {
         /// Weight decay (L2 penalty; decoupled for AdamW and 8-bit Adam).
         weight_decay: f64,
     },
-    /// bitsandbytes' 8-bit Adam with block-wise states (`bnb.optim.Adam8bit`): `state1` in
-    /// the signed dynamic map, `state2` in the unsigned one, an absmax per `blocksize`
-    /// elements; decoupled weight decay, as bitsandbytes applies it.
+    /// bitsandbytes' 8-bit Adam with block-wise states (`bnb.optim.Adam8bit`;
+    /// `AdamW8bit` is it with `weight_decay`): `state1` in the signed dynamic map,
+    /// `state2` in the unsigned one, an absmax per `blocksize` elements; decoupled weight
+    /// decay, as bitsandbytes applies it. A tensor of fewer than `min_8bit_size` elements
+    /// keeps 32-bit states and steps as [`OptimizerKind::Adam32bit`], as bitsandbytes does
+    /// (its default is 4 096).
     Adam8bit {
         /// Learning rate.
         lr: f64,
@@ -143,14 +149,223 @@ pub enum OptimizerKind {
         weight_decay: f64,
         /// Elements per absmax block of the 8-bit states.
         blocksize: usize,
+        /// Tensors with fewer elements keep 32-bit states (bitsandbytes: 4 096).
+        min_8bit_size: usize,
+    },
+    /// bitsandbytes' Adam with 32-bit states (`bnb.optim.Adam32bit`, and what
+    /// `Adam8bit` keeps for a tensor under `min_8bit_size` or overridden to
+    /// `optim_bits = 32`): f32 `state1` / `state2` and bitsandbytes' operation order,
+    /// `w ← w·(1 − lr·wd) − lr·√(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v + eps·√(1−β₂ᵗ))`.
+    Adam32bit {
+        /// Learning rate.
+        lr: f64,
+        /// Coefficients of the running averages of the gradient and its square.
+        betas: (f64, f64),
+        /// Added to the denominator for numerical stability.
+        eps: f64,
+        /// Decoupled weight decay.
+        weight_decay: f64,
     },
 }
 
+/// One parameter's overrides, as bitsandbytes' `GlobalOptimManager.override_config`
+/// takes them (`optim_bits`, `lr`, `betas`, `eps`, `weight_decay`); unset fields keep
+/// the optimizer's. `optim_bits = 32` is what `bnb.nn.StableEmbedding` and
+/// `bnb.nn.Embedding` register for their weight ([`TrainableLayer::optim_config`]).
+///
+/// ```
+/// use wgpu_embed::ParamConfig;
+/// let config = ParamConfig { optim_bits: Some(32), lr: Some(1e-3), ..ParamConfig::default() };
+/// assert_eq!(config.betas, None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ParamConfig {
+    /// 8 or 32: the states' width for bitsandbytes' optimizers (torch.optim's keep f32
+    /// states: 32 is a no-op for them, 8 is refused).
+    pub optim_bits: Option<u32>,
+    /// Learning rate.
+    pub lr: Option<f64>,
+    /// Coefficients of the running averages.
+    pub betas: Option<(f64, f64)>,
+    /// Added to the denominator.
+    pub eps: Option<f64>,
+    /// Weight decay.
+    pub weight_decay: Option<f64>,
+}
+
+/// A layer whose table an [`Optimizer`] trains, with the per-parameter configuration
+/// its bitsandbytes counterpart registers for it ([`Optimizer::for_layer`]).
+pub trait TrainableLayer {
+    /// The `[V, D]` F32 table the optimizer updates.
+    fn trained_table(&self) -> &GpuTensor;
+    /// What the layer registers for its table: `optim_bits = 32` for
+    /// `bnb.nn.StableEmbedding` and `bnb.nn.Embedding` (bitsandbytes'
+    /// `register_module_override(self, "weight", {"optim_bits": 32})`), nothing else.
+    fn optim_config(&self) -> ParamConfig {
+        ParamConfig::default()
+    }
+}
+
+impl TrainableLayer for Embedding {
+    fn trained_table(&self) -> &GpuTensor {
+        self.weight()
+    }
+    fn optim_config(&self) -> ParamConfig {
+        if self.is_bitsandbytes() {
+            ParamConfig { optim_bits: Some(32), ..ParamConfig::default() }
+        } else {
+            ParamConfig::default()
+        }
+    }
+}
+
+impl TrainableLayer for EmbeddingBag {
+    fn trained_table(&self) -> &GpuTensor {
+        self.weight()
+    }
+}
+
+impl TrainableLayer for StableEmbedding {
+    fn trained_table(&self) -> &GpuTensor {
+        self.weight()
+    }
+    fn optim_config(&self) -> ParamConfig {
+        ParamConfig { optim_bits: Some(32), ..ParamConfig::default() }
+    }
+}
+
+/// bitsandbytes' optimizer arguments this build does not implement: refused by name
+/// ([`OptimizerKind::from_json`]) rather than ignored.
+const UNIMPLEMENTED_BNB_ARGS: &[(&str, &str)] = &[
+    ("percentile_clipping", "bitsandbytes 0.50 removed percentile_clipping: its optimizers step with gnorm_scale = 1"),
+    ("max_unorm", "max_unorm is not implemented (bitsandbytes' Adam8bit / Adam32bit no longer take it)"),
+    ("amsgrad", "Adam8bit does not support amsgrad=True"),
+    ("block_wise", "only block-wise 8-bit states are implemented (bitsandbytes 0.50 has no other)"),
+    ("is_paged", "paged optimizers are a CUDA unified-memory feature; not implemented"),
+];
+
 impl OptimizerKind {
-    /// An optimizer from torch.optim's names (`sgd`, `adam`, `adamw`, `adagrad`,
-    /// `sparse_adam`, `rowwise_adagrad`, `adam8bit_blockwise`) and hyper-parameters,
-    /// snake_case as a case file or JSON gives them, with torch's defaults.
+    /// This kind with `config`'s overrides, for a tensor of `numel` elements:
+    /// `optim_bits` 32 turns 8-bit Adam into [`OptimizerKind::Adam32bit`] (and 8 the
+    /// reverse, with bitsandbytes' block of 256 and `min_8bit_size` of 4 096), then a
+    /// tensor under `min_8bit_size` keeps 32-bit states, as bitsandbytes' `init_state`
+    /// decides.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] naming an override this kind has no field for, or
+    /// `optim_bits` other than 8 or 32 (8 for torch.optim's kinds).
+    pub fn configured(self, config: &ParamConfig, numel: usize) -> Result<Self> {
+        let mut kind = self;
+        let name = kind.name();
+        let missing = |arg: &'static str| Error::arg(arg, format!("{name} has no {arg} to override"));
+        if let Some(v) = config.lr {
+            match &mut kind {
+                OptimizerKind::Sgd { lr, .. }
+                | OptimizerKind::Adam { lr, .. }
+                | OptimizerKind::Adagrad { lr, .. }
+                | OptimizerKind::SparseAdam { lr, .. }
+                | OptimizerKind::RowwiseAdagrad { lr, .. }
+                | OptimizerKind::Adam8bit { lr, .. }
+                | OptimizerKind::Adam32bit { lr, .. } => *lr = v,
+            }
+        }
+        if let Some(v) = config.betas {
+            match &mut kind {
+                OptimizerKind::Adam { betas, .. }
+                | OptimizerKind::SparseAdam { betas, .. }
+                | OptimizerKind::Adam8bit { betas, .. }
+                | OptimizerKind::Adam32bit { betas, .. } => *betas = v,
+                _ => return Err(missing("betas")),
+            }
+        }
+        if let Some(v) = config.eps {
+            match &mut kind {
+                OptimizerKind::Adam { eps, .. }
+                | OptimizerKind::Adagrad { eps, .. }
+                | OptimizerKind::SparseAdam { eps, .. }
+                | OptimizerKind::RowwiseAdagrad { eps, .. }
+                | OptimizerKind::Adam8bit { eps, .. }
+                | OptimizerKind::Adam32bit { eps, .. } => *eps = v,
+                _ => return Err(missing("eps")),
+            }
+        }
+        if let Some(v) = config.weight_decay {
+            match &mut kind {
+                OptimizerKind::Sgd { weight_decay, .. }
+                | OptimizerKind::Adam { weight_decay, .. }
+                | OptimizerKind::Adagrad { weight_decay, .. }
+                | OptimizerKind::RowwiseAdagrad { weight_decay, .. }
+                | OptimizerKind::Adam8bit { weight_decay, .. }
+                | OptimizerKind::Adam32bit { weight_decay, .. } => *weight_decay = v,
+                OptimizerKind::SparseAdam { .. } => return Err(missing("weight_decay")),
+            }
+        }
+        kind = match (config.optim_bits, kind) {
+            (None, k) => k,
+            (Some(32), OptimizerKind::Adam8bit { lr, betas, eps, weight_decay, .. }) => {
+                OptimizerKind::Adam32bit { lr, betas, eps, weight_decay }
+            }
+            (Some(8), OptimizerKind::Adam32bit { lr, betas, eps, weight_decay }) => {
+                OptimizerKind::Adam8bit { lr, betas, eps, weight_decay, blocksize: 256, min_8bit_size: 4096 }
+            }
+            (Some(32), k) => k,
+            (Some(8), k @ OptimizerKind::Adam8bit { .. }) => k,
+            (Some(8), k) => {
+                return Err(Error::arg(
+                    "optim_bits",
+                    format!("{} keeps f32 states; only bitsandbytes' Adam takes optim_bits = 8", k.name()),
+                ))
+            }
+            (Some(bits), _) => return Err(Error::arg("optim_bits", format!("Amount of optimizer bits not supported: {bits}"))),
+        };
+        if let OptimizerKind::Adam8bit { lr, betas, eps, weight_decay, min_8bit_size, .. } = kind {
+            if numel < min_8bit_size {
+                kind = OptimizerKind::Adam32bit { lr, betas, eps, weight_decay };
+            }
+        }
+        Ok(kind)
+    }
+
+    /// The name [`OptimizerKind::from_json`] takes for this kind.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OptimizerKind::Sgd { .. } => "sgd",
+            OptimizerKind::Adam { decoupled: false, .. } => "adam",
+            OptimizerKind::Adam { decoupled: true, .. } => "adamw",
+            OptimizerKind::Adagrad { .. } => "adagrad",
+            OptimizerKind::SparseAdam { .. } => "sparse_adam",
+            OptimizerKind::RowwiseAdagrad { .. } => "rowwise_adagrad",
+            OptimizerKind::Adam8bit { .. } => "adam8bit",
+            OptimizerKind::Adam32bit { .. } => "adam32bit",
+        }
+    }
+
+    /// An optimizer from torch.optim's and bitsandbytes' names (`sgd`, `adam`, `adamw`,
+    /// `adagrad`, `sparse_adam`, `rowwise_adagrad`; `adam8bit`, `adamw8bit` and
+    /// `adam32bit` as `bnb.optim` names them, with its defaults: `min_8bit_size` 4 096,
+    /// `weight_decay` 0.01 for AdamW8bit; `adam8bit_blockwise` is the 8-bit update
+    /// alone, on any tensor: `min_8bit_size` 0) and hyper-parameters, snake_case as a
+    /// case file or JSON gives them.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a missing `lr`, a value of the wrong type, or a
+    /// bitsandbytes argument this build does not implement (`percentile_clipping` below
+    /// 100, `max_unorm` above 0, `amsgrad`, `block_wise = false`, `is_paged`), named;
+    /// [`Error::Unsupported`] for another optimizer (bitsandbytes' `lion8bit`,
+    /// `sgd8bit`, ... included).
     pub fn from_json(params: &serde_json::Map<String, serde_json::Value>) -> Result<Self> {
+        for (arg, why) in UNIMPLEMENTED_BNB_ARGS {
+            let inert = match (*arg, params.get(*arg)) {
+                (_, None | Some(serde_json::Value::Null)) => true,
+                ("percentile_clipping", Some(v)) => v.as_f64() == Some(100.0),
+                ("max_unorm", Some(v)) => v.as_f64() == Some(0.0),
+                ("block_wise", Some(v)) => v.as_bool() == Some(true),
+                (_, Some(v)) => v.as_bool() == Some(false),
+            };
+            if !inert {
+                return Err(Error::arg(arg, format!("{why}; got {}", params[*arg])));
+            }
+        }
         let number = |key: &'static str| -> Result<Option<f64>> {
             match params.get(key) {
                 None | Some(serde_json::Value::Null) => Ok(None),
@@ -194,13 +409,27 @@ impl OptimizerKind {
             },
             "sparse_adam" => OptimizerKind::SparseAdam { lr, betas: betas()?, eps: or("eps", 1e-8)? },
             "rowwise_adagrad" => OptimizerKind::RowwiseAdagrad { lr, eps: or("eps", 1e-10)?, weight_decay: wd },
-            "adam8bit_blockwise" => OptimizerKind::Adam8bit {
-                lr,
-                betas: betas()?,
-                eps: or("eps", 1e-8)?,
-                weight_decay: wd,
-                blocksize: or("blocksize", 256.0)? as usize,
-            },
+            "adam8bit_blockwise" | "adam8bit" | "adamw8bit" => {
+                let min_default = if name == "adam8bit_blockwise" { 0.0 } else { 4096.0 };
+                if let Some(bits) = number("optim_bits")? {
+                    if bits != 32.0 {
+                        // bitsandbytes' own refusal: the argument exists for compatibility only.
+                        return Err(Error::arg(
+                            "optim_bits",
+                            format!("Adam8bit only supports optim_bits=32 (default value for compatibility), got {bits}"),
+                        ));
+                    }
+                }
+                OptimizerKind::Adam8bit {
+                    lr,
+                    betas: betas()?,
+                    eps: or("eps", 1e-8)?,
+                    weight_decay: or("weight_decay", if name == "adamw8bit" { 1e-2 } else { 0.0 })?,
+                    blocksize: or("blocksize", 256.0)? as usize,
+                    min_8bit_size: or("min_8bit_size", min_default)? as usize,
+                }
+            }
+            "adam32bit" => OptimizerKind::Adam32bit { lr, betas: betas()?, eps: or("eps", 1e-8)?, weight_decay: wd },
             other => return Err(Error::Unsupported(format!("optimizer {other:?} is not implemented by this build"))),
         })
     }
@@ -209,6 +438,22 @@ impl OptimizerKind {
 /// Whether a fused step can read `grad_out`: one binding, rows of whole vec4 words.
 fn fusable(grad_out: &GpuTensor) -> bool {
     grad_out.segments().len() == 1 && grad_out.row_len().is_multiple_of(4)
+}
+
+/// `t` as the optimizer's kernels see it: a `[V, D]` F32 table as it is, a 1-D one (one
+/// binding) as one row `[1, n]` over the same buffer.
+fn rows_of(t: &GpuTensor) -> Result<GpuTensor> {
+    let refuse = || {
+        Error::arg(
+            "table",
+            format!("expected an F32 [V, D] table or a 1-D F32 tensor in one binding, got {:?} of shape {:?}", t.dtype(), t.shape()),
+        )
+    };
+    match (t.dtype(), t.shape().len()) {
+        (DType::F32, 2) => Ok(t.clone()),
+        (DType::F32, 1) => t.as_one_row().ok_or_else(refuse),
+        _ => Err(refuse()),
+    }
 }
 
 /// `OPT_*` of the shader.
@@ -220,29 +465,83 @@ fn code(kind: &OptimizerKind) -> u32 {
         OptimizerKind::SparseAdam { .. } => 3,
         OptimizerKind::RowwiseAdagrad { .. } => 4,
         OptimizerKind::Adam8bit { .. } => 5,
+        OptimizerKind::Adam32bit { .. } => 6,
     }
 }
 
-/// An optimizer's state for one `[V, D]` f32 table, on the GPU.
+/// An optimizer's state for one f32 parameter, on the GPU: a `[V, D]` table, or a 1-D
+/// tensor (LayerNorm's gamma or beta) stepped as one row.
 #[derive(Debug)]
 pub struct Optimizer {
     kind: OptimizerKind,
-    /// Named as torch.optim names them, segmented like the table.
+    /// Named as torch.optim (or bitsandbytes) names them, segmented like the table.
     states: Vec<(&'static str, GpuTensor)>,
     steps: u64,
-    /// `[V, D]` of the table it was made for.
+    /// `[V, D]` of the table it was made for (`[1, n]` for a 1-D parameter).
     table_shape: [usize; 2],
+    /// The parameter's own shape.
+    param_shape: Vec<usize>,
     /// 8-bit Adam whose blocks never straddle the table's segments: one kernel per step,
     /// reading the two code maps' constants (signed, then unsigned); else three passes.
     one_kernel_8bit: Option<wgpu::Buffer>,
 }
 
 impl Optimizer {
-    /// The state of `kind` for `table` (F32 `[V, D]`), as a fresh torch.optim optimizer has it.
+    /// The state of `kind` for `table` (F32 `[V, D]`, or 1-D), as a fresh torch.optim
+    /// or bitsandbytes optimizer has it: [`Optimizer::with_config`] with no overrides
+    /// (so 8-bit Adam keeps 32-bit states for a tensor under its `min_8bit_size`).
+    ///
+    /// ```
+    /// use wgpu_embed::{Block, Context, GpuTensor, Optimizer, OptimizerKind};
+    /// let ctx = Context::new().block()?;
+    /// let table = GpuTensor::from_f32(&ctx, &vec![0.5; 100 * 64], &[100, 64])?;
+    /// let kind = OptimizerKind::Adam8bit { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, blocksize: 256, min_8bit_size: 4096 };
+    /// // 6 400 elements: 8-bit states, as bitsandbytes keeps them.
+    /// assert_eq!(Optimizer::new(&ctx, kind, &table)?.state_names(), ["state1", "absmax1", "state2", "absmax2"]);
+    /// # Ok::<(), wgpu_embed::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a table that is not F32 `[V, D]` or one-segment
+    /// 1-D, or a bad `blocksize`.
     pub fn new(ctx: &Context, kind: OptimizerKind, table: &GpuTensor) -> Result<Self> {
-        if table.dtype() != DType::F32 || table.shape().len() != 2 {
-            return Err(Error::arg("table", format!("expected an F32 [V, D] table, got {:?} of shape {:?}", table.dtype(), table.shape())));
-        }
+        Self::with_config(ctx, kind, table, &ParamConfig::default())
+    }
+
+    /// The optimizer for `layer`'s table with the configuration its bitsandbytes
+    /// counterpart registers: 8-bit Adam over a [`StableEmbedding`] or an
+    /// [`Embedding::bitsandbytes`] table keeps 32-bit states and steps as
+    /// [`OptimizerKind::Adam32bit`], as `bnb.optim.Adam8bit` does over
+    /// `bnb.nn.StableEmbedding`; over a plain table, 8-bit states.
+    ///
+    /// ```
+    /// use wgpu_embed::{Block, Context, EmbeddingOptions, Optimizer, OptimizerKind, StableEmbedding};
+    /// let ctx = Context::new().block()?;
+    /// let stable = StableEmbedding::new(&ctx, 5000, 64, EmbeddingOptions::default())?;
+    /// let kind = OptimizerKind::Adam8bit { lr: 1e-3, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, blocksize: 256, min_8bit_size: 4096 };
+    /// let opt = Optimizer::for_layer(&ctx, kind, &stable)?;
+    /// assert_eq!(opt.kind().name(), "adam32bit");
+    /// assert_eq!(opt.state_names(), ["state1", "state2"]);
+    /// # Ok::<(), wgpu_embed::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Optimizer::with_config`].
+    pub fn for_layer(ctx: &Context, kind: OptimizerKind, layer: &impl TrainableLayer) -> Result<Self> {
+        Self::with_config(ctx, kind, layer.trained_table(), &layer.optim_config())
+    }
+
+    /// The state of `kind`, with one parameter's `config` overrides
+    /// ([`OptimizerKind::configured`]: `optim_bits`, `lr`, `betas`, `eps`,
+    /// `weight_decay`, then `min_8bit_size`), for `table`. [`Optimizer::kind`] gives the
+    /// kind that results.
+    ///
+    /// # Errors
+    /// As [`Optimizer::new`], and what [`OptimizerKind::configured`] refuses.
+    pub fn with_config(ctx: &Context, kind: OptimizerKind, table: &GpuTensor, config: &ParamConfig) -> Result<Self> {
+        let param_shape = table.shape().to_vec();
+        let table = &rows_of(table)?;
+        let kind = kind.configured(config, table.numel())?;
         let per = table.segments().iter().map(|s| s.rows).max().unwrap_or(1).max(1);
         let (v, d) = (table.shape()[0], table.shape()[1]);
         let like_table = |fill: f64| -> Result<GpuTensor> {
@@ -259,6 +558,7 @@ impl Optimizer {
             OptimizerKind::Adam { .. } | OptimizerKind::SparseAdam { .. } => {
                 vec![("exp_avg", like_table(0.0)?), ("exp_avg_sq", like_table(0.0)?)]
             }
+            OptimizerKind::Adam32bit { .. } => vec![("state1", like_table(0.0)?), ("state2", like_table(0.0)?)],
             OptimizerKind::Adagrad { initial_accumulator_value, .. } => vec![("sum", like_table(initial_accumulator_value)?)],
             OptimizerKind::RowwiseAdagrad { .. } => vec![("momentum", GpuTensor::zeros_with(ctx, &[v], DType::F32, 1, per)?)],
             OptimizerKind::Adam8bit { blocksize, .. } => {
@@ -283,7 +583,7 @@ impl Optimizer {
                 vec![("state1", codes()?), ("absmax1", a1), ("state2", codes()?), ("absmax2", a2)]
             }
         };
-        Ok(Optimizer { kind, states, steps: 0, table_shape: [v, d], one_kernel_8bit })
+        Ok(Optimizer { kind, states, steps: 0, table_shape: [v, d], param_shape, one_kernel_8bit })
     }
 
     /// The state tensor called `name` (`momentum_buffer`, `exp_avg`, `exp_avg_sq`, `sum`, `momentum`).
@@ -321,13 +621,49 @@ impl Optimizer {
     /// The refusals above, a gradient of another table's shape, or a sparse row outside
     /// the table ([`Error::IndexOutOfRange`] naming `grad.indices`).
     pub async fn step(&mut self, ctx: &Context, table: &GpuTensor, grad: &Gradient) -> Result<()> {
+        match self.one_row(table, grad)? {
+            Some((table, grad)) => self.step_rows(ctx, &table, &grad).await,
+            None => self.step_rows(ctx, table, grad).await,
+        }
+    }
+
+    /// A 1-D parameter and its (dense) gradient as one row each, checked against the
+    /// parameter's shape; `None` for a `[V, D]` table, which the steps take as it is.
+    fn one_row(&self, table: &GpuTensor, grad: &Gradient) -> Result<Option<(GpuTensor, Gradient)>> {
+        if self.param_shape.len() != 1 {
+            return Ok(None);
+        }
+        let want = &self.param_shape;
+        if table.dtype() != DType::F32 || table.shape() != want.as_slice() {
+            return Err(Error::arg(
+                "table",
+                format!(
+                    "this optimizer was made for an F32 tensor of shape {want:?}, got {:?} of shape {:?}",
+                    table.dtype(),
+                    table.shape()
+                ),
+            ));
+        }
+        let Gradient::Dense(g) = grad else {
+            return Err(Error::arg("grad", format!("a 1-D parameter of shape {want:?} takes a dense gradient, got a sparse one")));
+        };
+        if g.dtype() != DType::F32 || g.shape() != want.as_slice() {
+            return Err(Error::arg(
+                "grad",
+                format!("expected an F32 gradient of shape {want:?}, got {:?} of shape {:?}", g.dtype(), g.shape()),
+            ));
+        }
+        Ok(Some((rows_of(table)?, Gradient::Dense(rows_of(g)?))))
+    }
+
+    async fn step_rows(&mut self, ctx: &Context, table: &GpuTensor, grad: &Gradient) -> Result<()> {
         if let OptimizerKind::Adam8bit { .. } = self.kind {
             return self.step_dense_8bit(ctx, table, grad);
         }
         if let Gradient::Sparse { .. } = grad {
-            return ctx.run_checked(|run| self.record_step(run, table, grad)).await;
+            return ctx.run_checked(|run| self.record_step_rows(run, table, grad)).await;
         }
-        ctx.run_now(|run| self.record_step(run, table, grad))
+        ctx.run_now(|run| self.record_step_rows(run, table, grad))
     }
 
     fn step_dense_8bit(&mut self, ctx: &Context, table: &GpuTensor, grad: &Gradient) -> Result<()> {
@@ -350,6 +686,13 @@ impl Optimizer {
     /// As [`Optimizer::step`], at once; a bad sparse row from the submission's
     /// [`Submitted::finish`](crate::Submitted::finish).
     pub fn record_step(&mut self, run: &mut Recording<'_>, table: &GpuTensor, grad: &Gradient) -> Result<()> {
+        match self.one_row(table, grad)? {
+            Some((table, grad)) => self.record_step_rows(run, &table, &grad),
+            None => self.record_step_rows(run, table, grad),
+        }
+    }
+
+    fn record_step_rows(&mut self, run: &mut Recording<'_>, table: &GpuTensor, grad: &Gradient) -> Result<()> {
         let ctx = run.context();
         self.check_table(table)?;
         let (v, d) = (table.shape()[0], table.shape()[1]);
@@ -628,6 +971,7 @@ impl Optimizer {
             }
             OptimizerKind::RowwiseAdagrad { .. } if !sparse => refuse("row-wise Adagrad takes sparse gradients"),
             OptimizerKind::Adam8bit { .. } if sparse => refuse("8-bit Adam takes dense gradients"),
+            OptimizerKind::Adam32bit { .. } if sparse => refuse("bitsandbytes' Adam takes dense gradients"),
             _ => Ok(()),
         }
     }
@@ -662,6 +1006,14 @@ impl Optimizer {
                 let (c1, c2) = corrections(betas.0, betas.1);
                 (h[0], h[1], h[6], h[7], h[8]) = (lr, weight_decay, betas.0, betas.1, eps);
                 (h[9], h[10]) = (lr / c1, c2.sqrt());
+            }
+            OptimizerKind::Adam32bit { lr, betas, eps, weight_decay } => {
+                // bitsandbytes' scalars as Python computes them (f64, then f32): the
+                // averages' weights, eps·√(1−β₂ᵗ), the step size and the decay factor.
+                let (c1, c2) = corrections(betas.0, betas.1);
+                (h[0], h[1], h[6], h[7]) = (lr, weight_decay, betas.0, betas.1);
+                (h[2], h[3], h[4]) = (1.0 - betas.0, 1.0 - betas.1, if weight_decay > 0.0 { 1.0 - lr * weight_decay } else { 1.0 });
+                (h[8], h[9], h[10]) = (eps * c2.sqrt(), lr * c2.sqrt() / c1, c2.sqrt());
             }
         }
         h.map(|x| x as f32)

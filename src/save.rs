@@ -265,10 +265,13 @@ fn param_groups(kind: &OptimizerKind) -> String {
         OptimizerKind::RowwiseAdagrad { lr, eps, weight_decay } => {
             json!({"optimizer": "rowwise_adagrad", "lr": lr, "eps": eps, "weight_decay": weight_decay})
         }
-        OptimizerKind::Adam8bit { lr, betas, eps, weight_decay, blocksize } => json!({
-            "optimizer": "adam8bit_blockwise", "lr": lr, "betas": [betas.0, betas.1], "eps": eps, "weight_decay": weight_decay,
-            "blocksize": blocksize
+        OptimizerKind::Adam8bit { lr, betas, eps, weight_decay, blocksize, min_8bit_size } => json!({
+            "optimizer": "adam8bit", "lr": lr, "betas": [betas.0, betas.1], "eps": eps, "weight_decay": weight_decay,
+            "blocksize": blocksize, "min_8bit_size": min_8bit_size
         }),
+        OptimizerKind::Adam32bit { lr, betas, eps, weight_decay } => {
+            json!({"optimizer": "adam32bit", "lr": lr, "betas": [betas.0, betas.1], "eps": eps, "weight_decay": weight_decay})
+        }
     };
     json!([group]).to_string()
 }

@@ -205,7 +205,8 @@ fn one_kernel_8bit_adam_equals_three_passes() {
     let mut rng = Rng(23);
     let weight = rng.vec_f32(v * d);
     let grads: Vec<Vec<f32>> = (0..3).map(|_| rng.vec_f32(v * d)).collect();
-    let kind = OptimizerKind::Adam8bit { lr: 0.01, betas: (0.9, 0.995), eps: 1e-8, weight_decay: 0.01, blocksize: 256 };
+    let kind =
+        OptimizerKind::Adam8bit { lr: 0.01, betas: (0.9, 0.995), eps: 1e-8, weight_decay: 0.01, blocksize: 256, min_8bit_size: 4096 };
     let mut results = Vec::new();
     // 1 MiB bindings: segments of 4 096 rows, whole blocks (one kernel; the codes are
     // segmented like the table); 256 bytes more: 4 097 rows, blocks straddle segments.
@@ -227,4 +228,102 @@ fn one_kernel_8bit_adam_equals_three_passes() {
     }
     assert!(results[0] == results[1], "one kernel and three passes differ");
     assert!(results[0][..16] != bytemuck::cast_slice::<f32, u8>(&weight)[..16], "the table did not change");
+}
+
+fn adam8bit(min_8bit_size: usize) -> OptimizerKind {
+    OptimizerKind::Adam8bit { lr: 0.01, betas: (0.9, 0.995), eps: 1e-8, weight_decay: 0.01, blocksize: 256, min_8bit_size }
+}
+
+const ADAM32: OptimizerKind = OptimizerKind::Adam32bit { lr: 0.01, betas: (0.9, 0.995), eps: 1e-8, weight_decay: 0.01 };
+
+/// Three dense steps of `opt` on `table` from `grads`; the table and every state, as bytes.
+fn train_bytes(ctx: &wgpu_embed::Context, opt: &mut Optimizer, table: &GpuTensor, grads: &[Vec<f32>]) -> Vec<u8> {
+    for g in grads {
+        let g = GpuTensor::from_f32(ctx, g, table.shape()).unwrap();
+        opt.step(ctx, table, &Gradient::Dense(g)).block().unwrap();
+    }
+    let mut bytes = table.read_bytes(ctx).block().unwrap();
+    for name in opt.state_names() {
+        bytes.extend(opt.state(name).unwrap().read_bytes(ctx).block().unwrap());
+    }
+    bytes
+}
+
+/// bitsandbytes' rules: `Adam8bit` over a StableEmbedding (or `bnb.nn.Embedding`) gives
+/// the bits of 32-bit Adam over the same table, over a plain table 8-bit states, and a
+/// tensor of fewer than `min_8bit_size` elements keeps 32-bit states (a 1-D one too).
+#[test]
+fn bitsandbytes_rules_choose_the_states() {
+    use wgpu_embed::{EmbeddingOptions, HostTable, ParamConfig, StableEmbedding};
+    let ctx = context(None);
+    let (v, d) = (500usize, 64usize);
+    let mut rng = Rng(41);
+    let grads: Vec<Vec<f32>> = (0..3).map(|_| rng.vec_f32(v * d)).collect();
+    let stable = StableEmbedding::new(&ctx, v, d, EmbeddingOptions::default().seed(7)).unwrap();
+    let weight = stable.weight().read_f32(&ctx).block().unwrap();
+    let mut via_layer = Optimizer::for_layer(&ctx, adam8bit(4096), &stable).unwrap();
+    assert_eq!(via_layer.kind(), &ADAM32);
+    assert_eq!(via_layer.state_names(), ["state1", "state2"]);
+    let a = train_bytes(&ctx, &mut via_layer, stable.weight(), &grads);
+    let copy = StableEmbedding::from_pretrained(&ctx, HostTable::f32(&weight, v, d).unwrap(), None, None, None, 1e-5).unwrap();
+    let mut direct = Optimizer::new(&ctx, ADAM32, copy.weight()).unwrap();
+    let b = train_bytes(&ctx, &mut direct, copy.weight(), &grads);
+    assert!(a == b, "Adam8bit over a StableEmbedding differs from 32-bit Adam over it");
+    assert!(a[..4 * v * d] != *bytemuck::cast_slice::<f32, u8>(&weight), "the table did not move");
+
+    // A plain table: 8-bit states (codes and absmax); bnb.nn.Embedding's: 32-bit.
+    let plain = Embedding::from_pretrained(&ctx, &weight, v, d).unwrap();
+    let opt = Optimizer::for_layer(&ctx, adam8bit(4096), &plain).unwrap();
+    assert_eq!(opt.state_names(), ["state1", "absmax1", "state2", "absmax2"]);
+    assert_eq!(opt.state("state1").unwrap().dtype(), wgpu_embed::DType::U8);
+    let bnb = Embedding::from_pretrained(&ctx, &weight, v, d).unwrap().into_bitsandbytes();
+    assert_eq!(Optimizer::for_layer(&ctx, adam8bit(4096), &bnb).unwrap().kind(), &ADAM32);
+
+    // min_8bit_size: 4 095 elements keep f32 states (the same bits as 32-bit Adam), 4 096 do not.
+    let (small, small_grads) = (rng.vec_f32(4095), (0..3).map(|_| rng.vec_f32(4095)).collect::<Vec<_>>());
+    let t1 = GpuTensor::from_f32(&ctx, &small, &[4095]).unwrap();
+    let mut o1 = Optimizer::new(&ctx, adam8bit(4096), &t1).unwrap();
+    assert_eq!(o1.state("state1").unwrap().dtype(), wgpu_embed::DType::F32);
+    let t2 = GpuTensor::from_f32(&ctx, &small, &[4095]).unwrap();
+    let mut o2 = Optimizer::new(&ctx, ADAM32, &t2).unwrap();
+    assert!(train_bytes(&ctx, &mut o1, &t1, &small_grads) == train_bytes(&ctx, &mut o2, &t2, &small_grads));
+    let t3 = GpuTensor::from_f32(&ctx, &rng.vec_f32(4096), &[64, 64]).unwrap();
+    assert_eq!(Optimizer::new(&ctx, adam8bit(4096), &t3).unwrap().state("state1").unwrap().dtype(), wgpu_embed::DType::U8);
+
+    // Overrides as GlobalOptimManager.override_config takes them.
+    let eight = Optimizer::with_config(&ctx, ADAM32, &t3, &ParamConfig { optim_bits: Some(8), ..ParamConfig::default() }).unwrap();
+    assert_eq!(eight.kind().name(), "adam8bit");
+    let config = ParamConfig { lr: Some(0.5), betas: Some((0.8, 0.9)), ..ParamConfig::default() };
+    let lr = Optimizer::with_config(&ctx, adam8bit(4096), &t3, &config).unwrap();
+    assert!(matches!(lr.kind(), OptimizerKind::Adam8bit { lr, betas, .. } if *lr == 0.5 && *betas == (0.8, 0.9)));
+    let sgd = OptimizerKind::Sgd { lr: 0.1, momentum: 0.0, dampening: 0.0, nesterov: false, weight_decay: 0.0 };
+    let e = Optimizer::with_config(&ctx, sgd, &t3, &config).unwrap_err().to_string();
+    assert!(e.contains("betas") && e.contains("sgd"), "{e}");
+    let e = Optimizer::with_config(&ctx, sgd, &t3, &ParamConfig { optim_bits: Some(8), ..ParamConfig::default() }).unwrap_err();
+    assert!(e.to_string().contains("optim_bits"), "{e}");
+    let e = Optimizer::with_config(&ctx, ADAM32, &t3, &ParamConfig { optim_bits: Some(16), ..ParamConfig::default() }).unwrap_err();
+    assert!(e.to_string().contains("optim_bits") && e.to_string().contains("16"), "{e}");
+    // A 1-D gradient of the wrong length is refused, naming it.
+    let e = o1.step(&ctx, &t1, &Gradient::Dense(GpuTensor::from_f32(&ctx, &[0.0; 4], &[4]).unwrap())).block().unwrap_err();
+    assert!(e.to_string().contains("grad") && e.to_string().contains("[4095]"), "{e}");
+}
+
+/// bitsandbytes' arguments this build does not implement are refused by name, never
+/// ignored; bitsandbytes' other 8-bit optimizers are refused as not implemented.
+#[test]
+fn unimplemented_bitsandbytes_arguments_are_refused() {
+    let parse = |json: &str| OptimizerKind::from_json(serde_json::from_str::<serde_json::Value>(json).unwrap().as_object().unwrap());
+    for (json, arg) in [
+        (r#"{"optimizer": "adam8bit", "lr": 0.001, "percentile_clipping": 5}"#, "percentile_clipping"),
+        (r#"{"optimizer": "adam8bit", "lr": 0.001, "max_unorm": 1.0}"#, "max_unorm"),
+        (r#"{"optimizer": "adam8bit", "lr": 0.001, "amsgrad": true}"#, "amsgrad"),
+        (r#"{"optimizer": "adam8bit", "lr": 0.001, "optim_bits": 8}"#, "optim_bits"),
+    ] {
+        let e = parse(json).unwrap_err();
+        assert!(matches!(e, wgpu_embed::Error::InvalidArgument { .. }) && e.to_string().contains(arg), "{json}: {e}");
+    }
+    assert!(matches!(parse(r#"{"optimizer": "lion8bit", "lr": 0.001}"#), Err(wgpu_embed::Error::Unsupported(_))));
+    // Their inert values are accepted, and AdamW8bit is Adam8bit with weight decay 0.01.
+    let k = parse(r#"{"optimizer": "adamw8bit", "lr": 0.001, "percentile_clipping": 100, "max_unorm": 0.0}"#).unwrap();
+    assert!(matches!(k, OptimizerKind::Adam8bit { weight_decay, min_8bit_size: 4096, .. } if weight_decay == 0.01));
 }

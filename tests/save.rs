@@ -70,7 +70,7 @@ fn embedding_with_sparse_adam_resumes_bit_for_bit() {
 }
 
 fn adam8bit() -> OptimizerKind {
-    OptimizerKind::Adam8bit { lr: 0.02, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01, blocksize: 256 }
+    OptimizerKind::Adam8bit { lr: 0.02, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01, blocksize: 256, min_8bit_size: 4096 }
 }
 
 fn train_stable(ctx: &Context, layer: &StableEmbedding, opt: &mut Optimizer, steps: std::ops::Range<usize>) {
@@ -87,44 +87,51 @@ fn stable_from(ctx: &Context, saved: &Checkpoint) -> StableEmbedding {
     StableEmbedding::from_pretrained(ctx, saved.table("weight").unwrap(), None, Some(&gamma), Some(&beta), 1e-5).unwrap()
 }
 
-#[test]
-fn stable_embedding_with_8bit_adam_resumes_bit_for_bit() {
+/// Six steps straight against three, save, load, three more: for the optimizer `make`
+/// builds (whose kind is `kind_name`, with the states `states`).
+fn stable_resumes(make: fn(&Context, &StableEmbedding) -> Optimizer, kind_name: &str, states: &[&str]) {
     let ctx = common::context(None);
     let start = StableEmbedding::new(&ctx, V, D, EmbeddingOptions::default().seed(4)).unwrap();
     let initial = Checkpoint::from_bytes(StateDict::new().stable_embedding("", &start).to_bytes(&ctx).block().unwrap()).unwrap();
     assert_eq!(initial.names(), ["norm.bias", "norm.weight", "weight"]);
     assert_eq!(initial.vector("norm.weight", D).unwrap(), vec![1.0; D]);
     let straight = stable_from(&ctx, &initial);
-    let mut opt = Optimizer::new(&ctx, adam8bit(), straight.weight()).unwrap();
+    let mut opt = make(&ctx, &straight);
+    assert_eq!(opt.kind().name(), kind_name);
     train_stable(&ctx, &straight, &mut opt, 0..6);
     let first = stable_from(&ctx, &initial);
-    let mut first_opt = Optimizer::new(&ctx, adam8bit(), first.weight()).unwrap();
+    let mut first_opt = make(&ctx, &first);
     train_stable(&ctx, &first, &mut first_opt, 0..3);
     let bytes = StateDict::new().stable_embedding("", &first).optimizer("optim.", &first_opt).to_bytes(&ctx).block().unwrap();
     let saved = Checkpoint::from_bytes(bytes).unwrap();
-    for name in ["state1", "state2", "absmax1", "absmax2", "step"] {
+    for name in states.iter().chain(&["step"]) {
         assert!(saved.names().contains(&format!("optim.state.0.{name}")), "no {name}: {:?}", saved.names());
     }
     let resumed = stable_from(&ctx, &saved);
-    let mut resumed_opt = Optimizer::new(&ctx, adam8bit(), resumed.weight()).unwrap();
+    let mut resumed_opt = make(&ctx, &resumed);
     resumed_opt.load_state(&ctx, &saved, "optim.").unwrap();
     train_stable(&ctx, &resumed, &mut resumed_opt, 3..6);
     let (a, b) = (straight.weight().read_bytes(&ctx).block().unwrap(), resumed.weight().read_bytes(&ctx).block().unwrap());
-    assert!(a == b, "the resumed table differs from six steps straight");
+    assert!(a == b, "{kind_name}: the resumed table differs from six steps straight");
     assert_eq!(read_states(&ctx, &opt), read_states(&ctx, &resumed_opt));
     // Another optimizer's state is refused, naming what differs.
     let mut other = Optimizer::new(&ctx, sparse_adam(), resumed.weight()).unwrap();
     let e = other.load_state(&ctx, &saved, "optim.").unwrap_err().to_string();
-    assert!(e.contains("optim.param_groups") && e.contains("adam8bit_blockwise"), "{e}");
+    assert!(e.contains("optim.param_groups") && e.contains(kind_name), "{e}");
 }
 
-/// The saved file PyTorch was given (`tests/reference/saved_sparse_adam.safetensors`:
-/// a table after 3 SparseAdam steps) and what PyTorch made of it
-/// (`tests/reference/interop.safetensors`, written by `make_cases.py`): it loaded the
-/// table with `torch.nn.Embedding.load_state_dict(strict=True)` and the state with
-/// `torch.optim.SparseAdam.load_state_dict`, then took one more step. Resumed here, the
-/// same step gives PyTorch's table. `WGPU_EMBED_WRITE_REFERENCE=1` rewrites the saved
-/// file (then rerun make_cases.py).
+#[test]
+fn stable_embedding_with_bitsandbytes_adam_resumes_bit_for_bit() {
+    // Adam8bit over the layer keeps 32-bit states, as bitsandbytes' override does.
+    stable_resumes(|ctx, layer| Optimizer::for_layer(ctx, adam8bit(), layer).unwrap(), "adam32bit", &["state1", "state2"]);
+    // Over the bare table (4 800 elements), 8-bit states.
+    stable_resumes(
+        |ctx, layer| Optimizer::new(ctx, adam8bit(), layer.weight()).unwrap(),
+        "adam8bit",
+        &["state1", "state2", "absmax1", "absmax2"],
+    );
+}
+
 #[test]
 fn a_saved_table_and_optimizer_resume_in_pytorch() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference");

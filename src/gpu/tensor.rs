@@ -649,6 +649,21 @@ impl GpuTensor {
     }
 
     /// Wraps one existing buffer as a flat tensor (rows of one element).
+    /// This one-segment tensor viewed as one row, `[1, numel]`: the same buffer (a 1-D
+    /// parameter an optimizer updates as a table of one row). `None` over several segments.
+    pub(crate) fn as_one_row(&self) -> Option<GpuTensor> {
+        let [seg] = self.segments.as_slice() else { return None };
+        let n = self.numel();
+        Some(GpuTensor {
+            shape: vec![1, n],
+            dtype: self.dtype,
+            row_len: n,
+            segments: Arc::new(vec![Segment { buffer: seg.buffer.clone(), first_row: 0, rows: 1, lease: seg.lease.clone() }]),
+            texture: Arc::default(),
+            stepped: self.stepped.clone(),
+        })
+    }
+
     pub(crate) fn from_buffer(buffer: wgpu::Buffer, shape: &[usize], dtype: DType) -> GpuTensor {
         let rows = shape.iter().product::<usize>() as u64;
         GpuTensor {

@@ -30,6 +30,8 @@ const RENORM: Kernel =
 #[derive(Debug, Clone)]
 pub struct Embedding {
     table: DenseTable,
+    /// `bnb.nn.Embedding`'s: its optimizers keep 32-bit states for the table.
+    bitsandbytes: bool,
 }
 
 impl Embedding {
@@ -54,19 +56,53 @@ impl Embedding {
     /// the device.
     pub fn new(ctx: &Context, num_embeddings: usize, embedding_dim: usize, options: EmbeddingOptions) -> Result<Self> {
         let draw = Draw::Normal { mean: 0.0, std: 1.0 };
-        Ok(Self { table: DenseTable::fresh(ctx, num_embeddings, embedding_dim, draw, &options)? })
+        Ok(Self { table: DenseTable::fresh(ctx, num_embeddings, embedding_dim, draw, &options)?, bitsandbytes: false })
     }
 
     /// Builds the layer from a row-major `[num_embeddings, embedding_dim]` table, like
     /// `nn.Embedding.from_pretrained(weight, freeze=True)`.
     pub fn from_pretrained(ctx: &Context, weight: &[f32], num_embeddings: usize, embedding_dim: usize) -> Result<Self> {
-        Ok(Self { table: DenseTable::from_host(ctx, weight, num_embeddings, embedding_dim)? })
+        Ok(Self { table: DenseTable::from_host(ctx, weight, num_embeddings, embedding_dim)?, bitsandbytes: false })
     }
 
     /// Builds the layer over a table already on the GPU: `[V, D]` of F32, or of F16 / BF16
     /// (see [`GpuTensor::from_f16`]; read as f32, output f32, no `shader-f16` needed).
     pub fn from_tensor(weight: GpuTensor) -> Result<Self> {
-        Ok(Self { table: DenseTable::new(weight)? })
+        Ok(Self { table: DenseTable::new(weight)?, bitsandbytes: false })
+    }
+
+    /// A fresh table as `bnb.nn.Embedding(num_embeddings, embedding_dim, padding_idx)`
+    /// makes it: drawn from xavier-uniform (`bound = sqrt(6 / (num_embeddings +
+    /// embedding_dim))`) on the GPU, the padding row zeroed, and marked as bitsandbytes'
+    /// layer: [`Optimizer::for_layer`](crate::Optimizer::for_layer) keeps 32-bit states
+    /// for it, as bitsandbytes' `register_module_override(self, "weight", {"optim_bits":
+    /// 32})` does.
+    ///
+    /// ```
+    /// use wgpu_embed::{Block, Context, Embedding, EmbeddingOptions};
+    /// let ctx = Context::new().block()?;
+    /// let emb = Embedding::bitsandbytes(&ctx, 1000, 16, EmbeddingOptions::default())?;
+    /// assert!(emb.is_bitsandbytes());
+    /// # Ok::<(), wgpu_embed::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Embedding::new`].
+    pub fn bitsandbytes(ctx: &Context, num_embeddings: usize, embedding_dim: usize, options: EmbeddingOptions) -> Result<Self> {
+        let draw = Draw::xavier_uniform(num_embeddings, embedding_dim);
+        Ok(Self { table: DenseTable::fresh(ctx, num_embeddings, embedding_dim, draw, &options)?, bitsandbytes: true })
+    }
+
+    /// This layer marked as `bnb.nn.Embedding` (a trained table loaded into
+    /// bitsandbytes' layer): its optimizers keep 32-bit states.
+    pub fn into_bitsandbytes(mut self) -> Self {
+        self.bitsandbytes = true;
+        self
+    }
+
+    /// Whether the layer is bitsandbytes' (`bnb.nn.Embedding`).
+    pub fn is_bitsandbytes(&self) -> bool {
+        self.bitsandbytes
     }
 
     dense_table_methods!(
