@@ -53,7 +53,7 @@ pub use gpu::kernel::ShaderFamily;
 pub use gpu::pool::MemoryStats;
 pub use gpu::recording::{ExecutionStats, Outputs, ReadId, Recording, Submitted};
 pub use gpu::tensor::{DType, GpuTensor, TensorWriter};
-pub use layers::axial::AxialPositionEmbedding;
+pub use layers::axial::{AxialGrads, AxialPositionEmbedding};
 pub use layers::embedding::Embedding;
 pub use layers::embedding_backward::{BagGradients, GradOptions, Gradient};
 pub use layers::embedding_bag::{BagMode, EmbeddingBag, PerSampleWeights};

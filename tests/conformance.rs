@@ -32,7 +32,7 @@ fn check(file: CaseFile, max_binding: Option<u64>) {
 /// The committed cases cover every op of the registry, refusals included.
 #[test]
 fn reference_cases_cover_every_op() {
-    let files = ["forward.safetensors", "training.safetensors", "tbe.safetensors"].map(|name| load(&reference(name)));
+    let files = ["forward.safetensors", "training.safetensors", "tbe.safetensors", "parity.safetensors"].map(|name| load(&reference(name)));
     let all = || files.iter().flat_map(|f| &f.cases);
     for op in supported_ops() {
         assert!(all().filter(|c| c.op == op && !c.expect_error).count() >= 1, "no reference case of op {op}");
@@ -59,6 +59,13 @@ fn reference_training_cases_pass() {
 #[test]
 fn reference_training_cases_pass_with_1mib_bindings() {
     check(load(&reference("training.safetensors")), Some(1 << 20));
+}
+
+/// Training parity: bitsandbytes' optimizer rules and the axial embeddings' backward.
+#[test]
+fn reference_parity_cases_pass() {
+    check(load(&reference("parity.safetensors")), None);
+    check(load(&reference("parity.safetensors")), Some(1 << 20));
 }
 
 #[test]

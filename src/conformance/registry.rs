@@ -80,6 +80,26 @@ const OPTIMIZER_PARAMS: &[&str] = &[
     "initial_accumulator_value",
     "lr_decay",
     "blocksize",
+    "min_8bit_size",
+    "optim_bits",
+    "percentile_clipping",
+    "max_unorm",
+    "amsgrad",
+];
+
+/// What `layer_optimizer_steps` reads: the layer, and the optimizer's parameters.
+const LAYER_OPTIMIZER_PARAMS: &[&str] = &[
+    "module",
+    "overrides",
+    "optimizer",
+    "lr",
+    "betas",
+    "eps",
+    "weight_decay",
+    "min_8bit_size",
+    "optim_bits",
+    "percentile_clipping",
+    "max_unorm",
 ];
 
 /// Every op this build runs.
@@ -149,6 +169,29 @@ pub static OPS: &[Op] = &[
             ("grad_out", Table)
         ],
         &["eps"],
+        Values
+    ),
+    op!(
+        "axial_position_embedding_backward",
+        axial_position_embedding_backward,
+        &[("weight0", Table), ("weight1", Table), ("position_ids", Idx), ("grad_out", Table)],
+        &["axial_pos_shape"],
+        Values
+    ),
+    op!(
+        "layer_optimizer_steps",
+        layer_optimizer_steps,
+        &[
+            ("weight", Table),
+            ("ids", Idx),
+            ("grad_out", Table),
+            ("weight_grads", Table),
+            ("gamma", Vector),
+            ("beta", Vector),
+            ("gamma_grads", Table),
+            ("beta_grads", Table)
+        ],
+        LAYER_OPTIMIZER_PARAMS,
         Values
     ),
     op!("optimizer_step", optimizer_step, &[("weight", Table), ("grads", Table)], OPTIMIZER_PARAMS, Values),
@@ -398,7 +441,9 @@ mod runs {
         f32_output(ctx, &block.forward(ctx, &indices)?)
     }
 
-    pub(super) fn axial_position_embedding(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+    /// The axial layer a case gives: `axial_pos_shape` and the two weights (transformers
+    /// stores them as `[n1, 1, d1]` and `[1, n2, d2]`: the last dimension is the width).
+    pub(super) fn axial_layer(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<crate::layers::axial::AxialPositionEmbedding> {
         let shape = inputs
             .params()
             .opt_usize_list("axial_pos_shape")?
@@ -406,18 +451,139 @@ mod runs {
         let [n1, n2] = shape[..] else {
             return Err(Error::arg("axial_pos_shape", format!("expected two factors, got {shape:?}")));
         };
-        // transformers stores the weights as [n1, 1, d1] and [1, n2, d2]: the last dimension is the width.
         let w0 = inputs.require("weight0")?;
         let w1 = inputs.require("weight1")?;
         let d0 = *w0.shape.last().unwrap_or(&0);
         let d1 = *w1.shape.last().unwrap_or(&0);
-        let layer = crate::layers::axial::AxialPositionEmbedding::from_pretrained(
-            ctx,
-            w0.as_f32("weight0")?,
-            w1.as_f32("weight1")?,
-            [n1, n2],
-            [d0, d1],
-        )?;
+        crate::layers::axial::AxialPositionEmbedding::from_pretrained(ctx, w0.as_f32("weight0")?, w1.as_f32("weight1")?, [n1, n2], [d0, d1])
+    }
+
+    pub(super) fn axial_position_embedding_backward(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+        let layer = axial_layer(ctx, inputs)?;
+        let grad = gpu_f32(ctx, inputs, "grad_out")?;
+        let grads = layer.backward(ctx, inputs.require("position_ids")?.as_indices("position_ids")?, &grad).block()?;
+        f32_outputs(ctx, &[("grad_weight0", Some(&grads.weight0)), ("grad_weight1", Some(&grads.weight1))])
+    }
+
+    /// A layer's parameters stepped by bitsandbytes' optimizer with its rules
+    /// (tests/reference/OPS.md): `module` is `stable_embedding`, `bnb_embedding` or
+    /// `embedding`; `overrides` one parameter's `override_config` for the weight (a
+    /// module's own registration wins over it, as in bitsandbytes). Steps with the
+    /// given gradients; every parameter and its two states after each step.
+    pub(super) fn layer_optimizer_steps(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+        use crate::layers::embedding_backward::Gradient;
+        use crate::optim::{Optimizer, ParamConfig, TrainableLayer};
+        let p = inputs.params();
+        let (w, v, d) = table(inputs, "weight")?;
+        let kind = optimizer_kind(inputs)?;
+        let module = p.opt_str("module")?.unwrap_or("embedding");
+        let layer: Box<dyn TrainableLayer> = match module {
+            "stable_embedding" => {
+                let (gamma, beta) = (opt_vector(inputs, "gamma")?, opt_vector(inputs, "beta")?);
+                Box::new(crate::layers::stable_embedding::StableEmbedding::from_pretrained(
+                    ctx,
+                    crate::checkpoint::HostTable::f32(w, v, d)?,
+                    None,
+                    gamma,
+                    beta,
+                    1e-5,
+                )?)
+            }
+            "bnb_embedding" => Box::new(Embedding::from_pretrained(ctx, w, v, d)?.into_bitsandbytes()),
+            "embedding" => Box::new(Embedding::from_pretrained(ctx, w, v, d)?),
+            other => return Err(Error::arg("module", format!("expected stable_embedding, bnb_embedding or embedding, got {other:?}"))),
+        };
+        let overrides = match inputs.case.params.get("overrides") {
+            None | Some(serde_json::Value::Null) => ParamConfig::default(),
+            Some(serde_json::Value::Object(o)) => param_config(o)?,
+            Some(other) => return Err(Error::arg("overrides", format!("expected an object, got {other}"))),
+        };
+        let registered = layer.optim_config();
+        let config = if registered != ParamConfig::default() { registered } else { overrides };
+        let table = layer.trained_table();
+        // (name, tensor, optimizer, gradients [T, numel])
+        let mut params = vec![("weight", table.clone(), Optimizer::with_config(ctx, kind, table, &config)?, "weight_grads")];
+        for (name, grads) in [("gamma", "gamma_grads"), ("beta", "beta_grads")] {
+            if let Some(values) = opt_vector(inputs, name)? {
+                let t = GpuTensor::from_f32(ctx, values, &[values.len()])?;
+                let opt = Optimizer::new(ctx, kind, &t)?;
+                params.push((name, t, opt, grads));
+            }
+        }
+        let steps = inputs.require("weight_grads")?.shape.first().copied().unwrap_or(0);
+        let mut after: Vec<(String, Vec<f32>, Vec<usize>)> = Vec::new();
+        for t in 0..steps {
+            for (k, (name, tensor, opt, grads_role)) in params.iter_mut().enumerate() {
+                let grads = inputs.require(grads_role)?;
+                let numel = tensor.numel();
+                if grads.shape.first() != Some(&steps) || grads.shape.iter().skip(1).product::<usize>() != numel {
+                    return Err(Error::arg(
+                        grads_role,
+                        format!("expected {steps} gradients of {:?}, got shape {:?}", tensor.shape(), grads.shape),
+                    ));
+                }
+                let g = GpuTensor::from_f32(ctx, &grads.as_f32(grads_role)?[t * numel..(t + 1) * numel], tensor.shape())?;
+                opt.step(ctx, tensor, &Gradient::Dense(g)).block()?;
+                let mut named = vec![(name.to_string(), tensor.clone())];
+                for state in ["state1", "state2"] {
+                    let s = opt
+                        .state(state)
+                        .ok_or_else(|| Error::Unsupported(format!("{name}: {} keeps no 32-bit {state}", opt.kind().name())))?;
+                    if s.dtype() != DType::F32 {
+                        return Err(Error::Unsupported(format!(
+                            "{name}: this op reads 32-bit states; {} keeps {:?}",
+                            opt.kind().name(),
+                            s.dtype()
+                        )));
+                    }
+                    named.push((format!("{name}_{state}"), s.clone()));
+                }
+                for (j, (out_name, value)) in named.into_iter().enumerate() {
+                    let values = value.read_f32(ctx).block()?;
+                    let slot = k * 3 + j;
+                    if t == 0 {
+                        // The states have the parameter's elements (a 1-D one's are kept as one row).
+                        let shape = [&[steps][..], tensor.shape()].concat();
+                        after.push((out_name, Vec::with_capacity(steps * values.len()), shape));
+                    }
+                    after[slot].1.extend(values);
+                }
+            }
+        }
+        Ok(after.into_iter().map(|(name, data, shape)| (name, HostTensor::f32(data, shape))).collect())
+    }
+
+    /// `GlobalOptimManager.override_config`'s keys as a case gives them.
+    pub(super) fn param_config(o: &serde_json::Map<String, serde_json::Value>) -> Result<crate::optim::ParamConfig> {
+        let number = |key: &'static str| -> Result<Option<f64>> {
+            o.get(key).map(|v| v.as_f64().ok_or_else(|| Error::arg(key, format!("expected a number, got {v}")))).transpose()
+        };
+        let betas = match o.get("betas") {
+            None => None,
+            Some(serde_json::Value::Array(a)) if a.len() == 2 && a.iter().all(|x| x.is_number()) => {
+                Some((a[0].as_f64().unwrap_or(0.0), a[1].as_f64().unwrap_or(0.0)))
+            }
+            Some(v) => return Err(Error::arg("betas", format!("expected two numbers, got {v}"))),
+        };
+        for key in o.keys() {
+            if !["optim_bits", "lr", "betas", "eps", "weight_decay"].contains(&key.as_str()) {
+                return Err(Error::arg(
+                    "overrides",
+                    format!("{key:?} is not an override this build takes (optim_bits, lr, betas, eps, weight_decay)"),
+                ));
+            }
+        }
+        Ok(crate::optim::ParamConfig {
+            optim_bits: number("optim_bits")?.map(|b| b as u32),
+            lr: number("lr")?,
+            betas,
+            eps: number("eps")?,
+            weight_decay: number("weight_decay")?,
+        })
+    }
+
+    pub(super) fn axial_position_embedding(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+        let layer = axial_layer(ctx, inputs)?;
         f32_output(ctx, &layer.forward(ctx, inputs.require("position_ids")?.as_indices("position_ids")?)?)
     }
 

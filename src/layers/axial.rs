@@ -1,21 +1,46 @@
-//! Axial position embeddings as Reformer uses them at inference
-//! (`transformers`' `AxialPositionEmbeddings` in eval mode): the embedding of
-//! position `p` is `weight0[p / n2] ++ weight1[p % n2]` for `axial_pos_shape = [n1, n2]`.
+//! Axial position embeddings as Reformer uses them (`transformers`'
+//! `AxialPositionEmbeddings`): the embedding of position `p` is
+//! `weight0[p / n2] ++ weight1[p % n2]` for `axial_pos_shape = [n1, n2]`, and its
+//! backward, the gradient of each axial weight summed over the positions that broadcast
+//! it (the embedding backward's sort and run sums, on each half of the output gradient).
 
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
 use crate::gpu::kernel::binding::{INPUT, OUT, PARAMS, TABLE};
-use crate::gpu::kernel::{common, Kernel, ShaderFamily};
-use crate::gpu::plan::{Call, Grid, PassParams, RowPlan};
+use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
+use crate::gpu::plan::{record_flat, Call, Grid, PassParams, RowPlan};
 use crate::gpu::table::TableAccess;
 use crate::gpu::tensor::{DType, GpuTensor};
 use crate::layers::embedding::out_shape;
+use crate::layers::embedding_backward::{check_grad, table_gradient, Flat, GradOptions, Gradient, Scatter, Sources};
 use crate::layers::indices::{upload_rows, Indices};
 
 pub(crate) static FAMILY: ShaderFamily =
     ShaderFamily { name: "axial", parts: &[common::GRID, common::PASS, common::TABLE, include_str!("../../shaders/axial.wgsl")] };
 
 const AXIAL_PART: Kernel = Kernel::new(&FAMILY, "axial_part", &[PARAMS, TABLE, INPUT, OUT]);
+const AXIAL_SPLIT: Kernel = Kernel::new(
+    &FAMILY,
+    "axial_split",
+    &[
+        PARAMS,
+        INPUT,
+        OUT,
+        (10, Slot::Read, Role::Extra(0)),
+        (11, Slot::ReadWrite, Role::Extra(1)),
+        (12, Slot::ReadWrite, Role::Extra(2)),
+        (13, Slot::ReadWrite, Role::Extra(3)),
+    ],
+);
+
+/// Gradients of [`AxialPositionEmbedding`]'s two weights, dense.
+#[derive(Debug, Clone)]
+pub struct AxialGrads {
+    /// `[n1, d1]`: transformers' `weights[0].grad` (`[1, n1, 1, d1]`) as rows.
+    pub weight0: GpuTensor,
+    /// `[n2, d2]`: `weights[1].grad` (`[1, 1, n2, d2]`) as rows.
+    pub weight1: GpuTensor,
+}
 
 /// transformers' `AxialPositionEmbeddings` (Reformer): position `p` is
 /// `weight0[p / n2] ++ weight1[p % n2]` for `axial_pos_shape = [n1, n2]`.
@@ -87,9 +112,13 @@ impl AxialPositionEmbedding {
         self.dims[0] + self.dims[1]
     }
 
-    /// Embeddings of `position_ids` (any shape; for `[batch, sequence]` as in Reformer
-    /// the sequence may not be longer than `n1 * n2`). Result: `[*position_ids, d1 + d2]`.
-    pub fn forward(&self, ctx: &Context, position_ids: Indices<'_>) -> Result<GpuTensor> {
+    /// The two weights, `[n1, d1]` and `[n2, d2]`.
+    pub fn weights(&self) -> [&GpuTensor; 2] {
+        [&self.weights[0], &self.weights[1]]
+    }
+
+    /// Position ids checked as transformers checks them, as table rows.
+    fn checked_positions(&self, position_ids: Indices<'_>) -> Result<Vec<i32>> {
         position_ids.check_shape("position_ids")?;
         let [n1, n2] = self.shape;
         let limit = (n1 * n2) as i64;
@@ -120,6 +149,18 @@ impl AxialPositionEmbedding {
             }
             rows.push(value as i32);
         }
+        Ok(rows)
+    }
+
+    /// Embeddings of `position_ids` (any shape; for `[batch, sequence]` as in Reformer
+    /// the sequence may not be longer than `n1 * n2`). Result: `[*position_ids, d1 + d2]`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a sequence longer than `n1 * n2` or a position id
+    /// at or past it (transformers' messages); [`Error::IndexOutOfRange`] for a negative one.
+    pub fn forward(&self, ctx: &Context, position_ids: Indices<'_>) -> Result<GpuTensor> {
+        let rows = self.checked_positions(position_ids)?;
+        let n2 = self.shape[1];
         let dim = self.embedding_dim();
         let per = GpuTensor::rows_per_segment(ctx, dim, DType::F32)?;
         let positions = upload_rows(ctx, &rows, per)?;
@@ -147,5 +188,92 @@ impl AxialPositionEmbedding {
             ctx.submit(encoder)
         })?;
         Ok(out)
+    }
+
+    /// The gradients of `sum(forward(position_ids) * grad_out)` with respect to the two
+    /// weights, as transformers' `AxialPositionEmbeddings` gives them under autograd:
+    /// `weight0[a]` sums the first `d1` columns of `grad_out` over every position `p`
+    /// with `p / n2 == a`, `weight1[b]` the last `d2` over those with `p % n2 == b`
+    /// (in training mode, where transformers takes the whole grid, `position_ids` is
+    /// `arange(n1 * n2)`). `grad_out` has shape `[*position_ids, d1 + d2]`. One pass
+    /// splits it into the halves and each position's two rows; each half is then summed
+    /// per row as [`Embedding::backward`](crate::Embedding::backward) sums (in position
+    /// order). Resolves at once.
+    ///
+    /// ```
+    /// use wgpu_embed::{AxialPositionEmbedding, Block, Context, GpuTensor, Indices};
+    /// let ctx = Context::new().block()?;
+    /// let axial = AxialPositionEmbedding::from_pretrained(&ctx, &[0.0; 2], &[0.0; 3], [2, 3], [1, 1])?;
+    /// // Positions 1 and 4 share weight1's row 1; 4 and 5 share weight0's row 1.
+    /// let grad_out = GpuTensor::from_f32(&ctx, &[1.0, 10.0, 2.0, 20.0, 3.0, 30.0], &[3, 2])?;
+    /// let grads = axial.backward(&ctx, Indices::i64(&[1, 4, 5], &[3]), &grad_out).block()?;
+    /// assert_eq!(grads.weight0.read_f32(&ctx).block()?, [1.0, 5.0]);
+    /// assert_eq!(grads.weight1.read_f32(&ctx).block()?, [0.0, 30.0, 30.0]);
+    /// # Ok::<(), wgpu_embed::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// What [`AxialPositionEmbedding::forward`] refuses, a `grad_out` of another shape,
+    /// or [`Error::Unsupported`] for a `grad_out` over several bindings, before any GPU
+    /// work.
+    pub async fn backward(&self, ctx: &Context, position_ids: Indices<'_>, grad_out: &GpuTensor) -> Result<AxialGrads> {
+        let rows = self.checked_positions(position_ids)?;
+        let dim = self.embedding_dim();
+        check_grad(grad_out, &out_shape(position_ids.shape, dim))?;
+        let [d1, d2] = self.dims;
+        let n = rows.len();
+        let [grad_seg] = grad_out.segments() else {
+            return Err(Error::Unsupported(format!(
+                "the axial backward reads grad_out from one binding; one of shape {:?} spans {}",
+                grad_out.shape(),
+                grad_out.segments().len()
+            )));
+        };
+        // The halves, one buffer each (smaller than grad_out, which fits one).
+        let halves = [
+            GpuTensor::zeros_with(ctx, &[n, d1], DType::F32, d1, n.max(1) as u64)?,
+            GpuTensor::zeros_with(ctx, &[n, d2], DType::F32, d2, n.max(1) as u64)?,
+        ];
+        let axis_rows = [GpuTensor::zeros(ctx, &[n], DType::I32, 1)?, GpuTensor::zeros(ctx, &[n], DType::I32, 1)?];
+        if n > 0 {
+            let positions = upload_rows(ctx, &rows, n as u64)?;
+            ctx.scoped(|| {
+                let mut encoder = ctx.encoder();
+                let params = PassParams {
+                    dim: dim as u32,
+                    index_count: n as u32,
+                    arg0: self.shape[1] as u32,
+                    arg1: d1 as u32,
+                    ..Default::default()
+                };
+                let extra = [
+                    grad_seg.buffer.clone(),
+                    halves[1].segments()[0].buffer.clone(),
+                    axis_rows[0].segments()[0].buffer.clone(),
+                    axis_rows[1].segments()[0].buffer.clone(),
+                ];
+                let call = Call { extra: &extra, ..Call::new(&AXIAL_SPLIT, &[], Grid::Elements(1), params) };
+                record_flat(ctx, &mut encoder, &call, Some(&positions.segments()[0]), Some(&halves[0].segments()[0]), (n * dim) as u64);
+                ctx.submit(encoder)
+            })?;
+        }
+        let mut grads = Vec::with_capacity(2);
+        for axis in 0..2 {
+            let scatter = Scatter {
+                rows: Flat::Gpu(&axis_rows[axis]),
+                sources: Sources::Positions { group: 1 },
+                padding_idx: None,
+                num_embeddings: self.shape[axis],
+                dim: self.dims[axis],
+                options: GradOptions::default(),
+            };
+            match table_gradient(ctx, &scatter, &halves[axis], None).await? {
+                Gradient::Dense(g) => grads.push(g),
+                Gradient::Sparse { .. } => unreachable!("dense options give a dense gradient"),
+            }
+        }
+        let weight1 = grads.pop().expect("two axes");
+        let weight0 = grads.pop().expect("two axes");
+        Ok(AxialGrads { weight0, weight1 })
     }
 }

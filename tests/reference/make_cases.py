@@ -618,6 +618,151 @@ def optimizer_cases(f):
     add_sparse("opt_rowwise_adagrad_wd", {"optimizer": "rowwise_adagrad", "lr": 0.1, "eps": 1e-6, "weight_decay": 0.01}, 60, 32, 3, 25)
 
 
+def axial_module(shape, d1, d2, weight0, weight1, training):
+    cfg = ReformerConfig(axial_pos_shape=list(shape), axial_pos_embds_dim=[d1, d2], hidden_size=d1 + d2, attn_layers=["local"], local_attn_chunk_length=1, hidden_dropout_prob=0.0)
+    m = AxialPositionEmbeddings(cfg).train(training)
+    with torch.no_grad():
+        m.weights[0].copy_(weight0.view(shape[0], 1, d1))
+        m.weights[1].copy_(weight1.view(1, shape[1], d2))
+    return m
+
+
+def axial_backward_cases(f):
+    """transformers' AxialPositionEmbeddings under autograd: the gradients of its two
+    axial weights from an output gradient (eval mode gathers position_ids; training mode,
+    dropout 0, takes the whole grid, as position_ids = arange)."""
+
+    def run(shape, training=False):
+        def go(weight0, weight1, position_ids, grad_out):
+            m = axial_module(shape, weight0.shape[1], weight1.shape[1], weight0, weight1, training)
+            m(position_ids).backward(grad_out)
+            return {"grad_weight0": m.weights[0].grad.view(shape[0], -1), "grad_weight1": m.weights[1].grad.view(shape[1], -1)}
+
+        return go
+
+    def add(cid, shape, dims, position_ids, training=False, atol=1e-4, error=False, grad_shape=None):
+        b, sq = position_ids.shape
+        inputs = {"weight0": f.randn(shape[0], dims[0]), "weight1": f.randn(shape[1], dims[1]), "position_ids": position_ids,
+                  "grad_out": f.randn(*(grad_shape or (b, sq, dims[0] + dims[1])))}
+        f.add(cid, "axial_position_embedding_backward", {"axial_pos_shape": list(shape)}, inputs, run(shape, training), atol, atol, error=error)
+
+    grid = lambda b, n: np.tile(np.arange(n, dtype=np.int64), (b, 1))  # noqa: E731
+    add("axial_bw_arange", (8, 16), (16, 24), grid(2, 100))
+    add("axial_bw_random_positions", (4, 8), (8, 8), f.ints(32, 3, 20))
+    add("axial_bw_repeated_positions", (3, 5), (5, 3), f.ints(15, 4, 12))
+    add("axial_bw_training_grid", (16, 32), (32, 96), grid(1, 512), training=True)
+    add("axial_bw_training_batch", (4, 16), (12, 20), grid(3, 64), training=True)
+    add("err_axial_bw_grad_shape", (4, 8), (8, 8), f.ints(32, 2, 5), error=True, grad_shape=(2, 5, 15))
+
+
+def bnb_module(module, v, d):
+    if module == "stable_embedding":
+        return bnb.nn.StableEmbedding(v, d)
+    if module == "bnb_embedding":
+        return bnb.nn.Embedding(v, d)
+    return torch.nn.Embedding(v, d)
+
+
+def bnb_training_cases(f):
+    """Layers trained by bitsandbytes' 8-bit optimizers, with the rules its
+    GlobalOptimManager applies: bnb.nn.StableEmbedding and bnb.nn.Embedding register
+    optim_bits = 32 for their weight, tensors under min_8bit_size keep 32-bit states,
+    override_config changes one parameter's. The gradients are autograd's of
+    sum(module(ids[t]) * grad_out[t]) at each step (the inputs); the outputs are every
+    parameter and its states after each step."""
+
+    def layer_steps(params):
+        def go(weight, ids, grad_out, gamma=None, beta=None):
+            mng = bnb.optim.GlobalOptimManager.get_instance()
+            mng.initialize()  # no config left over from another case
+            v, d = weight.shape
+            m = bnb_module(params["module"], v, d)
+            with torch.no_grad():
+                m.weight.copy_(weight)
+                if gamma is not None:
+                    m.norm.weight.copy_(gamma)
+                    m.norm.bias.copy_(beta)
+            if params.get("overrides"):
+                mng.register_parameters(m.parameters())
+            hyper = {k: (tuple(x) if k == "betas" else x) for k, x in params.items() if k in ("lr", "betas", "eps", "weight_decay", "min_8bit_size")}
+            opt = {"adam8bit": bnb.optim.Adam8bit, "adamw8bit": bnb.optim.AdamW8bit}[params["optimizer"]](m.parameters(), **hyper)
+            if params.get("overrides"):
+                over = {k: (tuple(x) if k == "betas" else x) for k, x in params["overrides"].items()}
+                mng.override_config(m.weight, key_value_dict=over)
+            named = {"weight": m.weight} if gamma is None else {"weight": m.weight, "gamma": m.norm.weight, "beta": m.norm.bias}
+            grads = {n: [] for n in named}
+            after = {}
+            for t in range(ids.shape[0]):
+                opt.zero_grad()
+                (m(ids[t]) * grad_out[t]).sum().backward()
+                for n, p in named.items():
+                    grads[n].append(p.grad.clone())
+                opt.step()
+                for n, p in named.items():
+                    st = opt.state[p]
+                    assert st["state1"].dtype == torch.float32, f"{n}: bitsandbytes kept {st['state1'].dtype} states"
+                    for key, value in [(n, p.detach()), (f"{n}_state1", st["state1"]), (f"{n}_state2", st["state2"])]:
+                        after.setdefault(key, []).append(value.clone())
+            out = {k: torch.stack(vals) for k, vals in after.items()}
+            # The gradients the runner steps with, as the case's inputs (judge-only here).
+            out.update({f"_grads_{n}": torch.stack(g) for n, g in grads.items()})
+            return out
+
+        return go
+
+    def add_layer(cid, params, v, d, steps, n):
+        inputs = {"weight": f.randn(v, d), "ids": f.ints(v, steps, n), "grad_out": f.randn(steps, n, d)}
+        if params["module"] == "stable_embedding":
+            inputs["gamma"], inputs["beta"] = 1 + 0.1 * f.randn(d), 0.1 * f.randn(d)
+        # Run once for the gradients, then store them as inputs beside ids / grad_out.
+        probe = layer_steps(params)(**{k: torch.from_numpy(np.array(x)) for k, x in inputs.items()})
+        for name in ["weight", "gamma", "beta"]:
+            if f"_grads_{name}" in probe:
+                inputs[f"{name}_grads"] = probe[f"_grads_{name}"].numpy()
+
+        def compute(weight, ids, grad_out, weight_grads, gamma=None, beta=None, gamma_grads=None, beta_grads=None):
+            res = layer_steps(params)(weight, ids, grad_out, gamma, beta)
+            for name, given in [("weight", weight_grads), ("gamma", gamma_grads), ("beta", beta_grads)]:
+                if given is not None:
+                    assert torch.equal(res.pop(f"_grads_{name}"), given), f"{cid}: {name} gradients not reproduced"
+            return res
+
+        f.add(cid, "layer_optimizer_steps", params, inputs, compute, 1e-5, 1e-5)
+
+    adam = {"optimizer": "adam8bit", "lr": 0.01, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}
+    add_layer("bnb_stable_embedding_adam8bit", {**adam, "module": "stable_embedding"}, 300, 32, 3, 40)
+    add_layer("bnb_stable_embedding_adamw8bit", {**adam, "optimizer": "adamw8bit", "weight_decay": 0.05, "module": "stable_embedding"}, 200, 48, 3, 30)
+    add_layer("bnb_embedding_adam8bit", {**adam, "module": "bnb_embedding"}, 256, 32, 3, 50)
+    add_layer("bnb_override_optim_bits_lr", {**adam, "module": "embedding", "overrides": {"optim_bits": 32, "lr": 0.003, "betas": [0.8, 0.95]}}, 128, 64, 3, 20)
+
+    def dense(params):
+        def go(weight, grads):
+            w = torch.nn.Parameter(weight.clone())
+            p = {k: (tuple(x) if k == "betas" else x) for k, x in params.items() if k != "optimizer"}
+            opt = {"adam8bit": bnb.optim.Adam8bit, "adamw8bit": bnb.optim.AdamW8bit, "adam32bit": bnb.optim.Adam32bit}[params["optimizer"]]([w], **p)
+            for g in grads:
+                w.grad = g.clone()
+                opt.step()
+            st = opt.state[w]
+            names = ["state1", "state2"] + (["absmax1", "absmax2"] if st["state1"].dtype == torch.uint8 else [])
+            return {"weight": w.detach(), **{n: st[n] for n in names}}
+
+        return go
+
+    def add_dense(cid, params, v, d, steps, error=False):
+        f.add(cid, "optimizer_step", params, {"weight": f.randn(v, d), "grads": f.randn(steps, v, d)}, dense(params), 1e-4, 1e-4, error=error)
+
+    # A plain table (8 192 elements): 8-bit states; under min_8bit_size: 32-bit ones.
+    add_dense("bnb_plain_table_adam8bit", adam, 128, 64, 3)
+    add_dense("bnb_small_tensor_adam8bit", adam, 40, 50, 3)
+    add_dense("bnb_min_8bit_size_lowered", {**adam, "min_8bit_size": 1024}, 40, 50, 2)
+    add_dense("bnb_adamw8bit_default_decay", {"optimizer": "adamw8bit", "lr": 0.02}, 64, 32, 3)
+    add_dense("bnb_adam32bit", {"optimizer": "adam32bit", "lr": 0.01, "betas": [0.85, 0.99], "eps": 1e-6, "weight_decay": 0.02}, 64, 96, 3)
+    # Arguments bitsandbytes 0.50 refuses: percentile_clipping (removed), optim_bits != 32.
+    add_dense("err_bnb_percentile_clipping", {**adam, "percentile_clipping": 5}, 64, 64, 1, error=True)
+    add_dense("err_bnb_adam8bit_optim_bits_8", {**adam, "optim_bits": 8}, 64, 64, 1, error=True)
+
+
 def topk_cases(f):
     def run(k, metric, scheme, blocksize):
         def go(table, queries):
@@ -779,7 +924,17 @@ def quantized_interop():
     return {k: t.contiguous().numpy() for k, t in out.items()}, checked
 
 
+def parity_file():
+    parity = CaseFile(seed=20261209, versions=VERSIONS)
+    for make in [bnb_training_cases, axial_backward_cases]:
+        make(parity)
+    parity.save(os.path.join(HERE, "parity.safetensors"), "training parity: bitsandbytes' optimizer rules, the axial embeddings' backward")
+
+
 def main():
+    if sys.argv[1:] == ["parity"]:
+        # One file alone: regenerating the others on another host moves their last bits.
+        return parity_file()
     forward = CaseFile(seed=20261207, versions=VERSIONS)
     for make in [embedding_cases, bag_cases, layer_norm_cases, stable_cases, bert_cases, axial_cases, quantize_cases, quantized_cases]:
         make(forward)
@@ -788,7 +943,8 @@ def main():
     for make in [emb_backward_cases, bag_backward_cases, norm_backward_cases, optimizer_cases, topk_cases]:
         make(training)
     training.save(os.path.join(HERE, "training.safetensors"), "backward passes, optimizer steps and top-k retrieval")
-    total = sum(os.path.getsize(os.path.join(HERE, n)) for n in ["forward.safetensors", "training.safetensors"])
+    parity_file()
+    total = sum(os.path.getsize(os.path.join(HERE, n)) for n in ["forward.safetensors", "training.safetensors", "parity.safetensors"])
     interop_checks()
     bnb_tables()
     # tbe.safetensors is make_tbe_cases.py's (fbgemm_gpu's environment), counted here too.
