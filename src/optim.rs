@@ -193,6 +193,41 @@ pub struct ParamConfig {
     pub weight_decay: Option<f64>,
 }
 
+impl ParamConfig {
+    /// The overrides as JSON gives them (`{"optim_bits": 32, "lr": 0.001, "betas":
+    /// [0.9, 0.95]}`: `GlobalOptimManager.override_config`'s `key_value_dict`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a key other than `optim_bits`, `lr`, `betas`,
+    /// `eps`, `weight_decay`, or a value of the wrong type.
+    pub fn from_json(o: &serde_json::Map<String, serde_json::Value>) -> Result<Self> {
+        for key in o.keys() {
+            if !["optim_bits", "lr", "betas", "eps", "weight_decay"].contains(&key.as_str()) {
+                return Err(Error::arg(
+                    "overrides",
+                    format!("{key:?} is not an override this build takes (optim_bits, lr, betas, eps, weight_decay)"),
+                ));
+            }
+        }
+        let number = |key: &'static str| -> Result<Option<f64>> {
+            o.get(key).map(|v| v.as_f64().ok_or_else(|| Error::arg(key, format!("expected a number, got {v}")))).transpose()
+        };
+        let betas = match o.get("betas") {
+            None => None,
+            Some(serde_json::Value::Array(a)) if a.len() == 2 && a.iter().all(|x| x.is_number()) => {
+                Some((a[0].as_f64().unwrap_or(0.0), a[1].as_f64().unwrap_or(0.0)))
+            }
+            Some(v) => return Err(Error::arg("betas", format!("expected two numbers, got {v}"))),
+        };
+        let optim_bits = match number("optim_bits")? {
+            None => None,
+            Some(b) if b.fract() == 0.0 && (0.0..=64.0).contains(&b) => Some(b as u32),
+            Some(b) => return Err(Error::arg("optim_bits", format!("Amount of optimizer bits not supported: {b}"))),
+        };
+        Ok(ParamConfig { optim_bits, lr: number("lr")?, betas, eps: number("eps")?, weight_decay: number("weight_decay")? })
+    }
+}
+
 /// A layer whose table an [`Optimizer`] trains, with the per-parameter configuration
 /// its bitsandbytes counterpart registers for it ([`Optimizer::for_layer`]).
 pub trait TrainableLayer {

@@ -495,7 +495,7 @@ mod runs {
         };
         let overrides = match inputs.case.params.get("overrides") {
             None | Some(serde_json::Value::Null) => ParamConfig::default(),
-            Some(serde_json::Value::Object(o)) => param_config(o)?,
+            Some(serde_json::Value::Object(o)) => ParamConfig::from_json(o)?,
             Some(other) => return Err(Error::arg("overrides", format!("expected an object, got {other}"))),
         };
         let registered = layer.optim_config();
@@ -551,35 +551,6 @@ mod runs {
             }
         }
         Ok(after.into_iter().map(|(name, data, shape)| (name, HostTensor::f32(data, shape))).collect())
-    }
-
-    /// `GlobalOptimManager.override_config`'s keys as a case gives them.
-    pub(super) fn param_config(o: &serde_json::Map<String, serde_json::Value>) -> Result<crate::optim::ParamConfig> {
-        let number = |key: &'static str| -> Result<Option<f64>> {
-            o.get(key).map(|v| v.as_f64().ok_or_else(|| Error::arg(key, format!("expected a number, got {v}")))).transpose()
-        };
-        let betas = match o.get("betas") {
-            None => None,
-            Some(serde_json::Value::Array(a)) if a.len() == 2 && a.iter().all(|x| x.is_number()) => {
-                Some((a[0].as_f64().unwrap_or(0.0), a[1].as_f64().unwrap_or(0.0)))
-            }
-            Some(v) => return Err(Error::arg("betas", format!("expected two numbers, got {v}"))),
-        };
-        for key in o.keys() {
-            if !["optim_bits", "lr", "betas", "eps", "weight_decay"].contains(&key.as_str()) {
-                return Err(Error::arg(
-                    "overrides",
-                    format!("{key:?} is not an override this build takes (optim_bits, lr, betas, eps, weight_decay)"),
-                ));
-            }
-        }
-        Ok(crate::optim::ParamConfig {
-            optim_bits: number("optim_bits")?.map(|b| b as u32),
-            lr: number("lr")?,
-            betas,
-            eps: number("eps")?,
-            weight_decay: number("weight_decay")?,
-        })
     }
 
     pub(super) fn axial_position_embedding(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {

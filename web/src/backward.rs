@@ -7,7 +7,7 @@ use wasm_bindgen::prelude::*;
 use wgpu_embed as lib;
 
 use crate::args::{index_list, opt_bool, shape_arg};
-use crate::layers::{indices_and_shape, EmbeddingSumLayerNorm, LayerNorm, StableEmbedding};
+use crate::layers::{indices_and_shape, AxialPositionEmbedding, EmbeddingSumLayerNorm, LayerNorm, StableEmbedding};
 use crate::{gpu_call, js_error, BagArgs, Embedding, EmbeddingBag, Tensor};
 
 /// `{ scaleGradByFreq?, sparse? }`.
@@ -181,5 +181,24 @@ impl EmbeddingSumLayerNorm {
         })
         .await?;
         sum_grads(&self.ctx, grads, false)
+    }
+}
+
+#[wasm_bindgen]
+impl AxialPositionEmbedding {
+    /// Gradients of the two axial weights for `gradOut` (`[...shape, d0 + d1]` on the
+    /// GPU), as transformers' `AxialPositionEmbeddings` gives them under autograd:
+    /// `{ weight0: [n1, d0], weight1: [n2, d1] }`.
+    pub async fn backward(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "IndexArray")] position_ids: JsValue,
+        grad_out: &Tensor,
+        #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] shape: JsValue,
+    ) -> Result<JsValue, JsValue> {
+        let (values, shape) = indices_and_shape(&position_ids, &shape, "position_ids")?;
+        let g = gpu_tensor(grad_out)?;
+        let r = self.layer.backward(&self.ctx, values.as_indices(&shape), &g).await;
+        let grads = checked(&self.ctx, r).await?;
+        object(&self.ctx, vec![("weight0", Some(grads.weight0)), ("weight1", Some(grads.weight1))])
     }
 }

@@ -110,7 +110,7 @@ export interface BlockwiseOptions {
 
 /** Options of `Gpu.optimizer`: torch.optim's names (snake_case), bitsandbytes' for 8-bit Adam. */
 export interface OptimizerOptions {
-  optimizer: "sgd" | "adam" | "adamw" | "adagrad" | "sparse_adam" | "rowwise_adagrad" | "adam8bit_blockwise";
+  optimizer: "sgd" | "adam" | "adamw" | "adagrad" | "sparse_adam" | "rowwise_adagrad" | "adam8bit" | "adamw8bit" | "adam32bit" | "adam8bit_blockwise";
   lr: number;
   momentum?: number;
   dampening?: number;
@@ -121,6 +121,10 @@ export interface OptimizerOptions {
   initial_accumulator_value?: number;
   lr_decay?: number;
   blocksize?: number;
+  /** bitsandbytes: tensors with fewer elements keep 32-bit states (default 4096). */
+  min_8bit_size?: number;
+  /** One parameter's `GlobalOptimManager.override_config`. */
+  overrides?: { optim_bits?: 8 | 32; lr?: number; betas?: [number, number]; eps?: number; weight_decay?: number };
 }
 
 /** Options of `Gpu.retriever`: how the table is stored and how queries are compared. */

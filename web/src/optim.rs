@@ -8,7 +8,7 @@ use wgpu_embed as lib;
 
 use crate::backward::checked;
 use crate::layers::indices_and_shape;
-use crate::{gpu_call, js_error, BagArgs, Embedding, EmbeddingBag, Gpu, Tensor};
+use crate::{gpu_call, js_error, BagArgs, Embedding, EmbeddingBag, Gpu, StableEmbedding, Tensor};
 
 /// An optimizer over one table (`gpu.optimizer(table, options)`).
 #[wasm_bindgen]
@@ -19,20 +19,20 @@ pub struct Optimizer {
 
 #[wasm_bindgen]
 impl Gpu {
-    /// An optimizer for `table` (an F32 `[V, D]` tensor, e.g. a layer's `weight`):
-    /// options `{ optimizer: "sgd" | "adam" | "adamw" | "adagrad" | "sparse_adam" |
-    /// "rowwise_adagrad" | "adam8bit_blockwise", lr, ... }` with torch.optim's
-    /// hyper-parameter names (snake_case: `weight_decay`, `betas`, `eps`, ...).
+    /// An optimizer for `table` (an F32 `[V, D]` tensor, e.g. a layer's `weight`, or a
+    /// 1-D one such as LayerNorm's gamma): options `{ optimizer: "sgd" | "adam" |
+    /// "adamw" | "adagrad" | "sparse_adam" | "rowwise_adagrad" | "adam8bit" |
+    /// "adamw8bit" | "adam32bit" | "adam8bit_blockwise", lr, ..., overrides? }` with
+    /// torch.optim's and bitsandbytes' hyper-parameter names (snake_case:
+    /// `weight_decay`, `betas`, `eps`, `min_8bit_size`, ...); `overrides` is one
+    /// parameter's `GlobalOptimManager.override_config` (`{ optim_bits: 32, lr }`).
     pub fn optimizer(
         &self,
         table: &Tensor,
         #[wasm_bindgen(unchecked_param_type = "OptimizerOptions")] options: JsValue,
     ) -> Result<Optimizer, JsValue> {
-        let json = js_sys::JSON::stringify(&options).map_err(|_| js_error(lib::Error::arg("options", "expected a plain object")))?;
-        let params: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&String::from(json))
-            .map_err(|e| js_error(lib::Error::arg("options", format!("expected a plain object: {e}"))))?;
-        let kind = lib::OptimizerKind::from_json(&params).map_err(js_error)?;
-        let inner = lib::Optimizer::new(&self.ctx, kind, table.gpu()?).map_err(js_error)?;
+        let (kind, config) = optimizer_options(&json_options(&options)?)?;
+        let inner = lib::Optimizer::with_config(&self.ctx, kind, table.gpu()?, &config).map_err(js_error)?;
         Ok(Optimizer { ctx: self.ctx.clone(), inner: RefCell::new(inner) })
     }
 
@@ -48,6 +48,41 @@ impl Gpu {
         let ctx = self.ctx.clone();
         let t = gpu_call(&ctx, || lib::GpuTensor::from_i32(&ctx, &rows, &shape)).await?;
         Ok(Tensor::new(ctx, t))
+    }
+}
+
+/// The kind and the overrides of `gpu.optimizer`'s options.
+fn optimizer_options(params: &serde_json::Map<String, serde_json::Value>) -> Result<(lib::OptimizerKind, lib::ParamConfig), JsValue> {
+    let kind = lib::OptimizerKind::from_json(params).map_err(js_error)?;
+    let config = match params.get("overrides") {
+        None | Some(serde_json::Value::Null) => lib::ParamConfig::default(),
+        Some(serde_json::Value::Object(o)) => lib::ParamConfig::from_json(o).map_err(js_error)?,
+        Some(v) => return Err(js_error(lib::Error::arg("overrides", format!("expected an object, got {v}")))),
+    };
+    Ok((kind, config))
+}
+
+/// `options` as a JSON object.
+fn json_options(options: &JsValue) -> Result<serde_json::Map<String, serde_json::Value>, JsValue> {
+    let json = js_sys::JSON::stringify(options).map_err(|_| js_error(lib::Error::arg("options", "expected a plain object")))?;
+    serde_json::from_str(&String::from(json)).map_err(|e| js_error(lib::Error::arg("options", format!("expected a plain object: {e}"))))
+}
+
+#[wasm_bindgen]
+impl StableEmbedding {
+    /// The table, `[V, D]` (what `optimizer` steps).
+    #[wasm_bindgen(getter)]
+    pub fn weight(&self) -> Tensor {
+        Tensor::new(self.ctx.clone(), self.layer.weight().clone())
+    }
+
+    /// An optimizer for this layer's table with bitsandbytes' rule
+    /// (`Optimizer::for_layer`): 8-bit Adam keeps 32-bit states here, as
+    /// `bnb.optim.Adam8bit` does over `bnb.nn.StableEmbedding`. Options as `gpu.optimizer`'s.
+    pub fn optimizer(&self, #[wasm_bindgen(unchecked_param_type = "OptimizerOptions")] options: JsValue) -> Result<Optimizer, JsValue> {
+        let (kind, _) = optimizer_options(&json_options(&options)?)?;
+        let inner = lib::Optimizer::for_layer(&self.ctx, kind, &self.layer).map_err(js_error)?;
+        Ok(Optimizer { ctx: self.ctx.clone(), inner: RefCell::new(inner) })
     }
 }
 

@@ -196,6 +196,49 @@ async function otherOp(gpu, file, c, keep) {
       const rows = new Int32Array((await top.indices.toUint8Array()).buffer);
       return { scores: await read(top.scores), indices: { data: Array.from(rows), shape: top.indices.shape } };
     }
+    case "axial_position_embedding_backward": {
+      const [w0, w1] = [shapeOf("weight0"), shapeOf("weight1")];
+      const dims = [w0[w0.length - 1] ?? 0, w1[w1.length - 1] ?? 0];
+      const layer = keep(await gpu.axialPositionEmbedding(file.float32(inputs.weight0), file.float32(inputs.weight1), p.axial_pos_shape, dims));
+      const g = await layer.backward(file.indices(inputs.position_ids), keep(await file.upload(gpu, inputs.grad_out)), shapeOf("position_ids"));
+      return await named(g, keep, { weight0: "grad_weight0", weight1: "grad_weight1" });
+    }
+    case "layer_optimizer_steps": {
+      // bitsandbytes' rules (tests/reference/OPS.md): the module's registration, else
+      // the case's overrides, for the weight; gamma / beta as tensors of their own.
+      const [v, d] = shapeOf("weight");
+      const params = [];
+      let table;
+      if (p.module === "stable_embedding") {
+        const layer = keep(await gpu.stableEmbedding(file.float32(inputs.weight), [v, d], { ...affine, eps: 1e-5 }));
+        table = keep(layer.weight);
+        params.push(["weight", table, keep(layer.optimizer(p)), "weight_grads"]);
+      } else {
+        table = keep(await file.upload(gpu, inputs.weight));
+        const overrides = p.module === "bnb_embedding" ? { optim_bits: 32 } : p.overrides;
+        params.push(["weight", table, keep(gpu.optimizer(table, { ...p, overrides })), "weight_grads"]);
+      }
+      for (const name of ["gamma", "beta"]) {
+        if (!inputs[name]) continue;
+        const t = keep(await file.upload(gpu, inputs[name]));
+        params.push([name, t, keep(gpu.optimizer(t, { ...p, overrides: undefined })), `${name}_grads`]);
+      }
+      const steps = shapeOf("weight_grads")[0];
+      const out = {};
+      for (let t = 0; t < steps; t++) {
+        for (const [name, tensor, optimizer, gradsRole] of params) {
+          const numel = tensor.shape.reduce((a, b) => a * b, 1);
+          const grads = file.float32(inputs[gradsRole]);
+          const g = keep(await gpu.tensor(grads.subarray(t * numel, (t + 1) * numel), tensor.shape));
+          await optimizer.step(tensor, g);
+          for (const [key, value] of [[name, tensor], [`${name}_state1`, keep(optimizer.state("state1"))], [`${name}_state2`, keep(optimizer.state("state2"))]]) {
+            out[key] ??= { data: [], shape: [steps, ...tensor.shape] };
+            out[key].data.push(...(await value.toFloat32Array()));
+          }
+        }
+      }
+      return out;
+    }
     case "axial_position_embedding": {
       const [w0, w1] = [shapeOf("weight0"), shapeOf("weight1")];
       const dims = [w0[w0.length - 1] ?? 0, w1[w1.length - 1] ?? 0];

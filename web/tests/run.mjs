@@ -91,6 +91,10 @@ try {
     [`${suite} backward cases`, `?cases=${trainingFile}`, backward],
     [`${suite} backward cases, 1 MiB bindings`, `?cases=${trainingFile}&maxBindingSize=1048576`, backward],
   ]);
+  // Training parity: bitsandbytes' optimizer rules and the axial backward, both limits.
+  const parity = ["layer_optimizer_steps", "optimizer_step", "axial_position_embedding_backward"];
+  runs.push(["reference parity cases", "?cases=/reference/parity.safetensors", parity]);
+  runs.push(["reference parity cases, 1 MiB bindings", "?cases=/reference/parity.safetensors&maxBindingSize=1048576", parity]);
   // Table-batched bags (tests/reference/OPS.md), both limits.
   runs.push(["reference tbe cases", "?cases=/reference/tbe.safetensors", ["tbe_forward"]]);
   runs.push(["reference tbe cases, 1 MiB bindings", "?cases=/reference/tbe.safetensors&maxBindingSize=1048576", ["tbe_forward"]]);
