@@ -15,7 +15,7 @@ use crate::gpu::recording::Recording;
 use crate::gpu::table::mark_stepped;
 use crate::gpu::tensor::{DType, GpuTensor};
 use crate::layers::embedding::Embedding;
-use crate::layers::embedding_backward::{FusedStep, GradOptions, Gradient};
+use crate::layers::embedding_backward::{record_fused_table_step, FusedStep, GradOptions, Gradient, Scatter};
 use crate::layers::embedding_bag::{EmbeddingBag, PerSampleWeights};
 use crate::layers::indices::Indices;
 use crate::layers::stable_embedding::StableEmbedding;
@@ -931,6 +931,30 @@ impl Optimizer {
     ) -> Result<()> {
         self.check_fusable(layer.weight(), grad_out)?;
         self.record_fused(run, layer.weight(), |run, step| layer.record_fused_step_gpu(run, indices, grad_out, step))
+    }
+
+    /// Whether this optimizer takes sparse gradients (its refusals aside).
+    pub(crate) fn takes_sparse(&self) -> bool {
+        self.check(true).is_ok()
+    }
+
+    /// Whether this optimizer steps `table` fused into a backward whose rows come from
+    /// `grad` (sparse-gradient optimizers; one binding, rows of whole vec4 words).
+    pub(crate) fn fuses(&self, table: &GpuTensor, grad: &GpuTensor) -> bool {
+        self.check_table(table).is_ok() && self.check(true).is_ok() && fusable(grad)
+    }
+
+    /// The backward `s` scatters from `grad` with this optimizer's step fused into it,
+    /// recorded into `run` (what [`Optimizer::fuses`] accepts).
+    pub(crate) fn record_fused_scatter(
+        &mut self,
+        run: &mut Recording<'_>,
+        table: &GpuTensor,
+        s: &Scatter<'_>,
+        grad: &GpuTensor,
+    ) -> Result<()> {
+        self.check_fusable(table, grad)?;
+        self.record_fused(run, table, |run, step| record_fused_table_step(run, s, grad, step))
     }
 
     fn check_fusable(&self, table: &GpuTensor, grad_out: &GpuTensor) -> Result<()> {

@@ -327,3 +327,64 @@ fn unimplemented_bitsandbytes_arguments_are_refused() {
     let k = parse(r#"{"optimizer": "adamw8bit", "lr": 0.001, "percentile_clipping": 100, "max_unorm": 0.0}"#).unwrap();
     assert!(matches!(k, OptimizerKind::Adam8bit { weight_decay, min_8bit_size: 4096, .. } if weight_decay == 0.01));
 }
+
+/// The axial layer's step (fused into the backward for sparse-gradient optimizers when a
+/// weight's width is a multiple of 4, else backward then step) gives the dense
+/// backward's gradient stepped as a sparse one (or a dense one, for Adam), bit for bit.
+#[test]
+fn axial_steps_equal_backward_then_step() {
+    use wgpu_embed::AxialPositionEmbedding;
+    let ctx = context(None);
+    let mut rng = Rng(53);
+    let shape = [16usize, 24usize];
+    // 12 positions: some rows of each weight are touched, others not.
+    let positions: Vec<i64> = (0..12).map(|_| rng.below(16 * 24) as i64).collect();
+    let kinds = [
+        OptimizerKind::SparseAdam { lr: 0.01, betas: (0.9, 0.999), eps: 1e-8 },
+        OptimizerKind::RowwiseAdagrad { lr: 0.1, eps: 1e-10, weight_decay: 0.0 },
+        OptimizerKind::Adam { lr: 0.01, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, decoupled: false },
+    ];
+    // Widths 8 and 12 fuse; 6 does not (backward, then step).
+    for dims in [[8usize, 12usize], [8, 6]] {
+        let (w0, w1) = (rng.vec_f32(shape[0] * dims[0]), rng.vec_f32(shape[1] * dims[1]));
+        let grads: Vec<Vec<f32>> = (0..2).map(|_| rng.vec_f32(positions.len() * (dims[0] + dims[1]))).collect();
+        for kind in kinds {
+            let stepped = AxialPositionEmbedding::from_pretrained(&ctx, &w0, &w1, shape, dims).unwrap();
+            let reference = AxialPositionEmbedding::from_pretrained(&ctx, &w0, &w1, shape, dims).unwrap();
+            let make = |layer: &AxialPositionEmbedding| layer.weights().map(|w| Optimizer::new(&ctx, kind, w).unwrap());
+            let ([mut a0, mut a1], [mut b0, mut b1]) = (make(&stepped), make(&reference));
+            let ids = Indices::i64(&positions, &[3, 4]);
+            for g in &grads {
+                let g = GpuTensor::from_f32(&ctx, g, &[3, 4, dims[0] + dims[1]]).unwrap();
+                stepped.step(&ctx, [&mut a0, &mut a1], ids, &g).block().unwrap();
+                let dense = reference.backward(&ctx, ids, &g).block().unwrap();
+                for (axis, (opt, grad)) in [(&mut b0, dense.weight0), (&mut b1, dense.weight1)].into_iter().enumerate() {
+                    let d = dims[axis];
+                    let grad = if let OptimizerKind::Adam { .. } = kind {
+                        Gradient::Dense(grad)
+                    } else {
+                        // The rows the positions touch, in row order, with the dense gradient's values.
+                        let values = grad.read_f32(&ctx).block().unwrap();
+                        let mut rows: Vec<i32> =
+                            positions.iter().map(|&p| if axis == 0 { p / shape[1] as i64 } else { p % shape[1] as i64 } as i32).collect();
+                        rows.sort();
+                        rows.dedup();
+                        let picked: Vec<f32> = rows.iter().flat_map(|&r| values[r as usize * d..(r as usize + 1) * d].to_vec()).collect();
+                        Gradient::Sparse {
+                            indices: GpuTensor::from_i32(&ctx, &rows, &[rows.len()]).unwrap(),
+                            values: GpuTensor::from_f32(&ctx, &picked, &[rows.len(), d]).unwrap(),
+                            num_embeddings: shape[axis],
+                        }
+                    };
+                    opt.step(&ctx, reference.weights()[axis], &grad).block().unwrap();
+                }
+            }
+            for axis in 0..2 {
+                let (a, b) =
+                    (stepped.weights()[axis].read_f32(&ctx).block().unwrap(), reference.weights()[axis].read_f32(&ctx).block().unwrap());
+                assert!(same_bits(&a, &b), "{kind:?}, dims {dims:?}, axis {axis}: the step differs from backward then step");
+                assert!(!same_bits(&a, if axis == 0 { &w0 } else { &w1 }), "{kind:?}: weight {axis} did not move");
+            }
+        }
+    }
+}

@@ -9,11 +9,13 @@ use crate::gpu::context::Context;
 use crate::gpu::kernel::binding::{INPUT, OUT, PARAMS, TABLE};
 use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{record_flat, Call, Grid, PassParams, RowPlan};
+use crate::gpu::recording::Recording;
 use crate::gpu::table::TableAccess;
 use crate::gpu::tensor::{DType, GpuTensor};
 use crate::layers::embedding::out_shape;
 use crate::layers::embedding_backward::{check_grad, table_gradient, Flat, GradOptions, Gradient, Scatter, Sources};
 use crate::layers::indices::{upload_rows, Indices};
+use crate::optim::Optimizer;
 
 pub(crate) static FAMILY: ShaderFamily =
     ShaderFamily { name: "axial", parts: &[common::GRID, common::PASS, common::TABLE, include_str!("../../shaders/axial.wgsl")] };
@@ -32,6 +34,28 @@ const AXIAL_SPLIT: Kernel = Kernel::new(
         (13, Slot::ReadWrite, Role::Extra(3)),
     ],
 );
+
+/// The output gradient split by axis: each half's rows and each position's row of that
+/// axis's weight.
+struct Split {
+    halves: [GpuTensor; 2],
+    axis_rows: [GpuTensor; 2],
+}
+
+impl Split {
+    /// What the embedding backward scatters for `axis`, in position order (`options`:
+    /// dense for the gradients, sparse for a fused step, as the embedding's).
+    fn scatter<'a>(&'a self, layer: &AxialPositionEmbedding, axis: usize, options: GradOptions) -> Scatter<'a> {
+        Scatter {
+            rows: Flat::Gpu(&self.axis_rows[axis]),
+            sources: Sources::Positions { group: 1 },
+            padding_idx: None,
+            num_embeddings: layer.shape[axis],
+            dim: layer.dims[axis],
+            options,
+        }
+    }
+}
 
 /// Gradients of [`AxialPositionEmbedding`]'s two weights, dense.
 #[derive(Debug, Clone)]
@@ -218,8 +242,73 @@ impl AxialPositionEmbedding {
     /// work.
     pub async fn backward(&self, ctx: &Context, position_ids: Indices<'_>, grad_out: &GpuTensor) -> Result<AxialGrads> {
         let rows = self.checked_positions(position_ids)?;
+        check_grad(grad_out, &out_shape(position_ids.shape, self.embedding_dim()))?;
+        let split = ctx.run_now(|run| self.record_split(run, &rows, grad_out))?;
+        let mut grads = Vec::with_capacity(2);
+        for axis in 0..2 {
+            match table_gradient(ctx, &split.scatter(self, axis, GradOptions::default()), &split.halves[axis], None).await? {
+                Gradient::Dense(g) => grads.push(g),
+                Gradient::Sparse { .. } => unreachable!("dense options give a dense gradient"),
+            }
+        }
+        let weight1 = grads.pop().expect("two axes");
+        let weight0 = grads.pop().expect("two axes");
+        Ok(AxialGrads { weight0, weight1 })
+    }
+
+    /// The backward and one step of each weight: `optimizers[k]` (made for
+    /// `weights()[k]`) updates weight k in place. Optimizers that take sparse gradients
+    /// (SGD, Adagrad, SparseAdam, row-wise Adagrad) step fused into the backward, as
+    /// [`Optimizer::step_embedding`] does, when the weight's width is a multiple of 4:
+    /// each touched row's gradient is summed in registers and the row updated at once,
+    /// one submission for both. Others take the dense gradients of
+    /// [`AxialPositionEmbedding::backward`] and [`Optimizer::step`]. Either way the
+    /// result is that of `backward` then `step`.
+    ///
+    /// # Errors
+    /// What [`AxialPositionEmbedding::backward`] and [`Optimizer::step`] refuse, or an
+    /// optimizer made for another tensor, before any GPU work.
+    pub async fn step(
+        &self,
+        ctx: &Context,
+        optimizers: [&mut Optimizer; 2],
+        position_ids: Indices<'_>,
+        grad_out: &GpuTensor,
+    ) -> Result<()> {
+        let rows = self.checked_positions(position_ids)?;
+        check_grad(grad_out, &out_shape(position_ids.shape, self.embedding_dim()))?;
+        let [first, second] = optimizers;
+        let mut optimizers = [first, second];
+        let mut run = ctx.record();
+        let split = self.record_split(&mut run, &rows, grad_out)?;
+        let mut unfused = Vec::new();
+        for (axis, opt) in optimizers.iter_mut().enumerate() {
+            if opt.fuses(&self.weights[axis], &split.halves[axis]) {
+                opt.record_fused_scatter(
+                    &mut run,
+                    &self.weights[axis],
+                    &split.scatter(self, axis, GradOptions::default().sparse(true)),
+                    &split.halves[axis],
+                )?;
+            } else {
+                unfused.push(axis);
+            }
+        }
+        run.submit()?.finish().await?;
+        for axis in unfused {
+            // Sparse for the optimizers that take it (SparseAdam, row-wise Adagrad refuse dense ones).
+            let options = GradOptions::default().sparse(optimizers[axis].takes_sparse());
+            let grad = table_gradient(ctx, &split.scatter(self, axis, options), &split.halves[axis], None).await?;
+            optimizers[axis].step(ctx, &self.weights[axis], &grad).await?;
+        }
+        Ok(())
+    }
+
+    /// Records the split of `grad_out` (checked) into the halves' rows and each
+    /// position's rows of the two weights.
+    fn record_split(&self, run: &mut Recording<'_>, rows: &[i32], grad_out: &GpuTensor) -> Result<Split> {
+        let ctx = run.context();
         let dim = self.embedding_dim();
-        check_grad(grad_out, &out_shape(position_ids.shape, dim))?;
         let [d1, d2] = self.dims;
         let n = rows.len();
         let [grad_seg] = grad_out.segments() else {
@@ -230,50 +319,22 @@ impl AxialPositionEmbedding {
             )));
         };
         // The halves, one buffer each (smaller than grad_out, which fits one).
-        let halves = [
-            GpuTensor::zeros_with(ctx, &[n, d1], DType::F32, d1, n.max(1) as u64)?,
-            GpuTensor::zeros_with(ctx, &[n, d2], DType::F32, d2, n.max(1) as u64)?,
-        ];
+        let half = |d: usize| GpuTensor::zeros_with(ctx, &[n, d], DType::F32, d, n.max(1) as u64);
+        let halves = [half(d1)?, half(d2)?];
         let axis_rows = [GpuTensor::zeros(ctx, &[n], DType::I32, 1)?, GpuTensor::zeros(ctx, &[n], DType::I32, 1)?];
         if n > 0 {
-            let positions = upload_rows(ctx, &rows, n as u64)?;
-            ctx.scoped(|| {
-                let mut encoder = ctx.encoder();
-                let params = PassParams {
-                    dim: dim as u32,
-                    index_count: n as u32,
-                    arg0: self.shape[1] as u32,
-                    arg1: d1 as u32,
-                    ..Default::default()
-                };
-                let extra = [
-                    grad_seg.buffer.clone(),
-                    halves[1].segments()[0].buffer.clone(),
-                    axis_rows[0].segments()[0].buffer.clone(),
-                    axis_rows[1].segments()[0].buffer.clone(),
-                ];
-                let call = Call { extra: &extra, ..Call::new(&AXIAL_SPLIT, &[], Grid::Elements(1), params) };
-                record_flat(ctx, &mut encoder, &call, Some(&positions.segments()[0]), Some(&halves[0].segments()[0]), (n * dim) as u64);
-                ctx.submit(encoder)
-            })?;
+            let positions = upload_rows(ctx, rows, n as u64)?;
+            let params =
+                PassParams { dim: dim as u32, index_count: n as u32, arg0: self.shape[1] as u32, arg1: d1 as u32, ..Default::default() };
+            let extra = [
+                grad_seg.buffer.clone(),
+                halves[1].segments()[0].buffer.clone(),
+                axis_rows[0].segments()[0].buffer.clone(),
+                axis_rows[1].segments()[0].buffer.clone(),
+            ];
+            let call = Call { extra: &extra, ..Call::new(&AXIAL_SPLIT, &[], Grid::Elements(1), params) };
+            record_flat(ctx, run, &call, Some(&positions.segments()[0]), Some(&halves[0].segments()[0]), (n * dim) as u64);
         }
-        let mut grads = Vec::with_capacity(2);
-        for axis in 0..2 {
-            let scatter = Scatter {
-                rows: Flat::Gpu(&axis_rows[axis]),
-                sources: Sources::Positions { group: 1 },
-                padding_idx: None,
-                num_embeddings: self.shape[axis],
-                dim: self.dims[axis],
-                options: GradOptions::default(),
-            };
-            match table_gradient(ctx, &scatter, &halves[axis], None).await? {
-                Gradient::Dense(g) => grads.push(g),
-                Gradient::Sparse { .. } => unreachable!("dense options give a dense gradient"),
-            }
-        }
-        let weight1 = grads.pop().expect("two axes");
-        let weight0 = grads.pop().expect("two axes");
-        Ok(AxialGrads { weight0, weight1 })
+        Ok(Split { halves, axis_rows })
     }
 }
