@@ -144,3 +144,22 @@ fn tbe_sequence(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     if (index >= 0 && u32(index) < feature.z) { v = tables[feature.x + u32(index) * feature.y + (e - row_firsts[p])]; }
     out[e] = v;
 }
+
+// Backward, every table of one dim D: the output gradient [B, F * D] laid out as the
+// bags are, feature-major: row f * B + b of `out` is feature f's columns of row b, which
+// the embedding backward's sort and run sums then scatter into the packed tables.
+// Pass fields: rows = B, dim = D, arg0 = F; one invocation per element of `out`.
+@group(0) @binding(12) var<storage, read> tbe_grad_out: array<f32>;
+
+@compute @workgroup_size(WG_SIZE)
+fn tbe_bag_grads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_id) lid: vec3<u32>) {
+    let e = linear_id(wid, nwg, lid);
+    let bags = params.arg0 * params.rows;
+    if (e >= bags * params.dim) { return; }
+    let bag = e / params.dim;
+    let c = e - bag * params.dim;
+    let f = bag / params.rows;
+    let b = bag - f * params.rows;
+    out[e] = tbe_grad_out[(b * params.arg0 + f) * params.dim + c];
+}

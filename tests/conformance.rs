@@ -32,7 +32,8 @@ fn check(file: CaseFile, max_binding: Option<u64>) {
 /// The committed cases cover every op of the registry, refusals included.
 #[test]
 fn reference_cases_cover_every_op() {
-    let files = ["forward.safetensors", "training.safetensors", "tbe.safetensors", "parity.safetensors"].map(|name| load(&reference(name)));
+    let files = ["forward.safetensors", "training.safetensors", "tbe.safetensors", "tbe_training.safetensors", "parity.safetensors"]
+        .map(|name| load(&reference(name)));
     let all = || files.iter().flat_map(|f| &f.cases);
     for op in supported_ops() {
         assert!(all().filter(|c| c.op == op && !c.expect_error).count() >= 1, "no reference case of op {op}");
@@ -72,6 +73,8 @@ fn reference_parity_cases_pass() {
 fn reference_tbe_cases_pass() {
     check(load(&reference("tbe.safetensors")), None);
     check(load(&reference("tbe.safetensors")), Some(1 << 20));
+    check(load(&reference("tbe_training.safetensors")), None);
+    check(load(&reference("tbe_training.safetensors")), Some(1 << 20));
 }
 
 /// The shared suite's file `name`, of the ops this build runs, when `../shared` is there.

@@ -199,3 +199,71 @@ fn unpooled_rows_come_in_index_order() {
         .to_string();
     assert!(err.contains("`per_sample_weights`"), "{err}");
 }
+
+/// The backward against a float64 scatter of the output gradient (sum, mean and
+/// unpooled, features sharing a table in any order), and a step with an optimizer that
+/// is not fused (Adam: dense gradient) equal to that gradient stepped; tables of
+/// several dims and a gradient of another shape refused, named.
+#[test]
+fn backward_scatters_every_feature_into_its_table() {
+    use wgpu_embed::{GpuTensor, Gradient, Optimizer, OptimizerKind};
+    let ctx = context(None);
+    let mut rng = Rng(91);
+    let (specs, map, b) = ([(30usize, 8usize), (20, 8), (25, 8)], [0usize, 1, 0, 2], 5usize);
+    for mode in [Pooling::Sum, Pooling::Mean, Pooling::None] {
+        let c = case(&mut rng, &specs, &map, b, 3);
+        let tbe = layer(&ctx, &c, mode);
+        let n = c.indices.len();
+        let rows_out = if mode == Pooling::None { n } else { b };
+        let width = if mode == Pooling::None { 8 } else { 8 * map.len() };
+        let g = rng.vec_f32(rows_out * width);
+        let grad_out = GpuTensor::from_f32(&ctx, &g, &[rows_out, width]).unwrap();
+        let (n_shape, o_shape) = ([n], [c.offsets.len()]);
+        let (idx, off) = (Indices::i64(&c.indices, &n_shape), Indices::i64(&c.offsets, &o_shape));
+        // float64: every index adds its output gradient (scaled for mean) to its table row.
+        let firsts = [0usize, 30, 50];
+        let mut want = vec![0f64; 75 * 8];
+        for bag in 0..map.len() * b {
+            let (f, s) = (bag / b, bag % b);
+            let (lo, hi) = (c.offsets[bag] as usize, c.offsets[bag + 1] as usize);
+            for p in lo..hi {
+                let row = firsts[map[f]] + c.indices[p] as usize;
+                for k in 0..8 {
+                    let v = match mode {
+                        Pooling::None => g[p * 8 + k] as f64,
+                        Pooling::Sum => g[s * width + f * 8 + k] as f64,
+                        Pooling::Mean => g[s * width + f * 8 + k] as f64 / (hi - lo) as f64,
+                    };
+                    want[row * 8 + k] += v;
+                }
+            }
+        }
+        let Gradient::Dense(got) = tbe.backward(&ctx, idx, off, None, &grad_out).block().unwrap() else { panic!("dense") };
+        assert_eq!(got.shape(), [75, 8]);
+        let got = got.read_f32(&ctx).block().unwrap();
+        for (i, (x, w)) in got.iter().zip(&want).enumerate() {
+            assert!((*x as f64 - w).abs() <= 1e-5 + 1e-5 * w.abs(), "{mode:?}: grad[{i}] = {x}, expected {w}");
+        }
+        // Adam is not fused: the step is Adam on that gradient.
+        let kind = OptimizerKind::Adam { lr: 0.01, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, decoupled: false };
+        let mut opt = Optimizer::new(&ctx, kind, &tbe.weights().unwrap()).unwrap();
+        tbe.step(&ctx, &mut opt, idx, off, None, &grad_out).block().unwrap();
+        let twin = layer(&ctx, &c, mode);
+        let mut twin_opt = Optimizer::new(&ctx, kind, &twin.weights().unwrap()).unwrap();
+        let grad = twin.backward(&ctx, idx, off, None, &grad_out).block().unwrap();
+        twin_opt.step(&ctx, &twin.weights().unwrap(), &grad).block().unwrap();
+        let (a, bb) = (tbe.weights().unwrap().read_f32(&ctx).block().unwrap(), twin.weights().unwrap().read_f32(&ctx).block().unwrap());
+        assert!(a.iter().zip(&bb).all(|(x, y)| x.to_bits() == y.to_bits()), "{mode:?}: step differs from backward then step");
+    }
+    let c = case(&mut rng, &[(10, 4), (10, 8)], &[0, 1], 2, 2);
+    let mixed = layer(&ctx, &c, Pooling::Sum);
+    assert!(matches!(mixed.weights(), Err(wgpu_embed::Error::Unsupported(_))));
+    let c = case(&mut rng, &specs, &map, b, 3);
+    let tbe = layer(&ctx, &c, Pooling::Sum);
+    let wrong = GpuTensor::from_f32(&ctx, &vec![0.0; b * 31], &[b, 31]).unwrap();
+    let e = tbe
+        .backward(&ctx, Indices::i64(&c.indices, &[c.indices.len()]), Indices::i64(&c.offsets, &[c.offsets.len()]), None, &wrong)
+        .block()
+        .unwrap_err();
+    assert!(e.to_string().contains("grad_out") && e.to_string().contains("31"), "{e}");
+}

@@ -210,6 +210,20 @@ pub static OPS: &[Op] = &[
         Ranking
     ),
     op!(
+        "tbe_backward",
+        tbe_backward,
+        &[("weights", Vector), ("indices", Idx), ("offsets", Offsets), ("per_sample_weights", Vector), ("grad_out", Table)],
+        &["embedding_specs", "feature_table_map", "pooling_mode"],
+        Values
+    ),
+    op!(
+        "tbe_train_steps",
+        tbe_train_steps,
+        &[("weights", Vector), ("indices", Idx), ("offsets", Offsets), ("per_sample_weights", Vector), ("grad_out", Table)],
+        &["embedding_specs", "feature_table_map", "pooling_mode", "optimizer", "learning_rate", "eps"],
+        Values
+    ),
+    op!(
         "tbe_forward",
         tbe_forward,
         &[("weights", Vector), ("indices", Idx), ("offsets", Offsets), ("per_sample_weights", Vector)],
@@ -325,7 +339,9 @@ mod runs {
 
     /// Table-batched bags (tests/reference/OPS.md): the tables packed in `weights` as
     /// `embedding_specs` gives their shapes.
-    pub(super) fn tbe_forward(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+    /// The table-batched layer a case gives: `embedding_specs`, `feature_table_map`,
+    /// `pooling_mode` and the tables packed in `weights`.
+    pub(super) fn tbe_layer(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<TableBatchedEmbeddingBags> {
         let p = inputs.params();
         let specs = p.usize_pairs("embedding_specs")?;
         let map = p.opt_usize_list("feature_table_map")?.ok_or_else(|| Error::arg("feature_table_map", "missing"))?;
@@ -343,9 +359,64 @@ mod runs {
         if start != weights.len() {
             return Err(Error::arg("weights", format!("{} values, but embedding_specs {specs:?} hold {start}", weights.len())));
         }
-        let layer = TableBatchedEmbeddingBags::from_pretrained(ctx, &tables, &map, mode)?;
+        TableBatchedEmbeddingBags::from_pretrained(ctx, &tables, &map, mode)
+    }
+
+    pub(super) fn tbe_forward(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+        let layer = tbe_layer(ctx, inputs)?;
         let (indices, offsets) = (inputs.require("indices")?.as_indices("indices")?, inputs.require("offsets")?.as_indices("offsets")?);
         f32_output(ctx, &layer.forward(ctx, indices, offsets, opt_vector(inputs, "per_sample_weights")?)?)
+    }
+
+    /// FBGEMM's dense TBE gradient: every table's, flat (`weights.grad`).
+    pub(super) fn tbe_backward(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+        use crate::layers::embedding_backward::Gradient;
+        let layer = tbe_layer(ctx, inputs)?;
+        let (indices, offsets) = (inputs.require("indices")?.as_indices("indices")?, inputs.require("offsets")?.as_indices("offsets")?);
+        let grad = gpu_f32(ctx, inputs, "grad_out")?;
+        let Gradient::Dense(g) = layer.backward(ctx, indices, offsets, opt_vector(inputs, "per_sample_weights")?, &grad).block()? else {
+            return Err(Error::Unsupported("a dense TBE backward gave a sparse gradient".into()));
+        };
+        let values = g.read_f32(ctx).block()?;
+        let n = values.len();
+        Ok(vec![("grad_weights".to_string(), HostTensor::f32(values, vec![n]))])
+    }
+
+    /// FBGEMM's training TBE: `T` steps of the fused optimizer (`exact_sgd`,
+    /// `exact_rowwise_adagrad`) on one batch, one output gradient per step.
+    pub(super) fn tbe_train_steps(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+        use crate::optim::{Optimizer, OptimizerKind};
+        let p = inputs.params();
+        let layer = tbe_layer(ctx, inputs)?;
+        let lr = p.f64_or("learning_rate", 0.01)?;
+        let kind = match p.opt_str("optimizer")?.unwrap_or("exact_sgd") {
+            "exact_sgd" => OptimizerKind::Sgd { lr, momentum: 0.0, dampening: 0.0, nesterov: false, weight_decay: 0.0 },
+            "exact_rowwise_adagrad" => OptimizerKind::RowwiseAdagrad { lr, eps: p.f64_or("eps", 1e-8)?, weight_decay: 0.0 },
+            other => return Err(Error::Unsupported(format!("TBE optimizer {other:?} is not implemented by this build"))),
+        };
+        let weights = layer.weights()?;
+        let mut opt = Optimizer::new(ctx, kind, &weights)?;
+        let (indices, offsets) = (inputs.require("indices")?.as_indices("indices")?, inputs.require("offsets")?.as_indices("offsets")?);
+        let psw = opt_vector(inputs, "per_sample_weights")?;
+        let grads = inputs.require("grad_out")?;
+        let (steps, per) = match grads.shape.split_first() {
+            Some((&t, rest)) if t > 0 => (t, rest.iter().product::<usize>()),
+            _ => return Err(Error::arg("grad_out", format!("expected [T, B, width] gradients, got shape {:?}", grads.shape))),
+        };
+        let values = grads.as_f32("grad_out")?;
+        for t in 0..steps {
+            let g = GpuTensor::from_f32(ctx, &values[t * per..(t + 1) * per], &grads.shape[1..])?;
+            layer.step(ctx, &mut opt, indices, offsets, psw, &g).block()?;
+        }
+        let table = weights.read_f32(ctx).block()?;
+        let n = table.len();
+        let mut out = vec![("weights".to_string(), HostTensor::f32(table, vec![n]))];
+        if let Some(m) = opt.state("momentum") {
+            let m = m.read_f32(ctx).block()?;
+            let n = m.len();
+            out.push(("momentum".to_string(), HostTensor::f32(m, vec![n])));
+        }
+        Ok(out)
     }
 
     pub(super) fn layer_norm(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {

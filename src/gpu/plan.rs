@@ -288,7 +288,8 @@ impl GroupPlan<'_> {
         out: &GpuTensor,
         beside_out: [Option<&GpuTensor>; 2],
     ) {
-        let stand_ins = if beside_out.iter().any(Option::is_some) { stand_ins(ctx, beside_out) } else { [None, None] };
+        // Absent states (SGD keeps none) get writable stand-ins too: two placeholders would alias.
+        let stand_ins = if self.aux.is_none() { stand_ins(ctx, beside_out) } else { [None, None] };
         for (s, seg) in self.source.segments().iter().enumerate() {
             for (o, out) in out.segments().iter().enumerate() {
                 let mut p = self.source_params(call, seg);

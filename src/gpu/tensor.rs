@@ -652,13 +652,23 @@ impl GpuTensor {
     /// This one-segment tensor viewed as one row, `[1, numel]`: the same buffer (a 1-D
     /// parameter an optimizer updates as a table of one row). `None` over several segments.
     pub(crate) fn as_one_row(&self) -> Option<GpuTensor> {
+        self.as_rows(self.numel())
+    }
+
+    /// This one-segment tensor viewed as rows of `dim`, `[numel / dim, dim]`: the same
+    /// buffer. `None` over several segments or when `dim` does not divide it.
+    pub(crate) fn as_rows(&self, dim: usize) -> Option<GpuTensor> {
         let [seg] = self.segments.as_slice() else { return None };
         let n = self.numel();
+        if dim == 0 || !n.is_multiple_of(dim) {
+            return None;
+        }
+        let rows = n / dim;
         Some(GpuTensor {
-            shape: vec![1, n],
+            shape: vec![rows, dim],
             dtype: self.dtype,
-            row_len: n,
-            segments: Arc::new(vec![Segment { buffer: seg.buffer.clone(), first_row: 0, rows: 1, lease: seg.lease.clone() }]),
+            row_len: dim,
+            segments: Arc::new(vec![Segment { buffer: seg.buffer.clone(), first_row: 0, rows: rows as u64, lease: seg.lease.clone() }]),
             texture: Arc::default(),
             stepped: self.stepped.clone(),
         })

@@ -1,6 +1,7 @@
-//! Table-batched embedding bags: FBGEMM's TBE forward (`SplitTableBatchedEmbeddingBagsCodegen`,
-//! pooling SUM, MEAN or NONE) over many tables in one dispatch. Shader family:
-//! `table_batched.wgsl`.
+//! Table-batched embedding bags: FBGEMM's TBE (`SplitTableBatchedEmbeddingBagsCodegen`),
+//! its forward (pooling SUM, MEAN or NONE) over many tables in one dispatch, its
+//! backward and its fused optimizer steps (EXACT_SGD, EXACT_ROWWISE_ADAGRAD) over
+//! tables of one dim. Shader family: `table_batched.wgsl`.
 //!
 //! A layer holds T tables of their own rows and dims (any dims), and a
 //! `feature_table_map` from F features to tables (several features may share one). Input
@@ -20,7 +21,10 @@ use crate::gpu::kernel::{common, Kernel, Role, ShaderFamily, Slot};
 use crate::gpu::plan::{record_flat, Call, Grid, PassParams, HAS_WEIGHTS, MODE_MEAN, MODE_SUM};
 use crate::gpu::recording::Recording;
 use crate::gpu::tensor::{DType, GpuTensor, Segment};
+use crate::layers::embedding_backward::{check_grad, table_gradient, Flat, GradOptions, Gradient, Scatter, Sources};
+use crate::layers::embedding_bag::BagMode;
 use crate::layers::indices::Indices;
+use crate::optim::Optimizer;
 
 pub(crate) static FAMILY: ShaderFamily =
     ShaderFamily { name: "table_batched", parts: &[common::GRID, common::PASS, include_str!("../../shaders/table_batched.wgsl")] };
@@ -44,6 +48,8 @@ const TBE_POOLED: Kernel = Kernel::new(&FAMILY, "tbe_pooled", POOLED_BINDINGS);
 const TBE_POOLED4: Kernel = Kernel::new(&FAMILY, "tbe_pooled4", POOLED_BINDINGS);
 /// No pooling: an invocation per output element (position features at 10, row firsts at 11).
 const TBE_SEQUENCE: Kernel = Kernel::new(&FAMILY, "tbe_sequence", POOLED_BINDINGS);
+/// Backward: the output gradient in the bags' (feature-major) order.
+const TBE_BAG_GRADS: Kernel = Kernel::new(&FAMILY, "tbe_bag_grads", &[PARAMS, OUT, (12, Slot::Read, Role::Extra(0))]);
 
 /// Output words one `tbe_pooled4` invocation sums (`CHUNK` in the shader): on CPU
 /// adapters a whole row of the widest feature, up to 16 (each lane's index load is
@@ -85,6 +91,45 @@ pub struct TableBatchedEmbeddingBags {
     /// How an output row is cut into invocations, fixed by the tables (made once).
     layout: RowLayout,
     width: usize,
+}
+
+/// A backward's inputs: the bags' rows in the packed tables, and the output gradient
+/// in the bags' order.
+struct PreparedBackward {
+    rows: Vec<i32>,
+    bag_offsets: Vec<u32>,
+    mode: Pooling,
+    weights: Option<Vec<f32>>,
+    grad: GpuTensor,
+}
+
+impl PreparedBackward {
+    /// What the embedding backward scatters into `weights` (`[Σ rows, D]`).
+    fn scatter<'a>(&'a self, weights: &GpuTensor, options: GradOptions) -> Scatter<'a> {
+        let sources = match self.mode {
+            Pooling::None => Sources::Positions { group: 1 },
+            Pooling::Sum | Pooling::Mean => Sources::Bags {
+                bounds: &self.bag_offsets,
+                mode: if self.mode == Pooling::Mean { BagMode::Mean } else { BagMode::Sum },
+                weights: self.weights.as_deref().map(Flat::Host),
+            },
+        };
+        Scatter {
+            rows: Flat::Host(&self.rows),
+            sources,
+            padding_idx: None,
+            num_embeddings: weights.shape()[0],
+            dim: weights.shape()[1],
+            options,
+        }
+    }
+}
+
+/// Bags checked on the host: each index (a row of its feature's table), the offsets, B.
+struct Bags {
+    rows: Vec<i32>,
+    bag_offsets: Vec<u32>,
+    b: usize,
 }
 
 /// The pooled kernel an output row runs and what it reads to find each invocation's
@@ -229,6 +274,55 @@ impl TableBatchedEmbeddingBags {
         per_sample_weights: Option<&[f32]>,
     ) -> Result<GpuTensor> {
         let ctx = run.context();
+        let Bags { rows, bag_offsets, b } = self.checked_bags(ctx, indices, offsets, per_sample_weights)?;
+        let n = rows.len();
+        if self.mode == Pooling::None {
+            return self.record_sequence(run, &rows, &bag_offsets, b);
+        }
+        let out = GpuTensor::zeros(ctx, &[b, self.width], DType::F32, self.width)?;
+        if out.segments().len() > 1 {
+            return Err(Error::Unsupported(format!("an output of [{b}, {}] does not fit one binding", self.width)));
+        }
+        if b == 0 {
+            return Ok(out);
+        }
+        run.scoped(|run| {
+            let indices = Segment { buffer: upload(ctx, "tbe-indices", &rows), first_row: 0, rows: n as u64, lease: None };
+            let weights = per_sample_weights.map_or_else(|| ctx.placeholder_buffer().clone(), |w| upload(ctx, "tbe-weights", w));
+            let mut params = PassParams {
+                rows: b as u32,
+                dim: self.width as u32,
+                mode: if self.mode == Pooling::Mean { MODE_MEAN } else { MODE_SUM },
+                flags: if per_sample_weights.is_some() { HAS_WEIGHTS } else { 0 },
+                ..Default::default()
+            };
+            let placeholder = ctx.placeholder_buffer();
+            let (kernel, constants, items, columns, chunks) = match &self.layout {
+                RowLayout::Chunks { chunks, count, chunk } => {
+                    params.dim = (self.width / 4) as u32;
+                    params.arg0 = *count as u32;
+                    (&TBE_POOLED4, vec![("CHUNK", *chunk as f64)], *count, placeholder, chunks)
+                }
+                RowLayout::Columns { column_features } => (&TBE_POOLED, Vec::new(), self.width, column_features, placeholder),
+            };
+            let extra = [
+                self.tables.segments()[0].buffer.clone(),
+                self.features.clone(),
+                columns.clone(),
+                upload(ctx, "tbe-offsets", &bag_offsets),
+                weights,
+                chunks.clone(),
+            ];
+            let call = Call { extra: &extra, ..Call::new(kernel, &constants, Grid::Elements(items as u64), params) };
+            record_flat(ctx, run, &call, Some(&indices), Some(&out.segments()[0]), b as u64);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The bags checked as [`TableBatchedEmbeddingBags::record`] checks them: each
+    /// index (in its feature's table), the offsets as u32, and B.
+    fn checked_bags(&self, ctx: &Context, indices: Indices<'_>, offsets: Indices<'_>, per_sample_weights: Option<&[f32]>) -> Result<Bags> {
         indices.check_shape("indices")?;
         offsets.check_shape("offsets")?;
         let (n, f) = (indices.data.len(), self.features());
@@ -277,48 +371,126 @@ impl TableBatchedEmbeddingBags {
                 return Err(Error::arg("per_sample_weights", format!("expected one weight per index ({n}), got {}", w.len())));
             }
         }
-        if self.mode == Pooling::None {
-            return self.record_sequence(run, &rows, &bag_offsets, b);
+        Ok(Bags { rows, bag_offsets, b })
+    }
+
+    /// Every table as rows of one `[Σ rows, D]` tensor over the packed tables (the same
+    /// buffer), when every table has dim D: what one [`Optimizer`] steps for all of them,
+    /// as FBGEMM keeps one optimizer state over all its tables (table t's rows follow
+    /// those of tables 0 .. t-1).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] when the tables' dims differ.
+    pub fn weights(&self) -> Result<GpuTensor> {
+        let d = self.specs[0].1;
+        if self.specs.iter().any(|&(_, dim)| dim != d) {
+            return Err(Error::Unsupported(format!(
+                "the tables have dims {:?}: training them together takes one dim for all",
+                self.specs.iter().map(|s| s.1).collect::<Vec<_>>()
+            )));
         }
-        let out = GpuTensor::zeros(ctx, &[b, self.width], DType::F32, self.width)?;
-        if out.segments().len() > 1 {
-            return Err(Error::Unsupported(format!("an output of [{b}, {}] does not fit one binding", self.width)));
+        self.tables.as_rows(d).ok_or_else(|| Error::Unsupported("the packed tables span several bindings".into()))
+    }
+
+    /// The gradient of `sum(forward(...) * grad_out)` with respect to every table, as
+    /// FBGEMM's dense TBE gives it (`DenseTableBatchedEmbeddingBagsCodegen`'s
+    /// `weights.grad`): dense `[Σ rows, D]`, rows as in [`TableBatchedEmbeddingBags::weights`]
+    /// (features sharing a table add into it; mean bags scale by 1 / size, weighted ones
+    /// by the weight). `grad_out` has the forward's shape. Every table must have one dim.
+    ///
+    /// # Errors
+    /// What the forward refuses, a `grad_out` of another shape, or tables of several
+    /// dims ([`Error::Unsupported`]), before any GPU work.
+    pub async fn backward(
+        &self,
+        ctx: &Context,
+        indices: Indices<'_>,
+        offsets: Indices<'_>,
+        per_sample_weights: Option<&[f32]>,
+        grad_out: &GpuTensor,
+    ) -> Result<Gradient> {
+        let weights = self.weights()?;
+        let prepared = self.prepare_backward(ctx, indices, offsets, per_sample_weights, grad_out)?;
+        table_gradient(ctx, &prepared.scatter(&weights, GradOptions::default()), &prepared.grad, None).await
+    }
+
+    /// The backward and one step of `optimizer` (made for [`TableBatchedEmbeddingBags::weights`]):
+    /// fused into the backward, as FBGEMM's training TBE does, for optimizers that take
+    /// sparse gradients (SGD: FBGEMM's `EXACT_SGD`; row-wise Adagrad:
+    /// `EXACT_ROWWISE_ADAGRAD`; Adagrad, SparseAdam) when D is a multiple of 4: each
+    /// touched row's gradient, summed over every feature of its table, updates the row
+    /// at once. Other optimizers or dims take [`TableBatchedEmbeddingBags::backward`] and
+    /// [`Optimizer::step`]; the result is the same.
+    ///
+    /// # Errors
+    /// As [`TableBatchedEmbeddingBags::backward`] and [`Optimizer::step`].
+    pub async fn step(
+        &self,
+        ctx: &Context,
+        optimizer: &mut Optimizer,
+        indices: Indices<'_>,
+        offsets: Indices<'_>,
+        per_sample_weights: Option<&[f32]>,
+        grad_out: &GpuTensor,
+    ) -> Result<()> {
+        let weights = self.weights()?;
+        let prepared = self.prepare_backward(ctx, indices, offsets, per_sample_weights, grad_out)?;
+        if optimizer.fuses(&weights, &prepared.grad) {
+            let scatter = prepared.scatter(&weights, GradOptions::default().sparse(true));
+            return ctx.run_now(|run| optimizer.record_fused_scatter(run, &weights, &scatter, &prepared.grad));
         }
-        if b == 0 {
-            return Ok(out);
+        let options = GradOptions::default().sparse(optimizer.takes_sparse());
+        let grad = table_gradient(ctx, &prepared.scatter(&weights, options), &prepared.grad, None).await?;
+        optimizer.step(ctx, &weights, &grad).await
+    }
+
+    /// The checked bags as rows of the packed tables, and the output gradient in the
+    /// bags' order (a pass over it; unpooled, it is already in index order).
+    fn prepare_backward(
+        &self,
+        ctx: &Context,
+        indices: Indices<'_>,
+        offsets: Indices<'_>,
+        per_sample_weights: Option<&[f32]>,
+        grad_out: &GpuTensor,
+    ) -> Result<PreparedBackward> {
+        let d = self.specs[0].1;
+        let Bags { mut rows, bag_offsets, b } = self.checked_bags(ctx, indices, offsets, per_sample_weights)?;
+        let f = self.features();
+        let out_shape = if self.mode == Pooling::None { [rows.len(), d] } else { [b, self.width] };
+        check_grad(grad_out, &out_shape)?;
+        // Table t's rows follow those of the tables before it.
+        let mut first_rows = Vec::with_capacity(self.specs.len());
+        let mut total = 0usize;
+        for &(r, _) in &self.specs {
+            first_rows.push(total);
+            total += r;
         }
-        run.scoped(|run| {
-            let indices = Segment { buffer: upload(ctx, "tbe-indices", &rows), first_row: 0, rows: n as u64, lease: None };
-            let weights = per_sample_weights.map_or_else(|| ctx.placeholder_buffer().clone(), |w| upload(ctx, "tbe-weights", w));
-            let mut params = PassParams {
-                rows: b as u32,
-                dim: self.width as u32,
-                mode: if self.mode == Pooling::Mean { MODE_MEAN } else { MODE_SUM },
-                flags: if per_sample_weights.is_some() { HAS_WEIGHTS } else { 0 },
-                ..Default::default()
+        for bag in 0..f * b {
+            let first = first_rows[self.feature_table_map[bag / b]] as i32;
+            for row in &mut rows[bag_offsets[bag] as usize..bag_offsets[bag + 1] as usize] {
+                *row += first;
+            }
+        }
+        let grad = if self.mode == Pooling::None {
+            grad_out.clone()
+        } else {
+            let [seg] = grad_out.segments() else {
+                return Err(Error::Unsupported(format!("a TBE output gradient of shape {:?} over several bindings", grad_out.shape())));
             };
-            let placeholder = ctx.placeholder_buffer();
-            let (kernel, constants, items, columns, chunks) = match &self.layout {
-                RowLayout::Chunks { chunks, count, chunk } => {
-                    params.dim = (self.width / 4) as u32;
-                    params.arg0 = *count as u32;
-                    (&TBE_POOLED4, vec![("CHUNK", *chunk as f64)], *count, placeholder, chunks)
-                }
-                RowLayout::Columns { column_features } => (&TBE_POOLED, Vec::new(), self.width, column_features, placeholder),
-            };
-            let extra = [
-                self.tables.segments()[0].buffer.clone(),
-                self.features.clone(),
-                columns.clone(),
-                upload(ctx, "tbe-offsets", &bag_offsets),
-                weights,
-                chunks.clone(),
-            ];
-            let call = Call { extra: &extra, ..Call::new(kernel, &constants, Grid::Elements(items as u64), params) };
-            record_flat(ctx, run, &call, Some(&indices), Some(&out.segments()[0]), b as u64);
-            Ok(())
-        })?;
-        Ok(out)
+            let bag_grads = GpuTensor::zeros_with(ctx, &[f * b, d], DType::F32, d, (f * b).max(1) as u64)?;
+            if f * b > 0 {
+                ctx.run_now(|run| {
+                    let params = PassParams { rows: b as u32, dim: d as u32, arg0: f as u32, ..Default::default() };
+                    let extra = [seg.buffer.clone()];
+                    let call = Call { extra: &extra, ..Call::new(&TBE_BAG_GRADS, &[], Grid::Elements(1), params) };
+                    record_flat(ctx, run, &call, None, Some(&bag_grads.segments()[0]), (f * b * d) as u64);
+                    Ok(())
+                })?;
+            }
+            bag_grads
+        };
+        Ok(PreparedBackward { rows, bag_offsets, mode: self.mode, weights: per_sample_weights.map(<[f32]>::to_vec), grad })
     }
 
     /// Each index's row (no pooling): position p of bag `f·B + b` reads feature f's

@@ -25,7 +25,12 @@ import torch.nn.functional as F
 import fbgemm_gpu  # noqa: F401  (registers the operators)
 from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
 from fbgemm_gpu.split_table_batched_embeddings_ops_common import BoundsCheckMode, PoolingMode
-from fbgemm_gpu.split_table_batched_embeddings_ops_training import ComputeDevice, EmbeddingLocation, SplitTableBatchedEmbeddingBagsCodegen
+from fbgemm_gpu.split_table_batched_embeddings_ops_training import (  # noqa: E402
+    ComputeDevice,
+    DenseTableBatchedEmbeddingBagsCodegen,
+    EmbeddingLocation,
+    SplitTableBatchedEmbeddingBagsCodegen,
+)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from casefile import CaseFile  # noqa: E402
@@ -158,10 +163,101 @@ def tbe_cases(f):
     f.add("err_tbe_weighted_mean", "tbe_forward", params(small, small_ftm, "mean"), psw, torch_per_feature(small, small_ftm, "mean"), error=True)
 
 
+def fbgemm_training(specs, feature_table_map, pooling, optimizer, lr=0.0, eps=1e-8):
+    """`steps` forward + backward passes of FBGEMM's training TBE on CPU with its fused
+    optimizer (EXACT_SGD, EXACT_ROWWISE_ADAGRAD), one batch, one output gradient per
+    step: the tables after the steps, and the row-wise Adagrad's momentum."""
+
+    def run(weights, indices, offsets, grad_out, per_sample_weights=None):
+        extra = {"eps": eps} if optimizer == "exact_rowwise_adagrad" else {}
+        m = SplitTableBatchedEmbeddingBagsCodegen(
+            embedding_specs=[(rows, dim, EmbeddingLocation.HOST, ComputeDevice.CPU) for rows, dim in specs],
+            feature_table_map=list(feature_table_map),
+            pooling_mode=MODES[pooling],
+            weights_precision=SparseType.FP32,
+            optimizer={"exact_sgd": EmbOptimType.EXACT_SGD, "exact_rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD}[optimizer],
+            learning_rate=lr,
+            bounds_check_mode=BoundsCheckMode.FATAL,
+            **extra,
+        )
+        with torch.no_grad():
+            start = 0
+            for table, (rows, dim) in zip(m.split_embedding_weights(), specs):
+                table.copy_(weights[start : start + rows * dim].view(rows, dim))
+                start += rows * dim
+        for g in grad_out:
+            m(indices, offsets, per_sample_weights=per_sample_weights).backward(g)
+        out = {"weights": torch.cat([t.detach().flatten() for t in m.split_embedding_weights()])}
+        if optimizer == "exact_rowwise_adagrad":
+            out["momentum"] = torch.cat([s[0].flatten() for s in m.split_optimizer_states()])
+        return out
+
+    return run
+
+
+def fbgemm_dense_grad(specs, feature_table_map, pooling):
+    """The gradient of FBGEMM's dense TBE (`DenseTableBatchedEmbeddingBagsCodegen`, CPU):
+    `weights.grad`, every table flat, one after another."""
+
+    def run(weights, indices, offsets, grad_out, per_sample_weights=None):
+        m = DenseTableBatchedEmbeddingBagsCodegen(embedding_specs=list(specs), feature_table_map=list(feature_table_map), pooling_mode=MODES[pooling], use_cpu=True)
+        with torch.no_grad():
+            m.weights.copy_(weights)
+        m(indices, offsets, per_sample_weights=per_sample_weights).backward(grad_out)
+        return {"grad_weights": m.weights.grad}
+
+    return run
+
+
+def training_params(specs, ftm, pooling, optimizer, **hyper):
+    return {**params(specs, ftm, pooling), "optimizer": optimizer, **hyper}
+
+
+def tbe_training_cases(f):
+    # Features sharing a table are adjacent in feature_table_map: fbgemm_gpu's CPU backward
+    # merges a table's features only when they are (with [0, 1, 0, 2] it updates the rows
+    # that features 0 and 2 share once per feature); its GPU backward linearizes every
+    # index by its table's offset and merges them in any order, as this library does.
+    specs, ftm = [(40, 8), (30, 8), (60, 8)], [0, 0, 1, 2]
+    b = 6
+
+    def add_grad(cid, pooling, weighted=False, error=False, grad_shape=None):
+        idx, off = bags(f, 4, b, specs, ftm, 4, empty_every=5)
+        width = sum(specs[t][1] for t in ftm)
+        inputs = {"weights": weights_of(f, specs), "indices": idx, "offsets": off, "grad_out": f.randn(*(grad_shape or (b, width)))}
+        if weighted:
+            inputs["per_sample_weights"] = f.randn(len(idx))
+        f.add(cid, "tbe_backward", params(specs, ftm, pooling), inputs, fbgemm_dense_grad(specs, ftm, pooling), 1e-5, 1e-5, error=error)
+
+    add_grad("tbe_bw_sum_shared_table", "sum")
+    add_grad("tbe_bw_mean", "mean")
+    add_grad("tbe_bw_weighted_sum", "sum", weighted=True)
+    add_grad("err_tbe_bw_grad_shape", "sum", error=True, grad_shape=(b, 31))
+
+    def add_steps(cid, pooling, optimizer, steps=3, weighted=False, dims=8, **hyper):
+        sp = [(r, dims) for r, _ in specs]
+        idx, off = bags(f, 4, b, sp, ftm, 4, empty_every=6)
+        width = dims * len(ftm)
+        inputs = {"weights": weights_of(f, sp), "indices": idx, "offsets": off, "grad_out": f.randn(steps, b, width)}
+        if weighted:
+            inputs["per_sample_weights"] = f.randn(len(idx))
+        p = training_params(sp, ftm, pooling, optimizer, **hyper)
+        run = fbgemm_training(sp, ftm, pooling, optimizer, hyper.get("learning_rate", 0.0), hyper.get("eps", 1e-8))
+        f.add(cid, "tbe_train_steps", p, inputs, run, 1e-5, 1e-5)
+
+    add_steps("tbe_exact_sgd", "sum", "exact_sgd", learning_rate=0.05)
+    add_steps("tbe_exact_sgd_weighted", "sum", "exact_sgd", weighted=True, learning_rate=0.1)
+    add_steps("tbe_exact_rowwise_adagrad", "sum", "exact_rowwise_adagrad", learning_rate=0.1, eps=1e-8)
+    add_steps("tbe_exact_rowwise_adagrad_mean_d16", "mean", "exact_rowwise_adagrad", dims=16, learning_rate=0.05, eps=1e-6)
+
+
 def main():
     f = CaseFile(seed=20261210, versions=VERSIONS, generator="tests/reference/make_tbe_cases.py")
     tbe_cases(f)
     f.save(os.path.join(HERE, "tbe.safetensors"), "table-batched embedding bags: fbgemm_gpu's CPU TBE forward")
+    t = CaseFile(seed=20261211, versions=VERSIONS, generator="tests/reference/make_tbe_cases.py")
+    tbe_training_cases(t)
+    t.save(os.path.join(HERE, "tbe_training.safetensors"), "table-batched embedding bags' training: fbgemm_gpu's CPU TBE backward and fused optimizers")
 
 
 if __name__ == "__main__":

@@ -387,4 +387,51 @@ impl TableBatchedEmbeddingBags {
     pub fn output_dim(&self) -> u32 {
         self.layer.output_dim() as u32
     }
+
+    /// Every table as one `[Σ rows, D]` tensor (tables of one dim D): what an optimizer
+    /// over all of them steps (`gpu.optimizer(tbe.weights, options)`).
+    #[wasm_bindgen(getter)]
+    pub fn weights(&self) -> Result<Tensor, JsValue> {
+        Ok(Tensor::new(self.ctx.clone(), self.layer.weights().map_err(js_error)?))
+    }
+
+    /// The dense gradient of every table (`[Σ rows, D]`, FBGEMM's dense TBE `weights.grad`)
+    /// for `gradOut` (the forward's shape, on the GPU); arguments as `forward`'s.
+    pub async fn backward(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "IndexArray")] indices: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "IndexArray")] offsets: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "Float32Array | null | undefined")] per_sample_weights: JsValue,
+        grad_out: &Tensor,
+    ) -> Result<Tensor, JsValue> {
+        let (indices, offsets) = (index_list(&indices, "indices")?, index_list(&offsets, "offsets")?);
+        let weights = per_sample_weights.dyn_ref::<js_sys::Float32Array>().map(|w| w.to_vec());
+        let (n, o) = ([indices.len()], [offsets.len()]);
+        let g = grad_out.gpu()?.clone();
+        let r = self.layer.backward(&self.ctx, indices.as_indices(&n), offsets.as_indices(&o), weights.as_deref(), &g).await;
+        match crate::backward::checked(&self.ctx, r).await? {
+            lib::Gradient::Dense(t) => Ok(Tensor::new(self.ctx.clone(), t)),
+            lib::Gradient::Sparse { .. } => Err(js_error(lib::Error::Unsupported("a dense TBE backward gave a sparse gradient".into()))),
+        }
+    }
+
+    /// The backward and one step of `optimizer` (made for `weights`), fused for the
+    /// optimizers that take sparse gradients (FBGEMM's EXACT_SGD, EXACT_ROWWISE_ADAGRAD).
+    #[allow(clippy::await_holding_refcell_ref)] // as Optimizer.stepEmbedding: the borrow refuses a second step meanwhile
+    pub async fn step(
+        &self,
+        optimizer: &crate::optim::Optimizer,
+        #[wasm_bindgen(unchecked_param_type = "IndexArray")] indices: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "IndexArray")] offsets: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "Float32Array | null | undefined")] per_sample_weights: JsValue,
+        grad_out: &Tensor,
+    ) -> Result<(), JsValue> {
+        let (indices, offsets) = (index_list(&indices, "indices")?, index_list(&offsets, "offsets")?);
+        let weights = per_sample_weights.dyn_ref::<js_sys::Float32Array>().map(|w| w.to_vec());
+        let (n, o) = ([indices.len()], [offsets.len()]);
+        let g = grad_out.gpu()?.clone();
+        let mut opt = optimizer.busy_or_mut()?;
+        let r = self.layer.step(&self.ctx, &mut opt, indices.as_indices(&n), offsets.as_indices(&o), weights.as_deref(), &g).await;
+        crate::backward::checked(&self.ctx, r).await
+    }
 }

@@ -160,7 +160,7 @@ impl Optimizer {
 
     /// The optimizer, unless another of its steps is still running (JS may call again
     /// before a step's promise resolves): refused rather than a trap.
-    fn busy_or_mut(&self) -> Result<std::cell::RefMut<'_, lib::Optimizer>, JsValue> {
+    pub(crate) fn busy_or_mut(&self) -> Result<std::cell::RefMut<'_, lib::Optimizer>, JsValue> {
         self.inner.try_borrow_mut().map_err(|_| js_error(lib::Error::arg("optimizer", "another step of this optimizer is still running")))
     }
 

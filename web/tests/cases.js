@@ -103,6 +103,38 @@ async function otherOp(gpu, file, c, keep) {
       const psw = inputs.per_sample_weights ? file.float32(inputs.per_sample_weights) : null;
       return { out: await read(keep(await tbe.forward(file.indices(inputs.indices), file.indices(inputs.offsets), psw))) };
     }
+    case "tbe_backward":
+    case "tbe_train_steps": {
+      const weights = file.float32(inputs.weights);
+      const tables = [];
+      let start = 0;
+      for (const [rows, dim] of p.embedding_specs) tables.push(weights.subarray(start, (start += rows * dim)));
+      const tbe = keep(await gpu.tableBatchedEmbeddingBags(tables, p.embedding_specs, p.feature_table_map, { mode: p.pooling_mode }));
+      const psw = inputs.per_sample_weights ? file.float32(inputs.per_sample_weights) : null;
+      const [indices, offsets] = [file.indices(inputs.indices), file.indices(inputs.offsets)];
+      const flat = async (t) => ({ data: await t.toFloat32Array(), shape: [t.shape.reduce((a, b) => a * b, 1)] });
+      if (c.op === "tbe_backward") {
+        return { grad_weights: await flat(keep(await tbe.backward(indices, offsets, psw, keep(await file.upload(gpu, inputs.grad_out))))) };
+      }
+      const table = keep(tbe.weights);
+      const optimizer =
+        p.optimizer === "exact_rowwise_adagrad"
+          ? { optimizer: "rowwise_adagrad", lr: p.learning_rate, eps: p.eps ?? 1e-8 }
+          : p.optimizer === "exact_sgd"
+            ? { optimizer: "sgd", lr: p.learning_rate }
+            : null;
+      if (!optimizer) throw new Error(`TBE optimizer ${p.optimizer} is not run by this page`);
+      const opt = keep(gpu.optimizer(table, optimizer));
+      const [steps, ...gshape] = shapeOf("grad_out");
+      const grads = file.float32(inputs.grad_out);
+      const per = gshape.reduce((a, b) => a * b, 1);
+      for (let t = 0; t < steps; t++) {
+        await tbe.step(opt, indices, offsets, psw, keep(await gpu.tensor(grads.subarray(t * per, (t + 1) * per), gshape)));
+      }
+      const out = { weights: await flat(table) };
+      if (opt.stateNames.includes("momentum")) out.momentum = await flat(keep(opt.state("momentum")));
+      return out;
+    }
     case "embedding_backward": {
       const gshape = shapeOf("grad_out");
       const d = gshape[gshape.length - 1] ?? 0;
