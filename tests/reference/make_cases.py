@@ -650,7 +650,7 @@ def axial_backward_cases(f):
     add("axial_bw_arange", (8, 16), (16, 24), grid(2, 100))
     add("axial_bw_random_positions", (4, 8), (8, 8), f.ints(32, 3, 20))
     add("axial_bw_repeated_positions", (3, 5), (5, 3), f.ints(15, 4, 12))
-    add("axial_bw_training_grid", (16, 32), (32, 96), grid(1, 512), training=True)
+    add("axial_bw_training_grid", (16, 32), (16, 24), grid(1, 512), training=True)
     add("axial_bw_training_batch", (4, 16), (12, 20), grid(3, 64), training=True)
     add("err_axial_bw_grad_shape", (4, 8), (8, 8), f.ints(32, 2, 5), error=True, grad_shape=(2, 5, 15))
 
@@ -730,10 +730,10 @@ def bnb_training_cases(f):
         f.add(cid, "layer_optimizer_steps", params, inputs, compute, 1e-5, 1e-5)
 
     adam = {"optimizer": "adam8bit", "lr": 0.01, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}
-    add_layer("bnb_stable_embedding_adam8bit", {**adam, "module": "stable_embedding"}, 300, 32, 3, 40)
-    add_layer("bnb_stable_embedding_adamw8bit", {**adam, "optimizer": "adamw8bit", "weight_decay": 0.05, "module": "stable_embedding"}, 200, 48, 3, 30)
-    add_layer("bnb_embedding_adam8bit", {**adam, "module": "bnb_embedding"}, 256, 32, 3, 50)
-    add_layer("bnb_override_optim_bits_lr", {**adam, "module": "embedding", "overrides": {"optim_bits": 32, "lr": 0.003, "betas": [0.8, 0.95]}}, 128, 64, 3, 20)
+    add_layer("bnb_stable_embedding_adam8bit", {**adam, "module": "stable_embedding"}, 96, 44, 3, 30)
+    add_layer("bnb_stable_embedding_adamw8bit", {**adam, "optimizer": "adamw8bit", "weight_decay": 0.05, "module": "stable_embedding"}, 70, 60, 3, 20)
+    add_layer("bnb_embedding_adam8bit", {**adam, "module": "bnb_embedding"}, 130, 32, 3, 30)
+    add_layer("bnb_override_optim_bits_lr", {**adam, "module": "embedding", "overrides": {"optim_bits": 32, "lr": 0.003, "betas": [0.8, 0.95]}}, 65, 64, 3, 20)
 
     def dense(params):
         def go(weight, grads):
@@ -752,15 +752,15 @@ def bnb_training_cases(f):
     def add_dense(cid, params, v, d, steps, error=False):
         f.add(cid, "optimizer_step", params, {"weight": f.randn(v, d), "grads": f.randn(steps, v, d)}, dense(params), 1e-4, 1e-4, error=error)
 
-    # A plain table (8 192 elements): 8-bit states; under min_8bit_size: 32-bit ones.
-    add_dense("bnb_plain_table_adam8bit", adam, 128, 64, 3)
+    # A plain table (4 608 elements): 8-bit states; under min_8bit_size: 32-bit ones.
+    add_dense("bnb_plain_table_adam8bit", adam, 72, 64, 3)
     add_dense("bnb_small_tensor_adam8bit", adam, 40, 50, 3)
     add_dense("bnb_min_8bit_size_lowered", {**adam, "min_8bit_size": 1024}, 40, 50, 2)
     add_dense("bnb_adamw8bit_default_decay", {"optimizer": "adamw8bit", "lr": 0.02}, 64, 32, 3)
-    add_dense("bnb_adam32bit", {"optimizer": "adam32bit", "lr": 0.01, "betas": [0.85, 0.99], "eps": 1e-6, "weight_decay": 0.02}, 64, 96, 3)
+    add_dense("bnb_adam32bit", {"optimizer": "adam32bit", "lr": 0.01, "betas": [0.85, 0.99], "eps": 1e-6, "weight_decay": 0.02}, 32, 64, 3)
     # Arguments bitsandbytes 0.50 refuses: percentile_clipping (removed), optim_bits != 32.
-    add_dense("err_bnb_percentile_clipping", {**adam, "percentile_clipping": 5}, 64, 64, 1, error=True)
-    add_dense("err_bnb_adam8bit_optim_bits_8", {**adam, "optim_bits": 8}, 64, 64, 1, error=True)
+    add_dense("err_bnb_percentile_clipping", {**adam, "percentile_clipping": 5}, 8, 8, 1, error=True)
+    add_dense("err_bnb_adam8bit_optim_bits_8", {**adam, "optim_bits": 8}, 8, 8, 1, error=True)
 
 
 def topk_cases(f):
@@ -948,9 +948,9 @@ def main():
     interop_checks()
     bnb_tables()
     # tbe.safetensors is make_tbe_cases.py's (fbgemm_gpu's environment), counted here too.
-    extra = ["saved_sparse_adam.safetensors", "interop.safetensors", "saved_quantized.safetensors", "bnb_tables.safetensors", "tbe.safetensors"]
+    extra = ["saved_sparse_adam.safetensors", "interop.safetensors", "saved_quantized.safetensors", "bnb_tables.safetensors", "tbe.safetensors", "tbe_training.safetensors"]
     total += sum(os.path.getsize(os.path.join(HERE, n)) for n in extra if os.path.exists(os.path.join(HERE, n)))
-    assert total <= 12_000_000, f"the committed reference files are {total} bytes; keep them under 12 MB"
+    assert total <= 14_000_000, f"the committed reference files are {total} bytes; keep them under 14 MB"
     print(f"{total} bytes in all; {json.dumps(VERSIONS)}")
 
 
