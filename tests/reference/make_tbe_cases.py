@@ -44,6 +44,15 @@ def params(specs, feature_table_map, pooling):
     return {"embedding_specs": [list(s) for s in specs], "feature_table_map": list(feature_table_map), "pooling_mode": pooling}
 
 
+def load_tables(m, weights, specs):
+    """Sets the tables of FBGEMM's training TBE `m` to `weights` (every table flat)."""
+    with torch.no_grad():
+        start = 0
+        for table, (rows, dim) in zip(m.split_embedding_weights(), specs):
+            table.copy_(weights[start : start + rows * dim].view(rows, dim))
+            start += rows * dim
+
+
 def fbgemm(specs, feature_table_map, pooling):
     """The forward of FBGEMM's training TBE on CPU, its tables set to `weights` (flat)."""
 
@@ -57,11 +66,7 @@ def fbgemm(specs, feature_table_map, pooling):
             learning_rate=0.0,
             bounds_check_mode=BoundsCheckMode.FATAL,
         )
-        with torch.no_grad():
-            start = 0
-            for table, (rows, dim) in zip(m.split_embedding_weights(), specs):
-                table.copy_(weights[start : start + rows * dim].view(rows, dim))
-                start += rows * dim
+        load_tables(m, weights, specs)
         return {"out": m(indices, offsets, per_sample_weights=per_sample_weights)}
 
     return run
@@ -180,11 +185,7 @@ def fbgemm_training(specs, feature_table_map, pooling, optimizer, lr=0.0, eps=1e
             bounds_check_mode=BoundsCheckMode.FATAL,
             **extra,
         )
-        with torch.no_grad():
-            start = 0
-            for table, (rows, dim) in zip(m.split_embedding_weights(), specs):
-                table.copy_(weights[start : start + rows * dim].view(rows, dim))
-                start += rows * dim
+        load_tables(m, weights, specs)
         for g in grad_out:
             m(indices, offsets, per_sample_weights=per_sample_weights).backward(g)
         out = {"weights": torch.cat([t.detach().flatten() for t in m.split_embedding_weights()])}

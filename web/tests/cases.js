@@ -3,6 +3,16 @@
 
 const opt = (v) => (v === undefined ? null : v);
 
+/** The table-batched layer of a TBE case: the packed weights cut into the tables its embedding_specs give. */
+async function tbeLayer(gpu, file, c) {
+  const p = c.params;
+  const weights = file.float32(c.inputs.weights);
+  const tables = [];
+  let start = 0;
+  for (const [rows, dim] of p.embedding_specs) tables.push(weights.subarray(start, (start += rows * dim)));
+  return await gpu.tableBatchedEmbeddingBags(tables, p.embedding_specs, p.feature_table_map, { mode: p.pooling_mode });
+}
+
 /** Runs case `c` of `file` on `gpu`; returns {name: {data: Float32Array, shape}}. */
 export async function runCase(gpu, file, c) {
   const p = c.params ?? {};
@@ -94,22 +104,13 @@ async function otherOp(gpu, file, c, keep) {
       return { out: await read(keep(await block.forward(indices, indexShapes))) };
     }
     case "tbe_forward": {
-      // The packed weights, cut into the tables embedding_specs gives.
-      const weights = file.float32(inputs.weights);
-      const tables = [];
-      let start = 0;
-      for (const [rows, dim] of p.embedding_specs) tables.push(weights.subarray(start, (start += rows * dim)));
-      const tbe = keep(await gpu.tableBatchedEmbeddingBags(tables, p.embedding_specs, p.feature_table_map, { mode: p.pooling_mode }));
+      const tbe = keep(await tbeLayer(gpu, file, c));
       const psw = inputs.per_sample_weights ? file.float32(inputs.per_sample_weights) : null;
       return { out: await read(keep(await tbe.forward(file.indices(inputs.indices), file.indices(inputs.offsets), psw))) };
     }
     case "tbe_backward":
     case "tbe_train_steps": {
-      const weights = file.float32(inputs.weights);
-      const tables = [];
-      let start = 0;
-      for (const [rows, dim] of p.embedding_specs) tables.push(weights.subarray(start, (start += rows * dim)));
-      const tbe = keep(await gpu.tableBatchedEmbeddingBags(tables, p.embedding_specs, p.feature_table_map, { mode: p.pooling_mode }));
+      const tbe = keep(await tbeLayer(gpu, file, c));
       const psw = inputs.per_sample_weights ? file.float32(inputs.per_sample_weights) : null;
       const [indices, offsets] = [file.indices(inputs.indices), file.indices(inputs.offsets)];
       const flat = async (t) => ({ data: await t.toFloat32Array(), shape: [t.shape.reduce((a, b) => a * b, 1)] });
