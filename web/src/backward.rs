@@ -202,3 +202,33 @@ impl AxialPositionEmbedding {
         object(&self.ctx, vec![("weight0", Some(grads.weight0)), ("weight1", Some(grads.weight1))])
     }
 }
+
+#[wasm_bindgen]
+impl AxialPositionEmbedding {
+    /// The two weights, `[n1, d0]` and `[n2, d1]` (what `step`'s optimizers update):
+    /// `gpu.optimizer(axial.weight(k), options)`.
+    pub fn weight(&self, k: usize) -> Result<Tensor, JsValue> {
+        let w = self.layer.weights().get(k).map(|w| (*w).clone());
+        w.map(|w| Tensor::new(self.ctx.clone(), w))
+            .ok_or_else(|| js_error(lib::Error::arg("k", format!("expected 0 or 1 (two axial weights), got {k}"))))
+    }
+
+    /// The backward and one step of each weight (`optimizer0` made for `weight(0)`,
+    /// `optimizer1` for `weight(1)`): fused into the backward for the optimizers that
+    /// take sparse gradients, as the library's `AxialPositionEmbedding::step`.
+    #[allow(clippy::await_holding_refcell_ref)] // as Optimizer.stepEmbedding: the borrows refuse a second step meanwhile
+    pub async fn step(
+        &self,
+        optimizer0: &crate::optim::Optimizer,
+        optimizer1: &crate::optim::Optimizer,
+        #[wasm_bindgen(unchecked_param_type = "IndexArray")] position_ids: JsValue,
+        grad_out: &Tensor,
+        #[wasm_bindgen(unchecked_param_type = "number[] | undefined")] shape: JsValue,
+    ) -> Result<(), JsValue> {
+        let (values, shape) = indices_and_shape(&position_ids, &shape, "position_ids")?;
+        let g = gpu_tensor(grad_out)?;
+        let (mut o0, mut o1) = (optimizer0.busy_or_mut()?, optimizer1.busy_or_mut()?);
+        let r = self.layer.step(&self.ctx, [&mut o0, &mut o1], values.as_indices(&shape), &g).await;
+        checked(&self.ctx, r).await
+    }
+}

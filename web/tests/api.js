@@ -226,6 +226,24 @@ test("fused backward + step gives what backward then step give (Embedding and Em
   await assertThrows(() => adam.stepEmbedding(dense, ids, gradOut), /sparse/, "dense-only optimizer");
 });
 
+test("axial step: both weights stepped as backward then step give them (SGD, lr 1: w - grad)", async () => {
+  const [shape, dims] = [[4, 6], [8, 4]];
+  const w0 = Float32Array.from({ length: 4 * 8 }, (_, i) => Math.sin(i));
+  const w1 = Float32Array.from({ length: 6 * 4 }, (_, i) => Math.cos(i));
+  const ids = Int32Array.from([0, 7, 7, 23, 12]);
+  const gradOut = await gpu.tensor(Float32Array.from({ length: ids.length * 12 }, (_, i) => (i % 5) - 2), [ids.length, 12]);
+  const axial = await gpu.axialPositionEmbedding(w0, w1, shape, dims);
+  const grads = await axial.backward(ids, gradOut, [ids.length]);
+  const [g0, g1] = [await grads.weight0.toFloat32Array(), await grads.weight1.toFloat32Array()];
+  const sgd = { optimizer: "sgd", lr: 1 };
+  const [o0, o1] = [gpu.optimizer(axial.weight(0), sgd), gpu.optimizer(axial.weight(1), sgd)];
+  await axial.step(o0, o1, ids, gradOut, [ids.length]);
+  assertClose(await axial.weight(0).toFloat32Array(), w0.map((x, i) => x - g0[i]), "weight 0 after the step", 1e-6);
+  assertClose(await axial.weight(1).toFloat32Array(), w1.map((x, i) => x - g1[i]), "weight 1 after the step", 1e-6);
+  assert(g0.some((x) => x !== 0) && g1.some((x) => x !== 0), "no gradient");
+  await assertThrows(() => axial.weight(2), /0 or 1/, "a third weight");
+});
+
 test("one training step: sparse backward, then SGD changes exactly the rows present", async () => {
   const [v, d, lr] = [20, 8, 0.5];
   const t = table(v, d);
