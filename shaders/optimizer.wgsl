@@ -14,6 +14,8 @@ const OPT_SPARSE_ADAM: u32 = 3u;
 const OPT_ROWWISE_ADAGRAD: u32 = 4u;
 const OPT_ADAM_8BIT: u32 = 5u;  // on the dequantized states (bitsandbytes' operation order)
 const OPT_ADAM_32BIT: u32 = 6u; // bitsandbytes' Adam with f32 states (its operation order)
+const OPT_TBE_ADAM: u32 = 7u;   // FBGEMM's ADAM (its operation order)
+const OPT_PARTIAL_ROWWISE_ADAM: u32 = 8u; // FBGEMM's: second moment per row (state_b)
 
 // hyper[]: the step's scalars (src/optim.rs, Hyper).
 const H_LR: u32 = 0u;
@@ -34,6 +36,9 @@ const H_DECOUPLED: u32 = 11u;     // AdamW: 1
 const H_ONE_MINUS_BETA1: u32 = 2u;
 const H_ONE_MINUS_BETA2: u32 = 3u;
 const H_DECAY: u32 = 4u;
+// FBGEMM's Adams: H_STEP_SIZE holds 1 - beta1^t, H_BC2_SQRT 1 - beta2^t (it divides by both).
+const H_BC1: u32 = 9u;
+const H_BC2: u32 = 10u;
 
 @group(0) @binding(2) var<storage, read> grad_values: array<f32>;
 @group(0) @binding(9) var<storage, read_write> state_a: array<f32>;
@@ -94,6 +99,16 @@ fn update(t: u32, g_in: f32) {
             state_b[t] = v;
             let update = m / (sqrt(v) + hyper_value(H_EPS));
             out[t] = (w * hyper_value(H_DECAY)) + -hyper_value(H_STEP_SIZE) * update;
+        }
+        case OPT_TBE_ADAM: {
+            let b1 = hyper_value(H_BETA1);
+            let b2 = hyper_value(H_BETA2);
+            let m = state_a[t] * b1 + g * (1.0 - b1);
+            let v = state_b[t] * b2 + (g * g) * (1.0 - b2);
+            state_a[t] = m;
+            state_b[t] = v;
+            let denom = sqrt(v / hyper_value(H_BC2)) + hyper_value(H_EPS);
+            out[t] = w - lr * (m / hyper_value(H_BC1) / denom + wd * w);
         }
         case OPT_ADAM_8BIT: {
             let mv = adam8bit_moments(vec2<f32>(state_a[t], state_b[t]), g);
@@ -163,8 +178,10 @@ fn sparse_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     update(local * params.dim + e.z, grad_values[e.x]);
 }
 
-// FBGEMM's row-wise Adagrad: one invocation per gradient row; with g = grad +
-// weight_decay · w, momentum[row] += mean(g²), w -= lr · g / (sqrt(momentum) + eps).
+// FBGEMM's row-wise optimizers: one invocation per gradient row. Row-wise Adagrad:
+// with g = grad + weight_decay · w, momentum[row] += mean(g²), w -= lr · g / (sqrt(momentum) + eps).
+// Partial row-wise Adam: momentum2[row] (state_b) averages mean(grad²), momentum1 (state_a)
+// is Adam's first moment per element.
 @compute @workgroup_size(WG_SIZE)
 fn rowwise_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -173,26 +190,46 @@ fn rowwise_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let local = target_row(k);
     if (local == NO_ELEMENT) { return; }
     let dim = params.dim;
-    let wd = hyper_value(H_WEIGHT_DECAY);
     var sum = 0.0;
-    for (var c = 0u; c < dim; c++) {
-        let g = grad_values[k * dim + c] + wd * out[local * dim + c];
-        sum += g * g;
-    }
-    let scale = rowwise_scale(local, sum);
-    for (var c = 0u; c < dim; c++) {
-        let t = local * dim + c;
-        let g = grad_values[k * dim + c] + wd * out[t];
-        out[t] = out[t] - scale * g;
-    }
+    for (var c = 0u; c < dim; c++) { sum += row_square(grad_values[k * dim + c], out[local * dim + c]); }
+    let factor = row_factor(local, sum);
+    for (var c = 0u; c < dim; c++) { row_update(local * dim + c, grad_values[k * dim + c], factor); }
 }
 
-// Row-wise Adagrad's accumulator update for table row `local` whose g² sum over its
-// columns is `sum_sq`, and the row's step size.
-fn rowwise_scale(local: u32, sum_sq: f32) -> f32 {
-    let momentum = state_a[local] + sum_sq / f32(params.dim);
+// The square a row-wise optimizer sums over its row for gradient `g` of weight `w`.
+fn row_square(g: f32, w: f32) -> f32 {
+    if (params.mode == OPT_PARTIAL_ROWWISE_ADAM) { return g * g; }
+    let x = g + hyper_value(H_WEIGHT_DECAY) * w;
+    return x * x;
+}
+
+// The row state's update for table row `local` whose squares sum to `sum_sq`, and
+// the row's factor: row-wise Adagrad's step size, partial row-wise Adam's denominator.
+fn row_factor(local: u32, sum_sq: f32) -> f32 {
+    let mean_sq = sum_sq / f32(params.dim);
+    if (params.mode == OPT_PARTIAL_ROWWISE_ADAM) {
+        let b2 = hyper_value(H_BETA2);
+        let v = mean_sq * (1.0 - b2) + state_b[local] * b2;
+        state_b[local] = v;
+        return sqrt(v / hyper_value(H_BC2)) + hyper_value(H_EPS);
+    }
+    let momentum = state_a[local] + mean_sq;
     state_a[local] = momentum;
     return hyper_value(H_LR) / (sqrt(momentum) + hyper_value(H_EPS));
+}
+
+// Element `t` of a row with the row's `factor` takes gradient `g`.
+fn row_update(t: u32, g: f32, factor: f32) {
+    let w = out[t];
+    let wd = hyper_value(H_WEIGHT_DECAY);
+    if (params.mode == OPT_PARTIAL_ROWWISE_ADAM) {
+        let b1 = hyper_value(H_BETA1);
+        let m = state_a[t] * b1 + g * (1.0 - b1);
+        state_a[t] = m;
+        out[t] = w - hyper_value(H_LR) * (m / hyper_value(H_BC1) / factor + wd * w);
+        return;
+    }
+    out[t] = w - factor * (g + wd * w);
 }
 
 // Fused sparse steps (backward and step in one): each run of the sorted gradient list
@@ -242,8 +279,8 @@ fn fused_sparse_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     }
 }
 
-// Row-wise Adagrad: one invocation per run, which sums its row twice (once for the
-// accumulator, once for the update) rather than keep it.
+// Row-wise optimizers: one invocation per run, which sums its row twice (once for the
+// row's state, once for the update) rather than keep it.
 @compute @workgroup_size(WG_SIZE)
 fn fused_rowwise_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -251,22 +288,15 @@ fn fused_rowwise_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     let w = run_work(linear_id(wid, nwg, lid), 1u);
     if (!w.valid) { return; }
     let row = w.out_row * params.dim;
-    let wd = hyper_value(H_WEIGHT_DECAY);
     var sum_sq = 0.0;
     for (var g = 0u; g < words; g++) {
         let sum = run_sum(w.a, w.b, g * 4u);
-        for (var k = 0u; k < 4u; k++) {
-            let x = sum[k] + wd * out[row + g * 4u + k];
-            sum_sq += x * x;
-        }
+        for (var k = 0u; k < 4u; k++) { sum_sq += row_square(sum[k], out[row + g * 4u + k]); }
     }
-    let scale = rowwise_scale(w.out_row, sum_sq);
+    let factor = row_factor(w.out_row, sum_sq);
     for (var g = 0u; g < words; g++) {
         let sum = run_sum(w.a, w.b, g * 4u);
-        for (var k = 0u; k < 4u; k++) {
-            let t = row + g * 4u + k;
-            out[t] = out[t] - scale * (sum[k] + wd * out[t]);
-        }
+        for (var k = 0u; k < 4u; k++) { row_update(row + g * 4u + k, sum[k], factor); }
     }
 }
 

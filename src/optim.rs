@@ -33,7 +33,7 @@ const HYPER: (u32, Slot, Role) = (25, Slot::Uniform, Role::Extra(0));
 const ROWS: (u32, Slot, Role) = (26, Slot::Read, Role::Extra(1));
 const DENSE_STEP: Kernel = Kernel::new(&FAMILY, "dense_step", &[PARAMS, INPUT, OUT, STATE_A, STATE_B, HYPER]);
 const SPARSE_STEP: Kernel = Kernel::new(&FAMILY, "sparse_step", &[PARAMS, INPUT, OUT, STATE_A, STATE_B, HYPER, ROWS]);
-const ROWWISE_STEP: Kernel = Kernel::new(&FAMILY, "rowwise_step", &[PARAMS, INPUT, OUT, STATE_A, HYPER, ROWS]);
+const ROWWISE_STEP: Kernel = Kernel::new(&FAMILY, "rowwise_step", &[PARAMS, INPUT, OUT, STATE_A, STATE_B, HYPER, ROWS]);
 // 8-bit Adam in one kernel: the states' codes beside the table, their absmax and the
 // two code maps' constants whole.
 const ADAM8BIT_STEP: Kernel = Kernel::new(
@@ -68,7 +68,7 @@ const FUSED_STEP: Kernel = Kernel::new(
 const FUSED_ROWWISE_STEP: Kernel = Kernel::new(
     &FAMILY,
     "fused_rowwise_step",
-    &[PARAMS, OUT_GRAD, OUT, STATE_A, RUN_BINDINGS[0], RUN_BINDINGS[1], RUN_BINDINGS[2], RUN_BINDINGS[3], FUSED_HYPER],
+    &[PARAMS, OUT_GRAD, OUT, STATE_A, STATE_B, RUN_BINDINGS[0], RUN_BINDINGS[1], RUN_BINDINGS[2], RUN_BINDINGS[3], FUSED_HYPER],
 );
 
 /// An optimizer and its hyper-parameters, named as in `torch.optim` (f64, as Python's
@@ -130,6 +130,35 @@ pub enum OptimizerKind {
         /// Added to the denominator for numerical stability.
         eps: f64,
         /// Weight decay (L2 penalty; decoupled for AdamW and 8-bit Adam).
+        weight_decay: f64,
+    },
+    /// FBGEMM's ADAM for table-batched embeddings (`EmbOptimType.ADAM`; sparse
+    /// gradients): Adam on the rows a gradient names, the other rows and their states
+    /// untouched; bias corrections from the optimizer's step count (FBGEMM's global
+    /// `iter`), weight decay added to the update:
+    /// `w -= lr · (m / (1 − β₁ᵗ) / (√(v / (1 − β₂ᵗ)) + eps) + weight_decay · w)`.
+    /// States `momentum1`, `momentum2` (`[V, D]`).
+    TbeAdam {
+        /// Learning rate.
+        lr: f64,
+        /// Coefficients of the running averages of the gradient and its square.
+        betas: (f64, f64),
+        /// Added to the denominator for numerical stability.
+        eps: f64,
+        /// Weight decay, added to the update (as FBGEMM adds it).
+        weight_decay: f64,
+    },
+    /// FBGEMM's PARTIAL_ROWWISE_ADAM (sparse gradients): [`OptimizerKind::TbeAdam`] with
+    /// one second moment per row, the running average of the row's mean g²
+    /// (`momentum1` `[V, D]`, `momentum2` `[V]`).
+    PartialRowwiseAdam {
+        /// Learning rate.
+        lr: f64,
+        /// Coefficients of the running averages of the gradient and of its row's mean square.
+        betas: (f64, f64),
+        /// Added to the denominator for numerical stability.
+        eps: f64,
+        /// Weight decay, added to the update (as FBGEMM adds it).
         weight_decay: f64,
     },
     /// bitsandbytes' 8-bit Adam with block-wise states (`bnb.optim.Adam8bit`;
@@ -300,6 +329,8 @@ impl OptimizerKind {
                 | OptimizerKind::Adagrad { lr, .. }
                 | OptimizerKind::SparseAdam { lr, .. }
                 | OptimizerKind::RowwiseAdagrad { lr, .. }
+                | OptimizerKind::TbeAdam { lr, .. }
+                | OptimizerKind::PartialRowwiseAdam { lr, .. }
                 | OptimizerKind::Adam8bit { lr, .. }
                 | OptimizerKind::Adam32bit { lr, .. } => *lr = v,
             }
@@ -308,6 +339,8 @@ impl OptimizerKind {
             match &mut kind {
                 OptimizerKind::Adam { betas, .. }
                 | OptimizerKind::SparseAdam { betas, .. }
+                | OptimizerKind::TbeAdam { betas, .. }
+                | OptimizerKind::PartialRowwiseAdam { betas, .. }
                 | OptimizerKind::Adam8bit { betas, .. }
                 | OptimizerKind::Adam32bit { betas, .. } => *betas = v,
                 _ => return Err(missing("betas")),
@@ -319,6 +352,8 @@ impl OptimizerKind {
                 | OptimizerKind::Adagrad { eps, .. }
                 | OptimizerKind::SparseAdam { eps, .. }
                 | OptimizerKind::RowwiseAdagrad { eps, .. }
+                | OptimizerKind::TbeAdam { eps, .. }
+                | OptimizerKind::PartialRowwiseAdam { eps, .. }
                 | OptimizerKind::Adam8bit { eps, .. }
                 | OptimizerKind::Adam32bit { eps, .. } => *eps = v,
                 _ => return Err(missing("eps")),
@@ -330,6 +365,8 @@ impl OptimizerKind {
                 | OptimizerKind::Adam { weight_decay, .. }
                 | OptimizerKind::Adagrad { weight_decay, .. }
                 | OptimizerKind::RowwiseAdagrad { weight_decay, .. }
+                | OptimizerKind::TbeAdam { weight_decay, .. }
+                | OptimizerKind::PartialRowwiseAdam { weight_decay, .. }
                 | OptimizerKind::Adam8bit { weight_decay, .. }
                 | OptimizerKind::Adam32bit { weight_decay, .. } => *weight_decay = v,
                 OptimizerKind::SparseAdam { .. } => return Err(missing("weight_decay")),
@@ -361,6 +398,11 @@ impl OptimizerKind {
         Ok(kind)
     }
 
+    /// Whether one invocation steps a whole row (a state per row: FBGEMM's row-wise kinds).
+    fn per_row(&self) -> bool {
+        matches!(self, OptimizerKind::RowwiseAdagrad { .. } | OptimizerKind::PartialRowwiseAdam { .. })
+    }
+
     /// The name [`OptimizerKind::from_json`] takes for this kind.
     pub fn name(&self) -> &'static str {
         match self {
@@ -370,13 +412,16 @@ impl OptimizerKind {
             OptimizerKind::Adagrad { .. } => "adagrad",
             OptimizerKind::SparseAdam { .. } => "sparse_adam",
             OptimizerKind::RowwiseAdagrad { .. } => "rowwise_adagrad",
+            OptimizerKind::TbeAdam { .. } => "tbe_adam",
+            OptimizerKind::PartialRowwiseAdam { .. } => "partial_rowwise_adam",
             OptimizerKind::Adam8bit { .. } => "adam8bit",
             OptimizerKind::Adam32bit { .. } => "adam32bit",
         }
     }
 
     /// An optimizer from torch.optim's and bitsandbytes' names (`sgd`, `adam`, `adamw`,
-    /// `adagrad`, `sparse_adam`, `rowwise_adagrad`; `adam8bit`, `adamw8bit` and
+    /// `adagrad`, `sparse_adam`, `rowwise_adagrad`; FBGEMM's `tbe_adam` and
+    /// `partial_rowwise_adam`; `adam8bit`, `adamw8bit` and
     /// `adam32bit` as `bnb.optim` names them, with its defaults: `min_8bit_size` 4 096,
     /// `weight_decay` 0.01 for AdamW8bit; `adam8bit_blockwise` is the 8-bit update
     /// alone, on any tensor: `min_8bit_size` 0) and hyper-parameters, snake_case as a
@@ -444,6 +489,8 @@ impl OptimizerKind {
             },
             "sparse_adam" => OptimizerKind::SparseAdam { lr, betas: betas()?, eps: or("eps", 1e-8)? },
             "rowwise_adagrad" => OptimizerKind::RowwiseAdagrad { lr, eps: or("eps", 1e-10)?, weight_decay: wd },
+            "tbe_adam" => OptimizerKind::TbeAdam { lr, betas: betas()?, eps: or("eps", 1e-8)?, weight_decay: wd },
+            "partial_rowwise_adam" => OptimizerKind::PartialRowwiseAdam { lr, betas: betas()?, eps: or("eps", 1e-8)?, weight_decay: wd },
             "adam8bit_blockwise" | "adam8bit" | "adamw8bit" => {
                 let min_default = if name == "adam8bit_blockwise" { 0.0 } else { 4096.0 };
                 if let Some(bits) = number("optim_bits")? {
@@ -501,6 +548,8 @@ fn code(kind: &OptimizerKind) -> u32 {
         OptimizerKind::RowwiseAdagrad { .. } => 4,
         OptimizerKind::Adam8bit { .. } => 5,
         OptimizerKind::Adam32bit { .. } => 6,
+        OptimizerKind::TbeAdam { .. } => 7,
+        OptimizerKind::PartialRowwiseAdam { .. } => 8,
     }
 }
 
@@ -596,6 +645,10 @@ impl Optimizer {
             OptimizerKind::Adam32bit { .. } => vec![("state1", like_table(0.0)?), ("state2", like_table(0.0)?)],
             OptimizerKind::Adagrad { initial_accumulator_value, .. } => vec![("sum", like_table(initial_accumulator_value)?)],
             OptimizerKind::RowwiseAdagrad { .. } => vec![("momentum", GpuTensor::zeros_with(ctx, &[v], DType::F32, 1, per)?)],
+            OptimizerKind::TbeAdam { .. } => vec![("momentum1", like_table(0.0)?), ("momentum2", like_table(0.0)?)],
+            OptimizerKind::PartialRowwiseAdam { .. } => {
+                vec![("momentum1", like_table(0.0)?), ("momentum2", GpuTensor::zeros_with(ctx, &[v], DType::F32, 1, per)?)]
+            }
             OptimizerKind::Adam8bit { blocksize, .. } => {
                 check_blocksize(blocksize)?;
                 let blocks = (v * d).div_ceil(blocksize);
@@ -621,7 +674,8 @@ impl Optimizer {
         Ok(Optimizer { kind, states, steps: 0, table_shape: [v, d], param_shape, one_kernel_8bit })
     }
 
-    /// The state tensor called `name` (`momentum_buffer`, `exp_avg`, `exp_avg_sq`, `sum`, `momentum`).
+    /// The state tensor called `name` (`momentum_buffer`, `exp_avg`, `exp_avg_sq`, `sum`,
+    /// `momentum`, `momentum1`, `momentum2`, ...; [`Optimizer::state_names`] lists them).
     pub fn state(&self, name: &str) -> Option<&GpuTensor> {
         self.states.iter().find(|(n, _)| *n == name).map(|(_, t)| t)
     }
@@ -777,7 +831,7 @@ impl Optimizer {
                     let row_at_once = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
                     let constants = [("ROW_AT_ONCE", row_at_once as u32 as f64)];
                     let (kernel, constants, grid) = match self.kind {
-                        OptimizerKind::RowwiseAdagrad { .. } => (&ROWWISE_STEP, &constants[..0], Grid::Elements(1)),
+                        _ if self.kind.per_row() => (&ROWWISE_STEP, &constants[..0], Grid::Elements(1)),
                         _ if row_at_once => (&SPARSE_STEP, &constants[..], Grid::Elements(1)),
                         _ => (&SPARSE_STEP, &constants[..], Grid::Elements(d as u64)),
                     };
@@ -981,16 +1035,13 @@ impl Optimizer {
         let ctx = run.context();
         let t = self.steps + 1;
         let hyper = ctx.uniform(&self.hyper(t));
-        let kernel = match self.kind {
-            OptimizerKind::RowwiseAdagrad { .. } => &FUSED_ROWWISE_STEP,
-            _ => &FUSED_STEP,
-        };
+        let kernel = if self.kind.per_row() { &FUSED_ROWWISE_STEP } else { &FUSED_STEP };
         let step = FusedStep {
             table,
             states: [self.states.first().map(|(_, s)| s), self.states.get(1).map(|(_, s)| s)],
             kernel,
             mode: code(&self.kind),
-            per_row: matches!(self.kind, OptimizerKind::RowwiseAdagrad { .. }),
+            per_row: self.kind.per_row(),
             extra: std::slice::from_ref(&hyper),
         };
         let out = backward(run, &step)?;
@@ -1029,6 +1080,9 @@ impl Optimizer {
                 refuse("SparseAdam does not support dense gradients, please consider Adam instead")
             }
             OptimizerKind::RowwiseAdagrad { .. } if !sparse => refuse("row-wise Adagrad takes sparse gradients"),
+            OptimizerKind::TbeAdam { .. } | OptimizerKind::PartialRowwiseAdam { .. } if !sparse => {
+                refuse("FBGEMM's ADAM and PARTIAL_ROWWISE_ADAM take sparse gradients")
+            }
             OptimizerKind::Adam8bit { .. } if sparse => refuse("8-bit Adam takes dense gradients"),
             OptimizerKind::Adam32bit { .. } if sparse => refuse("bitsandbytes' Adam takes dense gradients"),
             _ => Ok(()),
@@ -1060,6 +1114,12 @@ impl Optimizer {
             }
             OptimizerKind::RowwiseAdagrad { lr, eps, weight_decay } => {
                 (h[0], h[1], h[8]) = (lr, weight_decay, eps);
+            }
+            OptimizerKind::TbeAdam { lr, betas, eps, weight_decay }
+            | OptimizerKind::PartialRowwiseAdam { lr, betas, eps, weight_decay } => {
+                // FBGEMM divides by both bias corrections (H_STEP_SIZE and H_BC2 here).
+                let (c1, c2) = corrections(betas.0, betas.1);
+                (h[0], h[1], h[6], h[7], h[8], h[9], h[10]) = (lr, weight_decay, betas.0, betas.1, eps, c1, c2);
             }
             OptimizerKind::Adam8bit { lr, betas, eps, weight_decay, .. } => {
                 let (c1, c2) = corrections(betas.0, betas.1);

@@ -265,6 +265,9 @@ fn param_groups(kind: &OptimizerKind) -> String {
         OptimizerKind::RowwiseAdagrad { lr, eps, weight_decay } => {
             json!({"optimizer": "rowwise_adagrad", "lr": lr, "eps": eps, "weight_decay": weight_decay})
         }
+        OptimizerKind::TbeAdam { lr, betas, eps, weight_decay } | OptimizerKind::PartialRowwiseAdam { lr, betas, eps, weight_decay } => {
+            json!({"optimizer": kind.name(), "lr": lr, "betas": [betas.0, betas.1], "eps": eps, "weight_decay": weight_decay})
+        }
         OptimizerKind::Adam8bit { lr, betas, eps, weight_decay, blocksize, min_8bit_size } => json!({
             "optimizer": "adam8bit", "lr": lr, "betas": [betas.0, betas.1], "eps": eps, "weight_decay": weight_decay,
             "blocksize": blocksize, "min_8bit_size": min_8bit_size

@@ -238,7 +238,9 @@ fn backward_scatters_every_feature_into_its_table() {
                 }
             }
         }
-        let Gradient::Dense(got) = tbe.backward(&ctx, idx, off, None, &grad_out).block().unwrap() else { panic!("dense") };
+        let Gradient::Dense(got) = tbe.backward(&ctx, idx, off, None, &grad_out, Default::default()).block().unwrap() else {
+            panic!("dense")
+        };
         assert_eq!(got.shape(), [75, 8]);
         let got = got.read_f32(&ctx).block().unwrap();
         for (i, (x, w)) in got.iter().zip(&want).enumerate() {
@@ -250,7 +252,7 @@ fn backward_scatters_every_feature_into_its_table() {
         tbe.step(&ctx, &mut opt, idx, off, None, &grad_out).block().unwrap();
         let twin = layer(&ctx, &c, mode);
         let mut twin_opt = Optimizer::new(&ctx, kind, &twin.weights().unwrap()).unwrap();
-        let grad = twin.backward(&ctx, idx, off, None, &grad_out).block().unwrap();
+        let grad = twin.backward(&ctx, idx, off, None, &grad_out, Default::default()).block().unwrap();
         twin_opt.step(&ctx, &twin.weights().unwrap(), &grad).block().unwrap();
         let (a, bb) = (tbe.weights().unwrap().read_f32(&ctx).block().unwrap(), twin.weights().unwrap().read_f32(&ctx).block().unwrap());
         assert!(a.iter().zip(&bb).all(|(x, y)| x.to_bits() == y.to_bits()), "{mode:?}: step differs from backward then step");
@@ -262,8 +264,121 @@ fn backward_scatters_every_feature_into_its_table() {
     let tbe = layer(&ctx, &c, Pooling::Sum);
     let wrong = GpuTensor::from_f32(&ctx, &vec![0.0; b * 31], &[b, 31]).unwrap();
     let e = tbe
-        .backward(&ctx, Indices::i64(&c.indices, &[c.indices.len()]), Indices::i64(&c.offsets, &[c.offsets.len()]), None, &wrong)
+        .backward(
+            &ctx,
+            Indices::i64(&c.indices, &[c.indices.len()]),
+            Indices::i64(&c.offsets, &[c.offsets.len()]),
+            None,
+            &wrong,
+            Default::default(),
+        )
         .block()
         .unwrap_err();
     assert!(e.to_string().contains("grad_out") && e.to_string().contains("31"), "{e}");
+}
+
+/// Table `t` of `c` alone: a one-table layer's case with the features that read it (in
+/// order), their bags and their columns of `grad_out` (`[B, width]`, every dim `d`).
+fn table_alone(c: &Case, t: usize, grad_out: &[f32], d: usize) -> (Case, Vec<f32>) {
+    let width = c.map.len() * d;
+    let features: Vec<usize> = (0..c.map.len()).filter(|&f| c.map[f] == t).collect();
+    let (mut indices, mut offsets) = (Vec::new(), vec![0i64]);
+    for &f in &features {
+        for bag in 0..c.b {
+            let (lo, hi) = (c.offsets[f * c.b + bag] as usize, c.offsets[f * c.b + bag + 1] as usize);
+            indices.extend_from_slice(&c.indices[lo..hi]);
+            offsets.push(indices.len() as i64);
+        }
+    }
+    let mut g = Vec::with_capacity(c.b * features.len() * d);
+    for bag in 0..c.b {
+        for &f in &features {
+            g.extend_from_slice(&grad_out[bag * width + f * d..bag * width + (f + 1) * d]);
+        }
+    }
+    let alone = Case { tables: vec![c.tables[t].clone()], map: vec![0; features.len()], b: c.b, indices, offsets };
+    (alone, g)
+}
+
+/// The fused step (backward and optimizer in one, every table at once) of each
+/// sparse-gradient optimizer FBGEMM fuses gives the bits of the backward then
+/// `Optimizer::step` over the same layer, and of each table stepped alone by a layer of
+/// its own; two runs give the same bits; a bad index is refused before anything is
+/// written.
+#[test]
+fn fused_step_equals_per_table_backward_then_step() {
+    use wgpu_embed::{GpuTensor, Optimizer, OptimizerKind};
+    let ctx = context(None);
+    let mut rng = Rng(92);
+    let betas = (0.9, 0.999);
+    let kinds = [
+        OptimizerKind::Sgd { lr: 0.1, momentum: 0.0, dampening: 0.0, nesterov: false, weight_decay: 0.0 },
+        OptimizerKind::Adagrad { lr: 0.1, lr_decay: 0.0, eps: 1e-8, weight_decay: 0.0, initial_accumulator_value: 0.0 },
+        OptimizerKind::RowwiseAdagrad { lr: 0.1, eps: 1e-8, weight_decay: 0.01 },
+        OptimizerKind::TbeAdam { lr: 0.01, betas, eps: 1e-8, weight_decay: 0.01 },
+        OptimizerKind::PartialRowwiseAdam { lr: 0.01, betas, eps: 1e-8, weight_decay: 0.01 },
+    ];
+    let (specs, map, b, d) = ([(30usize, 8usize), (20, 8), (25, 8)], [0usize, 0, 1, 2], 5usize, 8usize);
+    let bits = |t: &GpuTensor| t.read_f32(&ctx).block().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    for kind in kinds {
+        for mode in [Pooling::Sum, Pooling::Mean] {
+            let c = case(&mut rng, &specs, &map, b, 3);
+            let (n_shape, o_shape) = ([c.indices.len()], [c.offsets.len()]);
+            let (idx, off) = (Indices::i64(&c.indices, &n_shape), Indices::i64(&c.offsets, &o_shape));
+            let grads: Vec<Vec<f32>> = (0..3).map(|_| rng.vec_f32(b * map.len() * d)).collect();
+            let run_fused = || {
+                let tbe = layer(&ctx, &c, mode);
+                let mut opt = Optimizer::new(&ctx, kind, &tbe.weights().unwrap()).unwrap();
+                for g in &grads {
+                    let g = GpuTensor::from_f32(&ctx, g, &[b, map.len() * d]).unwrap();
+                    tbe.step(&ctx, &mut opt, idx, off, None, &g).block().unwrap();
+                }
+                (bits(&tbe.weights().unwrap()), opt.state_names().iter().map(|s| bits(opt.state(s).unwrap())).collect::<Vec<_>>())
+            };
+            let (fused, fused_states) = run_fused();
+            assert_eq!((fused.clone(), fused_states.clone()), run_fused(), "{kind:?} {mode:?}: two runs differ");
+            // The backward's sparse gradient, then the optimizer's step.
+            let twin = layer(&ctx, &c, mode);
+            let mut opt = Optimizer::new(&ctx, kind, &twin.weights().unwrap()).unwrap();
+            for g in &grads {
+                let g = GpuTensor::from_f32(&ctx, g, &[b, map.len() * d]).unwrap();
+                let sparse = wgpu_embed::GradOptions::default().sparse(true);
+                let grad = twin.backward(&ctx, idx, off, None, &g, sparse).block().unwrap();
+                opt.step(&ctx, &twin.weights().unwrap(), &grad).block().unwrap();
+            }
+            assert_eq!(fused, bits(&twin.weights().unwrap()), "{kind:?} {mode:?}: fused step differs from backward then step");
+            // Each table stepped alone, its rows where the packed tables hold them.
+            let mut first = 0;
+            for (t, &(rows, _)) in specs.iter().enumerate() {
+                let (alone, _) = table_alone(&c, t, &grads[0], d);
+                let single = layer(&ctx, &alone, mode);
+                let mut opt = Optimizer::new(&ctx, kind, &single.weights().unwrap()).unwrap();
+                let (n_shape, o_shape) = ([alone.indices.len()], [alone.offsets.len()]);
+                for g in &grads {
+                    let (_, g) = table_alone(&c, t, g, d);
+                    let g = GpuTensor::from_f32(&ctx, &g, &[b, alone.map.len() * d]).unwrap();
+                    let (idx, off) = (Indices::i64(&alone.indices, &n_shape), Indices::i64(&alone.offsets, &o_shape));
+                    single.step(&ctx, &mut opt, idx, off, None, &g).block().unwrap();
+                }
+                assert_eq!(
+                    fused[first * d..(first + rows) * d],
+                    bits(&single.weights().unwrap())[..],
+                    "{kind:?} {mode:?}: table {t} differs from it stepped alone"
+                );
+                first += rows;
+            }
+            // A bad index: refused, nothing written.
+            let tbe = layer(&ctx, &c, mode);
+            let mut opt = Optimizer::new(&ctx, kind, &tbe.weights().unwrap()).unwrap();
+            let before = bits(&tbe.weights().unwrap());
+            let mut bad = c.indices.clone();
+            let p = (c.offsets[2 * b] as usize).min(bad.len() - 1);
+            bad[p] = 999;
+            let g = GpuTensor::from_f32(&ctx, &grads[0], &[b, map.len() * d]).unwrap();
+            let e = tbe.step(&ctx, &mut opt, Indices::i64(&bad, &n_shape), off, None, &g).block().unwrap_err();
+            assert!(matches!(e, wgpu_embed::Error::IndexOutOfRange { value: 999, .. }), "{e}");
+            assert_eq!(before, bits(&tbe.weights().unwrap()), "{kind:?}: a refused step wrote");
+            assert_eq!(opt.steps(), 0);
+        }
+    }
 }

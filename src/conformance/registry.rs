@@ -217,10 +217,10 @@ pub static OPS: &[Op] = &[
         Values
     ),
     op!(
-        "tbe_train_steps",
-        tbe_train_steps,
+        "tbe_step",
+        tbe_step,
         &[("weights", Vector), ("indices", Idx), ("offsets", Offsets), ("per_sample_weights", Vector), ("grad_out", Table)],
-        &["embedding_specs", "feature_table_map", "pooling_mode", "optimizer", "learning_rate", "eps"],
+        &["embedding_specs", "feature_table_map", "pooling_mode", "optimizer", "learning_rate", "eps", "beta1", "beta2", "weight_decay"],
         Values
     ),
     op!(
@@ -374,7 +374,9 @@ mod runs {
         let layer = tbe_layer(ctx, inputs)?;
         let (indices, offsets) = (inputs.require("indices")?.as_indices("indices")?, inputs.require("offsets")?.as_indices("offsets")?);
         let grad = gpu_f32(ctx, inputs, "grad_out")?;
-        let Gradient::Dense(g) = layer.backward(ctx, indices, offsets, opt_vector(inputs, "per_sample_weights")?, &grad).block()? else {
+        let Gradient::Dense(g) =
+            layer.backward(ctx, indices, offsets, opt_vector(inputs, "per_sample_weights")?, &grad, Default::default()).block()?
+        else {
             return Err(Error::Unsupported("a dense TBE backward gave a sparse gradient".into()));
         };
         let values = g.read_f32(ctx).block()?;
@@ -382,16 +384,23 @@ mod runs {
         Ok(vec![("grad_weights".to_string(), HostTensor::f32(values, vec![n]))])
     }
 
-    /// FBGEMM's training TBE: `T` steps of the fused optimizer (`exact_sgd`,
-    /// `exact_rowwise_adagrad`) on one batch, one output gradient per step.
-    pub(super) fn tbe_train_steps(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
+    /// FBGEMM's training TBE: `T` steps of its fused optimizer (FBGEMM's names:
+    /// `exact_sgd`, `exact_adagrad`, `exact_rowwise_adagrad`, `adam`,
+    /// `partial_rowwise_adam`) on one batch, one output gradient per step; the tables
+    /// and the optimizer's states (`momentum1`, `momentum2`) after them.
+    pub(super) fn tbe_step(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
         use crate::optim::{Optimizer, OptimizerKind};
         let p = inputs.params();
         let layer = tbe_layer(ctx, inputs)?;
         let lr = p.f64_or("learning_rate", 0.01)?;
+        let (eps, weight_decay) = (p.f64_or("eps", 1e-8)?, p.f64_or("weight_decay", 0.0)?);
+        let betas = (p.f64_or("beta1", 0.9)?, p.f64_or("beta2", 0.999)?);
         let kind = match p.opt_str("optimizer")?.unwrap_or("exact_sgd") {
             "exact_sgd" => OptimizerKind::Sgd { lr, momentum: 0.0, dampening: 0.0, nesterov: false, weight_decay: 0.0 },
-            "exact_rowwise_adagrad" => OptimizerKind::RowwiseAdagrad { lr, eps: p.f64_or("eps", 1e-8)?, weight_decay: 0.0 },
+            "exact_adagrad" => OptimizerKind::Adagrad { lr, lr_decay: 0.0, eps, weight_decay: 0.0, initial_accumulator_value: 0.0 },
+            "exact_rowwise_adagrad" => OptimizerKind::RowwiseAdagrad { lr, eps, weight_decay },
+            "adam" => OptimizerKind::TbeAdam { lr, betas, eps, weight_decay },
+            "partial_rowwise_adam" => OptimizerKind::PartialRowwiseAdam { lr, betas, eps, weight_decay },
             other => return Err(Error::Unsupported(format!("TBE optimizer {other:?} is not implemented by this build"))),
         };
         let weights = layer.weights()?;
@@ -408,13 +417,17 @@ mod runs {
             let g = GpuTensor::from_f32(ctx, &values[t * per..(t + 1) * per], &grads.shape[1..])?;
             layer.step(ctx, &mut opt, indices, offsets, psw, &g).block()?;
         }
-        let table = weights.read_f32(ctx).block()?;
-        let n = table.len();
-        let mut out = vec![("weights".to_string(), HostTensor::f32(table, vec![n]))];
-        if let Some(m) = opt.state("momentum") {
-            let m = m.read_f32(ctx).block()?;
-            let n = m.len();
-            out.push(("momentum".to_string(), HostTensor::f32(m, vec![n])));
+        let flat = |t: &GpuTensor| -> Result<HostTensor> {
+            let v = t.read_f32(ctx).block()?;
+            let n = v.len();
+            Ok(HostTensor::f32(v, vec![n]))
+        };
+        let mut out = vec![("weights".to_string(), flat(&weights)?)];
+        // FBGEMM's names for the states: momentum1 (and momentum2 for its Adams).
+        for (k, name) in opt.state_names().into_iter().enumerate() {
+            if let Some(state) = opt.state(name) {
+                out.push((format!("momentum{}", k + 1), flat(state)?));
+            }
         }
         Ok(out)
     }

@@ -1,6 +1,7 @@
 //! Table-batched embedding bags: FBGEMM's TBE (`SplitTableBatchedEmbeddingBagsCodegen`),
 //! its forward (pooling SUM, MEAN or NONE) over many tables in one dispatch, its
-//! backward and its fused optimizer steps (EXACT_SGD, EXACT_ROWWISE_ADAGRAD) over
+//! backward and its fused optimizer steps (EXACT_SGD, EXACT_ADAGRAD,
+//! EXACT_ROWWISE_ADAGRAD, ADAM, PARTIAL_ROWWISE_ADAM) over
 //! tables of one dim. Shader family: `table_batched.wgsl`.
 //!
 //! A layer holds T tables of their own rows and dims (any dims), and a
@@ -25,6 +26,8 @@ use crate::layers::embedding_backward::{check_grad, table_gradient, Flat, GradOp
 use crate::layers::embedding_bag::BagMode;
 use crate::layers::indices::Indices;
 use crate::optim::Optimizer;
+#[cfg(doc)]
+use crate::optim::OptimizerKind;
 
 pub(crate) static FAMILY: ShaderFamily =
     ShaderFamily { name: "table_batched", parts: &[common::GRID, common::PASS, include_str!("../../shaders/table_batched.wgsl")] };
@@ -396,7 +399,9 @@ impl TableBatchedEmbeddingBags {
     /// FBGEMM's dense TBE gives it (`DenseTableBatchedEmbeddingBagsCodegen`'s
     /// `weights.grad`): dense `[Σ rows, D]`, rows as in [`TableBatchedEmbeddingBags::weights`]
     /// (features sharing a table add into it; mean bags scale by 1 / size, weighted ones
-    /// by the weight). `grad_out` has the forward's shape. Every table must have one dim.
+    /// by the weight); with `options.sparse`, the touched rows only (what a
+    /// sparse-gradient [`Optimizer`] steps). `grad_out` has the forward's shape. Every
+    /// table must have one dim.
     ///
     /// # Errors
     /// What the forward refuses, a `grad_out` of another shape, or tables of several
@@ -408,16 +413,18 @@ impl TableBatchedEmbeddingBags {
         offsets: Indices<'_>,
         per_sample_weights: Option<&[f32]>,
         grad_out: &GpuTensor,
+        options: GradOptions,
     ) -> Result<Gradient> {
         let weights = self.weights()?;
         let prepared = self.prepare_backward(ctx, indices, offsets, per_sample_weights, grad_out)?;
-        table_gradient(ctx, &prepared.scatter(&weights, GradOptions::default()), &prepared.grad, None).await
+        table_gradient(ctx, &prepared.scatter(&weights, options), &prepared.grad, None).await
     }
 
     /// The backward and one step of `optimizer` (made for [`TableBatchedEmbeddingBags::weights`]):
     /// fused into the backward, as FBGEMM's training TBE does, for optimizers that take
-    /// sparse gradients (SGD: FBGEMM's `EXACT_SGD`; row-wise Adagrad:
-    /// `EXACT_ROWWISE_ADAGRAD`; Adagrad, SparseAdam) when D is a multiple of 4: each
+    /// sparse gradients (SGD: FBGEMM's `EXACT_SGD`; Adagrad: `EXACT_ADAGRAD`; row-wise
+    /// Adagrad: `EXACT_ROWWISE_ADAGRAD`; [`OptimizerKind::TbeAdam`]: `ADAM`;
+    /// [`OptimizerKind::PartialRowwiseAdam`]; SparseAdam) when D is a multiple of 4: each
     /// touched row's gradient, summed over every feature of its table, updates the row
     /// at once. Other optimizers or dims take [`TableBatchedEmbeddingBags::backward`] and
     /// [`Optimizer::step`]; the result is the same.

@@ -168,19 +168,27 @@ def tbe_cases(f):
     f.add("err_tbe_weighted_mean", "tbe_forward", params(small, small_ftm, "mean"), psw, torch_per_feature(small, small_ftm, "mean"), error=True)
 
 
+FBGEMM_OPTIMIZERS = {
+    "exact_sgd": EmbOptimType.EXACT_SGD,
+    "exact_adagrad": EmbOptimType.EXACT_ADAGRAD,
+    "exact_rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
+}
+
+
 def fbgemm_training(specs, feature_table_map, pooling, optimizer, lr=0.0, eps=1e-8):
     """`steps` forward + backward passes of FBGEMM's training TBE on CPU with its fused
-    optimizer (EXACT_SGD, EXACT_ROWWISE_ADAGRAD), one batch, one output gradient per
-    step: the tables after the steps, and the row-wise Adagrad's momentum."""
+    optimizer (EXACT_SGD, EXACT_ADAGRAD, EXACT_ROWWISE_ADAGRAD), one batch, one output
+    gradient per step: the tables after the steps, and the optimizer's state
+    (`momentum1`)."""
 
     def run(weights, indices, offsets, grad_out, per_sample_weights=None):
-        extra = {"eps": eps} if optimizer == "exact_rowwise_adagrad" else {}
+        extra = {} if optimizer == "exact_sgd" else {"eps": eps}
         m = SplitTableBatchedEmbeddingBagsCodegen(
             embedding_specs=[(rows, dim, EmbeddingLocation.HOST, ComputeDevice.CPU) for rows, dim in specs],
             feature_table_map=list(feature_table_map),
             pooling_mode=MODES[pooling],
             weights_precision=SparseType.FP32,
-            optimizer={"exact_sgd": EmbOptimType.EXACT_SGD, "exact_rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD}[optimizer],
+            optimizer=FBGEMM_OPTIMIZERS[optimizer],
             learning_rate=lr,
             bounds_check_mode=BoundsCheckMode.FATAL,
             **extra,
@@ -189,8 +197,59 @@ def fbgemm_training(specs, feature_table_map, pooling, optimizer, lr=0.0, eps=1e
         for g in grad_out:
             m(indices, offsets, per_sample_weights=per_sample_weights).backward(g)
         out = {"weights": torch.cat([t.detach().flatten() for t in m.split_embedding_weights()])}
-        if optimizer == "exact_rowwise_adagrad":
-            out["momentum"] = torch.cat([s[0].flatten() for s in m.split_optimizer_states()])
+        if optimizer != "exact_sgd":
+            out["momentum1"] = torch.cat([s[0].flatten() for s in m.split_optimizer_states()])
+        return out
+
+    return run
+
+
+def numpy_fbgemm(specs, feature_table_map, pooling, optimizer, lr, beta1, beta2, eps, weight_decay):
+    """FBGEMM's ADAM and PARTIAL_ROWWISE_ADAM, whose CPU kernels fbgemm_gpu lacks, and
+    EXACT_ROWWISE_ADAGRAD with weight decay in mode L2 (fbgemm_gpu 1.9.0's CPU kernel
+    gives other values for the rows of tables that no other feature shares), in float32
+    NumPy after their CUDA updates (codegen/genscript/optimizers.py): each step, the rows
+    present in the batch take the dense TBE gradient (from fbgemm_gpu's
+    DenseTableBatchedEmbeddingBagsCodegen), with `iter` the global step count; the other
+    rows and their states are left alone."""
+    rowwise = optimizer == "partial_rowwise_adam"
+    f32 = np.float32
+
+    def run(weights, indices, offsets, grad_out, per_sample_weights=None):
+        d = specs[0][1]
+        w = weights.numpy().astype(f32).reshape(-1, d).copy()
+        m1 = np.zeros(len(w), f32) if optimizer == "exact_rowwise_adagrad" else np.zeros_like(w)
+        m2 = np.zeros(len(w), f32) if rowwise else np.zeros_like(w)
+        firsts = np.cumsum([0] + [r for r, _ in specs])
+        nb = (len(offsets) - 1) // len(feature_table_map)
+        present = set()
+        for bag in range(len(offsets) - 1):
+            for p in range(int(offsets[bag]), int(offsets[bag + 1])):
+                present.add(int(firsts[feature_table_map[bag // nb]]) + int(indices[p]))
+        rows = np.array(sorted(present), np.int64)
+        b1, b2, lr_, eps_, wd = f32(beta1), f32(beta2), f32(lr), f32(eps), f32(weight_decay)
+        dense = fbgemm_dense_grad(specs, feature_table_map, pooling)
+        for it, g in enumerate(grad_out, start=1):
+            grad = dense(torch.from_numpy(w.ravel().copy()), indices, offsets, g, per_sample_weights)["grad_weights"]
+            grad = grad.numpy().astype(f32).reshape(-1, d)[rows]
+            if optimizer == "exact_rowwise_adagrad":
+                decayed = grad + wd * w[rows]
+                m1[rows] = m1[rows] + (decayed * decayed).sum(axis=1, dtype=f32) / f32(d)
+                multiplier = (lr_ / (np.sqrt(m1[rows]) + eps_))[:, None]
+                w[rows] = (f32(1.0) - multiplier * wd) * w[rows] - grad * multiplier
+                continue
+            bc1, bc2 = f32(1.0 - beta1**it), f32(1.0 - beta2**it)
+            m1[rows] = m1[rows] * b1 + grad * (f32(1.0) - b1)
+            if rowwise:
+                m2[rows] = (grad * grad).sum(axis=1, dtype=f32) / f32(d) * (f32(1.0) - b2) + m2[rows] * b2
+                denom = (np.sqrt(m2[rows] / bc2) + eps_)[:, None]
+            else:
+                m2[rows] = m2[rows] * b2 + (grad * grad) * (f32(1.0) - b2)
+                denom = np.sqrt(m2[rows] / bc2) + eps_
+            w[rows] = w[rows] - lr_ * (m1[rows] / bc1 / denom + wd * w[rows])
+        out = {"weights": torch.from_numpy(w.ravel()), "momentum1": torch.from_numpy(m1.ravel())}
+        if optimizer != "exact_rowwise_adagrad":
+            out["momentum2"] = torch.from_numpy(m2.ravel())
         return out
 
     return run
@@ -243,13 +302,26 @@ def tbe_training_cases(f):
         if weighted:
             inputs["per_sample_weights"] = f.randn(len(idx))
         p = training_params(sp, ftm, pooling, optimizer, **hyper)
-        run = fbgemm_training(sp, ftm, pooling, optimizer, hyper.get("learning_rate", 0.0), hyper.get("eps", 1e-8))
-        f.add(cid, "tbe_train_steps", p, inputs, run, 1e-5, 1e-5)
+        lr, eps, wd = hyper.get("learning_rate", 0.0), hyper.get("eps", 1e-8), hyper.get("weight_decay", 0.0)
+        if optimizer in FBGEMM_OPTIMIZERS and not wd:
+            run = fbgemm_training(sp, ftm, pooling, optimizer, lr, eps)
+        else:
+            run = numpy_fbgemm(sp, ftm, pooling, optimizer, lr, hyper.get("beta1", 0.9), hyper.get("beta2", 0.999), eps, wd)
+        f.add(cid, "tbe_step", p, inputs, run, 1e-5, 1e-5)
 
     add_steps("tbe_exact_sgd", "sum", "exact_sgd", learning_rate=0.05)
     add_steps("tbe_exact_sgd_weighted", "sum", "exact_sgd", weighted=True, learning_rate=0.1)
+    add_steps("tbe_exact_adagrad", "sum", "exact_adagrad", learning_rate=0.1, eps=1e-8)
+    add_steps("tbe_exact_adagrad_mean", "mean", "exact_adagrad", learning_rate=0.05, eps=1e-6)
     add_steps("tbe_exact_rowwise_adagrad", "sum", "exact_rowwise_adagrad", learning_rate=0.1, eps=1e-8)
     add_steps("tbe_exact_rowwise_adagrad_mean_d16", "mean", "exact_rowwise_adagrad", dims=16, learning_rate=0.05, eps=1e-6)
+    add_steps("tbe_exact_rowwise_adagrad_l2", "sum", "exact_rowwise_adagrad", weighted=True, learning_rate=0.1, eps=1e-8, weight_decay=0.05)
+    # ADAM and PARTIAL_ROWWISE_ADAM: fbgemm_gpu has no CPU kernels for them; NumPy after
+    # its CUDA updates (as for the row-wise Adagrad with L2 weight decay above).
+    add_steps("tbe_adam", "sum", "adam", learning_rate=0.01, eps=1e-8, beta1=0.9, beta2=0.999)
+    add_steps("tbe_adam_mean_weight_decay", "mean", "adam", dims=16, learning_rate=0.02, eps=1e-6, beta1=0.8, beta2=0.99, weight_decay=0.1)
+    add_steps("tbe_partial_rowwise_adam", "sum", "partial_rowwise_adam", learning_rate=0.01, eps=1e-8, beta1=0.9, beta2=0.999)
+    add_steps("tbe_partial_rowwise_adam_weighted", "sum", "partial_rowwise_adam", weighted=True, learning_rate=0.02, eps=1e-6, beta1=0.8, beta2=0.99, weight_decay=0.1)
 
 
 def main():

@@ -408,7 +408,10 @@ impl TableBatchedEmbeddingBags {
         let weights = per_sample_weights.dyn_ref::<js_sys::Float32Array>().map(|w| w.to_vec());
         let (n, o) = ([indices.len()], [offsets.len()]);
         let g = grad_out.gpu()?.clone();
-        let r = self.layer.backward(&self.ctx, indices.as_indices(&n), offsets.as_indices(&o), weights.as_deref(), &g).await;
+        let r = self
+            .layer
+            .backward(&self.ctx, indices.as_indices(&n), offsets.as_indices(&o), weights.as_deref(), &g, Default::default())
+            .await;
         match crate::backward::checked(&self.ctx, r).await? {
             lib::Gradient::Dense(t) => Ok(Tensor::new(self.ctx.clone(), t)),
             lib::Gradient::Sparse { .. } => Err(js_error(lib::Error::Unsupported("a dense TBE backward gave a sparse gradient".into()))),
@@ -416,7 +419,8 @@ impl TableBatchedEmbeddingBags {
     }
 
     /// The backward and one step of `optimizer` (made for `weights`), fused for the
-    /// optimizers that take sparse gradients (FBGEMM's EXACT_SGD, EXACT_ROWWISE_ADAGRAD).
+    /// optimizers that take sparse gradients (FBGEMM's EXACT_SGD, EXACT_ADAGRAD,
+    /// EXACT_ROWWISE_ADAGRAD, ADAM as `tbe_adam`, PARTIAL_ROWWISE_ADAM).
     #[allow(clippy::await_holding_refcell_ref)] // as Optimizer.stepEmbedding: the borrow refuses a second step meanwhile
     pub async fn step(
         &self,

@@ -109,7 +109,7 @@ async function otherOp(gpu, file, c, keep) {
       return { out: await read(keep(await tbe.forward(file.indices(inputs.indices), file.indices(inputs.offsets), psw))) };
     }
     case "tbe_backward":
-    case "tbe_train_steps": {
+    case "tbe_step": {
       const tbe = keep(await tbeLayer(gpu, file, c));
       const psw = inputs.per_sample_weights ? file.float32(inputs.per_sample_weights) : null;
       const [indices, offsets] = [file.indices(inputs.indices), file.indices(inputs.offsets)];
@@ -118,12 +118,15 @@ async function otherOp(gpu, file, c, keep) {
         return { grad_weights: await flat(keep(await tbe.backward(indices, offsets, psw, keep(await file.upload(gpu, inputs.grad_out))))) };
       }
       const table = keep(tbe.weights);
-      const optimizer =
-        p.optimizer === "exact_rowwise_adagrad"
-          ? { optimizer: "rowwise_adagrad", lr: p.learning_rate, eps: p.eps ?? 1e-8 }
-          : p.optimizer === "exact_sgd"
-            ? { optimizer: "sgd", lr: p.learning_rate }
-            : null;
+      // FBGEMM's optimizer names and hyper-parameters as the library's optimizers take them.
+      const hyper = { lr: p.learning_rate, eps: p.eps ?? 1e-8, betas: [p.beta1 ?? 0.9, p.beta2 ?? 0.999], weight_decay: p.weight_decay ?? 0 };
+      const optimizer = {
+        exact_sgd: { optimizer: "sgd", lr: p.learning_rate },
+        exact_adagrad: { optimizer: "adagrad", lr: p.learning_rate, eps: hyper.eps },
+        exact_rowwise_adagrad: { optimizer: "rowwise_adagrad", lr: p.learning_rate, eps: hyper.eps, weight_decay: hyper.weight_decay },
+        adam: { optimizer: "tbe_adam", ...hyper },
+        partial_rowwise_adam: { optimizer: "partial_rowwise_adam", ...hyper },
+      }[p.optimizer];
       if (!optimizer) throw new Error(`TBE optimizer ${p.optimizer} is not run by this page`);
       const opt = keep(gpu.optimizer(table, optimizer));
       const [steps, ...gshape] = shapeOf("grad_out");
@@ -133,7 +136,8 @@ async function otherOp(gpu, file, c, keep) {
         await tbe.step(opt, indices, offsets, psw, keep(await gpu.tensor(grads.subarray(t * per, (t + 1) * per), gshape)));
       }
       const out = { weights: await flat(table) };
-      if (opt.stateNames.includes("momentum")) out.momentum = await flat(keep(opt.state("momentum")));
+      // FBGEMM's names for the states: momentum1, momentum2.
+      for (const [k, name] of opt.stateNames.entries()) out[`momentum${k + 1}`] = await flat(keep(opt.state(name)));
       return out;
     }
     case "embedding_backward": {

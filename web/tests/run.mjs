@@ -98,7 +98,7 @@ try {
   // Table-batched bags (tests/reference/OPS.md), both limits.
   runs.push(["reference tbe cases", "?cases=/reference/tbe.safetensors", ["tbe_forward"]]);
   runs.push(["reference tbe cases, 1 MiB bindings", "?cases=/reference/tbe.safetensors&maxBindingSize=1048576", ["tbe_forward"]]);
-  const tbeTraining = ["tbe_backward", "tbe_train_steps"];
+  const tbeTraining = ["tbe_backward", "tbe_step"];
   runs.push(["reference tbe training cases", "?cases=/reference/tbe_training.safetensors", tbeTraining]);
   runs.push(["reference tbe training cases, 1 MiB bindings", "?cases=/reference/tbe_training.safetensors&maxBindingSize=1048576", tbeTraining]);
   for (const [name, query, ops] of runs) {
