@@ -20,15 +20,8 @@ const MODE_MEAN: u32 = 1u;
 // The feature each output column belongs to.
 @group(0) @binding(10) var<storage, read> column_features: array<u32>;
 
-@compute @workgroup_size(WG_SIZE)
-fn tbe_pooled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-              @builtin(local_invocation_id) lid: vec3<u32>) {
-    let e = output_element(wid, nwg, lid);
-    if (e.x == NO_ELEMENT) { return; }
-    let f = column_features[e.z];
-    let feature = features[f];
-    let c = e.z - feature.w;
-    let bag = f * params.rows + e.y;
+// Column c of `bag` pooled over its rows of `feature`'s table.
+fn pool_column(feature: vec4<u32>, bag: u32, c: u32) -> f32 {
     let start = bag_offsets[bag];
     let end = bag_offsets[bag + 1u];
     var acc = 0.0;
@@ -41,7 +34,19 @@ fn tbe_pooled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         acc += x;
     }
     if (params.mode == MODE_MEAN && end > start) { acc /= f32(end - start); }
-    out[e.x] = acc;
+    return acc;
+}
+
+@compute @workgroup_size(WG_SIZE)
+fn tbe_pooled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let e = output_element(wid, nwg, lid);
+    if (e.x == NO_ELEMENT) { return; }
+    let f = column_features[e.z];
+    let feature = features[f];
+    let c = e.z - feature.w;
+    let bag = f * params.rows + e.y;
+    out[e.x] = pool_column(feature, bag, c);
 }
 
 // The same over vec4 words, when every feature's dim is a multiple of 4 (as FBGEMM
@@ -143,6 +148,36 @@ fn tbe_sequence(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     // Indices were range-checked on the host; a bad one is still never read.
     if (index >= 0 && u32(index) < feature.z) { v = tables[feature.x + u32(index) * feature.y + (e - row_firsts[p])]; }
     out[e] = v;
+}
+
+// Variable batch size per feature (FBGEMM's VBE): feature f has B_f bags, one invocation
+// per element in the bags' (feature-major) order, so consecutive invocations read
+// consecutive columns of one table row; each bag's row goes to the output element
+// bag_out_firsts[bag] (FBGEMM's rank-major layout). vbe_features[f] = (the feature's first
+// element in that order, its first bag), F + 1 entries. Pass fields: dim = the elements,
+// arg0 = F, mode, flags.
+@group(0) @binding(10) var<storage, read> vbe_features: array<vec2<u32>>;
+@group(0) @binding(11) var<storage, read> bag_out_firsts: array<u32>;
+
+@compute @workgroup_size(WG_SIZE)
+fn tbe_vbe(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_id) lid: vec3<u32>) {
+    let e = linear_id(wid, nwg, lid);
+    if (e >= params.dim) { return; }
+    // The last feature starting at or before e (features without bags start where the
+    // next one does).
+    var lo = 0u;
+    var hi = params.arg0;
+    while (hi - lo > 1u) {
+        let mid = (lo + hi) / 2u;
+        if (vbe_features[mid].x <= e) { lo = mid; } else { hi = mid; }
+    }
+    let feature = features[lo];
+    let local = e - vbe_features[lo].x;
+    let j = local / feature.y;
+    let c = local - j * feature.y;
+    let bag = vbe_features[lo].y + j;
+    out[bag_out_firsts[bag] + c] = pool_column(feature, bag, c);
 }
 
 // Backward, every table of one dim D: the output gradient [B, F * D] laid out as the

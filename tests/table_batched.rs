@@ -382,3 +382,85 @@ fn fused_step_equals_per_table_backward_then_step() {
         }
     }
 }
+
+/// Variable batch sizes (FBGEMM's VBE) against a float64 reference in FBGEMM's layout:
+/// rank after rank, each feature's bags of that rank in turn.
+#[test]
+fn variable_batch_sizes_come_out_rank_major() {
+    let ctx = context(None);
+    let mut rng = Rng(91);
+    let specs = [(30usize, 4usize), (20, 3), (50, 8)];
+    let map = [0usize, 1, 0, 2];
+    let sizes: Vec<Vec<usize>> = vec![vec![2, 0, 3], vec![1, 4, 1], vec![0, 0, 2], vec![3, 1, 0]];
+    let tables: Vec<(Vec<f32>, usize, usize)> = specs.iter().map(|&(r, d)| (rng.vec_f32(r * d), r, d)).collect();
+    let (mut indices, mut offsets) = (Vec::new(), vec![0i64]);
+    for (f, s) in sizes.iter().enumerate() {
+        for bag in 0..s.iter().sum::<usize>() {
+            let n = if bag % 3 == 2 { 0 } else { 1 + rng.below(5) };
+            indices.extend((0..n).map(|_| rng.below(specs[map[f]].0 as u64) as i64));
+            offsets.push(indices.len() as i64);
+        }
+    }
+    let weights = rng.vec_f32(indices.len());
+    let refs: Vec<(&[f32], usize, usize)> = tables.iter().map(|(w, r, d)| (&w[..], *r, *d)).collect();
+    for (mode, w) in [(Pooling::Sum, None), (Pooling::Sum, Some(&weights[..])), (Pooling::Mean, None)] {
+        let mut expected = Vec::new();
+        for r in 0..3 {
+            for (f, s) in sizes.iter().enumerate() {
+                let (table, _, d) = &tables[map[f]];
+                let first: usize = sizes[..f].iter().flatten().sum::<usize>() + s[..r].iter().sum::<usize>();
+                for bag in first..first + s[r] {
+                    let (lo, hi) = (offsets[bag] as usize, offsets[bag + 1] as usize);
+                    for j in 0..*d {
+                        let mut acc: f64 =
+                            (lo..hi).map(|p| table[indices[p] as usize * d + j] as f64 * w.map_or(1.0, |w| w[p] as f64)).sum();
+                        if mode == Pooling::Mean && hi > lo {
+                            acc /= (hi - lo) as f64;
+                        }
+                        expected.push(acc as f32);
+                    }
+                }
+            }
+        }
+        let tbe = TableBatchedEmbeddingBags::from_pretrained(&ctx, &refs, &map, mode).unwrap();
+        let out =
+            tbe.forward_vbe(&ctx, Indices::i64(&indices, &[indices.len()]), Indices::i64(&offsets, &[offsets.len()]), w, &sizes).unwrap();
+        assert_eq!(out.shape(), [expected.len()]);
+        let got = out.read_f32(&ctx).block().unwrap();
+        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+            assert!((g - e).abs() <= 1e-5 * (1.0 + e.abs()), "{mode:?} element {i}: {g} vs {e}");
+        }
+    }
+
+    // One rank and one batch size: the fixed-B output, each feature's block transposed.
+    let c = case(&mut rng, &specs, &map, 5, 3);
+    let tbe = layer(&ctx, &c, Pooling::Sum);
+    let (n, o) = ([c.indices.len()], [c.offsets.len()]);
+    let (idx, off) = (Indices::i64(&c.indices, &n), Indices::i64(&c.offsets, &o));
+    let fixed = tbe.forward(&ctx, idx, off, None).unwrap().read_f32(&ctx).block().unwrap();
+    let vbe = tbe.forward_vbe(&ctx, idx, off, None, &vec![vec![5]; 4]).unwrap().read_f32(&ctx).block().unwrap();
+    let (width, mut k) = (tbe.output_dim(), 0);
+    let mut col = 0;
+    for &t in &map {
+        let d = specs[t].1;
+        for b in 0..5 {
+            assert_eq!(vbe[k..k + d], fixed[b * width + col..b * width + col + d], "feature of table {t}, bag {b}");
+            k += d;
+        }
+        col += d;
+    }
+
+    // Refusals, each naming its argument.
+    let refuse = |sizes: &[Vec<usize>], off: &[i64]| {
+        tbe.forward_vbe(&ctx, idx, Indices::i64(off, &[off.len()]), None, sizes).map(drop).unwrap_err().to_string()
+    };
+    let e = refuse(&vec![vec![5]; 3], &c.offsets);
+    assert!(e.contains("`batch_size_per_feature_per_rank`") && e.contains("(4), got 3"), "{e}");
+    let e = refuse(&[vec![5], vec![2, 3], vec![5], vec![5]], &c.offsets);
+    assert!(e.contains("`batch_size_per_feature_per_rank`") && e.contains("feature 1 has 2 ranks"), "{e}");
+    let e = refuse(&[vec![5], vec![5], vec![5], vec![4]], &c.offsets);
+    assert!(e.contains("`offsets`") && e.contains("= 20 entries, got 21"), "{e}");
+    let none = layer(&ctx, &c, Pooling::None);
+    let e = none.forward_vbe(&ctx, idx, off, None, &vec![vec![5]; 4]).map(drop).unwrap_err().to_string();
+    assert!(e.contains("`batch_size_per_feature_per_rank`") && e.contains("'none'"), "{e}");
+}

@@ -255,6 +255,21 @@ impl Params<'_> {
         }
     }
 
+    /// A list of lists of integers (such as FBGEMM's `batch_size_per_feature_per_rank`),
+    /// if present.
+    pub fn opt_usize_lists(&self, key: &'static str) -> Result<Option<Vec<Vec<usize>>>> {
+        let list = |v: &serde_json::Value| {
+            v.as_array()
+                .and_then(|a| a.iter().map(|x| x.as_u64().map(|x| x as usize)).collect::<Option<Vec<_>>>())
+                .ok_or_else(|| Error::arg(key, format!("expected lists of non-negative integers, got {v}")))
+        };
+        match self.0.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::Array(a)) => a.iter().map(list).collect::<Result<Vec<_>>>().map(Some),
+            Some(v) => Err(Error::arg(key, format!("expected a list of lists, got {v}"))),
+        }
+    }
+
     /// A list of integers, if present.
     pub fn opt_usize_list(&self, key: &'static str) -> Result<Option<Vec<usize>>> {
         match self.0.get(key) {

@@ -365,7 +365,12 @@ mod runs {
     pub(super) fn tbe_forward(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {
         let layer = tbe_layer(ctx, inputs)?;
         let (indices, offsets) = (inputs.require("indices")?.as_indices("indices")?, inputs.require("offsets")?.as_indices("offsets")?);
-        f32_output(ctx, &layer.forward(ctx, indices, offsets, opt_vector(inputs, "per_sample_weights")?)?)
+        let weights = opt_vector(inputs, "per_sample_weights")?;
+        let out = match inputs.params().opt_usize_lists("batch_size_per_feature_per_rank")? {
+            Some(sizes) => layer.forward_vbe(ctx, indices, offsets, weights, &sizes)?,
+            None => layer.forward(ctx, indices, offsets, weights)?,
+        };
+        f32_output(ctx, &out)
     }
 
     /// FBGEMM's dense TBE gradient: every table's, flat (`weights.grad`).

@@ -51,6 +51,9 @@ const TBE_POOLED: Kernel = Kernel::new(&FAMILY, "tbe_pooled", POOLED_BINDINGS);
 const TBE_POOLED4: Kernel = Kernel::new(&FAMILY, "tbe_pooled4", POOLED_BINDINGS);
 /// No pooling: an invocation per output element (position features at 10, row firsts at 11).
 const TBE_SEQUENCE: Kernel = Kernel::new(&FAMILY, "tbe_sequence", POOLED_BINDINGS);
+/// Variable batch sizes (VBE): an invocation per output element in the bags' order
+/// (feature firsts at 10, each bag's first output element at 11).
+const TBE_VBE: Kernel = Kernel::new(&FAMILY, "tbe_vbe", POOLED_BINDINGS);
 /// Backward: the output gradient in the bags' (feature-major) order.
 const TBE_BAG_GRADS: Kernel = Kernel::new(&FAMILY, "tbe_bag_grads", &[PARAMS, OUT, (12, Slot::Read, Role::Extra(0))]);
 
@@ -128,11 +131,50 @@ impl PreparedBackward {
     }
 }
 
-/// Bags checked on the host: each index (a row of its feature's table), the offsets, B.
+/// Bags checked on the host: each index (a row of its feature's table), the offsets, B
+/// (0 for variable batch sizes), and each feature's first bag (F + 1 entries, the last
+/// one the bags in all).
 struct Bags {
     rows: Vec<i32>,
     bag_offsets: Vec<u32>,
     b: usize,
+    feature_bags: Vec<usize>,
+}
+
+/// Where variable-batch (VBE) bags go: per feature its first element in the bags'
+/// (feature-major) order and its first bag (F + 1 entries), and each bag's first
+/// element in FBGEMM's output, which is rank-major (rank r's block holds every
+/// feature's bags of that rank, feature after feature).
+struct VbeLayout {
+    feature_firsts: Vec<[u32; 2]>,
+    bag_out_firsts: Vec<u32>,
+    total: usize,
+}
+
+impl VbeLayout {
+    fn new(dims: &[usize], batch_size_per_feature_per_rank: &[Vec<usize>], feature_bags: &[usize]) -> Self {
+        let f = dims.len();
+        let mut feature_firsts = Vec::with_capacity(f + 1);
+        let mut total = 0usize;
+        for t in 0..f {
+            feature_firsts.push([total as u32, feature_bags[t] as u32]);
+            total += (feature_bags[t + 1] - feature_bags[t]) * dims[t];
+        }
+        feature_firsts.push([total as u32, feature_bags[f] as u32]);
+        let ranks = batch_size_per_feature_per_rank.first().map_or(0, Vec::len);
+        let mut bag_out_firsts = vec![0u32; feature_bags[f]];
+        let mut next = 0usize;
+        for r in 0..ranks {
+            for (t, sizes) in batch_size_per_feature_per_rank.iter().enumerate() {
+                let first = feature_bags[t] + sizes[..r].iter().sum::<usize>();
+                for slot in &mut bag_out_firsts[first..first + sizes[r]] {
+                    *slot = next as u32;
+                    next += dims[t];
+                }
+            }
+        }
+        Self { feature_firsts, bag_out_firsts, total }
+    }
 }
 
 /// The pooled kernel an output row runs and what it reads to find each invocation's
@@ -277,7 +319,7 @@ impl TableBatchedEmbeddingBags {
         per_sample_weights: Option<&[f32]>,
     ) -> Result<GpuTensor> {
         let ctx = run.context();
-        let Bags { rows, bag_offsets, b } = self.checked_bags(ctx, indices, offsets, per_sample_weights)?;
+        let Bags { rows, bag_offsets, b, .. } = self.checked_bags(ctx, indices, offsets, per_sample_weights, None)?;
         let n = rows.len();
         if self.mode == Pooling::None {
             return self.record_sequence(run, &rows, &bag_offsets, b);
@@ -323,19 +365,129 @@ impl TableBatchedEmbeddingBags {
         Ok(out)
     }
 
-    /// The bags checked as [`TableBatchedEmbeddingBags::record`] checks them: each
-    /// index (in its feature's table), the offsets as u32, and B.
-    fn checked_bags(&self, ctx: &Context, indices: Indices<'_>, offsets: Indices<'_>, per_sample_weights: Option<&[f32]>) -> Result<Bags> {
+    /// Each feature's dim.
+    fn feature_dims(&self) -> Vec<usize> {
+        self.feature_table_map.iter().map(|&t| self.specs[t].1).collect()
+    }
+
+    /// Pools bags whose batch size differs from feature to feature (FBGEMM's variable
+    /// batch size, VBE): feature f has `batch_size_per_feature_per_rank[f][r]` bags from
+    /// each of R ranks (R ≥ 1, the same for every feature), its Σ_r B_f,r bags one after
+    /// another in `offsets` (Σ_f Σ_r B_f,r + 1 entries, feature-major as ever, ranks in
+    /// order within a feature). The output is FBGEMM's, flat: rank after rank, and within
+    /// rank r each feature's B_f,r pooled rows of dim_f, feature after feature
+    /// (`[Σ_f Σ_r B_f,r · dim_f]`).
+    ///
+    /// ```
+    /// use wgpu_embed::{Block, Context, Indices, Pooling, TableBatchedEmbeddingBags};
+    /// let ctx = Context::new().block()?;
+    /// let (a, b): (Vec<f32>, Vec<f32>) = ((0..4 * 2).map(|i| i as f32).collect(), (0..3 * 2).map(|i| 10.0 + i as f32).collect());
+    /// let tbe = TableBatchedEmbeddingBags::from_pretrained(&ctx, &[(&a, 4, 2), (&b, 3, 2)], &[0, 1], Pooling::Sum)?;
+    /// // Feature 0 has 1 bag from rank 0 and 2 from rank 1; feature 1 has 1 from each.
+    /// let sizes = [vec![1, 2], vec![1, 1]];
+    /// let (indices, offsets) = ([0i64, 1, 2, 0, 2], [0i64, 1, 2, 3, 4, 5]);
+    /// let out = tbe.forward_vbe(&ctx, Indices::i64(&indices, &[5]), Indices::i64(&offsets, &[6]), None, &sizes)?;
+    /// // Rank 0: feature 0's bag [0], feature 1's [0]; rank 1: feature 0's [1], [2], feature 1's [2].
+    /// assert_eq!(out.read_f32(&ctx).block()?, [0.0, 1.0, 10.0, 11.0, 2.0, 3.0, 4.0, 5.0, 14.0, 15.0]);
+    /// # Ok::<(), wgpu_embed::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`TableBatchedEmbeddingBags::record_vbe`].
+    pub fn forward_vbe(
+        &self,
+        ctx: &Context,
+        indices: Indices<'_>,
+        offsets: Indices<'_>,
+        per_sample_weights: Option<&[f32]>,
+        batch_size_per_feature_per_rank: &[Vec<usize>],
+    ) -> Result<GpuTensor> {
+        ctx.run_now(|run| self.record_vbe(run, indices, offsets, per_sample_weights, batch_size_per_feature_per_rank))
+    }
+
+    /// [`TableBatchedEmbeddingBags::forward_vbe`] recorded into `run`.
+    ///
+    /// # Errors
+    /// What [`TableBatchedEmbeddingBags::record`] refuses, with `offsets` of Σ batch
+    /// sizes + 1 entries; [`Error::InvalidArgument`] for `batch_size_per_feature_per_rank`
+    /// with other than one list per feature, no ranks or features of different ranks,
+    /// or a layer without pooling (FBGEMM's VBE pools); [`Error::Unsupported`] for an
+    /// output that does not fit one binding.
+    pub fn record_vbe(
+        &self,
+        run: &mut Recording<'_>,
+        indices: Indices<'_>,
+        offsets: Indices<'_>,
+        per_sample_weights: Option<&[f32]>,
+        batch_size_per_feature_per_rank: &[Vec<usize>],
+    ) -> Result<GpuTensor> {
+        if self.mode == Pooling::None {
+            return Err(Error::arg(
+                "batch_size_per_feature_per_rank",
+                "variable batch sizes need pooling_mode 'sum' or 'mean' (this layer's is 'none')",
+            ));
+        }
+        let ctx = run.context();
+        let Bags { rows, bag_offsets, feature_bags, .. } =
+            self.checked_bags(ctx, indices, offsets, per_sample_weights, Some(batch_size_per_feature_per_rank))?;
+        let layout = VbeLayout::new(&self.feature_dims(), batch_size_per_feature_per_rank, &feature_bags);
+        let out = GpuTensor::zeros(ctx, &[layout.total], DType::F32, 1)?;
+        if out.segments().len() > 1 || layout.total >= u32::MAX as usize {
+            return Err(Error::Unsupported(format!("a variable-batch output of {} values does not fit one binding", layout.total)));
+        }
+        if layout.total == 0 {
+            return Ok(out);
+        }
+        run.scoped(|run| {
+            let indices = Segment { buffer: upload(ctx, "tbe-indices", &rows), first_row: 0, rows: rows.len() as u64, lease: None };
+            let weights = per_sample_weights.map_or_else(|| ctx.placeholder_buffer().clone(), |w| upload(ctx, "tbe-weights", w));
+            let params = PassParams {
+                rows: 1,
+                dim: layout.total as u32,
+                mode: if self.mode == Pooling::Mean { MODE_MEAN } else { MODE_SUM },
+                flags: if per_sample_weights.is_some() { HAS_WEIGHTS } else { 0 },
+                arg0: self.features() as u32,
+                ..Default::default()
+            };
+            let extra = [
+                self.tables.segments()[0].buffer.clone(),
+                self.features.clone(),
+                upload(ctx, "tbe-vbe-features", &layout.feature_firsts),
+                upload(ctx, "tbe-offsets", &bag_offsets),
+                weights,
+                upload(ctx, "tbe-vbe-bag-firsts", &layout.bag_out_firsts),
+            ];
+            let call = Call { extra: &extra, ..Call::new(&TBE_VBE, &[], Grid::Elements(layout.total as u64), params) };
+            record_flat(ctx, run, &call, Some(&indices), Some(&out.segments()[0]), 1);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The bags checked as [`TableBatchedEmbeddingBags::record`] checks them (with
+    /// `batch`, as [`TableBatchedEmbeddingBags::record_vbe`] does): each index (in its
+    /// feature's table), the offsets as u32, B and each feature's first bag.
+    fn checked_bags(
+        &self,
+        ctx: &Context,
+        indices: Indices<'_>,
+        offsets: Indices<'_>,
+        per_sample_weights: Option<&[f32]>,
+        batch: Option<&[Vec<usize>]>,
+    ) -> Result<Bags> {
         indices.check_shape("indices")?;
         offsets.check_shape("offsets")?;
         let (n, f) = (indices.data.len(), self.features());
-        let bounds = offsets
-            .data
-            .len()
-            .checked_sub(1)
-            .filter(|len| len.is_multiple_of(f))
-            .ok_or_else(|| Error::arg("offsets", format!("expected F·B + 1 entries (F = {f} features), got {}", offsets.data.len())))?;
-        let b = bounds / f;
+        let (b, feature_bags) = match batch {
+            None => {
+                let bounds = offsets.data.len().checked_sub(1).filter(|len| len.is_multiple_of(f)).ok_or_else(|| {
+                    Error::arg("offsets", format!("expected F·B + 1 entries (F = {f} features), got {}", offsets.data.len()))
+                })?;
+                (bounds / f, (0..=f).map(|t| t * (bounds / f)).collect::<Vec<_>>())
+            }
+            Some(sizes) => (0, variable_feature_bags(sizes, f, offsets.data.len())?),
+        };
+        let bounds = feature_bags[f];
         let mut bag_offsets = Vec::with_capacity(bounds + 1);
         for (i, o) in offsets.data.iter().enumerate() {
             let prev = bag_offsets.last().copied().unwrap_or(0u32);
@@ -356,9 +508,9 @@ impl TableBatchedEmbeddingBags {
             )));
         }
         let mut rows = Vec::with_capacity(n);
-        for bag in 0..bounds {
-            let num_rows = self.specs[self.feature_table_map[bag / b]].0 as u64;
-            for position in bag_offsets[bag] as usize..bag_offsets[bag + 1] as usize {
+        for (t, bags) in feature_bags.windows(2).enumerate() {
+            let num_rows = self.specs[self.feature_table_map[t]].0 as u64;
+            for position in bag_offsets[bags[0]] as usize..bag_offsets[bags[1]] as usize {
                 let value = indices.data.get(position);
                 if value < 0 || value as u64 >= num_rows {
                     return Err(Error::IndexOutOfRange { name: "indices", position: position as u64, value, num_embeddings: num_rows });
@@ -374,7 +526,7 @@ impl TableBatchedEmbeddingBags {
                 return Err(Error::arg("per_sample_weights", format!("expected one weight per index ({n}), got {}", w.len())));
             }
         }
-        Ok(Bags { rows, bag_offsets, b })
+        Ok(Bags { rows, bag_offsets, b, feature_bags })
     }
 
     /// Every table as rows of one `[Σ rows, D]` tensor over the packed tables (the same
@@ -462,7 +614,7 @@ impl TableBatchedEmbeddingBags {
         grad_out: &GpuTensor,
     ) -> Result<PreparedBackward> {
         let d = self.specs[0].1;
-        let Bags { mut rows, bag_offsets, b } = self.checked_bags(ctx, indices, offsets, per_sample_weights)?;
+        let Bags { mut rows, bag_offsets, b, .. } = self.checked_bags(ctx, indices, offsets, per_sample_weights, None)?;
         let f = self.features();
         let out_shape = if self.mode == Pooling::None { [rows.len(), d] } else { [b, self.width] };
         check_grad(grad_out, &out_shape)?;
@@ -504,7 +656,7 @@ impl TableBatchedEmbeddingBags {
     /// table; rows go out in index order.
     fn record_sequence(&self, run: &mut Recording<'_>, rows: &[i32], bag_offsets: &[u32], b: usize) -> Result<GpuTensor> {
         let ctx = run.context();
-        let dims: Vec<usize> = self.feature_table_map.iter().map(|&t| self.specs[t].1).collect();
+        let dims = self.feature_dims();
         // Per position: its feature, and its row's first element in the output.
         let (mut position_features, mut firsts) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len() + 1));
         let mut total = 0usize;
@@ -549,4 +701,35 @@ impl TableBatchedEmbeddingBags {
         })?;
         Ok(out)
     }
+}
+
+/// Each feature's first bag (F + 1 entries) under variable batch sizes, checked against
+/// `offsets_len`.
+fn variable_feature_bags(batch_size_per_feature_per_rank: &[Vec<usize>], f: usize, offsets_len: usize) -> Result<Vec<usize>> {
+    const NAME: &str = "batch_size_per_feature_per_rank";
+    if batch_size_per_feature_per_rank.len() != f {
+        return Err(Error::arg(NAME, format!("expected one list per feature ({f}), got {}", batch_size_per_feature_per_rank.len())));
+    }
+    let ranks = batch_size_per_feature_per_rank[0].len();
+    if let Some((t, sizes)) = batch_size_per_feature_per_rank.iter().enumerate().find(|(_, s)| s.len() != ranks || s.is_empty()) {
+        return Err(Error::arg(
+            NAME,
+            format!("feature {t} has {} ranks, feature 0 has {ranks}: every feature needs the same ranks, at least one", sizes.len()),
+        ));
+    }
+    let mut feature_bags = Vec::with_capacity(f + 1);
+    let mut total = 0usize;
+    for sizes in batch_size_per_feature_per_rank {
+        feature_bags.push(total);
+        total = sizes
+            .iter()
+            .try_fold(total, |a, &s| a.checked_add(s))
+            .filter(|&t| t < u32::MAX as usize)
+            .ok_or_else(|| Error::arg(NAME, format!("batch sizes {sizes:?} overflow the bag count")))?;
+    }
+    feature_bags.push(total);
+    if offsets_len != total + 1 {
+        return Err(Error::arg("offsets", format!("expected Σ batch sizes + 1 = {} entries, got {offsets_len}", total + 1)));
+    }
+    Ok(feature_bags)
 }

@@ -40,8 +40,11 @@ VERSIONS = {"torch": torch.__version__, "fbgemm_gpu": fbgemm_gpu.__version__}
 MODES = {"sum": PoolingMode.SUM, "mean": PoolingMode.MEAN, "none": PoolingMode.NONE}
 
 
-def params(specs, feature_table_map, pooling):
-    return {"embedding_specs": [list(s) for s in specs], "feature_table_map": list(feature_table_map), "pooling_mode": pooling}
+def params(specs, feature_table_map, pooling, batch_size_per_feature_per_rank=None):
+    out = {"embedding_specs": [list(s) for s in specs], "feature_table_map": list(feature_table_map), "pooling_mode": pooling}
+    if batch_size_per_feature_per_rank is not None:
+        out["batch_size_per_feature_per_rank"] = batch_size_per_feature_per_rank
+    return out
 
 
 def load_tables(m, weights, specs):
@@ -53,8 +56,10 @@ def load_tables(m, weights, specs):
             start += rows * dim
 
 
-def fbgemm(specs, feature_table_map, pooling):
-    """The forward of FBGEMM's training TBE on CPU, its tables set to `weights` (flat)."""
+def fbgemm(specs, feature_table_map, pooling, batch_size_per_feature_per_rank=None):
+    """The forward of FBGEMM's training TBE on CPU, its tables set to `weights` (flat),
+    with variable batch sizes (VBE) when `batch_size_per_feature_per_rank` is given."""
+    vbe = {} if batch_size_per_feature_per_rank is None else {"batch_size_per_feature_per_rank": batch_size_per_feature_per_rank}
 
     def run(weights, indices, offsets, per_sample_weights=None):
         m = SplitTableBatchedEmbeddingBagsCodegen(
@@ -67,7 +72,7 @@ def fbgemm(specs, feature_table_map, pooling):
             bounds_check_mode=BoundsCheckMode.FATAL,
         )
         load_tables(m, weights, specs)
-        return {"out": m(indices, offsets, per_sample_weights=per_sample_weights)}
+        return {"out": m(indices, offsets, per_sample_weights=per_sample_weights, **vbe)}
 
     return run
 
@@ -111,12 +116,13 @@ def torch_sequence(specs, feature_table_map, dim):
 
 
 def bags(f, nf, b, specs, feature_table_map, mean_len, empty_every=0):
-    """Random bags, feature-major: (indices, offsets) with some empty bags."""
+    """Random bags, feature-major: (indices, offsets) with some empty bags; `b` bags per
+    feature, or `b[feat]` (variable batch sizes)."""
     idx, offsets = [], [0]
     for feat in range(nf):
         rows = specs[feature_table_map[feat]][0]
-        for bag in range(b):
-            n = 0 if empty_every and (feat * b + bag) % empty_every == 0 else int(f.rng.integers(1, 2 * mean_len))
+        for bag in range(b[feat] if isinstance(b, list) else b):
+            n = 0 if empty_every and (len(offsets) - 1) % empty_every == 0 else int(f.rng.integers(1, 2 * mean_len))
             idx.extend(f.rng.integers(0, rows, size=n).tolist())
             offsets.append(len(idx))
     return np.array(idx, np.int64), np.array(offsets, np.int64)
@@ -166,6 +172,22 @@ def tbe_cases(f):
     f.add("err_tbe_offsets_decrease", "tbe_forward", params(small, small_ftm, "sum"), bad, fbgemm(small, small_ftm, "sum"), error=True)
     psw = {"weights": w, "indices": np.array([1, 0, 2, 3], np.int64), "offsets": np.array([0, 1, 2, 3, 4], np.int64), "per_sample_weights": f.randn(4)}
     f.add("err_tbe_weighted_mean", "tbe_forward", params(small, small_ftm, "mean"), psw, torch_per_feature(small, small_ftm, "mean"), error=True)
+    # Variable batch size per feature (VBE), FBGEMM's output: rank after rank, each
+    # feature's bags of that rank in turn. A feature with no bags on a rank, one shared
+    # table, sum (weighted too) and mean.
+    vbe, vbe_ftm = [(40, 8), (25, 12), (60, 4)], [0, 1, 0, 2]
+    sizes = [[3, 1], [0, 2], [2, 4], [1, 1]]
+    per_feature = [sum(r) for r in sizes]
+    for pooling, weighted in [("sum", False), ("sum", True), ("mean", False)]:
+        idx, off = bags(f, 4, per_feature, vbe, vbe_ftm, 3, empty_every=4)
+        inputs = {"weights": weights_of(f, vbe), "indices": idx, "offsets": off}
+        if weighted:
+            inputs["per_sample_weights"] = f.randn(len(idx))
+        name = f"tbe_vbe_{pooling}{'_per_sample_weights' if weighted else ''}"
+        f.add(name, "tbe_forward", params(vbe, vbe_ftm, pooling, sizes), inputs, fbgemm(vbe, vbe_ftm, pooling, sizes))
+    idx, off = bags(f, 4, per_feature, vbe, vbe_ftm, 3)
+    bad = {"weights": weights_of(f, vbe), "indices": idx, "offsets": off[:-1]}
+    f.add("err_tbe_vbe_offsets_length", "tbe_forward", params(vbe, vbe_ftm, "sum", sizes), bad, fbgemm(vbe, vbe_ftm, "sum", sizes), error=True)
 
 
 FBGEMM_OPTIMIZERS = {

@@ -382,6 +382,29 @@ impl TableBatchedEmbeddingBags {
         Ok(Tensor::new(self.ctx.clone(), out))
     }
 
+    /// Pools bags of a batch size per feature and rank (FBGEMM's VBE):
+    /// `batchSizePerFeaturePerRank[f][r]` bags of feature f from rank r, the offsets
+    /// Σ batch sizes + 1 entries (feature-major, ranks in order within a feature); a flat
+    /// tensor in FBGEMM's layout (rank after rank, each feature's bags of that rank in turn).
+    #[wasm_bindgen(js_name = forwardVbe)]
+    pub async fn forward_vbe(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "IndexArray")] indices: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "IndexArray")] offsets: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "Float32Array | null | undefined")] per_sample_weights: JsValue,
+        #[wasm_bindgen(js_name = batchSizePerFeaturePerRank, unchecked_param_type = "number[][]")] batch_size_per_feature_per_rank: JsValue,
+    ) -> Result<Tensor, JsValue> {
+        let (indices, offsets) = (index_list(&indices, "indices")?, index_list(&offsets, "offsets")?);
+        let weights = per_sample_weights.dyn_ref::<js_sys::Float32Array>().map(|w| w.to_vec());
+        let sizes = nested_sizes(&batch_size_per_feature_per_rank, "batchSizePerFeaturePerRank")?;
+        let (n, o) = ([indices.len()], [offsets.len()]);
+        let out = gpu_call(&self.ctx, || {
+            self.layer.forward_vbe(&self.ctx, indices.as_indices(&n), offsets.as_indices(&o), weights.as_deref(), &sizes)
+        })
+        .await?;
+        Ok(Tensor::new(self.ctx.clone(), out))
+    }
+
     /// The output's width: the sum of the features' dims.
     #[wasm_bindgen(getter, js_name = outputDim)]
     pub fn output_dim(&self) -> u32 {
@@ -438,4 +461,21 @@ impl TableBatchedEmbeddingBags {
         let r = self.layer.step(&self.ctx, &mut opt, indices.as_indices(&n), offsets.as_indices(&o), weights.as_deref(), &g).await;
         crate::backward::checked(&self.ctx, r).await
     }
+}
+
+/// A list of lists of non-negative integers from JS (`number[][]`), such as FBGEMM's
+/// batch sizes per feature and rank.
+fn nested_sizes(value: &JsValue, name: &'static str) -> Result<Vec<Vec<usize>>, JsValue> {
+    let bad = || js_error(lib::Error::arg(name, "expected an array of arrays of non-negative integers"));
+    let outer = value.dyn_ref::<js_sys::Array>().ok_or_else(bad)?;
+    outer
+        .iter()
+        .map(|inner| {
+            let inner = inner.dyn_ref::<js_sys::Array>().ok_or_else(bad)?;
+            inner
+                .iter()
+                .map(|v| v.as_f64().filter(|x| *x >= 0.0 && x.fract() == 0.0 && *x < u32::MAX as f64).map(|x| x as usize).ok_or_else(bad))
+                .collect()
+        })
+        .collect()
 }

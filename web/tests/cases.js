@@ -106,7 +106,10 @@ async function otherOp(gpu, file, c, keep) {
     case "tbe_forward": {
       const tbe = keep(await tbeLayer(gpu, file, c));
       const psw = inputs.per_sample_weights ? file.float32(inputs.per_sample_weights) : null;
-      return { out: await read(keep(await tbe.forward(file.indices(inputs.indices), file.indices(inputs.offsets), psw))) };
+      const [indices, offsets] = [file.indices(inputs.indices), file.indices(inputs.offsets)];
+      const sizes = p.batch_size_per_feature_per_rank;
+      const out = sizes ? await tbe.forwardVbe(indices, offsets, psw, sizes) : await tbe.forward(indices, offsets, psw);
+      return { out: await read(keep(out)) };
     }
     case "tbe_backward":
     case "tbe_step": {
