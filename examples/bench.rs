@@ -955,6 +955,79 @@ fn main() {
         }
     }
 
+    // The fused TBE training step (row-wise Adagrad, FBGEMM's EXACT_ROWWISE_ADAGRAD) at
+    // the same shapes: one backward + step over all 26 tables, beside each table's
+    // EmbeddingBag backward then optimizer step (26 of each) and each table's own fused
+    // step. Bytes as FBGEMM's bench counts a backward: twice the forward's.
+    if run("tbe") {
+        let (b, t, l, e) = (512usize, 26usize, 20usize, 2_000usize);
+        let kind = OptimizerKind::RowwiseAdagrad { lr: 0.01, eps: 1e-8, weight_decay: 0.0 };
+        for dim in [64usize, 128] {
+            let mut rng = Rng(dim as u64 * 11 + t as u64);
+            let tables: Vec<Vec<f32>> = (0..t).map(|_| (0..e * dim).map(|_| rng.unit() as f32 - 0.5).collect()).collect();
+            let specs: Vec<(&[f32], usize, usize)> = tables.iter().map(|w| (&w[..], e, dim)).collect();
+            let ids: Vec<Vec<i32>> = (0..t).map(|f| indices(b * l, e, Dist::Zipf, 200 + f as u64)).collect();
+            let flat: Vec<i32> = ids.concat();
+            let offsets: Vec<i32> = (0..=(t * b) as i32).map(|i| i * l as i32).collect();
+            let bag_offsets: Vec<i32> = (0..b as i32).map(|i| i * l as i32).collect();
+            let (flat_shape, off_shape, bag_shape, bag_off_shape) = ([flat.len()], [offsets.len()], [b * l], [b]);
+            let bytes = 2.0 * (b * t * dim * 4 * (1 + l)) as f64;
+            let built = (|| -> wgpu_embed::Result<_> {
+                let tbe = TableBatchedEmbeddingBags::from_pretrained(&ctx, &specs, &(0..t).collect::<Vec<_>>(), Pooling::Sum)?;
+                let tbe_opt = Optimizer::new(&ctx, kind, &tbe.weights()?)?;
+                let tbe_grad = GpuTensor::from_f32(&ctx, &vec![0.01; b * t * dim], &[b, t * dim])?;
+                let bags: Vec<EmbeddingBag> = tables
+                    .iter()
+                    .map(|w| EmbeddingBag::from_pretrained(&ctx, w, e, dim, BagMode::Sum))
+                    .collect::<wgpu_embed::Result<_>>()?;
+                let opts = || bags.iter().map(|bag| Optimizer::new(&ctx, kind, bag.weight())).collect::<wgpu_embed::Result<Vec<_>>>();
+                let (unfused_opts, fused_opts) = (opts()?, opts()?);
+                let bag_grad = GpuTensor::from_f32(&ctx, &vec![0.01; b * dim], &[b, dim])?;
+                Ok((tbe, tbe_opt, tbe_grad, bags, unfused_opts, fused_opts, bag_grad))
+            })();
+            let (tbe, mut tbe_opt, tbe_grad, bags, mut unfused_opts, mut fused_opts, bag_grad) = match built {
+                Ok(parts) => parts,
+                Err(err) => {
+                    eprintln!("tbe step D={dim}: skipped: {err}");
+                    continue;
+                }
+            };
+            let mut works: Vec<Box<LayerWork<'_>>> = vec![
+                Box::new(|| {
+                    let (idx, off) = (Indices::i32(&flat, &flat_shape), Indices::i32(&offsets, &off_shape));
+                    tbe.step(&ctx, &mut tbe_opt, idx, off, None, &tbe_grad).block()?;
+                    Ok(tbe_grad.clone())
+                }),
+                Box::new(|| {
+                    for ((bag, ids), opt) in bags.iter().zip(&ids).zip(unfused_opts.iter_mut()) {
+                        let (idx, off) = (Indices::i32(ids, &bag_shape), Some(Indices::i32(&bag_offsets, &bag_off_shape)));
+                        let grads = bag.backward(&ctx, idx, off, None, &bag_grad, GradOptions::default().sparse(true)).block()?;
+                        opt.step(&ctx, bag.weight(), &grads.weight).block()?;
+                    }
+                    Ok(bag_grad.clone())
+                }),
+                Box::new(|| {
+                    for ((bag, ids), opt) in bags.iter().zip(&ids).zip(fused_opts.iter_mut()) {
+                        let (idx, off) = (Indices::i32(ids, &bag_shape), Some(Indices::i32(&bag_offsets, &bag_off_shape)));
+                        opt.step_embedding_bag(&ctx, bag, idx, off, None, &bag_grad).block()?;
+                    }
+                    Ok(bag_grad.clone())
+                }),
+            ];
+            let names = ["tbe_step_fused", "tbe_step_as_26_bag_backward_then_step", "tbe_step_as_26_fused_bag_steps"];
+            for (name, r) in names.iter().zip(time_layers_in_turn(&ctx, &timer, args.reps.min(5), &copy, &mut works)) {
+                match r {
+                    Ok((gpu_s, copy_s)) => {
+                        let mut p = Point::layer(name.to_string(), e, dim, l, bytes, gpu_s, copy_s);
+                        p.dist = Dist::Zipf.name();
+                        points.push(p);
+                    }
+                    Err(err) => eprintln!("{name} D={dim}: skipped: {err}"),
+                }
+            }
+        }
+    }
+
     // Top-k retrieval: Q queries against a 100 000 x 128 table, f32 and int8 (row-wise),
     // and a 1 M x 128 int8 table; GB/s = table bytes / time (the table is read once per
     // batch of queries), beside a CPU baseline on f32 (all threads, partial selection).
