@@ -1,6 +1,6 @@
 // Table-batched embedding bags (FBGEMM's TBE forward, `SplitTableBatchedEmbeddingBagsCodegen`):
 // the bags of every feature, each over its own table (several features may share one),
-// in one dispatch. The tables are packed one after another in one f32 buffer; feature
+// in one dispatch. The tables are packed one after another in one buffer; feature
 // f's bag b is indices[offsets[f * B + b] .. offsets[f * B + b + 1]] (feature-major, as
 // FBGEMM lays the offsets out), and goes to columns [col_f, col_f + dim_f) of output row
 // b, whose width is the sum of the features' dims. One invocation per output element:
@@ -13,15 +13,48 @@ const MODE_MEAN: u32 = 1u;
 
 // Per feature: (first word of its table in `tables`, its dim, its table's rows, its
 // first output column).
-@group(0) @binding(1) var<storage, read> tables: array<f32>;
+// The packed tables as words: f32 values, or rows of other precisions (MIXED).
+@group(0) @binding(1) var<storage, read> table_words: array<u32>;
 @group(0) @binding(5) var<storage, read> bag_offsets: array<u32>;
 @group(0) @binding(7) var<storage, read> sample_weights: array<f32>;
 @group(0) @binding(9) var<storage, read> features: array<vec4<u32>>;
 // The feature each output column belongs to.
 @group(0) @binding(10) var<storage, read> column_features: array<u32>;
 
-// Column c of `bag` pooled over its rows of `feature`'s table.
-fn pool_column(feature: vec4<u32>, bag: u32, c: u32) -> f32 {
+// Tables stored as FBGEMM's inference TBE stores them (fp16, int8, int4 rows beside f32
+// ones): per feature (precision, words per row), each row starting on a word. Int rows
+// hold their f16 scale and bias in the first word, then the codes (int4: low nibble
+// first); value = scale * code + bias, in f32 as FBGEMM's CPU and CUDA kernels compute it.
+override MIXED: u32 = 0u; // values: 0, 1
+@group(0) @binding(13) var<storage, read> formats: array<vec2<u32>>;
+
+const PRECISION_F16: u32 = 1u;
+const PRECISION_INT8: u32 = 2u;
+const PRECISION_INT4: u32 = 3u;
+
+// Value c of row `index` of feature f's table.
+fn table_value(f: u32, feature: vec4<u32>, index: u32, c: u32) -> f32 {
+    if (MIXED == 0u) { return bitcast<f32>(table_words[feature.x + index * feature.y + c]); }
+    let format = formats[f];
+    let row = feature.x + index * format.y;
+    switch format.x {
+        case PRECISION_F16: { return unpack2x16float(table_words[row + c / 2u])[c % 2u]; }
+        case PRECISION_INT8: {
+            let scale_bias = unpack2x16float(table_words[row]);
+            let code = (table_words[row + 1u + c / 4u] >> (8u * (c % 4u))) & 0xffu;
+            return scale_bias.x * f32(code) + scale_bias.y;
+        }
+        case PRECISION_INT4: {
+            let scale_bias = unpack2x16float(table_words[row]);
+            let code = (table_words[row + 1u + c / 8u] >> (4u * (c % 8u))) & 0xfu;
+            return scale_bias.x * f32(code) + scale_bias.y;
+        }
+        default: { return bitcast<f32>(table_words[row + c]); }
+    }
+}
+
+// Column c of `bag` pooled over its rows of feature f's table.
+fn pool_column(f: u32, feature: vec4<u32>, bag: u32, c: u32) -> f32 {
     let start = bag_offsets[bag];
     let end = bag_offsets[bag + 1u];
     var acc = 0.0;
@@ -29,7 +62,7 @@ fn pool_column(feature: vec4<u32>, bag: u32, c: u32) -> f32 {
         // Indices were range-checked on the host; a bad one is still never read.
         let index = indices[p];
         if (index < 0 || u32(index) >= feature.z) { continue; }
-        var x = tables[feature.x + u32(index) * feature.y + c];
+        var x = table_value(f, feature, u32(index), c);
         if (has_flag(FLAG_HAS_WEIGHTS)) { x *= sample_weights[p]; }
         acc += x;
     }
@@ -46,7 +79,7 @@ fn tbe_pooled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let feature = features[f];
     let c = e.z - feature.w;
     let bag = f * params.rows + e.y;
-    out[e.x] = pool_column(feature, bag, c);
+    out[e.x] = pool_column(f, feature, bag, c);
 }
 
 // The same over vec4 words, when every feature's dim is a multiple of 4 (as FBGEMM
@@ -142,22 +175,23 @@ fn tbe_sequence(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         }
         p = lo;
     }
-    let feature = features[position_features[p]];
+    let f = position_features[p];
+    let feature = features[f];
     let index = indices[p];
     var v = 0.0;
     // Indices were range-checked on the host; a bad one is still never read.
-    if (index >= 0 && u32(index) < feature.z) { v = tables[feature.x + u32(index) * feature.y + (e - row_firsts[p])]; }
+    if (index >= 0 && u32(index) < feature.z) { v = table_value(f, feature, u32(index), e - row_firsts[p]); }
     out[e] = v;
 }
 
 // Variable batch size per feature (FBGEMM's VBE): feature f has B_f bags, one invocation
 // per element in the bags' (feature-major) order, so consecutive invocations read
 // consecutive columns of one table row; each bag's row goes to the output element
-// bag_out_firsts[bag] (FBGEMM's rank-major layout). vbe_features[f] = (the feature's first
-// element in that order, its first bag), F + 1 entries. Pass fields: dim = the elements,
-// arg0 = F, mode, flags.
-@group(0) @binding(10) var<storage, read> vbe_features: array<vec2<u32>>;
-@group(0) @binding(11) var<storage, read> bag_out_firsts: array<u32>;
+// vbe_layout[2 (F + 1) + bag] (FBGEMM's rank-major layout). vbe_layout[2 f] and
+// [2 f + 1]: the feature's first element in that order and its first bag, F + 1 of them
+// (one buffer for both, leaving the kernel at WebGPU's 8 storage buffers). Pass fields:
+// dim = the elements, arg0 = F, mode, flags.
+@group(0) @binding(11) var<storage, read> vbe_layout: array<u32>;
 
 @compute @workgroup_size(WG_SIZE)
 fn tbe_vbe(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -170,14 +204,14 @@ fn tbe_vbe(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     var hi = params.arg0;
     while (hi - lo > 1u) {
         let mid = (lo + hi) / 2u;
-        if (vbe_features[mid].x <= e) { lo = mid; } else { hi = mid; }
+        if (vbe_layout[2u * mid] <= e) { lo = mid; } else { hi = mid; }
     }
     let feature = features[lo];
-    let local = e - vbe_features[lo].x;
+    let local = e - vbe_layout[2u * lo];
     let j = local / feature.y;
     let c = local - j * feature.y;
-    let bag = vbe_features[lo].y + j;
-    out[bag_out_firsts[bag] + c] = pool_column(feature, bag, c);
+    let bag = vbe_layout[2u * lo + 1u] + j;
+    out[vbe_layout[2u * (params.arg0 + 1u) + bag] + c] = pool_column(lo, feature, bag, c);
 }
 
 // Backward, every table of one dim D: the output gradient [B, F * D] laid out as the

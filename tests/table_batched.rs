@@ -5,7 +5,7 @@
 mod common;
 
 use common::{context, Rng};
-use wgpu_embed::{BagMode, Block, Context, EmbeddingBag, Indices, Pooling, TableBatchedEmbeddingBags};
+use wgpu_embed::{BagMode, Block, Context, EmbeddingBag, Indices, Pooling, TableBatchedEmbeddingBags, TablePrecision, TableRows};
 
 struct Case {
     tables: Vec<(Vec<f32>, usize, usize)>,
@@ -463,4 +463,90 @@ fn variable_batch_sizes_come_out_rank_major() {
     let none = layer(&ctx, &c, Pooling::None);
     let e = none.forward_vbe(&ctx, idx, off, None, &vec![vec![5]; 4]).map(drop).unwrap_err().to_string();
     assert!(e.contains("`batch_size_per_feature_per_rank`") && e.contains("'none'"), "{e}");
+}
+
+/// The rows of a table of `precision` (FBGEMM's inference layout) from random codes, and
+/// the f32 values they decode to (scale · code + bias, in f32).
+fn inference_table(rng: &mut Rng, rows: usize, dim: usize, precision: TablePrecision) -> (Vec<u8>, Vec<f32>) {
+    let (mut bytes, mut values) = (Vec::new(), Vec::new());
+    for _ in 0..rows {
+        match precision {
+            TablePrecision::F32 | TablePrecision::F16 => {
+                for v in rng.vec_f32(dim) {
+                    if precision == TablePrecision::F32 {
+                        bytes.extend(v.to_le_bytes());
+                        values.push(v);
+                    } else {
+                        let h = half::f16::from_f32(v);
+                        bytes.extend(h.to_le_bytes());
+                        values.push(h.to_f32());
+                    }
+                }
+            }
+            TablePrecision::Int8 | TablePrecision::Int4 => {
+                let (scale, bias) = (half::f16::from_f32(0.01 + rng.vec_f32(1)[0].abs()), half::f16::from_f32(rng.vec_f32(1)[0]));
+                bytes.extend(scale.to_le_bytes().iter().chain(&bias.to_le_bytes()));
+                let top = if precision == TablePrecision::Int8 { 256 } else { 16 };
+                let codes: Vec<u8> = (0..dim).map(|_| rng.below(top) as u8).collect();
+                values.extend(codes.iter().map(|&q| scale.to_f32() * q as f32 + bias.to_f32()));
+                if precision == TablePrecision::Int8 {
+                    bytes.extend(&codes);
+                } else {
+                    bytes.extend(codes.chunks(2).map(|p| p[0] | (p[1] << 4)));
+                }
+            }
+        }
+    }
+    (bytes, values)
+}
+
+/// Tables of mixed precision give what f32 tables of their decoded values give, pooled,
+/// unpooled and with variable batch sizes; refusals name the table.
+#[test]
+fn mixed_precision_tables_pool_their_decoded_rows() {
+    let ctx = context(None);
+    let mut rng = Rng(57);
+    let specs = [
+        (30usize, 8usize, TablePrecision::Int8),
+        (20, 6, TablePrecision::Int4),
+        (25, 5, TablePrecision::F16),
+        (10, 4, TablePrecision::F32),
+    ];
+    let map = [2usize, 0, 1, 0, 3];
+    let made: Vec<(Vec<u8>, Vec<f32>)> = specs.iter().map(|&(r, d, p)| inference_table(&mut rng, r, d, p)).collect();
+    let rows: Vec<TableRows<'_>> =
+        specs.iter().zip(&made).map(|(&(rows, dim, precision), (bytes, _))| TableRows { rows, dim, precision, bytes }).collect();
+    let decoded: Vec<(&[f32], usize, usize)> = specs.iter().zip(&made).map(|(&(r, d, _), (_, v))| (&v[..], r, d)).collect();
+    let b = 4;
+    let float_specs: Vec<(usize, usize)> = specs.iter().map(|&(r, d, _)| (r, d)).collect();
+    let c = case(&mut rng, &float_specs, &map, b, 3);
+    let (n, o) = ([c.indices.len()], [c.offsets.len()]);
+    let (idx, off) = (Indices::i64(&c.indices, &n), Indices::i64(&c.offsets, &o));
+    let close = |got: Vec<f32>, want: Vec<f32>, what: &str| {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{what} element {i}: {g} vs {w}");
+        }
+    };
+    for mode in [Pooling::Sum, Pooling::Mean, Pooling::None] {
+        let mixed = TableBatchedEmbeddingBags::from_rows(&ctx, &rows, &map, mode).unwrap();
+        let float = TableBatchedEmbeddingBags::from_pretrained(&ctx, &decoded, &map, mode).unwrap();
+        let read = |t: wgpu_embed::Result<wgpu_embed::GpuTensor>| t.unwrap().read_f32(&ctx).block().unwrap();
+        close(read(mixed.forward(&ctx, idx, off, None)), read(float.forward(&ctx, idx, off, None)), &format!("{mode:?}"));
+        if mode != Pooling::None {
+            let sizes = [vec![1, 3], vec![2, 2], vec![4, 0], vec![0, 4], vec![3, 1]];
+            let (a, f) = (mixed.forward_vbe(&ctx, idx, off, None, &sizes), float.forward_vbe(&ctx, idx, off, None, &sizes));
+            close(read(a), read(f), &format!("{mode:?} VBE"));
+        }
+        let e = mixed.weights().map(drop).unwrap_err().to_string();
+        assert!(e.contains("inference"), "{e}");
+    }
+    let e = TableBatchedEmbeddingBags::from_rows(&ctx, &[TableRows { bytes: &made[0].0[1..], ..rows[0] }], &[0], Pooling::Sum)
+        .map(drop)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`tables`") && e.contains("table 0") && e.contains("(12 bytes each)"), "{e}");
+    let odd = TableRows { rows: 1, dim: 3, precision: TablePrecision::Int4, bytes: &[0; 6] };
+    let e = TableBatchedEmbeddingBags::from_rows(&ctx, &[odd], &[0], Pooling::Sum).map(drop).unwrap_err().to_string();
+    assert!(e.contains("`tables`") && e.contains("dim 3 of an int4 table"), "{e}");
 }

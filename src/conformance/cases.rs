@@ -243,6 +243,19 @@ impl Params<'_> {
         }
     }
 
+    /// A list of strings, if present.
+    pub fn opt_str_list(&self, key: &'static str) -> Result<Option<Vec<String>>> {
+        match self.0.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| Error::arg(key, format!("expected strings, got {v}"))))
+                .collect::<Result<Vec<_>>>()
+                .map(Some),
+            Some(v) => Err(Error::arg(key, format!("expected a list, got {v}"))),
+        }
+    }
+
     /// A list of pairs of integers (FBGEMM's `embedding_specs`: `[[rows, dim], ...]`).
     pub fn usize_pairs(&self, key: &'static str) -> Result<Vec<(usize, usize)>> {
         let pair = |v: &serde_json::Value| match v.as_array().map(|a| a.iter().map(|x| x.as_u64()).collect::<Vec<_>>()).as_deref() {

@@ -346,6 +346,9 @@ mod runs {
         let specs = p.usize_pairs("embedding_specs")?;
         let map = p.opt_usize_list("feature_table_map")?.ok_or_else(|| Error::arg("feature_table_map", "missing"))?;
         let mode = Pooling::from_str(p.opt_str("pooling_mode")?.unwrap_or("sum"))?;
+        if let Some(precisions) = p.opt_str_list("weights_precision")? {
+            return tbe_rows_layer(ctx, inputs, &specs, &map, mode, &precisions);
+        }
         let weights = inputs.require("weights")?.as_f32("weights")?;
         let mut tables = Vec::with_capacity(specs.len());
         let mut start = 0usize;
@@ -360,6 +363,38 @@ mod runs {
             return Err(Error::arg("weights", format!("{} values, but embedding_specs {specs:?} hold {start}", weights.len())));
         }
         TableBatchedEmbeddingBags::from_pretrained(ctx, &tables, &map, mode)
+    }
+
+    /// A table-batched layer over FBGEMM's inference rows: `weights` (U8) every table's
+    /// rows in its `weights_precision`, one table after another.
+    fn tbe_rows_layer(
+        ctx: &Context,
+        inputs: &CaseInputs<'_>,
+        specs: &[(usize, usize)],
+        map: &[usize],
+        mode: Pooling,
+        precisions: &[String],
+    ) -> Result<TableBatchedEmbeddingBags> {
+        use crate::layers::table_batched::{TablePrecision, TableRows};
+        if precisions.len() != specs.len() {
+            return Err(Error::arg("weights_precision", format!("{} precisions for {} tables", precisions.len(), specs.len())));
+        }
+        let bytes = inputs.require("weights")?.as_u8("weights")?;
+        let mut tables = Vec::with_capacity(specs.len());
+        let mut start = 0usize;
+        for (&(rows, dim), name) in specs.iter().zip(precisions) {
+            let precision = TablePrecision::from_str(name)?;
+            let end = start + rows * precision.row_bytes(dim);
+            let table = bytes
+                .get(start..end)
+                .ok_or_else(|| Error::arg("weights", format!("{} bytes are fewer than the tables' rows need", bytes.len())))?;
+            tables.push(TableRows { rows, dim, precision, bytes: table });
+            start = end;
+        }
+        if start != bytes.len() {
+            return Err(Error::arg("weights", format!("{} bytes, but the tables' rows hold {start}", bytes.len())));
+        }
+        TableBatchedEmbeddingBags::from_rows(ctx, &tables, map, mode)
     }
 
     pub(super) fn tbe_forward(ctx: &Context, inputs: &CaseInputs<'_>) -> Result<Outputs> {

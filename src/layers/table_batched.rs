@@ -12,6 +12,10 @@
 //! with [`Pooling::None`] (FBGEMM's sequence embeddings) each index's row, in index order:
 //! `[N, D]` when every feature has dim D, else the rows one after another, flat (unlike
 //! FBGEMM, features of different dims are allowed there too).
+//! Variable batch sizes per feature (FBGEMM's VBE) come out in FBGEMM's rank-major layout
+//! ([`TableBatchedEmbeddingBags::forward_vbe`]). Tables may be stored as FBGEMM's inference
+//! TBE stores them, fp16, int8 or int4 rows beside f32 ones in one layer
+//! ([`TableBatchedEmbeddingBags::from_rows`]).
 //! Unlike FBGEMM's default bounds-check mode, which replaces a bad index by 0, a bad
 //! index or offset is refused with a typed error before anything runs.
 
@@ -32,9 +36,10 @@ use crate::optim::OptimizerKind;
 pub(crate) static FAMILY: ShaderFamily =
     ShaderFamily { name: "table_batched", parts: &[common::GRID, common::PASS, include_str!("../../shaders/table_batched.wgsl")] };
 
-/// Both kernels' bindings: the packed tables, the indices, the output, the bag offsets,
+/// The kernels' bindings: the packed tables, the indices, the output, the bag offsets,
 /// the per-sample weights, the features, and the columns' features (per-element
-/// kernel) or the output row's chunks (vec4 kernel).
+/// kernel) or the output row's chunks (vec4 kernel), and the features' row formats
+/// (tables of several precisions).
 const POOLED_BINDINGS: &[(u32, Slot, Role)] = &[
     PARAMS,
     (1, Slot::Read, Role::Extra(0)),
@@ -45,6 +50,7 @@ const POOLED_BINDINGS: &[(u32, Slot, Role)] = &[
     (9, Slot::Read, Role::Extra(1)),
     (10, Slot::Read, Role::Extra(2)),
     (11, Slot::Read, Role::Extra(5)),
+    (13, Slot::Read, Role::Extra(6)),
 ];
 const TBE_POOLED: Kernel = Kernel::new(&FAMILY, "tbe_pooled", POOLED_BINDINGS);
 /// Every dim a multiple of 4: an invocation per CHUNK vec4 words of a feature's bag.
@@ -52,7 +58,7 @@ const TBE_POOLED4: Kernel = Kernel::new(&FAMILY, "tbe_pooled4", POOLED_BINDINGS)
 /// No pooling: an invocation per output element (position features at 10, row firsts at 11).
 const TBE_SEQUENCE: Kernel = Kernel::new(&FAMILY, "tbe_sequence", POOLED_BINDINGS);
 /// Variable batch sizes (VBE): an invocation per output element in the bags' order
-/// (feature firsts at 10, each bag's first output element at 11).
+/// (feature firsts, then each bag's first output element, at 11).
 const TBE_VBE: Kernel = Kernel::new(&FAMILY, "tbe_vbe", POOLED_BINDINGS);
 /// Backward: the output gradient in the bags' (feature-major) order.
 const TBE_BAG_GRADS: Kernel = Kernel::new(&FAMILY, "tbe_bag_grads", &[PARAMS, OUT, (12, Slot::Read, Role::Extra(0))]);
@@ -82,6 +88,61 @@ pub enum Pooling {
 
 crate::names::spelled_enum!(Pooling, "pooling_mode", { Sum => "sum", Mean => "mean", None => "none" });
 
+/// How a table's rows are stored: FBGEMM's `SparseType` of its inference TBE tables
+/// (`IntNBitTableBatchedEmbeddingBagsCodegen`), each row laid out as FBGEMM lays it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TablePrecision {
+    /// `dim` f32 values (4·dim bytes).
+    F32,
+    /// `dim` IEEE halves (2·dim bytes).
+    F16,
+    /// The row's f16 scale and f16 bias, then `dim` u8 codes: value = scale · code + bias
+    /// (4 + dim bytes).
+    Int8,
+    /// The row's f16 scale and f16 bias, then `dim` 4-bit codes two to a byte, the low
+    /// nibble first (4 + dim / 2 bytes; dim even).
+    Int4,
+}
+
+crate::names::spelled_enum!(TablePrecision, "weights_precision", { F32 => "fp32", F16 => "fp16", Int8 => "int8", Int4 => "int4" });
+
+impl TablePrecision {
+    /// Bytes of one row of `dim` values.
+    pub fn row_bytes(self, dim: usize) -> usize {
+        match self {
+            Self::F32 => 4 * dim,
+            Self::F16 => 2 * dim,
+            Self::Int8 => 4 + dim,
+            Self::Int4 => 4 + dim.div_ceil(2),
+        }
+    }
+
+    /// The shader's code for it (`table_value` in table_batched.wgsl).
+    fn code(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Int8 => 2,
+            Self::Int4 => 3,
+        }
+    }
+}
+
+/// One table of a [`TableBatchedEmbeddingBags::from_rows`] layer: `rows` rows of `dim`
+/// values stored as `precision` says, one after another (`rows · precision.row_bytes(dim)`
+/// bytes), as FBGEMM's inference TBE keeps them (its `split_embedding_weights(split_scale_shifts=False)`).
+#[derive(Debug, Clone, Copy)]
+pub struct TableRows<'a> {
+    /// The table's rows.
+    pub rows: usize,
+    /// Values per row.
+    pub dim: usize,
+    /// How each row is stored.
+    pub precision: TablePrecision,
+    /// The rows' bytes.
+    pub bytes: &'a [u8],
+}
+
 /// F32 tables, bags of several features over them, pooled by sum or mean (or not at
 /// all), as FBGEMM's table-batched embedding bags.
 #[derive(Debug, Clone)]
@@ -97,6 +158,9 @@ pub struct TableBatchedEmbeddingBags {
     /// How an output row is cut into invocations, fixed by the tables (made once).
     layout: RowLayout,
     width: usize,
+    /// Per feature (precision code, words per row) when a table is stored other than as
+    /// f32 (inference only): the kernels then decode each row.
+    formats: Option<wgpu::Buffer>,
 }
 
 /// A backward's inputs: the bags' rows in the packed tables, and the output gradient
@@ -141,26 +205,25 @@ struct Bags {
     feature_bags: Vec<usize>,
 }
 
-/// Where variable-batch (VBE) bags go: per feature its first element in the bags'
-/// (feature-major) order and its first bag (F + 1 entries), and each bag's first
-/// element in FBGEMM's output, which is rank-major (rank r's block holds every
-/// feature's bags of that rank, feature after feature).
+/// Where variable-batch (VBE) bags go, as one list of words: per feature its first
+/// element in the bags' (feature-major) order and its first bag (F + 1 pairs), then each
+/// bag's first element in FBGEMM's output, which is rank-major (rank r's block holds
+/// every feature's bags of that rank, feature after feature).
 struct VbeLayout {
-    feature_firsts: Vec<[u32; 2]>,
-    bag_out_firsts: Vec<u32>,
+    words: Vec<u32>,
     total: usize,
 }
 
 impl VbeLayout {
     fn new(dims: &[usize], batch_size_per_feature_per_rank: &[Vec<usize>], feature_bags: &[usize]) -> Self {
         let f = dims.len();
-        let mut feature_firsts = Vec::with_capacity(f + 1);
+        let mut words = Vec::with_capacity(2 * (f + 1) + feature_bags[f]);
         let mut total = 0usize;
         for t in 0..f {
-            feature_firsts.push([total as u32, feature_bags[t] as u32]);
+            words.extend([total as u32, feature_bags[t] as u32]);
             total += (feature_bags[t + 1] - feature_bags[t]) * dims[t];
         }
-        feature_firsts.push([total as u32, feature_bags[f] as u32]);
+        words.extend([total as u32, feature_bags[f] as u32]);
         let ranks = batch_size_per_feature_per_rank.first().map_or(0, Vec::len);
         let mut bag_out_firsts = vec![0u32; feature_bags[f]];
         let mut next = 0usize;
@@ -173,7 +236,8 @@ impl VbeLayout {
                 }
             }
         }
-        Self { feature_firsts, bag_out_firsts, total }
+        words.extend(bag_out_firsts);
+        Self { words, total }
     }
 }
 
@@ -212,9 +276,6 @@ impl TableBatchedEmbeddingBags {
     /// 0, a feature mapped to no table, and [`Error::Unsupported`] when the tables together or one output row do not fit
     /// one binding.
     pub fn from_pretrained(ctx: &Context, tables: &[(&[f32], usize, usize)], feature_table_map: &[usize], mode: Pooling) -> Result<Self> {
-        if tables.is_empty() || feature_table_map.is_empty() {
-            return Err(Error::arg("tables", "expected at least one table and one feature"));
-        }
         let mut packed = Vec::with_capacity(tables.iter().map(|t| t.0.len()).sum());
         let mut table_first = Vec::with_capacity(tables.len());
         for (t, &(values, rows, dim)) in tables.iter().enumerate() {
@@ -227,7 +288,100 @@ impl TableBatchedEmbeddingBags {
             table_first.push(packed.len());
             packed.extend_from_slice(values);
         }
-        let bytes = packed.len() as u64 * 4;
+        let specs: Vec<(usize, usize)> = tables.iter().map(|&(_, rows, dim)| (rows, dim)).collect();
+        Self::build(ctx, &specs, feature_table_map, mode, (&packed, DType::F32), &table_first, None)
+    }
+
+    /// The layer over tables stored as FBGEMM's inference TBE stores them, each in its own
+    /// [`TablePrecision`] (f32, f16, int8 or int4 rows with their scale and bias), mixed
+    /// in one layer: every bag is pooled in f32 from the decoded rows, as FBGEMM's
+    /// `IntNBitTableBatchedEmbeddingBagsCodegen` does with `output_dtype=FP32`. Such a
+    /// layer is for inference: it has no [`TableBatchedEmbeddingBags::weights`] to train
+    /// (unless every table is f32).
+    ///
+    /// ```
+    /// use wgpu_embed::{Block, Context, Indices, Pooling, TableBatchedEmbeddingBags, TablePrecision, TableRows};
+    /// let ctx = Context::new().block()?;
+    /// // A 2 x 4 int8 table: each row its f16 scale and bias, then 4 codes.
+    /// let (scale, bias) = (half::f16::from_f32(0.5).to_le_bytes(), half::f16::from_f32(-1.0).to_le_bytes());
+    /// let mut int8 = Vec::new();
+    /// for codes in [[0u8, 2, 4, 6], [10, 20, 30, 40]] {
+    ///     int8.extend(scale.iter().chain(&bias).chain(&codes));
+    /// }
+    /// let halves: Vec<u8> = [1.5f32, 2.5].iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
+    /// let tables = [
+    ///     TableRows { rows: 2, dim: 4, precision: TablePrecision::Int8, bytes: &int8 },
+    ///     TableRows { rows: 1, dim: 2, precision: TablePrecision::F16, bytes: &halves },
+    /// ];
+    /// let tbe = TableBatchedEmbeddingBags::from_rows(&ctx, &tables, &[0, 1], Pooling::Sum)?;
+    /// // B = 1: feature 0's bag [0, 1], feature 1's [0].
+    /// let out = tbe.forward(&ctx, Indices::i64(&[0, 1, 0], &[3]), Indices::i64(&[0, 2, 3], &[3]), None)?;
+    /// assert_eq!(out.read_f32(&ctx).block()?, [3.0, 9.0, 15.0, 21.0, 1.5, 2.5]);
+    /// # Ok::<(), wgpu_embed::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// What [`TableBatchedEmbeddingBags::from_pretrained`] refuses, and
+    /// [`Error::InvalidArgument`] for a table whose bytes are not `rows ·
+    /// precision.row_bytes(dim)`, or an int4 table of odd dim.
+    pub fn from_rows(ctx: &Context, tables: &[TableRows<'_>], feature_table_map: &[usize], mode: Pooling) -> Result<Self> {
+        for (t, table) in tables.iter().enumerate() {
+            let row_bytes = table.precision.row_bytes(table.dim);
+            if table.dim == 0 || (table.precision == TablePrecision::Int4 && table.dim % 2 == 1) {
+                return Err(Error::arg("tables", format!("table {t}: dim {} of an {} table", table.dim, table.precision.name())));
+            }
+            if table.rows.checked_mul(row_bytes) != Some(table.bytes.len()) {
+                return Err(Error::arg(
+                    "tables",
+                    format!(
+                        "table {t}: {} bytes do not make {} {} rows of dim {} ({row_bytes} bytes each)",
+                        table.bytes.len(),
+                        table.rows,
+                        table.precision.name(),
+                        table.dim
+                    ),
+                ));
+            }
+        }
+        if tables.iter().all(|t| t.precision == TablePrecision::F32) {
+            let values: Vec<Vec<f32>> = tables.iter().map(|t| bytemuck::pod_collect_to_vec(t.bytes)).collect();
+            let specs: Vec<(&[f32], usize, usize)> = values.iter().zip(tables).map(|(v, t)| (&v[..], t.rows, t.dim)).collect();
+            return Self::from_pretrained(ctx, &specs, feature_table_map, mode);
+        }
+        // Each row padded to whole words, so that every row starts on a word.
+        let mut words: Vec<u32> = Vec::new();
+        let mut table_first = Vec::with_capacity(tables.len());
+        for table in tables {
+            table_first.push(words.len());
+            for row in table.bytes.chunks_exact(table.precision.row_bytes(table.dim)) {
+                words.extend(row.chunks(4).map(|w| {
+                    let mut word = [0u8; 4];
+                    word[..w.len()].copy_from_slice(w);
+                    u32::from_le_bytes(word)
+                }));
+            }
+        }
+        let specs: Vec<(usize, usize)> = tables.iter().map(|t| (t.rows, t.dim)).collect();
+        let formats: Vec<[u32; 2]> = tables.iter().map(|t| [t.precision.code(), t.precision.row_bytes(t.dim).div_ceil(4) as u32]).collect();
+        Self::build(ctx, &specs, feature_table_map, mode, (&words, DType::U32), &table_first, Some(&formats))
+    }
+
+    /// The layer over `packed` tables (table t's first word at `table_first[t]`), of
+    /// `(rows, dim)` `specs`, with per table its (precision code, words per row) when
+    /// rows are decoded.
+    fn build<T: bytemuck::Pod>(
+        ctx: &Context,
+        specs: &[(usize, usize)],
+        feature_table_map: &[usize],
+        mode: Pooling,
+        (packed, dtype): (&[T], DType),
+        table_first: &[usize],
+        formats: Option<&[[u32; 2]]>,
+    ) -> Result<Self> {
+        if specs.is_empty() || feature_table_map.is_empty() {
+            return Err(Error::arg("tables", "expected at least one table and one feature"));
+        }
+        let bytes = std::mem::size_of_val(packed) as u64;
         if bytes > ctx.max_binding_size() || packed.len() >= u32::MAX as usize {
             return Err(Error::Unsupported(format!(
                 "table-batched tables of {bytes} bytes in all: one binding holds {} bytes on this device",
@@ -237,10 +391,10 @@ impl TableBatchedEmbeddingBags {
         let mut features = Vec::with_capacity(feature_table_map.len());
         let mut column_features = Vec::new();
         for (f, &t) in feature_table_map.iter().enumerate() {
-            let Some(&(_, rows, dim)) = tables.get(t) else {
+            let Some(&(rows, dim)) = specs.get(t) else {
                 return Err(Error::arg(
                     "feature_table_map",
-                    format!("feature_table_map[{f}] = {t} names no table: there are {} tables", tables.len()),
+                    format!("feature_table_map[{f}] = {t} names no table: there are {} tables", specs.len()),
                 ));
             };
             features.push([table_first[t] as u32, dim as u32, rows as u32, column_features.len() as u32]);
@@ -250,8 +404,9 @@ impl TableBatchedEmbeddingBags {
         if width as u64 * 4 > ctx.max_binding_size() {
             return Err(Error::Unsupported(format!("an output row of {width} columns does not fit one binding")));
         }
-        let dims: Vec<usize> = feature_table_map.iter().map(|&t| tables[t].2).collect();
-        let layout = if dims.iter().all(|d| d.is_multiple_of(4)) {
+        let dims: Vec<usize> = feature_table_map.iter().map(|&t| specs[t].1).collect();
+        // Decoded rows take the per-element kernel.
+        let layout = if formats.is_none() && dims.iter().all(|d| d.is_multiple_of(4)) {
             let chunk = chunk_words(ctx, dims.iter().map(|d| d / 4).max().unwrap_or(1));
             let chunks: Vec<[u32; 2]> =
                 dims.iter().enumerate().flat_map(|(f, d)| (0..d / 4).step_by(chunk).map(move |w| [f as u32, w as u32])).collect();
@@ -259,15 +414,28 @@ impl TableBatchedEmbeddingBags {
         } else {
             RowLayout::Columns { column_features: upload(ctx, "tbe-column-features", &column_features) }
         };
+        let formats = formats.map(|per_table| {
+            let per_feature: Vec<[u32; 2]> = feature_table_map.iter().map(|&t| per_table[t]).collect();
+            upload(ctx, "tbe-formats", &per_feature)
+        });
         Ok(Self {
-            tables: GpuTensor::flat(ctx, &packed, DType::F32)?,
-            specs: tables.iter().map(|&(_, rows, dim)| (rows, dim)).collect(),
+            tables: GpuTensor::flat(ctx, packed, dtype)?,
+            specs: specs.to_vec(),
             feature_table_map: feature_table_map.to_vec(),
             mode,
             features: upload(ctx, "tbe-features", &features),
             layout,
             width,
+            formats,
         })
+    }
+
+    /// The row formats binding, and the shader's constant saying whether rows are decoded.
+    fn format_binding(&self, ctx: &Context) -> (wgpu::Buffer, Vec<(&'static str, f64)>) {
+        match &self.formats {
+            Some(f) => (f.clone(), vec![("MIXED", 1.0)]),
+            None => (ctx.placeholder_buffer().clone(), Vec::new()),
+        }
     }
 
     /// Number of features (F).
@@ -350,6 +518,8 @@ impl TableBatchedEmbeddingBags {
                 }
                 RowLayout::Columns { column_features } => (&TBE_POOLED, Vec::new(), self.width, column_features, placeholder),
             };
+            let (formats, decode) = self.format_binding(ctx);
+            let constants = if decode.is_empty() { constants } else { decode };
             let extra = [
                 self.tables.segments()[0].buffer.clone(),
                 self.features.clone(),
@@ -357,6 +527,7 @@ impl TableBatchedEmbeddingBags {
                 upload(ctx, "tbe-offsets", &bag_offsets),
                 weights,
                 chunks.clone(),
+                formats,
             ];
             let call = Call { extra: &extra, ..Call::new(kernel, &constants, Grid::Elements(items as u64), params) };
             record_flat(ctx, run, &call, Some(&indices), Some(&out.segments()[0]), b as u64);
@@ -449,15 +620,17 @@ impl TableBatchedEmbeddingBags {
                 arg0: self.features() as u32,
                 ..Default::default()
             };
+            let (formats, constants) = self.format_binding(ctx);
             let extra = [
                 self.tables.segments()[0].buffer.clone(),
                 self.features.clone(),
-                upload(ctx, "tbe-vbe-features", &layout.feature_firsts),
+                ctx.placeholder_buffer().clone(),
                 upload(ctx, "tbe-offsets", &bag_offsets),
                 weights,
-                upload(ctx, "tbe-vbe-bag-firsts", &layout.bag_out_firsts),
+                upload(ctx, "tbe-vbe-layout", &layout.words),
+                formats,
             ];
-            let call = Call { extra: &extra, ..Call::new(&TBE_VBE, &[], Grid::Elements(layout.total as u64), params) };
+            let call = Call { extra: &extra, ..Call::new(&TBE_VBE, &constants, Grid::Elements(layout.total as u64), params) };
             record_flat(ctx, run, &call, Some(&indices), Some(&out.segments()[0]), 1);
             Ok(())
         })?;
@@ -535,8 +708,14 @@ impl TableBatchedEmbeddingBags {
     /// those of tables 0 .. t-1).
     ///
     /// # Errors
-    /// [`Error::Unsupported`] when the tables' dims differ.
+    /// [`Error::Unsupported`] when the tables' dims differ, or for tables of
+    /// [`TableBatchedEmbeddingBags::from_rows`] other than f32.
     pub fn weights(&self) -> Result<GpuTensor> {
+        if self.formats.is_some() {
+            return Err(Error::Unsupported(
+                "tables stored as fp16, int8 or int4 rows are for inference: training takes f32 tables (from_pretrained)".into(),
+            ));
+        }
         let d = self.specs[0].1;
         if self.specs.iter().any(|&(_, dim)| dim != d) {
             return Err(Error::Unsupported(format!(
@@ -687,6 +866,7 @@ impl TableBatchedEmbeddingBags {
                 arg0: if same { dims[0] as u32 } else { 0 },
                 ..Default::default()
             };
+            let (formats, constants) = self.format_binding(ctx);
             let extra = [
                 self.tables.segments()[0].buffer.clone(),
                 self.features.clone(),
@@ -694,8 +874,9 @@ impl TableBatchedEmbeddingBags {
                 ctx.placeholder_buffer().clone(),
                 ctx.placeholder_buffer().clone(),
                 upload(ctx, "tbe-row-firsts", &firsts),
+                formats,
             ];
-            let call = Call { extra: &extra, ..Call::new(&TBE_SEQUENCE, &[], Grid::Elements(total as u64), params) };
+            let call = Call { extra: &extra, ..Call::new(&TBE_SEQUENCE, &constants, Grid::Elements(total as u64), params) };
             record_flat(ctx, run, &call, Some(&indices), Some(&out.segments()[0]), 1);
             Ok(())
         })?;

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 import fbgemm_gpu  # noqa: F401  (registers the operators)
 from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
-from fbgemm_gpu.split_table_batched_embeddings_ops_common import BoundsCheckMode, PoolingMode
+from fbgemm_gpu.split_table_batched_embeddings_ops_common import BoundsCheckMode, EmbeddingLocation as InferenceLocation, PoolingMode
+from fbgemm_gpu.split_table_batched_embeddings_ops_inference import IntNBitTableBatchedEmbeddingBagsCodegen
 from fbgemm_gpu.split_table_batched_embeddings_ops_training import (  # noqa: E402
     ComputeDevice,
     DenseTableBatchedEmbeddingBagsCodegen,
@@ -73,6 +74,42 @@ def fbgemm(specs, feature_table_map, pooling, batch_size_per_feature_per_rank=No
         )
         load_tables(m, weights, specs)
         return {"out": m(indices, offsets, per_sample_weights=per_sample_weights, **vbe)}
+
+    return run
+
+
+PRECISIONS = {"fp32": SparseType.FP32, "fp16": SparseType.FP16, "int8": SparseType.INT8, "int4": SparseType.INT4}
+
+
+def inference_rows(w, precision):
+    """Table `w` (float32 [rows, dim]) as FBGEMM's inference TBE stores it, as
+    (data, scale_bias) for its assign_embedding_weights and as the rows' bytes of the
+    case (FBGEMM's row: the f16 scale and bias first, then the codes). Int rows are
+    quantized by FBGEMM's own FloatToFusedNBitRowwiseQuantizedSBHalf, which puts the
+    scale and bias at the row's end."""
+    if precision in ("int8", "int4"):
+        fused = torch.ops.fbgemm.FloatToFusedNBitRowwiseQuantizedSBHalf(w, 8 if precision == "int8" else 4)
+        data, scale_bias = fused[:, :-4].contiguous(), fused[:, -4:].contiguous()
+        return (data, scale_bias), torch.cat([scale_bias, data], 1).flatten().numpy()
+    data = (w.half() if precision == "fp16" else w).contiguous().view(torch.uint8).view(w.shape[0], -1)
+    return (data, None), data.flatten().numpy()
+
+
+def fbgemm_inference(specs, feature_table_map, pooling, precisions, tables):
+    """The forward of FBGEMM's inference TBE (IntNBitTableBatchedEmbeddingBagsCodegen,
+    CPU, f32 output) over `tables` (each as inference_rows gives it)."""
+
+    def run(weights, indices, offsets, per_sample_weights=None):
+        m = IntNBitTableBatchedEmbeddingBagsCodegen(
+            embedding_specs=[(f"t{t}", rows, dim, PRECISIONS[p], InferenceLocation.HOST) for t, ((rows, dim), p) in enumerate(zip(specs, precisions))],
+            feature_table_map=list(feature_table_map),
+            pooling_mode=MODES[pooling],
+            output_dtype=SparseType.FP32,
+            device="cpu",
+        )
+        m.initialize_weights()
+        m.assign_embedding_weights(tables)
+        return {"out": m(indices.int(), offsets.int(), per_sample_weights)}
 
     return run
 
@@ -187,6 +224,19 @@ def tbe_cases(f):
         f.add(name, "tbe_forward", params(vbe, vbe_ftm, pooling, sizes), inputs, fbgemm(vbe, vbe_ftm, pooling, sizes))
     idx, off = bags(f, 4, per_feature, vbe, vbe_ftm, 3)
     bad = {"weights": weights_of(f, vbe), "indices": idx, "offsets": off[:-1]}
+    # Inference tables of mixed precision (FBGEMM's IntN TBE): fp32, fp16, int8 and int4
+    # rows in one layer, a shared int8 table; sum, weighted sum and mean.
+    qspecs, qftm, precisions = [(40, 16), (30, 8), (50, 12), (20, 4)], [2, 0, 1, 2, 3], ["int8", "int4", "fp16", "fp32"]
+    for pooling, weighted in [("sum", False), ("sum", True), ("mean", False)]:
+        rows = [inference_rows(torch.from_numpy(f.randn(r, d)), p) for (r, d), p in zip(qspecs, precisions)]
+        idx, off = bags(f, 5, 6, qspecs, qftm, 4, empty_every=5)
+        inputs = {"weights": np.concatenate([b for _, b in rows]), "indices": idx, "offsets": off}
+        if weighted:
+            inputs["per_sample_weights"] = f.randn(len(idx))
+        q = params(qspecs, qftm, pooling)
+        q["weights_precision"] = precisions
+        name = f"tbe_mixed_precision_{pooling}{'_per_sample_weights' if weighted else ''}"
+        f.add(name, "tbe_forward", q, inputs, fbgemm_inference(qspecs, qftm, pooling, precisions, [t for t, _ in rows]))
     f.add("err_tbe_vbe_offsets_length", "tbe_forward", params(vbe, vbe_ftm, "sum", sizes), bad, fbgemm(vbe, vbe_ftm, "sum", sizes), error=True)
 
 

@@ -143,6 +143,50 @@ impl Gpu {
         Ok(TableBatchedEmbeddingBags { ctx, layer })
     }
 
+    /// FBGEMM's inference TBE over tables of mixed precision (see the crate's
+    /// `TableBatchedEmbeddingBags::from_rows`): `tables` (Uint8Arrays, each table's rows
+    /// in FBGEMM's inference layout) of `shapes` `[[rows, dim], ...]` stored as
+    /// `precisions` (`"fp32" | "fp16" | "int8" | "int4"`, one per table); arguments
+    /// otherwise as `tableBatchedEmbeddingBags`'s. For inference: it has no `weights`.
+    #[wasm_bindgen(js_name = tableBatchedEmbeddingBagsFromRows)]
+    pub async fn table_batched_embedding_bags_from_rows(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "Uint8Array[]")] tables: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "number[][]")] shapes: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "string[]")] precisions: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "number[]")] feature_table_map: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "{ mode?: \"sum\" | \"mean\" | \"none\" } | undefined")] options: JsValue,
+    ) -> Result<TableBatchedEmbeddingBags, JsValue> {
+        let (bytes, shapes, precisions) =
+            (array_arg(&tables, "tables")?, array_arg(&shapes, "shapes")?, array_arg(&precisions, "precisions")?);
+        if bytes.len() != shapes.len() || bytes.len() != precisions.len() {
+            let what = format!("{} tables, {} shapes and {} precisions", bytes.len(), shapes.len(), precisions.len());
+            return Err(js_error(lib::Error::arg("shapes", what)));
+        }
+        let mut host = Vec::with_capacity(bytes.len());
+        for ((t, shape), precision) in bytes.iter().zip(&shapes).zip(&precisions) {
+            let t = t.dyn_ref::<js_sys::Uint8Array>().ok_or_else(|| js_error(lib::Error::arg("tables", "expected Uint8Arrays")))?;
+            let dims = shape_arg(shape, "shapes")?.unwrap_or_default();
+            let [rows, dim] = dims[..] else {
+                return Err(js_error(lib::Error::arg("shapes", format!("expected [rows, dim] per table, got {dims:?}"))));
+            };
+            let name = precision.as_string().ok_or_else(|| js_error(lib::Error::arg("precisions", "expected strings")))?;
+            host.push((t.to_vec(), rows, dim, lib::TablePrecision::from_str(&name).map_err(js_error)?));
+        }
+        let map = shape_arg(&feature_table_map, "featureTableMap")?.unwrap_or_default();
+        let mode = lib::Pooling::from_str(opt_str(&options, "mode")?.as_deref().unwrap_or("sum")).map_err(js_error)?;
+        let ctx = self.ctx.clone();
+        let layer = gpu_call(&ctx, || {
+            let tables: Vec<lib::TableRows<'_>> = host
+                .iter()
+                .map(|(bytes, rows, dim, precision)| lib::TableRows { rows: *rows, dim: *dim, precision: *precision, bytes })
+                .collect();
+            lib::TableBatchedEmbeddingBags::from_rows(&ctx, &tables, &map, mode)
+        })
+        .await?;
+        Ok(TableBatchedEmbeddingBags { ctx, layer })
+    }
+
     /// transformers' `AxialPositionEmbeddings`: position p is `weight0[p / n2] ++ weight1[p % n2]`,
     /// with `weight0` `[n1, d0]` and `weight1` `[n2, d1]` (`axialPosShape = [n1, n2]`, `axialDims = [d0, d1]`).
     #[wasm_bindgen(js_name = axialPositionEmbedding)]

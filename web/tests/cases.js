@@ -6,6 +6,15 @@ const opt = (v) => (v === undefined ? null : v);
 /** The table-batched layer of a TBE case: the packed weights cut into the tables its embedding_specs give. */
 async function tbeLayer(gpu, file, c) {
   const p = c.params;
+  if (p.weights_precision) {
+    // Inference tables: each table's rows in FBGEMM's layout for its precision.
+    const bytes = file.uint8(c.inputs.weights);
+    const rowBytes = { fp32: (d) => 4 * d, fp16: (d) => 2 * d, int8: (d) => 4 + d, int4: (d) => 4 + Math.ceil(d / 2) };
+    const tables = [];
+    let start = 0;
+    p.embedding_specs.forEach(([rows, dim], t) => tables.push(bytes.subarray(start, (start += rows * rowBytes[p.weights_precision[t]](dim)))));
+    return await gpu.tableBatchedEmbeddingBagsFromRows(tables, p.embedding_specs, p.weights_precision, p.feature_table_map, { mode: p.pooling_mode });
+  }
   const weights = file.float32(c.inputs.weights);
   const tables = [];
   let start = 0;
