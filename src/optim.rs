@@ -309,6 +309,21 @@ const UNIMPLEMENTED_BNB_ARGS: &[(&str, &str)] = &[
 ];
 
 impl OptimizerKind {
+    /// Its learning rate, which every optimizer has.
+    fn lr_mut(&mut self) -> &mut f64 {
+        match self {
+            OptimizerKind::Sgd { lr, .. }
+            | OptimizerKind::Adam { lr, .. }
+            | OptimizerKind::Adagrad { lr, .. }
+            | OptimizerKind::SparseAdam { lr, .. }
+            | OptimizerKind::RowwiseAdagrad { lr, .. }
+            | OptimizerKind::TbeAdam { lr, .. }
+            | OptimizerKind::PartialRowwiseAdam { lr, .. }
+            | OptimizerKind::Adam8bit { lr, .. }
+            | OptimizerKind::Adam32bit { lr, .. } => lr,
+        }
+    }
+
     /// This kind with `config`'s overrides, for a tensor of `numel` elements:
     /// `optim_bits` 32 turns 8-bit Adam into [`OptimizerKind::Adam32bit`] (and 8 the
     /// reverse, with bitsandbytes' block of 256 and `min_8bit_size` of 4 096), then a
@@ -323,17 +338,7 @@ impl OptimizerKind {
         let name = kind.name();
         let missing = |arg: &'static str| Error::arg(arg, format!("{name} has no {arg} to override"));
         if let Some(v) = config.lr {
-            match &mut kind {
-                OptimizerKind::Sgd { lr, .. }
-                | OptimizerKind::Adam { lr, .. }
-                | OptimizerKind::Adagrad { lr, .. }
-                | OptimizerKind::SparseAdam { lr, .. }
-                | OptimizerKind::RowwiseAdagrad { lr, .. }
-                | OptimizerKind::TbeAdam { lr, .. }
-                | OptimizerKind::PartialRowwiseAdam { lr, .. }
-                | OptimizerKind::Adam8bit { lr, .. }
-                | OptimizerKind::Adam32bit { lr, .. } => *lr = v,
-            }
+            *kind.lr_mut() = v;
         }
         if let Some(v) = config.betas {
             match &mut kind {
@@ -693,6 +698,20 @@ impl Optimizer {
     /// The optimizer and its hyper-parameters.
     pub fn kind(&self) -> &OptimizerKind {
         &self.kind
+    }
+
+    /// Sets the learning rate the next steps take, as a PyTorch scheduler sets
+    /// `param_groups[0]["lr"]`; the states and step count stay.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a negative or non-finite `lr` (PyTorch's
+    /// "Invalid learning rate"); the optimizer is then unchanged.
+    pub fn set_lr(&mut self, lr: f64) -> Result<()> {
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(Error::arg("lr", format!("Invalid learning rate: {lr}")));
+        }
+        *self.kind.lr_mut() = lr;
+        Ok(())
     }
 
     /// Sets the step count (a resumed optimizer's).

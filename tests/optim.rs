@@ -388,3 +388,51 @@ fn axial_steps_equal_backward_then_step() {
         }
     }
 }
+
+/// A learning rate set between steps is the one the next step takes (Adam: the states
+/// carry over), and a bad one is refused leaving the optimizer as it was.
+#[test]
+fn set_lr_changes_the_next_steps_only() {
+    let ctx = context(None);
+    let mut rng = Rng(41);
+    let (v, d) = (16, 8);
+    let init = rng.vec_f32(v * d);
+    let grads: Vec<Vec<f32>> = (0..3).map(|_| rng.vec_f32(v * d)).collect();
+    let adam = |lr| OptimizerKind::Adam { lr, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.0, decoupled: false };
+    // Two steps at lr 0.1 then one at 0.01, against the same by hand: an optimizer made
+    // at 0.01 after two steps at 0.1 is the same as one whose lr was set.
+    let run = |set: bool| {
+        let table = GpuTensor::from_f32(&ctx, &init, &[v, d]).unwrap();
+        let mut opt = Optimizer::new(&ctx, adam(0.1), &table).unwrap();
+        for (k, g) in grads.iter().enumerate() {
+            if k == 2 && set {
+                opt.set_lr(0.01).unwrap();
+            }
+            let g = Gradient::Dense(GpuTensor::from_f32(&ctx, g, &[v, d]).unwrap());
+            opt.step(&ctx, &table, &g).block().unwrap();
+        }
+        (table.read_f32(&ctx).block().unwrap(), opt)
+    };
+    let (kept, _) = run(false);
+    let (changed, mut opt) = run(true);
+    assert!(!same_bits(&kept, &changed), "the third step took the new learning rate");
+    assert!(matches!(opt.kind(), OptimizerKind::Adam { lr, .. } if *lr == 0.01));
+    // The third step's update is a tenth of the kept run's (same states, same gradient).
+    let (two, _) = {
+        let table = GpuTensor::from_f32(&ctx, &init, &[v, d]).unwrap();
+        let mut o = Optimizer::new(&ctx, adam(0.1), &table).unwrap();
+        for g in &grads[..2] {
+            o.step(&ctx, &table, &Gradient::Dense(GpuTensor::from_f32(&ctx, g, &[v, d]).unwrap())).block().unwrap();
+        }
+        (table.read_f32(&ctx).block().unwrap(), o)
+    };
+    for i in 0..v * d {
+        let (full, tenth) = (kept[i] - two[i], changed[i] - two[i]);
+        assert!((tenth * 10.0 - full).abs() <= 1e-5 * (1.0 + full.abs()), "element {i}: {tenth} vs {full} / 10");
+    }
+    for bad in [-1.0, f64::NAN, f64::INFINITY] {
+        let e = opt.set_lr(bad).unwrap_err().to_string();
+        assert!(e.contains("`lr`") && e.contains("Invalid learning rate"), "{e}");
+    }
+    assert!(matches!(opt.kind(), OptimizerKind::Adam { lr, .. } if *lr == 0.01));
+}
