@@ -232,3 +232,15 @@ fn tbe_bag_grads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let b = bag - f * params.rows;
     out[e] = tbe_grad_out[(b * params.arg0 + f) * params.dim + c];
 }
+
+// The same from a variable-batch (VBE) output gradient, flat in FBGEMM's rank-major
+// layout: row `bag` of `out` is read from vbe_layout[2 (F + 1) + bag]. Pass fields:
+// rows = the bags, dim = D, arg0 = F.
+@compute @workgroup_size(WG_SIZE)
+fn tbe_vbe_bag_grads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_id) lid: vec3<u32>) {
+    let e = linear_id(wid, nwg, lid);
+    if (e >= params.rows * params.dim) { return; }
+    let bag = e / params.dim;
+    out[e] = tbe_grad_out[vbe_layout[2u * (params.arg0 + 1u) + bag] + (e - bag * params.dim)];
+}

@@ -65,7 +65,7 @@ pub use layers::retriever::{Metric, RetrievalTable, Retriever, TopK};
 pub use layers::stable_embedding::{StableEmbedding, STABLE_EMBEDDING_EPS};
 pub use layers::sum_layer_norm::EmbeddingSumLayerNorm;
 pub use layers::table::{EmbeddingOptions, MaxNorm};
-pub use layers::table_batched::{Pooling, TableBatchedEmbeddingBags, TablePrecision, TableRows};
+pub use layers::table_batched::{Pooling, TableBatchedEmbeddingBags, TablePrecision, TableRows, VariableBatch};
 pub use optim::{Optimizer, OptimizerKind, ParamConfig, TrainableLayer};
 pub use quant::blockwise::{dequantize_blockwise, quantize_blockwise, Blockwise};
 pub use quant::codes::{CodeMap, FourBit};

@@ -550,3 +550,58 @@ fn mixed_precision_tables_pool_their_decoded_rows() {
     let e = TableBatchedEmbeddingBags::from_rows(&ctx, &[odd], &[0], Pooling::Sum).map(drop).unwrap_err().to_string();
     assert!(e.contains("`tables`") && e.contains("dim 3 of an int4 table"), "{e}");
 }
+
+/// Training with variable batch sizes: one rank of equal batch sizes gives the fixed-B
+/// step's bits (the output gradient laid out as FBGEMM's VBE output); with several ranks
+/// the fused step equals the VBE backward then the optimizer's step, and a gradient of
+/// the fixed-B shape is refused with nothing written.
+#[test]
+fn variable_batch_steps_match_the_fixed_batch_ones() {
+    use wgpu_embed::{GpuTensor, Optimizer, OptimizerKind};
+    let ctx = context(None);
+    let mut rng = Rng(93);
+    let (specs, map, b, d) = ([(30usize, 8usize), (20, 8)], [0usize, 1, 0], 4usize, 8usize);
+    let kind = OptimizerKind::RowwiseAdagrad { lr: 0.1, eps: 1e-8, weight_decay: 0.0 };
+    let bits = |t: &GpuTensor| t.read_f32(&ctx).block().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    let c = case(&mut rng, &specs, &map, b, 3);
+    let (n, o) = ([c.indices.len()], [c.offsets.len()]);
+    let (idx, off) = (Indices::i64(&c.indices, &n), Indices::i64(&c.offsets, &o));
+    let fixed_grad = rng.vec_f32(b * map.len() * d);
+    // The same gradient in VBE's layout (one rank: feature after feature, B rows each).
+    let vbe_grad: Vec<f32> = (0..map.len())
+        .flat_map(|f| (0..b).flat_map(move |r| (0..d).map(move |k| (r * map.len() + f) * d + k)))
+        .map(|i| fixed_grad[i])
+        .collect();
+    let fixed = layer(&ctx, &c, Pooling::Sum);
+    let mut opt = Optimizer::new(&ctx, kind, &fixed.weights().unwrap()).unwrap();
+    fixed.step(&ctx, &mut opt, idx, off, None, &GpuTensor::from_f32(&ctx, &fixed_grad, &[b, map.len() * d]).unwrap()).block().unwrap();
+    let one_rank = vec![vec![b]; map.len()];
+    let vbe = layer(&ctx, &c, Pooling::Sum);
+    let mut vopt = Optimizer::new(&ctx, kind, &vbe.weights().unwrap()).unwrap();
+    let g = GpuTensor::from_f32(&ctx, &vbe_grad, &[vbe_grad.len()]).unwrap();
+    vbe.variable_batch(&one_rank).step(&ctx, &mut vopt, idx, off, None, &g).block().unwrap();
+    assert_eq!(bits(&fixed.weights().unwrap()), bits(&vbe.weights().unwrap()));
+    let state = |o: &Optimizer| bits(o.state(o.state_names()[0]).unwrap());
+    assert_eq!(state(&opt), state(&vopt));
+
+    // Several ranks: fused == backward (sparse) then step.
+    let ranks = vec![vec![1, 3], vec![2, 2], vec![4, 0]];
+    let grads = rng.vec_f32(b * map.len() * d);
+    let g = GpuTensor::from_f32(&ctx, &grads, &[grads.len()]).unwrap();
+    let fused = layer(&ctx, &c, Pooling::Mean);
+    let mut fopt = Optimizer::new(&ctx, kind, &fused.weights().unwrap()).unwrap();
+    fused.variable_batch(&ranks).step(&ctx, &mut fopt, idx, off, None, &g).block().unwrap();
+    let twin = layer(&ctx, &c, Pooling::Mean);
+    let mut topt = Optimizer::new(&ctx, kind, &twin.weights().unwrap()).unwrap();
+    let sparse = wgpu_embed::GradOptions::default().sparse(true);
+    let grad = twin.variable_batch(&ranks).backward(&ctx, idx, off, None, &g, sparse).block().unwrap();
+    topt.step(&ctx, &twin.weights().unwrap(), &grad).block().unwrap();
+    assert_eq!(bits(&fused.weights().unwrap()), bits(&twin.weights().unwrap()));
+    assert_ne!(bits(&fused.weights().unwrap()), bits(&layer(&ctx, &c, Pooling::Mean).weights().unwrap()), "the step wrote");
+
+    let before = bits(&fused.weights().unwrap());
+    let wrong = GpuTensor::from_f32(&ctx, &grads, &[b, map.len() * d]).unwrap();
+    let e = fused.variable_batch(&ranks).step(&ctx, &mut fopt, idx, off, None, &wrong).block().unwrap_err().to_string();
+    assert!(e.contains("grad_out") && e.contains("[96]"), "{e}");
+    assert_eq!(before, bits(&fused.weights().unwrap()), "a refused step writes nothing");
+}

@@ -414,9 +414,12 @@ mod runs {
         let layer = tbe_layer(ctx, inputs)?;
         let (indices, offsets) = (inputs.require("indices")?.as_indices("indices")?, inputs.require("offsets")?.as_indices("offsets")?);
         let grad = gpu_f32(ctx, inputs, "grad_out")?;
-        let Gradient::Dense(g) =
-            layer.backward(ctx, indices, offsets, opt_vector(inputs, "per_sample_weights")?, &grad, Default::default()).block()?
-        else {
+        let psw = opt_vector(inputs, "per_sample_weights")?;
+        let gradient = match inputs.params().opt_usize_lists("batch_size_per_feature_per_rank")? {
+            Some(sizes) => layer.variable_batch(&sizes).backward(ctx, indices, offsets, psw, &grad, Default::default()).block()?,
+            None => layer.backward(ctx, indices, offsets, psw, &grad, Default::default()).block()?,
+        };
+        let Gradient::Dense(g) = gradient else {
             return Err(Error::Unsupported("a dense TBE backward gave a sparse gradient".into()));
         };
         let values = g.read_f32(ctx).block()?;
@@ -453,9 +456,13 @@ mod runs {
             _ => return Err(Error::arg("grad_out", format!("expected [T, B, width] gradients, got shape {:?}", grads.shape))),
         };
         let values = grads.as_f32("grad_out")?;
+        let sizes = p.opt_usize_lists("batch_size_per_feature_per_rank")?;
         for t in 0..steps {
             let g = GpuTensor::from_f32(ctx, &values[t * per..(t + 1) * per], &grads.shape[1..])?;
-            layer.step(ctx, &mut opt, indices, offsets, psw, &g).block()?;
+            match &sizes {
+                Some(sizes) => layer.variable_batch(sizes).step(ctx, &mut opt, indices, offsets, psw, &g).block()?,
+                None => layer.step(ctx, &mut opt, indices, offsets, psw, &g).block()?,
+            }
         }
         let flat = |t: &GpuTensor| -> Result<HostTensor> {
             let v = t.read_f32(ctx).block()?;

@@ -13,7 +13,8 @@
 //! `[N, D]` when every feature has dim D, else the rows one after another, flat (unlike
 //! FBGEMM, features of different dims are allowed there too).
 //! Variable batch sizes per feature (FBGEMM's VBE) come out in FBGEMM's rank-major layout
-//! ([`TableBatchedEmbeddingBags::forward_vbe`]). Tables may be stored as FBGEMM's inference
+//! ([`TableBatchedEmbeddingBags::forward_vbe`]; its backward and steps through
+//! [`TableBatchedEmbeddingBags::variable_batch`]). Tables may be stored as FBGEMM's inference
 //! TBE stores them, fp16, int8 or int4 rows beside f32 ones in one layer
 //! ([`TableBatchedEmbeddingBags::from_rows`]).
 //! Unlike FBGEMM's default bounds-check mode, which replaces a bad index by 0, a bad
@@ -62,6 +63,9 @@ const TBE_SEQUENCE: Kernel = Kernel::new(&FAMILY, "tbe_sequence", POOLED_BINDING
 const TBE_VBE: Kernel = Kernel::new(&FAMILY, "tbe_vbe", POOLED_BINDINGS);
 /// Backward: the output gradient in the bags' (feature-major) order.
 const TBE_BAG_GRADS: Kernel = Kernel::new(&FAMILY, "tbe_bag_grads", &[PARAMS, OUT, (12, Slot::Read, Role::Extra(0))]);
+/// The same from a variable-batch output (its layout at 11).
+const TBE_VBE_BAG_GRADS: Kernel =
+    Kernel::new(&FAMILY, "tbe_vbe_bag_grads", &[PARAMS, OUT, (12, Slot::Read, Role::Extra(0)), (11, Slot::Read, Role::Extra(1))]);
 
 /// Output words one `tbe_pooled4` invocation sums (`CHUNK` in the shader): on CPU
 /// adapters a whole row of the widest feature, up to 16 (each lane's index load is
@@ -576,6 +580,14 @@ impl TableBatchedEmbeddingBags {
         ctx.run_now(|run| self.record_vbe(run, indices, offsets, per_sample_weights, batch_size_per_feature_per_rank))
     }
 
+    /// The layer's training with variable batch sizes (FBGEMM's VBE):
+    /// `batch_size_per_feature_per_rank` as [`TableBatchedEmbeddingBags::forward_vbe`]
+    /// takes it, for [`VariableBatch::backward`] and [`VariableBatch::step`] on the
+    /// gradient of that forward's output.
+    pub fn variable_batch<'a>(&'a self, batch_size_per_feature_per_rank: &'a [Vec<usize>]) -> VariableBatch<'a> {
+        VariableBatch { layer: self, batch_size_per_feature_per_rank }
+    }
+
     /// [`TableBatchedEmbeddingBags::forward_vbe`] recorded into `run`.
     ///
     /// # Errors
@@ -746,8 +758,22 @@ impl TableBatchedEmbeddingBags {
         grad_out: &GpuTensor,
         options: GradOptions,
     ) -> Result<Gradient> {
+        self.backward_with(ctx, indices, offsets, per_sample_weights, grad_out, options, None).await
+    }
+
+    #[allow(clippy::too_many_arguments)] // backward's arguments and the batch sizes (VariableBatch::backward)
+    async fn backward_with(
+        &self,
+        ctx: &Context,
+        indices: Indices<'_>,
+        offsets: Indices<'_>,
+        per_sample_weights: Option<&[f32]>,
+        grad_out: &GpuTensor,
+        options: GradOptions,
+        batch: Option<&[Vec<usize>]>,
+    ) -> Result<Gradient> {
         let weights = self.weights()?;
-        let prepared = self.prepare_backward(ctx, indices, offsets, per_sample_weights, grad_out)?;
+        let prepared = self.prepare_backward(ctx, indices, offsets, per_sample_weights, grad_out, batch)?;
         table_gradient(ctx, &prepared.scatter(&weights, options), &prepared.grad, None).await
     }
 
@@ -771,8 +797,22 @@ impl TableBatchedEmbeddingBags {
         per_sample_weights: Option<&[f32]>,
         grad_out: &GpuTensor,
     ) -> Result<()> {
+        self.step_with(ctx, optimizer, indices, offsets, per_sample_weights, grad_out, None).await
+    }
+
+    #[allow(clippy::too_many_arguments)] // step's arguments and the batch sizes (VariableBatch::step)
+    async fn step_with(
+        &self,
+        ctx: &Context,
+        optimizer: &mut Optimizer,
+        indices: Indices<'_>,
+        offsets: Indices<'_>,
+        per_sample_weights: Option<&[f32]>,
+        grad_out: &GpuTensor,
+        batch: Option<&[Vec<usize>]>,
+    ) -> Result<()> {
         let weights = self.weights()?;
-        let prepared = self.prepare_backward(ctx, indices, offsets, per_sample_weights, grad_out)?;
+        let prepared = self.prepare_backward(ctx, indices, offsets, per_sample_weights, grad_out, batch)?;
         if optimizer.fuses(&weights, &prepared.grad) {
             let scatter = prepared.scatter(&weights, GradOptions::default().sparse(true));
             return ctx.run_now(|run| optimizer.record_fused_scatter(run, &weights, &scatter, &prepared.grad));
@@ -791,11 +831,23 @@ impl TableBatchedEmbeddingBags {
         offsets: Indices<'_>,
         per_sample_weights: Option<&[f32]>,
         grad_out: &GpuTensor,
+        batch: Option<&[Vec<usize>]>,
     ) -> Result<PreparedBackward> {
         let d = self.specs[0].1;
-        let Bags { mut rows, bag_offsets, b, .. } = self.checked_bags(ctx, indices, offsets, per_sample_weights, None)?;
+        if batch.is_some() && self.mode == Pooling::None {
+            return Err(Error::arg(
+                "batch_size_per_feature_per_rank",
+                "variable batch sizes need pooling_mode 'sum' or 'mean' (this layer's is 'none')",
+            ));
+        }
+        let Bags { mut rows, bag_offsets, b, feature_bags } = self.checked_bags(ctx, indices, offsets, per_sample_weights, batch)?;
         let f = self.features();
-        let out_shape = if self.mode == Pooling::None { [rows.len(), d] } else { [b, self.width] };
+        let vbe = batch.map(|sizes| VbeLayout::new(&self.feature_dims(), sizes, &feature_bags));
+        let out_shape = match &vbe {
+            Some(layout) => vec![layout.total],
+            None if self.mode == Pooling::None => vec![rows.len(), d],
+            None => vec![b, self.width],
+        };
         check_grad(grad_out, &out_shape)?;
         // Table t's rows follow those of the tables before it.
         let mut first_rows = Vec::with_capacity(self.specs.len());
@@ -804,25 +856,35 @@ impl TableBatchedEmbeddingBags {
             first_rows.push(total);
             total += r;
         }
-        for bag in 0..f * b {
-            let first = first_rows[self.feature_table_map[bag / b]] as i32;
-            for row in &mut rows[bag_offsets[bag] as usize..bag_offsets[bag + 1] as usize] {
+        for (t, bags) in feature_bags.windows(2).enumerate() {
+            let first = first_rows[self.feature_table_map[t]] as i32;
+            for row in &mut rows[bag_offsets[bags[0]] as usize..bag_offsets[bags[1]] as usize] {
                 *row += first;
             }
         }
+        let bags = feature_bags[f];
         let grad = if self.mode == Pooling::None {
             grad_out.clone()
         } else {
             let [seg] = grad_out.segments() else {
                 return Err(Error::Unsupported(format!("a TBE output gradient of shape {:?} over several bindings", grad_out.shape())));
             };
-            let bag_grads = GpuTensor::zeros_with(ctx, &[f * b, d], DType::F32, d, (f * b).max(1) as u64)?;
-            if f * b > 0 {
+            let bag_grads = GpuTensor::zeros_with(ctx, &[bags, d], DType::F32, d, bags.max(1) as u64)?;
+            if bags > 0 {
                 ctx.run_now(|run| {
-                    let params = PassParams { rows: b as u32, dim: d as u32, arg0: f as u32, ..Default::default() };
-                    let extra = [seg.buffer.clone()];
-                    let call = Call { extra: &extra, ..Call::new(&TBE_BAG_GRADS, &[], Grid::Elements(1), params) };
-                    record_flat(ctx, run, &call, None, Some(&bag_grads.segments()[0]), (f * b * d) as u64);
+                    let (kernel, params, extra) = match &vbe {
+                        // Each bag's row from where FBGEMM's rank-major output holds it.
+                        Some(layout) => {
+                            let params = PassParams { rows: bags as u32, dim: d as u32, arg0: f as u32, ..Default::default() };
+                            (&TBE_VBE_BAG_GRADS, params, vec![seg.buffer.clone(), upload(ctx, "tbe-vbe-layout", &layout.words)])
+                        }
+                        None => {
+                            let params = PassParams { rows: b as u32, dim: d as u32, arg0: f as u32, ..Default::default() };
+                            (&TBE_BAG_GRADS, params, vec![seg.buffer.clone()])
+                        }
+                    };
+                    let call = Call { extra: &extra, ..Call::new(kernel, &[], Grid::Elements(1), params) };
+                    record_flat(ctx, run, &call, None, Some(&bag_grads.segments()[0]), (bags * d) as u64);
                     Ok(())
                 })?;
             }
@@ -913,4 +975,71 @@ fn variable_feature_bags(batch_size_per_feature_per_rank: &[Vec<usize>], f: usiz
         return Err(Error::arg("offsets", format!("expected Σ batch sizes + 1 = {} entries, got {offsets_len}", total + 1)));
     }
     Ok(feature_bags)
+}
+
+/// A [`TableBatchedEmbeddingBags`] with batch sizes per feature and rank (FBGEMM's VBE),
+/// from [`TableBatchedEmbeddingBags::variable_batch`]: the backward and fused step of
+/// [`TableBatchedEmbeddingBags::forward_vbe`].
+///
+/// ```
+/// use wgpu_embed::{Block, Context, GpuTensor, Indices, Optimizer, OptimizerKind, Pooling, TableBatchedEmbeddingBags};
+/// let ctx = Context::new().block()?;
+/// let (a, b) = (vec![1.0f32; 4 * 4], vec![2.0f32; 3 * 4]);
+/// let tbe = TableBatchedEmbeddingBags::from_pretrained(&ctx, &[(&a, 4, 4), (&b, 3, 4)], &[0, 1], Pooling::Sum)?;
+/// // Feature 0: 1 bag from rank 0, 2 from rank 1; feature 1: 1 from each.
+/// let sizes = [vec![1, 2], vec![1, 1]];
+/// let (indices, offsets) = ([0i64, 1, 2, 0, 2], [0i64, 1, 2, 3, 4, 5]);
+/// let (idx, off) = (Indices::i64(&indices, &[5]), Indices::i64(&offsets, &[6]));
+/// let sgd = OptimizerKind::Sgd { lr: 0.5, momentum: 0.0, dampening: 0.0, nesterov: false, weight_decay: 0.0 };
+/// let mut opt = Optimizer::new(&ctx, sgd, &tbe.weights()?)?;
+/// let grad = GpuTensor::from_f32(&ctx, &[1.0; 20], &[20])?; // the forward's [Σ B_f,r · dim_f]
+/// tbe.variable_batch(&sizes).step(&ctx, &mut opt, idx, off, None, &grad).block()?;
+/// let w = tbe.weights()?.read_f32(&ctx).block()?;
+/// assert_eq!(w[..4], [0.5; 4]); // table 0's row 0: 1 - 0.5 · 1
+/// assert_eq!(w[12..16], [1.0; 4]); // its row 3 is in no bag
+/// # Ok::<(), wgpu_embed::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct VariableBatch<'a> {
+    layer: &'a TableBatchedEmbeddingBags,
+    batch_size_per_feature_per_rank: &'a [Vec<usize>],
+}
+
+impl VariableBatch<'_> {
+    /// [`TableBatchedEmbeddingBags::backward`] of the variable-batch forward: `grad_out`
+    /// has its flat shape `[Σ_f Σ_r B_f,r · dim_f]`.
+    ///
+    /// # Errors
+    /// What [`TableBatchedEmbeddingBags::forward_vbe`] and
+    /// [`TableBatchedEmbeddingBags::backward`] refuse.
+    pub async fn backward(
+        &self,
+        ctx: &Context,
+        indices: Indices<'_>,
+        offsets: Indices<'_>,
+        per_sample_weights: Option<&[f32]>,
+        grad_out: &GpuTensor,
+        options: GradOptions,
+    ) -> Result<Gradient> {
+        let batch = Some(self.batch_size_per_feature_per_rank);
+        self.layer.backward_with(ctx, indices, offsets, per_sample_weights, grad_out, options, batch).await
+    }
+
+    /// [`TableBatchedEmbeddingBags::step`] of the variable-batch forward (fused where
+    /// the optimizer fuses).
+    ///
+    /// # Errors
+    /// What [`VariableBatch::backward`] and [`Optimizer::step`] refuse.
+    pub async fn step(
+        &self,
+        ctx: &Context,
+        optimizer: &mut Optimizer,
+        indices: Indices<'_>,
+        offsets: Indices<'_>,
+        per_sample_weights: Option<&[f32]>,
+        grad_out: &GpuTensor,
+    ) -> Result<()> {
+        let batch = Some(self.batch_size_per_feature_per_rank);
+        self.layer.step_with(ctx, optimizer, indices, offsets, per_sample_weights, grad_out, batch).await
+    }
 }

@@ -247,7 +247,7 @@ FBGEMM_OPTIMIZERS = {
 }
 
 
-def fbgemm_training(specs, feature_table_map, pooling, optimizer, lr=0.0, eps=1e-8):
+def fbgemm_training(specs, feature_table_map, pooling, optimizer, lr=0.0, eps=1e-8, batch_size_per_feature_per_rank=None):
     """`steps` forward + backward passes of FBGEMM's training TBE on CPU with its fused
     optimizer (EXACT_SGD, EXACT_ADAGRAD, EXACT_ROWWISE_ADAGRAD), one batch, one output
     gradient per step: the tables after the steps, and the optimizer's state
@@ -266,8 +266,9 @@ def fbgemm_training(specs, feature_table_map, pooling, optimizer, lr=0.0, eps=1e
             **extra,
         )
         load_tables(m, weights, specs)
+        vbe = {} if batch_size_per_feature_per_rank is None else {"batch_size_per_feature_per_rank": batch_size_per_feature_per_rank}
         for g in grad_out:
-            m(indices, offsets, per_sample_weights=per_sample_weights).backward(g)
+            m(indices, offsets, per_sample_weights=per_sample_weights, **vbe).backward(g)
         out = {"weights": torch.cat([t.detach().flatten() for t in m.split_embedding_weights()])}
         if optimizer != "exact_sgd":
             out["momentum1"] = torch.cat([s[0].flatten() for s in m.split_optimizer_states()])
@@ -394,6 +395,19 @@ def tbe_training_cases(f):
     add_steps("tbe_adam_mean_weight_decay", "mean", "adam", dims=16, learning_rate=0.02, eps=1e-6, beta1=0.8, beta2=0.99, weight_decay=0.1)
     add_steps("tbe_partial_rowwise_adam", "sum", "partial_rowwise_adam", learning_rate=0.01, eps=1e-8, beta1=0.9, beta2=0.999)
     add_steps("tbe_partial_rowwise_adam_weighted", "sum", "partial_rowwise_adam", weighted=True, learning_rate=0.02, eps=1e-6, beta1=0.8, beta2=0.99, weight_decay=0.1)
+    # Variable batch sizes (VBE): FBGEMM's training TBE with batch_size_per_feature_per_rank,
+    # the output gradient flat in its rank-major layout.
+    sizes = [[2, 3], [0, 4], [3, 1], [1, 2]]
+    for cid, pooling, optimizer, hyper in [
+        ("tbe_vbe_exact_sgd", "sum", "exact_sgd", {"learning_rate": 0.05}),
+        ("tbe_vbe_exact_rowwise_adagrad_mean", "mean", "exact_rowwise_adagrad", {"learning_rate": 0.1, "eps": 1e-8}),
+    ]:
+        idx, off = bags(f, 4, [sum(r) for r in sizes], specs, ftm, 4, empty_every=5)
+        total = sum(sum(r) for r in sizes) * 8
+        inputs = {"weights": weights_of(f, specs), "indices": idx, "offsets": off, "grad_out": f.randn(3, total)}
+        p = {**training_params(specs, ftm, pooling, optimizer, **hyper), "batch_size_per_feature_per_rank": sizes}
+        run = fbgemm_training(specs, ftm, pooling, optimizer, hyper["learning_rate"], hyper.get("eps", 1e-8), sizes)
+        f.add(cid, "tbe_step", p, inputs, run, 1e-5, 1e-5)
 
 
 def main():
