@@ -487,7 +487,9 @@ impl TableBatchedEmbeddingBags {
 
     /// The backward and one step of `optimizer` (made for `weights`), fused for the
     /// optimizers that take sparse gradients (FBGEMM's EXACT_SGD, EXACT_ADAGRAD,
-    /// EXACT_ROWWISE_ADAGRAD, ADAM as `tbe_adam`, PARTIAL_ROWWISE_ADAM).
+    /// EXACT_ROWWISE_ADAGRAD, ADAM as `tbe_adam`, PARTIAL_ROWWISE_ADAM). With
+    /// `batchSizePerFeaturePerRank` (as `forwardVbe` takes it), the step of `forwardVbe`'s
+    /// output, `gradOut` of its flat shape.
     #[allow(clippy::await_holding_refcell_ref)] // as Optimizer.stepEmbedding: the borrow refuses a second step meanwhile
     pub async fn step(
         &self,
@@ -496,37 +498,24 @@ impl TableBatchedEmbeddingBags {
         #[wasm_bindgen(unchecked_param_type = "IndexArray")] offsets: JsValue,
         #[wasm_bindgen(unchecked_param_type = "Float32Array | null | undefined")] per_sample_weights: JsValue,
         grad_out: &Tensor,
+        #[wasm_bindgen(js_name = batchSizePerFeaturePerRank, unchecked_param_type = "number[][] | undefined")]
+        batch_size_per_feature_per_rank: JsValue,
     ) -> Result<(), JsValue> {
         let (indices, offsets) = (index_list(&indices, "indices")?, index_list(&offsets, "offsets")?);
         let weights = per_sample_weights.dyn_ref::<js_sys::Float32Array>().map(|w| w.to_vec());
+        let sizes = if batch_size_per_feature_per_rank.is_undefined() || batch_size_per_feature_per_rank.is_null() {
+            None
+        } else {
+            Some(nested_sizes(&batch_size_per_feature_per_rank, "batchSizePerFeaturePerRank")?)
+        };
         let (n, o) = ([indices.len()], [offsets.len()]);
+        let (idx, off) = (indices.as_indices(&n), offsets.as_indices(&o));
         let g = grad_out.gpu()?.clone();
         let mut opt = optimizer.busy_or_mut()?;
-        let r = self.layer.step(&self.ctx, &mut opt, indices.as_indices(&n), offsets.as_indices(&o), weights.as_deref(), &g).await;
-        crate::backward::checked(&self.ctx, r).await
-    }
-
-    /// `step` for the output of `forwardVbe` (FBGEMM's variable batch sizes): `gradOut`
-    /// has its flat shape; `batchSizePerFeaturePerRank` as `forwardVbe` takes it.
-    #[wasm_bindgen(js_name = stepVbe)]
-    #[allow(clippy::await_holding_refcell_ref)] // as step: the borrow refuses a second step meanwhile
-    pub async fn step_vbe(
-        &self,
-        optimizer: &crate::optim::Optimizer,
-        #[wasm_bindgen(unchecked_param_type = "IndexArray")] indices: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "IndexArray")] offsets: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "Float32Array | null | undefined")] per_sample_weights: JsValue,
-        grad_out: &Tensor,
-        #[wasm_bindgen(js_name = batchSizePerFeaturePerRank, unchecked_param_type = "number[][]")] batch_size_per_feature_per_rank: JsValue,
-    ) -> Result<(), JsValue> {
-        let (indices, offsets) = (index_list(&indices, "indices")?, index_list(&offsets, "offsets")?);
-        let weights = per_sample_weights.dyn_ref::<js_sys::Float32Array>().map(|w| w.to_vec());
-        let sizes = nested_sizes(&batch_size_per_feature_per_rank, "batchSizePerFeaturePerRank")?;
-        let (n, o) = ([indices.len()], [offsets.len()]);
-        let g = grad_out.gpu()?.clone();
-        let mut opt = optimizer.busy_or_mut()?;
-        let batch = self.layer.variable_batch(&sizes);
-        let r = batch.step(&self.ctx, &mut opt, indices.as_indices(&n), offsets.as_indices(&o), weights.as_deref(), &g).await;
+        let r = match &sizes {
+            Some(sizes) => self.layer.variable_batch(sizes).step(&self.ctx, &mut opt, idx, off, weights.as_deref(), &g).await,
+            None => self.layer.step(&self.ctx, &mut opt, idx, off, weights.as_deref(), &g).await,
+        };
         crate::backward::checked(&self.ctx, r).await
     }
 }

@@ -146,8 +146,7 @@ async function otherOp(gpu, file, c, keep) {
       const per = gshape.reduce((a, b) => a * b, 1);
       for (let t = 0; t < steps; t++) {
         const g = keep(await gpu.tensor(grads.subarray(t * per, (t + 1) * per), gshape));
-        if (p.batch_size_per_feature_per_rank) await tbe.stepVbe(opt, indices, offsets, psw, g, p.batch_size_per_feature_per_rank);
-        else await tbe.step(opt, indices, offsets, psw, g);
+        await tbe.step(opt, indices, offsets, psw, g, p.batch_size_per_feature_per_rank);
       }
       const out = { weights: await flat(table) };
       // FBGEMM's names for the states: momentum1, momentum2.
