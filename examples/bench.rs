@@ -112,6 +112,33 @@ fn indices(n: usize, rows: usize, dist: Dist, seed: u64) -> Vec<i32> {
     }
 }
 
+/// The TBE sections' inputs at FBGEMM's bench shape `(B, T, L, E)`: T tables of E
+/// rows, B bags of L ids per feature (flat, feature-major, with FBGEMM's offsets) and the
+/// same ids per table with one table's bag offsets, for the separate `EmbeddingBag` calls.
+struct TbeInputs {
+    tables: Vec<Vec<f32>>,
+    ids: Vec<Vec<i32>>,
+    flat: Vec<i32>,
+    offsets: Vec<i32>,
+    bag_offsets: Vec<i32>,
+}
+
+impl TbeInputs {
+    /// `seeds`: the tables' (times D) and the first feature's ids'.
+    fn new((b, t, l, e): (usize, usize, usize, usize), dim: usize, dist: Dist, seeds: (u64, u64)) -> Self {
+        let mut rng = Rng(dim as u64 * seeds.0 + t as u64);
+        let tables: Vec<Vec<f32>> = (0..t).map(|_| (0..e * dim).map(|_| rng.unit() as f32 - 0.5).collect()).collect();
+        let ids: Vec<Vec<i32>> = (0..t).map(|f| indices(b * l, e, dist, seeds.1 + f as u64)).collect();
+        TbeInputs {
+            tables,
+            flat: ids.concat(),
+            ids,
+            offsets: (0..=(t * b) as i32).map(|i| i * l as i32).collect(),
+            bag_offsets: (0..b as i32).map(|i| i * l as i32).collect(),
+        }
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -899,13 +926,8 @@ fn main() {
         let (b, t, l, e) = (512usize, 26usize, 20usize, 2_000usize);
         for dim in [64usize, 128] {
             for dist in [Dist::Uniform, Dist::Zipf] {
-                let mut rng = Rng(dim as u64 * 7 + t as u64);
-                let tables: Vec<Vec<f32>> = (0..t).map(|_| (0..e * dim).map(|_| rng.unit() as f32 - 0.5).collect()).collect();
+                let TbeInputs { tables, ids, flat, offsets, bag_offsets } = TbeInputs::new((b, t, l, e), dim, dist, (7, 100));
                 let specs: Vec<(&[f32], usize, usize)> = tables.iter().map(|w| (&w[..], e, dim)).collect();
-                let ids: Vec<Vec<i32>> = (0..t).map(|f| indices(b * l, e, dist, 100 + f as u64)).collect();
-                let flat: Vec<i32> = ids.concat();
-                let offsets: Vec<i32> = (0..=(t * b) as i32).map(|i| i * l as i32).collect();
-                let bag_offsets: Vec<i32> = (0..b as i32).map(|i| i * l as i32).collect();
                 let (flat_shape, off_shape, bag_shape, bag_off_shape) = ([flat.len()], [offsets.len()], [b * l], [b]);
                 let bytes = (b * t * dim * 4 * (1 + l)) as f64;
                 let tbe = TableBatchedEmbeddingBags::from_pretrained(&ctx, &specs, &(0..t).collect::<Vec<_>>(), Pooling::Sum).expect("TBE");
@@ -963,13 +985,8 @@ fn main() {
         let (b, t, l, e) = (512usize, 26usize, 20usize, 2_000usize);
         let kind = OptimizerKind::RowwiseAdagrad { lr: 0.01, eps: 1e-8, weight_decay: 0.0 };
         for dim in [64usize, 128] {
-            let mut rng = Rng(dim as u64 * 11 + t as u64);
-            let tables: Vec<Vec<f32>> = (0..t).map(|_| (0..e * dim).map(|_| rng.unit() as f32 - 0.5).collect()).collect();
+            let TbeInputs { tables, ids, flat, offsets, bag_offsets } = TbeInputs::new((b, t, l, e), dim, Dist::Zipf, (11, 200));
             let specs: Vec<(&[f32], usize, usize)> = tables.iter().map(|w| (&w[..], e, dim)).collect();
-            let ids: Vec<Vec<i32>> = (0..t).map(|f| indices(b * l, e, Dist::Zipf, 200 + f as u64)).collect();
-            let flat: Vec<i32> = ids.concat();
-            let offsets: Vec<i32> = (0..=(t * b) as i32).map(|i| i * l as i32).collect();
-            let bag_offsets: Vec<i32> = (0..b as i32).map(|i| i * l as i32).collect();
             let (flat_shape, off_shape, bag_shape, bag_off_shape) = ([flat.len()], [offsets.len()], [b * l], [b]);
             let bytes = 2.0 * (b * t * dim * 4 * (1 + l)) as f64;
             let built = (|| -> wgpu_embed::Result<_> {
